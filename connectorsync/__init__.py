@@ -1,0 +1,65 @@
+"""connectorsync: an offline-first sync client for sensor data.
+
+A :class:`Logger` stores every datapoint in a local SQLite cache before ``insert`` returns,
+and a syncer delivers the cache to a remote database, deleting each datapoint only after the
+remote acknowledged it. It is a drop-in successor of ``connectordb.logger.Logger``::
+
+    from connectorsync import Logger
+
+    def init(l):
+        l.apikey = "..."
+        l.addStream("temperature", {"type": "number"})
+
+    l = Logger("cache.db", on_create=init)
+    l.insert("temperature", 21.5)
+    l.sync()
+"""
+
+from .cache import StreamStats
+from .errors import (
+    AmbiguousRemoteError,
+    AuthError,
+    CacheError,
+    CacheFullError,
+    ClosedError,
+    ConfigurationError,
+    ConnectorSyncError,
+    RejectedError,
+    RemoteError,
+    SchemaError,
+    StreamError,
+    TimestampError,
+    TransientRemoteError,
+    UnknownStreamError,
+    ValidationError,
+)
+from .logger import Logger, Status
+from .remotes import ConnectorDBRemote, Remote
+from .syncer import SyncReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousRemoteError",
+    "AuthError",
+    "CacheError",
+    "CacheFullError",
+    "ClosedError",
+    "ConfigurationError",
+    "ConnectorDBRemote",
+    "ConnectorSyncError",
+    "Logger",
+    "RejectedError",
+    "Remote",
+    "RemoteError",
+    "SchemaError",
+    "Status",
+    "StreamError",
+    "StreamStats",
+    "SyncReport",
+    "TimestampError",
+    "TransientRemoteError",
+    "UnknownStreamError",
+    "ValidationError",
+    "__version__",
+]

@@ -1,0 +1,573 @@
+"""The SQLite cache: every SQL statement of connectorsync lives in this module.
+
+Guarantees (each proved by the test named):
+
+- A write method returns only after its transaction committed (``test_durability.py``).
+- Datapoint ids are AUTOINCREMENT: they follow commit order and are never reused, so an
+  acknowledged id range can never cover a datapoint that was not sent.
+- Per stream, cached timestamps strictly increase, also with several processes inserting:
+  a trigger checks the order inside the write
+  (``test_durability.py::test_processes_inserting_together_never_see_locked``). A stream's
+  newest timestamp never goes down: deleting datapoints records it in ``streams.last_t``.
+- A failed call changes nothing (each write is one transaction).
+- The schema is versioned with ``PRAGMA user_version``; opening an older file, or a cache
+  written by ``connectordb`` 0.3.5's Logger, migrates it in place in one transaction
+  (``test_migration.py``).
+- New cache files are readable by their owner only: they hold the apikey.
+
+Each thread that needs the database opens its own :class:`Cache` (apsw gives no concurrency
+from a shared connection); within one :class:`Cache`, a lock keeps transactions whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from .errors import CacheError, CacheFullError, ClosedError, ConfigurationError
+
+log = logging.getLogger("connectorsync.cache")
+
+DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+BUSY_TIMEOUT_MS = 60_000
+# Below every real timestamp: the "previous t" of a stream that never had a datapoint.
+NO_TIME = -1e308
+# A tie (or, where allowed, an older time) is moved to just after the stream's newest.
+NUDGE = 1e-6
+
+
+@dataclass(frozen=True)
+class StreamRow:
+    """A stream as stored: its id in the datapoints table, schema text and remote state."""
+
+    id: int
+    name: str
+    schema: str
+    remote_created: bool
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Per-stream counts for ``Logger.status()``."""
+
+    cached: int
+    oldest: float | None
+    newest: float | None
+    deadletters: int
+
+
+Row = tuple[int, float, str]  # (id, t, d as JSON text)
+
+
+# --------------------------------------------------------------------------- schema + migrations
+
+_V1 = """
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE streams (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    schema TEXT NOT NULL,
+    last_t REAL NOT NULL DEFAULT -1e308,
+    remote_created INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE datapoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream INTEGER NOT NULL,
+    t REAL NOT NULL,
+    d TEXT NOT NULL
+);
+CREATE INDEX datapoints_by_stream ON datapoints(stream);
+CREATE TRIGGER datapoints_in_order BEFORE INSERT ON datapoints
+WHEN NEW.t <= max(
+    coalesce((SELECT t FROM datapoints WHERE stream = NEW.stream ORDER BY id DESC LIMIT 1), -1e308),
+    (SELECT last_t FROM streams WHERE id = NEW.stream))
+BEGIN SELECT RAISE(IGNORE); END;
+CREATE TABLE deadletters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    t REAL NOT NULL,
+    d TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    failed_at REAL NOT NULL
+);
+"""
+
+
+def _migrate_v1(conn: apsw.Connection) -> None:
+    """v1: settings, streams, datapoints (id = insertion order) and dead letters.
+
+    The trigger keeps each stream's timestamps strictly increasing whoever writes: a row not
+    after the stream's newest (cached, or delivered: ``streams.last_t``) is silently not
+    inserted, and the writer sees ``changes() == 0``.
+    """
+    conn.execute(_V1).fetchall()  # fetchall: run every statement of the script now
+
+
+# Named, versioned steps: MIGRATIONS[i] takes a file from user_version i to i + 1.
+MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
+    ("v1_initial", _migrate_v1),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# The tables of a connectordb 0.3.5 Logger cache (its user_version is 0).
+_CONNECTORDB_TABLES = {"cache", "streams", "metadata"}
+
+
+def _import_connectordb(conn: apsw.Connection) -> None:
+    """Move a connectordb 0.3.5 cache into the v1 tables, keeping every datapoint and setting.
+
+    connectordb sent each stream's points sorted by timestamp; they keep that order here and
+    ties become strictly increasing (nudged by 1 microsecond) as ConnectorDB needs. A row whose
+    data is not JSON (connectordb's ``insert_many`` could store one) becomes a dead letter
+    instead of disappearing.
+    """
+    for old in _CONNECTORDB_TABLES:
+        conn.execute(f"ALTER TABLE {old} RENAME TO connectordb_{old}")
+    _migrate_v1(conn)
+    apikey, serverurl, lastsync, period, userdata = next(
+        conn.execute(
+            "SELECT apikey, serverurl, lastsynctime, syncperiod, userdatajson "
+            "FROM connectordb_metadata LIMIT 1"
+        ),
+        ("", None, 0, 600, "{}"),
+    )
+    try:
+        data = json.loads(userdata or "{}")
+    except ValueError:
+        data = {}
+    settings = {
+        "apikey": apikey or "",
+        "serverurl": serverurl,
+        "lastsynctime": lastsync or 0,
+        "syncperiod": period or 600,
+        "data": data,
+    }
+    for key, value in settings.items():
+        if value is not None:
+            conn.execute("INSERT INTO settings VALUES (?, ?)", (key, json.dumps(value)))
+    for name, schema_text in list(
+        conn.execute("SELECT stream, jsonschema FROM connectordb_streams")
+    ):
+        schema = json.loads(schema_text) if schema_text else None
+        conn.execute(
+            "INSERT INTO streams (name, schema) VALUES (?, ?)", (name, json.dumps(schema or {}))
+        )
+    ids = {name: sid for sid, name in conn.execute("SELECT id, name FROM streams")}
+    last: dict[str, float] = {}
+    moved = lost = 0
+    rows = conn.execute(
+        "SELECT stream, timestamp, jsondata FROM connectordb_cache "
+        "ORDER BY stream, timestamp, rowid"
+    )
+    for name, t, text in list(rows):
+        reason = None
+        try:
+            json.loads(text)
+        except (TypeError, ValueError):
+            reason = "connectordb cache held data that is not JSON"
+        if name not in ids:
+            reason = reason or "connectordb cache held data for an unregistered stream"
+        if reason:
+            conn.execute(
+                "INSERT INTO deadletters (stream, t, d, reason, attempts, failed_at) "
+                "VALUES (?, ?, ?, ?, 0, ?)",
+                (name, t, json.dumps(str(text)), reason, t),
+            )
+            lost += 1
+            continue
+        t = max(float(t), last.get(name, NO_TIME) + NUDGE)
+        last[name] = t
+        conn.execute("INSERT INTO datapoints (stream, t, d) VALUES (?, ?, ?)", (ids[name], t, text))
+        moved += 1
+    for old in _CONNECTORDB_TABLES:
+        conn.execute(f"DROP TABLE connectordb_{old}")
+    log.info("migrated a connectordb cache: %d datapoints, %d dead letters", moved, lost)
+
+
+# --------------------------------------------------------------------------- statements
+
+_INSERT = "INSERT INTO datapoints (stream, t, d) VALUES (?, ?, ?)"
+
+_NEWEST = """
+SELECT max(
+    coalesce((SELECT t FROM datapoints WHERE stream = ?1 ORDER BY id DESC LIMIT 1), -1e308),
+    (SELECT last_t FROM streams WHERE id = ?1))
+"""
+
+
+class TooOldError(Exception):
+    """Internal: an explicit timestamp is older than the stream's newest (``newest`` says it)."""
+
+    def __init__(self, newest: float):
+        super().__init__(newest)
+        self.newest = newest
+
+
+@contextlib.contextmanager
+def _wrapped(action: str) -> Iterator[None]:
+    """Turn apsw errors into ours, naming what we were doing."""
+    try:
+        yield
+    except apsw.ConnectionClosedError as exc:
+        raise ClosedError(f"cannot {action}: the cache is closed") from exc
+    except apsw.FullError as exc:
+        raise CacheFullError(f"cannot {action}: the disk or the cache is full ({exc})") from exc
+    except apsw.Error as exc:
+        raise CacheError(f"cannot {action}: {type(exc).__name__}: {exc}") from exc
+
+
+class Cache:
+    """One connection to a cache file.
+
+    Use :meth:`open` to open (creating or migrating) a cache, and :meth:`connect` for a
+    further connection to a cache that exists (the syncer thread's, say).
+    """
+
+    def __init__(self, conn: apsw.Connection, path: str):
+        self._conn = conn
+        self.path = path
+        self._lock = threading.RLock()
+        self._closed = False
+        # Each stream's newest timestamp as this connection last saw it: a hint that saves a
+        # query per insert. The trigger catches it when another connection wrote since.
+        self._newest: dict[int, float] = {}
+
+    # ----------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, path: str, durability: str = "full") -> tuple[Cache, bool]:
+        """Open ``path``, creating, migrating or checking it. Returns ``(cache, created)``.
+
+        When ``created`` is true the file is new and a transaction is still open, so that the
+        caller can fill it (``on_create``) before :meth:`finish_create` commits it, or
+        :meth:`abort_create` rolls back and removes the file. Another process opening the same
+        path meanwhile waits, then sees the finished file.
+
+        :raises ConfigurationError: not a connectorsync cache, or written by a newer version
+        :raises CacheError: the file cannot be opened
+        """
+        path = os.fspath(path)
+        for _ in range(5):
+            try:
+                # Owner-only from the first byte: the file will hold the apikey. SQLite gives
+                # the -wal and -shm files the same permissions.
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise CacheError(f"cannot create cache file {path!r}: {exc}") from exc
+            before = os.stat(path)
+            with _wrapped(f"open cache file {path!r}"):
+                conn = apsw.Connection(path)
+            cache = cls(conn, path)
+            try:
+                cache._configure(durability, wal=False)
+                with _wrapped(f"open cache file {path!r}"):
+                    conn.execute("BEGIN IMMEDIATE")
+                try:
+                    after = os.stat(path)
+                except FileNotFoundError:
+                    after = None
+                if after is None or (after.st_ino, after.st_dev) != (before.st_ino, before.st_dev):
+                    # Another process removed the file while we waited (its on_create failed).
+                    conn.execute("ROLLBACK")
+                    cache.close()
+                    continue
+                created = cache._prepare()
+                if not created:
+                    conn.execute("COMMIT")
+                    cache._configure(durability, wal=True)
+                return cache, created
+            except BaseException:
+                cache.close()
+                raise
+        raise CacheError(f"cannot open cache file {path!r}: it keeps being replaced")
+
+    @classmethod
+    def connect(cls, path: str, durability: str = "full") -> Cache:
+        """A further connection to an existing, current cache file (for another thread)."""
+        with _wrapped(f"open cache file {path!r}"):
+            conn = apsw.Connection(os.fspath(path), flags=apsw.SQLITE_OPEN_READWRITE)
+        cache = cls(conn, os.fspath(path))
+        cache._configure(durability, wal=True)
+        return cache
+
+    def _configure(self, durability: str, wal: bool) -> None:
+        if durability not in DURABILITY:
+            raise ConfigurationError(
+                f"durability must be one of {sorted(DURABILITY)}; got {durability!r}"
+            )
+        # apsw runs a multi-statement string lazily: one PRAGMA per execute, read back.
+        with _wrapped(f"configure cache file {self.path!r}"):
+            self._conn.setbusytimeout(BUSY_TIMEOUT_MS)
+            if wal:
+                mode = self._pragma("journal_mode", "WAL")
+                if str(mode).lower() != "wal":
+                    raise CacheError(f"cache file {self.path!r}: cannot use WAL (got {mode!r})")
+            self._pragma("synchronous", DURABILITY[durability])
+            level = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[self._pragma("synchronous")]
+            if level != DURABILITY[durability]:
+                raise CacheError(f"cache file {self.path!r}: synchronous is {level}")
+
+    def set_durability(self, durability: str) -> None:
+        """Apply ``durability`` to this connection (at once, or when creation commits)."""
+        if not self._conn.in_transaction:
+            self._configure(durability, wal=True)
+
+    def _pragma(self, name: str, value: str | None = None) -> Any:
+        sql = f"PRAGMA {name}" if value is None else f"PRAGMA {name}={value}"
+        rows = list(self._conn.execute(sql))
+        if value is not None:
+            rows = list(self._conn.execute(f"PRAGMA {name}"))
+        return rows[0][0] if rows else None
+
+    def _prepare(self) -> bool:
+        """Inside the opening transaction: create, migrate or check. True if created."""
+        conn = self._conn
+        version = self._pragma("user_version")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"cache file {self.path!r} has schema version {version}, newer than this "
+                f"connectorsync ({SCHEMA_VERSION}): upgrade connectorsync"
+            )
+        created = False
+        found = version
+        if version == 0:
+            if tables >= _CONNECTORDB_TABLES:
+                _import_connectordb(conn)
+                version = 1
+            elif tables:
+                raise ConfigurationError(
+                    f"{self.path!r} is an SQLite database but not a connectorsync cache "
+                    f"(tables: {', '.join(sorted(tables))}); refusing to change it"
+                )
+            else:
+                created = True
+        for number in range(version, SCHEMA_VERSION):
+            name, step = MIGRATIONS[number]
+            log.info("cache %s: migration %s", self.path, name)
+            step(conn)
+        if found != SCHEMA_VERSION:
+            self._pragma("user_version", str(SCHEMA_VERSION))
+        return created
+
+    def finish_create(self, durability: str) -> None:
+        """Commit the creation transaction opened by :meth:`open`."""
+        with _wrapped("create the cache"):
+            self._conn.execute("COMMIT")
+        self._configure(durability, wal=True)
+
+    def abort_create(self) -> None:
+        """Roll back the creation transaction, close, and remove the half-made file."""
+        with contextlib.suppress(apsw.Error):
+            self._conn.execute("ROLLBACK")
+        self.close()
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path + suffix)
+
+    def close(self) -> None:
+        """Close the connection. Safe to call twice."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # ----------------------------------------------------------------------- transactions
+
+    @contextlib.contextmanager
+    def transaction(self, action: str) -> Iterator[apsw.Connection]:
+        """A write transaction: BEGIN IMMEDIATE (so the write lock is taken up front and the
+        busy timeout applies, never "database is locked" half way), COMMIT or ROLLBACK.
+        Inside an open transaction (the creation one), a SAVEPOINT instead."""
+        with self._lock, _wrapped(action):
+            conn = self._conn
+            if conn.in_transaction:
+                with conn:
+                    yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock, _wrapped("read the cache"):
+            return list(self._conn.execute(sql, params))
+
+    # ----------------------------------------------------------------------- settings
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key``, or ``default``."""
+        rows = self._read("SELECT value FROM settings WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` (anything JSON) under ``key``; committed on return."""
+        text = json.dumps(value, allow_nan=False)
+        with self.transaction(f"save setting {key!r}") as conn:
+            conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, text))
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting, decoded."""
+        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM settings")}
+
+    # ----------------------------------------------------------------------- streams
+
+    def streams(self) -> dict[str, StreamRow]:
+        """Every registered stream by name."""
+        rows = self._read("SELECT id, name, schema, remote_created FROM streams")
+        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3])) for r in rows}
+
+    def put_stream(self, name: str, schema_text: str) -> StreamRow:
+        """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays."""
+        with self.transaction(f"register stream {name!r}") as conn:
+            conn.execute(
+                "INSERT INTO streams (name, schema) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, "
+                "remote_created = remote_created AND schema = excluded.schema",
+                (name, schema_text),
+            )
+            sid, created = next(
+                conn.execute("SELECT id, remote_created FROM streams WHERE name = ?", (name,))
+            )
+        return StreamRow(sid, name, schema_text, bool(created))
+
+    def set_remote_created(self, name: str, created: bool = True) -> None:
+        """Remember whether the stream is known to exist on the remote."""
+        with self.transaction(f"update stream {name!r}") as conn:
+            conn.execute("UPDATE streams SET remote_created = ? WHERE name = ?", (created, name))
+
+    # ----------------------------------------------------------------------- datapoints
+
+    def append(self, stream_id: int, t: float, data: str, *, restamp: bool) -> float:
+        """Append one datapoint and commit. Returns the ``t`` stored.
+
+        ``t`` must be finite. If it is not after the stream's newest timestamp it becomes
+        newest + 1 µs when equal, or when older and ``restamp``; an older ``t`` without
+        ``restamp`` raises :class:`TooOldError` and stores nothing.
+        """
+        with self._lock, _wrapped("store the datapoint"):
+            conn = self._conn
+            newest = self._newest.get(stream_id)
+            if newest is None:
+                newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
+            while True:
+                stored = t
+                if stored <= newest:
+                    if stored < newest and not restamp:
+                        raise TooOldError(newest)
+                    stored = newest + NUDGE
+                # One statement, one implicit write transaction, committed on return. The
+                # trigger re-checks the order under the write lock: if another connection
+                # stored a newer point since we looked, nothing is inserted and we look again.
+                conn.execute(_INSERT, (stream_id, stored, data))
+                if conn.changes():
+                    self._newest[stream_id] = stored
+                    return stored
+                newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
+
+    def append_many(
+        self, points: Sequence[tuple[int, float, bool, str]]
+    ) -> list[tuple[int, float]]:
+        """Append ``(stream_id, t, restamp, data)`` points in one transaction: all or none.
+
+        Timestamps are resolved as in :meth:`append`, each point against the one before it in
+        its stream. Returns ``(id, t)`` per point, in order.
+
+        :raises TooOldError: a point's explicit ``t`` is older than its stream's newest
+        """
+        rows = []
+        with self.transaction("store the datapoints") as conn:
+            newest: dict[int, float] = {}
+            for stream_id, t, restamp, data in points:
+                prev = newest.get(stream_id)
+                if prev is None:
+                    prev = next(conn.execute(_NEWEST, (stream_id,)))[0]
+                if t <= prev:
+                    if t < prev and not restamp:
+                        raise TooOldError(prev)
+                    t = prev + NUDGE
+                rows.append((stream_id, t, data))
+                newest[stream_id] = t
+            before = conn.total_changes()
+            conn.executemany(_INSERT, rows)
+            if conn.total_changes() - before != len(rows):
+                raise CacheError("insert_many: the cache refused out-of-order rows; none stored")
+            last_id = conn.last_insert_rowid()
+        for stream_id, t, _ in rows:
+            self._newest[stream_id] = t
+        # One statement, one writer: the ids are consecutive, ending at the last one.
+        first_id = last_id - len(rows) + 1
+        return [(first_id + i, row[1]) for i, row in enumerate(rows)]
+
+    def newest(self, stream_id: int) -> float | None:
+        """The newest timestamp the stream ever cached, or None."""
+        t = self._read(_NEWEST, (stream_id,))[0][0]
+        return None if t is None or t <= NO_TIME else t
+
+    def count(self) -> int:
+        """How many datapoints are cached, all streams together."""
+        return self._read("SELECT count(*) FROM datapoints")[0][0]
+
+    def batch(self, stream_id: int, after_id: int, limit: int) -> list[Row]:
+        """Up to ``limit`` cached datapoints of the stream with id > ``after_id``, oldest first.
+
+        Keyset paging: memory is O(limit) whatever the backlog.
+        """
+        return self._read(
+            "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
+            (stream_id, after_id, limit),
+        )
+
+    def ack(self, stream_id: int, first_id: int, last_id: int, last_t: float) -> int:
+        """Delete the stream's datapoints with ids in ``[first_id, last_id]`` (the remote stored
+        them) in one transaction, remembering ``last_t`` as delivered. Returns how many."""
+        with self.transaction("delete delivered datapoints") as conn:
+            conn.execute(
+                "UPDATE streams SET last_t = max(last_t, ?) WHERE id = ?", (last_t, stream_id)
+            )
+            conn.execute(
+                "DELETE FROM datapoints WHERE stream = ? AND id BETWEEN ? AND ?",
+                (stream_id, first_id, last_id),
+            )
+            return conn.changes()
+
+    def clear(self) -> int:
+        """Delete every cached datapoint (connectordb's ``cleardata``). Returns how many."""
+        with self.transaction("clear the cache") as conn:
+            conn.execute(
+                "UPDATE streams SET last_t = max(last_t, coalesce("
+                "(SELECT max(t) FROM datapoints WHERE stream = streams.id), -1e308))"
+            )
+            conn.execute("DELETE FROM datapoints")
+            return conn.changes()
+
+    def stream_stats(self) -> dict[str, StreamStats]:
+        """Cached count, oldest and newest cached t, and dead letters, per registered stream."""
+        cached = {
+            r[0]: r[1:]
+            for r in self._read(
+                "SELECT s.name, count(d.id), min(d.t), max(d.t) FROM streams s "
+                "JOIN datapoints d ON d.stream = s.id GROUP BY s.id"
+            )
+        }
+        dead = dict(self._read("SELECT stream, count(*) FROM deadletters GROUP BY stream"))
+        stats = {}
+        for name in self.streams():
+            count, oldest, newest = cached.get(name, (0, None, None))
+            stats[name] = StreamStats(count, oldest, newest, dead.get(name, 0))
+        return stats

@@ -1,0 +1,72 @@
+"""The contract every remote keeps. The syncer talks to remotes through this and nothing else.
+
+A remote stores datapoints somewhere else. The syncer calls it from one thread at a time.
+Every method either returns as documented or raises one of these, and nothing else:
+
+- :class:`~connectorsync.errors.TransientRemoteError`: network trouble, a timeout before the
+  request was sent, 408/429/5xx. Nothing was stored; the syncer retries later.
+- :class:`~connectorsync.errors.AmbiguousRemoteError`: the request was sent but no answer came
+  back (connection dropped, read timeout). The data may or may not be stored: the syncer asks
+  :meth:`Remote.reconcile` before sending it again.
+- :class:`~connectorsync.errors.RejectedError`: the remote refused the datapoints themselves.
+  Only :meth:`Remote.push` raises it; resending the same batch will fail the same way.
+- :class:`~connectorsync.errors.AuthError`: the credentials were refused. Nothing was stored.
+- :class:`~connectorsync.errors.RemoteError`: anything else the remote answered with.
+
+Every network call carries a timeout: no method blocks forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+# A datapoint as the cache hands it over: (cache id, t in seconds, data as JSON text).
+# Remotes that speak JSON can put the text in their body as it is, without decoding it.
+Datapoint = tuple[int, float, str]
+
+
+@runtime_checkable
+class Remote(Protocol):
+    """What the syncer needs of a remote database."""
+
+    def ping(self) -> str:
+        """Check the connection and credentials; return who we are there (``user/device``).
+
+        Safe to call any number of times.
+        """
+        ...
+
+    def ensure_stream(self, stream: str, schema: dict[str, Any]) -> None:
+        """Make sure ``stream`` exists remotely, creating it with ``schema`` if it is missing.
+
+        Calling it twice is safe: an existing stream is left as it is.
+        """
+        ...
+
+    def stream_schema(self, stream: str) -> dict[str, Any] | None:
+        """The schema of ``stream`` on the remote, or None when the remote has no such stream."""
+        ...
+
+    def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        """Store ``batch`` (in order, timestamps increasing) in ``stream``, all or nothing.
+
+        Returns only when the remote acknowledged every datapoint of the batch; only then may
+        the cache delete them. An empty batch returns at once.
+
+        :raises RejectedError: the remote refused at least one datapoint; nothing was stored
+            (or, for remotes that store the valid part, resending the batch is harmless)
+        """
+        ...
+
+    def reconcile(self, stream: str) -> float | None:
+        """The timestamp of the newest datapoint the remote holds for ``stream``, or None.
+
+        After an :class:`AmbiguousRemoteError`, cached datapoints at or below this timestamp
+        were delivered. Read-only, safe to call any number of times.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+        ...

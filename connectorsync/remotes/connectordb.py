@@ -1,0 +1,203 @@
+"""ConnectorDBRemote: the ConnectorDB v0.3 REST API over a ``requests.Session``.
+
+Every call carries a timeout and verifies TLS (``verify=`` takes a CA bundle path for a
+private CA). The apikey travels only in the Basic auth header: it is never logged, never in a
+repr and never in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from ..errors import (
+    AmbiguousRemoteError,
+    AuthError,
+    ConfigurationError,
+    RejectedError,
+    RemoteError,
+    TransientRemoteError,
+)
+from .base import Datapoint
+
+# ConnectorDB's messages for datapoints it refuses (403); any other 403 is about access.
+_REJECTION_WORDS = ("conform", "schema", "timestamp", "ordered")
+_MISSING = re.compile(r"does not exist|not found", re.IGNORECASE)
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# The server refuses bodies over 10 MiB; stay well below so a batch never hits that.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds; None if absent or not a number."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # HTTP-date form: not worth a date parser here; backoff applies instead
+    return max(0.0, seconds)
+
+
+class ConnectorDBRemote:
+    """A ConnectorDB v0.3 server.
+
+    :param serverurl: e.g. ``"http://localhost:3124"``
+    :param apikey: the device's apikey
+    :param timeout: seconds for connecting and for each read
+    :param verify: TLS verification: True, False, or a CA bundle path
+    """
+
+    def __init__(
+        self,
+        serverurl: str,
+        apikey: str,
+        *,
+        timeout: float = 30.0,
+        verify: bool | str = True,
+    ):
+        if not serverurl:
+            raise ConfigurationError("ConnectorDBRemote needs a serverurl")
+        if not serverurl.startswith(("http://", "https://")):
+            serverurl = "https://" + serverurl
+        self.serverurl = serverurl.rstrip("/")
+        self.timeout = timeout
+        self._api = self.serverurl + "/api/v1/"
+        self._session = requests.Session()
+        self._session.auth = ("", apikey or "")
+        self._session.verify = verify
+        self._session.headers["Content-Type"] = "application/json"
+        self._device: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ConnectorDBRemote({self.serverurl!r})"
+
+    # ----------------------------------------------------------------------- the contract
+
+    def ping(self) -> str:
+        """``user/device`` of the apikey (``GET /api/v1/?q=this``)."""
+        response = self._request("GET", self._api, params={"q": "this"})
+        self._device = response.text.strip()
+        return self._device
+
+    def stream_schema(self, stream: str) -> dict[str, Any] | None:
+        try:
+            response = self._request("GET", self._crud(stream))
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        schema = response.json().get("schema") or "{}"
+        return json.loads(schema) if isinstance(schema, str) else schema
+
+    def ensure_stream(self, stream: str, schema: dict[str, Any]) -> None:
+        if self.stream_schema(stream) is not None:
+            return
+        body = json.dumps({"schema": json.dumps(schema)})
+        try:
+            self._request("POST", self._crud(stream), data=body)
+        except RemoteError as exc:
+            if exc.status != 409:  # created meanwhile by someone else: fine
+                raise
+
+    def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        if not batch:
+            return
+        # The cache holds each value as JSON text already: no decode/encode round trip.
+        body = "[" + ",".join(f'{{"t":{t!r},"d":{d}}}' for _, t, d in batch) + "]"
+        data = body.encode()
+        if len(data) > MAX_BODY_BYTES:
+            raise RejectedError(
+                f"stream {stream!r}: a batch of {len(batch)} datapoints is {len(data)} bytes, "
+                f"over the {MAX_BODY_BYTES}-byte limit",
+                status=413,
+            )
+        self._request("POST", self._crud(stream) + "/data", data=data, sent_matters=True)
+
+    def reconcile(self, stream: str) -> float | None:
+        response = self._request("GET", self._crud(stream) + "/data", params={"i1": -1, "i2": 0})
+        points = response.json() or []
+        return float(points[-1]["t"]) if points else None
+
+    def close(self) -> None:
+        self._session.close()
+
+    # ----------------------------------------------------------------------- plumbing
+
+    def _crud(self, stream: str) -> str:
+        if "/" not in stream:
+            with self._lock:
+                device = self._device
+            if device is None:
+                device = self.ping()
+            stream = f"{device}/{stream}"
+        return self._api + "crud/" + quote(stream)
+
+    def _request(
+        self, method: str, url: str, *, sent_matters: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        """One HTTP call mapped onto the error tree.
+
+        ``sent_matters``: for a write, a failure after the request went out is ambiguous.
+        """
+        what = f"{method} {url.removeprefix(self.serverurl)}"
+        try:
+            response = self._session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.exceptions.ConnectTimeout as exc:
+            raise TransientRemoteError(f"{what}: connection timed out") from exc
+        except requests.exceptions.ConnectionError as exc:
+            # "Failed to establish" means nothing was sent; a dropped connection may be either.
+            ambiguous = sent_matters and not _never_sent(exc)
+            cls = AmbiguousRemoteError if ambiguous else TransientRemoteError
+            raise cls(f"{what}: connection failed: {_reason(exc)}") from exc
+        except requests.exceptions.Timeout as exc:
+            cls = AmbiguousRemoteError if sent_matters else TransientRemoteError
+            raise cls(f"{what}: no answer within {self.timeout} s") from exc
+        except requests.exceptions.RequestException as exc:
+            raise RemoteError(f"{what}: {_reason(exc)}") from exc
+        if response.status_code < 300:
+            return response
+        raise self._error(what, response)
+
+    def _error(self, what: str, response: requests.Response) -> RemoteError:
+        status = response.status_code
+        try:
+            body = str(response.json().get("msg", response.text))
+        except ValueError:
+            body = response.text[:500]
+        message = f"{what}: {status} {body}".strip()
+        if status in TRANSIENT_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return TransientRemoteError(message, status=status, body=body, retry_after=retry_after)
+        if status == 401:
+            return AuthError(message + " (check the apikey)", status=status, body=body)
+        if status == 403 and _MISSING.search(body):
+            # The stream is gone (deleted remotely): not the data's fault, nor the key's.
+            return RemoteError(message, status=status, body=body)
+        if status == 403 and not any(word in body.lower() for word in _REJECTION_WORDS):
+            return AuthError(message, status=status, body=body)
+        if status in (400, 403, 413) and what.startswith("POST ") and what.endswith("/data"):
+            return RejectedError(message, status=status, body=body)
+        return RemoteError(message, status=status, body=body)
+
+
+def _never_sent(exc: Exception) -> bool:
+    text = str(exc)
+    return "Failed to establish a new connection" in text or "NameResolutionError" in text
+
+
+def _reason(exc: Exception) -> str:
+    # requests' messages wrap the useful part ("[Errno 111] Connection refused") in pool
+    # internals; show that part when there is one.
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if found:
+        return found.group(0).strip()
+    return text if len(text) < 300 else text[:300] + "..."

@@ -1,0 +1,370 @@
+"""The HTTP side of the test ConnectorDB server: the v0.3 REST API and fault hooks.
+
+Guarantees:
+
+* Responses always carry a Content-Length, so HTTP/1.1 keep-alive works, and
+  errors are JSON ``{"code", "msg", "ref"}`` with the same status.
+* A request body is read completely (or, past 10 MiB, discarded) before
+  anything else, so a refused request never leaves bytes on the connection.
+* Injected faults apply to the next matching requests in arrival order; each
+  request consumes at most one fault of each kind.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Collection
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ._store import ApiError, Batch, Store
+
+if TYPE_CHECKING:
+    from .server import _HTTPServer
+
+MAX_BODY = 10 * 1024 * 1024
+# A too-large body up to this size is read and discarded so the client gets
+# the 413: closing with unread data makes the kernel reset the connection,
+# and the client would see a connection error instead of the answer.
+_DRAIN_LIMIT = 64 * 1024 * 1024
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+
+Predicate = Callable[[str, dict], bool]
+Reply = tuple[int, str, bytes]
+
+
+class _Drop(Exception):
+    """Raised to close the connection without answering."""
+
+
+def _error_reply(status: int, msg: str) -> Reply:
+    body = {"code": status, "msg": msg, "ref": str(uuid.uuid4())}
+    return status, _JSON, json.dumps(body).encode()
+
+
+def _json_reply(value: Any) -> Reply:
+    return 200, _JSON, json.dumps(value).encode()
+
+
+def _text_reply(text: str) -> Reply:
+    return 200, _TEXT, text.encode()
+
+
+class _Faults:
+    """Pending injected faults; every method is thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._failures: list[list[Any]] = []  # [remaining, status, retry_after, methods]
+            self._delay = 0.0
+            self._delay_left: int | None = None
+            self._drop_before = 0
+            self._drop_after = 0
+            self.reject: Predicate | None = None
+
+    def fail_next(
+        self, n: int, status: int, retry_after: Any, methods: Collection[str] | None
+    ) -> None:
+        allowed = None if methods is None else {m.upper() for m in methods}
+        with self._lock:
+            self._failures.append([n, status, retry_after, allowed])
+
+    def set_delay(self, seconds: float, n: int | None) -> None:
+        with self._lock:
+            self._delay, self._delay_left = seconds, n
+
+    def add_drops(self, before: int = 0, after: int = 0) -> None:
+        with self._lock:
+            self._drop_before += before
+            self._drop_after += after
+
+    def take_delay(self) -> float:
+        with self._lock:
+            if self._delay <= 0:
+                return 0.0
+            seconds = self._delay
+            if self._delay_left is not None:
+                self._delay_left -= 1
+                if self._delay_left <= 0:
+                    self._delay, self._delay_left = 0.0, None
+            return seconds
+
+    def take_failure(self, method: str) -> tuple[int, Any] | None:
+        with self._lock:
+            for rule in self._failures:
+                if rule[3] is None or method in rule[3]:
+                    rule[0] -= 1
+                    if rule[0] <= 0:
+                        self._failures.remove(rule)
+                    return rule[1], rule[2]
+        return None
+
+    def take_drop(self, after: bool) -> bool:
+        with self._lock:
+            if after and self._drop_after > 0:
+                self._drop_after -= 1
+                return True
+            if not after and self._drop_before > 0:
+                self._drop_before -= 1
+                return True
+        return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection; answers requests until the client or the server closes it."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive
+    # Headers and body go out through one buffered write, flushed per
+    # response, and without Nagle's algorithm waiting on delayed ACKs.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # no per-request logging to stderr
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Called by http.server for unparsable requests and unknown methods: answer
+        # in JSON, then close, since the rest of the stream cannot be trusted.
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            code = HTTPStatus.METHOD_NOT_ALLOWED  # the contract says 405 for any method
+        self.close_connection = True
+        self._send(_error_reply(code, message or self.responses.get(code, ("Error",))[0]))
+
+    def _send(self, reply: Reply, headers: dict[str, str] | None = None) -> None:
+        status, ctype, payload = reply
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(payload)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _abort(self) -> None:
+        """Close the connection without answering (the client sees it drop)."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ApiError(411, "A Content-Length is required")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise ApiError(400, "Invalid Content-Length") from None
+        if length > MAX_BODY:
+            if length <= _DRAIN_LIMIT:
+                while length > 0:
+                    chunk = self.rfile.read(min(length, 1 << 16))
+                    if not chunk:
+                        raise _Drop
+                    length -= len(chunk)
+            else:
+                self.close_connection = True
+            raise ApiError(413, f"The request body is larger than {MAX_BODY} bytes")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise _Drop  # the client went away mid-body
+        return body
+
+    def _dispatch(self) -> None:
+        app = self.server.app
+        app._record(self.command, self.path)
+        faults = app._faults
+        path = urlsplit(self.path).path
+        is_insert = (
+            self.command in ("POST", "PUT")
+            and path.startswith("/api/v1/crud/")
+            and path.rstrip("/").endswith("/data")
+        )
+        headers: dict[str, str] = {}
+        try:
+            try:
+                body = self._read_body()
+                seconds = faults.take_delay()
+                # stop() cuts the wait short; the request then dies with the server.
+                if seconds > 0 and app._stopping.wait(seconds):
+                    raise _Drop
+                failure = faults.take_failure(self.command)
+                if failure is not None:
+                    status, retry_after = failure
+                    if retry_after is not None:
+                        headers["Retry-After"] = str(retry_after)
+                    raise ApiError(status, "Injected failure")
+                if is_insert and faults.take_drop(after=False):
+                    raise _Drop
+                reply = self._route(body)
+            except ApiError as e:
+                reply = _error_reply(e.status, e.msg)
+            except (_Drop, OSError):
+                raise
+            except Exception as e:  # a bug: answer 500 and show it
+                self.server.handle_error(self.request, self.client_address)
+                reply = _error_reply(500, f"Internal error: {e!r}")
+            if is_insert and faults.take_drop(after=True):
+                raise _Drop
+            self._send(reply, headers)
+        except _Drop:
+            self._abort()
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
+
+    # -- the REST API -----------------------------------------------------------
+
+    def _route(self, body: bytes) -> Reply:
+        url = urlsplit(self.path)
+        if not url.path.startswith("/api/v1/"):
+            raise ApiError(404, "Not found")
+        rest = url.path[len("/api/v1/") :]
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        user, device = self._authenticate(query)
+        method = self.command
+        if rest == "":
+            if method != "GET":
+                raise ApiError(405, "Method not allowed")
+            if query.get("q", "this") != "this":
+                raise ApiError(400, "Unsupported query")
+            return _text_reply(user + "/" + device)
+        if not rest.startswith("crud/"):
+            raise ApiError(404, "Not found")
+        parts = [unquote(p) for p in rest[len("crud/") :].rstrip("/").split("/")]
+        if "" in parts:
+            raise ApiError(404, "Not found")
+        if parts[0] != user:
+            raise ApiError(403, f"Permission denied: {user}/{device} may not access {parts[0]}")
+        store = self.server.store
+        if len(parts) == 1:
+            if method != "GET":
+                raise ApiError(405, "Method not allowed")
+            if not store.user_exists(parts[0]):
+                raise ApiError(404, "User does not exist")
+            return _json_reply({"name": parts[0]})
+        if len(parts) == 2:
+            return self._device(store, parts, query, own=(parts[1] == device))
+        if len(parts) == 3:
+            return self._stream(store, "/".join(parts), body)
+        if len(parts) == 4 and parts[3] == "data":
+            return self._data(store, "/".join(parts[:3]), query, body)
+        raise ApiError(404, "Not found")
+
+    def _authenticate(self, query: dict[str, str]) -> tuple[str, str]:
+        apikey = query.get("apikey")
+        auth = self.headers.get("Authorization", "")
+        if auth[:6].lower() == "basic ":
+            try:
+                apikey = base64.b64decode(auth[6:], validate=True).decode().partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                raise ApiError(401, "Malformed Authorization header") from None
+        found = self.server.store.device_for_key(apikey) if apikey else None
+        if found is None:
+            raise ApiError(401, "Authentication failed: a valid apikey is required")
+        return found
+
+    def _device(self, store: Store, parts: list[str], query: dict, own: bool) -> Reply:
+        if self.command != "GET":
+            raise ApiError(405, "Method not allowed")
+        apikey = store.device_apikey(parts[0], parts[1])
+        if apikey is None:
+            raise ApiError(404, "Device does not exist")
+        if query.get("q") == "ls":
+            return _json_reply(store.list_streams(parts[0], parts[1]))
+        device = {
+            "name": parts[1],
+            "user": parts[0],
+            "nickname": "",
+            "description": "",
+            "icon": "",
+            "public": False,
+            "role": "none",
+            "enabled": True,
+        }
+        if own:
+            device["apikey"] = apikey
+        return _json_reply(device)
+
+    def _stream(self, store: Store, path: str, body: bytes) -> Reply:
+        method = self.command
+        if method == "GET":
+            stream = store.read_stream(path)
+            if stream is None:
+                raise ApiError(404, "Stream does not exist")
+            return _json_reply(stream)
+        if method == "DELETE":
+            if not store.delete_stream(path):
+                raise ApiError(404, "Stream does not exist")
+            return _text_reply("ok")
+        if method in ("POST", "PUT"):
+            try:
+                props = json.loads(body or b"{}")
+            except ValueError:
+                raise ApiError(400, "The body is not valid JSON") from None
+            if props is None:
+                props = {}
+            if not isinstance(props, dict):
+                raise ApiError(400, "Expected a JSON object")
+            if method == "POST":
+                return _json_reply(store.create_stream(path, props))
+            return _json_reply(store.update_stream(path, props))
+        raise ApiError(405, "Method not allowed")
+
+    def _data(self, store: Store, path: str, query: dict, body: bytes) -> Reply:
+        method = self.command
+        if method in ("POST", "PUT"):
+            batch = Batch(body)
+            reject = self.server.app._faults.reject
+            rejected = reject is not None and any(
+                reject(path, {"t": t, "d": d})
+                for t, d in zip(batch.times, batch.values, strict=True)
+            )
+            store.insert(path, batch, restamp=(method == "PUT"), rejected=rejected)
+            return _text_reply("ok")
+        if method != "GET":
+            raise ApiError(405, "Method not allowed")
+        if query.get("transform"):
+            raise ApiError(400, "Transforms are not supported")
+        if query.get("downlink", "false").lower() not in ("false", "0", ""):
+            raise ApiError(400, "Downlink substreams are not supported")
+        q = query.get("q")
+        if q is not None:
+            if q != "length":
+                raise ApiError(400, f"Unsupported query {q!r}")
+            return _text_reply(str(store.length(path)))
+        by_index = "i1" in query or "i2" in query
+        if by_index and any(k in query for k in ("t1", "t2", "limit")):
+            raise ApiError(400, "Query by index or by time, not both")
+        try:
+            if by_index or not query.keys() & {"t1", "t2", "limit"}:
+                text = store.read_index(path, int(query.get("i1", 0)), int(query.get("i2", 0)))
+            else:
+                t1, t2 = float(query.get("t1", "-inf")), float(query.get("t2", 0))
+                limit = int(query.get("limit", 0))
+                if math.isnan(t1) or math.isnan(t2) or limit < 0:
+                    raise ValueError
+                text = store.read_time(path, t1, t2, limit)
+        except ValueError:
+            raise ApiError(400, "Invalid range query") from None
+        return 200, _JSON, text.encode()

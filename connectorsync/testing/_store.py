@@ -1,0 +1,424 @@
+"""SQLite (apsw) storage behind the test ConnectorDB server.
+
+Guarantees:
+
+* Every public method of :class:`Store` runs under one lock, so each call, and
+  therefore each HTTP request, is atomic with respect to all others.
+* An insert is all or nothing: it is validated completely before anything is
+  written, and written in one transaction.
+* Within a stream, datapoints are kept in insertion order and their
+  timestamps never decrease (inserts that would break this are refused or,
+  when restamping, moved forward), so "insertion order" and "ordered by
+  (t, id)" are the same order. Reads rely on that to use one index.
+* With a file path, data survives a process restart (WAL,
+  ``synchronous=NORMAL``: a committed insert survives a process crash, and an
+  OS crash can lose only the last commits, never corrupt the file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+import secrets
+import threading
+from collections.abc import Iterable
+from itertools import islice, repeat
+from json.encoder import encode_basestring_ascii
+from typing import Any
+
+import apsw
+from jsonschema import Draft4Validator
+from jsonschema.exceptions import SchemaError
+
+SCHEMA_MSG = "At least one datapoint did not conform to the stream's schema"
+UNORDERED_MSG = "Timestamps are not ordered!"
+OLDER_MSG = "Greater timestamp already exists for the stream. Insert Failed."
+
+_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
+_NUMBER = frozenset((int, float))
+# JSON Schema (Draft 4) type names -> the Python types json.loads produces for
+# them. bool is its own type here, so it is neither a number nor an integer,
+# and 1.0 is not an integer: both exactly as Draft4Validator decides.
+_JSON_TYPES = {
+    "number": _NUMBER,
+    "integer": frozenset((int,)),
+    "string": frozenset((str,)),
+    "boolean": frozenset((bool,)),
+    "null": frozenset((type(None),)),
+    "object": frozenset((dict,)),
+    "array": frozenset((list,)),
+}
+# Stream properties kept besides the schema, with their defaults (and types).
+_STREAM_PROPS: dict[str, Any] = {
+    "nickname": "",
+    "description": "",
+    "icon": "",
+    "datatype": "",
+    "downlink": False,
+    "ephemeral": False,
+}
+_encode_any = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS devices (user TEXT NOT NULL, name TEXT NOT NULL,"
+    " apikey TEXT NOT NULL UNIQUE, PRIMARY KEY (user, name))",
+    "CREATE TABLE IF NOT EXISTS streams (id INTEGER PRIMARY KEY,"
+    " user TEXT NOT NULL, device TEXT NOT NULL, name TEXT NOT NULL,"
+    " schema TEXT NOT NULL, props TEXT NOT NULL DEFAULT '{}',"
+    " length INTEGER NOT NULL DEFAULT 0, last_t REAL, UNIQUE (user, device, name))",
+    "CREATE TABLE IF NOT EXISTS datapoints (id INTEGER PRIMARY KEY,"
+    " stream INTEGER NOT NULL, t REAL NOT NULL, d TEXT NOT NULL)",
+    # (stream, t) plus the implicit rowid gives insertion order per stream.
+    "CREATE INDEX IF NOT EXISTS datapoints_stream_t ON datapoints (stream, t)",
+)
+
+
+class ApiError(Exception):
+    """A request failure with the HTTP status and message to answer with."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+
+
+def valid_name(name: str) -> bool:
+    """ConnectorDB's rule for user, device and stream names."""
+    return len(name) < 30 and _NAME_RE.match(name) is not None
+
+
+def parse_schema(value: Any) -> str:
+    """Check a stream schema given as JSON text (or a dict); return its text."""
+    if isinstance(value, dict):
+        value = json.dumps(value)
+    if not isinstance(value, str):
+        raise ApiError(400, "The schema must be a JSON string")
+    try:
+        schema = json.loads(value)
+    except ValueError:
+        raise ApiError(400, "The schema is not valid JSON") from None
+    if not isinstance(schema, dict):
+        raise ApiError(400, "The schema must be a JSON object")
+    try:
+        Draft4Validator.check_schema(schema)
+    except SchemaError as e:
+        raise ApiError(400, "Invalid JSON schema: " + e.message) from None
+    return value
+
+
+class _Checker:
+    """Decides whether a batch of values conforms to one schema.
+
+    Schemas that only constrain the JSON type (``{}``, ``{"type": "number"}``,
+    ``{"type": ["string", "null"]}``, ...) are checked by comparing Python
+    types, which gives Draft4Validator's answer without calling it per value.
+    """
+
+    def __init__(self, schema_text: str) -> None:
+        schema = json.loads(schema_text)
+        self.types: frozenset | None = None
+        self.validator: Draft4Validator | None = None
+        names = schema.get("type")
+        names = [names] if isinstance(names, str) else names
+        if not schema:
+            self.types = frozenset().union(*_JSON_TYPES.values())
+        elif (
+            schema.keys() == {"type"}
+            and isinstance(names, list)
+            and all(n in _JSON_TYPES for n in names)
+        ):
+            self.types = frozenset().union(*(_JSON_TYPES[n] for n in names))
+        else:
+            self.validator = Draft4Validator(schema)
+
+    def accepts(self, values: list, kinds: set) -> bool:
+        if self.types is not None:
+            return kinds <= self.types
+        assert self.validator is not None
+        return all(map(self.validator.is_valid, values))
+
+
+class Batch:
+    """A parsed insert body: timestamps, values, value types and value JSON."""
+
+    def __init__(self, body: bytes) -> None:
+        try:
+            points = json.loads(body, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "The body is not valid JSON") from None
+        if type(points) is not list:
+            raise ApiError(400, "Expected a JSON array of datapoints")
+        bad = ApiError(400, 'Each datapoint must be an object with a finite number "t" and a "d"')
+        try:
+            ts = [p["t"] for p in points]
+            self.values = [p["d"] for p in points]
+        except (TypeError, KeyError):
+            raise bad from None
+        try:
+            if not set(map(type, ts)) <= _NUMBER or not all(map(math.isfinite, ts)):
+                raise bad
+        except OverflowError:  # an integer too large for a float
+            raise bad from None
+        self.times: list[float] = list(map(float, ts))
+        self.kinds = set(map(type, self.values))
+        self.encoded = _encode_values(self.values, self.kinds)
+
+    def ordered(self) -> bool:
+        return all(map(operator.le, self.times, islice(self.times, 1, None)))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def _encode_values(values: list, kinds: set) -> list[str]:
+    """JSON text of each value, with fast paths for all-number/all-string batches."""
+    try:
+        if kinds <= _NUMBER and all(map(math.isfinite, values)):
+            return list(map(repr, values))  # repr of an int or finite float is JSON
+    except OverflowError:  # an int too large for a float: the general path copes
+        pass
+    if kinds == {str}:
+        return list(map(encode_basestring_ascii, values))
+    try:
+        return list(map(_encode_any, values))
+    except ValueError:  # a non-finite float, e.g. parsed from "1e999"
+        raise ApiError(400, "Datapoint values must be finite numbers") from None
+
+
+def _rows_json(rows: Iterable[Any]) -> str:
+    return "[" + ",".join([f'{{"t":{t!r},"d":{d}}}' for t, d in rows]) + "]"
+
+
+class Store:
+    """Users, devices, streams and datapoints in one SQLite database."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self._lock = threading.Lock()
+        self._db = apsw.Connection(path if path is not None else ":memory:")
+        self._checkers: dict[str, _Checker] = {}
+        if path is not None:
+            self._db.set_busy_timeout(5000)
+            self._db.execute("PRAGMA journal_mode=WAL").fetchall()
+            self._db.execute("PRAGMA synchronous=NORMAL").fetchall()
+        with self._db:
+            for sql in _TABLES:
+                self._db.execute(sql)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # apsw's rows are tuples of SQLite values; these helpers type them as Any.
+    def _one(self, sql: str, params: Any = ()) -> Any:
+        return self._db.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: Any = ()) -> list[Any]:
+        return self._db.execute(sql, params).fetchall()
+
+    # -- users and devices ---------------------------------------------------
+
+    def add_device(self, user: str, device: str) -> str:
+        if not (valid_name(user) and valid_name(device)):
+            raise ValueError(f"invalid user or device name: {user!r}/{device!r}")
+        with self._lock, self._db:
+            self._db.execute("INSERT OR IGNORE INTO users VALUES (?)", (user,))
+            row = self._one("SELECT apikey FROM devices WHERE user=? AND name=?", (user, device))
+            apikey: str = secrets.token_hex(16) if row is None else row[0]
+            if row is None:
+                self._db.execute("INSERT INTO devices VALUES (?,?,?)", (user, device, apikey))
+        return apikey
+
+    def device_for_key(self, apikey: str) -> tuple[str, str] | None:
+        with self._lock:
+            row = self._one("SELECT user, name FROM devices WHERE apikey=?", (apikey,))
+        return None if row is None else (row[0], row[1])
+
+    def user_exists(self, user: str) -> bool:
+        with self._lock:
+            return self._one("SELECT 1 FROM users WHERE name=?", (user,)) is not None
+
+    def device_apikey(self, user: str, device: str) -> str | None:
+        with self._lock:
+            row = self._one("SELECT apikey FROM devices WHERE user=? AND name=?", (user, device))
+        return None if row is None else str(row[0])
+
+    # -- streams ---------------------------------------------------------------
+
+    def _stream_row(self, path: str) -> Any:
+        """(id, schema, props, length, last_t) of a "user/device/stream" path, or None."""
+        parts = path.split("/")
+        if len(parts) != 3:
+            return None
+        return self._one(
+            "SELECT id, schema, props, length, last_t FROM streams"
+            " WHERE user=? AND device=? AND name=?",
+            parts,
+        )
+
+    @staticmethod
+    def _stream_json(name: str, schema: str, props: str) -> dict:
+        return {"name": name, "schema": schema, **_STREAM_PROPS, **json.loads(props)}
+
+    def list_streams(self, user: str, device: str) -> list[dict]:
+        with self._lock:
+            rows = self._all(
+                "SELECT name, schema, props FROM streams WHERE user=? AND device=? ORDER BY id",
+                (user, device),
+            )
+        return [self._stream_json(*row) for row in rows]
+
+    def read_stream(self, path: str) -> dict | None:
+        with self._lock:
+            row = self._stream_row(path)
+        return None if row is None else self._stream_json(path.rsplit("/", 1)[1], row[1], row[2])
+
+    def create_stream(self, path: str, body: dict) -> dict:
+        user, device, name = path.split("/")
+        if not valid_name(name):
+            raise ApiError(400, f"Invalid stream name {name!r}")
+        schema = parse_schema(body.get("schema", "{}"))
+        props = json.dumps(_props(body))
+        with self._lock, self._db:
+            if self._one("SELECT 1 FROM devices WHERE user=? AND name=?", (user, device)) is None:
+                raise ApiError(404, f"Device {user}/{device} does not exist")
+            if self._stream_row(path) is not None:
+                raise ApiError(409, f"Stream {path} already exists")
+            self._db.execute(
+                "INSERT INTO streams (user, device, name, schema, props) VALUES (?,?,?,?,?)",
+                (user, device, name, schema, props),
+            )
+        return self._stream_json(name, schema, props)
+
+    def update_stream(self, path: str, body: dict) -> dict:
+        new_schema = parse_schema(body["schema"]) if "schema" in body else None
+        with self._lock, self._db:
+            row = self._stream_row(path)
+            if row is None:
+                raise ApiError(404, f"Stream {path} does not exist")
+            props = json.dumps({**json.loads(row[2]), **_props(body)})
+            schema: str = new_schema if new_schema is not None else row[1]
+            self._db.execute(
+                "UPDATE streams SET schema=?, props=? WHERE id=?", (schema, props, row[0])
+            )
+        return self._stream_json(path.rsplit("/", 1)[1], schema, props)
+
+    def delete_stream(self, path: str) -> bool:
+        with self._lock, self._db:
+            row = self._stream_row(path)
+            if row is not None:
+                self._db.execute("DELETE FROM datapoints WHERE stream=?", (row[0],))
+                self._db.execute("DELETE FROM streams WHERE id=?", (row[0],))
+        return row is not None
+
+    def stream_schema(self, path: str) -> dict | None:
+        with self._lock:
+            row = self._stream_row(path)
+        return None if row is None else json.loads(row[1])
+
+    # -- datapoints --------------------------------------------------------------
+
+    def insert(self, path: str, batch: Batch, restamp: bool, rejected: bool = False) -> None:
+        """Append a batch to a stream, or raise ApiError without storing anything.
+
+        ``rejected`` says an injected fault refused a datapoint; it fails like
+        a schema violation, once the stream is known to exist.
+        """
+        with self._lock:
+            row = self._stream_row(path)
+            if row is None:
+                raise ApiError(403, f"Stream {path} does not exist")
+            stream_id, schema, _, _, last_t = row
+            checker = self._checkers.get(schema)
+            if checker is None:
+                checker = self._checkers[schema] = _Checker(schema)
+            if rejected or not checker.accepts(batch.values, batch.kinds):
+                raise ApiError(403, SCHEMA_MSG)
+            if not batch.ordered():
+                raise ApiError(403, UNORDERED_MSG)
+            times = batch.times
+            if not times:
+                return
+            if last_t is not None and times[0] < last_t:
+                if not restamp:
+                    raise ApiError(403, OLDER_MSG)
+                times = [t if t >= last_t else last_t for t in times]
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO datapoints (stream, t, d) VALUES (?,?,?)",
+                    zip(repeat(stream_id), times, batch.encoded),
+                )
+                self._db.execute(
+                    "UPDATE streams SET length=length+?, last_t=? WHERE id=?",
+                    (len(times), times[-1], stream_id),
+                )
+
+    def length(self, path: str) -> int:
+        with self._lock:
+            row = self._stream_row(path)
+        if row is None:
+            raise ApiError(404, f"Stream {path} does not exist")
+        return int(row[3])
+
+    def read_index(self, path: str, i1: int, i2: int) -> str:
+        """JSON of datapoints [i1:i2] (Python-style; i2 == 0 means to the end)."""
+        with self._lock:
+            row = self._stream_row(path)
+            if row is None:
+                raise ApiError(404, f"Stream {path} does not exist")
+            n = row[3]
+            start = _clamp(i1, n)
+            stop = n if i2 == 0 else _clamp(i2, n)
+            if stop <= start:
+                return "[]"
+            if start < n - stop:
+                rows = self._all(
+                    "SELECT t, d FROM datapoints WHERE stream=? ORDER BY t, id LIMIT ? OFFSET ?",
+                    (row[0], stop - start, start),
+                )
+            else:  # nearer the end: walk the index backwards (e.g. the last point)
+                rows = self._all(
+                    "SELECT t, d FROM datapoints WHERE stream=?"
+                    " ORDER BY t DESC, id DESC LIMIT ? OFFSET ?",
+                    (row[0], stop - start, n - stop),
+                )
+                rows.reverse()
+        return _rows_json(rows)
+
+    def read_time(self, path: str, t1: float, t2: float, limit: int) -> str:
+        """JSON of datapoints with t1 <= t < t2 (t2 == 0: no bound), at most limit (0: all)."""
+        with self._lock:
+            row = self._stream_row(path)
+            if row is None:
+                raise ApiError(404, f"Stream {path} does not exist")
+            rows = self._all(
+                "SELECT t, d FROM datapoints WHERE stream=? AND t>=? AND t<?"
+                " ORDER BY t, id LIMIT ?",
+                (row[0], t1, t2 if t2 != 0 else math.inf, limit if limit > 0 else -1),
+            )
+        return _rows_json(rows)
+
+    def datapoints(self, path: str) -> list[dict]:
+        """All datapoints of a stream, decoded; KeyError if it does not exist."""
+        with self._lock:
+            row = self._stream_row(path)
+            if row is None:
+                raise KeyError(path)
+            rows = self._all("SELECT t, d FROM datapoints WHERE stream=? ORDER BY t, id", (row[0],))
+        return [{"t": t, "d": json.loads(d)} for t, d in rows]
+
+
+def _clamp(i: int, n: int) -> int:
+    return min(max(i + n if i < 0 else i, 0), n)
+
+
+def _props(body: dict) -> dict:
+    """The known stream properties in a request body, type-checked."""
+    props = {k: body[k] for k in _STREAM_PROPS if k in body}
+    for key, value in props.items():
+        if type(value) is not type(_STREAM_PROPS[key]):
+            raise ApiError(400, f"Invalid value for {key}")
+    return props

@@ -1,0 +1,276 @@
+"""A ConnectorDB-v0.3-compatible server running in-process, for tests, benchmarks and demos.
+
+:class:`ConnectorDBServer` serves the REST API that the ``connectordb`` 0.3.5
+client speaks (see ``_api``), storing everything in SQLite (see ``_store``).
+
+Guarantees:
+
+* It binds 127.0.0.1 only; :meth:`ConnectorDBServer.start` returns once the
+  socket is listening.
+* Every request is atomic, and an insert is all or nothing.
+* :meth:`ConnectorDBServer.stop` closes the listening socket and every open
+  connection and waits for their threads; ``start`` afterwards listens on the
+  same port with the same storage (in memory too). ``close`` also closes the
+  storage.
+* With a ``path`` the data survives a process restart.
+
+Run ``python -m connectorsync.testing.server [--port P] [--path FILE]
+[--device user/device]`` to serve until SIGTERM or SIGINT: it prints the url,
+then the device's apikey, one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+from collections.abc import Collection
+from http.server import HTTPServer
+from types import TracebackType
+from typing import Any
+
+from ._api import Predicate, _Faults, _Handler
+from ._store import Store
+
+__all__ = ["ConnectorDBServer", "main"]
+
+
+class _HTTPServer(HTTPServer):
+    """An HTTPServer with one thread per connection that can close them all."""
+
+    def __init__(self, app: ConnectorDBServer, store: Store, port: int) -> None:
+        self.app = app
+        self.store = store
+        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._conns_lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind also looks up the host's FQDN, which can stall on DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self._serve_connection,
+            args=(request, client_address),
+            name="connectordb-conn",
+            daemon=True,
+        )
+        with self._conns_lock:
+            self._conns[request] = thread
+        thread.start()
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # resets and closed sockets are routine
+            super().handle_error(request, client_address)
+
+    def close_connections(self, timeout: float = 5.0) -> None:
+        """Cut every open connection and wait for its thread to finish."""
+        with self._conns_lock:
+            conns = list(self._conns.items())
+        for sock, _ in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for _, thread in conns:
+            thread.join(timeout)
+
+
+class ConnectorDBServer:
+    """A ConnectorDB v0.3 server on 127.0.0.1, serving from a daemon thread.
+
+    ``path`` is the SQLite file to persist to (None: in memory); ``port`` 0
+    picks a free port on the first ``start`` and keeps it afterwards.
+    Usable as a context manager (start on enter, stop on exit).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, port: int = 0) -> None:
+        self._path = None if path is None else os.fspath(path)
+        self._port = port
+        self._store: Store | None = None
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()  # serialises start/stop/close
+        self._stopping = threading.Event()  # set while stopping, to cut injected delays short
+        self._faults = _Faults()
+        self._log: list[tuple[str, str]] = []
+        self._log_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> ConnectorDBServer:
+        """Listen and serve; a no-op if already serving. Returns self."""
+        with self._lifecycle:
+            if self._httpd is not None:
+                return self
+            self._httpd = _HTTPServer(self, self._open_store(), self._port)
+            self._port = self._httpd.server_address[1]
+            self._stopping.clear()
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever,
+                args=(0.02,),  # the poll interval bounds how long stop() waits
+                name="connectordb-server",
+                daemon=True,
+            )
+            self._thread.start()
+            return self
+
+    def stop(self) -> None:
+        """Stop serving: close the listening socket and all connections. Idempotent."""
+        with self._lifecycle:
+            httpd, self._httpd = self._httpd, None
+            if httpd is None:
+                return
+            self._stopping.set()
+            httpd.shutdown()
+            httpd.close_connections()
+            httpd.server_close()
+            assert self._thread is not None
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop, and close the storage (an in-memory store is lost)."""
+        self.stop()
+        with self._lifecycle:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def __enter__(self) -> ConnectorDBServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _open_store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self._path)
+        return self._store
+
+    @property
+    def port(self) -> int:
+        """The port; after the first start, the one actually listened on."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        if self._port == 0:
+            raise RuntimeError("the server has not been started yet")
+        return f"http://127.0.0.1:{self._port}"
+
+    # -- data access for tests ------------------------------------------------------
+
+    def add_device(self, user: str, device: str) -> str:
+        """Create the user and device if missing; return the device's apikey."""
+        return self._open_store().add_device(user, device)
+
+    def datapoints(self, stream_path: str) -> list[dict]:
+        """All ``{"t", "d"}`` of a "user/device/stream" in stored order; KeyError if missing."""
+        return self._open_store().datapoints(stream_path)
+
+    def stream_schema(self, stream_path: str) -> dict | None:
+        """The stream's JSON schema, or None if the stream does not exist."""
+        return self._open_store().stream_schema(stream_path)
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path with query) of every request received so far, in order."""
+        with self._log_lock:
+            return list(self._log)
+
+    def _record(self, method: str, path: str) -> None:
+        with self._log_lock:
+            self._log.append((method, path))
+
+    # -- fault injection ----------------------------------------------------------
+
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 503,
+        retry_after: Any = None,
+        methods: Collection[str] | None = None,
+    ) -> None:
+        """Answer the next n requests (with a method in ``methods``, if given) with
+        ``status`` and a JSON error, plus ``Retry-After`` if given, without processing them."""
+        self._faults.fail_next(n, status, retry_after, methods)
+
+    def delay(self, seconds: float, n: int | None = None) -> None:
+        """Sleep ``seconds`` before handling each of the next n requests
+        (n=None: every request until ``delay(0)``)."""
+        self._faults.set_delay(seconds, n)
+
+    def drop_before(self, n: int = 1) -> None:
+        """Close the next n data-insert requests' connections without storing or answering."""
+        self._faults.add_drops(before=n)
+
+    def drop_after_commit(self, n: int = 1) -> None:
+        """Process the next n data-insert requests (committing them if valid), then
+        close the connection instead of answering: a lost acknowledgement."""
+        self._faults.add_drops(after=n)
+
+    def reject(self, predicate: Predicate | None) -> None:
+        """Fail inserts (403, schema message) holding a point where
+        ``predicate(stream_path, {"t": t, "d": d})`` is true; None clears it."""
+        self._faults.reject = predicate
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; print the url, then the device's apikey if --device."""
+    parser = argparse.ArgumentParser(
+        prog="connectorsync serve", description="Serve a test ConnectorDB v0.3 API on 127.0.0.1."
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default: a free one)"
+    )
+    parser.add_argument("--path", help="SQLite file to keep the data in (default: memory)")
+    parser.add_argument("--device", help="create this user/device and print its apikey")
+    args = parser.parse_args(argv)
+    device = args.device.split("/") if args.device else None
+    if device is not None and len(device) != 2:
+        parser.error("--device must be user/device")
+
+    # Block the signals before any thread starts (threads inherit the mask), then
+    # wait for them synchronously: no handler can race with the wait.
+    signals = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    srv = ConnectorDBServer(path=args.path, port=args.port)
+    try:
+        srv.start()
+        print(srv.url, flush=True)
+        if device is not None:
+            print(srv.add_device(*device), flush=True)
+        signal.sigwait(signals)
+    finally:
+        srv.close()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""How ConnectorDBRemote maps HTTP statuses and network failures onto the error tree.
+
+``responses`` is used here, and only here: for the mapping of status codes. Everything else
+talks to a real loopback server.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+import responses
+
+from connectorsync import (
+    AmbiguousRemoteError,
+    AuthError,
+    ConnectorDBRemote,
+    RejectedError,
+    RemoteError,
+    TransientRemoteError,
+)
+
+URL = "http://connectordb.test"
+DATA = f"{URL}/api/v1/crud/u/d/s/data"
+STREAM = f"{URL}/api/v1/crud/u/d/s"
+BATCH = [(1, 1.7e9, "1.5"), (2, 1.7e9 + 1, "2.5")]
+
+
+def error(status: int, msg: str) -> dict:
+    return {"code": status, "msg": msg, "ref": "0000"}
+
+
+@pytest.fixture
+def remote():
+    remote = ConnectorDBRemote(URL, "SECRETKEY", timeout=5)
+    yield remote
+    remote.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "msg", "expected"),
+    [
+        (401, "Invalid API key", AuthError),
+        (403, "At least one datapoint did not conform to the stream's schema", RejectedError),
+        (403, "Timestamps are not ordered!", RejectedError),
+        (403, "Greater timestamp already exists for the stream. Insert Failed.", RejectedError),
+        (403, "Permission denied", AuthError),
+        (403, "Stream u/d/s does not exist", RemoteError),
+        (400, "Could not parse datapoints", RejectedError),
+        (413, "Request too large", RejectedError),
+        (408, "Request timeout", TransientRemoteError),
+        (429, "Slow down", TransientRemoteError),
+        (500, "Internal error", TransientRemoteError),
+        (502, "Bad gateway", TransientRemoteError),
+        (503, "Unavailable", TransientRemoteError),
+        (504, "Gateway timeout", TransientRemoteError),
+        (404, "Not found", RemoteError),
+    ],
+)
+@responses.activate
+def test_push_status_mapping(remote, status: int, msg: str, expected: type) -> None:
+    responses.post(DATA, json=error(status, msg), status=status)
+    with pytest.raises(expected) as info:
+        remote.push("u/d/s", BATCH)
+    assert type(info.value) is expected
+    assert info.value.status == status
+    assert info.value.body == msg
+    assert msg in str(info.value)
+    assert "SECRETKEY" not in str(info.value)
+
+
+@responses.activate
+def test_push_sends_the_batch_as_json_with_basic_auth(remote) -> None:
+    responses.post(DATA, body="ok")
+    remote.push("u/d/s", BATCH)
+    request = responses.calls[0].request
+    assert request.body == b'[{"t":1700000000.0,"d":1.5},{"t":1700000001.0,"d":2.5}]'
+    assert request.headers["Authorization"] == requests.auth._basic_auth_str("", "SECRETKEY")
+    remote.push("u/d/s", [])  # an empty batch sends nothing
+    assert len(responses.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("7", 7.0), ("0.5", 0.5), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+)
+@responses.activate
+def test_retry_after_is_read(remote, header, seconds) -> None:
+    headers = {"Retry-After": header} if header else {}
+    responses.post(DATA, json=error(429, "Slow down"), status=429, headers=headers)
+    with pytest.raises(TransientRemoteError) as info:
+        remote.push("u/d/s", BATCH)
+    assert info.value.retry_after == seconds
+
+
+@responses.activate
+def test_lost_answer_to_a_push_is_ambiguous(remote) -> None:
+    responses.post(DATA, body=requests.exceptions.ReadTimeout("read timed out"))
+    with pytest.raises(AmbiguousRemoteError):
+        remote.push("u/d/s", BATCH)
+    responses.post(DATA, body=requests.exceptions.ConnectionError("Connection aborted."))
+    with pytest.raises(AmbiguousRemoteError):
+        remote.push("u/d/s", BATCH)
+
+
+@responses.activate
+def test_failure_to_connect_is_transient_even_for_a_push(remote) -> None:
+    responses.post(
+        DATA,
+        body=requests.exceptions.ConnectionError(
+            "Failed to establish a new connection: [Errno 111] Connection refused"
+        ),
+    )
+    with pytest.raises(TransientRemoteError):
+        remote.push("u/d/s", BATCH)
+    responses.post(DATA, body=requests.exceptions.ConnectTimeout("connect timed out"))
+    with pytest.raises(TransientRemoteError):
+        remote.push("u/d/s", BATCH)
+
+
+@responses.activate
+def test_reads_are_never_ambiguous(remote) -> None:
+    responses.get(f"{DATA}?i1=-1&i2=0", body=requests.exceptions.ReadTimeout("read timed out"))
+    with pytest.raises(TransientRemoteError) as info:
+        remote.reconcile("u/d/s")
+    assert type(info.value) is TransientRemoteError
+
+
+@responses.activate
+def test_stream_schema_and_reconcile(remote) -> None:
+    responses.get(STREAM, json={"name": "s", "schema": '{"type":"number"}'})
+    responses.get(f"{DATA}?i1=-1&i2=0", json=[{"t": 1.7e9, "d": 1}])
+    assert remote.stream_schema("u/d/s") == {"type": "number"}
+    assert remote.reconcile("u/d/s") == 1.7e9
+    responses.replace(responses.GET, STREAM, json=error(404, "no such stream"), status=404)
+    responses.replace(responses.GET, f"{DATA}?i1=-1&i2=0", json=[])
+    assert remote.stream_schema("u/d/s") is None
+    assert remote.reconcile("u/d/s") is None
+
+
+@responses.activate
+def test_ensure_stream_creates_only_when_missing(remote) -> None:
+    responses.get(STREAM, json=error(404, "no such stream"), status=404)
+    responses.post(STREAM, json={"name": "s"})
+    remote.ensure_stream("u/d/s", {"type": "number"})
+    assert responses.calls[1].request.body == '{"schema": "{\\"type\\": \\"number\\"}"}'
+    responses.replace(responses.GET, STREAM, json={"name": "s", "schema": "{}"})
+    remote.ensure_stream("u/d/s", {"type": "number"})
+    assert [c.request.method for c in responses.calls] == ["GET", "POST", "GET"]
+
+
+@responses.activate
+def test_bare_stream_names_are_relative_to_the_pinged_device(remote) -> None:
+    responses.get(f"{URL}/api/v1/?q=this", body="alice/sensor")
+    responses.post(f"{URL}/api/v1/crud/alice/sensor/temperature/data", body="ok")
+    remote.push("temperature", BATCH)
+    assert [c.request.method for c in responses.calls] == ["GET", "POST"]
+
+
+def test_oversized_batch_is_rejected_before_sending(remote) -> None:
+    big = [(i, 1.7e9 + i, '"' + "x" * 1000 + '"') for i in range(9000)]
+    with pytest.raises(RejectedError, match="byte limit"):
+        remote.push("u/d/s", big)
+
+
+def test_https_is_assumed_and_verify_is_on() -> None:
+    remote = ConnectorDBRemote("connectordb.test", "k")
+    assert remote.serverurl == "https://connectordb.test"
+    assert remote._session.verify is True
+    remote.close()
+    remote = ConnectorDBRemote("https://c.test", "k", verify="/etc/ssl/private-ca.pem")
+    assert remote._session.verify == "/etc/ssl/private-ca.pem"
+    remote.close()

@@ -1,0 +1,198 @@
+"""Logger.sync(): one pass, keyset-paged batches, acknowledged datapoints deleted, callbacks."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from connectorsync import (
+    ConnectorDBRemote,
+    Logger,
+    RemoteError,
+    TransientRemoteError,
+)
+from connectorsync.remotes.base import Datapoint
+from connectorsync.testing import ConnectorDBServer
+
+
+class RecordingRemote(ConnectorDBRemote):
+    """The real ConnectorDB remote, noting the size of every batch pushed."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        super().push(stream, batch)
+        self.batches.append(len(batch))
+
+
+def test_sync_creates_the_remote_stream_with_its_schema(logger: Logger, server) -> None:
+    logger.addStream("status", {"type": "object", "required": ["ok"]})
+    logger.insert("status", {"ok": 1})
+    report = logger.sync()
+    assert report.ok and report.sent == {"status": 1}
+    assert server.stream_schema("alice/sensor/status") == {"type": "object", "required": ["ok"]}
+    assert server.stream_schema("alice/sensor/temperature") == {"type": "number"}
+    # A second pass with nothing cached sends nothing and is still a success.
+    report = logger.sync()
+    assert report.ok and report.sent == {}
+
+
+def test_sync_pages_by_batch_size(cache_path: str, server: ConnectorDBServer) -> None:
+    remote = RecordingRemote(server.url, server.apikey)
+    with Logger(cache_path, remote=remote, batch_size=7) as lg:
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert_many("temperature", [float(i) for i in range(50)])
+        report = lg.sync()
+    assert report.sent == {"temperature": 50}
+    assert remote.batches == [7] * 7 + [1]
+    assert [p["d"] for p in server.datapoints("alice/sensor/temperature")] == list(range(50))
+    remote.close()
+
+
+def _peak_sync_memory(path: str, server: ConnectorDBServer, backlog: int) -> int:
+    remote = ConnectorDBRemote(server.url, server.apikey)
+    with Logger(path, remote=remote, batch_size=500, durability="normal") as lg:
+        lg.addStream("temperature", {"type": "number"})
+        for start in range(0, backlog, 5000):
+            lg.insert_many("temperature", [float(i) for i in range(start, start + 5000)])
+        tracemalloc.start()
+        try:
+            report = lg.sync()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    remote.close()
+    assert report.sent == {"temperature": backlog}
+    return peak
+
+
+def test_sync_memory_does_not_grow_with_the_backlog(tmp_path, server: ConnectorDBServer) -> None:
+    """Invariant 3: 8x the backlog must not mean 8x the memory (keyset paging, no fetchall)."""
+    small = _peak_sync_memory(str(tmp_path / "small.db"), server, 5_000)
+    large = _peak_sync_memory(str(tmp_path / "large.db"), server, 40_000)
+    assert large < 2 * small, (small, large)
+
+
+def test_failed_push_keeps_everything(logger: Logger, server: ConnectorDBServer) -> None:
+    logger.insert_many("temperature", [1.0, 2.0, 3.0])
+    server.fail_next(5, status=503)
+    report = logger.sync()
+    assert not report.ok
+    assert "503" in report.errors["*"]
+    assert isinstance(report.exception, TransientRemoteError)
+    assert len(logger) == 3
+    assert logger.lastsynctime == 0
+    assert logger.status().last_error is not None
+    server.clear_faults()
+    assert logger.sync().sent == {"temperature": 3}
+    assert logger.status().last_error is None
+    assert logger.lastsynctime > 0
+
+
+def test_unreachable_server_keeps_everything(cache_path: str) -> None:
+    with Logger(cache_path, apikey="k", http_timeout=2) as lg:
+        lg.serverurl = "http://127.0.0.1:9"  # discard port: nothing listens
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert("temperature", 1.0)
+        report = lg.sync()
+        assert isinstance(report.exception, TransientRemoteError)
+        assert len(lg) == 1
+
+
+def test_one_failing_stream_does_not_stop_the_others(logger: Logger, server) -> None:
+    logger.addStream("humidity", {"type": "number"})
+    logger.insert_many("temperature", [1.0, 2.0])
+    logger.insert_many("humidity", [50.0, 51.0])
+    server.reject(lambda stream, point: stream.endswith("/temperature"))
+    report = logger.sync()
+    assert report.sent == {"humidity": 2}
+    assert "conform" in report.errors["temperature"]
+    assert logger.status().streams["temperature"].cached == 2
+    assert logger.status().streams["humidity"].cached == 0
+
+
+def test_onsync_and_onsyncfail(cache_path: str, server: ConnectorDBServer) -> None:
+    calls: list[Any] = []
+
+    def failed(error: Exception) -> bool:
+        calls.append(error)
+        return False
+
+    lg = Logger(
+        cache_path, apikey=server.apikey, onsync=lambda: calls.append("ok"), onsyncfail=failed
+    )
+    lg.serverurl = server.url
+    lg.addStream("temperature", {"type": "number"})
+    lg.insert("temperature", 1.0)
+    lg.sync()
+    assert calls == ["ok"]
+    server.fail_next(1, status=500)
+    lg.sync()  # onsyncfail returned False: no raise
+    assert isinstance(calls[-1], RemoteError) and "500" in str(calls[-1])
+    lg.onsyncfail = lambda error: True
+    server.fail_next(1, status=500)
+    with pytest.raises(TransientRemoteError):
+        lg.sync()
+    lg.close()
+
+
+def test_syncraise_without_onsyncfail(cache_path: str, server: ConnectorDBServer) -> None:
+    with Logger(cache_path, apikey="wrong", syncraise=True) as lg:
+        lg.serverurl = server.url
+        with pytest.raises(RemoteError) as info:
+            lg.sync()
+        assert info.value.status == 401
+        assert "wrong" not in str(info.value)  # the apikey never shows
+
+
+def test_changing_apikey_and_serverurl_takes_effect(cache_path: str, server) -> None:
+    with Logger(cache_path, apikey="wrong") as lg:
+        lg.serverurl = server.url
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert("temperature", 1.0)
+        assert not lg.sync().ok
+        lg.apikey = server.apikey
+        assert lg.sync().sent == {"temperature": 1}
+        assert lg.name == "alice/sensor" and lg.ping() == "alice/sensor"
+
+
+def test_full_stream_paths_and_data_as_sent(logger: Logger, server) -> None:
+    server.add_device("alice", "other")
+    logger.addStream("alice/other/pressure", {"type": "integer"})
+    logger.insert("alice/other/pressure", 1013, timestamp=1.7e9)
+    assert logger.sync().ok
+    assert server.datapoints("alice/other/pressure") == [{"t": 1.7e9, "d": 1013}]
+
+
+def test_sync_leaves_nothing_in_memory_it_should_not(logger: Logger, server) -> None:
+    value = {"nested": [1, 2.5, "x", None, True], "é": "ü"}
+    logger.addStream_force("blob")
+    logger.insert("blob", value, timestamp=1.7e9)
+    assert logger.sync().ok
+    stored = server.datapoints("alice/sensor/blob")
+    assert stored == [{"t": 1.7e9, "d": value}]
+    assert json.dumps(stored[0]["d"]) == json.dumps(value)
+
+
+def test_stream_deleted_remotely_is_created_again(logger: Logger, server) -> None:
+    import requests
+
+    logger.insert("temperature", 1.0)
+    assert logger.sync().ok
+    response = requests.delete(
+        f"{server.url}/api/v1/crud/alice/sensor/temperature", auth=("", server.apikey), timeout=5
+    )
+    assert response.status_code == 200
+    response.close()
+    logger.insert("temperature", 2.0)
+    report = logger.sync()
+    assert "does not exist" in report.errors["temperature"]
+    assert len(logger) == 1
+    assert logger.sync().sent == {"temperature": 1}
+    assert server.datapoints("alice/sensor/temperature")[-1]["d"] == 2.0

@@ -1,0 +1,119 @@
+"""Invariant 9: bad input raises a clear connectorsync error at insert() and changes nothing."""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectorsync import Logger, TimestampError, UnknownStreamError, ValidationError
+
+from .conftest import dump
+
+
+@pytest.fixture
+def lg(cache_path: str):
+    with Logger(cache_path) as lg:
+        lg.addStream("temperature", {"type": "number"})
+        lg.addStream(
+            "reading",
+            {"type": "object", "properties": {"v": {"type": "integer"}}, "required": ["v"]},
+        )
+        lg.addStream_force("anything")
+        lg.insert("temperature", 20.0, timestamp=1.7e9)
+        yield lg
+
+
+BAD_INSERTS = [
+    # (stream, value, timestamp, error, words the message must contain)
+    ("humidity", 1, None, UnknownStreamError, ["'humidity'", "add_stream"]),
+    ("temperature", "hot", None, ValidationError, ["'temperature'", "'hot'", "number"]),
+    ("temperature", True, None, ValidationError, ["'temperature'", "True", "number"]),
+    ("temperature", None, None, ValidationError, ["'temperature'", "None"]),
+    ("temperature", math.nan, None, ValidationError, ["'temperature'", "nan", "finite"]),
+    ("temperature", math.inf, None, ValidationError, ["'temperature'", "inf"]),
+    ("anything", {1, 2}, None, ValidationError, ["'anything'", "JSON"]),
+    ("anything", [1, math.nan], None, ValidationError, ["'anything'", "JSON"]),
+    ("anything", object(), None, ValidationError, ["'anything'", "JSON"]),
+    ("reading", {"v": 1.5}, None, ValidationError, ["'reading'", "1.5", "integer"]),
+    ("reading", {}, None, ValidationError, ["'reading'", "'v' is a required property"]),
+    ("temperature", 1.0, math.nan, TimestampError, ["'temperature'", "finite"]),
+    ("temperature", 1.0, math.inf, TimestampError, ["'temperature'", "finite"]),
+    ("temperature", 1.0, "now", TimestampError, ["'temperature'", "'now'", "seconds"]),
+    ("temperature", 1.0, True, TimestampError, ["'temperature'"]),
+    ("temperature", 1.0, 1.7e12, TimestampError, ["milliseconds"]),
+    ("temperature", 1.0, 1.6e9, TimestampError, ["older", "1700000000.0"]),
+    ("temperature", 1.0, datetime.datetime(2026, 1, 1), TimestampError, ["timezone"]),
+]
+
+
+@pytest.mark.parametrize(("stream", "value", "timestamp", "error", "words"), BAD_INSERTS)
+def test_bad_insert_raises_and_changes_nothing(lg, stream, value, timestamp, error, words) -> None:
+    before = dump(lg.path)
+    with pytest.raises(error) as info:
+        lg.insert(stream, value, timestamp)
+    message = str(info.value)
+    for word in words:
+        assert word in message, message
+    assert dump(lg.path) == before
+
+
+@pytest.mark.parametrize(("stream", "value", "timestamp", "error", "words"), BAD_INSERTS)
+def test_bad_item_in_insert_many_stores_nothing(lg, stream, value, timestamp, error, words) -> None:
+    before = dump(lg.path)
+    item = value if timestamp is None else {"t": timestamp, "d": value}
+    with pytest.raises(error):
+        lg.insert_many(stream, [2.0, item] if stream == "temperature" else [item])
+    assert dump(lg.path) == before
+
+
+def test_validation_error_carries_the_details(lg) -> None:
+    with pytest.raises(ValidationError) as info:
+        lg.insert("reading", {"v": "x"})
+    assert info.value.stream == "reading"
+    assert info.value.value == {"v": "x"}
+    assert "integer" in info.value.reason
+
+
+def test_aware_datetime_timestamp(lg) -> None:
+    when = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    lg.insert("temperature", 1.0, when)
+    assert lg.status().streams["temperature"].newest == when.timestamp()
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**62), 2**62)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(json_values, min_size=1, max_size=5))
+def test_values_round_trip_through_the_cache(tmp_path_factory, values) -> None:
+    """What comes out of the cache (as the remote receives it) equals what went in."""
+    import json
+
+    from connectorsync.cache import Cache
+
+    path = str(tmp_path_factory.mktemp("rt") / "cache.db")
+    with Logger(path, durability="normal") as lg:
+        lg.addStream_force("anything")
+        for value in values:
+            lg.insert("anything", value)
+    cache = Cache.connect(path)
+    try:
+        stream_id = cache.streams()["anything"].id
+        rows = cache.batch(stream_id, 0, 100)
+    finally:
+        cache.close()
+    assert [json.loads(d) for _, _, d in rows] == values
