@@ -33,7 +33,7 @@ from .errors import (
     UnknownStreamError,
     ValidationError,
 )
-from .logger import Logger, Status
+from .logger import DeadLetter, Logger, Status
 from .remotes import ConnectorDBRemote, Remote
 from .syncer import SyncReport
 
@@ -48,6 +48,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectorDBRemote",
     "ConnectorSyncError",
+    "DeadLetter",
     "Logger",
     "RejectedError",
     "Remote",

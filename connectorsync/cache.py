@@ -52,6 +52,7 @@ class StreamRow:
     name: str
     schema: str
     remote_created: bool
+    inflight: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,24 @@ def _migrate_v1(conn: apsw.Connection) -> None:
     conn.execute(_V1).fetchall()  # fetchall: run every statement of the script now
 
 
+def _migrate_v2(conn: apsw.Connection) -> None:
+    """v2: exactly-once delivery and dead-letter retries.
+
+    ``streams.inflight`` is the last datapoint id of a batch sent without an answer yet (0:
+    none); while it is set, the syncer asks the remote what it stored before sending again.
+    ``deadletters.retry_id`` links a dead letter to the datapoint it was queued again as.
+    """
+    conn.execute(
+        "ALTER TABLE streams ADD COLUMN inflight INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE deadletters ADD COLUMN retry_id INTEGER;"
+        "CREATE INDEX deadletters_retry ON deadletters(retry_id) WHERE retry_id IS NOT NULL;"
+    ).fetchall()
+
+
 # Named, versioned steps: MIGRATIONS[i] takes a file from user_version i to i + 1.
 MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
     ("v1_initial", _migrate_v1),
+    ("v2_inflight_and_retries", _migrate_v2),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -344,7 +360,7 @@ class Cache:
         found = version
         if version == 0:
             if tables >= _CONNECTORDB_TABLES:
-                _import_connectordb(conn)
+                _import_connectordb(conn)  # leaves a v1 schema; later steps follow below
                 version = 1
             elif tables:
                 raise ConfigurationError(
@@ -429,8 +445,8 @@ class Cache:
 
     def streams(self) -> dict[str, StreamRow]:
         """Every registered stream by name."""
-        rows = self._read("SELECT id, name, schema, remote_created FROM streams")
-        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3])) for r in rows}
+        rows = self._read("SELECT id, name, schema, remote_created, inflight FROM streams")
+        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows}
 
     def put_stream(self, name: str, schema_text: str) -> StreamRow:
         """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays."""
@@ -537,14 +553,130 @@ class Cache:
         """Delete the stream's datapoints with ids in ``[first_id, last_id]`` (the remote stored
         them) in one transaction, remembering ``last_t`` as delivered. Returns how many."""
         with self.transaction("delete delivered datapoints") as conn:
+            return self._delete_delivered(conn, stream_id, first_id, last_id, last_t)
+
+    @staticmethod
+    def _delete_delivered(
+        conn: apsw.Connection, stream_id: int, first_id: int, last_id: int, last_t: float
+    ) -> int:
+        conn.execute(
+            "UPDATE streams SET last_t = max(last_t, ?), inflight = 0 WHERE id = ?",
+            (last_t, stream_id),
+        )
+        conn.execute(
+            "DELETE FROM datapoints WHERE stream = ? AND id BETWEEN ? AND ?",
+            (stream_id, first_id, last_id),
+        )
+        delivered = conn.changes()
+        # Dead letters queued again and now delivered are done with.
+        conn.execute("DELETE FROM deadletters WHERE retry_id BETWEEN ? AND ?", (first_id, last_id))
+        return delivered
+
+    def set_inflight(self, stream_id: int, last_id: int) -> None:
+        """Record, durably, that datapoints up to ``last_id`` are about to be sent (0: none
+        in flight). Until it is cleared by :meth:`ack`, a crash or lost answer is resolved
+        by :meth:`ack_reconciled` before anything is sent again."""
+        with self.transaction("record the batch in flight") as conn:
+            conn.execute("UPDATE streams SET inflight = ? WHERE id = ?", (last_id, stream_id))
+
+    def ack_reconciled(self, stream_id: int, remote_newest: float | None) -> int:
+        """Resolve the batch in flight: its datapoints at or below ``remote_newest`` (the
+        newest timestamp the remote holds) were delivered and are deleted; the rest stay to be
+        sent again. Only datapoints that were in flight are considered. Returns how many."""
+        with self.transaction("reconcile the batch in flight") as conn:
+            upto = next(conn.execute("SELECT inflight FROM streams WHERE id = ?", (stream_id,)))[0]
+            delivered = 0
+            if upto and remote_newest is not None:
+                first, last, last_t = next(
+                    conn.execute(
+                        "SELECT min(id), max(id), max(t) FROM datapoints "
+                        "WHERE stream = ? AND id <= ? AND t <= ?",
+                        (stream_id, upto, remote_newest),
+                    )
+                )
+                if first is not None:
+                    delivered = self._delete_delivered(conn, stream_id, first, last, last_t)
+            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+            return delivered
+
+    # ----------------------------------------------------------------------- dead letters
+
+    def deadletter(self, stream_id: int, name: str, row: Row, reason: str, now: float) -> None:
+        """Move one datapoint the remote refused to the dead-letter table, in one transaction.
+
+        A datapoint that was a dead letter queued again keeps its letter, with one more attempt.
+        """
+        point_id, t, data = row
+        with self.transaction("move a datapoint to the dead letters") as conn:
             conn.execute(
-                "UPDATE streams SET last_t = max(last_t, ?) WHERE id = ?", (last_t, stream_id)
+                "UPDATE deadletters SET attempts = attempts + 1, reason = ?, failed_at = ?, "
+                "retry_id = NULL WHERE retry_id = ?",
+                (reason, now, point_id),
             )
+            if not conn.changes():
+                conn.execute(
+                    "INSERT INTO deadletters (stream, t, d, reason, attempts, failed_at) "
+                    "VALUES (?, ?, ?, ?, 1, ?)",
+                    (name, t, data, reason, now),
+                )
             conn.execute(
-                "DELETE FROM datapoints WHERE stream = ? AND id BETWEEN ? AND ?",
-                (stream_id, first_id, last_id),
+                "UPDATE streams SET last_t = max(last_t, ?), inflight = 0 WHERE id = ?",
+                (t, stream_id),
             )
-            return conn.changes()
+            conn.execute("DELETE FROM datapoints WHERE id = ?", (point_id,))
+
+    def deadletters(self, stream: str | None = None) -> list[tuple[Any, ...]]:
+        """Dead letters at rest (not queued again): (id, stream, t, d, reason, attempts,
+        failed_at), oldest first."""
+        sql = (
+            "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters "
+            "WHERE retry_id IS NULL"
+        )
+        if stream is None:
+            return self._read(sql + " ORDER BY id")
+        return self._read(sql + " AND stream = ? ORDER BY id", (stream,))
+
+    def retry_deadletters(self, ids: Sequence[int] | None, streams: dict[str, int]) -> int:
+        """Queue dead letters (all, or those of ``ids``) again as new datapoints, in one
+        transaction. A letter older than its stream's newest timestamp is queued at newest +
+        1 µs (the stream's order must hold). Letters of unregistered streams stay. Returns how
+        many were queued."""
+        queued = 0
+        with self.transaction("queue dead letters again") as conn:
+            letters = list(
+                conn.execute(
+                    "SELECT id, stream, t, d FROM deadletters WHERE retry_id IS NULL ORDER BY id"
+                )
+            )
+            wanted = None if ids is None else set(ids)
+            for letter_id, name, t, data in letters:
+                if (wanted is not None and letter_id not in wanted) or name not in streams:
+                    continue
+                stream_id = streams[name]
+                newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
+                t = max(t, newest + NUDGE)
+                conn.execute(_INSERT, (stream_id, t, data))
+                self._newest[stream_id] = t
+                conn.execute(
+                    "UPDATE deadletters SET retry_id = ? WHERE id = ?",
+                    (conn.last_insert_rowid(), letter_id),
+                )
+                queued += 1
+        return queued
+
+    def purge_deadletters(self, ids: Sequence[int] | None) -> int:
+        """Delete dead letters at rest (all, or those of ``ids``). Returns how many."""
+        with self.transaction("purge dead letters") as conn:
+            if ids is None:
+                conn.execute("DELETE FROM deadletters WHERE retry_id IS NULL")
+                return conn.changes()
+            purged = 0
+            for letter_id in ids:
+                conn.execute(
+                    "DELETE FROM deadletters WHERE id = ? AND retry_id IS NULL", (letter_id,)
+                )
+                purged += conn.changes()
+            return purged
 
     def clear(self) -> int:
         """Delete every cached datapoint (connectordb's ``cleardata``). Returns how many."""
@@ -565,7 +697,11 @@ class Cache:
                 "JOIN datapoints d ON d.stream = s.id GROUP BY s.id"
             )
         }
-        dead = dict(self._read("SELECT stream, count(*) FROM deadletters GROUP BY stream"))
+        dead = dict(
+            self._read(
+                "SELECT stream, count(*) FROM deadletters WHERE retry_id IS NULL GROUP BY stream"
+            )
+        )
         stats = {}
         for name in self.streams():
             count, oldest, newest = cached.get(name, (0, None, None))

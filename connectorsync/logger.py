@@ -7,6 +7,7 @@ It wires the parts together and holds no SQL and no HTTP: values are checked by
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 import json
@@ -55,6 +56,10 @@ def _positive_number(name: str, value: Any) -> float:
     return float(value)
 
 
+def _optional_positive_int(name: str, value: Any) -> int | None:
+    return None if value is None else _positive_int(name, value)
+
+
 def _durability(name: str, value: Any) -> str:
     if value not in ("full", "normal"):
         raise ConfigurationError(f"{name} must be 'full' or 'normal'; got {value!r}")
@@ -66,6 +71,7 @@ def _durability(name: str, value: Any) -> str:
 OPTIONS: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "durability": ("full", _durability),
     "batch_size": (5000, _positive_int),
+    "sync_threshold": (None, _optional_positive_int),
     "http_timeout": (30.0, _positive_number),
 }
 
@@ -80,6 +86,28 @@ def _option(name: str, meaning: str) -> Any:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """A datapoint the remote refused, kept aside with the remote's reason.
+
+    :ivar id: the dead letter's id (for ``retry_deadletters`` and ``purge_deadletters``)
+    :ivar stream: the stream name
+    :ivar t: its timestamp
+    :ivar d: its value
+    :ivar reason: what the remote said
+    :ivar attempts: how many times it was refused on its own
+    :ivar failed_at: when it was last refused
+    """
+
+    id: int
+    stream: str
+    t: float
+    d: Any
+    reason: str
+    attempts: int
+    failed_at: float
+
+
+@dataclass(frozen=True)
 class Status:
     """A snapshot of the Logger's state (``Logger.status()``).
 
@@ -88,7 +116,8 @@ class Status:
     :ivar last_sync: when the last complete sync finished (``lastsynctime``), or None
     :ivar last_error: the message of the last failed sync, or None after a good one
     :ivar next_attempt: when the background syncer tries next, or None when it is not running
-    :ivar paused: True while syncing is paused (refused credentials)
+    :ivar paused: True while syncing is paused (refused credentials: ``last_error`` says so);
+        it resumes when ``apikey`` changes, or at the next period
     """
 
     streams: dict[str, StreamStats]
@@ -122,7 +151,8 @@ class Logger:
     :param syncraise: whether a failed ``sync()`` raises, when there is no ``onsyncfail``
     :param remote: where to sync; default a :class:`ConnectorDBRemote` on ``serverurl`` with
         ``apikey``
-    :param options: any of :data:`OPTIONS` (``durability``, ``batch_size``, ``http_timeout``)
+    :param options: any of :data:`OPTIONS` (``durability``, ``batch_size``,
+        ``sync_threshold``, ``http_timeout``)
     :raises ConfigurationError: an unknown or bad option, or a file that is not a cache
     :raises CacheError: the file cannot be opened
     """
@@ -156,7 +186,6 @@ class Logger:
         self._remote_given = remote
         self._remote_built: ConnectorDBRemote | None = None
         self._defs: dict[str, tuple[StreamDef, int]] = {}
-        self._last_error: str | None = None
         self._options: dict[str, Any] = {name: default for name, (default, _) in OPTIONS.items()}
 
         durability = options.get("durability", "full")
@@ -187,11 +216,16 @@ class Logger:
             self._state = _State.CLOSED
             raise
         self._syncer = Syncer(
-            self.path,
-            remote=self._remote,
-            batch_size=lambda: self._options["batch_size"],
-            durability=lambda: self._options["durability"],
+            self.path, remote=self._remote, option=self._setting, after_pass=self._after_pass
         )
+
+    def _setting(self, name: str) -> Any:
+        """An option or setting by name, for the syncer (which reads them when it needs them)."""
+        if name == "syncperiod":
+            return self._syncperiod
+        if name == "apikey":
+            return self._apikey
+        return self._options[name]
 
     def _load_settings(self) -> None:
         settings = self._cache.settings()
@@ -216,15 +250,36 @@ class Logger:
 
     # ----------------------------------------------------------------------- lifecycle
 
-    def close(self) -> None:
-        """Close the cache file and the remote's connections. Safe to call twice.
+    def start(self) -> None:
+        """Start syncing in a background thread: at once, then every ``syncperiod`` seconds,
+        and as soon as ``sync_threshold`` datapoints wait. Returns at once (it never waits
+        for the network). Failed passes are retried with backoff; see :meth:`status`."""
+        self._check_open()
+        self._syncer.start()
 
-        Everything inserted is already on disk: closing loses nothing.
+    def stop(self) -> None:
+        """Stop the background syncer. Returns at once, even in the middle of a backoff
+        (a request under way ends within ``http_timeout``). Safe to call twice."""
+        self._syncer.stop()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop syncing and close the cache file. Safe to call twice.
+
+        If the background syncer was running, one last pass delivers what it can, starting no
+        new batch after ``timeout`` seconds. Everything inserted is already on disk: closing
+        loses nothing.
         """
         with self._lock:
             if self._state is _State.CLOSED:
                 return
             self._state = _State.CLOSED
+        was_running = self._syncer.running
+        self._syncer.stop()
+        if was_running:
+            try:
+                self._syncer.deadline_drain(timeout)
+            except ConnectorSyncError as exc:
+                log.warning("last sync before closing failed (nothing lost): %s", exc)
         self._syncer.close()
         if self._remote_built is not None:
             self._remote_built.close()
@@ -259,6 +314,8 @@ class Logger:
         self._cache.set_setting("apikey", value)
         self._apikey = value
         self._drop_remote()
+        if hasattr(self, "_syncer"):
+            self._syncer.resume()
 
     @property
     def serverurl(self) -> str:
@@ -285,6 +342,8 @@ class Logger:
         self._check_open()
         self._cache.set_setting("syncperiod", value)
         self._syncperiod = value
+        if hasattr(self, "_syncer"):
+            self._syncer.wake()  # start the new period now
 
     @property
     def lastsynctime(self) -> float:
@@ -318,6 +377,9 @@ class Logger:
 
     durability = _option("durability", "``'full'`` survives a power cut, ``'normal'`` a crash")
     batch_size = _option("batch_size", "datapoints per request to the remote")
+    sync_threshold = _option(
+        "sync_threshold", "sync as soon as this many datapoints wait (None: only by period)"
+    )
     http_timeout = _option("http_timeout", "seconds to connect, and to wait for each answer")
 
     def _set_option(self, name: str, value: Any) -> None:
@@ -443,6 +505,7 @@ class Logger:
             self._cache.append(stream_id, t, data, restamp=restamp)
         except TooOldError as exc:
             raise _too_old(stream, t, exc.newest) from None
+        self._syncer.inserted(1)
 
     def insert_many(self, stream: str | dict[str, Any], values: Iterable[Any] | None = None) -> int:
         """Store many datapoints of a stream in one transaction: all of them, or none.
@@ -482,6 +545,7 @@ class Logger:
                 f"insert_many: a timestamp is older than its stream's newest ({exc.newest}); "
                 "nothing was stored"
             ) from None
+        self._syncer.inserted(len(points))
         return len(points)
 
     def cleardata(self) -> int:
@@ -503,38 +567,71 @@ class Logger:
         """One sync pass: deliver every cached datapoint, delete it once acknowledged.
 
         Creates missing streams on the remote with their registered schema. A failure in
-        one stream does not stop the others. After a complete pass ``lastsynctime`` is set
-        and ``onsync()`` called; after a failed one ``onsyncfail(error)`` is called, and
-        the error raised if it returns true (or, without ``onsyncfail``, if ``syncraise``).
+        one stream does not stop the others; a datapoint the remote refuses becomes a dead
+        letter. After a complete pass ``lastsynctime`` is set and ``onsync()`` called; after
+        a failed one ``onsyncfail(error)`` is called, and the error raised if it returns true
+        (or, without ``onsyncfail``, if ``syncraise``). No retries here: the background
+        syncer (:meth:`start`) retries with backoff.
 
         :returns: a :class:`SyncReport` (``sent``, ``deadlettered``, ``errors``)
         """
         self._check_open()
         report = self._syncer.sync()
+        if report._reraise and report.exception is not None:
+            raise report.exception
+        return report
+
+    def _after_pass(self, report: SyncReport) -> None:
+        """After every pass, manual or background: ConnectorDB's callbacks and lastsynctime."""
         if report.ok:
-            self._last_error = None
-            self.lastsynctime = time.time()
+            with contextlib.suppress(ClosedError):
+                self.lastsynctime = time.time()
             if self.onsync is not None:
                 self.onsync()
-            return report
+            return
         error = report.exception or ConnectorSyncError("; ".join(report.errors.values()))
-        self._last_error = str(error)
-        reraise = self.syncraise
+        report._reraise = bool(self.syncraise)
         if self.onsyncfail is not None:
-            reraise = self.onsyncfail(error)
-        if reraise:
-            raise error
-        return report
+            report._reraise = bool(self.onsyncfail(error))
+
+    # ----------------------------------------------------------------------- dead letters
+
+    def deadletters(self, stream: str | None = None) -> list[DeadLetter]:
+        """The datapoints the remote refused (all streams, or one), oldest first."""
+        self._check_open()
+        return [
+            DeadLetter(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6])
+            for r in self._cache.deadletters(stream)
+        ]
+
+    def retry_deadletters(self, ids: Iterable[int] | None = None) -> int:
+        """Queue dead letters (all, or those with these ids) to be sent again at the next
+        sync, e.g. after fixing the remote's schema. A letter older than its stream's newest
+        timestamp is queued at newest + 1 µs, as the stream's order requires. If refused
+        again it returns to the dead letters with one more attempt. Returns how many."""
+        self._check_open()
+        streams = {name: stream_id for name, (_, stream_id) in self._defs.items()}
+        queued = self._cache.retry_deadletters(None if ids is None else list(ids), streams)
+        self._syncer.inserted(queued)
+        return queued
+
+    def purge_deadletters(self, ids: Iterable[int] | None = None) -> int:
+        """Delete dead letters (all, or those with these ids) for good. Returns how many."""
+        self._check_open()
+        purged = self._cache.purge_deadletters(None if ids is None else list(ids))
+        log.warning("purged %d dead letters", purged)
+        return purged
 
     def status(self) -> Status:
         """What is cached per stream, and how syncing goes."""
         self._check_open()
+        syncer = self._syncer
         return Status(
             streams=self._cache.stream_stats(),
             last_sync=self._lastsync or None,
-            last_error=self._last_error,
-            next_attempt=None,
-            paused=False,
+            last_error=syncer.paused or syncer.last_error,
+            next_attempt=syncer.next_attempt if syncer.running else None,
+            paused=syncer.paused is not None,
         )
 
 

@@ -1,30 +1,67 @@
 """The syncer: moves cached datapoints to the remote and deletes them once acknowledged.
 
-:meth:`Syncer.sync` is the one synchronous pass that ``Logger.sync()`` and the tests call.
+:meth:`Syncer.sync` is the one synchronous pass; ``Logger.sync()``, the background thread
+and the tests all call it. :meth:`Syncer.start` runs it in a background thread that wakes
+every ``syncperiod``, when the backlog reaches ``sync_threshold``, and on :meth:`wake`.
 
-Guarantees:
+Guarantees (each proved by the test named, in ``tests/``):
 
-- A datapoint leaves the cache only after :meth:`Remote.push` returned for its batch
-  (``test_sync.py::test_failed_push_keeps_everything``).
-- Memory is O(batch_size) whatever the backlog: batches are read by keyset paging
-  (``test_sync.py::test_sync_pages_by_batch_size``).
+- A datapoint leaves the cache only when the remote acknowledged it, or reconciliation proved
+  it delivered; never on a timer or a retry limit (``test_sync.py``, ``test_crash.py``).
+- Memory is O(batch_size) whatever the backlog: keyset paging
+  (``test_sync.py::test_sync_memory_does_not_grow_with_the_backlog``).
 - Per stream, batches go out in insertion order; a failure in one stream does not stop the
   others (``test_sync.py::test_one_failing_stream_does_not_stop_the_others``).
+- A rejected batch is bisected: the refused datapoints become dead letters with the remote's
+  reason, the rest is delivered in order (``test_faults.py::test_poison_is_bisected``).
+- Exactly once: before a batch is sent, its last id is recorded as in flight. A lost answer,
+  or a crash, leaves the record; before sending that stream again the syncer asks the remote
+  for its newest timestamp and deletes only the in-flight datapoints at or below it
+  (``test_faults.py::test_lost_acknowledgement_is_reconciled``, ``test_crash.py``).
+- Transient failures back off exponentially with full jitter (capped at ``syncperiod``),
+  honour ``Retry-After``, and every wait ends at once on :meth:`stop`
+  (``test_faults.py::test_stop_returns_at_once_during_a_long_backoff``).
+- Refused credentials pause syncing until the apikey changes or the next period; nothing is
+  retried in between (``test_faults.py::test_auth_failure_pauses``).
+- One syncer per cache file: the background syncer holds an exclusive ``flock`` on
+  ``<cache>.sync-lock`` (freed by the kernel if the process dies) and records a lease in the
+  cache; another process or Logger inserts freely but does not sync
+  (``test_faults.py::test_one_syncer_per_cache_file``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from .cache import Cache
-from .errors import AuthError, ConnectorSyncError, RemoteError, TransientRemoteError
+import tenacity
+
+from .cache import Cache, Row, StreamRow
+from .errors import (
+    AmbiguousRemoteError,
+    AuthError,
+    ConnectorSyncError,
+    RejectedError,
+    RemoteError,
+    TransientRemoteError,
+)
 from .remotes.base import Remote
 
 log = logging.getLogger("connectorsync.syncer")
+
+#: First backoff ceiling in seconds; it doubles per failed attempt up to ``syncperiod``.
+BACKOFF_BASE = 1.0
+#: A ``Retry-After`` longer than this is not believed.
+MAX_RETRY_AFTER = 3600.0
 
 
 @dataclass
@@ -34,7 +71,8 @@ class SyncReport:
     :ivar sent: datapoints delivered (and removed from the cache), per stream
     :ivar deadlettered: datapoints moved to the dead-letter table, per stream
     :ivar errors: the error message per stream that could not be fully synced; the key
-        ``"*"`` when the pass could not start (remote unreachable, credentials refused)
+        ``"*"`` when the pass could not start (remote unreachable, credentials refused,
+        another process syncing)
     """
 
     sent: dict[str, int] = field(default_factory=dict)
@@ -42,89 +80,352 @@ class SyncReport:
     errors: dict[str, str] = field(default_factory=dict)
     #: the first exception met, for ``onsyncfail`` and ``syncraise``
     exception: ConnectorSyncError | None = field(default=None, repr=False, compare=False)
+    #: True when the pass stopped at its deadline with datapoints left to send
+    incomplete: bool = field(default=False, repr=False)
+    #: whether Logger.sync() raises ``exception`` (onsyncfail's answer, or syncraise)
+    _reraise: bool = field(default=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         """True when every stream was synced completely."""
-        return not self.errors
+        return not self.errors and not self.incomplete
 
     @property
     def total_sent(self) -> int:
         return sum(self.sent.values())
+
+    def _count(self, counts: dict[str, int], stream: str, n: int) -> None:
+        if n:
+            counts[stream] = counts.get(stream, 0) + n
+
+    def _fail(self, stream: str, exc: ConnectorSyncError) -> None:
+        self.errors[stream] = str(exc)
+        if self.exception is None or (_retryable(exc) and not _retryable(self.exception)):
+            self.exception = exc
+
+
+def _retryable(exc: BaseException | None) -> bool:
+    return isinstance(exc, (TransientRemoteError, AmbiguousRemoteError))
+
+
+class SyncLock:
+    """An exclusive, non-blocking ``flock`` on ``<cache>.sync-lock``.
+
+    The kernel releases it when the process dies, so a killed syncer never blocks the next.
+    flock locks belong to the open file, so a second Logger in the same process is refused too.
+    """
+
+    def __init__(self, cache_path: str):
+        self.path = cache_path + ".sync-lock"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> bool:
+        """Take the lock if free; True if this object holds it now."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 class Syncer:
     """Runs sync passes over one cache file, on a connection of its own.
 
     :param path: the cache file
-    :param remote: a callable returning the current remote (it may change with the apikey)
-    :param batch_size: a callable returning the current batch size
-    :param durability: the cache durability for this connection
+    :param remote: returns the current remote (it changes with the apikey)
+    :param option: returns the current value of a Logger option or setting by name
+    :param after_pass: called with each pass's report (the Logger's callbacks)
     """
 
     def __init__(
         self,
         path: str,
         remote: Callable[[], Remote],
-        batch_size: Callable[[], int],
-        durability: Callable[[], str],
+        option: Callable[[str], Any],
+        after_pass: Callable[[SyncReport], object] = lambda report: None,
     ):
         self._path = path
         self._remote = remote
-        self._batch_size = batch_size
-        self._durability = durability
+        self._option = option
+        self._after_pass = after_pass
         self._cache: Cache | None = None
-        # One pass at a time, whoever calls.
-        self._pass_lock = threading.Lock()
+        self._lock = SyncLock(path)
+        self._pass_lock = threading.Lock()  # one pass at a time, whoever calls
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pending = 0  # inserts since the last pass (this process), for sync_threshold
+        self.last_error: str | None = None
+        self.next_attempt: float | None = None
+        self.paused: str | None = None  # why syncing is paused, or None
 
-    def sync(self) -> SyncReport:
-        """One pass over every stream: push every cached datapoint, delete what was acked."""
+    # ----------------------------------------------------------------------- the pass
+
+    def sync(self, deadline: float | None = None) -> SyncReport:
+        """One pass over every stream: push every cached datapoint, delete what was acked.
+
+        :param deadline: a ``time.monotonic()`` after which no new batch is started
+        """
         with self._pass_lock:
             report = SyncReport()
-            cache = self._connection()
-            try:
-                remote = self._remote()
-                remote.ping()
-            except (TransientRemoteError, AuthError, ConnectorSyncError) as exc:
-                report.errors["*"] = str(exc)
-                report.exception = exc
+            holds = self._lock.held
+            if not holds and not self._lock.acquire():
+                holder = self._connection().get_setting("sync_lease", {})
+                report._fail(
+                    "*",
+                    ConnectorSyncError(
+                        f"another process syncs this cache ({_describe(holder)}); "
+                        "it inserts freely but only one syncs"
+                    ),
+                )
                 return report
-            for row in cache.streams().values():
-                try:
-                    if not row.remote_created:
-                        remote.ensure_stream(row.name, json.loads(row.schema))
-                        cache.set_remote_created(row.name)
-                    self._drain(cache, remote, row.id, row.name, report)
-                except ConnectorSyncError as exc:
-                    if type(exc) is RemoteError:
-                        # Neither transient, nor the data, nor the key: perhaps the stream was
-                        # deleted remotely. Check (and create) it again on the next pass.
-                        cache.set_remote_created(row.name, False)
-                    log.warning("sync of stream %r failed: %s", row.name, exc)
-                    report.errors[row.name] = str(exc)
-                    report.exception = report.exception or exc
+            try:
+                self._renew_lease()
+                self._pass(report, deadline)
+            finally:
+                if not holds:
+                    self._lock.release()
+            self._pending = 0
+            self.last_error = (
+                None if report.ok else "; ".join(f"{k}: {v}" for k, v in report.errors.items())
+            )
+            self._after_pass(report)
             return report
 
-    def _drain(
-        self, cache: Cache, remote: Remote, stream_id: int, name: str, report: SyncReport
+    def _pass(self, report: SyncReport, deadline: float | None) -> None:
+        cache = self._connection()
+        try:
+            remote = self._remote()
+            remote.ping()
+        except ConnectorSyncError as exc:
+            report._fail("*", exc)
+            return
+        for row in cache.streams().values():
+            try:
+                self._sync_stream(cache, remote, row, report, deadline)
+            except ConnectorSyncError as exc:
+                if type(exc) is RemoteError:
+                    # Neither transient, nor the data, nor the key: perhaps the stream was
+                    # deleted remotely. Check (and create) it again on the next pass.
+                    cache.set_remote_created(row.name, False)
+                log.warning("sync of stream %r failed: %s", row.name, exc)
+                report._fail(row.name, exc)
+            if isinstance(report.exception, AuthError):
+                return  # the same key for every stream: no point asking again
+
+    def _sync_stream(
+        self,
+        cache: Cache,
+        remote: Remote,
+        row: StreamRow,
+        report: SyncReport,
+        deadline: float | None,
     ) -> None:
-        """Push the stream's cached datapoints batch by batch, oldest first."""
+        if not row.remote_created:
+            remote.ensure_stream(row.name, json.loads(row.schema))
+            cache.set_remote_created(row.name)
+        if row.inflight:
+            self._reconcile(cache, remote, row, report)
         after = 0
-        while batch := cache.batch(stream_id, after, self._batch_size()):
-            remote.push(name, batch)
-            first_id, last_id, last_t = batch[0][0], batch[-1][0], batch[-1][1]
-            cache.ack(stream_id, first_id, last_id, last_t)
-            report.sent[name] = report.sent.get(name, 0) + len(batch)
-            after = last_id
+        while batch := cache.batch(row.id, after, self._option("batch_size")):
+            if deadline is not None and time.monotonic() > deadline:
+                report.incomplete = True
+                return
+            self._deliver(cache, remote, row, batch, report)
+            after = batch[-1][0]
+
+    def _deliver(
+        self, cache: Cache, remote: Remote, row: StreamRow, batch: list[Row], report: SyncReport
+    ) -> None:
+        """Deliver ``batch`` in order; bisect it if refused, dead-lettering refused singles."""
+        cache.set_inflight(row.id, batch[-1][0])
+        try:
+            remote.push(row.name, batch)
+        except RejectedError as exc:
+            if len(batch) == 1:
+                reason = exc.body or str(exc)
+                cache.deadletter(row.id, row.name, batch[0], reason, time.time())
+                log.warning(
+                    "stream %r: datapoint at t=%r refused: %s", row.name, batch[0][1], reason
+                )
+                report._count(report.deadlettered, row.name, 1)
+                return
+            # All or nothing was stored: nothing. Halve until the refused points stand alone.
+            cache.set_inflight(row.id, 0)
+            middle = len(batch) // 2
+            self._deliver(cache, remote, row, batch[:middle], report)
+            self._deliver(cache, remote, row, batch[middle:], report)
+            return
+        except AmbiguousRemoteError:
+            # Sent, but no answer: find out what arrived before anything is sent again.
+            with contextlib.suppress(ConnectorSyncError):
+                self._reconcile(cache, remote, row, report)
+            raise
+        cache.ack(row.id, batch[0][0], batch[-1][0], batch[-1][1])
+        report._count(report.sent, row.name, len(batch))
+
+    def _reconcile(self, cache: Cache, remote: Remote, row: StreamRow, report: SyncReport) -> None:
+        newest = remote.reconcile(row.name)
+        delivered = cache.ack_reconciled(row.id, newest)
+        if delivered:
+            log.info(
+                "stream %r: %d datapoints had arrived despite a lost answer", row.name, delivered
+            )
+        report._count(report.sent, row.name, delivered)
+
+    # ----------------------------------------------------------------------- background
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the background thread. Returns at once (no network); twice is harmless."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run,
+            name=f"connectorsync-syncer:{os.path.basename(self._path)}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop the background thread, interrupting any wait. Safe to call twice.
+
+        Returns at once unless a request is under way, which ends within ``http_timeout``;
+        ``timeout`` bounds the wait for it.
+        """
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.next_attempt = None
+
+    def wake(self) -> None:
+        """Make the background thread sync now (if it is not backing off or paused)."""
+        self._wake.set()
+
+    def inserted(self, count: int) -> None:
+        """Note ``count`` inserts: wake the thread once the backlog reaches sync_threshold."""
+        self._pending += count
+        threshold = self._option("sync_threshold")
+        if threshold is not None and self._pending >= threshold:
+            self._wake.set()
+
+    def resume(self) -> None:
+        """The credentials changed: end a pause and try again now."""
+        if self.paused:
+            self.paused = None
+            self._wake.set()
+
+    def _run(self) -> None:
+        due = time.monotonic()  # the first pass at once
+        try:
+            while not self._stop.is_set():
+                remaining = max(0.0, due - time.monotonic())
+                self.next_attempt = time.time() + remaining
+                woken = self._wake.wait(remaining)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                if woken and self.paused:
+                    continue  # paused: only the period or a new apikey (resume) try again
+                due = time.monotonic() + float(self._option("syncperiod"))
+                self.paused = None
+                with self._pass_lock:
+                    locked = self._lock.acquire()
+                if not locked:
+                    continue  # another process syncs; look again next period
+                try:
+                    self._sync_with_retries()
+                except Exception as exc:  # the thread must live on; the report says what failed
+                    log.exception("background sync failed unexpectedly: %s", exc)
+        finally:
+            with self._pass_lock:
+                self._lock.release()
+
+    def _sync_with_retries(self) -> None:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_retryable),
+            wait=self._backoff,
+            sleep=tenacity.sleep_using_event(self._stop),
+            stop=tenacity.stop_when_event_set(self._stop),
+            before_sleep=self._note_next_attempt,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    report = self.sync()
+                    if _retryable(report.exception):
+                        raise report.exception  # type: ignore[misc]
+        except (TransientRemoteError, AmbiguousRemoteError):
+            return  # stopped while retrying: the data waits in the cache
+        if isinstance(report.exception, AuthError):
+            self.paused = f"credentials refused: {report.exception}"
+            log.error("syncing paused until the apikey changes: %s", report.exception)
+
+    def _backoff(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), MAX_RETRY_AFTER)
+        cap = max(BACKOFF_BASE, float(self._option("syncperiod")))
+        # Full jitter: uniform between 0 and the exponential ceiling.
+        return tenacity.wait_random_exponential(multiplier=BACKOFF_BASE, max=cap)(state)
+
+    def _note_next_attempt(self, state: tenacity.RetryCallState) -> None:
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self.next_attempt = time.time() + wait
+        log.info(
+            "sync failed (%s); next attempt in %.1f s",
+            state.outcome.exception() if state.outcome else "",
+            wait,
+        )
+
+    # ----------------------------------------------------------------------- plumbing
+
+    def _renew_lease(self) -> None:
+        lease = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        self._connection().set_setting("sync_lease", lease)
 
     def _connection(self) -> Cache:
         if self._cache is None:
-            self._cache = Cache.connect(self._path, self._durability())
+            self._cache = Cache.connect(self._path, self._option("durability"))
         return self._cache
 
+    def deadline_drain(self, timeout: float) -> SyncReport:
+        """One last pass that starts no batch after ``timeout`` seconds (for close)."""
+        return self.sync(deadline=time.monotonic() + timeout)
+
     def close(self) -> None:
-        """Close the syncer's connection. Safe to call twice."""
+        """Stop the thread and close the syncer's connection. Safe to call twice."""
+        self.stop()
         with self._pass_lock:
             if self._cache is not None:
                 self._cache.close()
                 self._cache = None
+
+
+def _describe(lease: dict[str, Any]) -> str:
+    if not lease:
+        return "holder unknown"
+    return f"pid {lease.get('pid')} on {lease.get('host')}"

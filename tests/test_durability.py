@@ -60,7 +60,11 @@ def test_kill_9_right_after_insert_loses_nothing(cache_path: str, durability: st
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.kill()
-            rest, _ = proc.communicate()
+            proc.wait()
+        # Through the text wrapper: communicate() would skip what readline() buffered.
+        rest = proc.stdout.read()
+        proc.stdout.close()
+        proc.stderr.close()  # type: ignore[union-attr]
         assert proc.returncode == -signal.SIGKILL
         # The child prints a value only after insert() returned: each one printed, before or
         # after we read it, must be in the cache, plus at most one committed but not printed.

@@ -68,7 +68,8 @@ class _Faults:
 
     def clear(self) -> None:
         with self._lock:
-            self._failures: list[list[Any]] = []  # [remaining, status, retry_after, methods]
+            # [remaining, status, retry_after, methods, path substring]
+            self._failures: list[list[Any]] = []
             self._delay = 0.0
             self._delay_left: int | None = None
             self._drop_before = 0
@@ -76,11 +77,16 @@ class _Faults:
             self.reject: Predicate | None = None
 
     def fail_next(
-        self, n: int, status: int, retry_after: Any, methods: Collection[str] | None
+        self,
+        n: int,
+        status: int,
+        retry_after: Any,
+        methods: Collection[str] | None,
+        path: str | None = None,
     ) -> None:
         allowed = None if methods is None else {m.upper() for m in methods}
         with self._lock:
-            self._failures.append([n, status, retry_after, allowed])
+            self._failures.append([n, status, retry_after, allowed, path])
 
     def set_delay(self, seconds: float, n: int | None) -> None:
         with self._lock:
@@ -102,10 +108,10 @@ class _Faults:
                     self._delay, self._delay_left = 0.0, None
             return seconds
 
-    def take_failure(self, method: str) -> tuple[int, Any] | None:
+    def take_failure(self, method: str, path: str) -> tuple[int, Any] | None:
         with self._lock:
             for rule in self._failures:
-                if rule[3] is None or method in rule[3]:
+                if (rule[3] is None or method in rule[3]) and (rule[4] is None or rule[4] in path):
                     rule[0] -= 1
                     if rule[0] <= 0:
                         self._failures.remove(rule)
@@ -209,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
                 # stop() cuts the wait short; the request then dies with the server.
                 if seconds > 0 and app._stopping.wait(seconds):
                     raise _Drop
-                failure = faults.take_failure(self.command)
+                failure = faults.take_failure(self.command, self.path)
                 if failure is not None:
                     status, retry_after = failure
                     if retry_after is not None:

@@ -212,10 +212,12 @@ class ConnectorDBServer:
         status: int = 503,
         retry_after: Any = None,
         methods: Collection[str] | None = None,
+        path: str | None = None,
     ) -> None:
-        """Answer the next n requests (with a method in ``methods``, if given) with
-        ``status`` and a JSON error, plus ``Retry-After`` if given, without processing them."""
-        self._faults.fail_next(n, status, retry_after, methods)
+        """Answer the next n requests (with a method in ``methods``, and a path containing
+        ``path``, if given) with ``status`` and a JSON error, plus ``Retry-After`` if given,
+        without processing them."""
+        self._faults.fail_next(n, status, retry_after, methods, path)
 
     def delay(self, seconds: float, n: int | None = None) -> None:
         """Sleep ``seconds`` before handling each of the next n requests
