@@ -1,0 +1,315 @@
+"""The sync engine under faults, against a real loopback server that injects them.
+
+Bisection of poison, dead letters, lost acknowledgements, backoff and stop, auth pause,
+sync triggers, and one syncer per cache file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from connectorsync import Logger, TransientRemoteError
+from connectorsync import syncer as syncer_module
+from connectorsync.testing import ConnectorDBServer
+
+from .conftest import PYTHON, ROOT, child_env, wait_for
+
+STREAM = "alice/sensor/temperature"
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backoff from 10 ms instead of 1 s, so retry tests take milliseconds."""
+    monkeypatch.setattr(syncer_module, "BACKOFF_BASE", 0.01)
+
+
+def values(server: ConnectorDBServer, path: str = STREAM) -> list[float]:
+    """The values stored in the stream; [] while it does not exist."""
+    try:
+        return [p["d"] for p in server.datapoints(path)]
+    except KeyError:
+        return []
+
+
+def inserts(server: ConnectorDBServer) -> int:
+    return sum(1 for method, path in server.requests if method == "POST" and "/data" in path)
+
+
+# ----------------------------------------------------------------------------- poison
+
+
+def test_poison_is_bisected(logger: Logger, server: ConnectorDBServer) -> None:
+    bad = {13.0, 57.0, 58.0}
+    server.reject(lambda stream, point: point["d"] in bad)
+    logger.insert_many("temperature", [float(i) for i in range(100)])
+    report = logger.sync()
+    assert report.ok, report.errors
+    assert report.sent == {"temperature": 97}
+    assert report.deadlettered == {"temperature": 3}
+    assert values(server) == [float(i) for i in range(100) if i not in bad]
+    letters = logger.deadletters()
+    assert [(d.stream, d.d, d.attempts) for d in letters] == [
+        ("temperature", 13.0, 1),
+        ("temperature", 57.0, 1),
+        ("temperature", 58.0, 1),
+    ]
+    assert all("did not conform" in d.reason and d.failed_at > 0 for d in letters)
+    assert logger.status().streams["temperature"].deadletters == 3
+    assert len(logger) == 0
+    # Bisection costs O(bad * log n) requests, not one per datapoint.
+    assert inserts(server) < 3 * 2 * 8
+
+
+def test_dead_letters_retry_and_purge(logger: Logger, server: ConnectorDBServer) -> None:
+    server.reject(lambda stream, point: point["d"] < 0)
+    logger.insert_many("temperature", [1.0, -1.0, 2.0, -2.0, 3.0])
+    logger.sync()
+    letters = logger.deadletters("temperature")
+    assert [d.d for d in letters] == [-1.0, -2.0]
+    assert logger.deadletters("humidity") == []
+
+    # Refused again: the same letter, one more attempt.
+    assert logger.retry_deadletters([letters[0].id]) == 1
+    assert [d.d for d in logger.deadletters()] == [-2.0]  # the other one rests meanwhile
+    report = logger.sync()
+    assert report.deadlettered == {"temperature": 1}
+    again = logger.deadletters()
+    assert sorted((d.d, d.attempts) for d in again) == [(-2.0, 1), (-1.0, 2)]
+
+    # The remote accepts them now: retried letters are delivered, after the newest point.
+    server.reject(None)
+    assert logger.retry_deadletters() == 2
+    report = logger.sync()
+    assert report.sent == {"temperature": 2}
+    assert logger.deadletters() == []
+    assert values(server) == [1.0, 2.0, 3.0, -1.0, -2.0]
+    times = [p["t"] for p in server.datapoints(STREAM)]
+    assert times == sorted(times)
+
+    server.reject(lambda stream, point: True)
+    logger.insert("temperature", 4.0)
+    logger.sync()
+    assert logger.purge_deadletters() == 1
+    assert logger.deadletters() == []
+    assert logger.purge_deadletters([12345]) == 0
+
+
+def test_oversized_datapoint_becomes_a_dead_letter(logger: Logger, server) -> None:
+    logger.addStream("blob", {"type": "string"})
+    logger.insert("blob", "x" * (9 * 1024 * 1024))
+    logger.insert("blob", "small")
+    report = logger.sync()
+    assert report.sent == {"blob": 1} and report.deadlettered == {"blob": 1}
+    assert "byte limit" in logger.deadletters()[0].reason
+
+
+# ----------------------------------------------------------------------------- exactly once
+
+
+def test_lost_acknowledgement_is_reconciled(logger: Logger, server: ConnectorDBServer) -> None:
+    logger.insert_many("temperature", [1.0, 2.0, 3.0])
+    server.drop_after_commit(1)
+    report = logger.sync()
+    assert not report.ok  # the answer was lost...
+    assert report.sent == {"temperature": 3}  # ...but reconciliation proved it delivered
+    assert len(logger) == 0
+    logger.insert("temperature", 4.0)
+    assert logger.sync().ok
+    assert values(server) == [1.0, 2.0, 3.0, 4.0]  # once each
+    assert logger.deadletters() == []
+
+
+def test_request_dropped_before_commit_is_sent_again(logger: Logger, server) -> None:
+    logger.insert_many("temperature", [1.0, 2.0])
+    server.drop_before(1)
+    report = logger.sync()
+    assert not report.ok and report.sent == {}
+    assert len(logger) == 2
+    assert logger.sync().sent == {"temperature": 2}
+    assert values(server) == [1.0, 2.0]
+
+
+def test_unresolved_batch_is_reconciled_before_anything_is_sent(logger: Logger, server) -> None:
+    """The answer was lost and the reconciling read failed too: the in-flight record stays,
+    and the next pass asks the remote first instead of sending a duplicate."""
+    logger.insert_many("temperature", [1.0, 2.0])
+    server.drop_after_commit(1)
+    server.fail_next(1, status=503, methods={"GET"}, path="/data")  # the reconciling read
+    logger.sync()
+    assert len(logger) == 2  # not known to be delivered yet
+    logger.insert("temperature", 3.0)
+    report = logger.sync()
+    assert report.ok and report.sent == {"temperature": 3} and not report.deadlettered
+    assert values(server) == [1.0, 2.0, 3.0]
+    assert len(logger) == 0 and logger.deadletters() == []
+
+
+# ----------------------------------------------------------------------------- background
+
+
+def test_background_sync_retries_transient_failures(
+    cache_path: str, server: ConnectorDBServer, fast_backoff: None
+) -> None:
+    lg = Logger(cache_path, apikey=server.apikey, sync_threshold=3)
+    lg.serverurl = server.url
+    lg.addStream("temperature", {"type": "number"})
+    server.fail_next(4, status=503)
+    lg.start()
+    lg.insert_many("temperature", [1.0, 2.0, 3.0])
+    wait_for(lambda: len(values(server)) == 3, what="delivery after retries")
+    assert values(server) == [1.0, 2.0, 3.0]
+    lg.close()
+
+
+def test_stop_returns_at_once_during_a_long_backoff(cache_path: str, server) -> None:
+    lg = Logger(cache_path, apikey=server.apikey)
+    lg.serverurl = server.url
+    lg.addStream("temperature", {"type": "number"})
+    lg.insert("temperature", 1.0)
+    server.fail_next(100, status=503, retry_after=60)
+    lg.start()
+    wait_for(lambda: (lg.status().next_attempt or 0) > time.time() + 50, what="a 60 s backoff")
+    assert "503" in (lg.status().last_error or "")
+    began = time.monotonic()
+    lg.stop()
+    assert time.monotonic() - began < 1.0
+    assert lg.status().next_attempt is None
+    assert len(lg) == 1  # nothing was given up on
+    lg.close()
+
+
+def test_auth_failure_pauses(cache_path: str, server: ConnectorDBServer) -> None:
+    failures: list[Exception] = []
+    lg = Logger(cache_path, apikey="wrong", sync_threshold=1, onsyncfail=failures.append)
+    lg.serverurl = server.url
+    lg.addStream("temperature", {"type": "number"})
+    lg.start()
+    wait_for(lambda: lg.status().paused, what="the pause")
+    status = lg.status()
+    assert "credentials refused" in (status.last_error or "")
+    assert failures and failures[0].status == 401  # type: ignore[attr-defined]
+    asked = len(server.requests)
+    # Inserts over the threshold wake the syncer, which stays paused: no hammering.
+    for i in range(5):
+        lg.insert("temperature", float(i))
+        wait_for(lambda: not lg._syncer._wake.is_set(), what="the wake to be handled")
+    assert len(server.requests) == asked
+    # A new apikey resumes at once.
+    lg.apikey = server.apikey
+    wait_for(lambda: len(values(server)) == 5, what="delivery after resume")
+    assert not lg.status().paused
+    lg.close()
+
+
+def test_sync_threshold_and_syncperiod_wake_the_syncer(cache_path: str, server) -> None:
+    lg = Logger(cache_path, apikey=server.apikey, sync_threshold=10)
+    lg.serverurl = server.url
+    lg.syncperiod = 3600
+    lg.addStream("temperature", {"type": "number"})
+    lg.start()
+    wait_for(lambda: lg.lastsynctime > 0, what="the first pass")
+    lg.insert_many("temperature", [float(i) for i in range(9)])
+    lg.insert("temperature", 9.0)  # the tenth: the threshold
+    wait_for(lambda: len(values(server)) == 10, what="threshold sync")
+    lg.insert("temperature", 10.0)
+    lg.syncperiod = 3600  # setting the period starts it afresh, with a pass now
+    wait_for(lambda: len(values(server)) == 11, what="period sync")
+    status = lg.status()
+    assert status.next_attempt is not None and status.next_attempt > time.time() + 3000
+    lg.close()
+
+
+def test_start_never_blocks_on_the_network(cache_path: str, server) -> None:
+    lg = Logger(cache_path, apikey=server.apikey, http_timeout=5)
+    lg.serverurl = server.url
+    server.delay(3, n=1)
+    began = time.monotonic()
+    lg.start()
+    lg.start()  # twice is harmless
+    assert time.monotonic() - began < 1.0
+    server.delay(0)
+    lg.close()
+
+
+def test_close_makes_one_last_bounded_drain(cache_path: str, server) -> None:
+    lg = Logger(cache_path, apikey=server.apikey)
+    lg.serverurl = server.url
+    lg.syncperiod = 3600
+    lg.addStream("temperature", {"type": "number"})
+    lg.start()
+    wait_for(lambda: lg.lastsynctime > 0, what="the first pass")
+    lg.insert_many("temperature", [1.0, 2.0])
+    lg.close(timeout=5)
+    lg.close()
+    assert values(server) == [1.0, 2.0]
+    with Logger(cache_path) as again:
+        assert len(again) == 0
+
+
+def test_manual_sync_does_not_retry(logger: Logger, server) -> None:
+    logger.insert("temperature", 1.0)
+    server.fail_next(1, status=503)
+    report = logger.sync()
+    assert isinstance(report.exception, TransientRemoteError)
+    assert inserts(server) == 0
+
+
+# ----------------------------------------------------------------------------- one syncer
+
+
+@pytest.fixture
+def other_syncer(cache_path: str, server: ConnectorDBServer) -> Iterator[subprocess.Popen]:
+    """Another process with a background syncer on the same cache file."""
+    Logger(
+        cache_path,
+        apikey=server.apikey,
+        on_create=lambda lg: lg.addStream_force("temperature", {"type": "number"}),
+    ).close()
+    code = (
+        "import sys, time\n"
+        "from connectorsync import Logger\n"
+        f"lg = Logger({cache_path!r})\n"
+        f"lg.serverurl = {server.url!r}\n"
+        "lg.syncperiod = 3600\n"
+        "lg.start()\n"
+        "while lg.lastsynctime == 0: time.sleep(0.01)\n"
+        "print('syncing', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [PYTHON, "-c", code], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "syncing\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_one_syncer_per_cache_file(cache_path: str, server, other_syncer) -> None:
+    with Logger(cache_path) as lg:
+        lg.insert("temperature", 1.0)  # inserting is free
+        report = lg.sync()
+        assert f"pid {other_syncer.pid}" in report.errors["*"]
+        assert len(lg) == 1
+        other_syncer.kill()  # the lease dies with its process...
+        other_syncer.wait()
+        assert lg.sync().sent == {"temperature": 1}  # ...and is taken over
+
+
+def test_second_logger_in_one_process_does_not_sync_concurrently(logger: Logger, server) -> None:
+    logger.syncperiod = 3600
+    logger.start()
+    wait_for(lambda: logger.lastsynctime > 0, what="the first pass")
+    with Logger(logger.path) as second:
+        second.insert("temperature", 1.0)
+        assert "another process syncs" in second.sync().errors["*"]
+    logger.stop()
+    with Logger(logger.path) as second:
+        assert second.sync().sent == {"temperature": 1}
