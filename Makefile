@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_insert.py
+	$(PY) tests/benchmarks/bench_sync.py
 
 clean:
 	rm -rf $(VENV) docs/_build build *.egg-info

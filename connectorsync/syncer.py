@@ -80,15 +80,13 @@ class SyncReport:
     errors: dict[str, str] = field(default_factory=dict)
     #: the first exception met, for ``onsyncfail`` and ``syncraise``
     exception: ConnectorSyncError | None = field(default=None, repr=False, compare=False)
-    #: True when the pass stopped at its deadline with datapoints left to send
-    incomplete: bool = field(default=False, repr=False)
     #: whether Logger.sync() raises ``exception`` (onsyncfail's answer, or syncraise)
     _reraise: bool = field(default=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         """True when every stream was synced completely."""
-        return not self.errors and not self.incomplete
+        return not self.errors
 
     @property
     def total_sent(self) -> int:
@@ -202,7 +200,12 @@ class Syncer:
                     self._lock.release()
             self._pending = 0
             self.last_error = (
-                None if report.ok else "; ".join(f"{k}: {v}" for k, v in report.errors.items())
+                None
+                if report.ok
+                else "; ".join(
+                    message if stream == "*" else f"stream {stream!r}: {message}"
+                    for stream, message in report.errors.items()
+                )
             )
             self._after_pass(report)
             return report
@@ -244,8 +247,7 @@ class Syncer:
         after = 0
         while batch := cache.batch(row.id, after, self._option("batch_size")):
             if deadline is not None and time.monotonic() > deadline:
-                report.incomplete = True
-                return
+                raise ConnectorSyncError("out of time (close); the rest waits in the cache")
             self._deliver(cache, remote, row, batch, report)
             after = batch[-1][0]
 

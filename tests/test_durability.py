@@ -156,3 +156,48 @@ def test_full_durability_survives_a_power_cut(tmp_path) -> None:
     assert survivors["full"] == list(range(40))
     assert len(survivors["normal"]) < 40
     assert survivors["normal"] == list(range(len(survivors["normal"])))
+
+
+def test_inserting_while_another_process_syncs(cache_path: str, server) -> None:
+    """Two processes insert while this one's background syncer drains them into the server:
+    no insert fails, everything printed arrives once and in order."""
+    Logger(
+        cache_path,
+        durability="normal",
+        apikey=server.apikey,
+        on_create=lambda lg: lg.addStream("counter", {"type": "integer"}),
+    ).close()
+    syncing = Logger(cache_path, batch_size=100)
+    syncing.serverurl = server.url
+    syncing.syncperiod = 0.05  # other processes' inserts do not wake this syncer: poll
+    syncing.start()
+    procs = [start_inserter(cache_path, "normal", "counter", start=n * 10**6) for n in range(2)]
+    printed: list[int] = []
+    try:
+        for _ in range(400):
+            for proc in procs:
+                assert proc.stdout is not None
+                printed.append(int(proc.stdout.readline()))
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        errors = []
+        for proc in procs:
+            printed += [int(x) for x in proc.stdout.read().split()]  # type: ignore[union-attr]
+            errors.append(proc.stderr.read())  # type: ignore[union-attr]
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.stderr.close()  # type: ignore[union-attr]
+    delivered_meanwhile = len(server.datapoints("alice/sensor/counter"))
+    syncing.close(timeout=30)
+    assert not any(errors), errors
+    assert delivered_meanwhile > 0, "the syncer should have run during the inserts"
+    with Logger(cache_path) as lg:
+        while len(lg):
+            assert lg.sync().ok
+    stored = [p["d"] for p in server.datapoints("alice/sensor/counter")]
+    assert len(stored) == len(set(stored))
+    assert set(printed) <= set(stored)
+    for n in range(2):
+        mine = [v for v in stored if v // 10**6 == n]
+        assert mine == sorted(mine)

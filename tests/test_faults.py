@@ -313,3 +313,19 @@ def test_second_logger_in_one_process_does_not_sync_concurrently(logger: Logger,
     logger.stop()
     with Logger(logger.path) as second:
         assert second.sync().sent == {"temperature": 1}
+
+
+def test_close_with_no_time_left_keeps_the_backlog(cache_path: str, server) -> None:
+    lg = Logger(cache_path, apikey=server.apikey)
+    lg.serverurl = server.url
+    lg.syncperiod = 3600
+    lg.addStream("temperature", {"type": "number"})
+    lg.start()
+    wait_for(lambda: lg.lastsynctime > 0, what="the first pass")
+    lg.insert_many("temperature", [1.0, 2.0])
+    lg.close(timeout=0)
+    assert values(server) == []
+    with Logger(cache_path) as again:
+        assert len(again) == 2
+        report = again.sync()
+        assert report.ok and report.sent == {"temperature": 2}
