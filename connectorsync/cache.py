@@ -53,6 +53,31 @@ class StreamRow:
     schema: str
     remote_created: bool
     inflight: int = 0
+    out_of_order: str = "reject"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Storage limits, checked inside the write (so several processes cannot overshoot).
+
+    :ivar max_cached: most datapoints the cache may hold
+    :ivar max_bytes: most bytes the cache's pages may use
+    :ivar min_free_disk: bytes that must stay free on the cache's file system
+    :ivar drop_oldest: when full, drop the oldest datapoints (counted) instead of refusing
+    """
+
+    max_cached: int | None = None
+    max_bytes: int | None = None
+    min_free_disk: int | None = None
+    drop_oldest: bool = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.max_cached or self.max_bytes or self.min_free_disk)
+
+
+#: Where a datapoint's time came from when it was not trusted yet: (boots row, boot clock).
+Untrusted = tuple[int, float]
 
 
 @dataclass(frozen=True)
@@ -127,10 +152,31 @@ def _migrate_v2(conn: apsw.Connection) -> None:
     ).fetchall()
 
 
+def _migrate_v3(conn: apsw.Connection) -> None:
+    """v3: device time, out-of-order policy and latest values.
+
+    ``datapoints.boot``/``mono``: for a datapoint stamped before the clock was trusted (no NTP
+    answer yet this boot), the boot (a ``boots`` row) and the boot clock at insert, so that
+    its time can be fixed exactly once NTP answers; NULL once the time is trusted.
+    ``streams.out_of_order``: 'reject' or 'restamp' for explicit timestamps older than the
+    newest. ``streams.last_d``: the value that goes with ``last_t`` once the datapoint has
+    left the cache, for ``latest()``.
+    """
+    conn.execute(
+        "ALTER TABLE datapoints ADD COLUMN boot INTEGER;"
+        "ALTER TABLE datapoints ADD COLUMN mono REAL;"
+        "CREATE INDEX datapoints_unanchored ON datapoints(boot) WHERE boot IS NOT NULL;"
+        "ALTER TABLE streams ADD COLUMN out_of_order TEXT NOT NULL DEFAULT 'reject';"
+        "ALTER TABLE streams ADD COLUMN last_d TEXT;"
+        "CREATE TABLE boots (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL UNIQUE);"
+    ).fetchall()
+
+
 # Named, versioned steps: MIGRATIONS[i] takes a file from user_version i to i + 1.
 MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
     ("v1_initial", _migrate_v1),
     ("v2_inflight_and_retries", _migrate_v2),
+    ("v3_device_time", _migrate_v3),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -211,7 +257,7 @@ def _import_connectordb(conn: apsw.Connection) -> None:
 
 # --------------------------------------------------------------------------- statements
 
-_INSERT = "INSERT INTO datapoints (stream, t, d) VALUES (?, ?, ?)"
+_INSERT = "INSERT INTO datapoints (stream, t, d, boot, mono) VALUES (?, ?, ?, ?, ?)"
 
 _NEWEST = """
 SELECT max(
@@ -226,6 +272,34 @@ class TooOldError(Exception):
     def __init__(self, newest: float):
         super().__init__(newest)
         self.newest = newest
+
+
+def _delete(conn: apsw.Connection, where: str, params: Sequence[Any]) -> int:
+    """Delete the datapoints matching ``where``; returns how many.
+
+    Every deletion goes through here: per stream, the newest datapoint that leaves is
+    remembered (``streams.last_t``/``last_d``), so a stream's timestamps keep increasing after
+    its cache empties, and ``latest()`` still has an answer.
+    """
+    conn.execute(
+        "UPDATE streams SET last_t = gone.t, last_d = gone.d FROM ("
+        "  SELECT stream, t, d FROM datapoints WHERE id IN ("
+        f"    SELECT max(id) FROM datapoints WHERE {where} GROUP BY stream)"
+        ") AS gone WHERE streams.id = gone.stream AND gone.t >= streams.last_t",
+        params,
+    )
+    conn.execute(f"DELETE FROM datapoints WHERE {where}", params)
+    return conn.changes()
+
+
+def _bump(conn: apsw.Connection, key: str, count: int) -> None:
+    """Add ``count`` to the counter setting ``key``, inside the caller's transaction."""
+    if count:
+        conn.execute(
+            "INSERT INTO settings VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+            (key, str(count)),
+        )
 
 
 @contextlib.contextmanager
@@ -445,22 +519,27 @@ class Cache:
 
     def streams(self) -> dict[str, StreamRow]:
         """Every registered stream by name."""
-        rows = self._read("SELECT id, name, schema, remote_created, inflight FROM streams")
-        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows}
+        rows = self._read(
+            "SELECT id, name, schema, remote_created, inflight, out_of_order FROM streams"
+        )
+        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows}
 
-    def put_stream(self, name: str, schema_text: str) -> StreamRow:
+    def put_stream(self, name: str, schema_text: str, out_of_order: str = "reject") -> StreamRow:
         """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays."""
         with self.transaction(f"register stream {name!r}") as conn:
             conn.execute(
-                "INSERT INTO streams (name, schema) VALUES (?, ?) "
+                "INSERT INTO streams (name, schema, out_of_order) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, "
+                "out_of_order = excluded.out_of_order, "
                 "remote_created = remote_created AND schema = excluded.schema",
-                (name, schema_text),
+                (name, schema_text, out_of_order),
             )
-            sid, created = next(
-                conn.execute("SELECT id, remote_created FROM streams WHERE name = ?", (name,))
+            sid, created, inflight = next(
+                conn.execute(
+                    "SELECT id, remote_created, inflight FROM streams WHERE name = ?", (name,)
+                )
             )
-        return StreamRow(sid, name, schema_text, bool(created))
+        return StreamRow(sid, name, schema_text, bool(created), inflight, out_of_order)
 
     def set_remote_created(self, name: str, created: bool = True) -> None:
         """Remember whether the stream is known to exist on the remote."""
@@ -469,19 +548,36 @@ class Cache:
 
     # ----------------------------------------------------------------------- datapoints
 
-    def append(self, stream_id: int, t: float, data: str, *, restamp: bool) -> float:
+    def append(
+        self,
+        stream_id: int,
+        t: float,
+        data: str,
+        *,
+        restamp: bool,
+        untrusted: Untrusted | None = None,
+        limits: Limits | None = None,
+    ) -> float:
         """Append one datapoint and commit. Returns the ``t`` stored.
 
         ``t`` must be finite. If it is not after the stream's newest timestamp it becomes
         newest + 1 µs when equal, or when older and ``restamp``; an older ``t`` without
-        ``restamp`` raises :class:`TooOldError` and stores nothing.
+        ``restamp`` raises :class:`TooOldError` and stores nothing. ``untrusted`` marks a
+        time to fix once the clock is trusted (:meth:`reanchor`).
+
+        :raises CacheFullError: a limit is reached (and ``limits.drop_oldest`` is off), or
+            the disk is full; nothing was stored
         """
+        boot, mono = untrusted or (None, None)
         with self._lock, _wrapped("store the datapoint"):
+            if limits is not None and limits.active:
+                return self._append_limited(stream_id, t, data, restamp, boot, mono, limits)
             conn = self._conn
             newest = self._newest.get(stream_id)
-            if newest is None:
-                newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
             while True:
+                if newest is None or t <= newest:
+                    # Ties and clock steps are rare: look at the real newest before nudging.
+                    newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
                 stored = t
                 if stored <= newest:
                     if stored < newest and not restamp:
@@ -490,26 +586,151 @@ class Cache:
                 # One statement, one implicit write transaction, committed on return. The
                 # trigger re-checks the order under the write lock: if another connection
                 # stored a newer point since we looked, nothing is inserted and we look again.
-                conn.execute(_INSERT, (stream_id, stored, data))
+                conn.execute(_INSERT, (stream_id, stored, data, boot, mono))
                 if conn.changes():
                     self._newest[stream_id] = stored
                     return stored
-                newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
+                newest = None
+
+    def _append_limited(
+        self,
+        stream_id: int,
+        t: float,
+        data: str,
+        restamp: bool,
+        boot: int | None,
+        mono: float | None,
+        limits: Limits,
+    ) -> float:
+        for attempt in (1, 2):
+            try:
+                with self.transaction("store the datapoint") as conn:
+                    self._make_room(conn, 1, limits)
+                    newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
+                    stored = t
+                    if stored <= newest:
+                        if stored < newest and not restamp:
+                            raise TooOldError(newest)
+                        stored = newest + NUDGE
+                    conn.execute(_INSERT, (stream_id, stored, data, boot, mono))
+                self._newest[stream_id] = stored
+                return stored
+            except CacheFullError:
+                # The disk itself is full (SQLITE_FULL). With drop_oldest, free the oldest
+                # pages once and try again; the freed pages are reused, the file does not grow.
+                if attempt == 2 or not limits.drop_oldest:
+                    raise
+                with self.transaction("drop the oldest datapoints") as conn:
+                    freed = self._drop_oldest(conn, max(1, (limits.max_cached or 1000) // 100))
+                if not freed:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _make_room(self, conn: apsw.Connection, incoming: int, limits: Limits) -> int:
+        """Inside a write: make room for ``incoming`` datapoints, or raise CacheFullError.
+        Returns how many datapoints were dropped (counted in the ``dropped`` statistic)."""
+        dropped = 0
+        if limits.max_cached:
+            lowest, highest = next(conn.execute("SELECT min(id), max(id) FROM datapoints"))
+            # Ids are never reused, so the id span bounds the count from above: only when it
+            # reaches the limit is the exact (O(n)) count needed.
+            span = 0 if lowest is None else highest - lowest + 1
+            if span + incoming > limits.max_cached:
+                cached = next(conn.execute("SELECT count(*) FROM datapoints"))[0]
+                excess = cached + incoming - limits.max_cached
+                if excess > 0:
+                    if not limits.drop_oldest:
+                        raise CacheFullError(
+                            f"the cache holds {cached} datapoints and max_cached is "
+                            f"{limits.max_cached}: nothing was stored (sync, raise max_cached, "
+                            "or use on_full='drop_oldest')"
+                        )
+                    # Some headroom, so that the next inserts need no count.
+                    dropped += self._drop_oldest(conn, max(excess, limits.max_cached // 100))
+        if limits.max_bytes:
+            while (used := self._used_bytes(conn)) > limits.max_bytes:
+                freed = (
+                    self._drop_oldest(conn, self._one_percent(conn)) if limits.drop_oldest else 0
+                )
+                if not freed:
+                    raise CacheFullError(
+                        f"the cache uses {used} bytes and max_cache_bytes is {limits.max_bytes}:"
+                        " nothing was stored"
+                    )
+                dropped += freed
+        if limits.min_free_disk:
+            stat = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+            free = stat.f_bavail * stat.f_frsize
+            if free < limits.min_free_disk:
+                # Dropped rows free pages inside the file for reuse: it then need not grow.
+                has_room = next(conn.execute("PRAGMA freelist_count"))[0] > 0
+                if not has_room and limits.drop_oldest:
+                    dropped += self._drop_oldest(conn, self._one_percent(conn))
+                    has_room = next(conn.execute("PRAGMA freelist_count"))[0] > 0
+                if not has_room:
+                    raise CacheFullError(
+                        f"{free} bytes free on the disk, under min_free_disk "
+                        f"({limits.min_free_disk}): nothing was stored"
+                    )
+        return dropped
+
+    @staticmethod
+    def _used_bytes(conn: apsw.Connection) -> int:
+        pages = next(conn.execute("PRAGMA page_count"))[0]
+        free = next(conn.execute("PRAGMA freelist_count"))[0]
+        size = next(conn.execute("PRAGMA page_size"))[0]
+        return int((pages - free) * size)
+
+    @staticmethod
+    def _one_percent(conn: apsw.Connection) -> int:
+        return max(1, next(conn.execute("SELECT count(*) FROM datapoints"))[0] // 100)
+
+    def _drop_oldest(self, conn: apsw.Connection, count: int) -> int:
+        """Delete the ``count`` oldest datapoints (all streams) and count them as dropped."""
+        edge = next(
+            conn.execute("SELECT id FROM datapoints ORDER BY id LIMIT 1 OFFSET ?", (count - 1,)),
+            None,
+        )
+        if edge is None:
+            edge = next(conn.execute("SELECT max(id) FROM datapoints"))
+            if edge[0] is None:
+                return 0
+        dropped = _delete(conn, "id <= ?", (edge[0],))
+        _bump(conn, "stats.dropped", dropped)
+        log.warning("cache full: dropped the %d oldest datapoints", dropped)
+        return dropped
+
+    def expire(self, before: float) -> int:
+        """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired."""
+        with self.transaction("expire old datapoints") as conn:
+            expired = _delete(conn, "t < ?", (before,))
+            _bump(conn, "stats.expired", expired)
+        if expired:
+            log.warning("expired %d datapoints older than max_age", expired)
+        return expired
 
     def append_many(
-        self, points: Sequence[tuple[int, float, bool, str]]
+        self,
+        points: Sequence[tuple[int, float, bool, str, Untrusted | None]],
+        *,
+        limits: Limits | None = None,
     ) -> list[tuple[int, float]]:
-        """Append ``(stream_id, t, restamp, data)`` points in one transaction: all or none.
+        """Append ``(stream_id, t, restamp, data, untrusted)`` points in one transaction: all
+        or none.
 
         Timestamps are resolved as in :meth:`append`, each point against the one before it in
         its stream. Returns ``(id, t)`` per point, in order.
 
         :raises TooOldError: a point's explicit ``t`` is older than its stream's newest
+        :raises CacheFullError: as :meth:`append`
         """
         rows = []
         with self.transaction("store the datapoints") as conn:
+            if limits is not None and limits.active:
+                self._make_room(conn, len(points), limits)
             newest: dict[int, float] = {}
-            for stream_id, t, restamp, data in points:
+            for stream_id, t, restamp, data, untrusted in points:
+                boot, mono = untrusted or (None, None)
                 prev = newest.get(stream_id)
                 if prev is None:
                     prev = next(conn.execute(_NEWEST, (stream_id,)))[0]
@@ -517,15 +738,14 @@ class Cache:
                     if t < prev and not restamp:
                         raise TooOldError(prev)
                     t = prev + NUDGE
-                rows.append((stream_id, t, data))
+                rows.append((stream_id, t, data, boot, mono))
                 newest[stream_id] = t
             before = conn.total_changes()
             conn.executemany(_INSERT, rows)
             if conn.total_changes() - before != len(rows):
                 raise CacheError("insert_many: the cache refused out-of-order rows; none stored")
             last_id = conn.last_insert_rowid()
-        for stream_id, t, _ in rows:
-            self._newest[stream_id] = t
+        self._newest.update(newest)
         # One statement, one writer: the ids are consecutive, ending at the last one.
         first_id = last_id - len(rows) + 1
         return [(first_id + i, row[1]) for i, row in enumerate(rows)]
@@ -535,39 +755,114 @@ class Cache:
         t = self._read(_NEWEST, (stream_id,))[0][0]
         return None if t is None or t <= NO_TIME else t
 
+    def latest(self, stream_id: int) -> tuple[float, str] | None:
+        """The newest datapoint of the stream as ``(t, d as JSON text)``: the newest cached
+        one, else the newest that left the cache (delivered, dead-lettered, dropped)."""
+        rows = self._read(
+            "SELECT t, d FROM datapoints WHERE stream = ? ORDER BY id DESC LIMIT 1", (stream_id,)
+        ) or self._read(
+            "SELECT last_t, last_d FROM streams WHERE id = ? AND last_d IS NOT NULL", (stream_id,)
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def count(self) -> int:
         """How many datapoints are cached, all streams together."""
         return self._read("SELECT count(*) FROM datapoints")[0][0]
 
-    def batch(self, stream_id: int, after_id: int, limit: int) -> list[Row]:
+    def statistics(self) -> dict[str, int]:
+        """Counters kept in the cache: ``dropped`` and ``expired`` datapoints."""
+        return {
+            name: int(self.get_setting("stats." + name, 0) or 0) for name in ("dropped", "expired")
+        }
+
+    def batch(
+        self, stream_id: int, after_id: int, limit: int, hold: Untrusted | None = None
+    ) -> list[Row]:
         """Up to ``limit`` cached datapoints of the stream with id > ``after_id``, oldest first.
 
-        Keyset paging: memory is O(limit) whatever the backlog.
+        Keyset paging: memory is O(limit) whatever the backlog. ``hold=(boot, since)``: stop
+        before the first datapoint of that boot stamped by an untrusted clock at boot-clock
+        time ``since`` or later (it waits for NTP; the stream's order forbids skipping it).
         """
-        return self._read(
-            "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
+        rows = self._read(
+            "SELECT id, t, d, boot, mono FROM datapoints WHERE stream = ? AND id > ? "
+            "ORDER BY id LIMIT ?",
             (stream_id, after_id, limit),
         )
+        batch: list[Row] = []
+        for point_id, t, data, boot, mono in rows:
+            if hold is not None and boot == hold[0] and mono is not None and mono >= hold[1]:
+                break
+            batch.append((point_id, t, data))
+        return batch
 
-    def ack(self, stream_id: int, first_id: int, last_id: int, last_t: float) -> int:
+    # ----------------------------------------------------------------------- device time
+
+    def boot_key(self, boot_id: str) -> int:
+        """The small integer that stands for ``boot_id`` in datapoint rows."""
+        with self.transaction("record the boot") as conn:
+            conn.execute("INSERT OR IGNORE INTO boots (boot_id) VALUES (?)", (boot_id,))
+            return next(conn.execute("SELECT id FROM boots WHERE boot_id = ?", (boot_id,)))[0]
+
+    def reanchor(self, boot: int, true_now: float, boot_clock_now: float) -> int:
+        """Fix the times of the datapoints of ``boot`` stamped by an untrusted clock: each
+        becomes ``true_now - (boot_clock_now - its boot clock)``, exact whatever the wall clock
+        said. Per stream, strictly increasing order is kept (ties nudged by 1 µs). Returns how
+        many datapoints were fixed."""
+        with self.transaction("fix timestamps stamped before the clock was trusted") as conn:
+            firsts = list(
+                conn.execute(
+                    "SELECT stream, min(id) FROM datapoints WHERE boot = ? GROUP BY stream",
+                    (boot,),
+                )
+            )
+            conn.execute(
+                "UPDATE datapoints SET t = ? - (? - mono), boot = NULL, mono = NULL WHERE boot = ?",
+                (true_now, boot_clock_now, boot),
+            )
+            fixed = conn.changes()
+            for stream_id, first_id in firsts:
+                before = next(
+                    conn.execute(
+                        "SELECT t FROM datapoints WHERE stream = ? AND id < ? "
+                        "ORDER BY id DESC LIMIT 1",
+                        (stream_id, first_id),
+                    ),
+                    None,
+                ) or next(conn.execute("SELECT last_t FROM streams WHERE id = ?", (stream_id,)))
+                prev = before[0]
+                rows = conn.execute(
+                    "SELECT id, t FROM datapoints WHERE stream = ? AND id >= ? ORDER BY id",
+                    (stream_id, first_id),
+                )
+                for point_id, t in list(rows):
+                    if t <= prev:
+                        t = prev + NUDGE
+                        conn.execute("UPDATE datapoints SET t = ? WHERE id = ?", (t, point_id))
+                    prev = t
+        self._newest.clear()
+        return fixed
+
+    def untrusted_count(self, boot: int) -> int:
+        """How many cached datapoints of ``boot`` wait for a trusted clock."""
+        return self._read("SELECT count(*) FROM datapoints WHERE boot = ?", (boot,))[0][0]
+
+    # ----------------------------------------------------------------------- delivery
+
+    def ack(self, stream_id: int, first_id: int, last_id: int) -> int:
         """Delete the stream's datapoints with ids in ``[first_id, last_id]`` (the remote stored
-        them) in one transaction, remembering ``last_t`` as delivered. Returns how many."""
+        them) in one transaction, and clear the batch in flight. Returns how many."""
         with self.transaction("delete delivered datapoints") as conn:
-            return self._delete_delivered(conn, stream_id, first_id, last_id, last_t)
+            return self._delete_delivered(conn, stream_id, first_id, last_id)
 
     @staticmethod
     def _delete_delivered(
-        conn: apsw.Connection, stream_id: int, first_id: int, last_id: int, last_t: float
+        conn: apsw.Connection, stream_id: int, first_id: int, last_id: int
     ) -> int:
-        conn.execute(
-            "UPDATE streams SET last_t = max(last_t, ?), inflight = 0 WHERE id = ?",
-            (last_t, stream_id),
+        delivered = _delete(
+            conn, "stream = ? AND id BETWEEN ? AND ?", (stream_id, first_id, last_id)
         )
-        conn.execute(
-            "DELETE FROM datapoints WHERE stream = ? AND id BETWEEN ? AND ?",
-            (stream_id, first_id, last_id),
-        )
-        delivered = conn.changes()
+        conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
         # Dead letters queued again and now delivered are done with.
         conn.execute("DELETE FROM deadletters WHERE retry_id BETWEEN ? AND ?", (first_id, last_id))
         return delivered
@@ -587,15 +882,15 @@ class Cache:
             upto = next(conn.execute("SELECT inflight FROM streams WHERE id = ?", (stream_id,)))[0]
             delivered = 0
             if upto and remote_newest is not None:
-                first, last, last_t = next(
+                first, last = next(
                     conn.execute(
-                        "SELECT min(id), max(id), max(t) FROM datapoints "
+                        "SELECT min(id), max(id) FROM datapoints "
                         "WHERE stream = ? AND id <= ? AND t <= ?",
                         (stream_id, upto, remote_newest),
                     )
                 )
                 if first is not None:
-                    delivered = self._delete_delivered(conn, stream_id, first, last, last_t)
+                    delivered = self._delete_delivered(conn, stream_id, first, last)
             conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
             return delivered
 
@@ -619,11 +914,8 @@ class Cache:
                     "VALUES (?, ?, ?, ?, 1, ?)",
                     (name, t, data, reason, now),
                 )
-            conn.execute(
-                "UPDATE streams SET last_t = max(last_t, ?), inflight = 0 WHERE id = ?",
-                (t, stream_id),
-            )
-            conn.execute("DELETE FROM datapoints WHERE id = ?", (point_id,))
+            _delete(conn, "id = ?", (point_id,))
+            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
 
     def deadletters(self, stream: str | None = None) -> list[tuple[Any, ...]]:
         """Dead letters at rest (not queued again): (id, stream, t, d, reason, attempts,
@@ -655,7 +947,7 @@ class Cache:
                 stream_id = streams[name]
                 newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
                 t = max(t, newest + NUDGE)
-                conn.execute(_INSERT, (stream_id, t, data))
+                conn.execute(_INSERT, (stream_id, t, data, None, None))
                 self._newest[stream_id] = t
                 conn.execute(
                     "UPDATE deadletters SET retry_id = ? WHERE id = ?",
@@ -681,12 +973,7 @@ class Cache:
     def clear(self) -> int:
         """Delete every cached datapoint (connectordb's ``cleardata``). Returns how many."""
         with self.transaction("clear the cache") as conn:
-            conn.execute(
-                "UPDATE streams SET last_t = max(last_t, coalesce("
-                "(SELECT max(t) FROM datapoints WHERE stream = streams.id), -1e308))"
-            )
-            conn.execute("DELETE FROM datapoints")
-            return conn.changes()
+            return _delete(conn, "1", ())
 
     def stream_stats(self) -> dict[str, StreamStats]:
         """Cached count, oldest and newest cached t, and dead letters, per registered stream."""

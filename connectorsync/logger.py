@@ -1,7 +1,8 @@
 """Logger: the one class users need. A drop-in successor of ``connectordb.logger.Logger``.
 
 It wires the parts together and holds no SQL and no HTTP: values are checked by
-:mod:`~connectorsync.streams`, stored by :mod:`~connectorsync.cache` and delivered by
+:mod:`~connectorsync.streams`, stamped by :mod:`~connectorsync.clock`, stored by
+:mod:`~connectorsync.cache` (and :mod:`~connectorsync.archive`) and delivered by
 :mod:`~connectorsync.syncer` through a :mod:`remote <connectorsync.remotes.base>`.
 """
 
@@ -17,17 +18,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from .cache import Cache, StreamStats, TooOldError
+from .archive import Archive
+from .cache import Cache, Limits, StreamStats, TooOldError, Untrusted
+from .clock import Anchor, Clock, boot_clock
 from .errors import (
     ClosedError,
     ConfigurationError,
     ConnectorSyncError,
     StreamError,
     TimestampError,
+    TransientRemoteError,
     UnknownStreamError,
 )
+from .options import OPTIONS, check_options, positive_number
 from .remotes.base import Remote
 from .remotes.connectordb import ConnectorDBRemote
 from .streams import StreamDef
@@ -40,48 +45,22 @@ DEFAULT_SERVERURL = "http://localhost:3124"
 DEFAULT_SYNCPERIOD = 600.0
 # Later than 5138-11-16 in seconds: surely milliseconds or microseconds given by mistake.
 MAX_PLAUSIBLE_TIMESTAMP = 1e11
+#: With ntp_server, the syncer asks again once the last answer is this old (seconds).
+NTP_REFRESH = 3600.0
+# How often (seconds) an untrusted clock looks for an NTP answer another process got, and how
+# often inserts expire datapoints older than max_age.
+_CLOCK_RELOAD = 10.0
+_EXPIRY_EVERY = 60.0
+OUT_OF_ORDER = ("reject", "restamp")
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if type(value) is not int or value < 1:
-        raise ConfigurationError(f"{name} must be a whole number >= 1; got {value!r}")
-    return value
-
-
-def _positive_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{name} must be a number > 0; got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be finite; got {value!r}")
-    return float(value)
-
-
-def _optional_positive_int(name: str, value: Any) -> int | None:
-    return None if value is None else _positive_int(name, value)
-
-
-def _durability(name: str, value: Any) -> str:
-    if value not in ("full", "normal"):
-        raise ConfigurationError(f"{name} must be 'full' or 'normal'; got {value!r}")
-    return str(value)
-
-
-# Every option: its default and its check. Each is a keyword argument of Logger and an
-# attribute of the same name; setting one (either way) stores it in the cache file.
-OPTIONS: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
-    "durability": ("full", _durability),
-    "batch_size": (5000, _positive_int),
-    "sync_threshold": (None, _optional_positive_int),
-    "http_timeout": (30.0, _positive_number),
-}
-
-
-def _option(name: str, meaning: str) -> Any:
+def _option(name: str) -> Any:
     """A read/write attribute for option ``name``, stored in the cache file when set."""
+    default, _, meaning = OPTIONS[name]
     return property(
         lambda self: self._options[name],
         lambda self, value: self._set_option(name, value),
-        doc=f"{meaning} (default {OPTIONS[name][0]!r}); stored in the cache file.",
+        doc=f"{meaning[0].upper()}{meaning[1:]} (default {default!r}); stored in the cache file.",
     )
 
 
@@ -118,6 +97,12 @@ class Status:
     :ivar next_attempt: when the background syncer tries next, or None when it is not running
     :ivar paused: True while syncing is paused (refused credentials: ``last_error`` says so);
         it resumes when ``apikey`` changes, or at the next period
+    :ivar dropped: datapoints dropped to make room (``on_full="drop_oldest"``), ever
+    :ivar expired: datapoints expired by ``max_age``, ever
+    :ivar clock_offset: what the system clock was off by at the last NTP answer of this boot
+        (seconds), or None before one
+    :ivar clock_measured: when that answer came (seconds since the epoch), or None
+    :ivar untrusted: cached datapoints of this boot stamped before NTP answered
     """
 
     streams: dict[str, StreamStats]
@@ -125,11 +110,22 @@ class Status:
     last_error: str | None
     next_attempt: float | None
     paused: bool
+    dropped: int = 0
+    expired: int = 0
+    clock_offset: float | None = None
+    clock_measured: float | None = None
+    untrusted: int = 0
 
     @property
     def cached(self) -> int:
         """Datapoints cached, all streams together."""
         return sum(s.cached for s in self.streams.values())
+
+
+class _Registered(NamedTuple):
+    definition: StreamDef
+    id: int
+    restamp: bool  # out_of_order="restamp": explicit older timestamps move after the newest
 
 
 class _State(enum.Enum):
@@ -151,8 +147,8 @@ class Logger:
     :param syncraise: whether a failed ``sync()`` raises, when there is no ``onsyncfail``
     :param remote: where to sync; default a :class:`ConnectorDBRemote` on ``serverurl`` with
         ``apikey``
-    :param options: any of :data:`OPTIONS` (``durability``, ``batch_size``,
-        ``sync_threshold``, ``http_timeout``)
+    :param options: any of the options in :mod:`connectorsync.options`, e.g.
+        ``durability="normal"``, ``max_cached=100_000``, ``ntp_server="pool.ntp.org"``
     :raises ConfigurationError: an unknown or bad option, or a file that is not a cache
     :raises CacheError: the file cannot be opened
     """
@@ -169,14 +165,7 @@ class Logger:
         remote: Remote | None = None,
         **options: Any,
     ):
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) {', '.join(sorted(unknown))}; "
-                f"options are {', '.join(sorted(OPTIONS))}"
-            )
-        for name, value in options.items():
-            OPTIONS[name][1](name, value)
+        check_options(options)
         self.path = str(path)
         self.onsync = onsync
         self.onsyncfail = onsyncfail
@@ -185,11 +174,16 @@ class Logger:
         self._lock = threading.RLock()
         self._remote_given = remote
         self._remote_built: ConnectorDBRemote | None = None
-        self._defs: dict[str, tuple[StreamDef, int]] = {}
-        self._options: dict[str, Any] = {name: default for name, (default, _) in OPTIONS.items()}
+        self._defs: dict[str, _Registered] = {}
+        self._options: dict[str, Any] = {name: spec[0] for name, spec in OPTIONS.items()}
+        self._subscribers: dict[str, list[Callable[[dict[str, Any]], Any]]] = {}
+        self._limits: Limits | None = None
+        self._archive: Archive | None = None
+        self._boot: int | None = None
+        self._next_expiry = 0.0
+        self._next_clock_reload = 0.0
 
-        durability = options.get("durability", "full")
-        self._cache, created = Cache.open(self.path, durability)
+        self._cache, created = Cache.open(self.path, options.get("durability", "full"))
         try:
             if created:
                 self._cache.set_setting("apikey", "")
@@ -198,8 +192,13 @@ class Logger:
                 self._cache.set_setting("lastsynctime", 0)
                 self._cache.set_setting("data", {})
             self._load_settings()
+            self._clock = Clock(
+                Anchor.from_json(self._cache.get_setting("clock.anchor")),
+                ntp=self._options["ntp_server"] is not None,
+            )
             for name, value in options.items():
                 setattr(self, name, value)
+            self._apply_options()
             if apikey is not None:
                 self.apikey = apikey
             if created and on_create is not None and on_create(self) is False:
@@ -216,7 +215,11 @@ class Logger:
             self._state = _State.CLOSED
             raise
         self._syncer = Syncer(
-            self.path, remote=self._remote, option=self._setting, after_pass=self._after_pass
+            self.path,
+            remote=self._remote,
+            option=self._setting,
+            before_pass=self._before_pass,
+            after_pass=self._after_pass,
         )
 
     def _setting(self, name: str) -> Any:
@@ -225,6 +228,8 @@ class Logger:
             return self._syncperiod
         if name == "apikey":
             return self._apikey
+        if name == "hold":
+            return self._hold()
         return self._options[name]
 
     def _load_settings(self) -> None:
@@ -242,10 +247,12 @@ class Logger:
         defs = {}
         for row in self._cache.streams().values():
             current = self._defs.get(row.name)
-            if current is not None and current[0].schema_text == row.schema:
-                defs[row.name] = current
+            restamp = row.out_of_order == "restamp"
+            if current is not None and current.definition.schema_text == row.schema:
+                defs[row.name] = current._replace(restamp=restamp)
             else:
-                defs[row.name] = (StreamDef(row.name, json.loads(row.schema)), row.id)
+                definition = StreamDef(row.name, json.loads(row.schema))
+                defs[row.name] = _Registered(definition, row.id, restamp)
         self._defs = defs
 
     # ----------------------------------------------------------------------- lifecycle
@@ -283,6 +290,8 @@ class Logger:
         self._syncer.close()
         if self._remote_built is not None:
             self._remote_built.close()
+        if self._archive is not None:
+            self._archive.close()
         self._cache.close()
 
     def __enter__(self) -> Logger:
@@ -338,7 +347,7 @@ class Logger:
 
     @syncperiod.setter
     def syncperiod(self, value: float) -> None:
-        value = _positive_number("syncperiod", value)
+        value = positive_number("syncperiod", value)
         self._check_open()
         self._cache.set_setting("syncperiod", value)
         self._syncperiod = value
@@ -375,12 +384,20 @@ class Logger:
                 f"data must be JSON (dicts, lists, numbers...): {exc}"
             ) from exc
 
-    durability = _option("durability", "``'full'`` survives a power cut, ``'normal'`` a crash")
-    batch_size = _option("batch_size", "datapoints per request to the remote")
-    sync_threshold = _option(
-        "sync_threshold", "sync as soon as this many datapoints wait (None: only by period)"
-    )
-    http_timeout = _option("http_timeout", "seconds to connect, and to wait for each answer")
+    durability = _option("durability")
+    batch_size = _option("batch_size")
+    sync_threshold = _option("sync_threshold")
+    http_timeout = _option("http_timeout")
+    max_cached = _option("max_cached")
+    max_cache_bytes = _option("max_cache_bytes")
+    min_free_disk = _option("min_free_disk")
+    on_full = _option("on_full")
+    max_age = _option("max_age")
+    ntp_server = _option("ntp_server")
+    hold_unsynced = _option("hold_unsynced")
+    max_hold = _option("max_hold")
+    archive_dir = _option("archive_dir")
+    archive_format = _option("archive_format")
 
     def _set_option(self, name: str, value: Any) -> None:
         value = OPTIONS[name][1](name, value)
@@ -391,6 +408,34 @@ class Logger:
             self._cache.set_durability(value)
         if name == "http_timeout":
             self._drop_remote()
+        if hasattr(self, "_syncer"):  # after __init__, which applies them once at the end
+            self._apply_options()
+
+    def _apply_options(self) -> None:
+        """Build what the options describe: limits, archive, clock mode."""
+        o = self._options
+        limits = Limits(
+            o["max_cached"],
+            o["max_cache_bytes"],
+            o["min_free_disk"],
+            drop_oldest=o["on_full"] == "drop_oldest",
+        )
+        self._limits = limits if limits.active else None
+        archive = self._archive
+        if archive is None or (archive.directory, archive.fmt) != (
+            o["archive_dir"],
+            o["archive_format"],
+        ):
+            if archive is not None:
+                archive.close()
+            self._archive = None
+            if o["archive_dir"] is not None:
+                self._archive = Archive(
+                    o["archive_dir"], o["archive_format"], fsync=o["durability"] == "full"
+                )
+        elif archive is not None:
+            archive.fsync = o["durability"] == "full"
+        self._clock.ntp = o["ntp_server"] is not None
 
     # ----------------------------------------------------------------------- remote
 
@@ -428,18 +473,23 @@ class Logger:
     @property
     def streams(self) -> dict[str, dict[str, Any]]:
         """The registered streams: name -> JSON schema (a copy)."""
-        return {name: dict(d.schema) for name, (d, _) in self._defs.items()}
+        return {name: dict(r.definition.schema) for name, r in self._defs.items()}
 
     def __contains__(self, stream: object) -> bool:
         """``"temperature" in logger``: is the stream registered?"""
         return stream in self._defs
 
-    def add_stream(self, name: str, schema: dict[str, Any] | None = None) -> None:
+    def add_stream(
+        self, name: str, schema: dict[str, Any] | None = None, *, out_of_order: str = "reject"
+    ) -> None:
         """Register a stream.
 
         With a schema this works offline: the stream is created on the remote at the first
         sync. Without one, the remote is asked for the stream's schema.
 
+        :param out_of_order: what an explicit timestamp older than the stream's newest does:
+            ``"reject"`` raises :class:`TimestampError`; ``"restamp"`` stores the datapoint
+            just after the newest (1 µs later)
         :raises StreamError: bad name; :raises SchemaError: bad schema
         :raises UnknownStreamError: no schema given and the remote has no such stream
         :raises RemoteError: no schema given and the remote could not be asked
@@ -453,22 +503,28 @@ class Logger:
                     f"stream {name!r} was not found on the remote; "
                     "give a schema to create it: add_stream(name, schema)"
                 )
-        self._register(name, schema)
+        self._register(name, schema, out_of_order)
 
     addStream = add_stream
 
-    def addStream_force(self, name: str, schema: dict[str, Any] | None = None) -> None:
+    def addStream_force(
+        self, name: str, schema: dict[str, Any] | None = None, *, out_of_order: str = "reject"
+    ) -> None:
         """Register a stream without asking the remote (ConnectorDB name); no schema means any
         JSON value. The stream is created on the remote at the first sync if missing."""
         self._check_open()
-        self._register(name, schema)
+        self._register(name, schema, out_of_order)
 
-    def _register(self, name: str, schema: dict[str, Any] | None) -> None:
+    def _register(self, name: str, schema: dict[str, Any] | None, out_of_order: str) -> None:
+        if out_of_order not in OUT_OF_ORDER:
+            raise StreamError(
+                f"stream {name!r}: out_of_order must be 'reject' or 'restamp'; got {out_of_order!r}"
+            )
         definition = StreamDef(name, schema)
-        row = self._cache.put_stream(name, definition.schema_text)
-        self._defs[name] = (definition, row.id)
+        row = self._cache.put_stream(name, definition.schema_text, out_of_order)
+        self._defs[name] = _Registered(definition, row.id, out_of_order == "restamp")
 
-    def _stream(self, name: str) -> tuple[StreamDef, int]:
+    def _stream(self, name: str) -> _Registered:
         found = self._defs.get(name)
         if found is None:
             self._check_open()
@@ -485,38 +541,52 @@ class Logger:
     # ----------------------------------------------------------------------- inserting
 
     def insert(self, stream: str, value: Any, timestamp: float | None = None) -> None:
-        """Store one datapoint; returns once it is committed to disk.
+        """Store one datapoint; returns once it is committed to disk (and archived, with
+        ``archive_dir``).
 
-        :param timestamp: seconds since the epoch; default now. Per stream, timestamps
-            strictly increase: a tie moves 1 µs later, and with no explicit timestamp a clock
-            that went backwards moves the point to just after the newest.
+        :param timestamp: seconds since the epoch (or an aware datetime); default now. Per
+            stream, timestamps strictly increase: a tie moves 1 µs later, and with no
+            explicit timestamp a clock that went backwards moves the point to just after the
+            newest.
         :raises UnknownStreamError: the stream is not registered
         :raises ValidationError: the value is not JSON or does not match the schema
         :raises TimestampError: the timestamp is not finite, or older than the stream's newest
-        :raises CacheFullError: the disk is full; nothing was stored
+            (unless the stream was added with ``out_of_order="restamp"``)
+        :raises CacheFullError: a storage limit or the disk is full; nothing was stored
         """
-        definition, stream_id = self._stream(stream)
-        data = definition.encode(value)
+        registered = self._stream(stream)
+        data = registered.definition.encode(value)
+        untrusted = None
         if timestamp is None:
-            t, restamp = time.time(), True
+            t, restamp = self._clock.now(), True
+            if not self._clock.trusted:
+                untrusted = self._untrusted()
         else:
-            t, restamp = _check_timestamp(stream, timestamp), False
+            t, restamp = _check_timestamp(stream, timestamp), registered.restamp
         try:
-            self._cache.append(stream_id, t, data, restamp=restamp)
+            stored = self._cache.append(
+                registered.id, t, data, restamp=restamp, untrusted=untrusted, limits=self._limits
+            )
         except TooOldError as exc:
             raise _too_old(stream, t, exc.newest) from None
+        if self._archive is not None:
+            self._archive.write(((stream, stored, data),))
+        if self._subscribers:
+            self._notify(stream, ((stored, value),))
+        if self._options["max_age"] is not None:
+            self._expire_now_and_then()
         self._syncer.inserted(1)
 
     def insert_many(self, stream: str | dict[str, Any], values: Iterable[Any] | None = None) -> int:
-        """Store many datapoints of a stream in one transaction: all of them, or none.
+        """Store many datapoints in one transaction: all of them, or none.
 
         Each item is a value, or a datapoint ``{"t": timestamp, "d": value}`` (a dict with
         exactly the keys ``t`` and ``d``). ConnectorDB's form
         ``insert_many({"stream": [{"t": ..., "d": ...}, ...], ...})`` works too.
         Returns how many were stored.
 
-        :raises UnknownStreamError, ValidationError, TimestampError: as :meth:`insert`;
-            nothing is stored
+        :raises UnknownStreamError, ValidationError, TimestampError, CacheFullError: as
+            :meth:`insert`; nothing is stored
         """
         if values is None:
             if not isinstance(stream, dict):
@@ -526,25 +596,38 @@ class Logger:
             if not isinstance(stream, str):
                 raise StreamError(f"stream name must be a string; got {stream!r}")
             by_stream = {stream: values}
-        now = time.time()
-        points = []
+        now = self._clock.now()
+        untrusted = None if self._clock.trusted else self._untrusted()
+        points: list[tuple[int, float, bool, str, Untrusted | None]] = []
+        given: list[tuple[str, Any]] = []
         for name, items in by_stream.items():
-            definition, stream_id = self._stream(name)
+            registered = self._stream(name)
+            encode = registered.definition.encode
             for item in items:
                 if type(item) is dict and item.keys() == {"t", "d"}:
                     t = _check_timestamp(name, item["t"])
-                    points.append((stream_id, t, False, definition.encode(item["d"])))
+                    points.append((registered.id, t, registered.restamp, encode(item["d"]), None))
+                    given.append((name, item["d"]))
                 else:
-                    points.append((stream_id, now, True, definition.encode(item)))
+                    points.append((registered.id, now, True, encode(item), untrusted))
+                    given.append((name, item))
         if not points:
             return 0
         try:
-            self._cache.append_many(points)
+            stored = self._cache.append_many(points, limits=self._limits)
         except TooOldError as exc:
             raise TimestampError(
                 f"insert_many: a timestamp is older than its stream's newest ({exc.newest}); "
                 "nothing was stored"
             ) from None
+        if self._archive is not None:
+            self._archive.write(
+                (name, t, point[3])
+                for (name, _), (_, t), point in zip(given, stored, points, strict=True)
+            )
+        if self._subscribers:
+            for (name, value), (_, t) in zip(given, stored, strict=True):
+                self._notify(name, ((t, value),))
         self._syncer.inserted(len(points))
         return len(points)
 
@@ -560,6 +643,101 @@ class Logger:
         """How many datapoints are cached, waiting to be synced."""
         self._check_open()
         return self._cache.count()
+
+    # ----------------------------------------------------------------------- latest values
+
+    def latest(self, stream: str) -> dict[str, Any] | None:
+        """The newest datapoint inserted in ``stream``, ``{"t": ..., "d": ...}``, or None.
+
+        From the cache, or once it was synced (or dropped) from what the cache remembers:
+        it survives a sync and a restart.
+        """
+        registered = self._stream(stream)
+        found = self._cache.latest(registered.id)
+        return None if found is None else {"t": found[0], "d": json.loads(found[1])}
+
+    def subscribe(
+        self, stream: str, callback: Callable[[dict[str, Any]], Any]
+    ) -> Callable[[], None]:
+        """Call ``callback({"t": ..., "d": ...})`` after each committed insert into ``stream``
+        by this Logger. An exception from the callback is logged, never raised into the
+        inserting code. Returns a function that unsubscribes."""
+        self._stream(stream)
+        with self._lock:
+            self._subscribers = {**self._subscribers}
+            self._subscribers[stream] = [*self._subscribers.get(stream, []), callback]
+
+        def unsubscribe() -> None:
+            with self._lock:
+                remaining = [f for f in self._subscribers.get(stream, []) if f is not callback]
+                self._subscribers = {**self._subscribers, stream: remaining}
+                if not remaining:
+                    del self._subscribers[stream]
+
+        return unsubscribe
+
+    def _notify(self, stream: str, points: Iterable[tuple[float, Any]]) -> None:
+        for callback in self._subscribers.get(stream, ()):
+            for t, value in points:
+                try:
+                    callback({"t": t, "d": value})
+                except Exception:
+                    log.exception("subscriber %r of stream %r failed", callback, stream)
+
+    # ----------------------------------------------------------------------- time
+
+    def sync_clock(self, server: str | None = None, port: int = 123, timeout: float = 5.0) -> float:
+        """Ask an NTP server for the true time (default ``ntp_server``). From now on, during
+        this boot, timestamps are that time plus the boot clock elapsed, whatever the wall
+        clock does. Datapoints of this boot stamped before are re-timed exactly. Returns what
+        the system clock was off by, in seconds.
+
+        :raises TransientRemoteError: the server did not answer
+        :raises ConfigurationError: no server
+        """
+        self._check_open()
+        anchor = self._clock.measure(server or self._options["ntp_server"], port, timeout)
+        self._cache.set_setting("clock.anchor", anchor.to_json())
+        self._clock.set_anchor(anchor)
+        fixed = self._cache.reanchor(self._boot_key(), anchor.true_time, anchor.boot_clock)
+        if fixed:
+            log.info("re-timed %d datapoints stamped before NTP answered", fixed)
+            self._syncer.wake()  # held datapoints may go now
+        return anchor.offset
+
+    def _boot_key(self) -> int:
+        if self._boot is None:
+            self._boot = self._cache.boot_key(self._clock.boot_id)
+        return self._boot
+
+    def _untrusted(self) -> Untrusted | None:
+        """For a clock-stamped insert before NTP answered: (boot, boot clock), to fix later.
+        Picks up, now and then, an answer another process got."""
+        now = boot_clock()
+        if now >= self._next_clock_reload:
+            self._next_clock_reload = now + _CLOCK_RELOAD
+            self._clock.set_anchor(Anchor.from_json(self._cache.get_setting("clock.anchor")))
+            if self._clock.trusted:
+                return None
+        return (self._boot_key(), now)
+
+    def _hold(self) -> Untrusted | None:
+        """For the syncer: hold datapoints of this boot stamped in the last ``max_hold``
+        seconds before NTP answered (with ``hold_unsynced``)."""
+        if not self._options["hold_unsynced"] or self._clock.trusted:
+            return None
+        return (self._boot_key(), boot_clock() - self._options["max_hold"])
+
+    def _expire_now_and_then(self) -> None:
+        now = boot_clock()
+        if now >= self._next_expiry:
+            self._next_expiry = now + _EXPIRY_EVERY
+            self._expire()
+
+    def _expire(self) -> None:
+        max_age = self._options["max_age"]
+        if max_age is not None:
+            self._cache.expire(self._clock.now() - max_age)
 
     # ----------------------------------------------------------------------- syncing
 
@@ -580,6 +758,18 @@ class Logger:
         if report._reraise and report.exception is not None:
             raise report.exception
         return report
+
+    def _before_pass(self) -> None:
+        """Before every pass: expire old datapoints, and ask NTP again when it is time."""
+        self._expire()
+        if self._options["ntp_server"] is None:
+            return
+        anchor = self._clock.anchor
+        if anchor is None or boot_clock() - anchor.boot_clock > NTP_REFRESH:
+            try:
+                self.sync_clock()
+            except TransientRemoteError as exc:
+                log.warning("NTP: %s (timestamps stay as they are; trying again next pass)", exc)
 
     def _after_pass(self, report: SyncReport) -> None:
         """After every pass, manual or background: ConnectorDB's callbacks and lastsynctime."""
@@ -610,7 +800,7 @@ class Logger:
         timestamp is queued at newest + 1 µs, as the stream's order requires. If refused
         again it returns to the dead letters with one more attempt. Returns how many."""
         self._check_open()
-        streams = {name: stream_id for name, (_, stream_id) in self._defs.items()}
+        streams = {name: registered.id for name, registered in self._defs.items()}
         queued = self._cache.retry_deadletters(None if ids is None else list(ids), streams)
         self._syncer.inserted(queued)
         return queued
@@ -622,16 +812,26 @@ class Logger:
         log.warning("purged %d dead letters", purged)
         return purged
 
+    # ----------------------------------------------------------------------- status
+
     def status(self) -> Status:
-        """What is cached per stream, and how syncing goes."""
+        """What is cached per stream, and how syncing and the clock go."""
         self._check_open()
         syncer = self._syncer
+        counters = self._cache.statistics()
+        anchor = self._clock.anchor
+        untrusted = 0 if self._clock.trusted else self._cache.untrusted_count(self._boot_key())
         return Status(
             streams=self._cache.stream_stats(),
             last_sync=self._lastsync or None,
             last_error=syncer.paused or syncer.last_error,
             next_attempt=syncer.next_attempt if syncer.running else None,
             paused=syncer.paused is not None,
+            dropped=counters["dropped"],
+            expired=counters["expired"],
+            clock_offset=None if anchor is None else anchor.offset,
+            clock_measured=None if anchor is None else anchor.true_time,
+            untrusted=untrusted,
         )
 
 
@@ -661,5 +861,5 @@ def _check_timestamp(stream: str, timestamp: Any) -> float:
 def _too_old(stream: str, t: float, newest: float) -> TimestampError:
     return TimestampError(
         f"stream {stream!r}: timestamp {t!r} is older than the stream's newest ({newest!r}); "
-        "timestamps must increase per stream"
+        "timestamps must increase per stream, or add the stream with out_of_order='restamp'"
     )

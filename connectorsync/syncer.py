@@ -147,6 +147,8 @@ class Syncer:
     :param path: the cache file
     :param remote: returns the current remote (it changes with the apikey)
     :param option: returns the current value of a Logger option or setting by name
+        (``"hold"``: datapoints to hold back, see :meth:`Cache.batch`)
+    :param before_pass: called before each pass (expiry, clock refresh)
     :param after_pass: called with each pass's report (the Logger's callbacks)
     """
 
@@ -155,11 +157,13 @@ class Syncer:
         path: str,
         remote: Callable[[], Remote],
         option: Callable[[str], Any],
+        before_pass: Callable[[], object] = lambda: None,
         after_pass: Callable[[SyncReport], object] = lambda report: None,
     ):
         self._path = path
         self._remote = remote
         self._option = option
+        self._before_pass = before_pass
         self._after_pass = after_pass
         self._cache: Cache | None = None
         self._lock = SyncLock(path)
@@ -213,6 +217,10 @@ class Syncer:
     def _pass(self, report: SyncReport, deadline: float | None) -> None:
         cache = self._connection()
         try:
+            self._before_pass()
+        except ConnectorSyncError as exc:
+            log.warning("before the sync pass: %s", exc)
+        try:
             remote = self._remote()
             remote.ping()
         except ConnectorSyncError as exc:
@@ -245,7 +253,8 @@ class Syncer:
         if row.inflight:
             self._reconcile(cache, remote, row, report)
         after = 0
-        while batch := cache.batch(row.id, after, self._option("batch_size")):
+        hold = self._option("hold")
+        while batch := cache.batch(row.id, after, self._option("batch_size"), hold):
             if deadline is not None and time.monotonic() > deadline:
                 raise ConnectorSyncError("out of time (close); the rest waits in the cache")
             self._deliver(cache, remote, row, batch, report)
@@ -278,7 +287,7 @@ class Syncer:
             with contextlib.suppress(ConnectorSyncError):
                 self._reconcile(cache, remote, row, report)
             raise
-        cache.ack(row.id, batch[0][0], batch[-1][0], batch[-1][1])
+        cache.ack(row.id, batch[0][0], batch[-1][0])
         report._count(report.sent, row.name, len(batch))
 
     def _reconcile(self, cache: Cache, remote: Remote, row: StreamRow, report: SyncReport) -> None:

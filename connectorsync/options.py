@@ -1,0 +1,114 @@
+"""The Logger's options: names, defaults and checks.
+
+Every option is a keyword argument of ``Logger`` and a read/write attribute of the same
+name; setting one (either way) stores it in the cache file, so the next open has it too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigurationError
+
+Check = Callable[[str, Any], Any]
+
+
+def positive_int(name: str, value: Any) -> int:
+    if type(value) is not int or value < 1:
+        raise ConfigurationError(f"{name} must be a whole number >= 1; got {value!r}")
+    return value
+
+
+def positive_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name} must be a number > 0; got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be finite; got {value!r}")
+    return float(value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
+def text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty string; got {value!r}")
+    return value
+
+
+def one_of(*choices: str) -> Check:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigurationError(
+                f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
+            )
+        return str(value)
+
+    return check
+
+
+def optional(check: Check) -> Check:
+    def check_optional(name: str, value: Any) -> Any:
+        return None if value is None else check(name, value)
+
+    return check_optional
+
+
+# name: (default, check, meaning)
+OPTIONS: dict[str, tuple[Any, Check, str]] = {
+    "durability": (
+        "full",
+        one_of("full", "normal"),
+        "'full' survives a power cut, 'normal' a crash of the process",
+    ),
+    "batch_size": (5000, positive_int, "datapoints per request to the remote"),
+    "sync_threshold": (
+        None,
+        optional(positive_int),
+        "sync as soon as this many datapoints were inserted (None: by period)",
+    ),
+    "http_timeout": (30.0, positive_number, "seconds to connect, and to wait for each answer"),
+    "max_cached": (None, optional(positive_int), "most datapoints the cache may hold"),
+    "max_cache_bytes": (None, optional(positive_int), "most bytes the cached data may use"),
+    "min_free_disk": (
+        None,
+        optional(positive_int),
+        "bytes that must stay free on the cache's disk",
+    ),
+    "on_full": (
+        "reject",
+        one_of("reject", "drop_oldest"),
+        "when a limit is reached: refuse the insert, or drop the oldest datapoints",
+    ),
+    "max_age": (
+        None,
+        optional(positive_number),
+        "seconds after which a cached datapoint expires (counted)",
+    ),
+    "ntp_server": (None, optional(text), "NTP server that tells the true time"),
+    "hold_unsynced": (
+        False,
+        boolean,
+        "keep datapoints stamped before NTP answered from the remote until then",
+    ),
+    "max_hold": (86400.0, positive_number, "seconds hold_unsynced holds a datapoint at most"),
+    "archive_dir": (None, optional(text), "directory for the daily archive files"),
+    "archive_format": ("jsonl", one_of("jsonl", "csv"), "format of the archive files"),
+}
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Raise ConfigurationError for an unknown option or a bad value."""
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; "
+            f"options are {', '.join(sorted(OPTIONS))}"
+        )
+    for name, value in options.items():
+        OPTIONS[name][1](name, value)
