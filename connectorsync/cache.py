@@ -569,9 +569,11 @@ class Cache:
             the disk is full; nothing was stored
         """
         boot, mono = untrusted or (None, None)
-        with self._lock, _wrapped("store the datapoint"):
-            if limits is not None and limits.active:
+        if limits is not None and (limits.active or limits.drop_oldest):
+            # Checked inside a transaction; a full disk makes room and tries again.
+            with self._lock:
                 return self._append_limited(stream_id, t, data, restamp, boot, mono, limits)
+        with self._lock, _wrapped("store the datapoint"):
             conn = self._conn
             newest = self._newest.get(stream_id)
             while True:
@@ -602,10 +604,11 @@ class Cache:
         mono: float | None,
         limits: Limits,
     ) -> float:
-        for attempt in (1, 2):
+        while True:
             try:
                 with self.transaction("store the datapoint") as conn:
-                    self._make_room(conn, 1, limits)
+                    if limits.active:
+                        self._make_room(conn, 1, limits)
                     newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
                     stored = t
                     if stored <= newest:
@@ -617,14 +620,13 @@ class Cache:
                 return stored
             except CacheFullError:
                 # The disk itself is full (SQLITE_FULL). With drop_oldest, free the oldest
-                # pages once and try again; the freed pages are reused, the file does not grow.
-                if attempt == 2 or not limits.drop_oldest:
+                # datapoints (1% at a time: a page frees only once all its rows are gone) and
+                # try again; freed pages are reused, so the file does not grow.
+                if not limits.drop_oldest:
                     raise
                 with self.transaction("drop the oldest datapoints") as conn:
-                    freed = self._drop_oldest(conn, max(1, (limits.max_cached or 1000) // 100))
-                if not freed:
-                    raise
-        raise AssertionError("unreachable")
+                    if not self._drop_oldest(conn, self._one_percent(conn)):
+                        raise
 
     def _make_room(self, conn: apsw.Connection, incoming: int, limits: Limits) -> int:
         """Inside a write: make room for ``incoming`` datapoints, or raise CacheFullError.
@@ -664,8 +666,11 @@ class Cache:
             if free < limits.min_free_disk:
                 # Dropped rows free pages inside the file for reuse: it then need not grow.
                 has_room = next(conn.execute("PRAGMA freelist_count"))[0] > 0
-                if not has_room and limits.drop_oldest:
-                    dropped += self._drop_oldest(conn, self._one_percent(conn))
+                while not has_room and limits.drop_oldest:
+                    freed = self._drop_oldest(conn, self._one_percent(conn))
+                    if not freed:
+                        break
+                    dropped += freed
                     has_room = next(conn.execute("PRAGMA freelist_count"))[0] > 0
                 if not has_room:
                     raise CacheFullError(

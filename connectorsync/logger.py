@@ -420,7 +420,7 @@ class Logger:
             o["min_free_disk"],
             drop_oldest=o["on_full"] == "drop_oldest",
         )
-        self._limits = limits if limits.active else None
+        self._limits = limits if limits.active or limits.drop_oldest else None
         archive = self._archive
         if archive is None or (archive.directory, archive.fmt) != (
             o["archive_dir"],
@@ -686,17 +686,20 @@ class Logger:
 
     # ----------------------------------------------------------------------- time
 
-    def sync_clock(self, server: str | None = None, port: int = 123, timeout: float = 5.0) -> float:
-        """Ask an NTP server for the true time (default ``ntp_server``). From now on, during
-        this boot, timestamps are that time plus the boot clock elapsed, whatever the wall
-        clock does. Datapoints of this boot stamped before are re-timed exactly. Returns what
-        the system clock was off by, in seconds.
+    def sync_clock(
+        self, server: str | None = None, port: int | None = None, timeout: float = 5.0
+    ) -> float:
+        """Ask an NTP server for the true time (default ``ntp_server``; ``"host"`` or
+        ``"host:port"``). From now on, during this boot, timestamps are that time plus the
+        boot clock elapsed, whatever the wall clock does. Datapoints of this boot stamped
+        before are re-timed exactly. Returns what the system clock was off by, in seconds.
 
-        :raises TransientRemoteError: the server did not answer
+        :raises TransientRemoteError: the server did not answer within ``timeout``
         :raises ConfigurationError: no server
         """
         self._check_open()
-        anchor = self._clock.measure(server or self._options["ntp_server"], port, timeout)
+        host, default_port = _ntp_address(server or self._options["ntp_server"] or "")
+        anchor = self._clock.measure(host, port or default_port, timeout)
         self._cache.set_setting("clock.anchor", anchor.to_json())
         self._clock.set_anchor(anchor)
         fixed = self._cache.reanchor(self._boot_key(), anchor.true_time, anchor.boot_clock)
@@ -767,7 +770,8 @@ class Logger:
         anchor = self._clock.anchor
         if anchor is None or boot_clock() - anchor.boot_clock > NTP_REFRESH:
             try:
-                self.sync_clock()
+                # Bounded like any request: a silent NTP server must not stall the sync.
+                self.sync_clock(timeout=min(5.0, self._options["http_timeout"]))
             except TransientRemoteError as exc:
                 log.warning("NTP: %s (timestamps stay as they are; trying again next pass)", exc)
 
@@ -856,6 +860,14 @@ def _check_timestamp(stream: str, timestamp: Any) -> float:
             "epoch (milliseconds? divide by 1000)"
         )
     return t
+
+
+def _ntp_address(target: str) -> tuple[str, int]:
+    """``"host"`` or ``"host:port"`` (an IPv6 address has more colons: no port then)."""
+    host, colon, port = target.rpartition(":")
+    if colon and port.isdigit() and ":" not in host:
+        return host, int(port)
+    return target, 123
 
 
 def _too_old(stream: str, t: float, newest: float) -> TimestampError:

@@ -23,10 +23,12 @@ def _to_ntp(t: float) -> bytes:
 
 class NTPServer:
     """Answers NTP requests on 127.0.0.1 (port 0: a free one) with the time ``offset`` seconds
-    off the system clock. ``requests`` counts the answers; ``offset`` may be changed live."""
+    off the system clock. ``requests`` counts the answers; ``offset`` may be changed live, and
+    ``silent = True`` makes it ignore requests (a server that does not answer)."""
 
     def __init__(self, offset: float = 0.0, port: int = 0):
         self.offset = offset
+        self.silent = False
         self.requests = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(("127.0.0.1", port))
@@ -34,6 +36,11 @@ class NTPServer:
         self.port = self._sock.getsockname()[1]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        """``"127.0.0.1:<port>"``, as ``ntp_server`` takes it."""
+        return f"127.0.0.1:{self.port}"
 
     def start(self) -> NTPServer:
         self._thread = threading.Thread(target=self._serve, name="ntp-test-server", daemon=True)
@@ -60,7 +67,7 @@ class NTPServer:
             except (TimeoutError, OSError):
                 continue
             received = time.time() + self.offset
-            if len(request) < 48:
+            if len(request) < 48 or self.silent:
                 continue
             version = (request[0] >> 3) & 0x7
             header = struct.pack("!BBbb", (version << 3) | 4, 1, 4, -20)  # server, stratum 1
