@@ -1,43 +1,350 @@
 """The ``connectorsync`` command line (also ``python -m connectorsync``).
 
-Subcommands mirror what a person operating a device needs. The library itself installs no
-signal handlers; the commands that run until stopped handle SIGTERM/SIGINT here.
+For the person operating a device: what waits in a cache, what failed and why, and the means
+to act on it. Subcommands mirror Logger methods (``status``, ``sync``, ``export``,
+``deadletters``). Exit codes: 0 done; 1 the work failed (a sync error, say); 2 bad usage, or a
+cache file that is missing or not a connectorsync cache. The library installs no signal
+handlers; the commands that run until stopped handle SIGTERM/SIGINT themselves.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
 
 from . import __version__
+from .errors import ConnectorSyncError
 
 
-def _serve(argv: list[str]) -> int:
+class UsageError(Exception):
+    """A problem the user can fix: exit code 2 with this message."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def open_cache(path: str) -> Iterator[Any]:
+    """A Logger on an existing cache file; never creates one."""
+    from .logger import Logger
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such cache file")
+    try:
+        logger = Logger(path)
+    except ConnectorSyncError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    try:
+        yield logger
+    finally:
+        logger.close(timeout=0)
+
+
+def when(t: float | None, now: float | None = None) -> str:
+    """``2026-11-23 19:40:01 UTC (12 min ago)``, or ``-``."""
+    if not t:
+        return "-"
+    now = time.time() if now is None else now
+    stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    return f"{stamp:%Y-%m-%d %H:%M:%S} UTC ({age(now - t)})"
+
+
+def age(seconds: float) -> str:
+    """A short human duration: ``in 5 s``, ``3 min ago``, ``2 h 5 min ago``, ``4 d ago``."""
+    ahead, seconds = seconds < 0, abs(seconds)
+    if seconds < 60:
+        text = f"{seconds:.0f} s"
+    elif seconds < 3600:
+        text = f"{seconds // 60:.0f} min"
+    elif seconds < 86400:
+        text = f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+    else:
+        text = f"{seconds // 86400:.0f} d"
+    return f"in {text}" if ahead else f"{text} ago"
+
+
+def table(rows: list[list[str]], out: TextIO) -> None:
+    """Print rows as left-aligned columns, the first row a header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        out.write("\n")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    with open_cache(args.cache) as logger:
+        status = logger.status()
+    now = time.time()
+    if args.json:
+        data = {
+            "cache": args.cache,
+            "cached": status.cached,
+            "streams": {
+                name: {
+                    "cached": s.cached,
+                    "oldest": s.oldest,
+                    "newest": s.newest,
+                    "deadletters": s.deadletters,
+                }
+                for name, s in status.streams.items()
+            },
+            "last_sync": status.last_sync,
+            "last_error": status.last_error,
+            "next_attempt": status.next_attempt,
+            "paused": status.paused,
+            "syncer": status.syncer,
+            "dropped": status.dropped,
+            "expired": status.expired,
+            "clock_offset": status.clock_offset,
+            "untrusted": status.untrusted,
+        }
+        out.write(json.dumps(data, indent=2) + "\n")
+        return 0
+    out.write(
+        f"{args.cache}: {status.cached:,} datapoints cached in {len(status.streams)} streams\n\n"
+    )
+    if status.streams:
+        rows = [["stream", "cached", "oldest", "dead letters"]]
+        for name, s in sorted(status.streams.items()):
+            oldest = age(now - s.oldest) if s.oldest is not None else "-"
+            rows.append([name, f"{s.cached:,}", oldest, f"{s.deadletters:,}"])
+        table(rows, out)
+        out.write("\n")
+    out.write(f"last sync:     {when(status.last_sync, now)}\n")
+    out.write(f"last error:    {status.last_error or '-'}\n")
+    out.write(f"next attempt:  {when(status.next_attempt, now)}\n")
+    syncer = status.syncer or "none running"
+    out.write(f"syncer:        {syncer}{' (paused)' if status.paused else ''}\n")
+    out.write(f"dropped:       {status.dropped:,}   expired: {status.expired:,}\n")
+    if status.clock_offset is not None or status.untrusted:
+        offset = "-" if status.clock_offset is None else f"{status.clock_offset:+.3f} s"
+        out.write(f"clock offset:  {offset}   waiting for NTP: {status.untrusted:,}\n")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
+    with open_cache(args.cache) as logger:
+        total = len(logger)
+        progress = Progress(total, sys.stderr)
+        report = logger.sync(progress=progress.update)
+        progress.finish()
+    sent = sum(report.sent.values())
+    dead = sum(report.deadlettered.values())
+    out.write(f"sent {sent:,} datapoints")
+    out.write(
+        f", {dead:,} refused (see: connectorsync deadletters {args.cache} list)\n" if dead else "\n"
+    )
+    for stream, message in sorted(report.errors.items()):
+        where = "" if stream == "*" else f"{stream}: "
+        out.write(f"error: {where}{message}\n")
+    return 0 if report.ok else 1
+
+
+class Progress:
+    """A one-line progress bar with rate and ETA, on a terminal only."""
+
+    def __init__(self, total: int, out: TextIO):
+        self.total, self.done, self.out = total, 0, out
+        self.start = time.monotonic()
+        self.shown = out.isatty() and total > 0
+
+    def update(self, stream: str, count: int) -> None:
+        self.done += count
+        if not self.shown:
+            return
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / elapsed
+        left = max(self.total - self.done, 0)
+        eta = f"{left / rate:.0f} s" if rate > 0 else "?"
+        filled = int(30 * min(self.done / self.total, 1.0))
+        self.out.write(
+            f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done:,}/{self.total:,} "
+            f"{rate:,.0f}/s ETA {eta}  "
+        )
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self.shown:
+            self.out.write("\n")
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    with open_cache(args.cache) as logger:
+        if args.stream is not None and args.stream not in logger:
+            raise UsageError(f"{args.cache}: no stream {args.stream!r}")
+        target = open(args.output, "w", newline="") if args.output else out  # noqa: SIM115
+        try:
+            count = write_points(logger.export(args.stream), args.format, target)
+        finally:
+            if args.output:
+                target.close()
+    if args.output:
+        print(f"exported {count:,} datapoints to {args.output}", file=sys.stderr)
+    return 0
+
+
+def write_points(points: Iterator[dict[str, Any]], fmt: str, out: TextIO) -> int:
+    count = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["stream", "t", "d"])
+        for p in points:
+            writer.writerow([p["stream"], repr(p["t"]), json.dumps(p["d"], ensure_ascii=False)])
+            count += 1
+    else:
+        for p in points:
+            out.write(json.dumps(p, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
+    with open_cache(args.cache) as logger:
+        if args.action == "list":
+            letters = logger.deadletters(args.stream)
+            if args.json:
+                out.write(json.dumps([dataclasses.asdict(d) for d in letters], indent=2) + "\n")
+                return 0
+            if not letters:
+                out.write("no dead letters\n")
+                return 0
+            rows = [["id", "stream", "time", "attempts", "value", "reason"]]
+            for d in letters:
+                value = json.dumps(d.d, ensure_ascii=False)
+                rows.append(
+                    [
+                        str(d.id),
+                        d.stream,
+                        when(d.t).split(" (")[0],
+                        str(d.attempts),
+                        value if len(value) <= 30 else value[:27] + "...",
+                        d.reason,
+                    ]
+                )
+            table(rows, out)
+            return 0
+        ids = args.ids or None
+        if ids is None and not args.all:
+            raise UsageError(f"deadletters {args.action}: give ids, or --all")
+        if args.action == "retry":
+            count = logger.retry_deadletters(ids)
+            out.write(f"queued {count:,} dead letters to be sent again\n")
+        else:
+            count = logger.purge_deadletters(ids)
+            out.write(f"deleted {count:,} dead letters\n")
+    return 0
+
+
+def cmd_serve(argv: list[str]) -> int:
     from .testing.server import main as serve_main
 
     return serve_main(argv)
 
 
-# name -> (one-line help, function taking the remaining arguments)
-COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
-    "serve": ("run a ConnectorDB v0.3 test server on 127.0.0.1", _serve),
-}
+def cmd_demo(argv: list[str]) -> int:
+    from .demo import main as demo_main
+
+    argparse.ArgumentParser(
+        prog="connectorsync demo",
+        description="The temperature-logger demo: a few seconds, against an embedded test "
+        "server that goes away for a while.",
+    ).parse_args(argv)
+    return demo_main()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a subcommand; returns its exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="connectorsync",
-        description="Offline-first sync of sensor data: tools for a device's cache.",
+        description="Offline-first sync of sensor data: look into and act on a device's cache.",
     )
     parser.add_argument("--version", action="version", version=f"connectorsync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (summary, _) in COMMANDS.items():
-        sub.add_parser(name, help=summary, add_help=False)
-    args, _ = parser.parse_known_args(argv[:1])
+
+    p = sub.add_parser(
+        "status",
+        help="what waits in a cache, and how syncing goes",
+        description="Per stream: datapoints cached, age of the oldest, dead "
+        "letters; then last sync, last error, next attempt.",
+    )
+    p.add_argument("cache", help="the cache file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=cmd_status)
+
+    p = sub.add_parser(
+        "sync",
+        help="deliver a cache's backlog now",
+        description="One sync pass, with a progress bar on a terminal. "
+        "Exit code 1 if anything could not be delivered.",
+    )
+    p.add_argument("cache", help="the cache file")
+    p.set_defaults(run=cmd_sync)
+
+    p = sub.add_parser(
+        "export",
+        help="write the cached datapoints as CSV or JSON lines",
+        description="Cached (not yet delivered) datapoints, oldest first.",
+    )
+    p.add_argument("cache", help="the cache file")
+    p.add_argument(
+        "--format", choices=["jsonl", "csv"], default="jsonl", help="output format (default jsonl)"
+    )
+    p.add_argument("--stream", help="only this stream")
+    p.add_argument("--output", "-o", help="write to this file instead of standard output")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser(
+        "deadletters",
+        help="list, retry or purge refused datapoints",
+        description="Datapoints the remote refused, kept with its reason.",
+    )
+    p.add_argument("cache", help="the cache file")
+    p.add_argument("action", choices=["list", "retry", "purge"], help="what to do")
+    p.add_argument("ids", nargs="*", type=int, help="dead letter ids (retry, purge)")
+    p.add_argument("--all", action="store_true", help="every dead letter (retry, purge)")
+    p.add_argument("--stream", help="only this stream (list)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    p.set_defaults(run=cmd_deadletters)
+
+    # These two take their own arguments.
+    sub.add_parser("serve", help="run a ConnectorDB v0.3 test server on 127.0.0.1", add_help=False)
+    sub.add_parser("demo", help="run the temperature-logger demo (a few seconds)", add_help=False)
+    return parser
+
+
+PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {"serve": cmd_serve, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    """Run a subcommand; returns its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = sys.stdout if out is None else out
+    if argv and argv[0] in PASS_THROUGH:
+        return PASS_THROUGH[argv[0]](argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        parser.print_help(out)
         return 2
-    return COMMANDS[args.command][1](argv[1:])
+    try:
+        return int(args.run(args, out))
+    except UsageError as exc:
+        print(f"connectorsync {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ConnectorSyncError as exc:
+        print(f"connectorsync {args.command}: {exc}", file=sys.stderr)
+        return 1

@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -103,6 +103,8 @@ class Status:
         (seconds), or None before one
     :ivar clock_measured: when that answer came (seconds since the epoch), or None
     :ivar untrusted: cached datapoints of this boot stamped before NTP answered
+    :ivar syncer: who syncs this cache when it is another process (``"pid N on host"``), or
+        None; ``last_error``, ``next_attempt`` and ``paused`` are then that process's
     """
 
     streams: dict[str, StreamStats]
@@ -115,6 +117,7 @@ class Status:
     clock_offset: float | None = None
     clock_measured: float | None = None
     untrusted: int = 0
+    syncer: str | None = None
 
     @property
     def cached(self) -> int:
@@ -639,6 +642,19 @@ class Logger:
         log.warning("cleardata(): deleted %d cached datapoints without syncing them", cleared)
         return cleared
 
+    def export(self, stream: str | None = None) -> Iterator[dict[str, Any]]:
+        """The cached datapoints (of one stream, or all, stream by stream), oldest first, as
+        ``{"stream", "t", "d"}``; read in pages, so a large cache needs little memory."""
+        self._check_open()
+        names = [stream] if stream is not None else sorted(self._defs)
+        for name in names:
+            stream_id = self._stream(name).id
+            after = 0
+            while rows := self._cache.batch(stream_id, after, 1000):
+                for _, t, data in rows:
+                    yield {"stream": name, "t": t, "d": json.loads(data)}
+                after = rows[-1][0]
+
     def __len__(self) -> int:
         """How many datapoints are cached, waiting to be synced."""
         self._check_open()
@@ -744,7 +760,7 @@ class Logger:
 
     # ----------------------------------------------------------------------- syncing
 
-    def sync(self) -> SyncReport:
+    def sync(self, progress: Callable[[str, int], object] | None = None) -> SyncReport:
         """One sync pass: deliver every cached datapoint, delete it once acknowledged.
 
         Creates missing streams on the remote with their registered schema. A failure in
@@ -754,10 +770,11 @@ class Logger:
         (or, without ``onsyncfail``, if ``syncraise``). No retries here: the background
         syncer (:meth:`start`) retries with backoff.
 
+        :param progress: called with ``(stream, count)`` after each delivered batch
         :returns: a :class:`SyncReport` (``sent``, ``deadlettered``, ``errors``)
         """
         self._check_open()
-        report = self._syncer.sync()
+        report = self._syncer.sync(progress=progress)
         if report._reraise and report.exception is not None:
             raise report.exception
         return report
@@ -825,17 +842,28 @@ class Logger:
         counters = self._cache.statistics()
         anchor = self._clock.anchor
         untrusted = 0 if self._clock.trusted else self._cache.untrusted_count(self._boot_key())
+        last_error, next_attempt = syncer.paused or syncer.last_error, syncer.next_attempt
+        paused, elsewhere = syncer.paused is not None, None
+        if not syncer.running:
+            next_attempt = None
+            if syncer.syncing_elsewhere():
+                # Another process syncs: what it recorded in the cache is what we know.
+                state = syncer.state()
+                elsewhere = f"pid {state.get('pid')} on {state.get('host')}"
+                last_error = state.get("paused") or state.get("last_error")
+                next_attempt, paused = state.get("next_attempt"), bool(state.get("paused"))
         return Status(
             streams=self._cache.stream_stats(),
-            last_sync=self._lastsync or None,
-            last_error=syncer.paused or syncer.last_error,
-            next_attempt=syncer.next_attempt if syncer.running else None,
-            paused=syncer.paused is not None,
+            last_sync=self._cache.get_setting("lastsynctime", 0) or None,
+            last_error=last_error,
+            next_attempt=next_attempt,
+            paused=paused,
             dropped=counters["dropped"],
             expired=counters["expired"],
             clock_offset=None if anchor is None else anchor.offset,
             clock_measured=None if anchor is None else anchor.true_time,
             untrusted=untrusted,
+            syncer=elsewhere,
         )
 
 

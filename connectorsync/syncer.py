@@ -82,6 +82,8 @@ class SyncReport:
     exception: ConnectorSyncError | None = field(default=None, repr=False, compare=False)
     #: whether Logger.sync() raises ``exception`` (onsyncfail's answer, or syncraise)
     _reraise: bool = field(default=False, repr=False, compare=False)
+    #: called with (stream, count) after each delivered batch
+    _progress: Callable[[str, int], object] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +97,8 @@ class SyncReport:
     def _count(self, counts: dict[str, int], stream: str, n: int) -> None:
         if n:
             counts[stream] = counts.get(stream, 0) + n
+            if counts is self.sent and self._progress is not None:
+                self._progress(stream, n)
 
     def _fail(self, stream: str, exc: ConnectorSyncError) -> None:
         self.errors[stream] = str(exc)
@@ -175,29 +179,33 @@ class Syncer:
         self.last_error: str | None = None
         self.next_attempt: float | None = None
         self.paused: str | None = None  # why syncing is paused, or None
+        self._published: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------- the pass
 
-    def sync(self, deadline: float | None = None) -> SyncReport:
+    def sync(
+        self,
+        deadline: float | None = None,
+        progress: Callable[[str, int], object] | None = None,
+    ) -> SyncReport:
         """One pass over every stream: push every cached datapoint, delete what was acked.
 
         :param deadline: a ``time.monotonic()`` after which no new batch is started
+        :param progress: called with ``(stream, count)`` after each delivered batch
         """
         with self._pass_lock:
-            report = SyncReport()
+            report = SyncReport(_progress=progress)
             holds = self._lock.held
             if not holds and not self._lock.acquire():
-                holder = self._connection().get_setting("sync_lease", {})
                 report._fail(
                     "*",
                     ConnectorSyncError(
-                        f"another process syncs this cache ({_describe(holder)}); "
+                        f"another process syncs this cache ({_describe(self.state())}); "
                         "it inserts freely but only one syncs"
                     ),
                 )
                 return report
             try:
-                self._renew_lease()
                 self._pass(report, deadline)
             finally:
                 if not holds:
@@ -211,6 +219,7 @@ class Syncer:
                     for stream, message in report.errors.items()
                 )
             )
+            self._publish()
             self._after_pass(report)
             return report
 
@@ -329,6 +338,8 @@ class Syncer:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self.next_attempt = None
+        if thread is not None:
+            self._publish()
 
     def wake(self) -> None:
         """Make the background thread sync now (if it is not backing off or paused)."""
@@ -353,6 +364,8 @@ class Syncer:
             while not self._stop.is_set():
                 remaining = max(0.0, due - time.monotonic())
                 self.next_attempt = time.time() + remaining
+                if remaining > 0:
+                    self._publish()
                 woken = self._wake.wait(remaining)
                 self._wake.clear()
                 if self._stop.is_set():
@@ -406,6 +419,7 @@ class Syncer:
     def _note_next_attempt(self, state: tenacity.RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action else 0.0
         self.next_attempt = time.time() + wait
+        self._publish()
         log.info(
             "sync failed (%s); next attempt in %.1f s",
             state.outcome.exception() if state.outcome else "",
@@ -414,9 +428,35 @@ class Syncer:
 
     # ----------------------------------------------------------------------- plumbing
 
-    def _renew_lease(self) -> None:
-        lease = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-        self._connection().set_setting("sync_lease", lease)
+    def _publish(self) -> None:
+        """Record who syncs and how it goes in the cache (the lease), for other processes:
+        ``connectorsync status`` runs in one. Written only when something changed."""
+        state = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "running": self.running,
+            "last_error": self.last_error,
+            "next_attempt": self.next_attempt if self.running else None,
+            "paused": self.paused,
+        }
+        if state != self._published:
+            self._published = state
+            with contextlib.suppress(ConnectorSyncError):  # a report, not a reason to fail
+                self._connection().set_setting("sync.state", {**state, "at": time.time()})
+
+    def state(self) -> dict[str, Any]:
+        """The sync state the last syncer of this cache recorded (maybe another process's)."""
+        return dict(self._connection().get_setting("sync.state", {}) or {})
+
+    def syncing_elsewhere(self) -> bool:
+        """True when another process (or Logger) holds this cache's sync lock right now."""
+        if self._lock.held:
+            return False
+        with self._pass_lock:
+            if self._lock.acquire():
+                self._lock.release()
+                return False
+        return True
 
     def _connection(self) -> Cache:
         if self._cache is None:
@@ -436,7 +476,7 @@ class Syncer:
                 self._cache = None
 
 
-def _describe(lease: dict[str, Any]) -> str:
-    if not lease:
+def _describe(state: dict[str, Any]) -> str:
+    if not state:
         return "holder unknown"
-    return f"pid {lease.get('pid')} on {lease.get('host')}"
+    return f"pid {state.get('pid')} on {state.get('host')}"

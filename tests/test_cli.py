@@ -1,15 +1,155 @@
-"""The command line: `connectorsync serve` and the help of every command."""
+"""The command line, driven on real cache files against a real loopback server."""
 
 from __future__ import annotations
 
+import io
+import json
 import signal
 import subprocess
 
+import pytest
 import requests
 
-from connectorsync.cli import COMMANDS, main
+from connectorsync import Logger
+from connectorsync.cli import build_parser, main
+from connectorsync.testing import ConnectorDBServer
 
 from .conftest import PYTHON, ROOT, child_env
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def cache(cache_path: str, server: ConnectorDBServer) -> str:
+    """A cache with a backlog: 3 temperatures, 2 humidities."""
+    with Logger(cache_path, apikey=server.apikey) as lg:
+        lg.serverurl = server.url
+        lg.addStream("temperature", {"type": "number"})
+        lg.addStream("humidity", {"type": "number"})
+        lg.insert_many("temperature", [{"t": 1.7e9 + i, "d": 20.0 + i} for i in range(3)])
+        lg.insert_many("humidity", [{"t": 1.7e9 + i, "d": 50.0 + i} for i in range(2)])
+    return cache_path
+
+
+def test_status_text_and_json(cache: str) -> None:
+    code, out = run("status", cache)
+    assert code == 0
+    assert "5 datapoints cached in 2 streams" in out
+    assert "temperature  3" in out and "humidity     2" in out
+    assert "last sync:     -" in out and "syncer:        none running" in out
+    code, out = run("status", cache, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["cached"] == 5
+    assert data["streams"]["temperature"] == {
+        "cached": 3,
+        "oldest": 1.7e9,
+        "newest": 1.7e9 + 2,
+        "deadletters": 0,
+    }
+    assert data["last_sync"] is None and data["paused"] is False
+
+
+def test_status_names_the_process_that_syncs(cache: str) -> None:
+    with Logger(cache) as lg:
+        lg.syncperiod = 3600
+        lg.start()
+        from .conftest import wait_for
+
+        wait_for(lambda: lg.lastsynctime > 0, what="the first pass")
+        code, out = run("status", cache)
+    assert code == 0
+    assert "syncer:        pid " in out and "next attempt:  20" in out
+    assert "last sync:     20" in out
+
+
+def test_sync_delivers_and_reports(cache: str, server: ConnectorDBServer) -> None:
+    code, out = run("sync", cache)
+    assert code == 0, out
+    assert out == "sent 5 datapoints\n"
+    assert len(server.datapoints("alice/sensor/temperature")) == 3
+    assert run("status", cache)[1].startswith(f"{cache}: 0 datapoints cached")
+
+
+def test_sync_failure_exits_1_and_says_why(cache: str, server: ConnectorDBServer) -> None:
+    server.fail_next(10, status=503)
+    code, out = run("sync", cache)
+    assert code == 1
+    assert "sent 0 datapoints" in out and "error: " in out and "503" in out
+
+
+def test_export_jsonl_csv_stream_and_file(cache: str, tmp_path) -> None:
+    code, out = run("export", cache)
+    points = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(points) == 5
+    assert points[0] == {"stream": "humidity", "t": 1.7e9, "d": 50.0}
+    code, out = run("export", cache, "--format", "csv", "--stream", "temperature")
+    assert out.splitlines() == [
+        "stream,t,d",
+        "temperature,1700000000.0,20.0",
+        "temperature,1700000001.0,21.0",
+        "temperature,1700000002.0,22.0",
+    ]
+    target = tmp_path / "out.jsonl"
+    assert run("export", cache, "-o", str(target))[0] == 0
+    assert len(target.read_text().splitlines()) == 5
+    assert run("export", cache, "--stream", "nope")[0] == 2
+
+
+def test_deadletters_list_retry_purge(cache: str, server: ConnectorDBServer) -> None:
+    server.reject(lambda stream, point: point["d"] in (21.0, 51.0))
+    assert run("sync", cache)[1].startswith("sent 3 datapoints, 2 refused")
+    code, out = run("deadletters", cache, "list")
+    assert code == 0
+    assert "did not conform" in out and "temperature" in out and "21.0" in out
+    letters = json.loads(run("deadletters", cache, "list", "--json")[1])
+    assert sorted(d["d"] for d in letters) == [21.0, 51.0]
+    assert run("deadletters", cache, "retry")[0] == 2  # neither ids nor --all
+    server.reject(None)
+    code, out = run("deadletters", cache, "retry", str(letters[0]["id"]))
+    assert (code, out) == (0, "queued 1 dead letters to be sent again\n")
+    assert run("sync", cache)[0] == 0
+    code, out = run("deadletters", cache, "purge", "--all")
+    assert (code, out) == (0, "deleted 1 dead letters\n")
+    assert run("deadletters", cache, "list")[1] == "no dead letters\n"
+
+
+def test_missing_and_foreign_files_exit_2(tmp_path, capsys) -> None:
+    assert run("status", str(tmp_path / "missing.db"))[0] == 2
+    assert "no such cache file" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()  # never created
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("not a database " * 100)
+    assert run("status", str(foreign))[0] == 2
+    assert "notes.txt" in capsys.readouterr().err
+    other = tmp_path / "other.db"
+    import apsw
+
+    conn = apsw.Connection(str(other))
+    conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    assert run("export", str(other))[0] == 2
+    assert "not a connectorsync cache" in capsys.readouterr().err
+
+
+def test_every_command_has_help_and_is_documented(capsys) -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    docs = (ROOT / "docs" / "cli.rst").read_text()
+    for name in commands:
+        assert f"connectorsync {name}" in docs, f"{name} is not in docs/cli.rst"
+        with pytest.raises(SystemExit) as stop:
+            main([name, "--help"])
+        assert stop.value.code == 0
+        assert f"usage: connectorsync {name}" in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_fails() -> None:
+    code, out = run()
+    assert code == 2 and "status" in out and "deadletters" in out
 
 
 def test_serve_runs_a_test_server_until_sigterm(tmp_path) -> None:
@@ -47,15 +187,14 @@ def test_serve_runs_a_test_server_until_sigterm(tmp_path) -> None:
         proc.communicate()
 
 
-def test_every_command_has_help(capsys) -> None:
-    for name in COMMANDS:
-        try:
-            main([name, "--help"])
-        except SystemExit as stop:
-            assert stop.code == 0
-        assert "usage: connectorsync " + name in capsys.readouterr().out
-
-
-def test_no_command_prints_help_and_fails(capsys) -> None:
-    assert main([]) == 2
-    assert "serve" in capsys.readouterr().out
+def test_demo_command() -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "connectorsync", "demo"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "The server holds 8 datapoints" in result.stdout
