@@ -450,13 +450,15 @@ class Syncer:
 
     def syncing_elsewhere(self) -> bool:
         """True when another process (or Logger) holds this cache's sync lock right now."""
-        if self._lock.held:
-            return False
-        with self._pass_lock:
+        if self._lock.held or not self._pass_lock.acquire(blocking=False):
+            return False  # this process syncs (a pass is running here now)
+        try:
             if self._lock.acquire():
                 self._lock.release()
                 return False
-        return True
+            return True
+        finally:
+            self._pass_lock.release()
 
     def _connection(self) -> Cache:
         if self._cache is None:
