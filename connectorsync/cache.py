@@ -274,6 +274,16 @@ class TooOldError(Exception):
         self.newest = newest
 
 
+def _place(t: float, newest: float, restamp: bool) -> float:
+    """Where ``t`` goes in a stream whose newest timestamp is ``newest``: ``t`` if after it;
+    newest + 1 µs for a tie, or for an older ``t`` when ``restamp``; else TooOldError."""
+    if t > newest:
+        return t
+    if t < newest and not restamp:
+        raise TooOldError(newest)
+    return newest + NUDGE
+
+
 def _delete(conn: apsw.Connection, where: str, params: Sequence[Any]) -> int:
     """Delete the datapoints matching ``where``; returns how many.
 
@@ -587,11 +597,7 @@ class Cache:
                     if newest is None or t <= newest:
                         # Ties and clock steps are rare: read the real newest before nudging.
                         newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
-                    stored = t
-                    if stored <= newest:
-                        if stored < newest and not restamp:
-                            raise TooOldError(newest)
-                        stored = newest + NUDGE
+                    stored = _place(t, newest, restamp)
                     # One statement, one implicit write transaction, committed on return. The
                     # trigger re-checks the order under the write lock: if another connection
                     # stored a newer point since we looked, nothing is inserted: look again.
@@ -619,11 +625,7 @@ class Cache:
                     if limits.active:
                         self._make_room(conn, 1, limits)
                     newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
-                    stored = t
-                    if stored <= newest:
-                        if stored < newest and not restamp:
-                            raise TooOldError(newest)
-                        stored = newest + NUDGE
+                    stored = _place(t, newest, restamp)
                     conn.execute(_INSERT, (stream_id, stored, data, boot, mono))
                 self._newest[stream_id] = stored
                 return stored
@@ -748,10 +750,7 @@ class Cache:
                 prev = newest.get(stream_id)
                 if prev is None:
                     prev = next(conn.execute(_NEWEST, (stream_id,)))[0]
-                if t <= prev:
-                    if t < prev and not restamp:
-                        raise TooOldError(prev)
-                    t = prev + NUDGE
+                t = _place(t, prev, restamp)
                 rows.append((stream_id, t, data, boot, mono))
                 newest[stream_id] = t
             before = conn.total_changes()
@@ -960,7 +959,7 @@ class Cache:
                     continue
                 stream_id = streams[name]
                 newest = next(conn.execute(_NEWEST, (stream_id,)))[0]
-                t = max(t, newest + NUDGE)
+                t = _place(t, newest, restamp=True)
                 conn.execute(_INSERT, (stream_id, t, data, None, None))
                 self._newest[stream_id] = t
                 conn.execute(

@@ -235,13 +235,19 @@ def test_start_never_blocks_on_the_network(cache_path: str, server) -> None:
     lg.close()
 
 
-def test_close_makes_one_last_bounded_drain(cache_path: str, server) -> None:
+def started(cache_path: str, server: ConnectorDBServer) -> Logger:
+    """A Logger with a started background syncer (period an hour) past its first pass."""
     lg = Logger(cache_path, apikey=server.apikey)
     lg.serverurl = server.url
     lg.syncperiod = 3600
     lg.addStream("temperature", {"type": "number"})
     lg.start()
     wait_for(lambda: lg.lastsynctime > 0, what="the first pass")
+    return lg
+
+
+def test_close_makes_one_last_bounded_drain(cache_path: str, server) -> None:
+    lg = started(cache_path, server)
     lg.insert_many("temperature", [1.0, 2.0])
     lg.close(timeout=5)
     lg.close()
@@ -316,12 +322,7 @@ def test_second_logger_in_one_process_does_not_sync_concurrently(logger: Logger,
 
 
 def test_close_with_no_time_left_keeps_the_backlog(cache_path: str, server) -> None:
-    lg = Logger(cache_path, apikey=server.apikey)
-    lg.serverurl = server.url
-    lg.syncperiod = 3600
-    lg.addStream("temperature", {"type": "number"})
-    lg.start()
-    wait_for(lambda: lg.lastsynctime > 0, what="the first pass")
+    lg = started(cache_path, server)
     lg.insert_many("temperature", [1.0, 2.0])
     lg.close(timeout=0)
     assert values(server) == []
