@@ -23,3 +23,23 @@ def test_temperature_logger_demo() -> None:
     assert out.count("background sync delivered everything: 0 waiting") == 2
     assert "The server holds 8 datapoints, in order" in out
     assert result.stderr == ""
+
+
+def test_serial_sensor_example() -> None:
+    """The serial example makes its own pseudo-terminal and fake sensor when run bare."""
+    result = subprocess.run(
+        [PYTHON, str(ROOT / "examples" / "serial_sensor.py")],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "temperature" in result.stdout and "humidity" in result.stdout
+
+
+def test_every_example_is_run_by_a_test() -> None:
+    tested = (ROOT / "tests" / "test_examples.py").read_text()
+    for example in (ROOT / "examples").glob("*.py"):
+        assert example.name in tested, f"{example.name} is not run by a test"
