@@ -34,7 +34,7 @@ from .errors import (
     ValidationError,
 )
 from .logger import DeadLetter, Logger, Status
-from .remotes import ConnectorDBRemote, Remote
+from .remotes import ConnectorDBRemote, HTTPRemote, InfluxDBRemote, Remote, thingsboard
 from .syncer import SyncReport
 
 __version__ = "0.1.0"
@@ -49,6 +49,8 @@ __all__ = [
     "ConnectorDBRemote",
     "ConnectorSyncError",
     "DeadLetter",
+    "HTTPRemote",
+    "InfluxDBRemote",
     "Logger",
     "RejectedError",
     "Remote",
@@ -63,4 +65,5 @@ __all__ = [
     "UnknownStreamError",
     "ValidationError",
     "__version__",
+    "thingsboard",
 ]

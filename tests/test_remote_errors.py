@@ -81,7 +81,13 @@ def test_push_sends_the_batch_as_json_with_basic_auth(remote) -> None:
 
 @pytest.mark.parametrize(
     ("header", "seconds"),
-    [("7", 7.0), ("0.5", 0.5), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+    [
+        ("7", 7.0),
+        ("0.5", 0.5),
+        (None, None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: retry now
+    ],
 )
 @responses.activate
 def test_retry_after_is_read(remote, header, seconds) -> None:

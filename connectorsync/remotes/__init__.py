@@ -2,5 +2,14 @@
 
 from .base import Datapoint, Remote
 from .connectordb import ConnectorDBRemote
+from .http import HTTPRemote, thingsboard
+from .influxdb import InfluxDBRemote
 
-__all__ = ["ConnectorDBRemote", "Datapoint", "Remote"]
+__all__ = [
+    "ConnectorDBRemote",
+    "Datapoint",
+    "HTTPRemote",
+    "InfluxDBRemote",
+    "Remote",
+    "thingsboard",
+]

@@ -17,13 +17,13 @@ from urllib.parse import quote
 import requests
 
 from ..errors import (
-    AmbiguousRemoteError,
     AuthError,
     ConfigurationError,
     RejectedError,
     RemoteError,
     TransientRemoteError,
 )
+from ._http import parse_retry_after, send
 from .base import Datapoint
 
 # ConnectorDB's messages for datapoints it refuses (403); any other 403 is about access.
@@ -32,17 +32,6 @@ _MISSING = re.compile(r"does not exist|not found", re.IGNORECASE)
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # The server refuses bodies over 10 MiB; stay well below so a batch never hits that.
 MAX_BODY_BYTES = 8 * 1024 * 1024
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header given in seconds; None if absent or not a number."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # HTTP-date form: not worth a date parser here; backoff applies instead
-    return max(0.0, seconds)
 
 
 class ConnectorDBRemote:
@@ -148,20 +137,15 @@ class ConnectorDBRemote:
         ``sent_matters``: for a write, a failure after the request went out is ambiguous.
         """
         what = f"{method} {url.removeprefix(self.serverurl)}"
-        try:
-            response = self._session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.exceptions.ConnectTimeout as exc:
-            raise TransientRemoteError(f"{what}: connection timed out") from exc
-        except requests.exceptions.ConnectionError as exc:
-            # "Failed to establish" means nothing was sent; a dropped connection may be either.
-            ambiguous = sent_matters and not _never_sent(exc)
-            cls = AmbiguousRemoteError if ambiguous else TransientRemoteError
-            raise cls(f"{what}: connection failed: {_reason(exc)}") from exc
-        except requests.exceptions.Timeout as exc:
-            cls = AmbiguousRemoteError if sent_matters else TransientRemoteError
-            raise cls(f"{what}: no answer within {self.timeout} s") from exc
-        except requests.exceptions.RequestException as exc:
-            raise RemoteError(f"{what}: {_reason(exc)}") from exc
+        response = send(
+            self._session,
+            method,
+            url,
+            what=what,
+            timeout=self.timeout,
+            write=sent_matters,
+            **kwargs,
+        )
         if response.status_code < 300:
             return response
         raise self._error(what, response)
@@ -186,18 +170,3 @@ class ConnectorDBRemote:
         if status in (400, 403, 413) and what.startswith("POST ") and what.endswith("/data"):
             return RejectedError(message, status=status, body=body)
         return RemoteError(message, status=status, body=body)
-
-
-def _never_sent(exc: Exception) -> bool:
-    text = str(exc)
-    return "Failed to establish a new connection" in text or "NameResolutionError" in text
-
-
-def _reason(exc: Exception) -> str:
-    # requests' messages wrap the useful part ("[Errno 111] Connection refused") in pool
-    # internals; show that part when there is one.
-    text = str(exc)
-    found = re.search(r"\[Errno -?\d+\][^'\")]*", text)
-    if found:
-        return found.group(0).strip()
-    return text if len(text) < 300 else text[:300] + "..."

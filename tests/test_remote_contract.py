@@ -1,0 +1,497 @@
+"""One contract suite, run against every remote (litestream's ``RunWithReplicaClient``).
+
+Each backend is the real remote against a real server: ConnectorDBRemote against the
+loopback ConnectorDBServer, InfluxDBRemote against a real influxd (skipped without one, see
+``test_influxdb.start_influxd``), HTTPRemote and the ThingsBoard preset against HTTPReceiver.
+Faults are real too: the fake servers inject them; influxd is stopped for an outage, refuses
+a string in a float field by itself, and loses an answer through a loopback proxy that lets
+the write through and cuts the connection before the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from connectorsync import ConnectorDBRemote, Logger
+from connectorsync import syncer as syncer_module
+from connectorsync.errors import AuthError, TransientRemoteError
+from connectorsync.remotes.base import Remote
+from connectorsync.remotes.http import HTTPRemote, thingsboard
+from connectorsync.remotes.influxdb import InfluxDBRemote, ns_to_seconds
+from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing.influx import InfluxDBServer
+from connectorsync.testing.receiver import HTTPReceiver
+
+from .conftest import wait_for
+from .test_influxdb import start_influxd
+
+STREAM = "temperature"
+T0 = 1_700_000_000.0
+POISON = "poison"  # refused by every backend (InfluxDB: a string in a float field)
+
+
+def points(values: list[Any], start: int = 0) -> list[dict[str, Any]]:
+    """Datapoints at T0 + i/4 s: exact in floats, nanoseconds and milliseconds alike."""
+    return [{"t": T0 + (start + i) * 0.25, "d": v} for i, v in enumerate(values)]
+
+
+def pairs(datapoints: list[dict[str, Any]]) -> list[tuple[float, Any]]:
+    return [(p["t"], p["d"]) for p in datapoints]
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+class Backend:
+    """A remote and the server behind it, with the faults the contract needs.
+
+    ``exactly_once``: True when a lost answer leaves no duplicate (the remote reconciles or
+    is idempotent); False for at-least-once delivery.
+    ``retry_after``: the Retry-After an outage answers with (None: the server is just down).
+    """
+
+    name = ""
+    exactly_once = True
+    retry_after: float | None = 7.0
+
+    def __init__(self) -> None:
+        self._closing: list[Any] = []
+
+    def remote(self) -> Remote:
+        """A fresh remote with good credentials."""
+        raise NotImplementedError
+
+    def bad_remote(self) -> Remote:
+        """A fresh remote whose credentials the server refuses."""
+        raise NotImplementedError
+
+    def stored(self) -> list[tuple[float, Any]]:
+        """``(t, value)`` of every datapoint the server holds for STREAM, in stored order."""
+        raise NotImplementedError
+
+    def refuse(self, value: Any) -> None:
+        """Make the server refuse datapoints holding ``value``."""
+
+    def outage(self) -> contextlib.AbstractContextManager[None]:
+        """Inside: every request fails transiently. After: the server works again."""
+        raise NotImplementedError
+
+    def lose_next_answer(self) -> None:
+        """The next write is stored but its answer never arrives. Call before ``remote()``."""
+        raise NotImplementedError
+
+    def logger(self, path: str, remote: Remote | None = None, **options: Any) -> Logger:
+        lg = Logger(
+            path,
+            remote=remote or self.remote(),
+            on_create=lambda lg: lg.add_stream(STREAM, {}),
+            **options,
+        )
+        return self.closing(lg)
+
+    def closing(self, thing: Any) -> Any:
+        self._closing.append(thing)
+        return thing
+
+    def close(self) -> None:
+        for thing in reversed(self._closing):
+            thing.close()
+
+
+class ConnectorDBBackend(Backend):
+    name = "connectordb"
+
+    def __init__(self, server: ConnectorDBServer) -> None:
+        super().__init__()
+        self.server = server
+        self.apikey: str = server.apikey  # type: ignore[attr-defined]  # set by the fixture
+
+    def remote(self) -> Remote:
+        return self.closing(ConnectorDBRemote(self.server.url, self.apikey, timeout=5))
+
+    def bad_remote(self) -> Remote:
+        return self.closing(ConnectorDBRemote(self.server.url, "wrong-key", timeout=5))
+
+    def stored(self) -> list[tuple[float, Any]]:
+        try:
+            return pairs(self.server.datapoints(f"alice/sensor/{STREAM}"))
+        except KeyError:
+            return []
+
+    def refuse(self, value: Any) -> None:
+        self.server.reject(lambda stream, point: point["d"] == value)
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        self.server.fail_next(10**9, status=503, retry_after=self.retry_after)
+        try:
+            yield
+        finally:
+            self.server.clear_faults()
+
+    def lose_next_answer(self) -> None:
+        self.server.drop_after_commit(1)
+
+
+class HTTPBackend(Backend):
+    name = "http"
+    exactly_once = False
+    AUTH = "Bearer good-secret"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receiver = HTTPReceiver(auth=self.AUTH).start()
+        self.closing(_Stopper(self.receiver))
+
+    def _remote(self, auth: str) -> Remote:
+        url = self.receiver.url
+        return self.closing(
+            HTTPRemote(
+                url + "/ingest/{stream}",
+                headers={"Authorization": auth},
+                ping_url=url + "/health",
+                timeout=5,
+            )
+        )
+
+    def remote(self) -> Remote:
+        return self._remote(self.AUTH)
+
+    def bad_remote(self) -> Remote:
+        return self._remote("Bearer wrong")
+
+    def stored(self) -> list[tuple[float, Any]]:
+        return [(item["t"], item["d"]) for item in self.receiver.items(f"/ingest/{STREAM}")]
+
+    def refuse(self, value: Any) -> None:
+        self.receiver.reject(lambda path, item: item["d"] == value)
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        self.receiver.fail_next(10**9, status=503, retry_after=self.retry_after)
+        try:
+            yield
+        finally:
+            self.receiver.clear_faults()
+
+    def lose_next_answer(self) -> None:
+        self.receiver.drop_after_commit(1)
+
+
+class ThingsBoardBackend(HTTPBackend):
+    name = "thingsboard"
+    TOKEN = "DEVICE-TOKEN-123"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receiver.add_token(self.TOKEN)
+
+    def remote(self) -> Remote:
+        return self.closing(thingsboard(self.receiver.url, self.TOKEN, timeout=5))
+
+    def bad_remote(self) -> Remote:
+        return self.closing(thingsboard(self.receiver.url, "WRONG-TOKEN", timeout=5))
+
+    def stored(self) -> list[tuple[float, Any]]:
+        return [
+            (item["ts"] / 1000, item["values"][STREAM])
+            for item in self.receiver.telemetry(self.TOKEN)
+        ]
+
+    def refuse(self, value: Any) -> None:
+        self.receiver.reject(lambda path, item: item["values"].get(STREAM) == value)
+
+
+class InfluxDBBackend(Backend):
+    name = "influxdb"
+    retry_after = None
+
+    def __init__(self, influxd: InfluxDBServer) -> None:
+        super().__init__()
+        self.influxd = influxd
+        self.db = "contract_" + uuid.uuid4().hex[:12]
+        self.proxy: AnswerDroppingProxy | None = None
+
+    def _remote(self, password: str) -> Remote:
+        assert self.influxd.admin is not None
+        url = self.influxd.url if self.proxy is None else self.proxy.url
+        user = self.influxd.admin[0]
+        return self.closing(
+            InfluxDBRemote(
+                url, self.db, username=user, password=password, create_database=True, timeout=5
+            )
+        )
+
+    def remote(self) -> Remote:
+        assert self.influxd.admin is not None
+        return self._remote(self.influxd.admin[1])
+
+    def bad_remote(self) -> Remote:
+        return self._remote("wrong password")
+
+    def stored(self) -> list[tuple[float, Any]]:
+        rows = self.influxd.points(STREAM, self.db)
+        return [(ns_to_seconds(row["time"]), row["value"]) for row in rows]
+
+    def refuse(self, value: Any) -> None:
+        assert isinstance(value, str)  # a string where floats were written: field type conflict
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        self.influxd.stop()
+        try:
+            yield
+        finally:
+            self.influxd.start()
+
+    def lose_next_answer(self) -> None:
+        if self.proxy is None:
+            self.proxy = self.closing(AnswerDroppingProxy(self.influxd.port))
+        self.proxy.lose_next_answers(1)
+
+
+class _Stopper:
+    def __init__(self, receiver: HTTPReceiver) -> None:
+        self.receiver = receiver
+
+    def close(self) -> None:
+        self.receiver.stop()
+
+
+class AnswerDroppingProxy:
+    """A loopback TCP proxy to ``127.0.0.1:port``. Armed, it lets the next request that starts
+    with ``prefix`` through, waits for the server's answer (the write is stored by then),
+    and cuts the client's connection instead of relaying it: a lost acknowledgement."""
+
+    def __init__(self, port: int, prefix: bytes = b"POST /write") -> None:
+        self._port = port
+        self._prefix = prefix
+        self._armed = 0
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)  # so the accept loop sees close() promptly
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._acceptor = threading.Thread(target=self._accept, name="proxy", daemon=True)
+        self._acceptor.start()
+
+    def lose_next_answers(self, n: int = 1) -> None:
+        with self._lock:
+            self._armed += n
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._armed > 0:
+                self._armed -= 1
+                return True
+            return False
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            drop = threading.Event()
+            with self._lock:
+                self._sockets += [client, upstream]
+                for args in ((client, upstream, drop, True), (upstream, client, drop, False)):
+                    thread = threading.Thread(target=self._pump, args=args, daemon=True)
+                    self._threads.append(thread)
+                    thread.start()
+
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, drop: threading.Event, from_client: bool
+    ) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if from_client and data.startswith(self._prefix) and self._take():
+                    drop.set()
+                elif not from_client and drop.is_set():
+                    break  # the server answered: stored. The client never hears of it.
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._acceptor.join()
+        self._listener.close()
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(5)
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDBServer]:
+    server = start_influxd(tmp_path_factory.mktemp("influxd"), auth_enabled=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["connectordb", "influxdb", "http", "thingsboard"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    made: Backend
+    if request.param == "connectordb":
+        made = ConnectorDBBackend(request.getfixturevalue("server"))
+    elif request.param == "influxdb":
+        made = InfluxDBBackend(request.getfixturevalue("influxd"))
+    elif request.param == "http":
+        made = HTTPBackend()
+    else:
+        made = ThingsBoardBackend()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(syncer_module, "BACKOFF_BASE", 0.01)
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+def test_push_delivers_in_order(backend: Backend) -> None:
+    remote = backend.remote()
+    assert isinstance(remote, Remote)
+    assert remote.ping()
+    remote.ensure_stream(STREAM, {})
+    remote.ensure_stream(STREAM, {})  # twice is harmless
+    first = [(1, T0, "1.5"), (2, T0 + 0.25, "-2"), (3, T0 + 0.5, "3.25")]
+    second = [(4, T0 + 0.75, "4")]
+    remote.push(STREAM, first)
+    remote.push(STREAM, second)
+    remote.push(STREAM, [])  # nothing to do
+    assert backend.stored() == [(T0, 1.5), (T0 + 0.25, -2), (T0 + 0.5, 3.25), (T0 + 0.75, 4)]
+    newest = remote.reconcile(STREAM)
+    assert newest == (T0 + 0.75 if backend.exactly_once else None)
+    assert remote.reconcile(STREAM) == newest  # read-only
+    assert remote.stream_schema(STREAM) is not None
+    remote.close()
+    remote.close()  # twice is harmless
+
+
+def test_sync_reads_back_what_was_sent(backend: Backend, cache_path: str) -> None:
+    sent = points([float(i) * 1.5 - 7 for i in range(25)])
+    lg = backend.logger(cache_path, batch_size=7)
+    lg.insert_many(STREAM, sent)
+    report = lg.sync()
+    assert report.ok, report.errors
+    assert report.sent == {STREAM: 25}
+    assert backend.stored() == pairs(sent)
+    assert len(lg) == 0
+    assert lg.sync().sent == {}  # nothing twice
+
+
+def test_a_refused_datapoint_is_isolated(backend: Backend, cache_path: str) -> None:
+    backend.refuse(POISON)
+    values: list[Any] = [float(i) for i in range(10)]
+    values[5] = POISON
+    sent = points(values)
+    lg = backend.logger(cache_path)
+    lg.insert_many(STREAM, sent)
+    report = lg.sync()
+    assert report.ok, report.errors
+    assert report.sent == {STREAM: 9} and report.deadlettered == {STREAM: 1}
+    assert backend.stored() == [p for p in pairs(sent) if p[1] != POISON]
+    (letter,) = lg.deadletters()
+    assert (letter.t, letter.d) == (T0 + 5 * 0.25, POISON) and letter.reason
+    assert len(lg) == 0
+
+
+def test_a_transient_failure_keeps_everything_cached(backend: Backend, cache_path: str) -> None:
+    sent = points([1.0, 2.0, 3.0])
+    lg = backend.logger(cache_path)
+    lg.insert_many(STREAM, sent)
+    with backend.outage():
+        report = lg.sync()
+        assert isinstance(report.exception, TransientRemoteError)
+        assert report.exception.retry_after == backend.retry_after
+        assert len(lg) == 3 and lg.deadletters() == []
+    assert backend.stored() == []
+    report = lg.sync()
+    assert report.ok and report.sent == {STREAM: 3}
+    assert backend.stored() == pairs(sent)
+
+
+def test_the_background_syncer_rides_out_an_outage(
+    backend: Backend, cache_path: str, fast_backoff: None
+) -> None:
+    backend.retry_after = 0.05  # the fake servers ask for a short wait
+    sent = points([1.0, 2.0, 3.0])
+    lg = backend.logger(cache_path)
+    lg.insert_many(STREAM, sent)
+    with backend.outage():
+        lg.start()
+        wait_for(lambda: lg.status().last_error, what="the outage to be noticed")
+        assert len(lg) == 3
+    wait_for(lambda: len(lg) == 0, what="delivery after the outage")
+    assert backend.stored() == pairs(sent)
+    lg.close()
+
+
+def test_a_lost_answer_loses_nothing(backend: Backend, cache_path: str) -> None:
+    """Exactly once where the remote can tell what it holds (ConnectorDB, InfluxDB); at least
+    once for a plain HTTP sink, whose lost batch arrives twice."""
+    backend.lose_next_answer()
+    first, second = points([1.0, 2.0, 3.0]), points([4.0], start=3)
+    lg = backend.logger(cache_path)
+    lg.insert_many(STREAM, first)
+    report = lg.sync()
+    assert not report.ok  # the answer was lost
+    assert report.sent == ({STREAM: 3} if backend.exactly_once else {})  # reconciled, or not
+    lg.insert_many(STREAM, second)
+    report = lg.sync()
+    assert report.ok, report.errors
+    assert len(lg) == 0 and lg.deadletters() == []
+    stored = backend.stored()
+    if backend.exactly_once:
+        assert stored == pairs(first + second)
+    else:
+        assert stored == pairs(first + first + second)  # sent again: nothing lost
+        assert set(stored) == set(pairs(first + second))
+
+
+def test_refused_credentials_keep_the_data(backend: Backend, cache_path: str) -> None:
+    sent = points([1.0, 2.0])
+    lg = backend.logger(cache_path, remote=backend.bad_remote())
+    lg.insert_many(STREAM, sent)
+    report = lg.sync()
+    assert isinstance(report.exception, AuthError)
+    assert len(lg) == 2 and lg.deadletters() == []
+    lg.close()
+    assert backend.stored() == []
+    lg = backend.logger(cache_path)  # the same cache with good credentials
+    assert lg.sync().sent == {STREAM: 2}
+    assert backend.stored() == pairs(sent)
