@@ -261,19 +261,45 @@ class Syncer:
             cache.set_remote_created(row.name)
         if row.inflight:
             self._reconcile(cache, remote, row, report)
-        after = 0
-        hold = self._option("hold")
-        while batch := cache.batch(row.id, after, self._option("batch_size"), hold):
+        size, hold = self._option("batch_size"), self._option("hold")
+        prepare = getattr(remote, "prepare", None)
+
+        def fetch(after: int) -> list[Row]:
+            batch = cache.batch(row.id, after, size, hold)
+            if batch and prepare is not None:
+                prepare(row.name, batch)
+            return batch
+
+        batch = fetch(0)
+        while batch:
             if deadline is not None and time.monotonic() > deadline:
                 raise ConnectorSyncError("out of time (close); the rest waits in the cache")
-            self._deliver(cache, remote, row, batch, report)
-            after = batch[-1][0]
+            # Read (and let the remote encode) the next batch while this one is on the wire:
+            # the remote works while we do. It only reads datapoints after this batch, so
+            # whatever becomes of this one (delivered, bisected, failed) it stays valid; the
+            # in-flight record and the ack still go one batch at a time, in order.
+            # It starts once this batch is recorded in flight, so as not to slow that down.
+            ahead = _InThread(fetch, batch[-1][0])
+            try:
+                self._deliver(cache, remote, row, batch, report, sending=ahead.start)
+            finally:
+                ahead.wait()  # on failure too: leave no reader behind
+            batch = ahead.result()
 
     def _deliver(
-        self, cache: Cache, remote: Remote, row: StreamRow, batch: list[Row], report: SyncReport
+        self,
+        cache: Cache,
+        remote: Remote,
+        row: StreamRow,
+        batch: list[Row],
+        report: SyncReport,
+        sending: Callable[[], None] | None = None,
     ) -> None:
-        """Deliver ``batch`` in order; bisect it if refused, dead-lettering refused singles."""
+        """Deliver ``batch`` in order; bisect it if refused, dead-lettering refused singles.
+        ``sending`` is called once, when the batch is recorded in flight and about to go."""
         cache.set_inflight(row.id, batch[-1][0])
+        if sending is not None:
+            sending()
         try:
             remote.push(row.name, batch)
         except RejectedError as exc:
@@ -476,6 +502,41 @@ class Syncer:
             if self._cache is not None:
                 self._cache.close()
                 self._cache = None
+
+
+class _InThread:
+    """``fn(arg)`` run in a thread of its own once :meth:`start` is called; :meth:`result`
+    returns what it returned, or raises what it raised (running it here if never started)."""
+
+    def __init__(self, fn: Callable[[int], list[Row]], arg: int):
+        self._fn, self._arg = fn, arg
+        self._value: list[Row] = []
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name="connectorsync-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn(self._arg)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> list[Row]:
+        if self._thread is None:
+            return self._fn(self._arg)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _describe(state: dict[str, Any]) -> str:

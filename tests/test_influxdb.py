@@ -212,6 +212,27 @@ def test_all_numbers_are_floats(remote: InfluxDBRemote, influxd: InfluxDBServer,
     assert [r["value"] for r in influxd.points("reading", db)] == [21.0, 21.5, 22.0, 1.0]
 
 
+NUMBERS = [0, -0.0, 21, -7, 0.1, 1e16, -1e-5, 2.5e-300, 1.7976931348623157e308, -(10**23)]
+NUMBERS += [10**24, 123456789012345678901234567890, -2.2250738585072014e-308]
+
+
+def test_numbers_of_every_form_arrive_as_the_same_floats(
+    remote: InfluxDBRemote, influxd: InfluxDBServer, db: str, cache_path: str
+) -> None:
+    """Whatever form a number's JSON text takes (digits, a fraction, an exponent, more digits
+    than the fast path passes through as they are), InfluxDB stores float(value)."""
+    with Logger(cache_path, remote=remote) as lg:
+        lg.add_stream("numbers", {"type": "number"})
+        lg.insert_many("numbers", [{"t": T0 + i, "d": v} for i, v in enumerate(NUMBERS)])
+        assert lg.sync().ok
+    rows = influxd.points("numbers", db)
+    assert [(r["time"], r["value"]) for r in rows] == [
+        (round((T0 + i) * 1e9), float(v)) for i, v in enumerate(NUMBERS)
+    ]
+    answer = influxd.query('SHOW FIELD KEYS FROM "numbers"', db)
+    assert answer["results"][0]["series"][0]["values"] == [["value", "float"]]
+
+
 @pytest.mark.parametrize(
     ("value", "why"),
     [
@@ -303,6 +324,19 @@ def test_nanoseconds_are_exact_and_reconcile_compares_like_them(t: float) -> Non
     s = ns_to_seconds(ns)
     assert seconds_to_ns(s) <= ns and t <= s
     assert seconds_to_ns(math.nextafter(s, math.inf)) > ns
+
+
+@given(st.floats(min_value=2.0**20, max_value=2.0**40))
+def test_nanoseconds_of_todays_timestamps_are_exact(t: float) -> None:
+    """The fast branch of seconds_to_ns (t >= 2**20 s) gives the exact rounding too."""
+    assert seconds_to_ns(t) == round(exact_ns(t))
+    for near in (math.nextafter(t, 0), math.nextafter(t, math.inf)):
+        assert seconds_to_ns(near) == round(exact_ns(near))
+
+
+def test_nanoseconds_at_the_fast_branch_edges() -> None:
+    for t in (2.0**20, math.nextafter(2.0**20, 0), 2.0**20 + 0.5e-9, 2.0**33 + 0.25, T0 + 0.75):
+        assert seconds_to_ns(t) == round(exact_ns(t)), t
 
 
 def test_neighbouring_timestamps_keep_their_own_nanoseconds() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import tracemalloc
 from collections.abc import Sequence
 from typing import Any
@@ -12,10 +13,11 @@ import pytest
 from connectorsync import (
     ConnectorDBRemote,
     Logger,
+    RejectedError,
     RemoteError,
     TransientRemoteError,
 )
-from connectorsync.remotes.base import Datapoint
+from connectorsync.remotes.base import Datapoint, Prepared
 from connectorsync.testing import ConnectorDBServer
 
 
@@ -196,3 +198,72 @@ def test_stream_deleted_remotely_is_created_again(logger: Logger, server) -> Non
     assert len(logger) == 1
     assert logger.sync().sent == {"temperature": 1}
     assert server.datapoints("alice/sensor/temperature")[-1]["d"] == 2.0
+
+
+class OverlapRemote(ConnectorDBRemote):
+    """The real ConnectorDB remote whose push of a batch waits until the next batch has been
+    prepared: a syncer that prepares only after an acknowledgement never gets past the first.
+    ``last_id``: the id of the last datapoint, after which there is nothing to prepare."""
+
+    def __init__(self, *args: Any, last_id: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.last_id = last_id
+        self.prepared: list[int] = []  # first id of every batch prepared
+        self.pushed: list[int] = []
+        self.prepared_more = threading.Condition()
+
+    def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        super().prepare(stream, batch)
+        with self.prepared_more:
+            self.prepared.append(batch[0][0])
+            self.prepared_more.notify_all()
+
+    def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        if batch[-1][0] < self.last_id:
+            with self.prepared_more:
+                if not self.prepared_more.wait_for(
+                    lambda: self.prepared[-1] > batch[-1][0], timeout=5
+                ):
+                    raise TransientRemoteError(f"the batch after id {batch[-1][0]} is unprepared")
+        super().push(stream, batch)
+        self.pushed.append(batch[0][0])
+
+
+def test_the_next_batch_is_prepared_while_one_is_sent(
+    cache_path: str, server: ConnectorDBServer
+) -> None:
+    remote = OverlapRemote(server.url, server.apikey, last_id=35)
+    with Logger(cache_path, remote=remote, batch_size=10) as lg:
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert_many("temperature", [float(i) for i in range(35)])
+        report = lg.sync()
+        assert report.ok, report.errors
+    remote.close()
+    assert remote.pushed == [1, 11, 21, 31]  # each sent once the next one was prepared
+    assert remote.prepared == [1, 11, 21, 31]
+    assert [p["d"] for p in server.datapoints("alice/sensor/temperature")] == list(range(35))
+
+
+def test_a_prepared_body_serves_only_its_own_batch() -> None:
+    made: list[int] = []
+
+    def encode(stream: str, batch: Sequence[Datapoint]) -> bytes:
+        made.append(len(batch))
+        if stream == "bad":
+            raise RejectedError("refused", body="refused")
+        return f"{stream}:{[d for _, _, d in batch]}".encode()
+
+    bodies = Prepared(encode)
+    batch = [(1, 1.0, "1"), (2, 2.0, "2")]
+    bodies.prepare("s", batch)
+    assert bodies.body("s", list(batch)) == b"s:['1', '2']"  # an equal list: made again
+    assert bodies.body("s", batch[:1]) == b"s:['1']"  # a half (bisection): made again
+    assert made == [2, 2, 1]
+    assert bodies.body("s", batch) == b"s:['1', '2']" and made == [2, 2, 1]  # taken
+    assert bodies.body("s", batch) == b"s:['1', '2']" and made == [2, 2, 1, 2]  # once only
+    bodies.prepare("bad", batch)  # the error waits for push
+    with pytest.raises(RejectedError):
+        bodies.body("bad", batch)
+    for _ in range(5):  # never more than two kept
+        bodies.prepare("s", [(3, 3.0, "3")])
+    assert len(bodies._bodies) == 2

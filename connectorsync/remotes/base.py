@@ -1,7 +1,8 @@
 """The contract every remote keeps. The syncer talks to remotes through this and nothing else.
 
-A remote stores datapoints somewhere else. The syncer calls it from one thread at a time.
-Every method either returns as documented or raises one of these, and nothing else:
+A remote stores datapoints somewhere else. The syncer calls it from one thread at a time,
+except :meth:`Prepared.prepare` (below). Every method either returns as documented or raises
+one of these, and nothing else:
 
 - :class:`~connectorsync.errors.TransientRemoteError`: network trouble, a timeout before the
   request was sent, 408/429/5xx. Nothing was stored; the syncer retries later.
@@ -14,12 +15,19 @@ Every method either returns as documented or raises one of these, and nothing el
 - :class:`~connectorsync.errors.RemoteError`: anything else the remote answered with.
 
 Every network call carries a timeout: no method blocks forever.
+
+Optionally, a remote has ``prepare(stream, batch)``: the syncer calls it, in a second thread,
+with the next batch while the current one is on the wire, so that building a request body
+overlaps waiting for the remote. :class:`Prepared` keeps such bodies for ``push``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
+
+from ..errors import ConnectorSyncError
 
 # A datapoint as the cache hands it over: (cache id, t in seconds, data as JSON text).
 # Remotes that speak JSON can put the text in their body as it is, without decoding it.
@@ -70,3 +78,42 @@ class Remote(Protocol):
     def close(self) -> None:
         """Release connections. Safe to call twice."""
         ...
+
+
+class Prepared:
+    """Request bodies made ahead of ``push``, for remotes that offer ``prepare``.
+
+    ``encode(stream, batch)`` makes the body of a batch (and raises, for instance
+    :class:`~connectorsync.errors.RejectedError`, when it cannot). :meth:`prepare` makes it
+    early; :meth:`body` hands it to ``push``, only for the very same batch object and stream,
+    so what is sent is always exactly what ``encode`` makes of the batch being pushed. At most
+    two bodies are kept (the next batch, and one prepared but never pushed).
+    """
+
+    _KEEP = 2
+
+    def __init__(self, encode: Callable[[str, Sequence[Datapoint]], bytes]):
+        self._encode = encode
+        self._lock = threading.Lock()
+        # id(batch) -> (stream, batch, body); holding the batch keeps its id from being reused.
+        self._bodies: dict[int, tuple[str, Sequence[Datapoint], bytes]] = {}
+
+    def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        """Make the body of ``batch`` now. Thread-safe; never raises a connectorsync error
+        (``push`` meets the same error when it makes the body itself)."""
+        try:
+            body = self._encode(stream, batch)
+        except ConnectorSyncError:
+            return
+        with self._lock:
+            while len(self._bodies) >= self._KEEP:
+                del self._bodies[next(iter(self._bodies))]  # the oldest
+            self._bodies[id(batch)] = (stream, batch, body)
+
+    def body(self, stream: str, batch: Sequence[Datapoint]) -> bytes:
+        """The body of ``batch``: the one prepared for this very object, else made now."""
+        with self._lock:
+            entry = self._bodies.pop(id(batch), None)
+        if entry is not None and entry[0] == stream and entry[1] is batch:
+            return entry[2]
+        return self._encode(stream, batch)

@@ -24,7 +24,7 @@ from ..errors import (
     TransientRemoteError,
 )
 from ._http import parse_retry_after, send
-from .base import Datapoint
+from .base import Datapoint, Prepared
 
 # ConnectorDB's messages for datapoints it refuses (403); any other 403 is about access.
 _REJECTION_WORDS = ("conform", "schema", "timestamp", "ordered")
@@ -59,6 +59,7 @@ class ConnectorDBRemote:
         self.timeout = timeout
         self._api = self.serverurl + "/api/v1/"
         self._session = requests.Session()
+        self._bodies = Prepared(self._encode_body)
         self._session.auth = ("", apikey or "")
         self._session.verify = verify
         self._session.headers["Content-Type"] = "application/json"
@@ -96,9 +97,18 @@ class ConnectorDBRemote:
             if exc.status != 409:  # created meanwhile by someone else: fine
                 raise
 
+    def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        """Make the body of ``batch`` ahead of :meth:`push` (see :class:`.base.Prepared`)."""
+        self._bodies.prepare(stream, batch)
+
     def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
         if not batch:
             return
+        data = self._bodies.body(stream, batch)
+        self._request("POST", self._crud(stream) + "/data", data=data, sent_matters=True)
+
+    @staticmethod
+    def _encode_body(stream: str, batch: Sequence[Datapoint]) -> bytes:
         # The cache holds each value as JSON text already: no decode/encode round trip.
         body = "[" + ",".join(f'{{"t":{t!r},"d":{d}}}' for _, t, d in batch) + "]"
         data = body.encode()
@@ -108,7 +118,7 @@ class ConnectorDBRemote:
                 f"over the {MAX_BODY_BYTES}-byte limit",
                 status=413,
             )
-        self._request("POST", self._crud(stream) + "/data", data=data, sent_matters=True)
+        return data
 
     def reconcile(self, stream: str) -> float | None:
         response = self._request("GET", self._crud(stream) + "/data", params={"i1": -1, "i2": 0})

@@ -29,7 +29,7 @@ from ..errors import (
     TransientRemoteError,
 )
 from ._http import parse_retry_after, send
-from .base import Datapoint
+from .base import Datapoint, Prepared
 
 #: Turns a stream name and its ``(t, value)`` pairs into the request body: a JSON-able value
 #: (sent as JSON), or ``str``/``bytes`` (sent as they are).
@@ -96,6 +96,7 @@ class HTTPRemote:
         self.timeout = float(timeout)
         self._encode = encode
         self._session = requests.Session()
+        self._bodies = Prepared(self._checked_body)
         self._session.verify = verify
         self._session.headers["Content-Type"] = "application/json"
         self._session.headers.update(headers or {})
@@ -118,16 +119,17 @@ class HTTPRemote:
         """``{}``: an HTTP sink takes any stream and keeps no schema."""
         return {}
 
+    def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        """Make the default body of ``batch`` ahead of :meth:`push` (see
+        :class:`.base.Prepared`). With an ``encode`` function it does nothing: that function
+        runs in the syncer's thread only."""
+        if self._encode is None:
+            self._bodies.prepare(stream, batch)
+
     def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
         if not batch:
             return
-        data = self._body(stream, batch)
-        if len(data) > MAX_BODY_BYTES:
-            raise RejectedError(
-                f"stream {stream!r}: a batch of {len(batch)} datapoints is {len(data)} bytes, "
-                f"over the {MAX_BODY_BYTES}-byte limit",
-                status=413,
-            )
+        data = self._bodies.body(stream, batch)
         url = self.url.replace("{stream}", quote(stream, safe="/"))
         self._request("POST", url, data=data, sent_matters=True)
 
@@ -140,6 +142,16 @@ class HTTPRemote:
         self._session.close()
 
     # ----------------------------------------------------------------------- plumbing
+
+    def _checked_body(self, stream: str, batch: Sequence[Datapoint]) -> bytes:
+        data = self._body(stream, batch)
+        if len(data) > MAX_BODY_BYTES:
+            raise RejectedError(
+                f"stream {stream!r}: a batch of {len(batch)} datapoints is {len(data)} bytes, "
+                f"over the {MAX_BODY_BYTES}-byte limit",
+                status=413,
+            )
+        return data
 
     def _body(self, stream: str, batch: Sequence[Datapoint]) -> bytes:
         if self._encode is None:

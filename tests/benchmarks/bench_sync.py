@@ -11,12 +11,20 @@ the client's peak RSS growth during it:
 - ``connectordb`` 0.3.5 ``Logger.sync`` (its cache table filled directly with apsw, as its
   ``insert_many`` is broken).
 
-Each contender drains into a stream of its own on the same server. Its cache is filled in
-one child process and synced in a fresh one, so that the RSS figures are per contender and
-not disturbed by the fill. Afterwards the server must hold exactly N points in the stream
+Then the same backlog goes into a real InfluxDB 1.x (``influxd``, started on 127.0.0.1 in a
+temporary directory by :class:`connectorsync.testing.influx.InfluxDBServer`; skipped with a
+message when it is not installed):
+
+- connectorsync ``Logger.sync`` with an ``InfluxDBRemote``, ``"normal"`` and ``"full"``;
+- the ceiling: a plain loop over the same points that builds the same line protocol and POSTs
+  it in batches of the same size with one ``requests.Session``, with no cache behind it.
+
+Each contender drains into a stream (or database) of its own on the same server. Its cache
+is filled in one child process and synced in a fresh one, so that the RSS figures are per
+contender and not disturbed by the fill. Afterwards the server must hold exactly N points
 (the last one as generated) and the cache must be empty; otherwise the script fails.
 
-Usage: python tests/benchmarks/bench_sync.py [--count N] [--cdb-count M]
+Usage: python tests/benchmarks/bench_sync.py [--count N] [--cdb-count M] [--no-influxdb]
 """
 
 from __future__ import annotations
@@ -51,12 +59,17 @@ CHILD_TIMEOUT = 900.0  # seconds; a child that takes longer has hung
 TARGET_RATIO = 1.5
 TARGET_RATE = 50_000
 TARGET_RSS_MB = 50.0
+TARGET_INFLUX_RATIO = 0.7  # of the plain requests loop into the same influxd
+BATCH_SIZE = 5000  # connectorsync's default batch_size, used by the requests loop too
 
 # name -> (label in the table, durability column)
 CONTENDERS = {
     "cs-normal": ("connectorsync Logger.sync", "normal"),
     "cs-full": ("connectorsync Logger.sync", "full"),
     "cdb": ("connectordb 0.3.5 Logger.sync", "its own (rollback journal, FULL)"),
+    "influx-normal": ("connectorsync Logger.sync, InfluxDBRemote", "normal"),
+    "influx-full": ("connectorsync Logger.sync, InfluxDBRemote", "full"),
+    "influx-requests": ("plain requests loop, line protocol", "(no cache)"),
 }
 
 
@@ -85,12 +98,17 @@ def max_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def durability_of(contender: str) -> str:
+    return contender.rsplit("-", 1)[1]
+
+
 def fill_connectorsync(args: argparse.Namespace, apikey: str) -> None:
     from connectorsync import Logger
 
-    durability = args.contender.removeprefix("cs-")
-    lg = Logger(args.path, apikey=apikey, durability=durability)
-    lg.serverurl = args.url
+    lg = Logger(args.path, durability=durability_of(args.contender))
+    if args.contender.startswith("cs-"):  # the ConnectorDB remote reads these from the cache
+        lg.apikey = apikey
+        lg.serverurl = args.url
     lg.addStream(args.stream, SCHEMA)
     points = [{"t": t, "d": d} for t, d in backlog(args.count, args.t0)]
     stored = lg.insert_many(args.stream, points)
@@ -122,9 +140,12 @@ Steps = tuple[Callable[[], object], Callable[[], int]]
 
 def open_connectorsync(args: argparse.Namespace) -> Steps:
     """Open the filled cache; return (sync, close returning how many points are left)."""
-    from connectorsync import Logger
+    from connectorsync import InfluxDBRemote, Logger
 
-    lg = Logger(args.path, durability=args.contender.removeprefix("cs-"))
+    remote = None
+    if args.contender.startswith("influx-"):
+        remote = InfluxDBRemote(args.url, args.db)
+    lg = Logger(args.path, durability=durability_of(args.contender), remote=remote)
 
     def run() -> None:
         report = lg.sync()
@@ -153,6 +174,31 @@ def open_connectordb(args: argparse.Namespace) -> Steps:
     return lg.sync, close
 
 
+def line_protocol_loop(args: argparse.Namespace) -> Steps:
+    """The ceiling: the backlog's points, as line protocol, POSTed in batches of BATCH_SIZE."""
+    session = requests.Session()
+    url = f"{args.url}/write"
+    params = {"db": args.db, "precision": "ns"}
+
+    def run() -> None:
+        lines: list[str] = []
+        for t, d in backlog(args.count, args.t0):
+            lines.append(f"{args.stream} value={d!r} {round(t * 1e9)}")
+            if len(lines) == BATCH_SIZE:
+                session.post(
+                    url, params=params, data="\n".join(lines), timeout=60
+                ).raise_for_status()
+                lines.clear()
+        if lines:
+            session.post(url, params=params, data="\n".join(lines), timeout=60).raise_for_status()
+
+    def close() -> int:
+        session.close()
+        return 0
+
+    return run, close
+
+
 def child(args: argparse.Namespace) -> None:
     """One step of one contender; the last line of stdout is a JSON object for the parent."""
     apikey = os.environ.get(APIKEY_ENV, "")
@@ -163,7 +209,12 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps({"fill_seconds": time.perf_counter() - start}))
         return
 
-    run, close = (open_connectordb if cdb else open_connectorsync)(args)
+    if cdb:
+        run, close = open_connectordb(args)
+    elif args.contender == "influx-requests":
+        run, close = line_protocol_loop(args)
+    else:
+        run, close = open_connectorsync(args)
     # Peak RSS growth = ru_maxrss after the sync - RSS right before it. This process never
     # held the backlog in Python objects (another process filled the cache), so its
     # high-water mark before the sync is its RSS before the sync, and ru_maxrss after it is
@@ -266,12 +317,21 @@ class Server:
 
 
 def run_child(
-    step: str, contender: str, path: str, server: Server, stream: str, count: int, t0: float
+    step: str,
+    contender: str,
+    path: str,
+    url: str,
+    stream: str,
+    count: int,
+    t0: float,
+    *,
+    apikey: str = "",
+    db: str = "",
 ) -> dict[str, Any]:
     env = dict(os.environ)
-    env[APIKEY_ENV] = server.apikey
+    env[APIKEY_ENV] = apikey
     command = [sys.executable, os.path.abspath(__file__), "--child", step]
-    command += ["--contender", contender, "--path", path, "--url", server.url]
+    command += ["--contender", contender, "--path", path, "--url", url, "--db", db]
     command += ["--stream", stream, "--count", str(count), "--t0", repr(t0)]
     done = subprocess.run(
         command, env=env, cwd=os.getcwd(), capture_output=True, text=True, timeout=CHILD_TIMEOUT
@@ -296,8 +356,9 @@ def measure(contender: str, server: Server, workdir: str, count: int, t0: float)
     stream = contender.replace("-", "_")
     path = os.path.join(workdir, f"{contender}.db")
     server.create_stream(stream)
-    fill = run_child("fill", contender, path, server, stream, count, t0)
-    result = run_child("sync", contender, path, server, stream, count, t0)
+    key = server.apikey
+    fill = run_child("fill", contender, path, server.url, stream, count, t0, apikey=key)
+    result = run_child("sync", contender, path, server.url, stream, count, t0, apikey=key)
     result.update(fill, count=count)
 
     problems = []
@@ -312,6 +373,11 @@ def measure(contender: str, server: Server, workdir: str, count: int, t0: float)
     left = cache_left(contender, path)
     if left or result["left_in_cache"]:
         problems.append(f"{left:,} datapoints are still in the cache")
+    return finish(contender, result, problems)
+
+
+def finish(contender: str, result: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Fail on ``problems``; add the rate and the peak RSS growth to ``result``."""
     if problems:
         raise SystemExit(f"FAILED: {contender}: " + "; ".join(problems))
     if result["maxrss_before_kib"] > result["rss_before_kib"] + 2048:
@@ -321,9 +387,57 @@ def measure(contender: str, server: Server, workdir: str, count: int, t0: float)
             "the peak RSS growth may be understated by up to that",
             file=sys.stderr,
         )
-    result["rate"] = count / result["seconds"]
+    result["rate"] = result["count"] / result["seconds"]
     result["growth_mb"] = (result["maxrss_after_kib"] - result["rss_before_kib"]) / 1024
     return result
+
+
+def measure_influx(
+    contender: str, influxd: Any, workdir: str, count: int, t0: float
+) -> dict[str, Any]:
+    """One InfluxDB contender into a database of its own; influxd must then hold the backlog."""
+    measurement = "reading"
+    db = contender.replace("-", "_")
+    path = os.path.join(workdir, f"{contender}.db")
+    influxd.create_database(db)
+    result: dict[str, Any] = {"fill_seconds": 0.0}
+    if contender != "influx-requests":
+        result = run_child("fill", contender, path, influxd.url, measurement, count, t0, db=db)
+    result.update(
+        run_child("sync", contender, path, influxd.url, measurement, count, t0, db=db),
+        count=count,
+    )
+
+    problems = []
+    answer = influxd.query(f'SELECT count("value"), last("value") FROM "{measurement}"', db)
+    series = answer["results"][0].get("series") or [{"values": [[0, 0, None]]}]
+    _, stored, last_value = series[0]["values"][0]
+    if stored != count:
+        problems.append(f"influxd holds {stored:,} points, not {count:,}")
+    newest = influxd.query(f'SELECT * FROM "{measurement}" ORDER BY time DESC LIMIT 1', db)
+    newest_ns = newest["results"][0]["series"][0]["values"][0][0]
+    t, d = point(count - 1, t0)
+    if last_value != d or abs(newest_ns - t * 1e9) > 1000:
+        problems.append(f"the newest point is {newest_ns} ns = {last_value!r}, not {t!r} s = {d!r}")
+    if contender != "influx-requests":
+        left = cache_left(contender, path)
+        if left or result["left_in_cache"]:
+            problems.append(f"{left:,} datapoints are still in the cache")
+    return finish(contender, result, problems)
+
+
+def start_influxd(workdir: str) -> Any:
+    """A started influxd in ``workdir``, or None (with a message) when it is not installed."""
+    from connectorsync.testing.influx import InfluxDBServer, find_influxd
+
+    if find_influxd() is None:
+        print(
+            "influxd (InfluxDB 1.x) is not installed: no InfluxDB rows "
+            "(`apt-get install influxdb` to measure them)",
+            file=sys.stderr,
+        )
+        return None
+    return InfluxDBServer(os.path.join(workdir, "influxd")).start()
 
 
 def connectordb_installed() -> bool:
@@ -350,6 +464,8 @@ def print_table(results: dict[str, dict[str, Any]], seconds: float) -> None:
     )
     print("|---|---|---:|---:|---:|---|---:|---:|---|")
     for name, result in results.items():
+        if name.startswith("influx-"):
+            continue
         label, durability = CONTENDERS[name]
         figures = f"{result['count']:,} | {result['rate']:,.0f} | {result['growth_mb']:.1f} MB"
         if name == "cdb":
@@ -373,6 +489,55 @@ def print_table(results: dict[str, dict[str, Any]], seconds: float) -> None:
         )
         print(f"| {label} | {durability} | {figures} | {reference} | {ratio_text} | {target} |")
 
+    ceiling = results.get("influx-requests")
+    if ceiling is None:
+        return
+    print()
+    print(
+        f"into influxd {influxd_version()} (its own process, 127.0.0.1, a temporary data "
+        f"directory): N points of one measurement, a database per contender, batches of "
+        f"{BATCH_SIZE:,}"
+    )
+    print()
+    print(
+        "| measurement | durability | N | datapoints/s | peak RSS growth | reference "
+        "| datapoints/s | ratio | target |"
+    )
+    print("|---|---|---:|---:|---:|---|---:|---:|---|")
+    for name, result in results.items():
+        if not name.startswith("influx-"):
+            continue
+        label, durability = CONTENDERS[name]
+        figures = f"{result['count']:,} | {result['rate']:,.0f} | {result['growth_mb']:.1f} MB"
+        if result is ceiling:
+            print(f"| {label} | {durability} | {figures} | (the ceiling) | | | |")
+            continue
+        ratio = result["rate"] / ceiling["rate"]
+        verdict = "met" if ratio >= TARGET_INFLUX_RATIO else "MISSED"
+        print(
+            f"| {label} | {durability} | {figures} | plain requests loop | "
+            f"{ceiling['rate']:,.0f} | {ratio:.2f}x | >= {TARGET_INFLUX_RATIO}x: {verdict} |"
+        )
+
+
+def influxd_version() -> str:
+    from connectorsync.testing.influx import find_influxd
+
+    binary = find_influxd()
+    if binary is None:
+        return "(not installed)"
+    out = subprocess.run([binary, "version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip().removeprefix("InfluxDB ").split(" ")[0]
+
+
+def report(name: str, r: dict[str, Any]) -> None:
+    """One contender's figures on stderr, as they come."""
+    print(
+        f"{name}: N={r['count']:,} filled in {r['fill_seconds']:.1f} s, synced in "
+        f"{r['seconds']:.1f} s ({r['rate']:,.0f}/s), peak RSS growth {r['growth_mb']:.1f} MB",
+        file=sys.stderr,
+    )
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -384,7 +549,10 @@ def main() -> None:
         "backlog in memory",
     )
     # The hidden arguments of a child run.
-    for name in ("--child", "--contender", "--path", "--url", "--stream"):
+    parser.add_argument(
+        "--no-influxdb", action="store_true", help="leave out the InfluxDB measurements"
+    )
+    for name in ("--child", "--contender", "--path", "--url", "--stream", "--db"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -410,17 +578,20 @@ def main() -> None:
             for name in contenders:
                 count = (args.cdb_count or args.count) if name == "cdb" else args.count
                 results[name] = measure(name, server, workdir, count, t0)
-                r = results[name]
-                print(
-                    f"{name}: N={count:,} filled in {r['fill_seconds']:.1f} s, synced in "
-                    f"{r['seconds']:.1f} s ({r['rate']:,.0f}/s), peak RSS growth "
-                    f"{r['growth_mb']:.1f} MB",
-                    file=sys.stderr,
-                )
+                report(name, results[name])
         finally:
             status = server.stop()
             if status != 0:
                 print(f"warning: the test server exited with status {status}", file=sys.stderr)
+        influxd = None if args.no_influxdb else start_influxd(workdir)
+        if influxd is not None:
+            try:
+                # The ceiling first: a later contender meets a fuller server, never an emptier one.
+                for name in ("influx-requests", "influx-normal", "influx-full"):
+                    results[name] = measure_influx(name, influxd, workdir, args.count, t0)
+                    report(name, results[name])
+            finally:
+                influxd.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(results, time.perf_counter() - started)
