@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import json
 import socket
-import socketserver
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from ._httpd import LoopbackHTTPServer
 
 __all__ = ["HTTPReceiver", "Received"]
 
@@ -94,55 +94,12 @@ class _Faults:
         return False
 
 
-class _Server(HTTPServer):
-    """One thread per connection, every connection tracked so stop() can cut it."""
+class _Server(LoopbackHTTPServer):
+    """The receiver's server: its handler reaches the receiver through it."""
 
     def __init__(self, app: HTTPReceiver, port: int) -> None:
         self.app = app
-        self.conns: dict[socket.socket, threading.Thread] = {}
-        self.conns_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks up the host's FQDN, which can stall on DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._serve, args=(request, client_address), name="receiver-conn", daemon=True
-        )
-        with self.conns_lock:
-            self.conns[request] = thread
-        thread.start()
-
-    def _serve(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.conns_lock:
-            self.conns.pop(request, None)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # resets are routine here
-            super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        with self.conns_lock:
-            conns = list(self.conns.items())
-        for sock, _ in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for _, thread in conns:
-            thread.join(5.0)
+        super().__init__(port, _Handler, "receiver-conn")
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -24,75 +24,26 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
-import socketserver
 import sys
 import threading
 from collections.abc import Collection
-from http.server import HTTPServer
 from types import TracebackType
 from typing import Any
 
 from ._api import Predicate, _Faults, _Handler
+from ._httpd import LoopbackHTTPServer
 from ._store import Store
 
 __all__ = ["ConnectorDBServer", "main"]
 
 
-class _HTTPServer(HTTPServer):
-    """An HTTPServer with one thread per connection that can close them all."""
+class _HTTPServer(LoopbackHTTPServer):
+    """The ConnectorDB API's server: its handler reaches the app and the store through it."""
 
     def __init__(self, app: ConnectorDBServer, store: Store, port: int) -> None:
         self.app = app
         self.store = store
-        self._conns: dict[socket.socket, threading.Thread] = {}
-        self._conns_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind also looks up the host's FQDN, which can stall on DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._serve_connection,
-            args=(request, client_address),
-            name="connectordb-conn",
-            daemon=True,
-        )
-        with self._conns_lock:
-            self._conns[request] = thread
-        thread.start()
-
-    def _serve_connection(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            self._conns.pop(request, None)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # resets and closed sockets are routine
-            super().handle_error(request, client_address)
-
-    def close_connections(self, timeout: float = 5.0) -> None:
-        """Cut every open connection and wait for its thread to finish."""
-        with self._conns_lock:
-            conns = list(self._conns.items())
-        for sock, _ in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for _, thread in conns:
-            thread.join(timeout)
+        super().__init__(port, _Handler, "connectordb-conn")
 
 
 class ConnectorDBServer:

@@ -1,0 +1,67 @@
+"""The HTTP server under the test servers: 127.0.0.1 only, one thread per connection, and
+every connection tracked, so that stopping a server can cut the ones still open (a client
+must see a real dropped connection, not a server that lingers)."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+
+class LoopbackHTTPServer(HTTPServer):
+    """An HTTPServer on 127.0.0.1:``port`` (0: a free port) with one thread per connection."""
+
+    def __init__(self, port: int, handler: type[BaseHTTPRequestHandler], thread_name: str):
+        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._conns_lock = threading.Lock()
+        self._thread_name = thread_name
+        super().__init__(("127.0.0.1", port), handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind also looks up the host's FQDN, which can stall on DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self._serve_connection,
+            args=(request, client_address),
+            name=self._thread_name,
+            daemon=True,
+        )
+        with self._conns_lock:
+            self._conns[request] = thread
+        thread.start()
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # resets and closed sockets are routine
+            super().handle_error(request, client_address)
+
+    def close_connections(self, timeout: float = 5.0) -> None:
+        """Cut every open connection and wait for its thread to finish."""
+        with self._conns_lock:
+            conns = list(self._conns.items())
+        for sock, _ in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for _, thread in conns:
+            thread.join(timeout)
