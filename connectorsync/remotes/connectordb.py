@@ -23,8 +23,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from ._http import parse_retry_after, send
-from .base import Datapoint, Prepared
+from .base import Datapoint, Prepared, parse_retry_after, send
 
 # ConnectorDB's messages for datapoints it refuses (403); any other 403 is about access.
 _REJECTION_WORDS = ("conform", "schema", "timestamp", "ordered")

@@ -28,8 +28,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from ._http import parse_retry_after, send
-from .base import Datapoint, Prepared
+from .base import Datapoint, Prepared, parse_retry_after, send
 
 #: Turns a stream name and its ``(t, value)`` pairs into the request body: a JSON-able value
 #: (sent as JSON), or ``str``/``bytes`` (sent as they are).

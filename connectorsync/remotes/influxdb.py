@@ -61,8 +61,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from ._http import parse_retry_after, send
-from .base import Datapoint, Prepared
+from .base import Datapoint, Prepared, parse_retry_after, send
 
 #: A batch whose body is larger is refused before sending (RejectedError), so the syncer
 #: halves it. influxd refuses bodies over its ``max-body-size`` (25 MB by default).
