@@ -105,6 +105,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             "next_attempt": status.next_attempt,
             "paused": status.paused,
             "syncer": status.syncer,
+            "remote": status.remote,
             "dropped": status.dropped,
             "expired": status.expired,
             "clock_offset": status.clock_offset,
@@ -122,6 +123,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             rows.append([name, f"{s.cached:,}", oldest, f"{s.deadletters:,}"])
         table(rows, out)
         out.write("\n")
+    out.write(f"remote:        {status.remote or '-'}\n")
     out.write(f"last sync:     {when(status.last_sync, now)}\n")
     out.write(f"last error:    {status.last_error or '-'}\n")
     out.write(f"next attempt:  {when(status.next_attempt, now)}\n")
@@ -136,6 +138,14 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
     with open_cache(args.cache) as logger:
+        recorded, ours = logger.status().remote, repr(logger.remote)
+        if recorded is not None and recorded != ours:
+            # Sending elsewhere than the program that logs would split the data in two.
+            raise UsageError(
+                f"{args.cache} syncs to {recorded} (its program's remote); this command "
+                f"syncs only to the ConnectorDB server in the cache's settings, {ours}: "
+                "sync from that program (Logger.sync()) instead"
+            )
         total = len(logger)
         progress = Progress(total, sys.stderr)
         report = logger.sync(progress=progress.update)

@@ -105,6 +105,9 @@ class Status:
     :ivar untrusted: cached datapoints of this boot stamped before NTP answered
     :ivar syncer: who syncs this cache when it is another process (``"pid N on host"``), or
         None; ``last_error``, ``next_attempt`` and ``paused`` are then that process's
+    :ivar remote: where this cache's datapoints go, as recorded in the cache by the last
+        Logger given a remote or the last sync pass (the remote's repr, which shows no
+        credentials), or None before either
     """
 
     streams: dict[str, StreamStats]
@@ -118,6 +121,7 @@ class Status:
     clock_measured: float | None = None
     untrusted: int = 0
     syncer: str | None = None
+    remote: str | None = None
 
     @property
     def cached(self) -> int:
@@ -206,6 +210,8 @@ class Logger:
                 self.apikey = apikey
             if created and on_create is not None and on_create(self) is False:
                 raise ConfigurationError("on_create returned False: the logger is not usable")
+            if remote is not None:
+                self._record_remote(remote)
             if created:
                 self._cache.finish_create(self._options["durability"])
             else:
@@ -241,6 +247,7 @@ class Logger:
         self._serverurl = settings.get("serverurl", DEFAULT_SERVERURL)
         self._syncperiod = settings.get("syncperiod", DEFAULT_SYNCPERIOD)
         self._lastsync = settings.get("lastsynctime", 0)
+        self._remote_recorded = settings.get("remote")
         for name in OPTIONS:
             if "option." + name in settings:
                 self._options[name] = settings["option." + name]
@@ -451,6 +458,20 @@ class Logger:
                     self._serverurl, self._apikey, timeout=self._options["http_timeout"]
                 )
             return self._remote_built
+
+    @property
+    def remote(self) -> Remote:
+        """The remote this Logger syncs to: the one it was given, else a
+        :class:`~connectorsync.ConnectorDBRemote` on ``serverurl`` with ``apikey``."""
+        return self._remote()
+
+    def _record_remote(self, remote: Remote) -> None:
+        """Note in the cache where its datapoints go, for ``status()`` and the command line
+        of another process. A remote's repr shows no credentials (the remote contract)."""
+        description = repr(remote)
+        if description != self._remote_recorded:
+            self._cache.set_setting("remote", description)
+            self._remote_recorded = description
 
     def _drop_remote(self) -> None:
         with self._lock:
@@ -780,7 +801,9 @@ class Logger:
         return report
 
     def _before_pass(self) -> None:
-        """Before every pass: expire old datapoints, and ask NTP again when it is time."""
+        """Before every pass: note the remote, expire old datapoints, and ask NTP again when
+        it is time."""
+        self._record_remote(self._remote())
         self._expire()
         if self._options["ntp_server"] is None:
             return
@@ -864,6 +887,7 @@ class Logger:
             clock_measured=None if anchor is None else anchor.true_time,
             untrusted=untrusted,
             syncer=elsewhere,
+            remote=self._cache.get_setting("remote"),
         )
 
 

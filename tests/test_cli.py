@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import requests
 
-from connectorsync import Logger
+from connectorsync import InfluxDBRemote, Logger
 from connectorsync.cli import build_parser, main
 from connectorsync.testing import ConnectorDBServer
 
@@ -115,6 +115,31 @@ def test_deadletters_list_retry_purge(cache: str, server: ConnectorDBServer) -> 
     code, out = run("deadletters", cache, "purge", "--all")
     assert (code, out) == (0, "deleted 1 dead letters\n")
     assert run("deadletters", cache, "list")[1] == "no dead letters\n"
+
+
+def test_status_shows_the_remote_and_sync_refuses_another_one(
+    cache: str, server: ConnectorDBServer, capsys
+) -> None:
+    """A cache whose program syncs to InfluxDB: status says so, and `sync` does not send its
+    data to the ConnectorDB server in the settings instead (exit 2, nothing sent)."""
+    assert run("status", cache)[1].count("remote:        -\n") == 1  # never synced
+    influx = InfluxDBRemote("http://127.0.0.1:9", database="sensors")
+    with Logger(cache, remote=influx) as lg:
+        assert lg.status().remote == "InfluxDBRemote('http://127.0.0.1:9', database='sensors')"
+    code, out = run("status", cache)
+    assert "remote:        InfluxDBRemote('http://127.0.0.1:9', database='sensors')" in out
+    assert json.loads(run("status", cache, "--json")[1])["remote"] == repr(influx)
+    code, out = run("sync", cache)
+    assert code == 2 and out == ""
+    err = capsys.readouterr().err
+    assert "syncs to InfluxDBRemote('http://127.0.0.1:9'" in err and "Logger.sync()" in err
+    with pytest.raises(KeyError):  # nothing reached the server: not even the stream
+        server.datapoints("alice/sensor/temperature")
+    # Once a pass went to the server in the settings, that is the remote recorded.
+    with Logger(cache) as lg:
+        assert lg.sync().ok
+        assert lg.status().remote == f"ConnectorDBRemote({server.url!r})" == repr(lg.remote)
+    assert run("sync", cache) == (0, "sent 0 datapoints\n")
 
 
 def test_missing_and_foreign_files_exit_2(tmp_path, capsys) -> None:

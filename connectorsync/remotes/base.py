@@ -14,7 +14,8 @@ one of these, and nothing else:
 - :class:`~connectorsync.errors.AuthError`: the credentials were refused. Nothing was stored.
 - :class:`~connectorsync.errors.RemoteError`: anything else the remote answered with.
 
-Every network call carries a timeout: no method blocks forever.
+Every network call carries a timeout: no method blocks forever. A remote's ``repr`` names
+where it delivers and never shows a credential: the Logger records it in the cache file.
 
 Optionally, a remote has ``prepare(stream, batch)``: the syncer calls it, in a second thread,
 with the next batch while the current one is on the wire, so that building a request body
