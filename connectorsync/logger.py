@@ -210,8 +210,8 @@ class Logger:
                 self.apikey = apikey
             if created and on_create is not None and on_create(self) is False:
                 raise ConfigurationError("on_create returned False: the logger is not usable")
-            if remote is not None:
-                self._record_remote(remote)
+            if remote is not None and self._cache.get_setting("remote") is None:
+                self._record_remote(remote)  # until a sync pass records where data went
             if created:
                 self._cache.finish_create(self._options["durability"])
             else:
@@ -247,7 +247,6 @@ class Logger:
         self._serverurl = settings.get("serverurl", DEFAULT_SERVERURL)
         self._syncperiod = settings.get("syncperiod", DEFAULT_SYNCPERIOD)
         self._lastsync = settings.get("lastsynctime", 0)
-        self._remote_recorded = settings.get("remote")
         for name in OPTIONS:
             if "option." + name in settings:
                 self._options[name] = settings["option." + name]
@@ -469,9 +468,8 @@ class Logger:
         """Note in the cache where its datapoints go, for ``status()`` and the command line
         of another process. A remote's repr shows no credentials (the remote contract)."""
         description = repr(remote)
-        if description != self._remote_recorded:
+        if description != self._cache.get_setting("remote"):
             self._cache.set_setting("remote", description)
-            self._remote_recorded = description
 
     def _drop_remote(self) -> None:
         with self._lock:
@@ -801,19 +799,18 @@ class Logger:
         return report
 
     def _before_pass(self) -> None:
-        """Before every pass: note the remote, expire old datapoints, and ask NTP again when
-        it is time."""
-        self._record_remote(self._remote())
+        """Before every pass: expire old datapoints, ask NTP again when it is time, and note
+        in the cache where this pass sends (only the process that syncs records it there)."""
         self._expire()
-        if self._options["ntp_server"] is None:
-            return
         anchor = self._clock.anchor
-        if anchor is None or boot_clock() - anchor.boot_clock > NTP_REFRESH:
+        ntp_due = anchor is None or boot_clock() - anchor.boot_clock > NTP_REFRESH
+        if self._options["ntp_server"] is not None and ntp_due:
             try:
                 # Bounded like any request: a silent NTP server must not stall the sync.
                 self.sync_clock(timeout=min(5.0, self._options["http_timeout"]))
             except TransientRemoteError as exc:
                 log.warning("NTP: %s (timestamps stay as they are; trying again next pass)", exc)
+        self._record_remote(self._remote())
 
     def _after_pass(self, report: SyncReport) -> None:
         """After every pass, manual or background: ConnectorDB's callbacks and lastsynctime."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +70,29 @@ def _compile(name: str, schema: dict[str, Any]) -> Any:
     return cls(schema)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 8, 200, 200
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 20
+
+#: Objects and lists may nest this deep in a value. Deeper values are refused at insert: no
+#: sensor needs them, and JSON decoders, schema validators and remotes that flatten objects
+#: recurse once per level, so a value a thousand levels deep would fail them far from the
+#: insert that let it in.
+MAX_DEPTH = 100
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and lists nest more than ``limit`` levels in ``value`` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+    return False
+
+
 class StreamDef:
     """A registered stream: its name, its JSON schema and the compiled checks for its values.
 
@@ -112,6 +136,8 @@ class StreamDef:
         elif kind is int:
             text = int.__repr__(value)
         else:
+            if kind in (dict, list, tuple) and _nested_deeper_than(value, MAX_DEPTH):
+                raise self._error(value, f"a JSON value nested at most {MAX_DEPTH} levels deep")
             try:
                 text = _DUMPS(value)
             except (TypeError, ValueError, RecursionError) as exc:
@@ -127,7 +153,7 @@ class StreamDef:
         return text
 
     def _error(self, value: Any, expected: str, reason: str = "") -> ValidationError:
-        shown = repr(value)
+        shown = _REPR.repr(value)  # bounded in depth and length, whatever the value
         if len(shown) > 200:
             shown = shown[:200] + "..."
         message = f"stream {self.name!r} expects {expected}; got {shown} ({type(value).__name__})"

@@ -245,6 +245,13 @@ class Syncer:
                     cache.set_remote_created(row.name, False)
                 log.warning("sync of stream %r failed: %s", row.name, exc)
                 report._fail(row.name, exc)
+            except Exception as exc:
+                # A bug (ours or a remote's) must not stop the other streams, nor leave the
+                # pass unreported: the traceback goes to the log, the message to the report.
+                log.exception("sync of stream %r failed unexpectedly", row.name)
+                report._fail(
+                    row.name, ConnectorSyncError(f"unexpected {type(exc).__name__}: {exc}")
+                )
             if isinstance(report.exception, AuthError):
                 return  # the same key for every stream: no point asking again
 
@@ -515,10 +522,12 @@ class _InThread:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name="connectorsync-prefetch", daemon=True
-        )
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="connectorsync-prefetch", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: result() reads in the caller's thread
+            return
+        self._thread = thread
 
     def _run(self) -> None:
         try:

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import requests
 
-from connectorsync import InfluxDBRemote, Logger
+from connectorsync import ConnectorDBRemote, InfluxDBRemote, Logger
 from connectorsync.cli import build_parser, main
 from connectorsync.testing import ConnectorDBServer
 
@@ -126,6 +126,9 @@ def test_status_shows_the_remote_and_sync_refuses_another_one(
     influx = InfluxDBRemote("http://127.0.0.1:9", database="sensors")
     with Logger(cache, remote=influx) as lg:
         assert lg.status().remote == "InfluxDBRemote('http://127.0.0.1:9', database='sensors')"
+    # Another program opening the cache with its own remote (but not syncing) changes nothing.
+    with Logger(cache, remote=ConnectorDBRemote(server.url, server.apikey)) as lg:
+        assert lg.status().remote == repr(influx)
     code, out = run("status", cache)
     assert "remote:        InfluxDBRemote('http://127.0.0.1:9', database='sensors')" in out
     assert json.loads(run("status", cache, "--json")[1])["remote"] == repr(influx)

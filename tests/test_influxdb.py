@@ -283,6 +283,27 @@ def test_refused_datapoints_become_dead_letters(
     ]
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('{"k":' * 3000 + "1" + "}" * 3000, "nested too deeply"),
+        ("-Infinity", "not a finite number"),
+        ("Infinity", "not a finite number"),
+    ],
+)
+def test_cached_text_no_insert_lets_in_is_refused_before_sending(text: str, why: str) -> None:
+    """Caches written before inserts were limited in depth, or by connectordb 0.3.5 (whose
+    JSON writes infinities), may hold such values: each is refused with its reason (a dead
+    letter), never an unwrapped error that would stop the sync."""
+    r = InfluxDBRemote("http://127.0.0.1:9", "db")
+    try:
+        with pytest.raises(RejectedError) as info:
+            r.encode("m", [(1, T0, "1.0"), (2, T0 + 1, text)])
+        assert why in info.value.body and f"t={T0 + 1!r}" in str(info.value)
+    finally:
+        r.close()
+
+
 @pytest.mark.parametrize("name", ["#comment", "ends\\", "two\nlines", "a\\,b", ""])
 def test_names_that_line_protocol_cannot_write(name: str) -> None:
     r = InfluxDBRemote("http://127.0.0.1:9", "db")

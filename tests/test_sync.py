@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import connectorsync.syncer
 from connectorsync import (
     ConnectorDBRemote,
     Logger,
@@ -267,3 +268,55 @@ def test_a_prepared_body_serves_only_its_own_batch() -> None:
     for _ in range(5):  # never more than two kept
         bodies.prepare("s", [(3, 3.0, "3")])
     assert len(bodies._bodies) == 2
+
+
+class BuggyRemote(ConnectorDBRemote):
+    """The real ConnectorDB remote with a bug for one stream: a bare exception from push."""
+
+    def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        if stream == "broken":
+            raise KeyError("a bug")
+        super().push(stream, batch)
+
+
+def test_an_unexpected_error_in_one_stream_does_not_stop_the_others(
+    cache_path: str, server: ConnectorDBServer
+) -> None:
+    remote = BuggyRemote(server.url, server.apikey)
+    with Logger(cache_path, remote=remote) as lg:
+        lg.addStream("broken", {"type": "number"})
+        lg.addStream("fine", {"type": "number"})
+        lg.insert("broken", 1.0)
+        lg.insert("fine", 2.0)
+        report = lg.sync()
+        assert report.sent == {"fine": 1}
+        assert "unexpected KeyError" in report.errors["broken"]
+        assert "unexpected KeyError" in (lg.status().last_error or "")
+        assert len(lg) == 1  # the broken stream's datapoint waits
+    remote.close()
+
+
+def test_without_a_thread_to_read_ahead_the_pass_reads_in_its_own(
+    cache_path: str, server: ConnectorDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = RecordingRemote(server.url, server.apikey)
+    with Logger(cache_path, remote=remote, batch_size=4) as lg:
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert_many("temperature", [float(i) for i in range(10)])
+
+        class NoThread(threading.Thread):
+            def start(self) -> None:
+                raise RuntimeError("can't start new thread")
+
+        class ThreadingWithoutThreads:  # the syncer's view of threading (the server keeps its)
+            Thread = NoThread
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(threading, name)
+
+        monkeypatch.setattr(connectorsync.syncer, "threading", ThreadingWithoutThreads())
+        report = lg.sync()
+        monkeypatch.undo()
+        assert report.ok and report.sent == {"temperature": 10}
+    assert remote.batches == [4, 4, 2]
+    remote.close()

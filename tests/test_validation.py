@@ -27,6 +27,14 @@ def lg(cache_path: str):
         yield lg
 
 
+def nested(depth: int, leaf: object = 1) -> object:
+    """``leaf`` inside ``depth`` objects and lists, alternating."""
+    value = leaf
+    for level in range(depth):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
 BAD_INSERTS = [
     # (stream, value, timestamp, error, words the message must contain)
     ("humidity", 1, None, UnknownStreamError, ["'humidity'", "add_stream"]),
@@ -39,6 +47,8 @@ BAD_INSERTS = [
     ("anything", [1, math.nan], None, ValidationError, ["'anything'", "JSON"]),
     ("anything", object(), None, ValidationError, ["'anything'", "JSON"]),
     ("reading", {"v": 1.5}, None, ValidationError, ["'reading'", "1.5", "integer"]),
+    ("anything", nested(101), None, ValidationError, ["'anything'", "100 levels"]),
+    ("anything", nested(5000), None, ValidationError, ["'anything'", "100 levels"]),
     ("reading", {}, None, ValidationError, ["'reading'", "'v' is a required property"]),
     ("temperature", 1.0, math.nan, TimestampError, ["'temperature'", "finite"]),
     ("temperature", 1.0, math.inf, TimestampError, ["'temperature'", "finite"]),
@@ -68,6 +78,11 @@ def test_bad_item_in_insert_many_stores_nothing(lg, stream, value, timestamp, er
     with pytest.raises(error):
         lg.insert_many(stream, [2.0, item] if stream == "temperature" else [item])
     assert dump(lg.path) == before
+
+
+def test_values_nested_up_to_the_limit_are_stored(lg) -> None:
+    lg.insert("anything", nested(100))
+    assert lg.latest("anything")["d"] == nested(100)
 
 
 def test_validation_error_carries_the_details(lg) -> None:

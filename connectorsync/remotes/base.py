@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import requests
 
-from ..errors import AmbiguousRemoteError, ConnectorSyncError, RemoteError, TransientRemoteError
+from ..errors import AmbiguousRemoteError, RemoteError, TransientRemoteError
 
 # A datapoint as the cache hands it over: (cache id, t in seconds, data as JSON text).
 # Remotes that speak JSON can put the text in their body as it is, without decoding it.
@@ -105,11 +105,11 @@ class Prepared:
         self._bodies: dict[int, tuple[str, Sequence[Datapoint], bytes]] = {}
 
     def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
-        """Make the body of ``batch`` now. Thread-safe; never raises a connectorsync error
-        (``push`` meets the same error when it makes the body itself)."""
+        """Make the body of ``batch`` now. Thread-safe; never raises: whatever ``encode``
+        raises, ``push`` meets again when it makes the body itself, in the syncer's thread."""
         try:
             body = self._encode(stream, batch)
-        except ConnectorSyncError:
+        except Exception:
             return
         with self._lock:
             while len(self._bodies) >= self._KEEP:

@@ -80,6 +80,7 @@ _SECONDS_EXACT_FROM, _SECONDS_EXACT_TO = 2.0**20, 2.0**62  # see seconds_to_ns
 # Times that take encode()'s fast path: exact nanoseconds, within InfluxDB's range.
 _FAST_FROM, _FAST_TO = _SECONDS_EXACT_FROM, 9.2e9
 _NUMBER_START = frozenset("-0123456789")  # the first character of a JSON number
+_DIGITS = frozenset("0123456789")  # its last
 _MEASUREMENT_SPECIALS = ", "
 _KEY_SPECIALS = ",= "
 
@@ -303,12 +304,23 @@ class InfluxDBRemote:
             # JSON number form as a float; the cache holds finite floats as repr() and whole
             # numbers as digits, and 24 characters keep digits within a float's range).
             # Anything else takes encode_line, which refuses what InfluxDB cannot hold.
-            if d[0] in _NUMBER_START and len(d) <= 24 and _FAST_FROM <= t <= _FAST_TO:
+            if (
+                d[0] in _NUMBER_START
+                and d[-1] in _DIGITS  # not "-Infinity" (a connectordb 0.3.5 cache may hold it)
+                and len(d) <= 24
+                and _FAST_FROM <= t <= _FAST_TO
+            ):
                 whole = int(t)  # seconds_to_ns(t), inlined: this loop is the hot path
                 append(f"{number_prefix}{d} {whole * 1_000_000_000 + round((t - whole) * 1e9)}")
                 continue
             try:
                 append(encode_line(prefix, t, json.loads(d)))
+            except RecursionError:  # a value from before inserts were limited in depth
+                reason = "the value is nested too deeply to flatten into fields"
+                raise RejectedError(
+                    f"stream {stream!r}: the datapoint at t={t!r} cannot be written: {reason}",
+                    body=reason,
+                ) from None
             except _BadPoint as exc:
                 reason = str(exc)
                 raise RejectedError(
