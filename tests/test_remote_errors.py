@@ -98,6 +98,20 @@ def test_retry_after_is_read(remote, header, seconds) -> None:
     assert info.value.retry_after == seconds
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@responses.activate
+def test_a_redirect_is_never_an_acknowledgement(remote, status: int) -> None:
+    """Followed, a redirected POST comes back a GET whose 200 would delete unstored data."""
+    https = DATA.replace("http:", "https:")
+    responses.post(DATA, status=status, headers={"Location": https})
+    responses.get(https, json=[])
+    responses.post(https, body="ok")
+    with pytest.raises(RemoteError) as info:
+        remote.push("u/d/s", BATCH)
+    assert type(info.value) is RemoteError and f"redirected to {https}" in str(info.value)
+    assert len(responses.calls) == 1
+
+
 @responses.activate
 def test_lost_answer_to_a_push_is_ambiguous(remote) -> None:
     responses.post(DATA, body=requests.exceptions.ReadTimeout("read timed out"))

@@ -153,6 +153,9 @@ class ConnectorDBRemote:
             what=what,
             timeout=self.timeout,
             write=sent_matters,
+            # A POST redirected with 301/302 would come back a GET, and its 200 would look
+            # like an acknowledgement of data that was never stored.
+            allow_redirects=False,
             **kwargs,
         )
         if response.status_code < 300:
@@ -166,6 +169,13 @@ class ConnectorDBRemote:
         except ValueError:
             body = response.text[:500]
         message = f"{what}: {status} {body}".strip()
+        if 300 <= status < 400:
+            where = response.headers.get("Location", "?")
+            return RemoteError(
+                f"{message} (redirected to {where}: set serverurl to where it points)",
+                status=status,
+                body=body,
+            )
         if status in TRANSIENT_STATUSES:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return TransientRemoteError(message, status=status, body=body, retry_after=retry_after)
