@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+
+import pytest
+
+from connectorsync.testing.influx import find_influxd
 
 from .conftest import PYTHON, ROOT, child_env
 
@@ -37,6 +42,28 @@ def test_serial_sensor_example() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "temperature" in result.stdout and "humidity" in result.stdout
+
+
+def test_influxdb_logger_example() -> None:
+    """The InfluxDB example starts its own influxd, rides out an outage, and reads back."""
+    if find_influxd() is None:
+        message = "influxd (InfluxDB 1.x) is not installed: `apt-get install influxdb`"
+        if os.environ.get("CONNECTORSYNC_REQUIRE_INFLUXDB") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    result = subprocess.run(
+        [PYTHON, str(ROOT / "examples" / "influxdb_logger.py")],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "sync failed" in out and "3 readings wait" in out
+    assert "influxd is back; sync: {'climate': 3}; 0 readings wait" in out
+    assert "influxd holds 6 points of 'climate'" in out and out.count("site=example") == 6
 
 
 def test_every_example_is_run_by_a_test() -> None:
