@@ -19,12 +19,16 @@ message when it is not installed):
 - the ceiling: a plain loop over the same points that builds the same line protocol and POSTs
   it in batches of the same size with one ``requests.Session``, with no cache behind it.
 
+influxd compacts in the background what one contender wrote while the next one runs, so the
+three run ``--rounds`` times (3), the order rotated each round, and the median round counts.
+
 Each contender drains into a stream (or database) of its own on the same server. Its cache
 is filled in one child process and synced in a fresh one, so that the RSS figures are per
 contender and not disturbed by the fill. Afterwards the server must hold exactly N points
 (the last one as generated) and the cache must be empty; otherwise the script fails.
 
 Usage: python tests/benchmarks/bench_sync.py [--count N] [--cdb-count M] [--no-influxdb]
+                                             [--rounds R]
 """
 
 from __future__ import annotations
@@ -393,12 +397,12 @@ def finish(contender: str, result: dict[str, Any], problems: list[str]) -> dict[
 
 
 def measure_influx(
-    contender: str, influxd: Any, workdir: str, count: int, t0: float
+    contender: str, influxd: Any, workdir: str, count: int, t0: float, round_: int
 ) -> dict[str, Any]:
     """One InfluxDB contender into a database of its own; influxd must then hold the backlog."""
     measurement = "reading"
-    db = contender.replace("-", "_")
-    path = os.path.join(workdir, f"{contender}.db")
+    db = f"{contender.replace('-', '_')}_{round_}"
+    path = os.path.join(workdir, f"{contender}-{round_}.db")
     influxd.create_database(db)
     result: dict[str, Any] = {"fill_seconds": 0.0}
     if contender != "influx-requests":
@@ -424,6 +428,32 @@ def measure_influx(
         if left or result["left_in_cache"]:
             problems.append(f"{left:,} datapoints are still in the cache")
     return finish(contender, result, problems)
+
+
+INFLUX_CONTENDERS = ["influx-requests", "influx-normal", "influx-full"]
+
+
+def measure_influx_rounds(
+    influxd: Any, workdir: str, args: argparse.Namespace, t0: float
+) -> dict[str, dict[str, Any]]:
+    """Every InfluxDB contender ``args.rounds`` times, the order rotated each round (influxd
+    compacts in the background what the previous contender wrote, which slows whoever comes
+    next); per contender the round with the median rate, and the largest RSS growth."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in INFLUX_CONTENDERS}
+    for round_ in range(args.rounds):
+        shift = round_ % len(INFLUX_CONTENDERS)
+        for name in INFLUX_CONTENDERS[shift:] + INFLUX_CONTENDERS[:shift]:
+            result = measure_influx(name, influxd, workdir, args.count, t0, round_)
+            report(f"{name} (round {round_ + 1})", result)
+            runs[name].append(result)
+    medians = {}
+    for name, results in runs.items():
+        ordered = sorted(results, key=lambda r: r["rate"])
+        median = dict(ordered[len(ordered) // 2])
+        median["growth_mb"] = max(r["growth_mb"] for r in results)
+        median["rates"] = [r["rate"] for r in results]
+        medians[name] = median
+    return medians
 
 
 def start_influxd(workdir: str) -> Any:
@@ -495,8 +525,9 @@ def print_table(results: dict[str, dict[str, Any]], seconds: float) -> None:
     print()
     print(
         f"into influxd {influxd_version()} (its own process, 127.0.0.1, a temporary data "
-        f"directory): N points of one measurement, a database per contender, batches of "
-        f"{BATCH_SIZE:,}"
+        f"directory): N points of one measurement, a database per contender and round, "
+        f"batches of {BATCH_SIZE:,}; {len(ceiling['rates'])} rounds, the order rotated each "
+        f"round; datapoints/s is the median round (all rounds in brackets), RSS the largest"
     )
     print()
     print(
@@ -508,7 +539,10 @@ def print_table(results: dict[str, dict[str, Any]], seconds: float) -> None:
         if not name.startswith("influx-"):
             continue
         label, durability = CONTENDERS[name]
-        figures = f"{result['count']:,} | {result['rate']:,.0f} | {result['growth_mb']:.1f} MB"
+        rates = ", ".join(f"{r:,.0f}" for r in result["rates"])
+        figures = (
+            f"{result['count']:,} | {result['rate']:,.0f} ({rates}) | {result['growth_mb']:.1f} MB"
+        )
         if result is ceiling:
             print(f"| {label} | {durability} | {figures} | (the ceiling) | | | |")
             continue
@@ -552,12 +586,17 @@ def main() -> None:
     parser.add_argument(
         "--no-influxdb", action="store_true", help="leave out the InfluxDB measurements"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the InfluxDB measurements (median)"
+    )
     for name in ("--child", "--contender", "--path", "--url", "--stream", "--db"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count < 1 or (args.cdb_count is not None and args.cdb_count < 1):
         parser.error("counts must be >= 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.child:
         child(args)
         return
@@ -586,10 +625,7 @@ def main() -> None:
         influxd = None if args.no_influxdb else start_influxd(workdir)
         if influxd is not None:
             try:
-                # The ceiling first: a later contender meets a fuller server, never an emptier one.
-                for name in ("influx-requests", "influx-normal", "influx-full"):
-                    results[name] = measure_influx(name, influxd, workdir, args.count, t0)
-                    report(name, results[name])
+                results.update(measure_influx_rounds(influxd, workdir, args, t0))
             finally:
                 influxd.stop()
     finally:
