@@ -880,7 +880,11 @@ class Cache:
         delivered = _delete(
             conn, "stream = ? AND id BETWEEN ? AND ?", (stream_id, first_id, last_id)
         )
-        conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+        # Clear the record of the batch in flight, unless it is already the next batch's
+        # (the syncer records that one before this ack is done, see Syncer._deliver).
+        conn.execute(
+            "UPDATE streams SET inflight = 0 WHERE id = ? AND inflight <= ?", (stream_id, last_id)
+        )
         # Dead letters queued again and now delivered are done with.
         conn.execute("DELETE FROM deadletters WHERE retry_id BETWEEN ? AND ?", (first_id, last_id))
         return delivered

@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import tenacity
 
@@ -56,6 +56,7 @@ from .errors import (
 )
 from .remotes.base import Remote
 
+T = TypeVar("T")
 log = logging.getLogger("connectorsync.syncer")
 
 #: First backoff ceiling in seconds; it doubles per failed attempt up to ``syncperiod``.
@@ -277,21 +278,29 @@ class Syncer:
                 prepare(row.name, batch)
             return batch
 
+        # Three things overlap, one batch apart: batch k+1 is read (and encoded by the remote)
+        # and batch k-1's acknowledged datapoints are deleted while batch k is on the wire,
+        # so the remote is rarely idle. The record of what is in flight keeps a crash safe:
+        # k is recorded before it is sent, which covers k-1 too until its delete is done
+        # (a reconcile deletes everything recorded that the remote holds). Reading ahead
+        # only sees datapoints after k, valid whatever becomes of k.
         batch = fetch(0)
-        while batch:
-            if deadline is not None and time.monotonic() > deadline:
-                raise ConnectorSyncError("out of time (close); the rest waits in the cache")
-            # Read (and let the remote encode) the next batch while this one is on the wire:
-            # the remote works while we do. It only reads datapoints after this batch, so
-            # whatever becomes of this one (delivered, bisected, failed) it stays valid; the
-            # in-flight record and the ack still go one batch at a time, in order.
-            # It starts once this batch is recorded in flight, so as not to slow that down.
-            ahead = _InThread(fetch, batch[-1][0])
-            try:
-                self._deliver(cache, remote, row, batch, report, sending=ahead.start)
-            finally:
-                ahead.wait()  # on failure too: leave no reader behind
-            batch = ahead.result()
+        behind: _InThread[None] | None = None  # the last delivered batch's delete, not yet run
+        try:
+            while batch:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ConnectorSyncError("out of time (close); the rest waits in the cache")
+                ahead = _InThread(fetch, batch[-1][0])
+                try:
+                    behind = self._deliver(
+                        cache, remote, row, batch, report, ahead=ahead, behind=behind
+                    )
+                finally:
+                    ahead.wait()  # on failure too: leave no reader behind
+                batch = ahead.result()
+        finally:
+            if behind is not None:
+                behind.result()  # the last delete (it runs here if it never started)
 
     def _deliver(
         self,
@@ -300,15 +309,27 @@ class Syncer:
         row: StreamRow,
         batch: list[Row],
         report: SyncReport,
-        sending: Callable[[], None] | None = None,
-    ) -> None:
+        ahead: _InThread[list[Row]] | None = None,
+        behind: _InThread[None] | None = None,
+    ) -> _InThread[None] | None:
         """Deliver ``batch`` in order; bisect it if refused, dead-lettering refused singles.
-        ``sending`` is called once, when the batch is recorded in flight and about to go."""
+
+        For a pass's own batches (not halves), ``ahead`` (reading the next batch) and
+        ``behind`` (deleting the previous one) start once this batch is recorded in flight,
+        and run while it is sent; ``behind`` is finished before anything else touches the
+        cache. Then the delete of this batch is returned, not yet started, for the next call
+        (or the end of the pass) to run. Halves are deleted at once, and None is returned.
+        """
         cache.set_inflight(row.id, batch[-1][0])
-        if sending is not None:
-            sending()
+        for job in (behind, ahead):
+            if job is not None:
+                job.start()
         try:
-            remote.push(row.name, batch)
+            try:
+                remote.push(row.name, batch)
+            finally:
+                if behind is not None:
+                    behind.result()  # on failure too: its error (a full disk?) comes first
         except RejectedError as exc:
             if len(batch) == 1:
                 reason = exc.body or str(exc)
@@ -317,18 +338,27 @@ class Syncer:
                     "stream %r: datapoint at t=%r refused: %s", row.name, batch[0][1], reason
                 )
                 report._count(report.deadlettered, row.name, 1)
-                return
+                return None
             # All or nothing was stored: nothing. Halve until the refused points stand alone.
             cache.set_inflight(row.id, 0)
             middle = len(batch) // 2
             self._deliver(cache, remote, row, batch[:middle], report)
             self._deliver(cache, remote, row, batch[middle:], report)
-            return
+            return None
         except AmbiguousRemoteError:
             # Sent, but no answer: find out what arrived before anything is sent again.
             with contextlib.suppress(ConnectorSyncError):
                 self._reconcile(cache, remote, row, report)
             raise
+        delete = _InThread(self._acknowledged, cache, row, batch, report)
+        if ahead is None:
+            delete.result()
+            return None
+        return delete
+
+    @staticmethod
+    def _acknowledged(cache: Cache, row: StreamRow, batch: list[Row], report: SyncReport) -> None:
+        """The remote stored ``batch``: delete it from the cache, and count it sent."""
         cache.ack(row.id, batch[0][0], batch[-1][0])
         report._count(report.sent, row.name, len(batch))
 
@@ -511,41 +541,46 @@ class Syncer:
                 self._cache = None
 
 
-class _InThread:
-    """``fn(arg)`` run in a thread of its own once :meth:`start` is called; :meth:`result`
-    returns what it returned, or raises what it raised (running it here if never started)."""
+class _InThread(Generic[T]):
+    """``fn(*args)`` run once: in a thread of its own when :meth:`start` is called, else by
+    the first :meth:`result`, in the caller's thread. :meth:`result` returns what it returned
+    or raises what it raised, as often as it is called."""
 
-    def __init__(self, fn: Callable[[int], list[Row]], arg: int):
-        self._fn, self._arg = fn, arg
-        self._value: list[Row] = []
+    def __init__(self, fn: Callable[..., T], *args: Any):
+        self._fn, self._args = fn, args
+        self._value: T | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._done = False
 
     def start(self) -> None:
-        thread = threading.Thread(target=self._run, name="connectorsync-prefetch", daemon=True)
+        thread = threading.Thread(target=self._run, name="connectorsync-sync", daemon=True)
         try:
             thread.start()
-        except RuntimeError:  # no thread to be had: result() reads in the caller's thread
+        except RuntimeError:  # no thread to be had: result() runs it in the caller's thread
             return
         self._thread = thread
 
     def _run(self) -> None:
         try:
-            self._value = self._fn(self._arg)
+            self._value = self._fn(*self._args)
         except BaseException as exc:  # handed to the caller by result()
             self._error = exc
+        self._done = True
 
     def wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
 
-    def result(self) -> list[Row]:
+    def result(self) -> T:
         if self._thread is None:
-            return self._fn(self._arg)
-        self._thread.join()
+            if not self._done:
+                self._run()
+        else:
+            self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._value
+        return self._value  # type: ignore[return-value]
 
 
 def _describe(state: dict[str, Any]) -> str:

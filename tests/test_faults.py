@@ -7,13 +7,16 @@ sync triggers, and one syncer per cache file.
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from connectorsync import Logger, TransientRemoteError
+from connectorsync import CacheError, ConnectorDBRemote, Logger, TransientRemoteError
 from connectorsync import syncer as syncer_module
+from connectorsync.cache import Cache
+from connectorsync.remotes.base import Datapoint
 from connectorsync.testing import ConnectorDBServer
 
 from .conftest import PYTHON, ROOT, child_env, wait_for
@@ -330,3 +333,88 @@ def test_close_with_no_time_left_keeps_the_backlog(cache_path: str, server) -> N
         assert len(again) == 2
         report = again.sync()
         assert report.ok and report.sent == {"temperature": 2}
+
+
+class NotingRemote(ConnectorDBRemote):
+    """The real ConnectorDB remote; ``before(first_id)`` runs before each push."""
+
+    def __init__(self, server: ConnectorDBServer, before: Callable[[int], None]):
+        super().__init__(server.url, server.apikey)
+        self.before = before
+
+    def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        self.before(batch[0][0])
+        super().push(stream, batch)
+
+
+def test_a_delivered_batch_is_deleted_while_the_next_is_sent(
+    cache_path: str, server: ConnectorDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete of batch 1 waits until batch 2 is on the wire: a syncer that deleted
+    batch 1 before sending batch 2 would never get there (the delete gives up after 5 s)."""
+    second_sent = threading.Event()
+    overlapped: list[bool] = []
+    ack = Cache.ack
+
+    def waiting_ack(self: Cache, stream_id: int, first_id: int, last_id: int) -> int:
+        if first_id == 1:
+            overlapped.append(second_sent.wait(5))
+        return ack(self, stream_id, first_id, last_id)
+
+    monkeypatch.setattr(Cache, "ack", waiting_ack)
+    remote = NotingRemote(server, lambda first: first == 3 and second_sent.set())
+    with Logger(cache_path, remote=remote, batch_size=2) as lg:
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert_many("temperature", [1.0, 2.0, 3.0, 4.0, 5.0])
+        report = lg.sync()
+        assert report.ok and report.sent == {"temperature": 5} and len(lg) == 0
+    remote.close()
+    assert overlapped == [True]
+    assert values(server) == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_lost_answer_while_the_previous_delete_runs_loses_and_duplicates_nothing(
+    cache_path: str, server: ConnectorDBServer
+) -> None:
+    """Batch 1's delete runs after batch 2 is recorded in flight, and batch 2's answer is
+    lost: the record must still be batch 2's, so that the reconcile finds it delivered."""
+    remote = NotingRemote(server, lambda first: first == 3 and server.drop_after_commit(1))
+    with Logger(cache_path, remote=remote, batch_size=2) as lg:
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert_many("temperature", [1.0, 2.0, 3.0, 4.0, 5.0])
+        report = lg.sync()
+        assert not report.ok  # the lost answer ends the pass...
+        assert report.sent == {"temperature": 4} and len(lg) == 1  # ...reconciled
+        assert lg.sync().ok
+        assert lg.deadletters() == []
+    remote.close()
+    assert values(server) == [1.0, 2.0, 3.0, 4.0, 5.0]  # once each
+
+
+def test_a_failed_delete_of_a_delivered_batch_is_reconciled(
+    cache_path: str, server: ConnectorDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting batch 1 fails (an I/O error, say) while batch 2 is sent: the pass reports
+    it, and the next pass finds batches 1 and 2 delivered instead of sending them again."""
+    ack = Cache.ack
+    failed: list[int] = []
+
+    def failing_ack(self: Cache, stream_id: int, first_id: int, last_id: int) -> int:
+        if first_id == 1 and not failed:
+            failed.append(first_id)
+            raise CacheError("disk I/O error (injected)")
+        return ack(self, stream_id, first_id, last_id)
+
+    monkeypatch.setattr(Cache, "ack", failing_ack)
+    remote = ConnectorDBRemote(server.url, server.apikey)
+    with Logger(cache_path, remote=remote, batch_size=2) as lg:
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert_many("temperature", [1.0, 2.0, 3.0, 4.0, 5.0])
+        report = lg.sync()
+        assert "disk I/O error" in report.errors["temperature"]
+        assert len(lg) == 5  # batch 2 was sent, but neither it nor batch 1 is deleted
+        report = lg.sync()
+        assert report.ok and report.sent == {"temperature": 5}  # 4 reconciled, 1 sent
+        assert len(lg) == 0 and lg.deadletters() == []
+    remote.close()
+    assert values(server) == [1.0, 2.0, 3.0, 4.0, 5.0]  # once each
