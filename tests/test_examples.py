@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 
-import pytest
-
-from connectorsync.testing.influx import find_influxd
-
-from .conftest import PYTHON, ROOT, child_env
+from .conftest import PYTHON, ROOT, child_env, require_influxd
 
 
-def test_temperature_logger_demo() -> None:
-    result = subprocess.run(
-        [PYTHON, str(ROOT / "examples" / "temperature_logger.py")],
+def run_example(name: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run examples/``name`` without arguments, as a user would, from the repository."""
+    return subprocess.run(
+        [PYTHON, str(ROOT / "examples" / name)],
         cwd=ROOT,
         env=child_env(),
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
     )
+
+
+def test_temperature_logger_demo() -> None:
+    result = run_example("temperature_logger.py", 30)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "nothing lost: 5 datapoints wait in the cache" in out
@@ -32,33 +32,15 @@ def test_temperature_logger_demo() -> None:
 
 def test_serial_sensor_example() -> None:
     """The serial example makes its own pseudo-terminal and fake sensor when run bare."""
-    result = subprocess.run(
-        [PYTHON, str(ROOT / "examples" / "serial_sensor.py")],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_example("serial_sensor.py", 30)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "temperature" in result.stdout and "humidity" in result.stdout
 
 
 def test_influxdb_logger_example() -> None:
     """The InfluxDB example starts its own influxd, rides out an outage, and reads back."""
-    if find_influxd() is None:
-        message = "influxd (InfluxDB 1.x) is not installed: `apt-get install influxdb`"
-        if os.environ.get("CONNECTORSYNC_REQUIRE_INFLUXDB") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    result = subprocess.run(
-        [PYTHON, str(ROOT / "examples" / "influxdb_logger.py")],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    require_influxd()
+    result = run_example("influxdb_logger.py", 60)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "sync failed" in out and "3 readings wait" in out

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from connectorsync import CacheError, ConnectorDBRemote, Logger, TransientRemoteError
-from connectorsync import syncer as syncer_module
 from connectorsync.cache import Cache
 from connectorsync.remotes.base import Datapoint
 from connectorsync.testing import ConnectorDBServer
@@ -22,12 +21,6 @@ from connectorsync.testing import ConnectorDBServer
 from .conftest import PYTHON, ROOT, child_env, wait_for
 
 STREAM = "alice/sensor/temperature"
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff from 10 ms instead of 1 s, so retry tests take milliseconds."""
-    monkeypatch.setattr(syncer_module, "BACKOFF_BASE", 0.01)
 
 
 def values(server: ConnectorDBServer, path: str = STREAM) -> list[float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connectorsync import Logger
-from connectorsync import syncer as syncer_module
 from connectorsync.errors import (
     AmbiguousRemoteError,
     AuthError,
@@ -38,26 +36,18 @@ from connectorsync.remotes.influxdb import (
     rfc3339_ns,
     seconds_to_ns,
 )
-from connectorsync.testing.influx import InfluxDBServer, InfluxDBStartError, find_influxd
+from connectorsync.testing.influx import InfluxDBServer, InfluxDBStartError
 from connectorsync.testing.receiver import HTTPReceiver
 
-from .conftest import wait_for
+from .conftest import require_influxd, wait_for
 
-REQUIRE = "CONNECTORSYNC_REQUIRE_INFLUXDB"
 T0 = 1_700_000_000.0
 
 
 def start_influxd(directory: Path, **kwargs: Any) -> InfluxDBServer:
     """A started influxd of its own, for a fixture. Skips the test when influxd is not
     installed, unless CONNECTORSYNC_REQUIRE_INFLUXDB=1 (CI), which makes that a failure."""
-    if find_influxd() is None:
-        message = (
-            "influxd (InfluxDB 1.x) is not installed: `apt-get install influxdb` "
-            "to run the InfluxDB tests"
-        )
-        if os.environ.get(REQUIRE) == "1":
-            pytest.fail(f"{message} ({REQUIRE}=1 requires them)")
-        pytest.skip(message)
+    require_influxd()
     server = InfluxDBServer(directory, **kwargs)
     try:
         server.start()
@@ -93,11 +83,6 @@ def remote(influxd: InfluxDBServer, db: str) -> Iterator[InfluxDBRemote]:
         yield r
     finally:
         r.close()
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(syncer_module, "BACKOFF_BASE", 0.01)
 
 
 def batch(*values: Any, start: float = T0, step: float = 1.0) -> list[Datapoint]:

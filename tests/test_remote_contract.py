@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from connectorsync import ConnectorDBRemote, Logger
-from connectorsync import syncer as syncer_module
 from connectorsync.errors import AuthError, TransientRemoteError
 from connectorsync.remotes.base import Remote
 from connectorsync.remotes.http import HTTPRemote, thingsboard
@@ -372,11 +371,6 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         yield made
     finally:
         made.close()
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(syncer_module, "BACKOFF_BASE", 0.01)
 
 
 # ----------------------------------------------------------------------------- the contract

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ._faults import Faults as _Faults
 from ._httpd import LoopbackHTTPServer
 
 __all__ = ["HTTPReceiver", "Received"]
@@ -59,39 +60,6 @@ class _Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class _Faults:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.clear()
-
-    def clear(self) -> None:
-        # [remaining, status, retry_after, path substring or None]
-        self.failures: list[list[Any]] = []
-        self.drop_before = 0
-        self.drop_after = 0
-        self.reject: ItemPredicate | None = None
-
-    def take_failure(self, path: str) -> tuple[int, Any] | None:
-        with self.lock:
-            for rule in self.failures:
-                if rule[3] is None or rule[3] in path:
-                    rule[0] -= 1
-                    if rule[0] <= 0:
-                        self.failures.remove(rule)
-                    return rule[1], rule[2]
-        return None
-
-    def take_drop(self, after: bool) -> bool:
-        with self.lock:
-            if after and self.drop_after > 0:
-                self.drop_after -= 1
-                return True
-            if not after and self.drop_before > 0:
-                self.drop_before -= 1
-                return True
-        return False
 
 
 class _Server(LoopbackHTTPServer):
@@ -306,29 +274,24 @@ class HTTPReceiver:
     ) -> None:
         """Answer the next n requests (whose path contains ``path``, if given) with
         ``status`` and a JSON error, plus ``Retry-After`` if given, recording nothing."""
-        with self._faults.lock:
-            self._faults.failures.append([n, status, retry_after, path])
+        self._faults.fail_next(n, status, retry_after, None, path)
 
     def drop_before(self, n: int = 1) -> None:
         """Close the next n POST/PUT connections without recording or answering."""
-        with self._faults.lock:
-            self._faults.drop_before += n
+        self._faults.add_drops(before=n)
 
     def drop_after_commit(self, n: int = 1) -> None:
         """Record the next n accepted POST/PUT bodies, then close the connection instead of
         answering: a lost acknowledgement."""
-        with self._faults.lock:
-            self._faults.drop_after += n
+        self._faults.add_drops(after=n)
 
     def reject(self, predicate: ItemPredicate | None) -> None:
         """Refuse (400, nothing recorded) a body holding an item for which
         ``predicate(path, item)`` is true; None clears it."""
-        with self._faults.lock:
-            self._faults.reject = predicate
+        self._faults.reject = predicate
 
     def clear_faults(self) -> None:
-        with self._faults.lock:
-            self._faults.clear()
+        self._faults.clear()
 
     # -- handling -----------------------------------------------------------------------
 
@@ -339,7 +302,7 @@ class HTTPReceiver:
     def _handle(self, request: Received) -> tuple[int, Any, dict[str, str] | None]:
         raw_path = urlsplit(request.path).path
         path = unquote(raw_path)
-        failure = self._faults.take_failure(request.path)
+        failure = self._faults.take_failure(request.method, request.path)
         if failure is not None:
             status, retry_after = failure
             headers = None if retry_after is None else {"Retry-After": str(retry_after)}
@@ -364,8 +327,7 @@ class HTTPReceiver:
                 body = json.loads(request.body)
             except ValueError:
                 return 400, {"error": "the body is not valid JSON"}, None
-            with self._faults.lock:
-                reject = self._faults.reject
+            reject = self._faults.reject
             items = body if isinstance(body, list) else [body]
             if reject is not None and any(reject(path, item) for item in items):
                 return 400, {"error": "refused: at least one item is not acceptable"}, None

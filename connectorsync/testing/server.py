@@ -30,7 +30,8 @@ from collections.abc import Collection
 from types import TracebackType
 from typing import Any
 
-from ._api import Predicate, _Faults, _Handler
+from ._api import Predicate, _Handler
+from ._faults import Faults as _Faults
 from ._httpd import LoopbackHTTPServer
 from ._store import Store
 
