@@ -16,14 +16,13 @@ import base64
 import binascii
 import json
 import math
-import socket
 import uuid
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ._httpd import LoopbackHandler
 from ._store import ApiError, Batch, Store
 
 if TYPE_CHECKING:
@@ -58,18 +57,12 @@ def _text_reply(text: str) -> Reply:
     return 200, _TEXT, text.encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     """One connection; answers requests until the client or the server closes it."""
 
-    protocol_version = "HTTP/1.1"  # keep-alive
-    # Headers and body go out through one buffered write, flushed per
-    # response, and without Nagle's algorithm waiting on delayed ACKs.
+    # Headers and body go out through one buffered write, flushed per response.
     wbufsize = 1 << 16
-    disable_nagle_algorithm = True
     server: _HTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # no per-request logging to stderr
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Called by http.server for unparsable requests and unknown methods: answer
@@ -80,25 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(_error_reply(code, message or self.responses.get(code, ("Error",))[0]))
 
     def _send(self, reply: Reply, headers: dict[str, str] | None = None) -> None:
-        status, ctype, payload = reply
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(payload)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-    def _abort(self) -> None:
-        """Close the connection without answering (the client sees it drop)."""
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self._respond(*reply, headers)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):

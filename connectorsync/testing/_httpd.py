@@ -65,3 +65,38 @@ class LoopbackHTTPServer(HTTPServer):
                 pass
         for _, thread in conns:
             thread.join(timeout)
+
+
+class LoopbackHandler(BaseHTTPRequestHandler):
+    """What the test servers' request handlers share: keep-alive, quiet, and the two ways a
+    request ends: an answer, or a connection cut without one."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, like a real server
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _respond(
+        self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """Answer ``status`` with ``body`` (and ``content_type``, unless empty)."""
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _abort(self) -> None:
+        """Close the connection without answering (the client sees it drop)."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

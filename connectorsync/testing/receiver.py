@@ -18,17 +18,15 @@ Guarantees:
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ._faults import Faults as _Faults
-from ._httpd import LoopbackHTTPServer
+from ._httpd import LoopbackHandler, LoopbackHTTPServer
 
 __all__ = ["HTTPReceiver", "Received"]
 
@@ -70,40 +68,18 @@ class _Server(LoopbackHTTPServer):
         super().__init__(port, _Handler, "receiver-conn")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like a real server
-    disable_nagle_algorithm = True
+class _Handler(LoopbackHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def _send(
         self, status: int, payload: Any = None, headers: dict[str, str] | None = None
     ) -> None:
-        content_type = "application/json"
         if isinstance(payload, _Raw):
-            body, content_type = payload.body, payload.content_type
+            content_type = payload.content_type if payload.body else ""
+            self._respond(status, content_type, payload.body, headers)
         else:
             body = b"" if payload is None else json.dumps(payload).encode()
-        self.send_response(status)
-        if body:
-            self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _abort(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+            self._respond(status, "application/json" if body else "", body, headers)
 
     def _read_body(self) -> bytes:
         try:
