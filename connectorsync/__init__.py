@@ -16,6 +16,7 @@ remote acknowledged it. It is a drop-in successor of ``connectordb.logger.Logger
 """
 
 from .cache import StreamStats
+from .delivery import SyncReport
 from .errors import (
     AmbiguousRemoteError,
     AuthError,
@@ -34,8 +35,14 @@ from .errors import (
     ValidationError,
 )
 from .logger import DeadLetter, Logger, Status
-from .remotes import ConnectorDBRemote, HTTPRemote, InfluxDBRemote, Remote, thingsboard
-from .syncer import SyncReport
+from .remotes import (
+    ConnectorDBRemote,
+    DeliveryKind,
+    HTTPRemote,
+    InfluxDBRemote,
+    Remote,
+    thingsboard,
+)
 
 __version__ = "0.1.0"
 
@@ -49,6 +56,7 @@ __all__ = [
     "ConnectorDBRemote",
     "ConnectorSyncError",
     "DeadLetter",
+    "DeliveryKind",
     "HTTPRemote",
     "InfluxDBRemote",
     "Logger",

@@ -93,6 +93,23 @@ class StreamStats:
 Row = tuple[int, float, str]  # (id, t, d as JSON text)
 
 
+@dataclass(frozen=True)
+class BatchRequest:
+    """What a pass asks of :meth:`Cache.take_batch`: its bounds, and what to hold back.
+
+    :ivar upto_id: the newest id the pass delivers (what was cached when it began)
+    :ivar limit: most datapoints in a batch (``batch_size``)
+    :ivar max_bytes: most bytes of values in a batch (``max_batch_bytes``)
+    :ivar hold: ``(boot, since)``: datapoints of that boot stamped by an untrusted clock at
+        boot-clock ``since`` or later wait (``hold_unsynced``); None: nothing waits
+    """
+
+    upto_id: int
+    limit: int
+    max_bytes: int
+    hold: Untrusted | None = None
+
+
 # --------------------------------------------------------------------------- schema + migrations
 
 _V1 = """
@@ -889,12 +906,54 @@ class Cache:
         conn.execute("DELETE FROM deadletters WHERE retry_id BETWEEN ? AND ?", (first_id, last_id))
         return delivered
 
-    def set_inflight(self, stream_id: int, last_id: int) -> None:
-        """Record, durably, that datapoints up to ``last_id`` are about to be sent (0: none
-        in flight). Until it is cleared by :meth:`ack`, a crash or lost answer is resolved
-        by :meth:`ack_reconciled` before anything is sent again."""
-        with self.transaction("record the batch in flight") as conn:
-            conn.execute("UPDATE streams SET inflight = ? WHERE id = ?", (last_id, stream_id))
+    def take_batch(self, stream_id: int, after_id: int, request: BatchRequest) -> list[Row]:
+        """The stream's next batch, recorded as in flight in the same transaction.
+
+        Up to ``request.limit`` cached datapoints with ``after_id`` < id <= ``request.upto_id``,
+        oldest first, together at most ``request.max_bytes`` bytes of values (the first one
+        always comes, whatever its size). Keyset paging: memory is bounded by both caps,
+        whatever the backlog. ``request.hold=(boot, since)``: stop before the first datapoint
+        of that boot stamped by an untrusted clock at boot-clock time ``since`` or later (it
+        waits for NTP; the stream's order forbids skipping it).
+
+        The stream's in-flight mark is raised to the batch's last id before the rows are
+        handed out, so from the moment they are read they are immutable: not dropped, expired,
+        re-timed or cleared until :meth:`ack`, :meth:`ack_reconciled` or
+        :meth:`release_inflight` resolves them (and a crash leaves the mark for the next
+        pass to resolve).
+        """
+        batch: list[Row] = []
+        size = 0
+        hold = request.hold
+        with self.transaction("read the next batch") as conn:
+            rows = conn.execute(
+                "SELECT id, t, d, boot, mono FROM datapoints "
+                "WHERE stream = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (stream_id, after_id, request.upto_id, request.limit),
+            )
+            for point_id, t, data, boot, mono in rows:
+                if hold is not None and boot == hold[0] and mono is not None and mono >= hold[1]:
+                    break
+                size += len(data)
+                if batch and size > request.max_bytes:
+                    break
+                batch.append((point_id, t, data))
+            if batch:
+                conn.execute(
+                    "UPDATE streams SET inflight = ? WHERE id = ? AND inflight < ?",
+                    (batch[-1][0], stream_id, batch[-1][0]),
+                )
+        return batch
+
+    def release_inflight(self, stream_id: int) -> None:
+        """Clear the stream's in-flight mark: nothing of it is on the wire, and whatever was
+        is resolved (stored and acked, or known not stored, or to be sent again)."""
+        with self.transaction("clear the batch in flight") as conn:
+            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+
+    def max_id(self) -> int:
+        """The id of the newest cached datapoint (0: none): a pass delivers up to here."""
+        return int(self._read("SELECT coalesce(max(id), 0) FROM datapoints")[0][0])
 
     def ack_reconciled(self, stream_id: int, remote_newest: float | None) -> int:
         """Resolve the batch in flight: its datapoints at or below ``remote_newest`` (the
@@ -937,7 +996,6 @@ class Cache:
                     (name, t, data, reason, now),
                 )
             _delete(conn, "id = ?", (point_id,))
-            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
 
     def deadletters(self, stream: str | None = None) -> list[tuple[Any, ...]]:
         """Dead letters at rest (not queued again): (id, stream, t, d, reason, attempts,

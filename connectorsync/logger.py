@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from .archive import Archive
 from .cache import Cache, Limits, StreamStats, TooOldError, Untrusted
 from .clock import Anchor, Clock, boot_clock
+from .delivery import SyncReport
 from .errors import (
     ClosedError,
     ConfigurationError,
@@ -32,11 +33,11 @@ from .errors import (
     TransientRemoteError,
     UnknownStreamError,
 )
-from .options import OPTIONS, check_options, positive_number
-from .remotes.base import Remote
+from .options import OPTIONS, Options, check_options
+from .remotes.base import DeliveryKind, Remote
 from .remotes.connectordb import ConnectorDBRemote
 from .streams import StreamDef
-from .syncer import Syncer, SyncReport
+from .syncer import PassHooks, Syncer
 
 log = logging.getLogger("connectorsync")
 
@@ -58,7 +59,7 @@ def _option(name: str) -> Any:
     """A read/write attribute for option ``name``, stored in the cache file when set."""
     default, _, meaning = OPTIONS[name]
     return property(
-        lambda self: self._options[name],
+        lambda self: self._options.get(name),
         lambda self, value: self._set_option(name, value),
         doc=f"{meaning[0].upper()}{meaning[1:]} (default {default!r}); stored in the cache file.",
     )
@@ -173,6 +174,13 @@ class Logger:
         **options: Any,
     ):
         check_options(options)
+        if remote is not None and not isinstance(
+            getattr(remote, "delivery_kind", None), DeliveryKind
+        ):
+            raise ConfigurationError(
+                f"remote {remote!r} declares no delivery_kind (a connectorsync.DeliveryKind): "
+                "say how it stores a batch (see docs/remotes.rst)"
+            )
         self.path = str(path)
         self.onsync = onsync
         self.onsyncfail = onsyncfail
@@ -182,7 +190,10 @@ class Logger:
         self._remote_given = remote
         self._remote_built: ConnectorDBRemote | None = None
         self._defs: dict[str, _Registered] = {}
-        self._options: dict[str, Any] = {name: spec[0] for name, spec in OPTIONS.items()}
+        self._options = Options()
+        self._creating = False
+        self._start_when_created = False
+        self._verdict = threading.local()  # .reraise: what the last pass in this thread says
         self._subscribers: dict[str, list[Callable[[dict[str, Any]], Any]]] = {}
         self._limits: Limits | None = None
         self._archive: Archive | None = None
@@ -201,55 +212,56 @@ class Logger:
             self._load_settings()
             self._clock = Clock(
                 Anchor.from_json(self._cache.get_setting("clock.anchor")),
-                ntp=self._options["ntp_server"] is not None,
+                ntp=self._options.ntp_server is not None,
+            )
+            self._syncer = Syncer(
+                self.path,
+                self._options,
+                self._remote(),
+                PassHooks(before=self._before_pass, hold=self._hold),
+                on_pass=self._after_pass,
             )
             for name, value in options.items():
                 setattr(self, name, value)
             self._apply_options()
             if apikey is not None:
                 self.apikey = apikey
-            if created and on_create is not None and on_create(self) is False:
-                raise ConfigurationError("on_create returned False: the logger is not usable")
+            if created and on_create is not None:
+                self._creating = True
+                try:
+                    if on_create(self) is False:
+                        raise ConfigurationError(
+                            "on_create returned False: the logger is not usable"
+                        )
+                finally:
+                    self._creating = False
             if remote is not None and self._cache.get_setting("remote") is None:
                 self._record_remote(remote)  # until a sync pass records where data went
             if created:
-                self._cache.finish_create(self._options["durability"])
+                self._cache.finish_create(self._options.durability)
             else:
-                self._cache.set_durability(self._options["durability"])
+                self._cache.set_durability(self._options.durability)
         except BaseException:
+            if hasattr(self, "_syncer"):
+                self._syncer.close()
             if created:
                 self._cache.abort_create()
             else:
                 self._cache.close()
             self._state = _State.CLOSED
             raise
-        self._syncer = Syncer(
-            self.path,
-            remote=self._remote,
-            option=self._setting,
-            before_pass=self._before_pass,
-            after_pass=self._after_pass,
-        )
-
-    def _setting(self, name: str) -> Any:
-        """An option or setting by name, for the syncer (which reads them when it needs them)."""
-        if name == "syncperiod":
-            return self._syncperiod
-        if name == "apikey":
-            return self._apikey
-        if name == "hold":
-            return self._hold()
-        return self._options[name]
+        if self._start_when_created:
+            self._syncer.start()
 
     def _load_settings(self) -> None:
         settings = self._cache.settings()
         self._apikey = settings.get("apikey", "")
         self._serverurl = settings.get("serverurl", DEFAULT_SERVERURL)
-        self._syncperiod = settings.get("syncperiod", DEFAULT_SYNCPERIOD)
+        self._options.set("syncperiod", settings.get("syncperiod", DEFAULT_SYNCPERIOD))
         self._lastsync = settings.get("lastsynctime", 0)
         for name in OPTIONS:
             if "option." + name in settings:
-                self._options[name] = settings["option." + name]
+                self._options.set(name, settings["option." + name])
         self._load_streams()
 
     def _load_streams(self) -> None:
@@ -271,6 +283,9 @@ class Logger:
         and as soon as ``sync_threshold`` datapoints wait. Returns at once (it never waits
         for the network). Failed passes are retried with backoff; see :meth:`status`."""
         self._check_open()
+        if self._creating:
+            self._start_when_created = True  # the file is not there for others until then
+            return
         self._syncer.start()
 
     def stop(self) -> None:
@@ -279,23 +294,23 @@ class Logger:
         self._syncer.stop()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop syncing and close the cache file. Safe to call twice.
+        """Stop syncing and close the cache file. Safe to call twice, and from a callback.
 
-        If the background syncer was running, one last pass delivers what it can, starting no
-        new batch after ``timeout`` seconds. Everything inserted is already on disk: closing
-        loses nothing.
+        Returns within ``timeout`` seconds, whatever the remote does. If the background
+        syncer was running, one last pass delivers what it can in what is left of
+        ``timeout``; a request still under way then is left to end by itself (within
+        ``http_timeout``) and what it carried is resolved by the next pass. Everything
+        inserted is already on disk: closing loses nothing.
         """
         with self._lock:
             if self._state is _State.CLOSED:
                 return
             self._state = _State.CLOSED
+        deadline = time.monotonic() + timeout
         was_running = self._syncer.running
-        self._syncer.stop()
-        if was_running:
-            try:
-                self._syncer.deadline_drain(timeout)
-            except ConnectorSyncError as exc:
-                log.warning("last sync before closing failed (nothing lost): %s", exc)
+        stopped = self._syncer.stop(timeout)
+        if was_running and stopped and not self._syncer.in_callback:
+            self._syncer.drain(max(0.0, deadline - time.monotonic()))
         self._syncer.close()
         if self._remote_built is not None:
             self._remote_built.close()
@@ -332,8 +347,7 @@ class Logger:
         self._cache.set_setting("apikey", value)
         self._apikey = value
         self._drop_remote()
-        if hasattr(self, "_syncer"):
-            self._syncer.resume()
+        self._syncer.resume()
 
     @property
     def serverurl(self) -> str:
@@ -352,16 +366,15 @@ class Logger:
     @property
     def syncperiod(self) -> float:
         """Seconds between background sync attempts (default 600); stored in the cache file."""
-        return self._syncperiod
+        return self._options.syncperiod
 
     @syncperiod.setter
     def syncperiod(self, value: float) -> None:
-        value = positive_number("syncperiod", value)
+        value = Options.check("syncperiod", value)
         self._check_open()
         self._cache.set_setting("syncperiod", value)
-        self._syncperiod = value
-        if hasattr(self, "_syncer"):
-            self._syncer.wake()  # start the new period now
+        self._options.set("syncperiod", value)
+        self._syncer.wake()  # start the new period now
 
     @property
     def lastsynctime(self) -> float:
@@ -409,42 +422,41 @@ class Logger:
     archive_format = _option("archive_format")
 
     def _set_option(self, name: str, value: Any) -> None:
-        value = OPTIONS[name][1](name, value)
+        value = Options.check(name, value)
         self._check_open()
         self._cache.set_setting("option." + name, value)
-        self._options[name] = value
+        self._options.set(name, value)
         if name == "durability":
             self._cache.set_durability(value)
         if name == "http_timeout":
             self._drop_remote()
-        if hasattr(self, "_syncer"):  # after __init__, which applies them once at the end
-            self._apply_options()
+        self._apply_options()
 
     def _apply_options(self) -> None:
         """Build what the options describe: limits, archive, clock mode."""
         o = self._options
         limits = Limits(
-            o["max_cached"],
-            o["max_cache_bytes"],
-            o["min_free_disk"],
-            drop_oldest=o["on_full"] == "drop_oldest",
+            o.max_cached,
+            o.max_cache_bytes,
+            o.min_free_disk,
+            drop_oldest=o.on_full == "drop_oldest",
         )
         self._limits = limits if limits.active or limits.drop_oldest else None
         archive = self._archive
         if archive is None or (archive.directory, archive.fmt) != (
-            o["archive_dir"],
-            o["archive_format"],
+            o.archive_dir,
+            o.archive_format,
         ):
             if archive is not None:
                 archive.close()
             self._archive = None
-            if o["archive_dir"] is not None:
+            if o.archive_dir is not None:
                 self._archive = Archive(
-                    o["archive_dir"], o["archive_format"], fsync=o["durability"] == "full"
+                    o.archive_dir, o.archive_format, fsync=o.durability == "full"
                 )
         elif archive is not None:
-            archive.fsync = o["durability"] == "full"
-        self._clock.ntp = o["ntp_server"] is not None
+            archive.fsync = o.durability == "full"
+        self._clock.ntp = o.ntp_server is not None
 
     # ----------------------------------------------------------------------- remote
 
@@ -454,7 +466,7 @@ class Logger:
         with self._lock:
             if self._remote_built is None:
                 self._remote_built = ConnectorDBRemote(
-                    self._serverurl, self._apikey, timeout=self._options["http_timeout"]
+                    self._serverurl, self._apikey, timeout=self._options.http_timeout
                 )
             return self._remote_built
 
@@ -472,10 +484,13 @@ class Logger:
             self._cache.set_setting("remote", description)
 
     def _drop_remote(self) -> None:
+        """The default remote's settings changed: build it anew, for the syncer too."""
         with self._lock:
             if self._remote_built is not None:
                 self._remote_built.close()
                 self._remote_built = None
+        if hasattr(self, "_syncer"):  # not while __init__ loads the settings
+            self._syncer.set_remote(self._remote())
 
     def ping(self) -> str:
         """Check the remote is reachable and the apikey accepted. Returns ``user/device``.
@@ -793,12 +808,18 @@ class Logger:
         :returns: a :class:`SyncReport` (``sent``, ``deadlettered``, ``errors``)
         """
         self._check_open()
+        if self._creating:
+            raise ConnectorSyncError(
+                "sync() cannot run inside on_create: the cache file is being created; "
+                "call sync() once Logger(...) has returned"
+            )
+        self._verdict.reraise = False
         report = self._syncer.sync(progress=progress)
-        if report._reraise and report.exception is not None:
+        if self._verdict.reraise and report.exception is not None:
             raise report.exception
         return report
 
-    def _before_pass(self) -> None:
+    def _before_pass(self, cache: Cache) -> None:
         """Before every pass: expire old datapoints, ask NTP again when it is time, and note
         in the cache where this pass sends (only the process that syncs records it there)."""
         self._expire()
@@ -810,7 +831,6 @@ class Logger:
                 self.sync_clock(timeout=min(5.0, self._options["http_timeout"]))
             except TransientRemoteError as exc:
                 log.warning("NTP: %s (timestamps stay as they are; trying again next pass)", exc)
-        self._record_remote(self._remote())
 
     def _after_pass(self, report: SyncReport) -> None:
         """After every pass, manual or background: ConnectorDB's callbacks and lastsynctime."""
@@ -821,9 +841,9 @@ class Logger:
                 self.onsync()
             return
         error = report.exception or ConnectorSyncError("; ".join(report.errors.values()))
-        report._reraise = bool(self.syncraise)
+        self._verdict.reraise = bool(self.syncraise)
         if self.onsyncfail is not None:
-            report._reraise = bool(self.onsyncfail(error))
+            self._verdict.reraise = bool(self.onsyncfail(error))
 
     # ----------------------------------------------------------------------- dead letters
 

@@ -67,6 +67,11 @@ OPTIONS: dict[str, tuple[Any, Check, str]] = {
         "'full' survives a power cut, 'normal' a crash of the process",
     ),
     "batch_size": (5000, positive_int, "datapoints per request to the remote"),
+    "max_batch_bytes": (
+        4 * 1024 * 1024,
+        positive_int,
+        "most bytes of cached values per request to the remote (a larger single value goes alone)",
+    ),
     "sync_threshold": (
         None,
         optional(positive_int),
@@ -100,6 +105,59 @@ OPTIONS: dict[str, tuple[Any, Check, str]] = {
     "archive_dir": (None, optional(text), "directory for the daily archive files"),
     "archive_format": ("jsonl", one_of("jsonl", "csv"), "format of the archive files"),
 }
+
+
+class Options:
+    """The current value of every option, read by the parts the Logger wires together.
+
+    The Logger owns it and is the only writer (through :meth:`set`, after the value was
+    stored in the cache file); the syncer and the pass read attributes when they need them,
+    so a changed option takes effect at the next batch without calling back up into the
+    Logger. ``syncperiod`` (a ConnectorDB setting) lives here too.
+    """
+
+    durability: str
+    batch_size: int
+    max_batch_bytes: int
+    sync_threshold: int | None
+    http_timeout: float
+    max_cached: int | None
+    max_cache_bytes: int | None
+    min_free_disk: int | None
+    on_full: str
+    max_age: float | None
+    ntp_server: str | None
+    hold_unsynced: bool
+    max_hold: float
+    archive_dir: str | None
+    archive_format: str
+    syncperiod: float
+
+    def __init__(self, syncperiod: float = 600.0) -> None:
+        for name, (default, _, _) in OPTIONS.items():
+            setattr(self, name, default)
+        self.syncperiod = syncperiod
+
+    def get(self, name: str) -> Any:
+        """The value of option ``name``."""
+        return getattr(self, name)
+
+    __getitem__ = get
+
+    @staticmethod
+    def check(name: str, value: Any) -> Any:
+        """``value`` as option ``name`` stores it.
+
+        :raises ConfigurationError: an unknown option or a bad value
+        """
+        if name == "syncperiod":
+            return positive_number(name, value)
+        check_options({name: value})
+        return OPTIONS[name][1](name, value)
+
+    def set(self, name: str, value: Any) -> None:
+        """Keep ``value`` (checked by :meth:`check`) for option ``name``."""
+        setattr(self, name, value)
 
 
 def check_options(options: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Remotes: where the syncer delivers datapoints. See :mod:`connectorsync.remotes.base`."""
 
-from .base import Datapoint, Remote
+from .base import Datapoint, DeliveryKind, Remote
 from .connectordb import ConnectorDBRemote
 from .http import HTTPRemote, thingsboard
 from .influxdb import InfluxDBRemote
@@ -8,6 +8,7 @@ from .influxdb import InfluxDBRemote
 __all__ = [
     "ConnectorDBRemote",
     "Datapoint",
+    "DeliveryKind",
     "HTTPRemote",
     "InfluxDBRemote",
     "Remote",

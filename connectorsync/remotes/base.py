@@ -25,6 +25,7 @@ overlaps waiting for the remote. :class:`Prepared` keeps such bodies for ``push`
 from __future__ import annotations
 
 import email.utils
+import enum
 import re
 import threading
 import time
@@ -40,9 +41,30 @@ from ..errors import AmbiguousRemoteError, RemoteError, TransientRemoteError
 Datapoint = tuple[int, float, str]
 
 
+class DeliveryKind(enum.Enum):
+    """How a remote stores a batch; the sync pass settles a batch sent without an answer
+    (or cut short by a crash) by this and nothing else.
+
+    - ``ORDERED``: all or nothing, in order, refusing older timestamps (ConnectorDB). The
+      remote's newest timestamp says what arrived; the rest is sent again. Exactly once.
+    - ``IDEMPOTENT``: may store part of a batch, and storing a datapoint twice changes nothing
+      (InfluxDB: same measurement, tags and time overwrite). The whole batch is sent again;
+      delivery is never inferred. Exactly once, as stored.
+    - ``AT_LEAST_ONCE``: cannot say what it stored (a plain HTTP endpoint). The whole batch is
+      sent again: duplicates are possible after a lost answer, never a loss.
+    """
+
+    ORDERED = "ordered"
+    IDEMPOTENT = "idempotent"
+    AT_LEAST_ONCE = "at_least_once"
+
+
 @runtime_checkable
 class Remote(Protocol):
     """What the syncer needs of a remote database."""
+
+    #: How the remote stores a batch (see :class:`DeliveryKind`).
+    delivery_kind: DeliveryKind
 
     def ping(self) -> str:
         """Check the connection and credentials; return who we are there (``user/device``).
@@ -76,13 +98,24 @@ class Remote(Protocol):
     def reconcile(self, stream: str) -> float | None:
         """The timestamp of the newest datapoint the remote holds for ``stream``, or None.
 
-        After an :class:`AmbiguousRemoteError`, cached datapoints at or below this timestamp
-        were delivered. Read-only, safe to call any number of times.
+        Asked only of ``ORDERED`` remotes, after an :class:`AmbiguousRemoteError`: cached
+        datapoints at or below this timestamp were delivered. Read-only, safe to call any
+        number of times.
         """
         ...
 
     def close(self) -> None:
         """Release connections. Safe to call twice."""
+        ...
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """A remote that can make a batch's request body ahead of :meth:`Remote.push`."""
+
+    def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        """Make the body of ``batch`` now, in the caller's (a second) thread. Never raises:
+        whatever went wrong, ``push`` meets again when it makes the body itself."""
         ...
 
 

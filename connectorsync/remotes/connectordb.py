@@ -23,7 +23,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, Prepared, parse_retry_after, send
+from .base import Datapoint, DeliveryKind, Prepared, parse_retry_after, send
 
 # ConnectorDB's messages for datapoints it refuses (403); any other 403 is about access.
 _REJECTION_WORDS = ("conform", "schema", "timestamp", "ordered")
@@ -41,6 +41,8 @@ class ConnectorDBRemote:
     :param timeout: seconds for connecting and for each read
     :param verify: TLS verification: True, False, or a CA bundle path
     """
+
+    delivery_kind = DeliveryKind.ORDERED
 
     def __init__(
         self,

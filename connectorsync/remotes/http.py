@@ -28,7 +28,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, Prepared, parse_retry_after, send
+from .base import Datapoint, DeliveryKind, Prepared, parse_retry_after, send
 
 #: Turns a stream name and its ``(t, value)`` pairs into the request body: a JSON-able value
 #: (sent as JSON), or ``str``/``bytes`` (sent as they are).
@@ -60,6 +60,8 @@ class HTTPRemote:
     :param timeout: seconds for connecting and for each read
     :param verify: TLS verification: True, False, or a CA bundle path
     """
+
+    delivery_kind = DeliveryKind.AT_LEAST_ONCE
 
     def __init__(
         self,

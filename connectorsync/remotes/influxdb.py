@@ -61,7 +61,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, Prepared, parse_retry_after, send
+from .base import Datapoint, DeliveryKind, Prepared, parse_retry_after, send
 
 #: A batch whose body is larger is refused before sending (RejectedError), so the syncer
 #: halves it. influxd refuses bodies over its ``max-body-size`` (25 MB by default).
@@ -112,6 +112,8 @@ class InfluxDBRemote:
     :param verify: TLS verification: True, False, or a CA bundle path
     :raises ConfigurationError: neither or both modes, a missing part of one, bad tags
     """
+
+    delivery_kind = DeliveryKind.IDEMPOTENT
 
     def __init__(
         self,

@@ -1,0 +1,463 @@
+"""One sync pass: moves what was cached when it began to the remote, streams taking turns.
+
+:func:`run_pass` is the whole of it; the syncer decides when it runs and who may run it.
+A pass never calls back up into the Logger: it is handed the cache connection, the remote
+and a :class:`PassPlan`, and returns a :class:`SyncReport`.
+
+Guarantees (each proved by the test named, in ``tests/``):
+
+- A datapoint leaves the cache only when the remote acknowledged it, or reconciliation proved
+  it delivered; never on a timer or a retry limit (``test_sync.py``, ``test_crash.py``).
+- Bounded: a pass delivers the datapoints cached when it began, one batch per stream in turn,
+  then returns; inserts that outpace the remote wait for the next pass
+  (``test_delivery.py::test_a_pass_ends_while_inserts_outpace_the_remote``).
+- Memory is bounded by ``batch_size`` and ``max_batch_bytes`` whatever the backlog (keyset
+  paging; ``test_sync.py::test_sync_memory_does_not_grow_with_the_backlog``,
+  ``test_delivery.py::test_large_values_go_in_batches_capped_by_bytes``).
+- Per stream, batches go out in insertion order; a failure in one stream does not stop the
+  others (``test_sync.py::test_one_failing_stream_does_not_stop_the_others``).
+- A rejected batch is bisected: the refused datapoints become dead letters with the remote's
+  reason, the rest is delivered in order (``test_faults.py::test_poison_is_bisected``).
+- A batch is recorded in flight in the transaction that reads it, so its rows are immutable
+  until its outcome is resolved. An ambiguous outcome (sent, no answer; or a crash) is
+  resolved by the remote's delivery kind and nothing else
+  (``test_delivery.py::test_ambiguous_outcomes_by_delivery_kind``):
+
+  ``ordered``: the remote's newest timestamp says what arrived; the rest is resent.
+  ``idempotent`` and ``at_least_once``: the whole batch is resent; nothing is inferred.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .cache import BatchRequest, Cache, Row, StreamRow, Untrusted
+from .errors import (
+    AmbiguousRemoteError,
+    AuthError,
+    ConnectorSyncError,
+    RejectedError,
+    RemoteError,
+    TransientRemoteError,
+)
+from .remotes.base import DeliveryKind, Preparable, Remote
+
+T = TypeVar("T")
+log = logging.getLogger("connectorsync.delivery")
+
+Progress = Callable[[str, int], object]
+
+
+@dataclass
+class SyncReport:
+    """What one sync pass did.
+
+    :ivar sent: datapoints delivered (and removed from the cache), per stream
+    :ivar deadlettered: datapoints moved to the dead-letter table, per stream
+    :ivar errors: the error message per stream that could not be fully synced; the key
+        ``"*"`` when the pass could not start (remote unreachable, credentials refused,
+        another process syncing)
+    :ivar exception: the first exception met (a retryable one is preferred), for
+        ``onsyncfail`` and ``syncraise``
+    """
+
+    sent: dict[str, int] = field(default_factory=dict)
+    deadlettered: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    exception: ConnectorSyncError | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when every stream was synced completely."""
+        return not self.errors
+
+    @property
+    def total_sent(self) -> int:
+        """Datapoints delivered, all streams together."""
+        return sum(self.sent.values())
+
+    @property
+    def message(self) -> str | None:
+        """The errors on one line (None after a complete pass)."""
+        if self.ok:
+            return None
+        return "; ".join(
+            text if stream == "*" else f"stream {stream!r}: {text}"
+            for stream, text in self.errors.items()
+        )
+
+    def fail(self, stream: str, exc: ConnectorSyncError) -> None:
+        """Record that ``stream`` (``"*"``: the whole pass) failed with ``exc``."""
+        self.errors[stream] = str(exc)
+        if self.exception is None or (retryable(exc) and not retryable(self.exception)):
+            self.exception = exc
+
+
+def retryable(exc: BaseException | None) -> bool:
+    """Whether a failed pass is worth trying again soon (with backoff)."""
+    return isinstance(exc, (TransientRemoteError, AmbiguousRemoteError))
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """What a pass needs besides the cache and the remote, read once when it begins.
+
+    :ivar batch_size: most datapoints per request
+    :ivar max_batch_bytes: most bytes of values per request
+    :ivar hold: datapoints to hold back until the clock is trusted (see :class:`BatchRequest`)
+    :ivar deadline: a ``time.monotonic()`` after which no new batch starts (close's drain)
+    :ivar progress: called with ``(stream, count)`` after each delivered batch
+    :ivar resolved: called with the cache connection once every stream's in-flight record is
+        resolved (device time re-times what it could not while rows were in flight)
+    """
+
+    batch_size: int
+    max_batch_bytes: int
+    hold: Untrusted | None = None
+    deadline: float | None = None
+    progress: Progress | None = None
+    resolved: Callable[[Cache], object] | None = None
+
+
+class OutOfTimeError(ConnectorSyncError):
+    """The pass's deadline passed; what is left waits in the cache."""
+
+
+def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
+    """One bounded pass over every stream; see the module docstring for its guarantees."""
+    report = SyncReport()
+    try:
+        remote.ping()
+    except ConnectorSyncError as exc:
+        report.fail("*", exc)
+        return report
+    request = BatchRequest(cache.max_id(), plan.batch_size, plan.max_batch_bytes, plan.hold)
+    turns = []
+    for row in cache.streams().values():
+        turn = _Turn(cache, remote, row, request, report, plan.progress)
+        turns.append(turn)
+        turn.guard(turn.open)
+        if isinstance(report.exception, AuthError):
+            return report  # the same credentials for every stream: no point asking again
+    if plan.resolved is not None:
+        try:
+            plan.resolved(cache)
+        except ConnectorSyncError as exc:
+            log.warning("after resolving batches in flight: %s", exc)
+    _take_turns(turns, plan.deadline, report)
+    return report
+
+
+def _take_turns(turns: list[_Turn], deadline: float | None, report: SyncReport) -> None:
+    """One batch per stream in turn until every stream is done, failed, or time is up.
+
+    While one batch is on the wire, the next turn's batch is read (and recorded in flight)
+    and the previous delivered batch is deleted, each in a thread of its own
+    (:class:`_InThread`), so the remote is rarely idle; every one of them is finished before
+    the pass returns.
+    """
+    active = [turn for turn in turns if not turn.done]
+    behind: _InThread[None] | None = None
+    index = 0
+    try:
+        while active:
+            turn = active[index % len(active)]
+            if deadline is not None and time.monotonic() > deadline:
+                for late in active:
+                    late.fail(OutOfTimeError("out of time (close); the rest waits in the cache"))
+                return
+            batch = turn.guard(turn.next_batch)
+            if batch:
+                following = active[(index + 1) % len(active)]
+                ahead = following.read_ahead()
+                behind = turn.guard(turn.deliver, batch, ahead, behind)
+            if not batch or turn.done:
+                turn.done = True
+                active.remove(turn)  # the next stream moves into this index
+            else:
+                index += 1
+            if isinstance(report.exception, AuthError):
+                for other in active:
+                    other.fail(report.exception)  # the same credentials: no point asking
+                return
+    finally:
+        if behind is not None:
+            with contextlib.suppress(ConnectorSyncError):
+                behind.result()  # the last delete (it runs here if it never started)
+        for turn in turns:
+            turn.close()
+
+
+class _Turn:
+    """One stream's part in a pass: its position, its read-ahead batch, its outcome."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        remote: Remote,
+        row: StreamRow,
+        request: BatchRequest,
+        report: SyncReport,
+        progress: Progress | None,
+    ):
+        self.cache, self.remote, self.row = cache, remote, row
+        self.request, self.report, self.progress = request, report, progress
+        self.after = 0  # the last id read: everything up to it is in flight or resolved
+        self.done = False
+        self._ahead: _InThread[list[Row]] | None = None
+        # Batches sent whose outcome is not settled yet (pushed and not yet deleted, or no
+        # answer): while any is, the in-flight mark stays for the next pass to resolve.
+        self._unsettled = 0
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------- opening
+
+    def open(self) -> None:
+        """Create the stream remotely if needed, and resolve a batch left in flight."""
+        row = self.row
+        if not row.remote_created:
+            self.remote.ensure_stream(row.name, json.loads(row.schema))
+            self.cache.set_remote_created(row.name)
+        if row.inflight:
+            self._unsettled = 1  # until resolved: a failure here keeps the mark
+            self._resolve()
+
+    def _resolve(self) -> None:
+        """The outcome of what is in flight is unknown: settle it by the delivery kind."""
+        if self.remote.delivery_kind is DeliveryKind.ORDERED:
+            newest = self.remote.reconcile(self.row.name)
+            delivered = self.cache.ack_reconciled(self.row.id, newest)
+            if delivered:
+                log.info(
+                    "stream %r: %d datapoints had arrived despite a lost answer",
+                    self.row.name,
+                    delivered,
+                )
+            self._count_sent(delivered)
+        else:
+            # An idempotent remote may have stored any part of it, an at-least-once one
+            # cannot say: send it all again. Never infer delivery from timestamps.
+            self.cache.release_inflight(self.row.id)
+        self._settled(reset=True)
+
+    # -------------------------------------------------------------- batches
+
+    def read_ahead(self) -> _InThread[list[Row]] | None:
+        """A reader of this stream's next batch, not started yet (None: one is under way).
+
+        Only ids after what this turn has read are taken, so it is valid whatever becomes of
+        the batch on the wire."""
+        if self._ahead is not None:
+            return None
+        self._ahead = _InThread(self._read, self.after)
+        return self._ahead
+
+    def _read(self, after: int) -> list[Row]:
+        """The batch after id ``after``, recorded in flight; its body made if the remote
+        can make it ahead."""
+        batch = self.cache.take_batch(self.row.id, after, self.request)
+        if batch and isinstance(self.remote, Preparable):
+            self.remote.prepare(self.row.name, batch)
+        return batch
+
+    def next_batch(self) -> list[Row]:
+        """This stream's next batch (read ahead, or read now), recorded in flight."""
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            batch = ahead.result()
+        else:
+            batch = self._read(self.after)
+        if batch:
+            self.after = batch[-1][0]
+        return batch
+
+    def deliver(
+        self, batch: list[Row], ahead: _InThread[list[Row]] | None, behind: _InThread[None] | None
+    ) -> _InThread[None] | None:
+        """Send ``batch``; bisect it if refused.
+
+        ``ahead`` (the next turn's batch) is read and ``behind`` (the last delivered batch's
+        delete) runs while this batch is on the wire; both are finished before its outcome
+        is handled. Returns the delete of this batch, not yet started, for the next turn (or
+        the end of the pass) to run.
+        """
+        for job in (behind, ahead):
+            if job is not None:
+                job.start()
+        self._unsettled += 1
+        try:
+            self.remote.push(self.row.name, batch)
+        except RejectedError as exc:
+            _finish(ahead, behind)
+            self._bisect_settled(batch, exc)
+            return None
+        except AmbiguousRemoteError:
+            _finish(ahead, behind)
+            self._resolve_after_no_answer()
+            raise
+        except ConnectorSyncError:
+            self._settled()  # an answer came: nothing of the batch was stored
+            _finish(ahead, behind)
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _finish(ahead, behind)
+            raise
+        # Stored. Should the previous delete fail now, this batch stays unsettled: its mark
+        # stays, and the next pass resolves it before sending anything of the stream.
+        _finish(ahead, behind)
+        return _InThread(self._acknowledged, batch)
+
+    def _bisect_settled(self, batch: list[Row], exc: RejectedError) -> None:
+        try:
+            self._bisect(batch, exc)
+        except AmbiguousRemoteError:
+            self._resolve_after_no_answer()
+            raise
+        except ConnectorSyncError:
+            self._settled()
+            raise
+        self._settled()
+
+    def _resolve_after_no_answer(self) -> None:
+        """Sent, no answer: find out what arrived before anything is sent again. If that
+        fails too, the mark stays and the next pass asks first."""
+        try:
+            self._resolve()
+        except ConnectorSyncError as exc:
+            log.warning(
+                "stream %r: could not settle a batch without answer: %s", self.row.name, exc
+            )
+
+    def _bisect(self, batch: list[Row], exc: RejectedError) -> None:
+        """Deliver ``batch`` in halves until the refused datapoints stand alone, then
+        dead-letter each of them with the remote's reason."""
+        if len(batch) == 1:
+            reason = exc.body or str(exc)
+            self.cache.deadletter(self.row.id, self.row.name, batch[0], reason, time.time())
+            log.warning(
+                "stream %r: datapoint at t=%r refused: %s", self.row.name, batch[0][1], reason
+            )
+            _count(self.report.deadlettered, self.row.name, 1)
+            return
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            try:
+                self.remote.push(self.row.name, half)
+            except RejectedError as refused:
+                self._bisect(half, refused)
+            else:
+                self.cache.ack(self.row.id, half[0][0], half[-1][0])
+                self._count_sent(len(half))
+
+    def _acknowledged(self, batch: list[Row]) -> None:
+        """The remote stored ``batch``: delete it from the cache, and count it sent. If the
+        delete fails, the batch stays unsettled: the next pass resolves it."""
+        self.cache.ack(self.row.id, batch[0][0], batch[-1][0])
+        self._count_sent(len(batch))
+        self._settled()
+
+    def _settled(self, *, reset: bool = False) -> None:
+        with self._lock:
+            self._unsettled = 0 if reset else max(0, self._unsettled - 1)
+
+    def _count_sent(self, count: int) -> None:
+        _count(self.report.sent, self.row.name, count)
+        if count and self.progress is not None:
+            self.progress(self.row.name, count)
+
+    # -------------------------------------------------------------- outcome
+
+    def guard(self, step: Callable[..., T], *args: Any) -> T | None:
+        """Run one step of this stream; a failure fails this stream only."""
+        try:
+            return step(*args)
+        except ConnectorSyncError as exc:
+            if type(exc) is RemoteError:
+                # Neither transient, nor the data, nor the key: perhaps the stream was
+                # deleted remotely. Check (and create) it again on the next pass.
+                with contextlib.suppress(ConnectorSyncError):
+                    self.cache.set_remote_created(self.row.name, False)
+            log.warning("sync of stream %r failed: %s", self.row.name, exc)
+            self.fail(exc)
+        except Exception as exc:
+            # A bug (ours or a remote's) must not stop the other streams, nor leave the pass
+            # unreported: the traceback goes to the log, the message to the report.
+            log.exception("sync of stream %r failed unexpectedly", self.row.name)
+            self.fail(ConnectorSyncError(f"unexpected {type(exc).__name__}: {exc}"))
+        return None
+
+    def fail(self, exc: ConnectorSyncError) -> None:
+        self.report.fail(self.row.name, exc)
+        self.done = True
+
+    def close(self) -> None:
+        """At the end of the pass: finish reading ahead, and clear the in-flight mark unless
+        a batch's outcome is still unknown (then the next pass resolves it first)."""
+        if self._ahead is not None:
+            self._ahead.wait()
+            self._ahead = None
+        if self._unsettled == 0:
+            with contextlib.suppress(ConnectorSyncError):
+                self.cache.release_inflight(self.row.id)
+
+
+def _finish(ahead: _InThread[list[Row]] | None, behind: _InThread[None] | None) -> None:
+    """Wait for the reader ahead and run (or wait for) the delete behind; raises the
+    delete's error."""
+    if ahead is not None:
+        ahead.wait()
+    if behind is not None:
+        behind.result()
+
+
+def _count(counts: dict[str, int], stream: str, n: int) -> None:
+    if n:
+        counts[stream] = counts.get(stream, 0) + n
+
+
+class _InThread(Generic[T]):
+    """``fn(*args)`` run once: in a thread of its own when :meth:`start` is called, else by
+    the first :meth:`result`, in the caller's thread. :meth:`result` returns what it returned
+    or raises what it raised, as often as it is called."""
+
+    def __init__(self, fn: Callable[..., T], *args: Any):
+        self._fn, self._args = fn, args
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._done = False
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._run, name="connectorsync-sync", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: result() runs it in the caller's thread
+            return
+        self._thread = thread
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn(*self._args)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+        self._done = True
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        elif not self._done:
+            self._run()
+
+    def result(self) -> T:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
