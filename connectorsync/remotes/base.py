@@ -25,6 +25,8 @@ overlaps waiting for the remote. :class:`Prepared` keeps such bodies for ``push`
 from __future__ import annotations
 
 import email.utils
+import html
+import json
 import re
 import threading
 import time
@@ -183,6 +185,35 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+REASON_CHARS = 120
+_TAG = re.compile(
+    r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?[A-Za-z!][^>]*>", re.IGNORECASE | re.DOTALL
+)
+
+
+def short_reason(body: str, limit: int = REASON_CHARS) -> str:
+    """A remote's answer as a short single-line reason, for error messages and ``last_error``.
+
+    The ``msg``, ``error`` or ``message`` field of a JSON object when there is one (ConnectorDB,
+    InfluxDB 1.x, 2.x); else the text with HTML tags stripped (a proxy's error page), entities
+    decoded, whitespace collapsed. Cut to ``limit`` characters (and an ellipsis). Empty for an
+    empty body. (``tests/test_remote_errors.py::test_short_reason_of_a_body``)
+    """
+    text = body
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        found = next((payload[k] for k in ("msg", "error", "message") if payload.get(k)), None)
+        if found is not None:
+            text = str(found)
+    else:
+        text = html.unescape(_TAG.sub(" ", text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _never_sent(exc: Exception) -> bool:

@@ -23,7 +23,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, Prepared, parse_retry_after, send
+from .base import Datapoint, Prepared, parse_retry_after, send, short_reason
 
 # ConnectorDB's messages for datapoints it refuses (403); any other 403 is about access.
 _REJECTION_WORDS = ("conform", "schema", "timestamp", "ordered")
@@ -164,10 +164,7 @@ class ConnectorDBRemote:
 
     def _error(self, what: str, response: requests.Response) -> RemoteError:
         status = response.status_code
-        try:
-            body = str(response.json().get("msg", response.text))
-        except ValueError:
-            body = response.text[:500]
+        body = short_reason(response.text)
         message = f"{what}: {status} {body}".strip()
         if 300 <= status < 400:
             where = response.headers.get("Location", "?")

@@ -28,7 +28,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, Prepared, parse_retry_after, send
+from .base import Datapoint, Prepared, parse_retry_after, send, short_reason
 
 #: Turns a stream name and its ``(t, value)`` pairs into the request body: a JSON-able value
 #: (sent as JSON), or ``str``/``bytes`` (sent as they are).
@@ -197,7 +197,7 @@ class HTTPRemote:
 
     def _error(self, what: str, response: requests.Response, *, is_push: bool) -> RemoteError:
         status = response.status_code
-        body = self._mask(response.text[:500].strip())
+        body = short_reason(self._mask(response.text))
         message = f"{what}: {status} {body}".strip()
         if 300 <= status < 400:
             where = self._mask(response.headers.get("Location", "?"))
