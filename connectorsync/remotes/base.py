@@ -27,10 +27,12 @@ from __future__ import annotations
 import email.utils
 import html
 import json
+import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import requests
@@ -186,6 +188,59 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     return max(0.0, when.timestamp() - time.time())
 
+
+# ----------------------------------------------------------------------------- secrets
+# urllib3 logs each request line, url path included, at DEBUG ("POST /api/v1/<token>/...").
+# A filter on its logger (records are logged to it directly) masks the secrets of every live
+# remote that registered some; nothing else about logging is touched.
+
+_URLLIB3_LOGGER = "urllib3.connectionpool"
+_secrets_lock = threading.Lock()
+_secrets: weakref.WeakKeyDictionary[object, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+class _SecretsFilter(logging.Filter):
+    """Replaces each registered secret with ``***`` in urllib3's log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with _secrets_lock:
+            # Longest first: a secret may contain another (a token and its quoted form).
+            secrets = sorted({s for group in _secrets.values() for s in group}, key=len)[::-1]
+        if not secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging reports it itself
+            return True
+        masked = message
+        for secret in secrets:
+            masked = masked.replace(secret, "***")
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_FILTER = _SecretsFilter()
+
+
+def hide_in_logs(owner: object, secrets: Iterable[str]) -> None:
+    """Keep ``secrets`` out of urllib3's log lines for as long as ``owner`` lives.
+
+    For a remote whose urls hold a secret (a ThingsBoard token). The registry holds ``owner``
+    weakly; the filter is installed once on ``urllib3.connectionpool``, and only there.
+    (``tests/test_http_remote.py::test_thingsboard_token_is_in_no_urllib3_debug_line``)
+    """
+    group = tuple(s for s in secrets if s)
+    if not group:
+        return
+    with _secrets_lock:
+        _secrets[owner] = group
+        logger = logging.getLogger(_URLLIB3_LOGGER)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+# ----------------------------------------------------------------------------- reasons
 
 REASON_CHARS = 120
 _TAG = re.compile(

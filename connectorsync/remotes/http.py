@@ -9,7 +9,8 @@ if duplicates matter. (``tests/test_http_remote.py::test_lost_answer_means_at_le
 Every call carries a timeout and verifies TLS (``verify=`` takes a CA bundle path).
 Redirects are not followed: a POST redirected with 301/302 would become a GET and a
 "success" that stored nothing. Header values are never shown, and every string in
-``secrets`` (a token inside the url, say) is masked as ``***`` in the repr and in messages.
+``secrets`` (a token inside the url, say) is masked as ``***`` in the repr, in messages and
+in urllib3's DEBUG log lines (:func:`.base.hide_in_logs`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, Prepared, parse_retry_after, send, short_reason
+from .base import Datapoint, Prepared, hide_in_logs, parse_retry_after, send, short_reason
 
 #: Turns a stream name and its ``(t, value)`` pairs into the request body: a JSON-able value
 #: (sent as JSON), or ``str``/``bytes`` (sent as they are).
@@ -92,6 +93,7 @@ class HTTPRemote:
             )
         self.url = url
         self.ping_url = ping_url
+        hide_in_logs(self, self._secrets)
         self.timeout = float(timeout)
         self._encode = encode
         self._session = requests.Session()
