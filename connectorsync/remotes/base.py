@@ -222,6 +222,16 @@ class _SecretsFilter(logging.Filter):
 
 _FILTER = _SecretsFilter()
 
+# scheme://user:password@ -> scheme://user:***@ (a password may hold anything but "@" and "/").
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*):[^@/\s'\"]*@")
+
+
+def hide_password(text: str) -> str:
+    """``text`` with the password of every url in it replaced by ``***``, the user kept:
+    ``http://user:***@host``. For reprs, messages and command line output; a url stays usable
+    only where it is kept, never where it is shown."""
+    return _USERINFO.sub(r"\1:***@", text)
+
 
 def hide_in_logs(owner: object, secrets: Iterable[str]) -> None:
     """Keep ``secrets`` out of urllib3's log lines for as long as ``owner`` lives.

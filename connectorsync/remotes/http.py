@@ -29,7 +29,15 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, Prepared, hide_in_logs, parse_retry_after, send, short_reason
+from .base import (
+    Datapoint,
+    Prepared,
+    hide_in_logs,
+    hide_password,
+    parse_retry_after,
+    send,
+    short_reason,
+)
 
 #: Turns a stream name and its ``(t, value)`` pairs into the request body: a JSON-able value
 #: (sent as JSON), or ``str``/``bytes`` (sent as they are).
@@ -222,7 +230,7 @@ class HTTPRemote:
     def _mask(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return text
+        return hide_password(text)
 
 
 def thingsboard(url: str, token: str, **kwargs: Any) -> HTTPRemote:

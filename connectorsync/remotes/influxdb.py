@@ -61,7 +61,14 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, Prepared, parse_retry_after, send, short_reason
+from .base import (
+    Datapoint,
+    Prepared,
+    hide_password,
+    parse_retry_after,
+    send,
+    short_reason,
+)
 
 #: A batch whose body is larger is refused before sending (RejectedError), so the syncer
 #: halves it. influxd refuses bodies over its ``max-body-size`` (25 MB by default).
@@ -198,8 +205,9 @@ class InfluxDBRemote:
 
     def __repr__(self) -> str:
         if self.database is not None:
-            return f"InfluxDBRemote({self.url!r}, database={self.database!r})"
-        return f"InfluxDBRemote({self.url!r}, org={self.org!r}, bucket={self.bucket!r})"
+            return f"InfluxDBRemote({hide_password(self.url)!r}, database={self.database!r})"
+        url = hide_password(self.url)
+        return f"InfluxDBRemote({url!r}, org={self.org!r}, bucket={self.bucket!r})"
 
     @property
     def target(self) -> str:
