@@ -272,6 +272,19 @@ def _import_connectordb(conn: apsw.Connection) -> None:
     log.info("migrated a connectordb cache: %d datapoints, %d dead letters", moved, lost)
 
 
+def _owner_only(path: str) -> None:
+    """Make a migrated connectordb cache (and its journal files) readable by its owner only:
+    it holds the apikey, and connectordb left it as the umask made it (often 0644).
+    (``test_migration.py::test_migrated_connectordb_cache_is_owner_only``)"""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        try:
+            os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # not ours to change: say so, the file still works
+            log.warning("cache %s holds the apikey but cannot be made owner-only: %s", path, exc)
+
+
 # --------------------------------------------------------------------------- statements
 
 _INSERT = "INSERT INTO datapoints (stream, t, d, boot, mono) VALUES (?, ?, ?, ?, ?)"
@@ -415,6 +428,51 @@ class Cache:
         raise CacheError(f"cannot open cache file {path!r}: it keeps being replaced")
 
     @classmethod
+    def open_readonly(cls, path: str) -> Cache:
+        """Open an existing, current cache to look only: the file is never written (no
+        migration, no setting), whoever else uses it meanwhile (``test_cli.py``).
+
+        :raises ConfigurationError: not a current connectorsync cache: an older schema or a
+            connectordb 0.3.5 cache (the message says how to migrate it), or not a cache
+        :raises CacheError: the file cannot be opened
+        """
+        path = os.fspath(path)
+        with _wrapped(f"open cache file {path!r}"):
+            conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        cache = cls(conn, path)
+        try:
+            with _wrapped(f"open cache file {path!r}"):
+                conn.setbusytimeout(BUSY_TIMEOUT_MS)
+                version = cache._pragma("user_version")
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            migrate = "open it with connectorsync.Logger to migrate it (stop the old program first)"
+            if version == 0 and tables >= _CONNECTORDB_TABLES:
+                raise ConfigurationError(
+                    f"{path!r} is a connectordb 0.3.5 cache, not migrated yet: {migrate}"
+                )
+            if 0 < version < SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"{path!r} has schema version {version}, older than this connectorsync's "
+                    f"({SCHEMA_VERSION}): {migrate}"
+                )
+            if version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"cache file {path!r} has schema version {version}, newer than this "
+                    f"connectorsync ({SCHEMA_VERSION}): upgrade connectorsync"
+                )
+            if version == 0:
+                raise ConfigurationError(f"{path!r} is not a connectorsync cache")
+        except BaseException:
+            cache.close()
+            raise
+        return cache
+
+    def find_boot(self, boot_id: str) -> int | None:
+        """The key of ``boot_id`` (see :meth:`boot_key`) if recorded, else None; writes nothing."""
+        rows = self._read("SELECT id FROM boots WHERE boot_id = ?", (boot_id,))
+        return rows[0][0] if rows else None
+
+    @classmethod
     def connect(cls, path: str, durability: str = "full") -> Cache:
         """A further connection to an existing, current cache file (for another thread)."""
         with _wrapped(f"open cache file {path!r}"):
@@ -467,6 +525,7 @@ class Cache:
         if version == 0:
             if tables >= _CONNECTORDB_TABLES:
                 _import_connectordb(conn)  # leaves a v1 schema; later steps follow below
+                _owner_only(self.path)
                 version = 1
             elif tables:
                 raise ConfigurationError(

@@ -3,8 +3,11 @@
 For the person operating a device: what waits in a cache, what failed and why, and the means
 to act on it. Subcommands mirror Logger methods (``status``, ``sync``, ``export``,
 ``deadletters``). Exit codes: 0 done; 1 the work failed (a sync error, say); 2 bad usage, or a
-cache file that is missing or not a connectorsync cache. The library installs no signal
-handlers; the commands that run until stopped handle SIGTERM/SIGINT themselves.
+cache file that is missing or not a connectorsync cache. The commands that only look
+(``status``, ``export``, ``deadletters list``) open the cache read-only: they never write to it
+nor migrate it (an older one exits 2, saying how to migrate). No output shows a password in a
+url. The library installs no signal handlers; the commands that run until stopped handle
+SIGTERM/SIGINT themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import csv
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 import sys
@@ -23,6 +27,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from .errors import ConnectorSyncError
+from .remotes.base import hide_password
 
 
 class UsageError(Exception):
@@ -47,6 +52,80 @@ def open_cache(path: str) -> Iterator[Any]:
         yield logger
     finally:
         logger.close(timeout=0)
+
+
+@contextmanager
+def look_into(path: str) -> Iterator[Any]:
+    """A read-only :class:`~connectorsync.cache.Cache` on an existing, current cache file, for
+    the commands that only look: they never write to the file nor migrate it (an older or a
+    connectordb 0.3.5 cache is refused, with how to migrate it), even while a program uses it.
+    """
+    from .cache import Cache
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such cache file")
+    try:
+        cache = Cache.open_readonly(path)
+    except ConnectorSyncError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    try:
+        yield cache
+    finally:
+        cache.close()
+
+
+def read_status(cache: Any) -> Any:
+    """``Logger.status()`` of a cache opened with :func:`look_into`, as another process sees it:
+    read only, nothing recorded (not even this boot)."""
+    from .clock import Anchor, Clock
+    from .logger import Status
+    from .syncer import SyncLock
+
+    settings = cache.settings()
+    clock = Clock(
+        Anchor.from_json(settings.get("clock.anchor")),
+        ntp=settings.get("option.ntp_server") is not None,
+    )
+    untrusted = 0
+    if not clock.trusted and (boot := cache.find_boot(clock.boot_id)) is not None:
+        untrusted = cache.untrusted_count(boot)
+    counters = cache.statistics()
+    last_error, next_attempt, paused, elsewhere = None, None, False, None
+    if syncer_holds(SyncLock(cache.path).path):
+        state = settings.get("sync.state") or {}
+        elsewhere = f"pid {state.get('pid')} on {state.get('host')}"
+        last_error = state.get("paused") or state.get("last_error")
+        next_attempt, paused = state.get("next_attempt"), bool(state.get("paused"))
+    anchor = clock.anchor
+    return Status(
+        streams=cache.stream_stats(),
+        last_sync=settings.get("lastsynctime", 0) or None,
+        last_error=last_error,
+        next_attempt=next_attempt,
+        paused=paused,
+        dropped=counters["dropped"],
+        expired=counters["expired"],
+        clock_offset=None if anchor is None else anchor.offset,
+        clock_measured=None if anchor is None else anchor.true_time,
+        untrusted=untrusted,
+        syncer=elsewhere,
+        remote=settings.get("remote"),
+    )
+
+
+def syncer_holds(lock_path: str) -> bool:
+    """True when a syncer (any process) holds the sync lock file now; creates nothing."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the shared lock at once
+    return False
 
 
 def when(t: float | None, now: float | None = None) -> str:
@@ -84,8 +163,11 @@ def table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    with open_cache(args.cache) as logger:
-        status = logger.status()
+    with look_into(args.cache) as cache:
+        status = read_status(cache)
+    # Recorded by the program that logs; an older version recorded passwords in urls too.
+    remote = None if status.remote is None else hide_password(status.remote)
+    last_error = None if status.last_error is None else hide_password(status.last_error)
     now = time.time()
     if args.json:
         data = {
@@ -101,11 +183,11 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                 for name, s in status.streams.items()
             },
             "last_sync": status.last_sync,
-            "last_error": status.last_error,
+            "last_error": last_error,
             "next_attempt": status.next_attempt,
             "paused": status.paused,
             "syncer": status.syncer,
-            "remote": status.remote,
+            "remote": remote,
             "dropped": status.dropped,
             "expired": status.expired,
             "clock_offset": status.clock_offset,
@@ -123,9 +205,9 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             rows.append([name, f"{s.cached:,}", oldest, f"{s.deadletters:,}"])
         table(rows, out)
         out.write("\n")
-    out.write(f"remote:        {status.remote or '-'}\n")
+    out.write(f"remote:        {remote or '-'}\n")
     out.write(f"last sync:     {when(status.last_sync, now)}\n")
-    out.write(f"last error:    {status.last_error or '-'}\n")
+    out.write(f"last error:    {last_error or '-'}\n")
     out.write(f"next attempt:  {when(status.next_attempt, now)}\n")
     syncer = status.syncer or "none running"
     out.write(f"syncer:        {syncer}{' (paused)' if status.paused else ''}\n")
@@ -139,6 +221,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
     with open_cache(args.cache) as logger:
         recorded, ours = logger.status().remote, repr(logger.remote)
+        recorded = None if recorded is None else hide_password(recorded)
         if recorded is not None and recorded != ours:
             # Sending elsewhere than the program that logs would split the data in two.
             raise UsageError(
@@ -158,7 +241,7 @@ def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
     )
     for stream, message in sorted(report.errors.items()):
         where = "" if stream == "*" else f"{stream}: "
-        out.write(f"error: {where}{message}\n")
+        out.write(f"error: {where}{hide_password(message)}\n")
     return 0 if report.ok else 1
 
 
@@ -191,18 +274,32 @@ class Progress:
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    with open_cache(args.cache) as logger:
-        if args.stream is not None and args.stream not in logger:
+    with look_into(args.cache) as cache:
+        streams = cache.streams()
+        if args.stream is not None and args.stream not in streams:
             raise UsageError(f"{args.cache}: no stream {args.stream!r}")
+        names = [args.stream] if args.stream is not None else sorted(streams)
+        points = cached_points(cache, [(name, streams[name].id) for name in names])
         target = open(args.output, "w", newline="") if args.output else out  # noqa: SIM115
         try:
-            count = write_points(logger.export(args.stream), args.format, target)
+            count = write_points(points, args.format, target)
         finally:
             if args.output:
                 target.close()
     if args.output:
         print(f"exported {count:,} datapoints to {args.output}", file=sys.stderr)
     return 0
+
+
+def cached_points(cache: Any, streams: list[tuple[str, int]]) -> Iterator[dict[str, Any]]:
+    """``Logger.export()`` from a cache opened with :func:`look_into`: stream by stream,
+    oldest first, read in pages."""
+    for name, stream_id in streams:
+        after = 0
+        while rows := cache.batch(stream_id, after, 1000):
+            for _, t, data in rows:
+                yield {"stream": name, "t": t, "d": json.loads(data)}
+            after = rows[-1][0]
 
 
 def write_points(points: Iterator[dict[str, Any]], fmt: str, out: TextIO) -> int:
@@ -221,33 +318,39 @@ def write_points(points: Iterator[dict[str, Any]], fmt: str, out: TextIO) -> int
 
 
 def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
-    with open_cache(args.cache) as logger:
-        if args.action == "list":
-            letters = logger.deadletters(args.stream)
-            if args.json:
-                out.write(json.dumps([dataclasses.asdict(d) for d in letters], indent=2) + "\n")
-                return 0
-            if not letters:
-                out.write("no dead letters\n")
-                return 0
-            rows = [["id", "stream", "time", "attempts", "value", "reason"]]
-            for d in letters:
-                value = json.dumps(d.d, ensure_ascii=False)
-                rows.append(
-                    [
-                        str(d.id),
-                        d.stream,
-                        when(d.t).split(" (")[0],
-                        str(d.attempts),
-                        value if len(value) <= 30 else value[:27] + "...",
-                        d.reason,
-                    ]
-                )
-            table(rows, out)
+    if args.action == "list":
+        from .logger import DeadLetter
+
+        with look_into(args.cache) as cache:
+            letters = [
+                DeadLetter(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6])
+                for r in cache.deadletters(args.stream)
+            ]
+        if args.json:
+            out.write(json.dumps([dataclasses.asdict(d) for d in letters], indent=2) + "\n")
             return 0
-        ids = args.ids or None
-        if ids is None and not args.all:
-            raise UsageError(f"deadletters {args.action}: give ids, or --all")
+        if not letters:
+            out.write("no dead letters\n")
+            return 0
+        rows = [["id", "stream", "time", "attempts", "value", "reason"]]
+        for d in letters:
+            value = json.dumps(d.d, ensure_ascii=False)
+            rows.append(
+                [
+                    str(d.id),
+                    d.stream,
+                    when(d.t).split(" (")[0],
+                    str(d.attempts),
+                    value if len(value) <= 30 else value[:27] + "...",
+                    d.reason,
+                ]
+            )
+        table(rows, out)
+        return 0
+    ids = args.ids or None
+    if ids is None and not args.all:
+        raise UsageError(f"deadletters {args.action}: give ids, or --all")
+    with open_cache(args.cache) as logger:
         if args.action == "retry":
             count = logger.retry_deadletters(ids)
             out.write(f"queued {count:,} dead letters to be sent again\n")
@@ -353,8 +456,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     try:
         return int(args.run(args, out))
     except UsageError as exc:
-        print(f"connectorsync {args.command}: {exc}", file=sys.stderr)
+        print(f"connectorsync {args.command}: {hide_password(str(exc))}", file=sys.stderr)
         return 2
     except ConnectorSyncError as exc:
-        print(f"connectorsync {args.command}: {exc}", file=sys.stderr)
+        print(f"connectorsync {args.command}: {hide_password(str(exc))}", file=sys.stderr)
         return 1

@@ -226,3 +226,78 @@ def test_demo_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "The server holds 8 datapoints" in result.stdout
+
+
+def test_a_password_in_the_serverurl_is_never_shown(
+    cache: str, server: ConnectorDBServer, capsys
+) -> None:
+    secret_url = server.url.replace("http://", "http://alice:S3CRET-PW@")
+    with Logger(cache) as lg:
+        lg.serverurl = secret_url
+        assert lg.sync().ok  # the remote still gets the url as it is
+        assert lg.serverurl == secret_url
+        assert repr(lg.remote) == f"ConnectorDBRemote({secret_url.replace('S3CRET-PW', '***')!r})"
+        assert "S3CRET-PW" not in str(lg.status().remote)
+    for argv in (["status", cache], ["status", cache, "--json"], ["sync", cache]):
+        code, out = run(*argv)
+        assert code == 0 and "S3CRET-PW" not in out + capsys.readouterr().err
+    assert "alice:***@127.0.0.1" in run("status", cache)[1]
+    # A remote recorded as it was before (by an older version) is shown masked too.
+    import apsw
+
+    conn = apsw.Connection(cache)
+    recorded = json.dumps(f"ConnectorDBRemote({secret_url!r})")
+    conn.execute("UPDATE settings SET value = ? WHERE key = 'remote'", (recorded,))
+    conn.close()
+    code, out = run("status", cache)
+    assert code == 0 and "S3CRET-PW" not in out and "alice:***@" in out
+    code, out = run("sync", cache)
+    assert code == 0 and "S3CRET-PW" not in out + capsys.readouterr().err
+
+
+def snapshot(path: str) -> tuple[bytes, int]:
+    import os
+
+    with open(path, "rb") as f:
+        return f.read(), os.stat(path).st_mtime_ns
+
+
+def test_commands_that_only_look_write_nothing(cache: str, capsys) -> None:
+    import os
+
+    with Logger(cache) as lg:  # a status of a clock not yet trusted used to record the boot
+        lg.ntp_server = "127.0.0.1:9"
+    os.utime(cache, ns=(1_000_000_000, 1_000_000_000))  # any write would move it
+    before = snapshot(cache)
+    assert run("status", cache)[0] == 0
+    assert run("status", cache, "--json")[0] == 0
+    assert run("export", cache)[0] == 0
+    assert run("export", cache, "--stream", "humidity", "--format", "csv")[0] == 0
+    assert run("deadletters", cache, "list")[0] == 0
+    assert snapshot(cache) == before
+    for suffix in ("-wal", "-journal"):
+        assert not os.path.exists(cache + suffix) or os.path.getsize(cache + suffix) == 0
+
+
+def test_status_of_an_older_schema_says_how_to_migrate_and_changes_nothing(
+    tmp_path, capsys
+) -> None:
+    import apsw
+
+    from connectorsync.cache import MIGRATIONS
+
+    path = str(tmp_path / "old.db")
+    conn = apsw.Connection(path)
+    MIGRATIONS[0][1](conn)  # a v1 cache, as an older connectorsync left it
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    before = snapshot(path)
+    for argv in (["status", path], ["export", path], ["deadletters", path, "list"]):
+        code, out = run(*argv)
+        err = capsys.readouterr().err
+        assert code == 2 and out == ""
+        assert "schema version 1" in err and "connectorsync.Logger" in err
+    assert snapshot(path) == before
+    conn = apsw.Connection(path)
+    assert list(conn.execute("PRAGMA user_version")) == [(1,)]
+    conn.close()

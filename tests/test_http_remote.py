@@ -7,6 +7,7 @@ to a real loopback HTTPReceiver.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -403,3 +404,27 @@ def test_ping_status_mapping(status: int, expected: type) -> None:
         assert type(info.value) is expected
     finally:
         r.close()
+
+
+def test_thingsboard_token_is_in_no_urllib3_debug_line(
+    receiver: HTTPReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+    remote = thingsboard(receiver.url, TOKEN, timeout=5)
+    try:
+        remote.ping()
+        remote.push("temperature", [(1, T0, "21.5")])
+    finally:
+        remote.close()
+    assert receiver.telemetry(TOKEN) == [{"ts": T0 * 1000, "values": {"temperature": 21.5}}]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+    assert any("/api/v1/***/telemetry" in line for line in lines), lines
+    assert not any(TOKEN in line for line in lines), lines
+    assert TOKEN not in caplog.text
+    # Only the token is hidden: another remote's lines stay as they are.
+    other = HTTPRemote(receiver.url + "/ingest/{stream}", timeout=5)
+    try:
+        other.push("plain", [(1, T0, "1")])
+    finally:
+        other.close()
+    assert any("/ingest/plain" in r.getMessage() for r in caplog.records)

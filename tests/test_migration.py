@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
+import os
+import stat
 
 import apsw
 import connectordb
@@ -129,3 +132,41 @@ def test_migrated_cache_uses_wal(cache_path: str, durability: str) -> None:
     make_connectordb_cache(cache_path, "k", "http://127.0.0.1:9")
     with Logger(cache_path, durability=durability) as lg:
         assert list(lg._cache._conn.execute("PRAGMA journal_mode")) == [("wal",)]
+
+
+def test_migrated_connectordb_cache_is_owner_only(
+    cache_path: str, server: ConnectorDBServer
+) -> None:
+    make_connectordb_cache(cache_path, server.apikey, server.url)
+    os.chmod(cache_path, 0o644)  # connectordb left it readable by all, apikey and all
+    with Logger(cache_path) as lg:
+        lg.insert("temperature", 30.0)  # WAL files exist now
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(cache_path + suffix):
+                assert stat.S_IMODE(os.stat(cache_path + suffix).st_mode) == 0o600, suffix
+    assert stat.S_IMODE(os.stat(cache_path).st_mode) == 0o600
+
+
+def test_status_leaves_a_connectordb_cache_alone_while_its_program_runs(
+    cache_path: str, server: ConnectorDBServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from connectorsync.cli import main
+
+    rows = make_connectordb_cache(cache_path, server.apikey, server.url)
+    old = connectordb.logger.Logger(cache_path)  # the 0.3.5 program, still running
+    try:
+        with open(cache_path, "rb") as f:
+            before = f.read(), os.stat(cache_path).st_mtime_ns
+        for argv in (["status", cache_path], ["export", cache_path]):
+            out = io.StringIO()
+            assert main(argv, out=out) != 0
+            err = capsys.readouterr().err
+            assert "connectordb 0.3.5" in err and "connectorsync.Logger" in err
+            assert "stop the old program first" in err
+            assert server.apikey not in out.getvalue() + err
+        with open(cache_path, "rb") as f:
+            assert (f.read(), os.stat(cache_path).st_mtime_ns) == before
+        old.insert("temperature", 99.5)  # it still works on its file
+        assert len(old) == len(rows) + 1
+    finally:
+        old.database.close()

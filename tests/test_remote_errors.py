@@ -6,6 +6,8 @@ talks to a real loopback server.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import requests
 import responses
@@ -14,10 +16,15 @@ from connectorsync import (
     AmbiguousRemoteError,
     AuthError,
     ConnectorDBRemote,
+    InfluxDBRemote,
+    Logger,
     RejectedError,
     RemoteError,
     TransientRemoteError,
 )
+from connectorsync.remotes.base import short_reason
+from connectorsync.remotes.http import HTTPRemote
+from connectorsync.testing.receiver import HTTPReceiver
 
 URL = "http://connectordb.test"
 DATA = f"{URL}/api/v1/crud/u/d/s/data"
@@ -190,3 +197,85 @@ def test_https_is_assumed_and_verify_is_on() -> None:
     remote = ConnectorDBRemote("https://c.test", "k", verify="/etc/ssl/private-ca.pem")
     assert remote._session.verify == "/etc/ssl/private-ca.pem"
     remote.close()
+
+
+# ----------------------------------------------------------------------------- short reasons
+# A proxy in front of a remote answers with an HTML page (issue 9, defect 16): the error
+# keeps the status and a short single-line reason, not the page.
+
+PROXY_PAGE = (
+    b"<!DOCTYPE html>\n<html>\n<head><title>501 Not Implemented</title>\n"
+    b"<style>body { font-family: sans-serif; margin: 4em; }</style></head>\n<body>\n"
+    b"<h1>Not Implemented</h1>\n<p>The proxy server could not handle the request\n"
+    b"<em>POST&nbsp;/write</em>.</p>\n<p>Reason: the method is not implemented here.</p>\n"
+    + b"<hr>\n<address>Apache/2.4.57 (Debian) Server at proxy.example Port 80</address>\n" * 4
+    + b"</body></html>\n"
+)
+
+
+def assert_short_reason(message: str, status: int = 501) -> None:
+    assert "\n" not in message, message
+    assert str(status) in message, message
+    assert "<" not in message and "font-family" not in message, message
+    assert len(message) < 200, message
+
+
+@pytest.fixture
+def proxy() -> Iterator[HTTPReceiver]:
+    """A real loopback server answering every path we use with a proxy's HTML 501 page."""
+    rcv = HTTPReceiver().start()
+    for path in ("/api/v1/", "/ping", "/write", "/ingest/s"):
+        rcv.respond(path, 501, PROXY_PAGE, "text/html")
+    try:
+        yield rcv
+    finally:
+        rcv.stop()
+
+
+def test_html_error_page_becomes_a_short_reason_for_every_remote(proxy: HTTPReceiver) -> None:
+    remotes = [
+        (ConnectorDBRemote(proxy.url, "k", timeout=5), lambda r: r.ping()),
+        (InfluxDBRemote(proxy.url, "db", timeout=5), lambda r: r.push("s", BATCH)),
+        (HTTPRemote(proxy.url + "/ingest/{stream}", timeout=5), lambda r: r.push("s", BATCH)),
+    ]
+    for remote, call in remotes:
+        with pytest.raises(RemoteError) as caught:  # transient, but for ConnectorDB's 501
+            call(remote)
+        remote.close()
+        assert_short_reason(str(caught.value))
+        assert caught.value.status == 501
+        assert "Not Implemented" in str(caught.value)
+        assert len(caught.value.body) <= 130 and "\n" not in caught.value.body
+
+
+def test_html_error_page_in_status_and_sync_report(
+    proxy: HTTPReceiver, cache_path: str, fast_backoff: None
+) -> None:
+    remote = HTTPRemote(proxy.url + "/ingest/{stream}", timeout=5)
+    with Logger(cache_path, remote=remote) as lg:
+        lg.addStream("s", {"type": "number"})
+        lg.insert("s", 1.5)
+        report = lg.sync()
+        assert not report.ok
+        assert_short_reason(report.errors["s"])
+        last_error = lg.status().last_error
+        assert last_error is not None
+        assert_short_reason(last_error)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"code": 400, "msg": "Bad\\n  datapoint", "ref": "1"}', "Bad datapoint"),
+        ('{"error": "partial write: field type conflict"}', "partial write: field type"),
+        ('{"message": "bucket not found"}', "bucket not found"),
+        ("plain   text\r\nover lines", "plain text over lines"),
+        ("<p>a &amp; b</p>", "a & b"),
+        ("x" * 5000, "x" * 100),
+        ("", ""),
+    ],
+)
+def test_short_reason_of_a_body(body: str, expected: str) -> None:
+    reason = short_reason(body)
+    assert expected in reason
+    assert "\n" not in reason and len(reason) <= 121

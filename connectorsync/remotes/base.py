@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import html
+import json
+import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import requests
@@ -216,6 +220,98 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+# ----------------------------------------------------------------------------- secrets
+# urllib3 logs each request line, url path included, at DEBUG ("POST /api/v1/<token>/...").
+# A filter on its logger (records are logged to it directly) masks the secrets of every live
+# remote that registered some; nothing else about logging is touched.
+
+_URLLIB3_LOGGER = "urllib3.connectionpool"
+_secrets_lock = threading.Lock()
+_secrets: weakref.WeakKeyDictionary[object, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+class _SecretsFilter(logging.Filter):
+    """Replaces each registered secret with ``***`` in urllib3's log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with _secrets_lock:
+            # Longest first: a secret may contain another (a token and its quoted form).
+            secrets = sorted({s for group in _secrets.values() for s in group}, key=len)[::-1]
+        if not secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging reports it itself
+            return True
+        masked = message
+        for secret in secrets:
+            masked = masked.replace(secret, "***")
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_FILTER = _SecretsFilter()
+
+# scheme://user:password@ -> scheme://user:***@ (a password may hold anything but "@" and "/").
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*):[^@/\s'\"]*@")
+
+
+def hide_password(text: str) -> str:
+    """``text`` with the password of every url in it replaced by ``***``, the user kept:
+    ``http://user:***@host``. For reprs, messages and command line output; a url stays usable
+    only where it is kept, never where it is shown."""
+    return _USERINFO.sub(r"\1:***@", text)
+
+
+def hide_in_logs(owner: object, secrets: Iterable[str]) -> None:
+    """Keep ``secrets`` out of urllib3's log lines for as long as ``owner`` lives.
+
+    For a remote whose urls hold a secret (a ThingsBoard token). The registry holds ``owner``
+    weakly; the filter is installed once on ``urllib3.connectionpool``, and only there.
+    (``tests/test_http_remote.py::test_thingsboard_token_is_in_no_urllib3_debug_line``)
+    """
+    group = tuple(s for s in secrets if s)
+    if not group:
+        return
+    with _secrets_lock:
+        _secrets[owner] = group
+        logger = logging.getLogger(_URLLIB3_LOGGER)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+# ----------------------------------------------------------------------------- reasons
+
+REASON_CHARS = 120
+_TAG = re.compile(
+    r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?[A-Za-z!][^>]*>", re.IGNORECASE | re.DOTALL
+)
+
+
+def short_reason(body: str, limit: int = REASON_CHARS) -> str:
+    """A remote's answer as a short single-line reason, for error messages and ``last_error``.
+
+    The ``msg``, ``error`` or ``message`` field of a JSON object when there is one (ConnectorDB,
+    InfluxDB 1.x, 2.x); else the text with HTML tags stripped (a proxy's error page), entities
+    decoded, whitespace collapsed. Cut to ``limit`` characters (and an ellipsis). Empty for an
+    empty body. (``tests/test_remote_errors.py::test_short_reason_of_a_body``)
+    """
+    text = body
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        found = next((payload[k] for k in ("msg", "error", "message") if payload.get(k)), None)
+        if found is not None:
+            text = str(found)
+    else:
+        text = html.unescape(_TAG.sub(" ", text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _never_sent(exc: Exception) -> bool:

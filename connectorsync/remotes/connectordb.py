@@ -23,7 +23,15 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, DeliveryKind, Prepared, parse_retry_after, send
+from .base import (
+    Datapoint,
+    DeliveryKind,
+    Prepared,
+    hide_password,
+    parse_retry_after,
+    send,
+    short_reason,
+)
 
 # ConnectorDB's messages for datapoints it refuses (403); any other 403 is about access.
 _REJECTION_WORDS = ("conform", "schema", "timestamp", "ordered")
@@ -68,7 +76,7 @@ class ConnectorDBRemote:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"ConnectorDBRemote({self.serverurl!r})"
+        return f"ConnectorDBRemote({hide_password(self.serverurl)!r})"
 
     # ----------------------------------------------------------------------- the contract
 
@@ -155,6 +163,7 @@ class ConnectorDBRemote:
             what=what,
             timeout=self.timeout,
             write=sent_matters,
+            mask=hide_password,
             # A POST redirected with 301/302 would come back a GET, and its 200 would look
             # like an acknowledgement of data that was never stored.
             allow_redirects=False,
@@ -166,13 +175,10 @@ class ConnectorDBRemote:
 
     def _error(self, what: str, response: requests.Response) -> RemoteError:
         status = response.status_code
-        try:
-            body = str(response.json().get("msg", response.text))
-        except ValueError:
-            body = response.text[:500]
+        body = short_reason(response.text)
         message = f"{what}: {status} {body}".strip()
         if 300 <= status < 400:
-            where = response.headers.get("Location", "?")
+            where = hide_password(response.headers.get("Location", "?"))
             return RemoteError(
                 f"{message} (redirected to {where}: set serverurl to where it points)",
                 status=status,

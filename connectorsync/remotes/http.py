@@ -9,7 +9,8 @@ if duplicates matter. (``tests/test_http_remote.py::test_lost_answer_means_at_le
 Every call carries a timeout and verifies TLS (``verify=`` takes a CA bundle path).
 Redirects are not followed: a POST redirected with 301/302 would become a GET and a
 "success" that stored nothing. Header values are never shown, and every string in
-``secrets`` (a token inside the url, say) is masked as ``***`` in the repr and in messages.
+``secrets`` (a token inside the url, say) is masked as ``***`` in the repr, in messages and
+in urllib3's DEBUG log lines (:func:`.base.hide_in_logs`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, DeliveryKind, Prepared, parse_retry_after, send
+from .base import (
+    Datapoint,
+    DeliveryKind,
+    Prepared,
+    hide_in_logs,
+    hide_password,
+    parse_retry_after,
+    send,
+    short_reason,
+)
 
 #: Turns a stream name and its ``(t, value)`` pairs into the request body: a JSON-able value
 #: (sent as JSON), or ``str``/``bytes`` (sent as they are).
@@ -94,6 +104,7 @@ class HTTPRemote:
             )
         self.url = url
         self.ping_url = ping_url
+        hide_in_logs(self, self._secrets)
         self.timeout = float(timeout)
         self._encode = encode
         self._session = requests.Session()
@@ -199,7 +210,7 @@ class HTTPRemote:
 
     def _error(self, what: str, response: requests.Response, *, is_push: bool) -> RemoteError:
         status = response.status_code
-        body = self._mask(response.text[:500].strip())
+        body = short_reason(self._mask(response.text))
         message = f"{what}: {status} {body}".strip()
         if 300 <= status < 400:
             where = self._mask(response.headers.get("Location", "?"))
@@ -222,7 +233,7 @@ class HTTPRemote:
     def _mask(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return text
+        return hide_password(text)
 
 
 def thingsboard(url: str, token: str, **kwargs: Any) -> HTTPRemote:

@@ -61,7 +61,15 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint, DeliveryKind, Prepared, parse_retry_after, send
+from .base import (
+    Datapoint,
+    DeliveryKind,
+    Prepared,
+    hide_password,
+    parse_retry_after,
+    send,
+    short_reason,
+)
 
 #: A batch whose body is larger is refused before sending (RejectedError), so the syncer
 #: halves it. influxd refuses bodies over its ``max-body-size`` (25 MB by default).
@@ -200,8 +208,9 @@ class InfluxDBRemote:
 
     def __repr__(self) -> str:
         if self.database is not None:
-            return f"InfluxDBRemote({self.url!r}, database={self.database!r})"
-        return f"InfluxDBRemote({self.url!r}, org={self.org!r}, bucket={self.bucket!r})"
+            return f"InfluxDBRemote({hide_password(self.url)!r}, database={self.database!r})"
+        url = hide_password(self.url)
+        return f"InfluxDBRemote({url!r}, org={self.org!r}, bucket={self.bucket!r})"
 
     @property
     def target(self) -> str:
@@ -454,7 +463,7 @@ class InfluxDBRemote:
 
     def _error(self, what: str, response: requests.Response, *, write: bool) -> RemoteError:
         status = response.status_code
-        body = _message(response)
+        body = short_reason(response.text)  # InfluxDB's {"error"} (1.x), {"message"} (2.x)
         message = f"{what}: {status} {body}".strip()
         if status in (408, 429) or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -657,19 +666,3 @@ def rfc3339_ns(text: str) -> int:
         sign = 1 if zone[0] == "+" else -1
         seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
     return seconds * 1_000_000_000 + int((found.group(7) or "").ljust(9, "0"))
-
-
-# ----------------------------------------------------------------------------- HTTP
-
-
-def _message(response: requests.Response) -> str:
-    """InfluxDB's error message: ``{"error": ...}`` (1.x) or ``{"message": ...}`` (2.x)."""
-    try:
-        payload = response.json()
-    except ValueError:
-        return response.text[:500].strip()
-    if isinstance(payload, dict):
-        for key in ("error", "message"):
-            if payload.get(key):
-                return str(payload[key])[:500]
-    return response.text[:500].strip()
