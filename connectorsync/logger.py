@@ -900,7 +900,13 @@ def _check_timestamp(stream: str, timestamp: Any) -> float:
             f"stream {stream!r} expects a timestamp in seconds since the epoch; "
             f"got {timestamp!r} ({type(timestamp).__name__})"
         )
-    t = float(timestamp)
+    try:
+        t = float(timestamp)
+    except OverflowError:  # an int beyond any float: far too large, and too long to show
+        raise TimestampError(
+            f"stream {stream!r}: timestamp (an int of {int(timestamp).bit_length()} bits) is too "
+            "large for seconds since the epoch"
+        ) from None
     if not math.isfinite(t):
         raise TimestampError(f"stream {stream!r}: timestamp must be finite; got {timestamp!r}")
     if abs(t) > MAX_PLAUSIBLE_TIMESTAMP:

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import reprlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +71,15 @@ def _compile(name: str, schema: dict[str, Any]) -> Any:
     return cls(schema)
 
 
-_REPR = reprlib.Repr()
+class _Repr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more digits than str() converts (sys.get_int_max_str_digits)
+            return f"<int of {x.bit_length()} bits>"
+
+
+_REPR = _Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 8, 200, 200
 _REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 20
 
@@ -134,7 +143,11 @@ class StreamDef:
                 raise self._error(value, "a finite number (NaN and infinity are not JSON)")
             text = float.__repr__(value)
         elif kind is int:
-            text = int.__repr__(value)
+            try:
+                text = int.__repr__(value)
+            except ValueError:  # more digits than str() converts
+                digits = sys.get_int_max_str_digits()
+                raise self._error(value, f"an integer of at most {digits} digits") from None
         else:
             if kind in (dict, list, tuple) and _nested_deeper_than(value, MAX_DEPTH):
                 raise self._error(value, f"a JSON value nested at most {MAX_DEPTH} levels deep")
@@ -142,6 +155,15 @@ class StreamDef:
                 text = _DUMPS(value)
             except (TypeError, ValueError, RecursionError) as exc:
                 raise self._error(value, f"a JSON value ({exc})") from None
+            if not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:  # the cache and the remotes store UTF-8
+                    raise self._error(
+                        value,
+                        "text that UTF-8 can encode (a lone surrogate such as '\\ud800' "
+                        "is not a character)",
+                    ) from None
         if kind in self._fast_types:
             return text
         if kind not in _SCALARS:

@@ -57,6 +57,38 @@ BAD_INSERTS = [
     ("temperature", 1.0, 1.7e12, TimestampError, ["milliseconds"]),
     ("temperature", 1.0, 1.6e9, TimestampError, ["older", "1700000000.0"]),
     ("temperature", 1.0, datetime.datetime(2026, 1, 1), TimestampError, ["timezone"]),
+    # Issue 9, defect 7: values JSON or UTF-8 cannot carry, timestamps a float cannot hold.
+    pytest.param(
+        "anything", 10**5000, None, ValidationError, ["'anything'", "bits", "digits"], id="bigint"
+    ),
+    pytest.param(
+        "temperature", 10**5000, None, ValidationError, ["'temperature'", "bits"], id="bigint-num"
+    ),
+    pytest.param(
+        "anything", [1, 10**5000], None, ValidationError, ["'anything'", "bits"], id="bigint-in"
+    ),
+    pytest.param(
+        "anything",
+        "\ud800",
+        None,
+        ValidationError,
+        ["'anything'", "'\\ud800'", "surrogate"],
+        id="lone-surrogate",
+    ),
+    pytest.param(
+        "anything",
+        {"k\udfff": 1},
+        None,
+        ValidationError,
+        ["'anything'", "surrogate"],
+        id="surrogate-key",
+    ),
+    pytest.param(
+        "temperature", 1.0, 10**400, TimestampError, ["'temperature'", "too large"], id="huge-t"
+    ),
+    pytest.param(
+        "temperature", 1.0, -(10**5000), TimestampError, ["too large"], id="huge-negative-t"
+    ),
 ]
 
 
