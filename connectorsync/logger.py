@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -609,6 +609,7 @@ class Logger:
 
         :raises UnknownStreamError, ValidationError, TimestampError, CacheFullError: as
             :meth:`insert`; nothing is stored
+        :raises TypeError: ``values`` is not iterable, or is a str, bytes or dict
         """
         if values is None:
             if not isinstance(stream, dict):
@@ -623,6 +624,7 @@ class Logger:
         points: list[tuple[int, float, bool, str, Untrusted | None]] = []
         given: list[tuple[str, Any]] = []
         for name, items in by_stream.items():
+            _check_values(name, items)
             registered = self._stream(name)
             encode = registered.definition.encode
             for item in items:
@@ -885,6 +887,21 @@ class Logger:
             untrusted=untrusted,
             syncer=elsewhere,
             remote=self._cache.get_setting("remote"),
+        )
+
+
+def _check_values(stream: str, values: Any) -> None:
+    """``insert_many``'s values must be a collection: a str, bytes or a dict is iterable
+    too, but would be stored letter by letter, byte by byte or key by key."""
+    try:
+        iter(values)
+        usable = not isinstance(values, str | bytes | bytearray | memoryview | Mapping)
+    except TypeError:
+        usable = False
+    if not usable:
+        raise TypeError(
+            f"insert_many: values for stream {stream!r} must be an iterable (a list, say) of "
+            f"values or {{'t': ..., 'd': ...}} datapoints; got a {type(values).__name__}"
         )
 
 

@@ -112,6 +112,21 @@ def test_bad_item_in_insert_many_stores_nothing(lg, stream, value, timestamp, er
     assert dump(lg.path) == before
 
 
+@pytest.mark.parametrize(
+    "values", [5, None.__class__, "hello", b"abc", {"t": 1.8e9, "d": 1}], ids=repr
+)
+def test_insert_many_refuses_values_that_are_not_a_collection(lg, values) -> None:
+    """A str would be stored letter by letter, a dict key by key: a TypeError names
+    ``values`` and what it should be, and nothing is stored."""
+    before = dump(lg.path)
+    with pytest.raises(TypeError, match=r"insert_many.*values.*'anything'.*iterable") as info:
+        lg.insert_many("anything", values)
+    assert type(values).__name__ in str(info.value)
+    with pytest.raises(TypeError, match=r"'anything'.*iterable"):
+        lg.insert_many({"anything": values})
+    assert dump(lg.path) == before
+
+
 def test_values_nested_up_to_the_limit_are_stored(lg) -> None:
     lg.insert("anything", nested(100))
     assert lg.latest("anything")["d"] == nested(100)
