@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectorsync import Logger, TimestampError, UnknownStreamError, ValidationError
+from connectorsync import (
+    Logger,
+    SchemaError,
+    TimestampError,
+    UnknownStreamError,
+    ValidationError,
+)
 
 from .conftest import dump
 
@@ -124,6 +130,17 @@ def test_insert_many_refuses_values_that_are_not_a_collection(lg, values) -> Non
     assert type(values).__name__ in str(info.value)
     with pytest.raises(TypeError, match=r"'anything'.*iterable"):
         lg.insert_many({"anything": values})
+    assert dump(lg.path) == before
+
+
+@pytest.mark.parametrize(
+    "schema", [{"$ref": "#"}, {"$ref": "http://example.com/s.json"}, {"$schema": 5}], ids=repr
+)
+def test_add_stream_refuses_a_schema_no_insert_could_use(lg, schema) -> None:
+    before = dump(lg.path)
+    with pytest.raises(SchemaError, match="'looping'"):
+        lg.add_stream("looping", schema)
+    assert "looping" not in lg
     assert dump(lg.path) == before
 
 
