@@ -328,6 +328,12 @@ class Logger:
     def apikey(self, value: str) -> None:
         if not isinstance(value, str):
             raise ConfigurationError("apikey must be a string")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:  # the message never shows the key (invariant 14)
+            raise ConfigurationError(
+                "apikey has a character outside latin-1, which HTTP Basic auth cannot send"
+            ) from None
         self._check_open()
         self._cache.set_setting("apikey", value)
         self._apikey = value

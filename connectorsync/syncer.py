@@ -445,6 +445,8 @@ class Syncer:
                     self._sync_with_retries()
                 except Exception as exc:  # the thread must live on; the report says what failed
                     log.exception("background sync failed unexpectedly: %s", exc)
+                    self.last_error = f"unexpected {type(exc).__name__}: {exc}"
+                    self._publish()
         finally:
             with self._pass_lock:
                 self._lock.release()

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectorsync import (
+    ConfigurationError,
+    ConnectorDBRemote,
     Logger,
     SchemaError,
     TimestampError,
@@ -17,7 +19,7 @@ from connectorsync import (
     ValidationError,
 )
 
-from .conftest import dump
+from .conftest import dump, wait_for
 
 
 @pytest.fixture
@@ -196,3 +198,56 @@ def test_values_round_trip_through_the_cache(tmp_path_factory, values) -> None:
     finally:
         cache.close()
     assert [json.loads(d) for _, _, d in rows] == values
+
+
+# Issue 9, defect 7: an apikey HTTP Basic auth cannot carry, and the background syncer's
+# unexpected errors. Invariant 15: what crosses the API is a ConnectorSyncError.
+
+BAD_KEY = "clé€"  # '€' is not latin-1
+
+
+def test_an_apikey_outside_latin1_is_refused_without_echoing_it(cache_path) -> None:
+    with Logger(cache_path) as lg:
+        before = dump(cache_path)
+        with pytest.raises(ConfigurationError, match="latin-1") as info:
+            lg.apikey = BAD_KEY
+        assert BAD_KEY not in str(info.value) and "€" not in str(info.value)
+        assert lg.apikey == ""
+        assert dump(cache_path) == before
+        lg.apikey = "clé"  # latin-1 is fine
+    with pytest.raises(ConfigurationError, match="latin-1") as info:
+        Logger(cache_path, apikey=BAD_KEY)
+    assert "€" not in str(info.value)
+    with pytest.raises(ConfigurationError, match="latin-1") as info:
+        ConnectorDBRemote("http://127.0.0.1:9", BAD_KEY)
+    assert "€" not in str(info.value)
+
+
+class _BuggyRemote:
+    """A remote with a bug: ping raises a plain RuntimeError while ``broken``."""
+
+    def __init__(self) -> None:
+        self.broken = True
+
+    def ping(self) -> str:
+        if self.broken:
+            raise RuntimeError("a bug in the remote")
+        return "alice/sensor"
+
+    def ensure_stream(self, stream, schema) -> None: ...
+    def stream_schema(self, stream): ...
+    def push(self, stream, batch) -> None: ...
+    def reconcile(self, stream): ...
+    def close(self) -> None: ...
+
+
+def test_the_background_syncer_says_why_an_unexpected_error_stopped_a_pass(cache_path) -> None:
+    remote = _BuggyRemote()
+    with Logger(cache_path, remote=remote) as lg:
+        lg.start()
+        wait_for(
+            lambda: "a bug in the remote" in (lg.status().last_error or ""),
+            what="status().last_error to report the RuntimeError",
+        )
+        assert "RuntimeError" in (lg.status().last_error or "")
+        remote.broken = False
