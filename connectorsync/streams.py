@@ -27,7 +27,7 @@ import referencing.jsonschema
 from .errors import SchemaError, StreamError, ValidationError
 
 # ConnectorDB v0.3 names: a letter, then letters, digits, '_' or '-', shorter than 30 characters.
-NAME_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
+NAME_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]*")  # fullmatch: "$" would allow "a\n"
 MAX_NAME_LENGTH = 29
 
 _DUMPS = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
@@ -54,7 +54,7 @@ def check_name(name: object) -> str:
         raise StreamError(f"stream name must be a string; got {name!r} ({type(name).__name__})")
     parts = name.split("/")
     if len(parts) not in (1, 3) or not all(
-        NAME_PATTERN.match(p) and len(p) <= MAX_NAME_LENGTH for p in parts
+        NAME_PATTERN.fullmatch(p) and len(p) <= MAX_NAME_LENGTH for p in parts
     ):
         raise StreamError(
             f"invalid stream name {name!r}: use 'name' or 'user/device/name', each part a letter "

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectorsync import SchemaError, ValidationError
+from connectorsync import SchemaError, StreamError, ValidationError
 from connectorsync.streams import StreamDef
 
 scalars = (
@@ -171,3 +171,11 @@ def test_a_value_too_deep_for_its_schema_is_a_validation_error() -> None:
         value = [value]
     with pytest.raises(ValidationError, match="recursion limit"):
         definition.encode(value)
+
+
+@pytest.mark.parametrize("name", ["temp\n", "alice/sensor/temp\n", "alice\n/sensor/temp", "a\n"])
+def test_a_name_with_a_trailing_newline_is_refused(name) -> None:
+    """Issue 9, defect 8: '$' matches before a final newline, so "temp\\n" was accepted and
+    synced as temp%0A."""
+    with pytest.raises(StreamError, match="invalid stream name"):
+        StreamDef(name, {})
