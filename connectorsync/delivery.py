@@ -138,6 +138,10 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
     except ConnectorSyncError as exc:
         report.fail("*", exc)
         return report
+    except Exception as exc:  # a remote's bug: reported like any failure, never raised
+        log.exception("the remote's ping failed unexpectedly")
+        report.fail("*", ConnectorSyncError(f"unexpected {type(exc).__name__}: {exc}"))
+        return report
     request = BatchRequest(cache.max_id(), plan.batch_size, plan.max_batch_bytes, plan.hold)
     turns = []
     for row in cache.streams().values():

@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -343,6 +343,12 @@ class Logger:
     def apikey(self, value: str) -> None:
         if not isinstance(value, str):
             raise ConfigurationError("apikey must be a string")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:  # the message never shows the key (invariant 14)
+            raise ConfigurationError(
+                "apikey has a character outside latin-1, which HTTP Basic auth cannot send"
+            ) from None
         self._check_open()
         self._cache.set_setting("apikey", value)
         self._apikey = value
@@ -624,6 +630,7 @@ class Logger:
 
         :raises UnknownStreamError, ValidationError, TimestampError, CacheFullError: as
             :meth:`insert`; nothing is stored
+        :raises TypeError: ``values`` is not iterable, or is a str, bytes or dict
         """
         if values is None:
             if not isinstance(stream, dict):
@@ -638,6 +645,7 @@ class Logger:
         points: list[tuple[int, float, bool, str, Untrusted | None]] = []
         given: list[tuple[str, Any]] = []
         for name, items in by_stream.items():
+            _check_values(name, items)
             registered = self._stream(name)
             encode = registered.definition.encode
             for item in items:
@@ -908,6 +916,21 @@ class Logger:
         )
 
 
+def _check_values(stream: str, values: Any) -> None:
+    """``insert_many``'s values must be a collection: a str, bytes or a dict is iterable
+    too, but would be stored letter by letter, byte by byte or key by key."""
+    try:
+        iter(values)
+        usable = not isinstance(values, str | bytes | bytearray | memoryview | Mapping)
+    except TypeError:
+        usable = False
+    if not usable:
+        raise TypeError(
+            f"insert_many: values for stream {stream!r} must be an iterable (a list, say) of "
+            f"values or {{'t': ..., 'd': ...}} datapoints; got a {type(values).__name__}"
+        )
+
+
 def _check_timestamp(stream: str, timestamp: Any) -> float:
     if isinstance(timestamp, datetime.datetime):
         if timestamp.tzinfo is None:
@@ -920,7 +943,13 @@ def _check_timestamp(stream: str, timestamp: Any) -> float:
             f"stream {stream!r} expects a timestamp in seconds since the epoch; "
             f"got {timestamp!r} ({type(timestamp).__name__})"
         )
-    t = float(timestamp)
+    try:
+        t = float(timestamp)
+    except OverflowError:  # an int beyond any float: far too large, and too long to show
+        raise TimestampError(
+            f"stream {stream!r}: timestamp (an int of {int(timestamp).bit_length()} bits) is too "
+            "large for seconds since the epoch"
+        ) from None
     if not math.isfinite(t):
         raise TimestampError(f"stream {stream!r}: timestamp must be finite; got {timestamp!r}")
     if abs(t) > MAX_PLAUSIBLE_TIMESTAMP:

@@ -13,17 +13,21 @@ import json
 import math
 import re
 import reprlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jsonschema
 import jsonschema.exceptions
 import jsonschema.validators
+import referencing
+import referencing.exceptions
+import referencing.jsonschema
 
 from .errors import SchemaError, StreamError, ValidationError
 
 # ConnectorDB v0.3 names: a letter, then letters, digits, '_' or '-', shorter than 30 characters.
-NAME_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
+NAME_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]*")  # fullmatch: "$" would allow "a\n"
 MAX_NAME_LENGTH = 29
 
 _DUMPS = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
@@ -50,7 +54,7 @@ def check_name(name: object) -> str:
         raise StreamError(f"stream name must be a string; got {name!r} ({type(name).__name__})")
     parts = name.split("/")
     if len(parts) not in (1, 3) or not all(
-        NAME_PATTERN.match(p) and len(p) <= MAX_NAME_LENGTH for p in parts
+        NAME_PATTERN.fullmatch(p) and len(p) <= MAX_NAME_LENGTH for p in parts
     ):
         raise StreamError(
             f"invalid stream name {name!r}: use 'name' or 'user/device/name', each part a letter "
@@ -60,17 +64,124 @@ def check_name(name: object) -> str:
 
 
 def _compile(name: str, schema: dict[str, Any]) -> Any:
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
+    """The validator for ``schema``, checked completely: whatever it will meet at insert is
+    a value, never a schema it cannot use. Nothing is ever fetched from the network."""
+    if not isinstance(schema.get("$schema", ""), str):
+        raise SchemaError(
+            f'stream {name!r}: "$schema" must be a meta-schema URI; got {schema["$schema"]!r}'
+        )
     try:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
         cls.check_schema(schema)
+        specification = referencing.jsonschema.specification_with(
+            cls.ID_OF(cls.META_SCHEMA) or "urn:unknown-dialect",
+            default=referencing.Specification.OPAQUE,
+        )
     except jsonschema.exceptions.SchemaError as exc:
         raise SchemaError(
             f"stream {name!r}: invalid JSON schema {schema!r}: {exc.message}"
         ) from exc
-    return cls(schema)
+    except Exception as exc:  # jsonschema fails in its own ways on odd input; say so, as ours
+        raise SchemaError(
+            f"stream {name!r}: unusable JSON schema {schema!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    _check_references(name, schema, specification)
+    return cls(schema, registry=referencing.Registry())  # no retrieval: local references only
 
 
-_REPR = reprlib.Repr()
+# Keywords whose subschemas apply to the very value their schema checks: a loop of $ref
+# through only these never reaches a smaller part of the value, so it recurses forever.
+_SAME_VALUE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else")
+_SAME_VALUE_MAPS = ("dependencies", "dependentSchemas")  # {property: subschema}
+
+
+def _check_references(
+    name: str, schema: dict[str, Any], specification: referencing.Specification[Any]
+) -> None:
+    """Refuse what would fail at every insert: a ``$ref`` that is not local (``"#..."``),
+    one that points nowhere, and a loop of references that never descends into the value,
+    such as ``{"$ref": "#"}`` (tests/test_streams.py::test_schemas_that_validation_...)."""
+    root = specification.create_resource(schema)
+    same: dict[int, list[int]] = {}  # id(subschema) -> ids of those checking the same value
+    refs: dict[int, str] = {}
+    stack = [(root, referencing.Registry().resolver_with_root(root))]
+    while stack:
+        resource, resolver = stack.pop()
+        node = resource.contents
+        if not isinstance(node, dict) or id(node) in same:
+            continue
+        children = [node.get(k) for k in _SAME_VALUE]
+        children += [
+            v for k in _SAME_VALUE_MAPS if isinstance(node.get(k), dict) for v in node[k].values()
+        ]
+        children += [
+            v for k in ("allOf", "anyOf", "oneOf") if isinstance(node.get(k), list) for v in node[k]
+        ]
+        same[id(node)] = [id(child) for child in children if isinstance(child, dict)]
+        for keyword in ("$dynamicRef", "$recursiveRef"):
+            if keyword in node:
+                raise SchemaError(f"stream {name!r}: {keyword} is not supported; use $ref")
+        if "$ref" in node:
+            ref = node["$ref"]
+            if not isinstance(ref, str) or not ref.startswith("#"):
+                raise SchemaError(
+                    f'stream {name!r}: "$ref": {ref!r} is not a local reference: a stream\'s '
+                    "schema must be self-contained, with references such as '#/definitions/x'"
+                )
+            try:
+                target = resolver.lookup(ref)
+            except referencing.exceptions.Unresolvable:
+                target = None
+            if target is None or not isinstance(target.contents, dict | bool):
+                raise SchemaError(
+                    f'stream {name!r}: "$ref": {ref!r} points to no subschema of this schema'
+                )
+            refs[id(node)] = ref
+            same[id(node)].append(id(target.contents))
+            stack.append((specification.create_resource(target.contents), target.resolver))
+        stack.extend((sub, resolver.in_subresource(sub)) for sub in resource.subresources())
+    loop = _loop(same)
+    if loop:
+        shown = ", ".join(repr(refs[n]) for n in loop if n in refs)
+        raise SchemaError(
+            f"stream {name!r}: the schema leads back to itself through $ref {shown} without "
+            "descending into the value: validating would never end"
+        )
+
+
+def _loop(graph: dict[int, list[int]]) -> list[int]:
+    """The nodes of one cycle in ``graph`` (depth first, no recursion), or ``[]``."""
+    done: set[int] = set()
+    for start in graph:
+        if start in done:
+            continue
+        path, on_path = [(start, iter(graph[start]))], {start}
+        while path:
+            node, children = path[-1]
+            for child in children:
+                if child in on_path:
+                    nodes = [n for n, _ in path]
+                    return nodes[nodes.index(child) :]
+                if child not in done:
+                    path.append((child, iter(graph.get(child, ()))))
+                    on_path.add(child)
+                    break
+            else:
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+    return []
+
+
+class _Repr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more digits than str() converts (sys.get_int_max_str_digits)
+            return f"<int of {x.bit_length()} bits>"
+
+
+_REPR = _Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 8, 200, 200
 _REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 20
 
@@ -109,6 +220,8 @@ class StreamDef:
             schema = {}
         if not isinstance(schema, dict):
             raise SchemaError(f"stream {name!r}: a schema must be a dict; got {schema!r}")
+        if _nested_deeper_than(schema, MAX_DEPTH):  # validators recurse once per level
+            raise SchemaError(f"stream {name!r}: a schema may nest at most {MAX_DEPTH} levels")
         try:
             self.schema_text = _DUMPS(schema)
         except (TypeError, ValueError) as exc:
@@ -134,7 +247,11 @@ class StreamDef:
                 raise self._error(value, "a finite number (NaN and infinity are not JSON)")
             text = float.__repr__(value)
         elif kind is int:
-            text = int.__repr__(value)
+            try:
+                text = int.__repr__(value)
+            except ValueError:  # more digits than str() converts
+                digits = sys.get_int_max_str_digits()
+                raise self._error(value, f"an integer of at most {digits} digits") from None
         else:
             if kind in (dict, list, tuple) and _nested_deeper_than(value, MAX_DEPTH):
                 raise self._error(value, f"a JSON value nested at most {MAX_DEPTH} levels deep")
@@ -142,12 +259,26 @@ class StreamDef:
                 text = _DUMPS(value)
             except (TypeError, ValueError, RecursionError) as exc:
                 raise self._error(value, f"a JSON value ({exc})") from None
+            if not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:  # the cache and the remotes store UTF-8
+                    raise self._error(
+                        value,
+                        "text that UTF-8 can encode (a lone surrogate such as '\\ud800' "
+                        "is not a character)",
+                    ) from None
         if kind in self._fast_types:
             return text
         if kind not in _SCALARS:
             # Check what the remote will see: JSON turns tuples into lists and keys into strings.
             value = json.loads(text)
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        try:
+            error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        except RecursionError:  # a deep value times a deep schema: more than Python's stack
+            raise self._error(
+                value, "a value this schema can check within Python's recursion limit"
+            ) from None
         if error is not None:
             raise self._error(value, self.schema_text, reason=error.message)
         return text

@@ -333,6 +333,7 @@ class Syncer:
             except Exception as exc:  # the thread must live on; status() says what failed
                 self.last_error = f"unexpected {type(exc).__name__}: {exc}"
                 log.exception("background sync failed unexpectedly: %s", exc)
+                self._publish_quietly()
 
     def _retire(self) -> None:
         """Under the state lock, as the background thread ends: give up the sync lock (and,

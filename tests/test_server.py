@@ -548,3 +548,15 @@ def test_main_serves_until_sigterm() -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_names_with_a_trailing_newline_are_refused(
+    srv: ConnectorDBServer, api: requests.Session
+) -> None:
+    """Issue 9, defect 8: the name pattern must match the whole name ('$' matches before a
+    final newline), as ConnectorDB's does."""
+    assert_error(api.post(crud(srv, "alice/sensor/temp%0A"), json={}), 400)
+    with pytest.raises(KeyError):
+        srv.datapoints("alice/sensor/temp\n")
+    with pytest.raises(ValueError, match="invalid"):
+        srv.add_device("bob\n", "dev")

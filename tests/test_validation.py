@@ -9,9 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectorsync import Logger, TimestampError, UnknownStreamError, ValidationError
+from connectorsync import (
+    ConfigurationError,
+    ConnectorDBRemote,
+    DeliveryKind,
+    Logger,
+    SchemaError,
+    TimestampError,
+    UnknownStreamError,
+    ValidationError,
+)
 
-from .conftest import dump
+from .conftest import dump, wait_for
 
 
 @pytest.fixture
@@ -57,6 +66,38 @@ BAD_INSERTS = [
     ("temperature", 1.0, 1.7e12, TimestampError, ["milliseconds"]),
     ("temperature", 1.0, 1.6e9, TimestampError, ["older", "1700000000.0"]),
     ("temperature", 1.0, datetime.datetime(2026, 1, 1), TimestampError, ["timezone"]),
+    # Issue 9, defect 7: values JSON or UTF-8 cannot carry, timestamps a float cannot hold.
+    pytest.param(
+        "anything", 10**5000, None, ValidationError, ["'anything'", "bits", "digits"], id="bigint"
+    ),
+    pytest.param(
+        "temperature", 10**5000, None, ValidationError, ["'temperature'", "bits"], id="bigint-num"
+    ),
+    pytest.param(
+        "anything", [1, 10**5000], None, ValidationError, ["'anything'", "bits"], id="bigint-in"
+    ),
+    pytest.param(
+        "anything",
+        "\ud800",
+        None,
+        ValidationError,
+        ["'anything'", "'\\ud800'", "surrogate"],
+        id="lone-surrogate",
+    ),
+    pytest.param(
+        "anything",
+        {"k\udfff": 1},
+        None,
+        ValidationError,
+        ["'anything'", "surrogate"],
+        id="surrogate-key",
+    ),
+    pytest.param(
+        "temperature", 1.0, 10**400, TimestampError, ["'temperature'", "too large"], id="huge-t"
+    ),
+    pytest.param(
+        "temperature", 1.0, -(10**5000), TimestampError, ["too large"], id="huge-negative-t"
+    ),
 ]
 
 
@@ -77,6 +118,32 @@ def test_bad_item_in_insert_many_stores_nothing(lg, stream, value, timestamp, er
     item = value if timestamp is None else {"t": timestamp, "d": value}
     with pytest.raises(error):
         lg.insert_many(stream, [2.0, item] if stream == "temperature" else [item])
+    assert dump(lg.path) == before
+
+
+@pytest.mark.parametrize(
+    "values", [5, None.__class__, "hello", b"abc", {"t": 1.8e9, "d": 1}], ids=repr
+)
+def test_insert_many_refuses_values_that_are_not_a_collection(lg, values) -> None:
+    """A str would be stored letter by letter, a dict key by key: a TypeError names
+    ``values`` and what it should be, and nothing is stored."""
+    before = dump(lg.path)
+    with pytest.raises(TypeError, match=r"insert_many.*values.*'anything'.*iterable") as info:
+        lg.insert_many("anything", values)
+    assert type(values).__name__ in str(info.value)
+    with pytest.raises(TypeError, match=r"'anything'.*iterable"):
+        lg.insert_many({"anything": values})
+    assert dump(lg.path) == before
+
+
+@pytest.mark.parametrize(
+    "schema", [{"$ref": "#"}, {"$ref": "http://example.com/s.json"}, {"$schema": 5}], ids=repr
+)
+def test_add_stream_refuses_a_schema_no_insert_could_use(lg, schema) -> None:
+    before = dump(lg.path)
+    with pytest.raises(SchemaError, match="'looping'"):
+        lg.add_stream("looping", schema)
+    assert "looping" not in lg
     assert dump(lg.path) == before
 
 
@@ -132,3 +199,58 @@ def test_values_round_trip_through_the_cache(tmp_path_factory, values) -> None:
     finally:
         cache.close()
     assert [json.loads(d) for _, _, d in rows] == values
+
+
+# Issue 9, defect 7: an apikey HTTP Basic auth cannot carry, and the background syncer's
+# unexpected errors. Invariant 15: what crosses the API is a ConnectorSyncError.
+
+BAD_KEY = "clé€"  # '€' is not latin-1
+
+
+def test_an_apikey_outside_latin1_is_refused_without_echoing_it(cache_path) -> None:
+    with Logger(cache_path) as lg:
+        before = dump(cache_path)
+        with pytest.raises(ConfigurationError, match="latin-1") as info:
+            lg.apikey = BAD_KEY
+        assert BAD_KEY not in str(info.value) and "€" not in str(info.value)
+        assert lg.apikey == ""
+        assert dump(cache_path) == before
+        lg.apikey = "clé"  # latin-1 is fine
+    with pytest.raises(ConfigurationError, match="latin-1") as info:
+        Logger(cache_path, apikey=BAD_KEY)
+    assert "€" not in str(info.value)
+    with pytest.raises(ConfigurationError, match="latin-1") as info:
+        ConnectorDBRemote("http://127.0.0.1:9", BAD_KEY)
+    assert "€" not in str(info.value)
+
+
+class _BuggyRemote:
+    """A remote with a bug: ping raises a plain RuntimeError while ``broken``."""
+
+    delivery_kind = DeliveryKind.AT_LEAST_ONCE
+
+    def __init__(self) -> None:
+        self.broken = True
+
+    def ping(self) -> str:
+        if self.broken:
+            raise RuntimeError("a bug in the remote")
+        return "alice/sensor"
+
+    def ensure_stream(self, stream, schema) -> None: ...
+    def stream_schema(self, stream): ...
+    def push(self, stream, batch) -> None: ...
+    def reconcile(self, stream): ...
+    def close(self) -> None: ...
+
+
+def test_the_background_syncer_says_why_an_unexpected_error_stopped_a_pass(cache_path) -> None:
+    remote = _BuggyRemote()
+    with Logger(cache_path, remote=remote) as lg:
+        lg.start()
+        wait_for(
+            lambda: "a bug in the remote" in (lg.status().last_error or ""),
+            what="status().last_error to report the RuntimeError",
+        )
+        assert "RuntimeError" in (lg.status().last_error or "")
+        remote.broken = False

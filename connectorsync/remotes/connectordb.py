@@ -62,6 +62,12 @@ class ConnectorDBRemote:
     ):
         if not serverurl:
             raise ConfigurationError("ConnectorDBRemote needs a serverurl")
+        try:
+            (apikey or "").encode("latin-1")
+        except UnicodeEncodeError:  # else every request fails; the message never shows the key
+            raise ConfigurationError(
+                "apikey has a character outside latin-1, which HTTP Basic auth cannot send"
+            ) from None
         if not serverurl.startswith(("http://", "https://")):
             serverurl = "https://" + serverurl
         self.serverurl = serverurl.rstrip("/")

@@ -36,7 +36,7 @@ SCHEMA_MSG = "At least one datapoint did not conform to the stream's schema"
 UNORDERED_MSG = "Timestamps are not ordered!"
 OLDER_MSG = "Greater timestamp already exists for the stream. Insert Failed."
 
-_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
+_NAME_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]*")  # fullmatch: "$" would allow "a\n"
 _NUMBER = frozenset((int, float))
 # JSON Schema (Draft 4) type names -> the Python types json.loads produces for
 # them. bool is its own type here, so it is neither a number nor an integer,
@@ -87,7 +87,7 @@ class ApiError(Exception):
 
 def valid_name(name: str) -> bool:
     """ConnectorDB's rule for user, device and stream names."""
-    return len(name) < 30 and _NAME_RE.match(name) is not None
+    return len(name) < 30 and _NAME_RE.fullmatch(name) is not None
 
 
 def parse_schema(value: Any) -> str:
