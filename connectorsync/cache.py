@@ -284,18 +284,33 @@ def _place(t: float, newest: float, restamp: bool) -> float:
     return newest + NUDGE
 
 
+# The rows not in a batch in flight: a stream's rows with id <= streams.inflight are on the
+# wire (or their outcome is unknown) and stay as they are until it is resolved.
+_AT_REST = "id > (SELECT s.inflight FROM streams AS s WHERE s.id = datapoints.stream)"
+
+
+# Why drop_oldest found nothing to drop: what is left is a batch in flight.
+_SENDING = " (what is left is being sent and cannot be dropped: try again once the sync is done)"
+
+
 def _delete(conn: apsw.Connection, where: str, params: Sequence[Any]) -> int:
     """Delete the datapoints matching ``where``; returns how many.
 
     Every deletion goes through here: per stream, the newest datapoint that leaves is
     remembered (``streams.last_t``/``last_d``), so a stream's timestamps keep increasing after
-    its cache empties, and ``latest()`` still has an answer.
+    its cache empties, and ``latest()`` still has an answer. A dead letter queued again whose
+    datapoint leaves is done with (delivered, dropped or expired: counted there); a caller
+    that wants it back at rest sets its ``retry_id`` to NULL first (:meth:`Cache.clear`).
     """
     conn.execute(
         "UPDATE streams SET last_t = gone.t, last_d = gone.d FROM ("
         "  SELECT stream, t, d FROM datapoints WHERE id IN ("
         f"    SELECT max(id) FROM datapoints WHERE {where} GROUP BY stream)"
         ") AS gone WHERE streams.id = gone.stream AND gone.t >= streams.last_t",
+        params,
+    )
+    conn.execute(
+        f"DELETE FROM deadletters WHERE retry_id IN (SELECT id FROM datapoints WHERE {where})",
         params,
     )
     conn.execute(f"DELETE FROM datapoints WHERE {where}", params)
@@ -660,6 +675,11 @@ class Cache:
                         )
                     # Some headroom, so that the next inserts need no count.
                     dropped += self._drop_oldest(conn, max(excess, limits.max_cached // 100))
+                    if dropped < excess:  # the rest is a batch in flight: it stays
+                        raise CacheFullError(
+                            f"the cache holds {cached} datapoints and max_cached is "
+                            f"{limits.max_cached}: nothing was stored{_SENDING}"
+                        )
         if limits.max_bytes:
             while (used := self._used_bytes(conn)) > limits.max_bytes:
                 freed = (
@@ -668,7 +688,7 @@ class Cache:
                 if not freed:
                     raise CacheFullError(
                         f"the cache uses {used} bytes and max_cache_bytes is {limits.max_bytes}:"
-                        " nothing was stored"
+                        f" nothing was stored{_SENDING if limits.drop_oldest else ''}"
                     )
                 dropped += freed
         if limits.min_free_disk:
@@ -687,6 +707,7 @@ class Cache:
                     raise CacheFullError(
                         f"{free} bytes free on the disk, under min_free_disk "
                         f"({limits.min_free_disk}): nothing was stored"
+                        f"{_SENDING if limits.drop_oldest else ''}"
                     )
         return dropped
 
@@ -702,24 +723,29 @@ class Cache:
         return max(1, next(conn.execute("SELECT count(*) FROM datapoints"))[0] // 100)
 
     def _drop_oldest(self, conn: apsw.Connection, count: int) -> int:
-        """Delete the ``count`` oldest datapoints (all streams) and count them as dropped."""
+        """Delete the ``count`` oldest datapoints (all streams) and count them as dropped.
+        Datapoints of a batch in flight are left alone: the oldest of the others go."""
         edge = next(
-            conn.execute("SELECT id FROM datapoints ORDER BY id LIMIT 1 OFFSET ?", (count - 1,)),
+            conn.execute(
+                f"SELECT id FROM datapoints WHERE {_AT_REST} ORDER BY id LIMIT 1 OFFSET ?",
+                (count - 1,),
+            ),
             None,
         )
         if edge is None:
-            edge = next(conn.execute("SELECT max(id) FROM datapoints"))
+            edge = next(conn.execute(f"SELECT max(id) FROM datapoints WHERE {_AT_REST}"))
             if edge[0] is None:
                 return 0
-        dropped = _delete(conn, "id <= ?", (edge[0],))
+        dropped = _delete(conn, f"id <= ? AND {_AT_REST}", (edge[0],))
         _bump(conn, "stats.dropped", dropped)
         log.warning("cache full: dropped the %d oldest datapoints", dropped)
         return dropped
 
     def expire(self, before: float) -> int:
-        """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired."""
+        """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired.
+        Datapoints of a batch in flight are left alone (``test_inflight.py``)."""
         with self.transaction("expire old datapoints") as conn:
-            expired = _delete(conn, "t < ?", (before,))
+            expired = _delete(conn, f"t < ? AND {_AT_REST}", (before,))
             _bump(conn, "stats.expired", expired)
         if expired:
             log.warning("expired %d datapoints older than max_age", expired)
@@ -885,8 +911,6 @@ class Cache:
         conn.execute(
             "UPDATE streams SET inflight = 0 WHERE id = ? AND inflight <= ?", (stream_id, last_id)
         )
-        # Dead letters queued again and now delivered are done with.
-        conn.execute("DELETE FROM deadletters WHERE retry_id BETWEEN ? AND ?", (first_id, last_id))
         return delivered
 
     def set_inflight(self, stream_id: int, last_id: int) -> None:
@@ -993,9 +1017,17 @@ class Cache:
             return purged
 
     def clear(self) -> int:
-        """Delete every cached datapoint (connectordb's ``cleardata``). Returns how many."""
+        """Delete every cached datapoint (connectordb's ``cleardata``) but those of a batch in
+        flight, which are delivered or stay cached. A dead letter queued again goes back to
+        the dead letters (at rest). Returns how many datapoints were cleared: neither of those.
+        """
         with self.transaction("clear the cache") as conn:
-            return _delete(conn, "1", ())
+            conn.execute(
+                "UPDATE deadletters SET retry_id = NULL WHERE retry_id IN ("
+                f"  SELECT id FROM datapoints WHERE {_AT_REST})"
+            )
+            letters = conn.changes()
+            return _delete(conn, _AT_REST, ()) - letters
 
     def stream_stats(self) -> dict[str, StreamStats]:
         """Cached count, oldest and newest cached t, and dead letters, per registered stream."""

@@ -655,7 +655,12 @@ class Logger:
 
     def cleardata(self) -> int:
         """Delete every cached datapoint without syncing it (ConnectorDB name). Returns how
-        many. Dead letters stay."""
+        many.
+
+        Dead letters stay: one queued again by :meth:`retry_deadletters` is a dead letter
+        again. A batch being sent is left alone: it is delivered, or stays cached
+        (``test_inflight.py``).
+        """
         self._check_open()
         cleared = self._cache.clear()
         log.warning("cleardata(): deleted %d cached datapoints without syncing them", cleared)

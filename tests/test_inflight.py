@@ -1,0 +1,254 @@
+"""A batch in flight is immutable (DESIGN "Delivery kinds").
+
+Until its outcome is resolved, ``drop_oldest``, ``max_age``, ``cleardata()`` and re-anchoring
+(NTP) leave the rows of a batch on the wire alone, and every datapoint is counted in exactly
+one place: delivered, cached, dead-lettered, dropped, expired or cleared. The batch is held on
+the wire inside a real loopback ConnectorDB server's handler while the cache is changed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import apsw
+import pytest
+
+from connectorsync import CacheFullError, Logger
+from connectorsync.cache import Cache, Limits
+from connectorsync.syncer import SyncReport
+from connectorsync.testing import ConnectorDBServer
+
+STREAM = "alice/sensor/n"
+
+
+class HeldPush:
+    """Holds the next data insert inside the server's handler, before it is stored, until
+    :meth:`release`; :attr:`arrived` is set once it is held. (The server's ``reject`` hook
+    runs for every datapoint of an insert, before the insert is committed.)"""
+
+    def __init__(self, server: ConnectorDBServer):
+        self.arrived = threading.Event()
+        self._release = threading.Event()
+        self._server = server
+        server.reject(self._hold)
+
+    def _hold(self, path: str, point: dict[str, Any]) -> bool:
+        self.arrived.set()
+        assert self._release.wait(30), "the held push was never released"
+        return False  # stored as usual
+
+    def release(self) -> None:
+        self._release.set()
+        self._server.reject(None)
+
+
+class PassInThread:
+    """``lg.sync()`` run in a thread of its own, the push held on the wire meanwhile."""
+
+    def __init__(self, lg: Logger, server: ConnectorDBServer):
+        self.hold = HeldPush(server)
+        PASSES.append(self)
+        self.report: SyncReport | None = None
+        self._thread = threading.Thread(target=self._run, args=(lg,), daemon=True)
+        self._thread.start()
+        assert self.hold.arrived.wait(10), "the pass never pushed"
+
+    def _run(self, lg: Logger) -> None:
+        self.report = lg.sync()
+
+    def finish(self) -> SyncReport:
+        self.hold.release()
+        self._thread.join(30)
+        assert self.report is not None
+        return self.report
+
+
+PASSES: list[PassInThread] = []
+
+
+@pytest.fixture
+def lg(cache_path: str, server: ConnectorDBServer) -> Iterator[Logger]:
+    with Logger(cache_path, apikey=server.apikey, durability="normal") as lg:
+        lg.serverurl = server.url
+        lg.addStream("n", {"type": "integer"})
+        try:
+            yield lg
+        finally:  # a failed test must leave no handler held (close waits for the pass)
+            while PASSES:
+                PASSES.pop().hold.release()
+
+
+def delivered(server: ConnectorDBServer, path: str = STREAM) -> list[Any]:
+    try:
+        return [p["d"] for p in server.datapoints(path)]
+    except KeyError:
+        return []
+
+
+def cached(path: str, stream: str = "n") -> list[Any]:
+    return [json.loads(d) for _, _, d in rows(path, stream)]
+
+
+def rows(path: str, stream: str) -> list[tuple[int, float, str]]:
+    cache = Cache.connect(path)
+    try:
+        return cache.batch(cache.streams()[stream].id, 0, 10**6)
+    finally:
+        cache.close()
+
+
+def assert_counted_once(sent: list[Any], kept: list[Any], inserted: int, elsewhere: int) -> None:
+    """Each datapoint is in exactly one place: delivered (once), cached, or ``elsewhere``."""
+    assert len(sent) == len(set(sent)), f"delivered twice: {sent}"
+    assert not set(sent) & set(kept), f"delivered and still cached: {set(sent) & set(kept)}"
+    assert len(sent) + len(kept) + elsewhere == inserted
+
+
+# ----------------------------------------------------------------------------- drop_oldest
+
+
+def test_drop_oldest_leaves_the_batch_on_the_wire_alone(lg: Logger, server) -> None:
+    lg.max_cached = 10
+    lg.on_full = "drop_oldest"
+    lg.insert_many("n", list(range(6)))
+    sync = PassInThread(lg, server)  # 0..5 on the wire
+    lg.insert_many("n", list(range(6, 10)))  # full now
+    for i in range(10, 13):
+        lg.insert("n", i)  # each drops the oldest datapoint that is not on the wire
+    report = sync.finish()
+    assert report.ok and report.sent == {"n": 6}
+    sent, kept = delivered(server), cached(lg.path)
+    assert sent == list(range(6))
+    assert kept == [9, 10, 11, 12]  # 6, 7, 8 were dropped, not 0, 1, 2
+    assert lg.status().dropped == 3
+    assert_counted_once(sent, kept, 13, lg.status().dropped)
+
+
+def test_drop_oldest_refuses_when_only_the_batch_on_the_wire_is_left(lg: Logger, server) -> None:
+    lg.max_cached = 5
+    lg.on_full = "drop_oldest"
+    lg.insert_many("n", list(range(5)))
+    sync = PassInThread(lg, server)
+    with pytest.raises(CacheFullError, match="being sent"):
+        lg.insert("n", 5)
+    with pytest.raises(CacheFullError, match="being sent"):
+        lg.insert_many("n", [5, 6])
+    assert sync.finish().sent == {"n": 5}
+    assert lg.status().dropped == 0
+    lg.insert("n", 5)  # delivered data made room
+    assert_counted_once(delivered(server), cached(lg.path), 6, 0)
+
+
+def test_drop_oldest_at_the_cache_level_skips_rows_in_flight(cache_path: str) -> None:
+    cache, _ = Cache.open(cache_path)
+    cache.finish_create("normal")
+    try:
+        a = cache.put_stream("a", "{}").id
+        b = cache.put_stream("b", "{}").id
+        ids = [
+            cache.append_many([(s, float(i), False, str(i), None)])[0][0]
+            for i, s in enumerate([a, b, a, b, a, b])
+        ]
+        cache.set_inflight(a, ids[2])  # a's first two rows are on the wire; b has none
+        limits = Limits(max_cached=6, drop_oldest=True)
+        cache.append(b, 10.0, "10", restamp=False, limits=limits)
+        cache.append(b, 11.0, "11", restamp=False, limits=limits)
+        left = {r[0] for r in cache.batch(a, 0, 100)} | {r[0] for r in cache.batch(b, 0, 100)}
+        assert ids[0] in left and ids[2] in left  # in flight: kept
+        assert ids[1] not in left and ids[3] not in left  # b's oldest went instead
+        assert cache.statistics()["dropped"] == 2
+    finally:
+        cache.close()
+
+
+# ----------------------------------------------------------------------------- max_age, clear
+
+
+def test_max_age_leaves_the_batch_on_the_wire_alone(lg: Logger, server) -> None:
+    lg.addStream("other", {"type": "integer"})
+    old = time.time() - 1000
+    lg.insert_many("n", [{"t": old + i, "d": i} for i in range(5)])
+    sync = PassInThread(lg, server)  # n's 0..4 on the wire (other has nothing to send yet)
+    lg.insert_many("other", [{"t": old + i, "d": 10 + i} for i in range(3)])
+    lg.max_age = 500
+    lg.insert("other", 13)  # inserts expire now and then: the first one at once
+    assert cached(lg.path, "other") == [13]  # old datapoints not in flight expire
+    report = sync.finish()
+    assert report.sent == {"n": 5, "other": 1}
+    assert lg.status().expired == 3
+    assert delivered(server) == list(range(5))
+    assert_counted_once(delivered(server), cached(lg.path), 5, 0)
+    other = delivered(server, "alice/sensor/other")
+    assert_counted_once(other, cached(lg.path, "other"), 4, lg.status().expired)
+
+
+def test_cleardata_leaves_the_batch_on_the_wire_alone(lg: Logger, server) -> None:
+    lg.insert_many("n", list(range(5)))
+    sync = PassInThread(lg, server)
+    lg.insert_many("n", list(range(5, 8)))
+    cleared = lg.cleardata()
+    assert cleared == 3
+    assert sync.finish().sent == {"n": 5}
+    assert_counted_once(delivered(server), cached(lg.path), 8, cleared)
+    assert delivered(server) == list(range(5)) and len(lg) == 0
+
+
+# ----------------------------------------------------------------------------- dead letters
+
+
+def letters_stored(path: str) -> int:
+    """Rows of the dead-letter table, queued again or not."""
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return next(conn.execute("SELECT count(*) FROM deadletters"))[0]
+    finally:
+        conn.close()
+
+
+def one_requeued_letter(lg: Logger, server: ConnectorDBServer, points: list[Any]) -> None:
+    """Insert ``points``; the server refuses the value 2, which is then queued again."""
+    server.reject(lambda path, point: point["d"] == 2)
+    lg.insert_many("n", points)
+    assert lg.sync().deadlettered == {"n": 1}
+    server.reject(None)
+    assert lg.retry_deadletters() == 1
+    assert lg.deadletters() == [] and len(lg) == 1
+
+
+def test_cleardata_puts_a_requeued_dead_letter_back(lg: Logger, server) -> None:
+    one_requeued_letter(lg, server, [1, 2, 3])
+    assert lg.cleardata() == 0  # not cleared: a dead letter again, as "dead letters stay"
+    assert len(lg) == 0
+    (letter,) = lg.deadletters()
+    assert (letter.d, letter.attempts) == (2, 1)
+    assert lg.status().streams["n"].deadletters == 1
+    assert lg.retry_deadletters() == 1  # and it can be retried...
+    assert lg.sync().sent == {"n": 1}
+    assert delivered(server) == [1, 3, 2] and letters_stored(lg.path) == 0
+    one_requeued_letter(lg, server, [4, 2])
+    lg.cleardata()
+    assert lg.purge_deadletters() == 1  # ...or purged
+    assert letters_stored(lg.path) == 0
+
+
+def test_a_requeued_dead_letter_dropped_is_counted_once(lg: Logger, server) -> None:
+    one_requeued_letter(lg, server, [1, 2, 3])
+    lg.max_cached = 1
+    lg.on_full = "drop_oldest"
+    lg.insert("n", 4)  # drops the queued letter's datapoint
+    assert lg.status().dropped == 1
+    assert lg.deadletters() == [] and letters_stored(lg.path) == 0  # counted as dropped only
+
+
+def test_a_requeued_dead_letter_expired_is_counted_once(lg: Logger, server) -> None:
+    old = time.time() - 1000
+    one_requeued_letter(lg, server, [{"t": old + i, "d": i} for i in range(1, 4)])
+    lg.max_age = 500
+    lg.sync()  # a pass expires first
+    assert lg.status().expired == 1
+    assert lg.deadletters() == [] and letters_stored(lg.path) == 0  # counted as expired only
+    assert delivered(server) == [1, 3]
