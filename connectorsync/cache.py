@@ -10,6 +10,10 @@ Guarantees (each proved by the test named):
   (``test_durability.py::test_processes_inserting_together_never_see_locked``). A stream's
   newest timestamp never goes down: deleting datapoints records it in ``streams.last_t``.
 - A failed call changes nothing (each write is one transaction).
+- A batch in flight (a stream's datapoints with id <= ``streams.inflight``) is immutable:
+  ``drop_oldest``, expiry, :meth:`Cache.clear` and re-anchoring leave it alone until its
+  outcome is resolved, so each datapoint is counted in exactly one place: delivered, cached,
+  dead-lettered, dropped, expired or cleared (``test_inflight.py``).
 - The schema is versioned with ``PRAGMA user_version``; opening an older file, or a cache
   written by ``connectordb`` 0.3.5's Logger, migrates it in place in one transaction
   (``test_migration.py``).
@@ -315,6 +319,74 @@ def _delete(conn: apsw.Connection, where: str, params: Sequence[Any]) -> int:
     )
     conn.execute(f"DELETE FROM datapoints WHERE {where}", params)
     return conn.changes()
+
+
+# The anchors (boots row -> [true time, boot clock]) of reanchor, for datapoints that were in
+# flight then: {"3": [1700000000.0, 12.5], ...}; the last one is the newest.
+_ANCHORS = "clock.reanchor"
+
+
+def _recorded_anchors(conn: apsw.Connection) -> dict[str, list[float]]:
+    row = next(conn.execute("SELECT value FROM settings WHERE key = ?", (_ANCHORS,)), None)
+    return {} if row is None else dict(json.loads(row[0]))
+
+
+def _retime_recorded(conn: apsw.Connection, anchors: dict[str, list[float]]) -> int:
+    """Re-time the untrusted datapoints not in flight of every boot in ``anchors``, and
+    record the anchors still needed: the newest, and those of boots with untrusted
+    datapoints left. Returns how many were re-timed."""
+    fixed = 0
+    for boot, (true_now, boot_clock_now) in anchors.items():
+        fixed += _retime(conn, int(boot), true_now, boot_clock_now)
+    newest = list(anchors)[-1:]
+    needed = {
+        boot: anchor
+        for boot, anchor in anchors.items()
+        if boot in newest
+        or next(conn.execute("SELECT 1 FROM datapoints WHERE boot = ? LIMIT 1", (int(boot),)), 0)
+    }
+    conn.execute("DELETE FROM settings WHERE key = ?", (_ANCHORS,))
+    if needed:
+        conn.execute("INSERT INTO settings VALUES (?, ?)", (_ANCHORS, json.dumps(needed)))
+    return fixed
+
+
+def _retime(conn: apsw.Connection, boot: int, true_now: float, boot_clock_now: float) -> int:
+    """See :meth:`Cache.reanchor`: re-time ``boot``'s untrusted datapoints not in flight."""
+    # Per stream, the re-timed datapoints are all after the ones in flight (ids above
+    # streams.inflight), so walking on from the first of them, nudging forward any time not
+    # after the one before, keeps the order and never touches a datapoint in flight.
+    firsts = list(
+        conn.execute(
+            f"SELECT stream, min(id) FROM datapoints WHERE boot = ? AND {_AT_REST} GROUP BY stream",
+            (boot,),
+        )
+    )
+    conn.execute(
+        "UPDATE datapoints SET t = ? - (? - mono), boot = NULL, mono = NULL "
+        f"WHERE boot = ? AND {_AT_REST}",
+        (true_now, boot_clock_now, boot),
+    )
+    fixed = conn.changes()
+    for stream_id, first_id in firsts:
+        before = next(
+            conn.execute(
+                "SELECT t FROM datapoints WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT 1",
+                (stream_id, first_id),
+            ),
+            None,
+        ) or next(conn.execute("SELECT last_t FROM streams WHERE id = ?", (stream_id,)))
+        prev = before[0]
+        rows = conn.execute(
+            "SELECT id, t FROM datapoints WHERE stream = ? AND id >= ? ORDER BY id",
+            (stream_id, first_id),
+        )
+        for point_id, t in list(rows):
+            if t <= prev:
+                t = prev + NUDGE
+                conn.execute("UPDATE datapoints SET t = ? WHERE id = ?", (t, point_id))
+            prev = t
+    return fixed
 
 
 def _bump(conn: apsw.Connection, key: str, count: int) -> None:
@@ -852,39 +924,31 @@ class Cache:
         """Fix the times of the datapoints of ``boot`` stamped by an untrusted clock: each
         becomes ``true_now - (boot_clock_now - its boot clock)``, exact whatever the wall clock
         said. Per stream, strictly increasing order is kept (ties nudged by 1 µs). Returns how
-        many datapoints were fixed."""
+        many datapoints were fixed.
+
+        A batch in flight is left as it was sent (still untrusted): re-timing it before its
+        outcome is known would make a reconcile miss what the remote holds, and send it twice.
+        The anchor is recorded in the cache, and the batch's datapoints that turn out not
+        delivered are re-timed when it is resolved (:meth:`ack_reconciled`), or by
+        :meth:`reanchor_leftovers`. Safe to call again (``test_inflight.py``).
+        """
         with self.transaction("fix timestamps stamped before the clock was trusted") as conn:
-            firsts = list(
-                conn.execute(
-                    "SELECT stream, min(id) FROM datapoints WHERE boot = ? GROUP BY stream",
-                    (boot,),
-                )
-            )
-            conn.execute(
-                "UPDATE datapoints SET t = ? - (? - mono), boot = NULL, mono = NULL WHERE boot = ?",
-                (true_now, boot_clock_now, boot),
-            )
-            fixed = conn.changes()
-            for stream_id, first_id in firsts:
-                before = next(
-                    conn.execute(
-                        "SELECT t FROM datapoints WHERE stream = ? AND id < ? "
-                        "ORDER BY id DESC LIMIT 1",
-                        (stream_id, first_id),
-                    ),
-                    None,
-                ) or next(conn.execute("SELECT last_t FROM streams WHERE id = ?", (stream_id,)))
-                prev = before[0]
-                rows = conn.execute(
-                    "SELECT id, t FROM datapoints WHERE stream = ? AND id >= ? ORDER BY id",
-                    (stream_id, first_id),
-                )
-                for point_id, t in list(rows):
-                    if t <= prev:
-                        t = prev + NUDGE
-                        conn.execute("UPDATE datapoints SET t = ? WHERE id = ?", (t, point_id))
-                    prev = t
+            anchors = _recorded_anchors(conn)
+            anchors.pop(str(boot), None)  # the newest anchor goes last: it is kept
+            anchors[str(boot)] = [true_now, boot_clock_now]
+            fixed = _retime_recorded(conn, anchors)
         self._newest.clear()
+        return fixed
+
+    def reanchor_leftovers(self) -> int:
+        """Fix, with the anchors :meth:`reanchor` recorded, the times of datapoints it left
+        untrusted because they were in flight then and are not now. Cheap when there are
+        none; safe to call any time no batch of this connection is being read or sent.
+        Returns how many were fixed."""
+        with self.transaction("fix timestamps left untrusted while in flight") as conn:
+            fixed = _retime_recorded(conn, _recorded_anchors(conn))
+        if fixed:
+            self._newest.clear()
         return fixed
 
     def untrusted_count(self, boot: int) -> int:
@@ -938,6 +1002,10 @@ class Cache:
                 if first is not None:
                     delivered = self._delete_delivered(conn, stream_id, first, last)
             conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+            # What was left untrusted while in flight (NTP answered meanwhile) and was not
+            # delivered gets its true time now, before it is sent again.
+            if _retime_recorded(conn, _recorded_anchors(conn)):
+                self._newest.clear()
             return delivered
 
     # ----------------------------------------------------------------------- dead letters

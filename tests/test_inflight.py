@@ -8,6 +8,7 @@ the wire inside a real loopback ConnectorDB server's handler while the cache is 
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -21,6 +22,7 @@ from connectorsync import CacheFullError, Logger
 from connectorsync.cache import Cache, Limits
 from connectorsync.syncer import SyncReport
 from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing.ntp import NTPServer
 
 STREAM = "alice/sensor/n"
 
@@ -252,3 +254,148 @@ def test_a_requeued_dead_letter_expired_is_counted_once(lg: Logger, server) -> N
     assert lg.status().expired == 1
     assert lg.deadletters() == [] and letters_stored(lg.path) == 0  # counted as expired only
     assert delivered(server) == [1, 3]
+
+
+# ----------------------------------------------------------------------------- re-anchoring
+
+
+@pytest.fixture
+def cache(cache_path: str) -> Iterator[Cache]:
+    cache, _ = Cache.open(cache_path)
+    cache.finish_create("normal")
+    try:
+        yield cache
+    finally:
+        cache.close()
+
+
+def untrusted_rows(cache: Cache, monos: list[float], wall: float = 1000.0) -> tuple[int, int]:
+    """A stream with a datapoint per boot-clock reading in ``monos``, stamped ``wall + mono``
+    by an untrusted clock (kept increasing). Returns (stream id, boot)."""
+    stream = cache.put_stream("s", "{}").id
+    boot = cache.boot_key("boot-1")
+    for i, mono in enumerate(monos):
+        cache.append(stream, wall + mono, str(i), restamp=True, untrusted=(boot, mono))
+    return stream, boot
+
+
+def times(cache: Cache, stream: int) -> list[float]:
+    return [t for _, t, _ in cache.batch(stream, 0, 100)]
+
+
+def test_reanchor_leaves_rows_in_flight_alone_and_retimes_them_once_resolved(
+    cache: Cache,
+) -> None:
+    stream, boot = untrusted_rows(cache, [10, 11, 12, 13, 14, 15])
+    ids = [i for i, _, _ in cache.batch(stream, 0, 100)]
+    cache.set_inflight(stream, ids[2])  # the first three are on the wire
+    assert cache.reanchor(boot, true_now=5020.0, boot_clock_now=20.0) == 3
+    assert times(cache, stream) == pytest.approx([1010, 1011, 1012, 5013, 5014, 5015])
+    assert cache.untrusted_count(boot) == 3  # still as sent: a reconcile compares with them
+    assert cache.reanchor(boot, 5020.0, 20.0) == 0  # again: still in flight, still alone
+    # The remote holds the first two: they are delivered; the third was not, and it gets its
+    # true time as the batch is resolved.
+    assert cache.ack_reconciled(stream, remote_newest=1011.5) == 2
+    assert times(cache, stream) == pytest.approx([5012, 5013, 5014, 5015])
+    assert cache.untrusted_count(boot) == 0
+    assert cache.reanchor_leftovers() == 0
+
+
+def test_retimed_leftovers_keep_the_stream_in_order(cache: Cache) -> None:
+    """The wall clock was ahead (true time 500 s behind it): rows re-timed while others are in
+    flight go just after those; the leftovers, re-timed later, after the delivered ones; and
+    a leftover re-timed past a later row pushes that row on (the nudge only moves forward)."""
+    stream, boot = untrusted_rows(cache, [10, 12, 11.5, 13])  # two processes: mono 11.5 late
+    ids = [i for i, _, _ in cache.batch(stream, 0, 100)]
+    cache.set_inflight(stream, ids[1])
+    cache.reanchor(boot, true_now=520.0, boot_clock_now=20.0)
+    before = times(cache, stream)
+    assert before[:2] == pytest.approx([1010, 1012])  # in flight: as sent
+    assert before[1] < before[2] < before[3] and before[2] - before[1] < 1e-5  # nudged after
+    assert cache.ack_reconciled(stream, remote_newest=None) == 0  # nothing arrived
+    after = times(cache, stream)
+    assert after[0] == pytest.approx(510) and after[1] == pytest.approx(512)
+    assert all(a < b for a, b in itertools.pairwise(after))  # 511.5 became 512 + 1 µs
+
+    # Another stream, the wall clock behind: leftovers land before the rows re-timed earlier.
+    other = cache.put_stream("o", "{}").id
+    for mono in (30, 31, 32):
+        cache.append(other, 1000 + mono, "1", restamp=True, untrusted=(boot, mono))
+    first = cache.batch(other, 0, 1)[0][0]
+    cache.set_inflight(other, first)
+    cache.reanchor(boot, true_now=5040.0, boot_clock_now=40.0)
+    assert cache.reanchor_leftovers() == 0  # still in flight
+    cache.set_inflight(other, 0)  # resolved: not sent (a refused batch is bisected, say)
+    assert cache.reanchor_leftovers() == 1
+    assert times(cache, other) == pytest.approx([5030, 5031, 5032])
+
+
+def test_the_anchor_survives_for_leftovers_of_an_earlier_boot(cache_path: str) -> None:
+    cache, _ = Cache.open(cache_path)
+    cache.finish_create("normal")
+    stream, boot = untrusted_rows(cache, [10, 11])
+    cache.set_inflight(stream, cache.batch(stream, 0, 1)[0][0])
+    cache.reanchor(boot, true_now=5020.0, boot_clock_now=20.0)
+    cache.close()  # kill -9 with the batch on the wire, say; the device reboots
+    cache = Cache.connect(cache_path)
+    try:
+        later = cache.boot_key("boot-2")
+        cache.reanchor(later, true_now=9000.0, boot_clock_now=5.0)
+        assert cache.ack_reconciled(stream, remote_newest=None) == 0
+        assert times(cache, stream) == pytest.approx([5010, 5011])
+    finally:
+        cache.close()
+
+
+OFFSET = 1000.0  # the system clock is this much slow: the NTP server says so
+
+
+@pytest.fixture
+def ntp() -> Iterator[NTPServer]:
+    with NTPServer(offset=OFFSET) as server:
+        server.silent = True  # no answer until a test says so
+        yield server
+
+
+def unresolved_push(lg: Logger, server: ConnectorDBServer, *, stored: bool) -> None:
+    """A pass whose push gets no answer (the server stored the batch, or not) and whose
+    reconciling read fails too: the batch stays in flight, as after a kill -9 mid-push."""
+    if stored:
+        server.drop_after_commit(1)
+    else:
+        server.drop_before(1)
+    server.fail_next(1, status=503, methods={"GET"}, path="/data")
+    report = lg.sync()
+    assert not report.ok and report.sent == {}
+    cache = Cache.connect(lg.path)
+    try:
+        assert cache.streams()["n"].inflight  # the record stays: the next pass asks first
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["answer-lost", "not-stored"])
+def test_ntp_answering_while_a_batch_is_unresolved_sends_nothing_twice(
+    cache_path: str, server: ConnectorDBServer, ntp: NTPServer, stored: bool
+) -> None:
+    """NTP answers between a lost answer and the next pass: the pass re-times the cached
+    datapoints before it reconciles. The batch in flight must keep the times it was sent
+    with, or the reconcile misses that the server holds it, and sends it again."""
+    with Logger(cache_path, apikey=server.apikey, ntp_server=ntp.address, http_timeout=1) as lg:
+        lg.serverurl = server.url
+        lg.addStream("n", {"type": "integer"})
+        lg.insert_many("n", [1, 2, 3])  # stamped by the untrusted (slow) clock
+        unresolved_push(lg, server, stored=stored)
+        lg.insert("n", 4)
+        ntp.silent = False
+        report = lg.sync()  # NTP first, then the reconcile, then the rest
+        assert report.ok and report.sent == {"n": 4}
+        assert lg.status().untrusted == 0 and len(lg) == 0
+    points = server.datapoints(STREAM)
+    assert [p["d"] for p in points] == [1, 2, 3, 4]  # once each
+    now = time.time()
+    if stored:  # delivered as they were stamped: only 4 is in true time
+        assert [abs(p["t"] - now) < 60 for p in points] == [True, True, True, False]
+    assert abs(points[-1]["t"] - (now + OFFSET)) < 60
+    if not stored:  # sent again after the reconcile: every one in true time
+        assert all(abs(p["t"] - (now + OFFSET)) < 60 for p in points)
