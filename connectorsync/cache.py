@@ -313,10 +313,11 @@ def _delete(conn: apsw.Connection, where: str, params: Sequence[Any]) -> int:
         ") AS gone WHERE streams.id = gone.stream AND gone.t >= streams.last_t",
         params,
     )
-    conn.execute(
-        f"DELETE FROM deadletters WHERE retry_id IN (SELECT id FROM datapoints WHERE {where})",
-        params,
-    )
+    if next(conn.execute("SELECT 1 FROM deadletters WHERE retry_id IS NOT NULL LIMIT 1"), 0):
+        conn.execute(
+            f"DELETE FROM deadletters WHERE retry_id IN (SELECT id FROM datapoints WHERE {where})",
+            params,
+        )
     conn.execute(f"DELETE FROM datapoints WHERE {where}", params)
     return conn.changes()
 
