@@ -10,6 +10,10 @@ Guarantees (each proved by the test named):
   (``test_durability.py::test_processes_inserting_together_never_see_locked``). A stream's
   newest timestamp never goes down: deleting datapoints records it in ``streams.last_t``.
 - A failed call changes nothing (each write is one transaction).
+- A batch in flight (a stream's datapoints with id <= ``streams.inflight``) is immutable:
+  ``drop_oldest``, expiry, :meth:`Cache.clear` and re-anchoring leave it alone until its
+  outcome is resolved, so each datapoint is counted in exactly one place: delivered, cached,
+  dead-lettered, dropped, expired or cleared (``test_inflight.py``).
 - The schema is versioned with ``PRAGMA user_version``; opening an older file, or a cache
   written by ``connectordb`` 0.3.5's Logger, migrates it in place in one transaction
   (``test_migration.py``).
@@ -314,12 +318,23 @@ def _place(t: float, newest: float, restamp: bool) -> float:
     return newest + NUDGE
 
 
+# The rows not in a batch in flight: a stream's rows with id <= streams.inflight are on the
+# wire (or their outcome is unknown) and stay as they are until it is resolved.
+_AT_REST = "id > (SELECT s.inflight FROM streams AS s WHERE s.id = datapoints.stream)"
+
+
+# Why drop_oldest found nothing to drop: what is left is a batch in flight.
+_SENDING = " (what is left is being sent and cannot be dropped: try again once the sync is done)"
+
+
 def _delete(conn: apsw.Connection, where: str, params: Sequence[Any]) -> int:
     """Delete the datapoints matching ``where``; returns how many.
 
     Every deletion goes through here: per stream, the newest datapoint that leaves is
     remembered (``streams.last_t``/``last_d``), so a stream's timestamps keep increasing after
-    its cache empties, and ``latest()`` still has an answer.
+    its cache empties, and ``latest()`` still has an answer. A dead letter queued again whose
+    datapoint leaves is done with (delivered, dropped or expired: counted there); a caller
+    that wants it back at rest sets its ``retry_id`` to NULL first (:meth:`Cache.clear`).
     """
     conn.execute(
         "UPDATE streams SET last_t = gone.t, last_d = gone.d FROM ("
@@ -328,8 +343,81 @@ def _delete(conn: apsw.Connection, where: str, params: Sequence[Any]) -> int:
         ") AS gone WHERE streams.id = gone.stream AND gone.t >= streams.last_t",
         params,
     )
+    if next(conn.execute("SELECT 1 FROM deadletters WHERE retry_id IS NOT NULL LIMIT 1"), 0):
+        conn.execute(
+            f"DELETE FROM deadletters WHERE retry_id IN (SELECT id FROM datapoints WHERE {where})",
+            params,
+        )
     conn.execute(f"DELETE FROM datapoints WHERE {where}", params)
     return conn.changes()
+
+
+# The anchors (boots row -> [true time, boot clock]) of reanchor, for datapoints that were in
+# flight then: {"3": [1700000000.0, 12.5], ...}; the last one is the newest.
+_ANCHORS = "clock.reanchor"
+
+
+def _recorded_anchors(conn: apsw.Connection) -> dict[str, list[float]]:
+    row = next(conn.execute("SELECT value FROM settings WHERE key = ?", (_ANCHORS,)), None)
+    return {} if row is None else dict(json.loads(row[0]))
+
+
+def _retime_recorded(conn: apsw.Connection, anchors: dict[str, list[float]]) -> int:
+    """Re-time the untrusted datapoints not in flight of every boot in ``anchors``, and
+    record the anchors still needed: the newest, and those of boots with untrusted
+    datapoints left. Returns how many were re-timed."""
+    fixed = 0
+    for boot, (true_now, boot_clock_now) in anchors.items():
+        fixed += _retime(conn, int(boot), true_now, boot_clock_now)
+    newest = list(anchors)[-1:]
+    needed = {
+        boot: anchor
+        for boot, anchor in anchors.items()
+        if boot in newest
+        or next(conn.execute("SELECT 1 FROM datapoints WHERE boot = ? LIMIT 1", (int(boot),)), 0)
+    }
+    conn.execute("DELETE FROM settings WHERE key = ?", (_ANCHORS,))
+    if needed:
+        conn.execute("INSERT INTO settings VALUES (?, ?)", (_ANCHORS, json.dumps(needed)))
+    return fixed
+
+
+def _retime(conn: apsw.Connection, boot: int, true_now: float, boot_clock_now: float) -> int:
+    """See :meth:`Cache.reanchor`: re-time ``boot``'s untrusted datapoints not in flight."""
+    # Per stream, the re-timed datapoints are all after the ones in flight (ids above
+    # streams.inflight), so walking on from the first of them, nudging forward any time not
+    # after the one before, keeps the order and never touches a datapoint in flight.
+    firsts = list(
+        conn.execute(
+            f"SELECT stream, min(id) FROM datapoints WHERE boot = ? AND {_AT_REST} GROUP BY stream",
+            (boot,),
+        )
+    )
+    conn.execute(
+        "UPDATE datapoints SET t = ? - (? - mono), boot = NULL, mono = NULL "
+        f"WHERE boot = ? AND {_AT_REST}",
+        (true_now, boot_clock_now, boot),
+    )
+    fixed = conn.changes()
+    for stream_id, first_id in firsts:
+        before = next(
+            conn.execute(
+                "SELECT t FROM datapoints WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT 1",
+                (stream_id, first_id),
+            ),
+            None,
+        ) or next(conn.execute("SELECT last_t FROM streams WHERE id = ?", (stream_id,)))
+        prev = before[0]
+        rows = conn.execute(
+            "SELECT id, t FROM datapoints WHERE stream = ? AND id >= ? ORDER BY id",
+            (stream_id, first_id),
+        )
+        for point_id, t in list(rows):
+            if t <= prev:
+                t = prev + NUDGE
+                conn.execute("UPDATE datapoints SET t = ? WHERE id = ?", (t, point_id))
+            prev = t
+    return fixed
 
 
 def _bump(conn: apsw.Connection, key: str, count: int) -> None:
@@ -736,6 +824,11 @@ class Cache:
                         )
                     # Some headroom, so that the next inserts need no count.
                     dropped += self._drop_oldest(conn, max(excess, limits.max_cached // 100))
+                    if dropped < excess:  # the rest is a batch in flight: it stays
+                        raise CacheFullError(
+                            f"the cache holds {cached} datapoints and max_cached is "
+                            f"{limits.max_cached}: nothing was stored{_SENDING}"
+                        )
         if limits.max_bytes:
             while (used := self._used_bytes(conn)) > limits.max_bytes:
                 freed = (
@@ -744,7 +837,7 @@ class Cache:
                 if not freed:
                     raise CacheFullError(
                         f"the cache uses {used} bytes and max_cache_bytes is {limits.max_bytes}:"
-                        " nothing was stored"
+                        f" nothing was stored{_SENDING if limits.drop_oldest else ''}"
                     )
                 dropped += freed
         if limits.min_free_disk:
@@ -763,6 +856,7 @@ class Cache:
                     raise CacheFullError(
                         f"{free} bytes free on the disk, under min_free_disk "
                         f"({limits.min_free_disk}): nothing was stored"
+                        f"{_SENDING if limits.drop_oldest else ''}"
                     )
         return dropped
 
@@ -778,24 +872,29 @@ class Cache:
         return max(1, next(conn.execute("SELECT count(*) FROM datapoints"))[0] // 100)
 
     def _drop_oldest(self, conn: apsw.Connection, count: int) -> int:
-        """Delete the ``count`` oldest datapoints (all streams) and count them as dropped."""
+        """Delete the ``count`` oldest datapoints (all streams) and count them as dropped.
+        Datapoints of a batch in flight are left alone: the oldest of the others go."""
         edge = next(
-            conn.execute("SELECT id FROM datapoints ORDER BY id LIMIT 1 OFFSET ?", (count - 1,)),
+            conn.execute(
+                f"SELECT id FROM datapoints WHERE {_AT_REST} ORDER BY id LIMIT 1 OFFSET ?",
+                (count - 1,),
+            ),
             None,
         )
         if edge is None:
-            edge = next(conn.execute("SELECT max(id) FROM datapoints"))
+            edge = next(conn.execute(f"SELECT max(id) FROM datapoints WHERE {_AT_REST}"))
             if edge[0] is None:
                 return 0
-        dropped = _delete(conn, "id <= ?", (edge[0],))
+        dropped = _delete(conn, f"id <= ? AND {_AT_REST}", (edge[0],))
         _bump(conn, "stats.dropped", dropped)
         log.warning("cache full: dropped the %d oldest datapoints", dropped)
         return dropped
 
     def expire(self, before: float) -> int:
-        """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired."""
+        """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired.
+        Datapoints of a batch in flight are left alone (``test_inflight.py``)."""
         with self.transaction("expire old datapoints") as conn:
-            expired = _delete(conn, "t < ?", (before,))
+            expired = _delete(conn, f"t < ? AND {_AT_REST}", (before,))
             _bump(conn, "stats.expired", expired)
         if expired:
             log.warning("expired %d datapoints older than max_age", expired)
@@ -902,39 +1001,31 @@ class Cache:
         """Fix the times of the datapoints of ``boot`` stamped by an untrusted clock: each
         becomes ``true_now - (boot_clock_now - its boot clock)``, exact whatever the wall clock
         said. Per stream, strictly increasing order is kept (ties nudged by 1 µs). Returns how
-        many datapoints were fixed."""
+        many datapoints were fixed.
+
+        A batch in flight is left as it was sent (still untrusted): re-timing it before its
+        outcome is known would make a reconcile miss what the remote holds, and send it twice.
+        The anchor is recorded in the cache, and the batch's datapoints that turn out not
+        delivered are re-timed when it is resolved (:meth:`ack_reconciled`), or by
+        :meth:`reanchor_leftovers`. Safe to call again (``test_inflight.py``).
+        """
         with self.transaction("fix timestamps stamped before the clock was trusted") as conn:
-            firsts = list(
-                conn.execute(
-                    "SELECT stream, min(id) FROM datapoints WHERE boot = ? GROUP BY stream",
-                    (boot,),
-                )
-            )
-            conn.execute(
-                "UPDATE datapoints SET t = ? - (? - mono), boot = NULL, mono = NULL WHERE boot = ?",
-                (true_now, boot_clock_now, boot),
-            )
-            fixed = conn.changes()
-            for stream_id, first_id in firsts:
-                before = next(
-                    conn.execute(
-                        "SELECT t FROM datapoints WHERE stream = ? AND id < ? "
-                        "ORDER BY id DESC LIMIT 1",
-                        (stream_id, first_id),
-                    ),
-                    None,
-                ) or next(conn.execute("SELECT last_t FROM streams WHERE id = ?", (stream_id,)))
-                prev = before[0]
-                rows = conn.execute(
-                    "SELECT id, t FROM datapoints WHERE stream = ? AND id >= ? ORDER BY id",
-                    (stream_id, first_id),
-                )
-                for point_id, t in list(rows):
-                    if t <= prev:
-                        t = prev + NUDGE
-                        conn.execute("UPDATE datapoints SET t = ? WHERE id = ?", (t, point_id))
-                    prev = t
+            anchors = _recorded_anchors(conn)
+            anchors.pop(str(boot), None)  # the newest anchor goes last: it is kept
+            anchors[str(boot)] = [true_now, boot_clock_now]
+            fixed = _retime_recorded(conn, anchors)
         self._newest.clear()
+        return fixed
+
+    def reanchor_leftovers(self) -> int:
+        """Fix, with the anchors :meth:`reanchor` recorded, the times of datapoints it left
+        untrusted because they were in flight then and are not now. Cheap when there are
+        none; safe to call any time no batch of this connection is being read or sent.
+        Returns how many were fixed."""
+        with self.transaction("fix timestamps left untrusted while in flight") as conn:
+            fixed = _retime_recorded(conn, _recorded_anchors(conn))
+        if fixed:
+            self._newest.clear()
         return fixed
 
     def untrusted_count(self, boot: int) -> int:
@@ -961,8 +1052,6 @@ class Cache:
         conn.execute(
             "UPDATE streams SET inflight = 0 WHERE id = ? AND inflight <= ?", (stream_id, last_id)
         )
-        # Dead letters queued again and now delivered are done with.
-        conn.execute("DELETE FROM deadletters WHERE retry_id BETWEEN ? AND ?", (first_id, last_id))
         return delivered
 
     def take_batch(self, stream_id: int, after_id: int, request: BatchRequest) -> list[Row]:
@@ -1032,6 +1121,10 @@ class Cache:
                 if first is not None:
                     delivered = self._delete_delivered(conn, stream_id, first, last)
             conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+            # What was left untrusted while in flight (NTP answered meanwhile) and was not
+            # delivered gets its true time now, before it is sent again.
+            if _retime_recorded(conn, _recorded_anchors(conn)):
+                self._newest.clear()
             return delivered
 
     # ----------------------------------------------------------------------- dead letters
@@ -1110,9 +1203,17 @@ class Cache:
             return purged
 
     def clear(self) -> int:
-        """Delete every cached datapoint (connectordb's ``cleardata``). Returns how many."""
+        """Delete every cached datapoint (connectordb's ``cleardata``) but those of a batch in
+        flight, which are delivered or stay cached. A dead letter queued again goes back to
+        the dead letters (at rest). Returns how many datapoints were cleared: neither of those.
+        """
         with self.transaction("clear the cache") as conn:
-            return _delete(conn, "1", ())
+            conn.execute(
+                "UPDATE deadletters SET retry_id = NULL WHERE retry_id IN ("
+                f"  SELECT id FROM datapoints WHERE {_AT_REST})"
+            )
+            letters = conn.changes()
+            return _delete(conn, _AT_REST, ()) - letters
 
     def stream_stats(self) -> dict[str, StreamStats]:
         """Cached count, oldest and newest cached t, and dead letters, per registered stream."""

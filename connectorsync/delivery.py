@@ -114,8 +114,6 @@ class PassPlan:
     :ivar hold: datapoints to hold back until the clock is trusted (see :class:`BatchRequest`)
     :ivar deadline: a ``time.monotonic()`` after which no new batch starts (close's drain)
     :ivar progress: called with ``(stream, count)`` after each delivered batch
-    :ivar resolved: called with the cache connection once every stream's in-flight record is
-        resolved (device time re-times what it could not while rows were in flight)
     """
 
     batch_size: int
@@ -123,7 +121,6 @@ class PassPlan:
     hold: Untrusted | None = None
     deadline: float | None = None
     progress: Progress | None = None
-    resolved: Callable[[Cache], object] | None = None
 
 
 class OutOfTimeError(ConnectorSyncError):
@@ -150,11 +147,12 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
         turn.guard(turn.open)
         if isinstance(report.exception, AuthError):
             return report  # the same credentials for every stream: no point asking again
-    if plan.resolved is not None:
-        try:
-            plan.resolved(cache)
-        except ConnectorSyncError as exc:
-            log.warning("after resolving batches in flight: %s", exc)
+    try:
+        # NTP may have answered while batches were in flight: what they carried and was not
+        # delivered gets its true time now, before anything of it is sent again.
+        cache.reanchor_leftovers()
+    except ConnectorSyncError as exc:
+        log.warning("re-timing datapoints left untrusted while in flight: %s", exc)
     _take_turns(turns, plan.deadline, report)
     return report
 

@@ -33,7 +33,7 @@ from .errors import (
     TransientRemoteError,
     UnknownStreamError,
 )
-from .options import OPTIONS, Options, check_options
+from .options import OPTIONS, TOGETHER, Options, check_options, check_together
 from .remotes.base import DeliveryKind, Remote
 from .remotes.connectordb import ConnectorDBRemote
 from .streams import StreamDef
@@ -200,6 +200,7 @@ class Logger:
         self._boot: int | None = None
         self._next_expiry = 0.0
         self._next_clock_reload = 0.0
+        self._pending: dict[str, Any] = {}  # options being set by the constructor
 
         self._cache, created = Cache.open(self.path, options.get("durability", "full"))
         try:
@@ -221,8 +222,13 @@ class Logger:
                 PassHooks(before=self._before_pass, hold=self._hold),
                 on_pass=self._after_pass,
             )
-            for name, value in options.items():
-                setattr(self, name, value)
+            self._check_together(options)
+            self._pending = options
+            try:
+                for name, value in options.items():
+                    setattr(self, name, value)
+            finally:
+                self._pending = {}
             self._apply_options()
             if apikey is not None:
                 self.apikey = apikey
@@ -430,6 +436,8 @@ class Logger:
     def _set_option(self, name: str, value: Any) -> None:
         value = Options.check(name, value)
         self._check_open()
+        if name in TOGETHER:
+            check_together({**self._options.as_dict(), **self._pending, name: value})
         self._cache.set_setting("option." + name, value)
         self._options.set(name, value)
         if name == "durability":
@@ -437,6 +445,16 @@ class Logger:
         if name == "http_timeout":
             self._drop_remote()
         self._apply_options()
+
+    def _check_together(self, options: dict[str, Any]) -> None:
+        """Before the constructor sets ``options``: refuse a contradiction they would make;
+        one already in the cache file (from an older version) is only reported."""
+        try:
+            check_together({**self._options.as_dict(), **options})
+        except ConfigurationError as exc:
+            if options.keys() & TOGETHER:
+                raise
+            log.warning("cache file %r: %s; nothing is held until then", self.path, exc)
 
     def _apply_options(self) -> None:
         """Build what the options describe: limits, archive, clock mode."""
@@ -678,7 +696,12 @@ class Logger:
 
     def cleardata(self) -> int:
         """Delete every cached datapoint without syncing it (ConnectorDB name). Returns how
-        many. Dead letters stay."""
+        many.
+
+        Dead letters stay: one queued again by :meth:`retry_deadletters` is a dead letter
+        again. A batch being sent is left alone: it is delivered, or stays cached
+        (``test_inflight.py``).
+        """
         self._check_open()
         cleared = self._cache.clear()
         log.warning("cleardata(): deleted %d cached datapoints without syncing them", cleared)
@@ -749,8 +772,13 @@ class Logger:
     ) -> float:
         """Ask an NTP server for the true time (default ``ntp_server``; ``"host"`` or
         ``"host:port"``). From now on, during this boot, timestamps are that time plus the
-        boot clock elapsed, whatever the wall clock does. Datapoints of this boot stamped
-        before are re-timed exactly. Returns what the system clock was off by, in seconds.
+        boot clock elapsed, whatever the wall clock does. Returns what the system clock was
+        off by, in seconds; the log says how many datapoints were re-timed.
+
+        With ``ntp_server`` set, datapoints of this boot stamped before NTP answered are
+        re-timed exactly now (those of a batch being sent once its outcome is known).
+        Without it the system clock was trusted: datapoints already stamped keep their times,
+        and only later timestamps use this answer.
 
         :raises TransientRemoteError: the server did not answer within ``timeout``
         :raises ConfigurationError: no server
@@ -761,8 +789,14 @@ class Logger:
         self._cache.set_setting("clock.anchor", anchor.to_json())
         self._clock.set_anchor(anchor)
         fixed = self._cache.reanchor(self._boot_key(), anchor.true_time, anchor.boot_clock)
+        log.info("NTP: re-timed %d datapoints stamped before it answered", fixed)
+        if self._options["ntp_server"] is None:
+            log.warning(
+                "NTP: ntp_server is not set, so the system clock was trusted: datapoints it "
+                "stamped keep their times, only later timestamps use this answer (set "
+                "ntp_server to have them re-timed)"
+            )
         if fixed:
-            log.info("re-timed %d datapoints stamped before NTP answered", fixed)
             self._syncer.wake()  # held datapoints may go now
         return anchor.offset
 

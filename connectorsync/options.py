@@ -144,6 +144,10 @@ class Options:
 
     __getitem__ = get
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every option (not ``syncperiod``) by name."""
+        return {name: getattr(self, name) for name in OPTIONS}
+
     @staticmethod
     def check(name: str, value: Any) -> Any:
         """``value`` as option ``name`` stores it.
@@ -170,3 +174,18 @@ def check_options(options: dict[str, Any]) -> None:
         )
     for name, value in options.items():
         OPTIONS[name][1](name, value)
+
+
+#: The options :func:`check_together` looks at.
+TOGETHER = frozenset({"hold_unsynced", "ntp_server"})
+
+
+def check_together(options: dict[str, Any]) -> None:
+    """Raise ConfigurationError for options that contradict each other (``options`` holds
+    every option): a setting that would silently do nothing is refused."""
+    if options["hold_unsynced"] and options["ntp_server"] is None:
+        raise ConfigurationError(
+            "hold_unsynced=True holds datapoints until an NTP server answers, but ntp_server "
+            "is not set (without it the system clock is trusted and nothing would be held): "
+            "set ntp_server, e.g. ntp_server='pool.ntp.org', or hold_unsynced=False"
+        )

@@ -63,12 +63,10 @@ class PassHooks:
     :ivar before: run with the syncer's cache connection before each pass (expiry, an NTP
         refresh when due); an error is logged, the pass goes on
     :ivar hold: what to hold back until the clock is trusted, asked once per pass
-    :ivar resolved: run once the batches left in flight are resolved (re-timing)
     """
 
     before: Callable[[Cache], object] = lambda cache: None
     hold: Callable[[], Untrusted | None] = lambda: None
-    resolved: Callable[[Cache], object] | None = None
 
 
 class SyncLock:
@@ -231,7 +229,6 @@ class Syncer:
             hold=self._hooks.hold(),
             deadline=deadline,
             progress=progress,
-            resolved=self._hooks.resolved,
         )
         return run_pass(cache, remote, plan)
 

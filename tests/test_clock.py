@@ -6,6 +6,7 @@ so "the system clock is 1000 s slow" is simulated without touching the machine's
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -16,6 +17,8 @@ from connectorsync import clock as clock_module
 from connectorsync.cache import Cache
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.ntp import NTPServer
+
+from .conftest import dump
 
 OFFSET = 1000.0
 
@@ -210,3 +213,66 @@ def test_background_syncer_asks_ntp(cache_path: str, ntp: NTPServer, server: Con
     wait_for(lambda: lg.status().clock_offset is not None, what="an NTP answer")
     assert ntp.requests >= 1
     lg.close()
+
+
+# ----------------------------------------------------------------------------- no silent no-ops
+
+
+def test_hold_unsynced_without_ntp_server_is_refused(cache_path: str, ntp: NTPServer) -> None:
+    """Without ntp_server the system clock is trusted: hold_unsynced would hold nothing."""
+    with pytest.raises(ConfigurationError, match="set ntp_server"):
+        Logger(cache_path, hold_unsynced=True)
+    assert not os.path.exists(cache_path)  # a failed constructor leaves no file behind
+
+    def init(lg: Logger) -> None:
+        lg.hold_unsynced = True
+
+    with pytest.raises(ConfigurationError, match="ntp_server"):
+        Logger(cache_path, on_create=init)
+    # Together, in either order, they are fine.
+    Logger(cache_path, hold_unsynced=True, ntp_server=ntp.address).close()
+    Logger(cache_path, ntp_server=ntp.address, hold_unsynced=True).close()
+    before = dump(cache_path)
+    with pytest.raises(ConfigurationError, match="ntp_server"):
+        Logger(cache_path, ntp_server=None)  # hold_unsynced is stored on
+    assert dump(cache_path) == before  # nothing was changed
+
+    with Logger(cache_path) as lg:
+        with pytest.raises(ConfigurationError, match="ntp_server"):
+            lg.ntp_server = None  # while hold_unsynced is on
+        assert lg.ntp_server == ntp.address
+        lg.hold_unsynced = False
+        lg.ntp_server = None
+        with pytest.raises(ConfigurationError, match="ntp_server"):
+            lg.hold_unsynced = True
+        assert lg.hold_unsynced is False
+    with Logger(cache_path, ntp_server=None, hold_unsynced=False) as lg:
+        assert (lg.ntp_server, lg.hold_unsynced) == (None, False)
+
+
+def test_a_stored_hold_without_ntp_server_is_reported(cache_path: str, caplog) -> None:
+    Logger(cache_path).close()
+    cache = Cache.connect(cache_path)
+    cache.set_setting("option.hold_unsynced", True)  # as an older version let it be stored
+    cache.close()
+    with Logger(cache_path, batch_size=10) as lg:  # opens: the data must stay reachable
+        assert lg.hold_unsynced is True
+    assert "hold_unsynced=True" in caplog.text and "set ntp_server" in caplog.text
+
+
+def test_sync_clock_without_ntp_server_retimes_nothing_and_says_so(
+    cache_path: str, ntp: NTPServer, caplog
+) -> None:
+    """Without ntp_server the system clock is trusted: sync_clock cannot re-time what it
+    stamped (no boot clock was kept), only later timestamps follow the answer."""
+    with Logger(cache_path) as lg:
+        lg.addStream_force("temperature", {"type": "number"})
+        lg.insert("temperature", 1.0)
+        stamped = cached_times(cache_path, "temperature")
+        caplog.set_level("INFO", logger="connectorsync")
+        assert abs(lg.sync_clock(ntp.address) - OFFSET) < 0.001
+        assert cached_times(cache_path, "temperature") == stamped
+        assert "re-timed 0 datapoints" in caplog.text
+        assert "ntp_server is not set" in caplog.text
+        lg.insert("temperature", 2.0)
+        assert abs(lg.latest("temperature")["t"] - (time.time() + OFFSET)) < 0.01  # type: ignore[index]
