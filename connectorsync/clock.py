@@ -13,7 +13,9 @@ clock jumping backwards never makes an insert fail or reorder a stream.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import math
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -21,10 +23,12 @@ from typing import Any
 
 import ntplib
 
-from .errors import ConfigurationError, TransientRemoteError
+from .errors import ConfigurationError, TimestampError, TransientRemoteError
 
 log = logging.getLogger("connectorsync.clock")
 
+# Later than 5138-11-16 in seconds: surely milliseconds or microseconds given by mistake.
+MAX_PLAUSIBLE_TIMESTAMP = 1e11
 _BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 _PROCESS_BOOT = f"process-{uuid.uuid4()}"
 
@@ -118,3 +122,44 @@ class Clock:
         anchor = Anchor(self.boot_id, true_time, boot_clock(), answer.offset)
         log.info("NTP %s:%s: system clock off by %+.3f s", server, port, answer.offset)
         return anchor
+
+
+def check_timestamp(stream: str, timestamp: Any) -> float:
+    """An explicit timestamp as seconds since the epoch (a number, or an aware datetime).
+
+    :raises TimestampError: not a number, not finite, or implausibly large (milliseconds?)
+    """
+    if isinstance(timestamp, datetime.datetime):
+        if timestamp.tzinfo is None:
+            raise TimestampError(
+                f"stream {stream!r}: a datetime timestamp needs a timezone; got {timestamp!r}"
+            )
+        timestamp = timestamp.timestamp()
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+        raise TimestampError(
+            f"stream {stream!r} expects a timestamp in seconds since the epoch; "
+            f"got {timestamp!r} ({type(timestamp).__name__})"
+        )
+    try:
+        t = float(timestamp)
+    except OverflowError:  # an int beyond any float: far too large, and too long to show
+        raise TimestampError(
+            f"stream {stream!r}: timestamp (an int of {int(timestamp).bit_length()} bits) is too "
+            "large for seconds since the epoch"
+        ) from None
+    if not math.isfinite(t):
+        raise TimestampError(f"stream {stream!r}: timestamp must be finite; got {timestamp!r}")
+    if abs(t) > MAX_PLAUSIBLE_TIMESTAMP:
+        raise TimestampError(
+            f"stream {stream!r}: timestamp {timestamp!r} is too large for seconds since the "
+            "epoch (milliseconds? divide by 1000)"
+        )
+    return t
+
+
+def too_old(stream: str, t: float, newest: float) -> TimestampError:
+    """The error for an explicit timestamp older than the stream's newest."""
+    return TimestampError(
+        f"stream {stream!r}: timestamp {t!r} is older than the stream's newest ({newest!r}); "
+        "timestamps must increase per stream, or add the stream with out_of_order='restamp'"
+    )

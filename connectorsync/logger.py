@@ -1,42 +1,42 @@
 """Logger: the one class users need. A drop-in successor of ``connectordb.logger.Logger``.
 
-It wires the parts together and holds no SQL and no HTTP: values are checked by
-:mod:`~connectorsync.streams`, stamped by :mod:`~connectorsync.clock`, stored by
-:mod:`~connectorsync.cache` (and :mod:`~connectorsync.archive`) and delivered by
-:mod:`~connectorsync.syncer` through a :mod:`remote <connectorsync.remotes.base>`.
+It wires the parts together and holds no SQL and no HTTP: values are checked by the stream
+registry (:mod:`~connectorsync.streams`), stamped by :mod:`~connectorsync.devicetime`, stored
+by :mod:`~connectorsync.cache` (and :mod:`~connectorsync.archive`) and delivered by
+:mod:`~connectorsync.syncer` through a :mod:`remote <connectorsync.remotes.base>`. Each
+method is a short delegation; the Logger owns the lifecycle and the sync-failure policy
+(``onsync``, ``onsyncfail``, ``syncraise``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import enum
 import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from .archive import Archive
 from .cache import Cache, Limits, StreamStats, TooOldError, Untrusted
-from .clock import Anchor, Clock, boot_clock
+from .clock import check_timestamp, too_old
 from .delivery import SyncReport
+from .devicetime import DeviceTime
 from .errors import (
     ClosedError,
     ConfigurationError,
     ConnectorSyncError,
     StreamError,
     TimestampError,
-    TransientRemoteError,
     UnknownStreamError,
 )
 from .options import OPTIONS, TOGETHER, Options, check_options, check_together
 from .remotes.base import DeliveryKind, Remote
 from .remotes.connectordb import ConnectorDBRemote
-from .streams import StreamDef
+from .streams import StreamDef, StreamRegistry, Subscriber, Subscribers, check_values
 from .syncer import PassHooks, Syncer
 
 log = logging.getLogger("connectorsync")
@@ -44,15 +44,14 @@ log = logging.getLogger("connectorsync")
 #: Where a new cache points until ``serverurl`` is set (ConnectorDB's default too).
 DEFAULT_SERVERURL = "http://localhost:3124"
 DEFAULT_SYNCPERIOD = 600.0
-# Later than 5138-11-16 in seconds: surely milliseconds or microseconds given by mistake.
-MAX_PLAUSIBLE_TIMESTAMP = 1e11
-#: With ntp_server, the syncer asks again once the last answer is this old (seconds).
-NTP_REFRESH = 3600.0
-# How often (seconds) an untrusted clock looks for an NTP answer another process got, and how
-# often inserts expire datapoints older than max_age.
-_CLOCK_RELOAD = 10.0
-_EXPIRY_EVERY = 60.0
-OUT_OF_ORDER = ("reject", "restamp")
+#: The ConnectorDB settings a new cache file starts with.
+_NEW_SETTINGS = {
+    "apikey": "",
+    "serverurl": DEFAULT_SERVERURL,
+    "syncperiod": DEFAULT_SYNCPERIOD,
+    "lastsynctime": 0,
+    "data": {},
+}
 
 
 def _option(name: str) -> Any:
@@ -130,12 +129,6 @@ class Status:
         return sum(s.cached for s in self.streams.values())
 
 
-class _Registered(NamedTuple):
-    definition: StreamDef
-    id: int
-    restamp: bool  # out_of_order="restamp": explicit older timestamps move after the newest
-
-
 class _State(enum.Enum):
     OPEN = 1
     CLOSED = 2
@@ -161,7 +154,7 @@ class Logger:
     :raises CacheError: the file cannot be opened
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - ConnectorDB's signature, kept for the drop-in
         self,
         path: str,
         on_create: Callable[[Logger], Any] | None = None,
@@ -174,79 +167,23 @@ class Logger:
         **options: Any,
     ):
         check_options(options)
-        if remote is not None and not isinstance(
-            getattr(remote, "delivery_kind", None), DeliveryKind
-        ):
-            raise ConfigurationError(
-                f"remote {remote!r} declares no delivery_kind (a connectorsync.DeliveryKind): "
-                "say how it stores a batch (see docs/remotes.rst)"
-            )
+        _check_remote(remote)
         self.path = str(path)
-        self.onsync = onsync
-        self.onsyncfail = onsyncfail
-        self.syncraise = syncraise
+        self.onsync, self.onsyncfail, self.syncraise = onsync, onsyncfail, syncraise
         self._state = _State.OPEN
         self._lock = threading.RLock()
         self._remote_given = remote
         self._remote_built: ConnectorDBRemote | None = None
-        self._defs: dict[str, _Registered] = {}
         self._options = Options()
-        self._creating = False
-        self._start_when_created = False
+        self._creating = self._start_when_created = False
         self._verdict = threading.local()  # .reraise: what the last pass in this thread says
-        self._subscribers: dict[str, list[Callable[[dict[str, Any]], Any]]] = {}
+        self._subscribers = Subscribers()
         self._limits: Limits | None = None
         self._archive: Archive | None = None
-        self._boot: int | None = None
-        self._next_expiry = 0.0
-        self._next_clock_reload = 0.0
         self._pending: dict[str, Any] = {}  # options being set by the constructor
-
         self._cache, created = Cache.open(self.path, options.get("durability", "full"))
         try:
-            if created:
-                self._cache.set_setting("apikey", "")
-                self._cache.set_setting("serverurl", DEFAULT_SERVERURL)
-                self._cache.set_setting("syncperiod", DEFAULT_SYNCPERIOD)
-                self._cache.set_setting("lastsynctime", 0)
-                self._cache.set_setting("data", {})
-            self._load_settings()
-            self._clock = Clock(
-                Anchor.from_json(self._cache.get_setting("clock.anchor")),
-                ntp=self._options.ntp_server is not None,
-            )
-            self._syncer = Syncer(
-                self.path,
-                self._options,
-                self._remote(),
-                PassHooks(before=self._before_pass, hold=self._hold),
-                on_pass=self._after_pass,
-            )
-            self._check_together(options)
-            self._pending = options
-            try:
-                for name, value in options.items():
-                    setattr(self, name, value)
-            finally:
-                self._pending = {}
-            self._apply_options()
-            if apikey is not None:
-                self.apikey = apikey
-            if created and on_create is not None:
-                self._creating = True
-                try:
-                    if on_create(self) is False:
-                        raise ConfigurationError(
-                            "on_create returned False: the logger is not usable"
-                        )
-                finally:
-                    self._creating = False
-            if remote is not None and self._cache.get_setting("remote") is None:
-                self._record_remote(remote)  # until a sync pass records where data went
-            if created:
-                self._cache.finish_create(self._options.durability)
-            else:
-                self._cache.set_durability(self._options.durability)
+            self._setup(created, on_create, apikey, options)
         except BaseException:
             if hasattr(self, "_syncer"):
                 self._syncer.close()
@@ -259,35 +196,60 @@ class Logger:
         if self._start_when_created:
             self._syncer.start()
 
-    def _load_settings(self) -> None:
+    def _setup(
+        self,
+        created: bool,
+        on_create: Callable[[Logger], Any] | None,
+        apikey: str | None,
+        options: dict[str, Any],
+    ) -> None:
+        """The constructor's work on the open cache; on any error the caller undoes it."""
+        for key, value in _NEW_SETTINGS.items() if created else ():
+            self._cache.set_setting(key, value)
         settings = self._cache.settings()
         self._apikey = settings.get("apikey", "")
         self._serverurl = settings.get("serverurl", DEFAULT_SERVERURL)
-        self._options.set("syncperiod", settings.get("syncperiod", DEFAULT_SYNCPERIOD))
         self._lastsync = settings.get("lastsynctime", 0)
+        self._options.set("syncperiod", settings.get("syncperiod", DEFAULT_SYNCPERIOD))
         for name in OPTIONS:
             if "option." + name in settings:
                 self._options.set(name, settings["option." + name])
-        self._load_streams()
-
-    def _load_streams(self) -> None:
-        defs = {}
-        for row in self._cache.streams().values():
-            current = self._defs.get(row.name)
-            restamp = row.out_of_order == "restamp"
-            if current is not None and current.definition.schema_text == row.schema:
-                defs[row.name] = current._replace(restamp=restamp)
-            else:
-                definition = StreamDef(row.name, json.loads(row.schema))
-                defs[row.name] = _Registered(definition, row.id, restamp)
-        self._defs = defs
+        self._streams = StreamRegistry(self._cache)
+        self._streams.load()
+        self._time = DeviceTime(self._cache, self._options)
+        hooks = PassHooks(before=self._time.before_pass, hold=self._time.hold)
+        self._syncer = Syncer(self.path, self._options, self._remote(), hooks, self._after_pass)
+        self._check_together(options)
+        self._pending = options
+        try:
+            for name, value in options.items():
+                setattr(self, name, value)
+        finally:
+            self._pending = {}
+        self._apply_options()
+        if apikey is not None:
+            self.apikey = apikey
+        if created and on_create is not None:
+            self._creating = True
+            try:
+                if on_create(self) is False:
+                    raise ConfigurationError("on_create returned False: the logger is not usable")
+            finally:
+                self._creating = False
+        if self._remote_given is not None and self._cache.get_setting("remote") is None:
+            self._cache.set_setting("remote", repr(self._remote_given))  # until a pass does
+        if created:
+            self._cache.finish_create(self._options.durability)
+        else:
+            self._cache.set_durability(self._options.durability)
 
     # ----------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         """Start syncing in a background thread: at once, then every ``syncperiod`` seconds,
         and as soon as ``sync_threshold`` datapoints wait. Returns at once (it never waits
-        for the network). Failed passes are retried with backoff; see :meth:`status`."""
+        for the network). Failed passes are retried with backoff; see :meth:`status`. In
+        ``on_create``, syncing starts once the file is created."""
         self._check_open()
         if self._creating:
             self._start_when_created = True  # the file is not there for others until then
@@ -296,7 +258,7 @@ class Logger:
 
     def stop(self) -> None:
         """Stop the background syncer. Returns at once, even in the middle of a backoff
-        (a request under way ends within ``http_timeout``). Safe to call twice."""
+        (a request under way ends by itself within ``http_timeout``). Safe to call twice."""
         self._syncer.stop()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -335,7 +297,7 @@ class Logger:
             raise ClosedError(f"Logger({self.path!r}) is closed")
 
     def __repr__(self) -> str:
-        state = "closed" if self._state is _State.CLOSED else f"{len(self._defs)} streams"
+        state = "closed" if self._state is _State.CLOSED else f"{len(self._streams)} streams"
         return f"<Logger {self.path!r} {state}>"
 
     # ----------------------------------------------------------------------- settings
@@ -347,16 +309,7 @@ class Logger:
 
     @apikey.setter
     def apikey(self, value: str) -> None:
-        if not isinstance(value, str):
-            raise ConfigurationError("apikey must be a string")
-        try:
-            value.encode("latin-1")
-        except UnicodeEncodeError:  # the message never shows the key (invariant 14)
-            raise ConfigurationError(
-                "apikey has a character outside latin-1, which HTTP Basic auth cannot send"
-            ) from None
-        self._check_open()
-        self._cache.set_setting("apikey", value)
+        self._save("apikey", _check_apikey(value))
         self._apikey = value
         self._drop_remote()
         self._syncer.resume()
@@ -370,8 +323,7 @@ class Logger:
     def serverurl(self, value: str) -> None:
         if not isinstance(value, str) or not value:
             raise ConfigurationError(f"serverurl must be a non-empty string; got {value!r}")
-        self._check_open()
-        self._cache.set_setting("serverurl", value)
+        self._save("serverurl", value)
         self._serverurl = value
         self._drop_remote()
 
@@ -382,22 +334,19 @@ class Logger:
 
     @syncperiod.setter
     def syncperiod(self, value: float) -> None:
-        value = Options.check("syncperiod", value)
-        self._check_open()
-        self._cache.set_setting("syncperiod", value)
-        self._options.set("syncperiod", value)
+        self._options.set(
+            "syncperiod", self._save("syncperiod", Options.check("syncperiod", value))
+        )
         self._syncer.wake()  # start the new period now
 
     @property
     def lastsynctime(self) -> float:
         """When the last complete sync finished (0: never); stored in the cache file."""
-        return self._lastsync
+        return float(self._lastsync)
 
     @lastsynctime.setter
     def lastsynctime(self, value: float) -> None:
-        self._check_open()
-        self._cache.set_setting("lastsynctime", value)
-        self._lastsync = value
+        self._lastsync = self._save("lastsynctime", value)
 
     @property
     def data(self) -> Any:
@@ -410,16 +359,22 @@ class Logger:
 
     @data.setter
     def data(self, value: Any) -> None:
-        self._check_open()
         try:
-            self._cache.set_setting("data", value)
+            self._save("data", value)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(
                 f"data must be JSON (dicts, lists, numbers...): {exc}"
             ) from exc
 
+    def _save(self, key: str, value: Any) -> Any:
+        """Store a setting in the cache file (committed on return); returns ``value``."""
+        self._check_open()
+        self._cache.set_setting(key, value)
+        return value
+
     durability = _option("durability")
     batch_size = _option("batch_size")
+    max_batch_bytes = _option("max_batch_bytes")
     sync_threshold = _option("sync_threshold")
     http_timeout = _option("http_timeout")
     max_cached = _option("max_cached")
@@ -438,8 +393,7 @@ class Logger:
         self._check_open()
         if name in TOGETHER:
             check_together({**self._options.as_dict(), **self._pending, name: value})
-        self._cache.set_setting("option." + name, value)
-        self._options.set(name, value)
+        self._options.set(name, self._save("option." + name, value))
         if name == "durability":
             self._cache.set_durability(value)
         if name == "http_timeout":
@@ -460,27 +414,11 @@ class Logger:
         """Build what the options describe: limits, archive, clock mode."""
         o = self._options
         limits = Limits(
-            o.max_cached,
-            o.max_cache_bytes,
-            o.min_free_disk,
-            drop_oldest=o.on_full == "drop_oldest",
+            o.max_cached, o.max_cache_bytes, o.min_free_disk, drop_oldest=o.on_full == "drop_oldest"
         )
         self._limits = limits if limits.active or limits.drop_oldest else None
-        archive = self._archive
-        if archive is None or (archive.directory, archive.fmt) != (
-            o.archive_dir,
-            o.archive_format,
-        ):
-            if archive is not None:
-                archive.close()
-            self._archive = None
-            if o.archive_dir is not None:
-                self._archive = Archive(
-                    o.archive_dir, o.archive_format, fsync=o.durability == "full"
-                )
-        elif archive is not None:
-            archive.fsync = o.durability == "full"
-        self._clock.ntp = o.ntp_server is not None
+        self._archive = _archive_for(self._archive, o)
+        self._time.options_changed()
 
     # ----------------------------------------------------------------------- remote
 
@@ -500,21 +438,13 @@ class Logger:
         :class:`~connectorsync.ConnectorDBRemote` on ``serverurl`` with ``apikey``."""
         return self._remote()
 
-    def _record_remote(self, remote: Remote) -> None:
-        """Note in the cache where its datapoints go, for ``status()`` and the command line
-        of another process. A remote's repr shows no credentials (the remote contract)."""
-        description = repr(remote)
-        if description != self._cache.get_setting("remote"):
-            self._cache.set_setting("remote", description)
-
     def _drop_remote(self) -> None:
         """The default remote's settings changed: build it anew, for the syncer too."""
         with self._lock:
             if self._remote_built is not None:
                 self._remote_built.close()
                 self._remote_built = None
-        if hasattr(self, "_syncer"):  # not while __init__ loads the settings
-            self._syncer.set_remote(self._remote())
+        self._syncer.set_remote(self._remote())
 
     def ping(self) -> str:
         """Check the remote is reachable and the apikey accepted. Returns ``user/device``.
@@ -534,11 +464,11 @@ class Logger:
     @property
     def streams(self) -> dict[str, dict[str, Any]]:
         """The registered streams: name -> JSON schema (a copy)."""
-        return {name: dict(r.definition.schema) for name, r in self._defs.items()}
+        return self._streams.schemas()
 
     def __contains__(self, stream: object) -> bool:
         """``"temperature" in logger``: is the stream registered?"""
-        return stream in self._defs
+        return stream in self._streams
 
     def add_stream(
         self, name: str, schema: dict[str, Any] | None = None, *, out_of_order: str = "reject"
@@ -564,7 +494,7 @@ class Logger:
                     f"stream {name!r} was not found on the remote; "
                     "give a schema to create it: add_stream(name, schema)"
                 )
-        self._register(name, schema, out_of_order)
+        self._streams.register(name, schema, out_of_order)
 
     addStream = add_stream
 
@@ -574,30 +504,7 @@ class Logger:
         """Register a stream without asking the remote (ConnectorDB name); no schema means any
         JSON value. The stream is created on the remote at the first sync if missing."""
         self._check_open()
-        self._register(name, schema, out_of_order)
-
-    def _register(self, name: str, schema: dict[str, Any] | None, out_of_order: str) -> None:
-        if out_of_order not in OUT_OF_ORDER:
-            raise StreamError(
-                f"stream {name!r}: out_of_order must be 'reject' or 'restamp'; got {out_of_order!r}"
-            )
-        definition = StreamDef(name, schema)
-        row = self._cache.put_stream(name, definition.schema_text, out_of_order)
-        self._defs[name] = _Registered(definition, row.id, out_of_order == "restamp")
-
-    def _stream(self, name: str) -> _Registered:
-        found = self._defs.get(name)
-        if found is None:
-            self._check_open()
-            self._load_streams()  # another process may have added it
-            found = self._defs.get(name)
-            if found is None:
-                known = ", ".join(sorted(self._defs)) or "none"
-                raise UnknownStreamError(
-                    f"stream {name!r} is not registered (registered: {known}); "
-                    "add it first with add_stream(name, schema)"
-                )
-        return found
+        self._streams.register(name, schema, out_of_order)
 
     # ----------------------------------------------------------------------- inserting
 
@@ -615,27 +522,25 @@ class Logger:
             (unless the stream was added with ``out_of_order="restamp"``)
         :raises CacheFullError: a storage limit or the disk is full; nothing was stored
         """
-        registered = self._stream(stream)
+        self._check_open()
+        registered = self._streams.get(stream)
         data = registered.definition.encode(value)
-        untrusted = None
         if timestamp is None:
-            t, restamp = self._clock.now(), True
-            if not self._clock.trusted:
-                untrusted = self._untrusted()
+            (t, untrusted), restamp = self._time.stamp(), True
         else:
-            t, restamp = _check_timestamp(stream, timestamp), registered.restamp
+            t, untrusted, restamp = check_timestamp(stream, timestamp), None, registered.restamp
         try:
             stored = self._cache.append(
                 registered.id, t, data, restamp=restamp, untrusted=untrusted, limits=self._limits
             )
         except TooOldError as exc:
-            raise _too_old(stream, t, exc.newest) from None
+            raise too_old(stream, t, exc.newest) from None
         if self._archive is not None:
             self._archive.write(((stream, stored, data),))
         if self._subscribers:
-            self._notify(stream, ((stored, value),))
-        if self._options["max_age"] is not None:
-            self._expire_now_and_then()
+            self._subscribers.notify(stream, stored, value)
+        if self._options.max_age is not None:
+            self._time.expire_now_and_then()
         self._syncer.inserted(1)
 
     def insert_many(self, stream: str | dict[str, Any], values: Iterable[Any] | None = None) -> int:
@@ -650,30 +555,8 @@ class Logger:
             :meth:`insert`; nothing is stored
         :raises TypeError: ``values`` is not iterable, or is a str, bytes or dict
         """
-        if values is None:
-            if not isinstance(stream, dict):
-                raise TypeError("insert_many(stream, values) or insert_many({stream: datapoints})")
-            by_stream = stream
-        else:
-            if not isinstance(stream, str):
-                raise StreamError(f"stream name must be a string; got {stream!r}")
-            by_stream = {stream: values}
-        now = self._clock.now()
-        untrusted = None if self._clock.trusted else self._untrusted()
-        points: list[tuple[int, float, bool, str, Untrusted | None]] = []
-        given: list[tuple[str, Any]] = []
-        for name, items in by_stream.items():
-            _check_values(name, items)
-            registered = self._stream(name)
-            encode = registered.definition.encode
-            for item in items:
-                if type(item) is dict and item.keys() == {"t", "d"}:
-                    t = _check_timestamp(name, item["t"])
-                    points.append((registered.id, t, registered.restamp, encode(item["d"]), None))
-                    given.append((name, item["d"]))
-                else:
-                    points.append((registered.id, now, True, encode(item), untrusted))
-                    given.append((name, item))
+        self._check_open()
+        points, given = self._points(_by_stream(stream, values))
         if not points:
             return 0
         try:
@@ -690,9 +573,30 @@ class Logger:
             )
         if self._subscribers:
             for (name, value), (_, t) in zip(given, stored, strict=True):
-                self._notify(name, ((t, value),))
+                self._subscribers.notify(name, t, value)
         self._syncer.inserted(len(points))
         return len(points)
+
+    def _points(
+        self, by_stream: dict[str, Any]
+    ) -> tuple[list[tuple[int, float, bool, str, Untrusted | None]], list[tuple[str, Any]]]:
+        """The cache's points for ``insert_many``, and (stream, value) of each, in order."""
+        now, untrusted = self._time.stamp()
+        points: list[tuple[int, float, bool, str, Untrusted | None]] = []
+        given: list[tuple[str, Any]] = []
+        for name, items in by_stream.items():
+            check_values(name, items)
+            registered = self._streams.get(name)
+            encode = registered.definition.encode
+            for item in items:
+                if type(item) is dict and item.keys() == {"t", "d"}:
+                    t = check_timestamp(name, item["t"])
+                    points.append((registered.id, t, registered.restamp, encode(item["d"]), None))
+                    given.append((name, item["d"]))
+                else:
+                    points.append((registered.id, now, True, encode(item), untrusted))
+                    given.append((name, item))
+        return points, given
 
     def cleardata(self) -> int:
         """Delete every cached datapoint without syncing it (ConnectorDB name). Returns how
@@ -711,9 +615,8 @@ class Logger:
         """The cached datapoints (of one stream, or all, stream by stream), oldest first, as
         ``{"stream", "t", "d"}``; read in pages, so a large cache needs little memory."""
         self._check_open()
-        names = [stream] if stream is not None else sorted(self._defs)
-        for name in names:
-            stream_id = self._stream(name).id
+        for name in [stream] if stream is not None else self._streams.names():
+            stream_id = self._streams.get(name).id
             after = 0
             while rows := self._cache.batch(stream_id, after, 1000):
                 for _, t, data in rows:
@@ -733,37 +636,17 @@ class Logger:
         From the cache, or once it was synced (or dropped) from what the cache remembers:
         it survives a sync and a restart.
         """
-        registered = self._stream(stream)
-        found = self._cache.latest(registered.id)
+        self._check_open()
+        found = self._cache.latest(self._streams.get(stream).id)
         return None if found is None else {"t": found[0], "d": json.loads(found[1])}
 
-    def subscribe(
-        self, stream: str, callback: Callable[[dict[str, Any]], Any]
-    ) -> Callable[[], None]:
+    def subscribe(self, stream: str, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback({"t": ..., "d": ...})`` after each committed insert into ``stream``
-        by this Logger. An exception from the callback is logged, never raised into the
-        inserting code. Returns a function that unsubscribes."""
-        self._stream(stream)
-        with self._lock:
-            self._subscribers = {**self._subscribers}
-            self._subscribers[stream] = [*self._subscribers.get(stream, []), callback]
-
-        def unsubscribe() -> None:
-            with self._lock:
-                remaining = [f for f in self._subscribers.get(stream, []) if f is not callback]
-                self._subscribers = {**self._subscribers, stream: remaining}
-                if not remaining:
-                    del self._subscribers[stream]
-
-        return unsubscribe
-
-    def _notify(self, stream: str, points: Iterable[tuple[float, Any]]) -> None:
-        for callback in self._subscribers.get(stream, ()):
-            for t, value in points:
-                try:
-                    callback({"t": t, "d": value})
-                except Exception:
-                    log.exception("subscriber %r of stream %r failed", callback, stream)
+        by this Logger, outside every lock. An exception from the callback is logged, never
+        raised into the inserting code. Returns a function that unsubscribes."""
+        self._check_open()
+        self._streams.get(stream)
+        return self._subscribers.add(stream, callback)
 
     # ----------------------------------------------------------------------- time
 
@@ -784,60 +667,15 @@ class Logger:
         :raises ConfigurationError: no server
         """
         self._check_open()
-        host, default_port = _ntp_address(server or self._options["ntp_server"] or "")
-        anchor = self._clock.measure(host, port or default_port, timeout)
-        self._cache.set_setting("clock.anchor", anchor.to_json())
-        self._clock.set_anchor(anchor)
-        fixed = self._cache.reanchor(self._boot_key(), anchor.true_time, anchor.boot_clock)
-        log.info("NTP: re-timed %d datapoints stamped before it answered", fixed)
-        if self._options["ntp_server"] is None:
-            log.warning(
-                "NTP: ntp_server is not set, so the system clock was trusted: datapoints it "
-                "stamped keep their times, only later timestamps use this answer (set "
-                "ntp_server to have them re-timed)"
-            )
-        if fixed:
+        synced = self._time.sync_clock(server, port, timeout)
+        if synced.retimed:
             self._syncer.wake()  # held datapoints may go now
-        return anchor.offset
-
-    def _boot_key(self) -> int:
-        if self._boot is None:
-            self._boot = self._cache.boot_key(self._clock.boot_id)
-        return self._boot
-
-    def _untrusted(self) -> Untrusted | None:
-        """For a clock-stamped insert before NTP answered: (boot, boot clock), to fix later.
-        Picks up, now and then, an answer another process got."""
-        now = boot_clock()
-        if now >= self._next_clock_reload:
-            self._next_clock_reload = now + _CLOCK_RELOAD
-            self._clock.set_anchor(Anchor.from_json(self._cache.get_setting("clock.anchor")))
-            if self._clock.trusted:
-                return None
-        return (self._boot_key(), now)
-
-    def _hold(self) -> Untrusted | None:
-        """For the syncer: hold datapoints of this boot stamped in the last ``max_hold``
-        seconds before NTP answered (with ``hold_unsynced``)."""
-        if not self._options["hold_unsynced"] or self._clock.trusted:
-            return None
-        return (self._boot_key(), boot_clock() - self._options["max_hold"])
-
-    def _expire_now_and_then(self) -> None:
-        now = boot_clock()
-        if now >= self._next_expiry:
-            self._next_expiry = now + _EXPIRY_EVERY
-            self._expire()
-
-    def _expire(self) -> None:
-        max_age = self._options["max_age"]
-        if max_age is not None:
-            self._cache.expire(self._clock.now() - max_age)
+        return synced.offset
 
     # ----------------------------------------------------------------------- syncing
 
     def sync(self, progress: Callable[[str, int], object] | None = None) -> SyncReport:
-        """One sync pass: deliver every cached datapoint, delete it once acknowledged.
+        """One sync pass: deliver what is cached now, delete it once acknowledged.
 
         Creates missing streams on the remote with their registered schema. A failure in
         one stream does not stop the others; a datapoint the remote refuses becomes a dead
@@ -848,6 +686,7 @@ class Logger:
 
         :param progress: called with ``(stream, count)`` after each delivered batch
         :returns: a :class:`SyncReport` (``sent``, ``deadlettered``, ``errors``)
+        :raises ConnectorSyncError: called from ``on_create``, ``onsync`` or ``onsyncfail``
         """
         self._check_open()
         if self._creating:
@@ -861,19 +700,6 @@ class Logger:
             raise report.exception
         return report
 
-    def _before_pass(self, cache: Cache) -> None:
-        """Before every pass: expire old datapoints, ask NTP again when it is time, and note
-        in the cache where this pass sends (only the process that syncs records it there)."""
-        self._expire()
-        anchor = self._clock.anchor
-        ntp_due = anchor is None or boot_clock() - anchor.boot_clock > NTP_REFRESH
-        if self._options["ntp_server"] is not None and ntp_due:
-            try:
-                # Bounded like any request: a silent NTP server must not stall the sync.
-                self.sync_clock(timeout=min(5.0, self._options["http_timeout"]))
-            except TransientRemoteError as exc:
-                log.warning("NTP: %s (timestamps stay as they are; trying again next pass)", exc)
-
     def _after_pass(self, report: SyncReport) -> None:
         """After every pass, manual or background: ConnectorDB's callbacks and lastsynctime."""
         if report.ok:
@@ -882,7 +708,7 @@ class Logger:
             if self.onsync is not None:
                 self.onsync()
             return
-        error = report.exception or ConnectorSyncError("; ".join(report.errors.values()))
+        error = report.exception or ConnectorSyncError(report.message or "sync failed")
         self._verdict.reraise = bool(self.syncraise)
         if self.onsyncfail is not None:
             self._verdict.reraise = bool(self.onsyncfail(error))
@@ -903,8 +729,8 @@ class Logger:
         timestamp is queued at newest + 1 µs, as the stream's order requires. If refused
         again it returns to the dead letters with one more attempt. Returns how many."""
         self._check_open()
-        streams = {name: registered.id for name, registered in self._defs.items()}
-        queued = self._cache.retry_deadletters(None if ids is None else list(ids), streams)
+        chosen = None if ids is None else list(ids)
+        queued = self._cache.retry_deadletters(chosen, self._streams.ids())
         self._syncer.inserted(queued)
         return queued
 
@@ -920,90 +746,65 @@ class Logger:
     def status(self) -> Status:
         """What is cached per stream, and how syncing and the clock go."""
         self._check_open()
-        syncer = self._syncer
+        sync = self._syncer.sync_state()
         counters = self._cache.statistics()
-        anchor = self._clock.anchor
-        untrusted = 0 if self._clock.trusted else self._cache.untrusted_count(self._boot_key())
-        last_error, next_attempt = syncer.paused or syncer.last_error, syncer.next_attempt
-        paused, elsewhere = syncer.paused is not None, None
-        if not syncer.running:
-            next_attempt = None
-            if syncer.syncing_elsewhere():
-                # Another process syncs: what it recorded in the cache is what we know.
-                state = syncer.state()
-                elsewhere = f"pid {state.get('pid')} on {state.get('host')}"
-                last_error = state.get("paused") or state.get("last_error")
-                next_attempt, paused = state.get("next_attempt"), bool(state.get("paused"))
+        anchor = self._time.clock.anchor
         return Status(
             streams=self._cache.stream_stats(),
             last_sync=self._cache.get_setting("lastsynctime", 0) or None,
-            last_error=last_error,
-            next_attempt=next_attempt,
-            paused=paused,
+            last_error=sync.last_error,
+            next_attempt=sync.next_attempt,
+            paused=sync.paused,
             dropped=counters["dropped"],
             expired=counters["expired"],
             clock_offset=None if anchor is None else anchor.offset,
             clock_measured=None if anchor is None else anchor.true_time,
-            untrusted=untrusted,
-            syncer=elsewhere,
+            untrusted=self._time.untrusted_count(),
+            syncer=sync.elsewhere,
             remote=self._cache.get_setting("remote"),
         )
 
 
-def _check_values(stream: str, values: Any) -> None:
-    """``insert_many``'s values must be a collection: a str, bytes or a dict is iterable
-    too, but would be stored letter by letter, byte by byte or key by key."""
-    try:
-        iter(values)
-        usable = not isinstance(values, str | bytes | bytearray | memoryview | Mapping)
-    except TypeError:
-        usable = False
-    if not usable:
-        raise TypeError(
-            f"insert_many: values for stream {stream!r} must be an iterable (a list, say) of "
-            f"values or {{'t': ..., 'd': ...}} datapoints; got a {type(values).__name__}"
+def _check_remote(remote: Remote | None) -> None:
+    if remote is not None and not isinstance(getattr(remote, "delivery_kind", None), DeliveryKind):
+        raise ConfigurationError(
+            f"remote {remote!r} declares no delivery_kind (a connectorsync.DeliveryKind): "
+            "say how it stores a batch (see docs/remotes.rst)"
         )
 
 
-def _check_timestamp(stream: str, timestamp: Any) -> float:
-    if isinstance(timestamp, datetime.datetime):
-        if timestamp.tzinfo is None:
-            raise TimestampError(
-                f"stream {stream!r}: a datetime timestamp needs a timezone; got {timestamp!r}"
-            )
-        timestamp = timestamp.timestamp()
-    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
-        raise TimestampError(
-            f"stream {stream!r} expects a timestamp in seconds since the epoch; "
-            f"got {timestamp!r} ({type(timestamp).__name__})"
-        )
+def _check_apikey(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError("apikey must be a string")
     try:
-        t = float(timestamp)
-    except OverflowError:  # an int beyond any float: far too large, and too long to show
-        raise TimestampError(
-            f"stream {stream!r}: timestamp (an int of {int(timestamp).bit_length()} bits) is too "
-            "large for seconds since the epoch"
+        value.encode("latin-1")
+    except UnicodeEncodeError:  # the message never shows the key (invariant 14)
+        raise ConfigurationError(
+            "apikey has a character outside latin-1, which HTTP Basic auth cannot send"
         ) from None
-    if not math.isfinite(t):
-        raise TimestampError(f"stream {stream!r}: timestamp must be finite; got {timestamp!r}")
-    if abs(t) > MAX_PLAUSIBLE_TIMESTAMP:
-        raise TimestampError(
-            f"stream {stream!r}: timestamp {timestamp!r} is too large for seconds since the "
-            "epoch (milliseconds? divide by 1000)"
-        )
-    return t
+    return value
 
 
-def _ntp_address(target: str) -> tuple[str, int]:
-    """``"host"`` or ``"host:port"`` (an IPv6 address has more colons: no port then)."""
-    host, colon, port = target.rpartition(":")
-    if colon and port.isdigit() and ":" not in host:
-        return host, int(port)
-    return target, 123
+def _by_stream(stream: str | dict[str, Any], values: Iterable[Any] | None) -> dict[str, Any]:
+    """``insert_many``'s two call forms as one: stream name -> values."""
+    if values is None:
+        if not isinstance(stream, dict):
+            raise TypeError("insert_many(stream, values) or insert_many({stream: datapoints})")
+        return stream
+    if not isinstance(stream, str):
+        raise StreamError(f"stream name must be a string; got {stream!r}")
+    return {stream: values}
 
 
-def _too_old(stream: str, t: float, newest: float) -> TimestampError:
-    return TimestampError(
-        f"stream {stream!r}: timestamp {t!r} is older than the stream's newest ({newest!r}); "
-        "timestamps must increase per stream, or add the stream with out_of_order='restamp'"
-    )
+def _archive_for(archive: Archive | None, options: Options) -> Archive | None:
+    """The archive the options describe: ``archive`` as it is, or a new one (the old one
+    closed), or None."""
+    wanted = (options.archive_dir, options.archive_format)
+    if archive is not None and (archive.directory, archive.fmt) == wanted:
+        archive.fsync = options.durability == "full"
+        return archive
+    if archive is not None:
+        archive.close()
+    if options.archive_dir is None:
+        return None
+    return Archive(options.archive_dir, options.archive_format, fsync=options.durability == "full")

@@ -1,4 +1,5 @@
-"""Stream definitions: name rules, compiled schema validators and JSON encoding of values.
+"""Streams: name rules, compiled schema validators, JSON encoding of values, the registry of
+a cache's streams, and the subscribers told of each insert.
 
 A :class:`StreamDef` turns a Python value into the JSON text the cache stores, or raises
 :class:`~connectorsync.errors.ValidationError` and stores nothing. Schemas are compiled once
@@ -10,12 +11,14 @@ checked without calling jsonschema, with exactly jsonschema's Draft 4 answers
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import reprlib
 import sys
-from collections.abc import Callable
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jsonschema
 import jsonschema.exceptions
@@ -24,7 +27,12 @@ import referencing
 import referencing.exceptions
 import referencing.jsonschema
 
-from .errors import SchemaError, StreamError, ValidationError
+from .errors import SchemaError, StreamError, UnknownStreamError, ValidationError
+
+if TYPE_CHECKING:  # the registry is handed its cache; streams.py needs no import of it
+    from .cache import Cache
+
+log = logging.getLogger("connectorsync.streams")
 
 # ConnectorDB v0.3 names: a letter, then letters, digits, '_' or '-', shorter than 30 characters.
 NAME_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]*")  # fullmatch: "$" would allow "a\n"
@@ -294,3 +302,168 @@ class StreamDef:
 
     def __repr__(self) -> str:
         return f"StreamDef({self.name!r}, {self.schema_text})"
+
+
+# --------------------------------------------------------------------------- the registry
+
+OUT_OF_ORDER = ("reject", "restamp")
+
+
+class Registered(NamedTuple):
+    """A registered stream: its definition, its id in the cache and its timestamp policy."""
+
+    definition: StreamDef
+    id: int
+    restamp: bool  # out_of_order="restamp": explicit older timestamps move after the newest
+
+
+class StreamRegistry:
+    """The streams registered in one cache file, as this process knows them.
+
+    Other processes may register streams too: a name not known here is looked up again in
+    the cache before it is called unknown. A stream whose stored schema this version refuses
+    (written by an older one) stays listed but refuses inserts, saying why.
+    """
+
+    def __init__(self, cache: Cache):
+        self._cache = cache
+        self._defs: dict[str, Registered] = {}
+        self._broken: dict[str, str] = {}  # name -> why it cannot be used
+
+    def load(self) -> None:
+        """Read the registered streams from the cache (a definition unchanged is kept)."""
+        defs, broken = {}, {}
+        for row in self._cache.streams().values():
+            current = self._defs.get(row.name)
+            restamp = row.out_of_order == "restamp"
+            if current is not None and current.definition.schema_text == row.schema:
+                defs[row.name] = current._replace(restamp=restamp)
+                continue
+            try:
+                definition = StreamDef(row.name, json.loads(row.schema))
+            except (StreamError, SchemaError) as exc:
+                log.warning("stream %r in the cache cannot be used: %s", row.name, exc)
+                broken[row.name] = str(exc)
+                continue
+            defs[row.name] = Registered(definition, row.id, restamp)
+        self._defs, self._broken = defs, broken
+
+    def register(self, name: str, schema: dict[str, Any] | None, out_of_order: str) -> None:
+        """Register ``name`` with ``schema`` (None: any JSON value), or replace its schema.
+
+        :raises StreamError: bad name or ``out_of_order``; :raises SchemaError: bad schema
+        """
+        if out_of_order not in OUT_OF_ORDER:
+            raise StreamError(
+                f"stream {name!r}: out_of_order must be 'reject' or 'restamp'; got {out_of_order!r}"
+            )
+        definition = StreamDef(name, schema)
+        row = self._cache.put_stream(name, definition.schema_text, out_of_order)
+        self._defs = {**self._defs, name: Registered(definition, row.id, out_of_order == "restamp")}
+        self._broken.pop(name, None)
+
+    def get(self, name: str) -> Registered:
+        """The registered stream ``name``.
+
+        :raises UnknownStreamError: not registered (here or by another process)
+        :raises StreamError: registered with a schema this version refuses
+        """
+        found = self._defs.get(name)
+        if found is None:
+            self.load()  # another process may have added it
+            found = self._defs.get(name)
+            if found is None:
+                if name in self._broken:
+                    raise StreamError(
+                        f"stream {name!r} cannot be used: {self._broken[name]}; "
+                        "register it again with add_stream(name, schema)"
+                    )
+                known = ", ".join(sorted(self._defs)) or "none"
+                raise UnknownStreamError(
+                    f"stream {name!r} is not registered (registered: {known}); "
+                    "add it first with add_stream(name, schema)"
+                )
+        return found
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._defs
+
+    def __len__(self) -> int:
+        return len(self._defs)
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._defs)
+
+    def schemas(self) -> dict[str, dict[str, Any]]:
+        """name -> JSON schema (copies)."""
+        return {name: dict(r.definition.schema) for name, r in self._defs.items()}
+
+    def ids(self) -> dict[str, int]:
+        """name -> the stream's id in the cache."""
+        return {name: r.id for name, r in self._defs.items()}
+
+
+def check_values(stream: str, values: Any) -> None:
+    """``insert_many``'s values must be a collection: a str, bytes or a dict is iterable
+    too, but would be stored letter by letter, byte by byte or key by key.
+
+    :raises TypeError: naming ``values`` and what it must be
+    """
+    try:
+        iter(values)
+        usable = not isinstance(values, str | bytes | bytearray | memoryview | Mapping)
+    except TypeError:
+        usable = False
+    if not usable:
+        raise TypeError(
+            f"insert_many: values for stream {stream!r} must be an iterable (a list, say) of "
+            f"values or {{'t': ..., 'd': ...}} datapoints; got a {type(values).__name__}"
+        )
+
+
+# --------------------------------------------------------------------------- subscribers
+
+Subscriber = Callable[[dict[str, Any]], Any]
+
+
+class Subscribers:
+    """Callbacks called after each committed insert into a stream (``Logger.subscribe``).
+
+    A callback runs in the inserting thread, after the commit and outside every lock; its
+    exception is logged, never raised into the inserting code. The mapping is replaced, never
+    changed in place, so notifying needs no lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_stream: dict[str, list[Subscriber]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_stream)
+
+    def add(self, stream: str, callback: Subscriber) -> Callable[[], None]:
+        """Subscribe ``callback`` to ``stream``; returns the function that unsubscribes it."""
+        with self._lock:
+            self._by_stream = {
+                **self._by_stream,
+                stream: [*self._by_stream.get(stream, []), callback],
+            }
+
+        def unsubscribe() -> None:
+            with self._lock:
+                left = [f for f in self._by_stream.get(stream, []) if f is not callback]
+                by_stream = {**self._by_stream, stream: left}
+                if not left:
+                    del by_stream[stream]
+                self._by_stream = by_stream
+
+        return unsubscribe
+
+    def notify(self, stream: str, t: float, value: Any) -> None:
+        """Tell ``stream``'s subscribers about the datapoint ``(t, value)``."""
+        for callback in self._by_stream.get(stream, ()):
+            try:
+                callback({"t": t, "d": value})
+            except Exception:
+                log.exception("subscriber %r of stream %r failed", callback, stream)

@@ -57,6 +57,22 @@ MAX_RETRY_AFTER = 3600.0
 
 
 @dataclass(frozen=True)
+class SyncState:
+    """How syncing goes, for ``status()``.
+
+    :ivar last_error: why the last pass failed (or why syncing is paused), or None
+    :ivar next_attempt: when the background syncer tries next, or None when none runs
+    :ivar paused: credentials were refused: waiting for new ones or the next period
+    :ivar elsewhere: who syncs, when another process does (``"pid N on host"``), else None
+    """
+
+    last_error: str | None
+    next_attempt: float | None
+    paused: bool
+    elsewhere: str | None = None
+
+
+@dataclass(frozen=True)
 class PassHooks:
     """What device time adds to a pass, handed down by the Logger.
 
@@ -415,6 +431,21 @@ class Syncer:
     def state(self) -> dict[str, Any]:
         """The sync state the last syncer of this cache recorded (maybe another process's)."""
         return dict(self._connection().get_setting("sync.state", {}) or {})
+
+    def sync_state(self) -> SyncState:
+        """How syncing goes: this process's syncer, or what the process that syncs recorded
+        in the cache."""
+        if self.running:
+            return SyncState(self.paused or self.last_error, self.next_attempt, bool(self.paused))
+        if self.syncing_elsewhere():
+            state = self.state()
+            return SyncState(
+                state.get("paused") or state.get("last_error"),
+                state.get("next_attempt"),
+                bool(state.get("paused")),
+                _describe(state),
+            )
+        return SyncState(self.paused or self.last_error, None, bool(self.paused))
 
     def syncing_elsewhere(self) -> bool:
         """True when another process (or Logger) holds this cache's sync lock right now."""
