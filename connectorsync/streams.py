@@ -250,32 +250,10 @@ class StreamDef:
             the schema; the message names the stream, the value and what was expected.
         """
         kind = type(value)
-        if kind is float:
-            if not math.isfinite(value):
-                raise self._error(value, "a finite number (NaN and infinity are not JSON)")
+        if kind is float and math.isfinite(value):  # the common case, kept inline
             text = float.__repr__(value)
-        elif kind is int:
-            try:
-                text = int.__repr__(value)
-            except ValueError:  # more digits than str() converts
-                digits = sys.get_int_max_str_digits()
-                raise self._error(value, f"an integer of at most {digits} digits") from None
         else:
-            if kind in (dict, list, tuple) and _nested_deeper_than(value, MAX_DEPTH):
-                raise self._error(value, f"a JSON value nested at most {MAX_DEPTH} levels deep")
-            try:
-                text = _DUMPS(value)
-            except (TypeError, ValueError, RecursionError) as exc:
-                raise self._error(value, f"a JSON value ({exc})") from None
-            if not text.isascii():
-                try:
-                    text.encode()
-                except UnicodeEncodeError:  # the cache and the remotes store UTF-8
-                    raise self._error(
-                        value,
-                        "text that UTF-8 can encode (a lone surrogate such as '\\ud800' "
-                        "is not a character)",
-                    ) from None
+            text = self._text(value, kind)
         if kind in self._fast_types:
             return text
         if kind not in _SCALARS:
@@ -289,6 +267,36 @@ class StreamDef:
             ) from None
         if error is not None:
             raise self._error(value, self.schema_text, reason=error.message)
+        return text
+
+    def _text(self, value: Any, kind: type) -> str:
+        """``value`` as compact JSON text (any kind but a finite float).
+
+        :raises ValidationError: not JSON, or text UTF-8 cannot encode
+        """
+        if kind is float:
+            raise self._error(value, "a finite number (NaN and infinity are not JSON)")
+        if kind is int:
+            try:
+                return int.__repr__(value)
+            except ValueError:  # more digits than str() converts
+                digits = sys.get_int_max_str_digits()
+                raise self._error(value, f"an integer of at most {digits} digits") from None
+        if kind in (dict, list, tuple) and _nested_deeper_than(value, MAX_DEPTH):
+            raise self._error(value, f"a JSON value nested at most {MAX_DEPTH} levels deep")
+        try:
+            text: str = _DUMPS(value)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise self._error(value, f"a JSON value ({exc})") from None
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:  # the cache and the remotes store UTF-8
+                raise self._error(
+                    value,
+                    "text that UTF-8 can encode (a lone surrogate such as '\\ud800' "
+                    "is not a character)",
+                ) from None
         return text
 
     def _error(self, value: Any, expected: str, reason: str = "") -> ValidationError:

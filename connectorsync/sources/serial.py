@@ -179,7 +179,7 @@ class SerialSource:
     :raises ConfigurationError: a bad argument, or settings pyserial refuses
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - pyserial's settings, keyword-only past the baud rate
         self,
         logger: Any,
         port: str,

@@ -152,13 +152,8 @@ class _Handler(LoopbackHandler):
         rest = url.path[len("/api/v1/") :]
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         user, device = self._authenticate(query)
-        method = self.command
         if rest == "":
-            if method != "GET":
-                raise ApiError(405, "Method not allowed")
-            if query.get("q", "this") != "this":
-                raise ApiError(400, "Unsupported query")
-            return _text_reply(user + "/" + device)
+            return self._whoami(user, device, query)
         if not rest.startswith("crud/"):
             raise ApiError(404, "Not found")
         parts = [unquote(p) for p in rest[len("crud/") :].rstrip("/").split("/")]
@@ -168,11 +163,7 @@ class _Handler(LoopbackHandler):
             raise ApiError(403, f"Permission denied: {user}/{device} may not access {parts[0]}")
         store = self.server.store
         if len(parts) == 1:
-            if method != "GET":
-                raise ApiError(405, "Method not allowed")
-            if not store.user_exists(parts[0]):
-                raise ApiError(404, "User does not exist")
-            return _json_reply({"name": parts[0]})
+            return self._user(store, parts[0])
         if len(parts) == 2:
             return self._device(store, parts, query, own=(parts[1] == device))
         if len(parts) == 3:
@@ -180,6 +171,20 @@ class _Handler(LoopbackHandler):
         if len(parts) == 4 and parts[3] == "data":
             return self._data(store, "/".join(parts[:3]), query, body)
         raise ApiError(404, "Not found")
+
+    def _whoami(self, user: str, device: str, query: dict[str, str]) -> Reply:
+        if self.command != "GET":
+            raise ApiError(405, "Method not allowed")
+        if query.get("q", "this") != "this":
+            raise ApiError(400, "Unsupported query")
+        return _text_reply(user + "/" + device)
+
+    def _user(self, store: Store, name: str) -> Reply:
+        if self.command != "GET":
+            raise ApiError(405, "Method not allowed")
+        if not store.user_exists(name):
+            raise ApiError(404, "User does not exist")
+        return _json_reply({"name": name})
 
     def _authenticate(self, query: dict[str, str]) -> tuple[str, str]:
         apikey = query.get("apikey")
