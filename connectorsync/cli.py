@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from .errors import ConnectorSyncError
-from .remotes.base import hide_password
+from .remotes._http import hide_password
 
 
 class UsageError(Exception):

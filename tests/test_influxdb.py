@@ -30,12 +30,8 @@ from connectorsync.errors import (
     TransientRemoteError,
 )
 from connectorsync.remotes.base import Datapoint
-from connectorsync.remotes.influxdb import (
-    InfluxDBRemote,
-    ns_to_seconds,
-    rfc3339_ns,
-    seconds_to_ns,
-)
+from connectorsync.remotes.influxdb import InfluxDBRemote
+from connectorsync.remotes.line_protocol import ns_to_seconds, rfc3339_ns, seconds_to_ns
 from connectorsync.testing.influx import InfluxDBServer, InfluxDBStartError
 from connectorsync.testing.receiver import HTTPReceiver
 

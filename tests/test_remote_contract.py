@@ -23,7 +23,8 @@ from connectorsync import ConnectorDBRemote, DeliveryKind, Logger
 from connectorsync.errors import AuthError, TransientRemoteError
 from connectorsync.remotes.base import Remote
 from connectorsync.remotes.http import HTTPRemote, thingsboard
-from connectorsync.remotes.influxdb import InfluxDBRemote, ns_to_seconds
+from connectorsync.remotes.influxdb import InfluxDBRemote
+from connectorsync.remotes.line_protocol import ns_to_seconds
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.receiver import HTTPReceiver

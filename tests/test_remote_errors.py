@@ -22,7 +22,7 @@ from connectorsync import (
     RemoteError,
     TransientRemoteError,
 )
-from connectorsync.remotes.base import short_reason
+from connectorsync.remotes._http import short_reason
 from connectorsync.remotes.http import HTTPRemote
 from connectorsync.testing.receiver import HTTPReceiver
 

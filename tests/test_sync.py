@@ -18,7 +18,8 @@ from connectorsync import (
     RemoteError,
     TransientRemoteError,
 )
-from connectorsync.remotes.base import Datapoint, Prepared
+from connectorsync.remotes._http import Prepared
+from connectorsync.remotes.base import Datapoint
 from connectorsync.testing import ConnectorDBServer
 
 

@@ -11,34 +11,38 @@ import json
 import re
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
-import requests
-
-from ..errors import (
-    AuthError,
-    ConfigurationError,
-    RejectedError,
-    RemoteError,
-    TransientRemoteError,
-)
-from .base import (
-    Datapoint,
-    DeliveryKind,
-    Prepared,
-    hide_password,
-    parse_retry_after,
-    send,
-    short_reason,
-)
+from ..errors import AuthError, ConfigurationError, RejectedError, RemoteError
+from ._http import Client, Prepared, hide_password, statuses, within_limit
+from .base import Datapoint, DeliveryKind
 
 # ConnectorDB's messages for datapoints it refuses (403); any other 403 is about access.
 _REJECTION_WORDS = ("conform", "schema", "timestamp", "ordered")
 _MISSING = re.compile(r"does not exist|not found", re.IGNORECASE)
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-# The server refuses bodies over 10 MiB; stay well below so a batch never hits that.
-MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def _forbidden(reason: str, *, refused: type[RemoteError]) -> type[RemoteError]:
+    """What ConnectorDB's 403 means, by its reason: ``refused`` for datapoints it refuses."""
+    if _MISSING.search(reason):
+        return RemoteError  # the stream is gone (deleted remotely): not the data's, nor the key's
+    if any(word in reason.lower() for word in _REJECTION_WORDS):
+        return refused
+    return AuthError
+
+
+# Only an insert (a write) refuses data; a 403 elsewhere (ping) is about access.
+STATUSES = statuses(
+    overrides={403: partial(_forbidden, refused=RemoteError)},
+    writes={
+        400: RejectedError,
+        403: partial(_forbidden, refused=RejectedError),
+        413: RejectedError,
+    },
+    hints={401: "check the apikey", "3xx": "set serverurl to where it points"},
+)
 
 
 class ConnectorDBRemote:
@@ -73,11 +77,11 @@ class ConnectorDBRemote:
         self.serverurl = serverurl.rstrip("/")
         self.timeout = timeout
         self._api = self.serverurl + "/api/v1/"
-        self._session = requests.Session()
-        self._bodies = Prepared(self._encode_body)
+        self._http = Client(STATUSES, timeout=timeout, verify=verify, base=self.serverurl)
+        self._session = self._http.session
         self._session.auth = ("", apikey or "")
-        self._session.verify = verify
         self._session.headers["Content-Type"] = "application/json"
+        self._bodies = Prepared(self._encode_body)
         self._device: str | None = None
         self._lock = threading.Lock()
 
@@ -88,13 +92,13 @@ class ConnectorDBRemote:
 
     def ping(self) -> str:
         """``user/device`` of the apikey (``GET /api/v1/?q=this``)."""
-        response = self._request("GET", self._api, params={"q": "this"})
+        response = self._http.request("GET", self._api, params={"q": "this"})
         self._device = response.text.strip()
         return self._device
 
     def stream_schema(self, stream: str) -> dict[str, Any] | None:
         try:
-            response = self._request("GET", self._crud(stream))
+            response = self._http.request("GET", self._crud(stream))
         except RemoteError as exc:
             if exc.status == 404:
                 return None
@@ -107,41 +111,36 @@ class ConnectorDBRemote:
             return
         body = json.dumps({"schema": json.dumps(schema)})
         try:
-            self._request("POST", self._crud(stream), data=body)
+            self._http.request("POST", self._crud(stream), data=body)
         except RemoteError as exc:
             if exc.status != 409:  # created meanwhile by someone else: fine
                 raise
 
     def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
-        """Make the body of ``batch`` ahead of :meth:`push` (see :class:`.base.Prepared`)."""
+        """Make the body of ``batch`` ahead of :meth:`push` (see :class:`._http.Prepared`)."""
         self._bodies.prepare(stream, batch)
 
     def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
         if not batch:
             return
         data = self._bodies.body(stream, batch)
-        self._request("POST", self._crud(stream) + "/data", data=data, sent_matters=True)
+        self._http.request("POST", self._crud(stream) + "/data", data=data, write=True)
 
     @staticmethod
     def _encode_body(stream: str, batch: Sequence[Datapoint]) -> bytes:
         # The cache holds each value as JSON text already: no decode/encode round trip.
         body = "[" + ",".join(f'{{"t":{t!r},"d":{d}}}' for _, t, d in batch) + "]"
-        data = body.encode()
-        if len(data) > MAX_BODY_BYTES:
-            raise RejectedError(
-                f"stream {stream!r}: a batch of {len(batch)} datapoints is {len(data)} bytes, "
-                f"over the {MAX_BODY_BYTES}-byte limit",
-                status=413,
-            )
-        return data
+        return within_limit(stream, batch, body.encode())
 
     def reconcile(self, stream: str) -> float | None:
-        response = self._request("GET", self._crud(stream) + "/data", params={"i1": -1, "i2": 0})
+        response = self._http.request(
+            "GET", self._crud(stream) + "/data", params={"i1": -1, "i2": 0}
+        )
         points = response.json() or []
         return float(points[-1]["t"]) if points else None
 
     def close(self) -> None:
-        self._session.close()
+        self._http.close()
 
     # ----------------------------------------------------------------------- plumbing
 
@@ -153,53 +152,3 @@ class ConnectorDBRemote:
                 device = self.ping()
             stream = f"{device}/{stream}"
         return self._api + "crud/" + quote(stream)
-
-    def _request(
-        self, method: str, url: str, *, sent_matters: bool = False, **kwargs: Any
-    ) -> requests.Response:
-        """One HTTP call mapped onto the error tree.
-
-        ``sent_matters``: for a write, a failure after the request went out is ambiguous.
-        """
-        what = f"{method} {url.removeprefix(self.serverurl)}"
-        response = send(
-            self._session,
-            method,
-            url,
-            what=what,
-            timeout=self.timeout,
-            write=sent_matters,
-            mask=hide_password,
-            # A POST redirected with 301/302 would come back a GET, and its 200 would look
-            # like an acknowledgement of data that was never stored.
-            allow_redirects=False,
-            **kwargs,
-        )
-        if response.status_code < 300:
-            return response
-        raise self._error(what, response)
-
-    def _error(self, what: str, response: requests.Response) -> RemoteError:
-        status = response.status_code
-        body = short_reason(response.text)
-        message = f"{what}: {status} {body}".strip()
-        if 300 <= status < 400:
-            where = hide_password(response.headers.get("Location", "?"))
-            return RemoteError(
-                f"{message} (redirected to {where}: set serverurl to where it points)",
-                status=status,
-                body=body,
-            )
-        if status in TRANSIENT_STATUSES:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return TransientRemoteError(message, status=status, body=body, retry_after=retry_after)
-        if status == 401:
-            return AuthError(message + " (check the apikey)", status=status, body=body)
-        if status == 403 and _MISSING.search(body):
-            # The stream is gone (deleted remotely): not the data's fault, nor the key's.
-            return RemoteError(message, status=status, body=body)
-        if status == 403 and not any(word in body.lower() for word in _REJECTION_WORDS):
-            return AuthError(message, status=status, body=body)
-        if status in (400, 403, 413) and what.startswith("POST ") and what.endswith("/data"):
-            return RejectedError(message, status=status, body=body)
-        return RemoteError(message, status=status, body=body)

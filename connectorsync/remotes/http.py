@@ -10,7 +10,7 @@ Every call carries a timeout and verifies TLS (``verify=`` takes a CA bundle pat
 Redirects are not followed: a POST redirected with 301/302 would become a GET and a
 "success" that stored nothing. Header values are never shown, and every string in
 ``secrets`` (a token inside the url, say) is masked as ``***`` in the repr, in messages and
-in urllib3's DEBUG log lines (:func:`.base.hide_in_logs`).
+in urllib3's DEBUG log lines (:func:`._http.hide_in_logs`).
 """
 
 from __future__ import annotations
@@ -20,32 +20,29 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import requests
-
-from ..errors import (
-    AuthError,
-    ConfigurationError,
-    RejectedError,
-    RemoteError,
-    TransientRemoteError,
-)
-from .base import (
-    Datapoint,
-    DeliveryKind,
+from ..errors import ConfigurationError, RejectedError, RemoteError
+from ._http import (
+    MAX_BODY_BYTES,
+    Client,
     Prepared,
     hide_in_logs,
     hide_password,
-    parse_retry_after,
-    send,
-    short_reason,
+    statuses,
+    within_limit,
 )
+from .base import Datapoint, DeliveryKind
 
 #: Turns a stream name and its ``(t, value)`` pairs into the request body: a JSON-able value
 #: (sent as JSON), or ``str``/``bytes`` (sent as they are).
 Encoder = Callable[[str, list[tuple[float, Any]]], Any]
 
-#: A body over this is refused before sending (RejectedError), so the syncer halves the batch.
-MAX_BODY_BYTES = 8 * 1024 * 1024
+# A plain sink's 4xx to a POST refuses the data (so the syncer bisects), but for a wrong url
+# (404) and the statuses every remote reads alike (401, 403, 408, 429).
+STATUSES = statuses(
+    overrides={404: RemoteError},
+    writes={"4xx": RejectedError},
+    hints={401: "check the credentials", 403: "check the credentials", 404: "check the url"},
+)
 _DUMPS = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -55,8 +52,8 @@ class HTTPRemote:
     The default body is ``[{"stream": s, "t": t, "d": value}, ...]``; ``encode`` makes
     another. 2xx is an acknowledgement. 401/403 raise
     :class:`~connectorsync.errors.AuthError`, 408/429/5xx
-    :class:`~connectorsync.errors.TransientRemoteError` (with ``Retry-After``), 404 and 3xx
-    :class:`~connectorsync.errors.RemoteError`, any other 4xx (413 too)
+    :class:`~connectorsync.errors.TransientRemoteError` (with ``Retry-After``), 404, 3xx and
+    501 :class:`~connectorsync.errors.RemoteError`, any other 4xx (413 too)
     :class:`~connectorsync.errors.RejectedError`, so the syncer bisects the batch.
 
     :param url: where to POST; ``{stream}`` in it is replaced by the stream name,
@@ -107,11 +104,10 @@ class HTTPRemote:
         hide_in_logs(self, self._secrets)
         self.timeout = float(timeout)
         self._encode = encode
-        self._session = requests.Session()
+        self._http = Client(STATUSES, timeout=self.timeout, verify=verify, mask=self._mask)
+        self._http.session.headers["Content-Type"] = "application/json"
+        self._http.session.headers.update(headers or {})
         self._bodies = Prepared(self._checked_body)
-        self._session.verify = verify
-        self._session.headers["Content-Type"] = "application/json"
-        self._session.headers.update(headers or {})
 
     def __repr__(self) -> str:
         return f"HTTPRemote({self._mask(self.url)!r})"
@@ -121,7 +117,7 @@ class HTTPRemote:
     def ping(self) -> str:
         """GET ``ping_url`` (2xx) when there is one; return the url (masked) either way."""
         if self.ping_url is not None:
-            self._request("GET", self.ping_url)
+            self._http.request("GET", self.ping_url)
         return self._mask(self.url)
 
     def ensure_stream(self, stream: str, schema: dict[str, Any]) -> None:
@@ -133,7 +129,7 @@ class HTTPRemote:
 
     def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
         """Make the default body of ``batch`` ahead of :meth:`push` (see
-        :class:`.base.Prepared`). With an ``encode`` function it does nothing: that function
+        :class:`._http.Prepared`). With an ``encode`` function it does nothing: that function
         runs in the syncer's thread only."""
         if self._encode is None:
             self._bodies.prepare(stream, batch)
@@ -143,7 +139,7 @@ class HTTPRemote:
             return
         data = self._bodies.body(stream, batch)
         url = self.url.replace("{stream}", quote(stream, safe="/"))
-        self._request("POST", url, data=data, sent_matters=True)
+        self._http.request("POST", url, data=data, write=True)
 
     def reconcile(self, stream: str) -> float | None:
         """None: a plain HTTP sink cannot say what it stored, so a batch whose answer was lost
@@ -151,19 +147,14 @@ class HTTPRemote:
         return None
 
     def close(self) -> None:
-        self._session.close()
+        self._http.close()
 
     # ----------------------------------------------------------------------- plumbing
 
     def _checked_body(self, stream: str, batch: Sequence[Datapoint]) -> bytes:
-        data = self._body(stream, batch)
-        if len(data) > MAX_BODY_BYTES:
-            raise RejectedError(
-                f"stream {stream!r}: a batch of {len(batch)} datapoints is {len(data)} bytes, "
-                f"over the {MAX_BODY_BYTES}-byte limit",
-                status=413,
-            )
-        return data
+        # MAX_BODY_BYTES is read here, at each call, so that a test can lower it
+        # (tests/test_http_remote.py::test_an_oversized_batch_is_refused_unsent).
+        return within_limit(stream, batch, self._body(stream, batch), MAX_BODY_BYTES)
 
     def _body(self, stream: str, batch: Sequence[Datapoint]) -> bytes:
         if self._encode is None:
@@ -183,52 +174,6 @@ class HTTPRemote:
         except Exception as exc:  # the user's function: whatever it raises refuses the batch
             reason = f"encode failed: {type(exc).__name__}: {exc}"
             raise RejectedError(f"stream {stream!r}: {reason}", body=reason) from exc
-
-    def _request(
-        self, method: str, url: str, *, sent_matters: bool = False, **kwargs: Any
-    ) -> requests.Response:
-        """One HTTP call mapped onto the error tree; the only place errors are mapped.
-
-        ``sent_matters``: for a write, a failure after the request went out is ambiguous.
-        """
-        what = f"{method} {self._mask(url)}"
-        response = send(
-            self._session,
-            method,
-            url,
-            what=what,
-            timeout=self.timeout,
-            write=sent_matters,
-            mask=self._mask,
-            allow_redirects=False,
-            **kwargs,
-        )
-        with response:
-            if 200 <= response.status_code < 300:
-                return response
-            raise self._error(what, response, is_push=sent_matters)
-
-    def _error(self, what: str, response: requests.Response, *, is_push: bool) -> RemoteError:
-        status = response.status_code
-        body = short_reason(self._mask(response.text))
-        message = f"{what}: {status} {body}".strip()
-        if 300 <= status < 400:
-            where = self._mask(response.headers.get("Location", "?"))
-            return RemoteError(
-                f"{message} (redirected to {where}: set the url to where it points)",
-                status=status,
-                body=body,
-            )
-        if status in (408, 429) or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return TransientRemoteError(message, status=status, body=body, retry_after=retry_after)
-        if status in (401, 403):
-            return AuthError(message + " (check the credentials)", status=status, body=body)
-        if status == 404:
-            return RemoteError(message + " (check the url)", status=status, body=body)
-        if is_push and 400 <= status < 500:
-            return RejectedError(message, status=status, body=body)
-        return RemoteError(message, status=status, body=body)
 
     def _mask(self, text: str) -> str:
         for secret in self._secrets:

@@ -1,0 +1,363 @@
+"""The HTTP plumbing every built-in remote shares, and the only place its rules are decided.
+
+- :class:`Client`: one remote's ``requests.Session`` and its one request function,
+  :meth:`Client.request`, which maps every failure onto the error tree.
+- :class:`Statuses`: what an HTTP status means, one table built on :data:`DEFAULT_STATUSES`
+  plus a remote's few overrides (httpx's ``HTTPCORE_EXC_MAP`` idea), so "is a 501 worth
+  retrying" is decided once, here.
+- :func:`within_limit` and :class:`Prepared`: request bodies, capped and made ahead.
+- :func:`hide_password`, :func:`hide_in_logs`, :func:`short_reason`: what is shown.
+
+The rule that matters for delivery: a write whose request may have reached the server before
+the failure (a dropped connection, no answer in time) is ambiguous, so the syncer asks the
+remote what it stored before sending again; a failure to connect at all is transient:
+nothing was sent. Redirects are never followed: a POST redirected with 301/302 would come
+back a GET, and its 200 would look like an acknowledgement of data that was never stored.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import html
+import json
+import logging
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from ..errors import (
+    AmbiguousRemoteError,
+    AuthError,
+    RejectedError,
+    RemoteError,
+    TransientRemoteError,
+)
+from .base import Datapoint
+
+# ----------------------------------------------------------------------------- statuses
+
+#: Hides secrets in a text that is shown.
+Mask = Callable[[str], str]
+#: What a status means: an error class, or a function of the answer's short reason that picks
+#: one (for a remote whose status alone does not say, like ConnectorDB's 403).
+Meaning = type[RemoteError] | Callable[[str], type[RemoteError]]
+#: Keys are a status (``403``) or a class of them (``"4xx"``); a status wins over its class.
+StatusMap = Mapping[int | str, Meaning]
+
+#: The shared reading of statuses; a remote overrides a few (:func:`statuses`).
+DEFAULT_STATUSES: StatusMap = {
+    "3xx": RemoteError,  # never followed (see above): the message names where it points
+    "4xx": RemoteError,  # a remote says which of its 4xx refuse the data (writes=)
+    "5xx": TransientRemoteError,  # the server's trouble, which passes (500, 502, 503, 504...)
+    401: AuthError,
+    403: AuthError,  # about access, unless the remote says its 403 also refuses data
+    408: TransientRemoteError,  # the server gave up waiting for our request: send it again
+    429: TransientRemoteError,  # too many requests: wait (Retry-After) and send it again
+    501: RemoteError,  # Not Implemented: waiting will not teach the server the method
+}
+DEFAULT_HINTS: Mapping[int | str, str] = {"3xx": "set the url to where it points"}
+
+
+@dataclass(frozen=True)
+class Statuses:
+    """One remote's reading of HTTP statuses: which error each non-2xx answer raises, for a
+    read and for a write (where some 4xx refuse the data), and the hint added to its message."""
+
+    reads: StatusMap
+    writes: StatusMap
+    hints: Mapping[int | str, str]
+
+    def error(
+        self, what: str, response: requests.Response, *, write: bool, mask: Mask
+    ) -> RemoteError:
+        """The error for a non-2xx ``response``: ``"<what>: <status> <short reason> (<hint>)"``,
+        with ``status``, ``body`` (the short reason) and, when transient, ``retry_after``."""
+        status = response.status_code
+        body = short_reason(mask(response.text))
+        meaning = _lookup(self.writes if write else self.reads, status) or RemoteError
+        cls = meaning if isinstance(meaning, type) else meaning(body)
+        message = f"{what}: {status} {body}".strip()
+        hint = _lookup(self.hints, status)
+        if 300 <= status < 400:
+            hint = f"redirected to {mask(response.headers.get('Location', '?'))}: {hint}"
+        if hint:
+            message += f" ({hint})"
+        if issubclass(cls, TransientRemoteError):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return cls(message, status=status, body=body, retry_after=retry_after)
+        return cls(message, status=status, body=body)
+
+
+def statuses(
+    *,
+    overrides: StatusMap | None = None,
+    writes: StatusMap | None = None,
+    hints: Mapping[int | str, str] | None = None,
+) -> Statuses:
+    """A remote's :class:`Statuses`: :data:`DEFAULT_STATUSES` with ``overrides`` for every
+    call, and ``writes`` on top of those for a call that stores data."""
+    reads = {**DEFAULT_STATUSES, **(overrides or {})}
+    return Statuses(reads, {**reads, **(writes or {})}, {**DEFAULT_HINTS, **(hints or {})})
+
+
+def _lookup(table: Mapping[int | str, Any], status: int) -> Any:
+    found = table.get(status)
+    return found if found is not None else table.get(f"{status // 100}xx")
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+class Client:
+    """One remote's HTTP: a ``requests.Session`` (set ``auth`` and ``headers`` on
+    :attr:`session`), its timeout, its :class:`Statuses` and what hides its secrets.
+
+    :param base: left out of the url where a call is named in messages (the server's url)
+    :param mask: hides secrets in every message (the url, the answer, a redirect's target)
+    """
+
+    def __init__(
+        self,
+        statuses: Statuses,
+        *,
+        timeout: float,
+        verify: bool | str,
+        base: str = "",
+        mask: Mask = str,
+    ):
+        self.session = requests.Session()
+        self.session.verify = verify
+        self.statuses = statuses
+        self.timeout = timeout
+        self._base = base
+        self._mask: Mask = lambda text: hide_password(mask(text))
+
+    def request(
+        self, method: str, url: str, *, write: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        """Make one request; return the response if it is 2xx, else raise what it means.
+
+        :param write: the request stores data, so a failure after it went out is ambiguous
+            and the remote's ``writes`` statuses apply
+        :raises TransientRemoteError: nothing was sent (refused, unresolvable, connect
+            timeout), a read failed, or a transient status (Retry-After read)
+        :raises AmbiguousRemoteError: a write may have been stored before the failure
+        :raises RemoteError: (or a subclass, by :attr:`statuses`) any other answer, or
+            anything else requests refuses (a malformed url, say)
+        """
+        what = f"{method} {self._mask(url.removeprefix(self._base))}"
+        try:
+            response = self.session.request(
+                method, url, timeout=self.timeout, allow_redirects=False, **kwargs
+            )
+        except requests.exceptions.ConnectTimeout as exc:
+            raise TransientRemoteError(f"{what}: connection timed out") from exc
+        except requests.exceptions.ConnectionError as exc:
+            # "Failed to establish" means nothing was sent; a dropped connection may be either.
+            cls = AmbiguousRemoteError if write and not _never_sent(exc) else TransientRemoteError
+            raise cls(f"{what}: connection failed: {self._mask(_reason(exc))}") from exc
+        except requests.exceptions.Timeout as exc:
+            cls = AmbiguousRemoteError if write else TransientRemoteError
+            raise cls(f"{what}: no answer within {self.timeout} s") from exc
+        except requests.exceptions.RequestException as exc:
+            raise RemoteError(f"{what}: {self._mask(_reason(exc))}") from exc
+        if 200 <= response.status_code < 300:
+            return response
+        with response:
+            raise self.statuses.error(what, response, write=write, mask=self._mask)
+
+    def close(self) -> None:
+        """Close the session's connections. Safe to call twice."""
+        self.session.close()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); None if absent
+    or unreadable. Never negative."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _never_sent(exc: Exception) -> bool:
+    text = str(exc)
+    return "Failed to establish a new connection" in text or "NameResolutionError" in text
+
+
+def _reason(exc: Exception) -> str:
+    # requests wraps the useful part ("[Errno 111] Connection refused") in pool internals.
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if found:
+        return found.group(0).strip()
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+# ----------------------------------------------------------------------------- bodies
+
+#: A body over this is refused before it is sent (RejectedError, status 413), so the syncer
+#: halves the batch. ConnectorDB refuses bodies over 10 MiB, influxd over its
+#: ``max-body-size`` (25 MB by default): 8 MiB stays below both.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def within_limit(
+    stream: str, batch: Sequence[Datapoint], data: bytes, limit: int = MAX_BODY_BYTES
+) -> bytes:
+    """``data``, the body of ``batch``, if it has at most ``limit`` bytes.
+
+    :raises RejectedError: (status 413) it is larger: the syncer halves the batch
+    """
+    if len(data) > limit:
+        raise RejectedError(
+            f"stream {stream!r}: a batch of {len(batch)} datapoints is {len(data)} bytes, "
+            f"over the {limit}-byte limit",
+            status=413,
+        )
+    return data
+
+
+class Prepared:
+    """Request bodies made ahead of ``push``, for remotes that offer ``prepare``
+    (:class:`~connectorsync.remotes.base.Preparable`).
+
+    ``encode(stream, batch)`` makes the body of a batch (and raises, for instance
+    :class:`~connectorsync.errors.RejectedError`, when it cannot). :meth:`prepare` makes it
+    early; :meth:`body` hands it to ``push``, only for the very same batch object and stream,
+    so what is sent is always exactly what ``encode`` makes of the batch being pushed. At most
+    two bodies are kept (the next batch, and one prepared but never pushed).
+    """
+
+    _KEEP = 2
+
+    def __init__(self, encode: Callable[[str, Sequence[Datapoint]], bytes]):
+        self._encode = encode
+        self._lock = threading.Lock()
+        # id(batch) -> (stream, batch, body); holding the batch keeps its id from being reused.
+        self._bodies: dict[int, tuple[str, Sequence[Datapoint], bytes]] = {}
+
+    def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
+        """Make the body of ``batch`` now. Thread-safe; never raises: whatever ``encode``
+        raises, ``push`` meets again when it makes the body itself, in the syncer's thread."""
+        try:
+            body = self._encode(stream, batch)
+        except Exception:
+            return
+        with self._lock:
+            while len(self._bodies) >= self._KEEP:
+                del self._bodies[next(iter(self._bodies))]  # the oldest
+            self._bodies[id(batch)] = (stream, batch, body)
+
+    def body(self, stream: str, batch: Sequence[Datapoint]) -> bytes:
+        """The body of ``batch``: the one prepared for this very object, else made now."""
+        with self._lock:
+            entry = self._bodies.pop(id(batch), None)
+        if entry is not None and entry[0] == stream and entry[1] is batch:
+            return entry[2]
+        return self._encode(stream, batch)
+
+
+# ----------------------------------------------------------------------------- secrets
+# urllib3 logs each request line, url path included, at DEBUG ("POST /api/v1/<token>/...").
+# A filter on its logger (records are logged to it directly) masks the secrets of every live
+# remote that registered some; nothing else about logging is touched.
+
+_URLLIB3_LOGGER = "urllib3.connectionpool"
+_secrets_lock = threading.Lock()
+_secrets: weakref.WeakKeyDictionary[object, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+class _SecretsFilter(logging.Filter):
+    """Replaces each registered secret with ``***`` in urllib3's log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with _secrets_lock:
+            # Longest first: a secret may contain another (a token and its quoted form).
+            secrets = sorted({s for group in _secrets.values() for s in group}, key=len)[::-1]
+        if not secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging reports it itself
+            return True
+        masked = message
+        for secret in secrets:
+            masked = masked.replace(secret, "***")
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_FILTER = _SecretsFilter()
+
+# scheme://user:password@ -> scheme://user:***@ (a password may hold anything but "@" and "/").
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*):[^@/\s'\"]*@")
+
+
+def hide_password(text: str) -> str:
+    """``text`` with the password of every url in it replaced by ``***``, the user kept:
+    ``http://user:***@host``. For reprs, messages and command line output; a url stays usable
+    only where it is kept, never where it is shown."""
+    return _USERINFO.sub(r"\1:***@", text)
+
+
+def hide_in_logs(owner: object, secrets: Iterable[str]) -> None:
+    """Keep ``secrets`` out of urllib3's log lines for as long as ``owner`` lives.
+
+    For a remote whose urls hold a secret (a ThingsBoard token). The registry holds ``owner``
+    weakly; the filter is installed once on ``urllib3.connectionpool``, and only there.
+    (``tests/test_http_remote.py::test_thingsboard_token_is_in_no_urllib3_debug_line``)
+    """
+    group = tuple(s for s in secrets if s)
+    if not group:
+        return
+    with _secrets_lock:
+        _secrets[owner] = group
+        logger = logging.getLogger(_URLLIB3_LOGGER)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+# ----------------------------------------------------------------------------- reasons
+
+REASON_CHARS = 120
+_TAG = re.compile(
+    r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?[A-Za-z!][^>]*>", re.IGNORECASE | re.DOTALL
+)
+
+
+def short_reason(body: str, limit: int = REASON_CHARS) -> str:
+    """A remote's answer as a short single-line reason, for error messages and ``last_error``.
+
+    The ``msg``, ``error`` or ``message`` field of a JSON object when there is one (ConnectorDB,
+    InfluxDB 1.x, 2.x); else the text with HTML tags stripped (a proxy's error page), entities
+    decoded, whitespace collapsed. Cut to ``limit`` characters (and an ellipsis). Empty for an
+    empty body. (``tests/test_remote_errors.py::test_short_reason_of_a_body``)
+    """
+    text = body
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        found = next((payload[k] for k in ("msg", "error", "message") if payload.get(k)), None)
+        if found is not None:
+            text = str(found)
+    else:
+        text = html.unescape(_TAG.sub(" ", text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
