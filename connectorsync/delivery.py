@@ -140,9 +140,10 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
         report.fail("*", ConnectorSyncError(f"unexpected {type(exc).__name__}: {exc}"))
         return report
     request = BatchRequest(cache.max_id(), plan.batch_size, plan.max_batch_bytes, plan.hold)
+    context = _Context(cache, remote, request, report, plan.progress)
     turns = []
     for row in cache.streams().values():
-        turn = _Turn(cache, remote, row, request, report, plan.progress)
+        turn = _Turn(context, row)
         turns.append(turn)
         turn.guard(turn.open)
         if isinstance(report.exception, AuthError):
@@ -197,20 +198,27 @@ def _take_turns(turns: list[_Turn], deadline: float | None, report: SyncReport) 
             turn.close()
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every stream's turn in one pass shares."""
+
+    cache: Cache
+    remote: Remote
+    request: BatchRequest
+    report: SyncReport
+    progress: Progress | None
+
+
 class _Turn:
     """One stream's part in a pass: its position, its read-ahead batch, its outcome."""
 
-    def __init__(
-        self,
-        cache: Cache,
-        remote: Remote,
-        row: StreamRow,
-        request: BatchRequest,
-        report: SyncReport,
-        progress: Progress | None,
-    ):
-        self.cache, self.remote, self.row = cache, remote, row
-        self.request, self.report, self.progress = request, report, progress
+    def __init__(self, context: _Context, row: StreamRow):
+        self.cache, self.remote, self.row = context.cache, context.remote, row
+        self.request, self.report, self.progress = (
+            context.request,
+            context.report,
+            context.progress,
+        )
         self.after = 0  # the last id read: everything up to it is in flight or resolved
         self.done = False
         self._ahead: _InThread[list[Row]] | None = None

@@ -70,7 +70,7 @@ class HTTPRemote:
 
     delivery_kind = DeliveryKind.AT_LEAST_ONCE
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - an endpoint's settings, keyword-only past the url
         self,
         url: str,
         *,

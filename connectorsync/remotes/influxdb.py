@@ -90,7 +90,7 @@ class InfluxDBRemote:
 
     delivery_kind = DeliveryKind.IDEMPOTENT
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - a server's settings, keyword-only past the database
         self,
         url: str,
         database: str | None = None,
@@ -116,34 +116,38 @@ class InfluxDBRemote:
                 "InfluxDBRemote: pass username=/password= or token=, not credentials in the url"
             )
         v2 = org is not None or bucket is not None
-        if database is not None and v2:
-            raise ConfigurationError(
-                "InfluxDBRemote: give either database= (InfluxDB 1.x) or org= and bucket= "
-                "(InfluxDB 2.x), not both"
-            )
-        if database is None and not v2:
-            raise ConfigurationError(
-                "InfluxDBRemote needs database= (InfluxDB 1.x) or org= and bucket= (InfluxDB 2.x)"
-            )
-        if v2 and not (org and bucket and token):
-            raise ConfigurationError(
-                "InfluxDBRemote in InfluxDB 2.x mode needs org=, bucket= and token="
-            )
-        if database is not None and not database:
-            raise ConfigurationError("InfluxDBRemote: database= must not be empty")
-        if v2 and (username is not None or password is not None):
-            raise ConfigurationError(
-                "InfluxDBRemote: InfluxDB 2.x authenticates with token=, not username/password"
-            )
-        if password is not None and username is None:
-            raise ConfigurationError("InfluxDBRemote: password= needs username=")
-        if username is not None and token is not None:
-            raise ConfigurationError("InfluxDBRemote: give username/password or token, not both")
-        if create_database and v2:
-            raise ConfigurationError(
-                "InfluxDBRemote: create_database= works with database= (1.x); "
-                "create 2.x buckets yourself"
-            )
+        # Each contradiction in the settings, and what to do about it; the first found is said.
+        problems = (
+            (
+                database is not None and v2,
+                "give either database= (InfluxDB 1.x) or org= and bucket= (InfluxDB 2.x), not both",
+            ),
+            (
+                database is None and not v2,
+                "needs database= (InfluxDB 1.x) or org= and bucket= (InfluxDB 2.x)",
+            ),
+            (
+                v2 and not (org and bucket and token),
+                "in InfluxDB 2.x mode needs org=, bucket= and token=",
+            ),
+            (database is not None and not database, "database= must not be empty"),
+            (
+                v2 and (username is not None or password is not None),
+                "InfluxDB 2.x authenticates with token=, not username/password",
+            ),
+            (password is not None and username is None, "password= needs username="),
+            (
+                username is not None and token is not None,
+                "give username/password or token, not both",
+            ),
+            (
+                create_database and v2,
+                "create_database= works with database= (1.x); create 2.x buckets yourself",
+            ),
+        )
+        for wrong, message in problems:
+            if wrong:
+                raise ConfigurationError(f"InfluxDBRemote: {message}")
         if not (isinstance(timeout, int | float) and timeout > 0):
             raise ConfigurationError(
                 f"InfluxDBRemote timeout must be a positive number; got {timeout!r}"
