@@ -21,29 +21,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from .archive import Archive
-from .cache import Cache, Limits, StreamStats, TooOldError, Untrusted
-from .clock import check_timestamp, too_old
+from .cache import Cache, Limits, StreamStats
 from .delivery import SyncReport
 from .devicetime import DeviceTime
-from .errors import (
-    ClosedError,
-    ConfigurationError,
-    ConnectorSyncError,
-    StreamError,
-    TimestampError,
-    UnknownStreamError,
-)
+from .errors import ClosedError, ConfigurationError, ConnectorSyncError, UnknownStreamError
 from .options import OPTIONS, TOGETHER, Options, check_options, check_together
 from .remotes.base import DeliveryKind, Remote
 from .remotes.connectordb import ConnectorDBRemote
-from .streams import StreamDef, StreamRegistry, Subscriber, Subscribers, check_values
+from .streams import StreamDef, StreamRegistry, Subscriber, Subscribers
 from .syncer import PassHooks, Syncer
+from .writer import Writer
 
 log = logging.getLogger("connectorsync")
 
 #: Where a new cache points until ``serverurl`` is set (ConnectorDB's default too).
 DEFAULT_SERVERURL = "http://localhost:3124"
 DEFAULT_SYNCPERIOD = 600.0
+#: The ConnectorDB settings the Logger keeps in memory too.
+_KEPT = ("apikey", "serverurl", "lastsynctime")
 #: The ConnectorDB settings a new cache file starts with.
 _NEW_SETTINGS = {
     "apikey": "",
@@ -52,6 +47,18 @@ _NEW_SETTINGS = {
     "lastsynctime": 0,
     "data": {},
 }
+
+
+def _setting(key: str, doc: str, check: Callable[[Any], Any], changed: str = "") -> Any:
+    """A read/write attribute for ConnectorDB setting ``key``, stored in the cache file when
+    set (after ``check``); then the Logger's method named ``changed`` runs, if any."""
+
+    def set_setting(self: Logger, value: Any) -> None:
+        self._settings[key] = self._save(key, check(value))
+        if changed:
+            getattr(self, changed)()
+
+    return property(lambda self: self._settings[key], set_setting, doc=doc)
 
 
 def _option(name: str) -> Any:
@@ -178,8 +185,6 @@ class Logger:
         self._creating = self._start_when_created = False
         self._verdict = threading.local()  # .reraise: what the last pass in this thread says
         self._subscribers = Subscribers()
-        self._limits: Limits | None = None
-        self._archive: Archive | None = None
         self._pending: dict[str, Any] = {}  # options being set by the constructor
         self._cache, created = Cache.open(self.path, options.get("durability", "full"))
         try:
@@ -207,9 +212,7 @@ class Logger:
         for key, value in _NEW_SETTINGS.items() if created else ():
             self._cache.set_setting(key, value)
         settings = self._cache.settings()
-        self._apikey = settings.get("apikey", "")
-        self._serverurl = settings.get("serverurl", DEFAULT_SERVERURL)
-        self._lastsync = settings.get("lastsynctime", 0)
+        self._settings = {key: settings.get(key, _NEW_SETTINGS[key]) for key in _KEPT}
         self._options.set("syncperiod", settings.get("syncperiod", DEFAULT_SYNCPERIOD))
         for name in OPTIONS:
             if "option." + name in settings:
@@ -217,6 +220,7 @@ class Logger:
         self._streams = StreamRegistry(self._cache)
         self._streams.load()
         self._time = DeviceTime(self._cache, self._options)
+        self._writer = Writer(self._cache, self._streams, self._time, self._subscribers)
         hooks = PassHooks(before=self._time.before_pass, hold=self._time.hold)
         self._syncer = Syncer(self.path, self._options, self._remote(), hooks, self._after_pass)
         self._check_together(options)
@@ -282,8 +286,8 @@ class Logger:
         self._syncer.close()
         if self._remote_built is not None:
             self._remote_built.close()
-        if self._archive is not None:
-            self._archive.close()
+        if self._writer.archive is not None:
+            self._writer.archive.close()
         self._cache.close()
 
     def __enter__(self) -> Logger:
@@ -302,30 +306,23 @@ class Logger:
 
     # ----------------------------------------------------------------------- settings
 
-    @property
-    def apikey(self) -> str:
-        """The apikey the default remote uses; stored in the cache file (owner-only)."""
-        return self._apikey
-
-    @apikey.setter
-    def apikey(self, value: str) -> None:
-        self._save("apikey", _check_apikey(value))
-        self._apikey = value
-        self._drop_remote()
-        self._syncer.resume()
-
-    @property
-    def serverurl(self) -> str:
-        """The ConnectorDB server the default remote talks to; stored in the cache file."""
-        return self._serverurl
-
-    @serverurl.setter
-    def serverurl(self, value: str) -> None:
-        if not isinstance(value, str) or not value:
-            raise ConfigurationError(f"serverurl must be a non-empty string; got {value!r}")
-        self._save("serverurl", value)
-        self._serverurl = value
-        self._drop_remote()
+    apikey = _setting(
+        "apikey",
+        "The apikey the default remote uses; stored in the cache file (owner-only).",
+        lambda value: _check_apikey(value),
+        changed="_credentials_changed",
+    )
+    serverurl = _setting(
+        "serverurl",
+        "The ConnectorDB server the default remote talks to; stored in the cache file.",
+        lambda value: _check_serverurl(value),
+        changed="_drop_remote",
+    )
+    lastsynctime = _setting(
+        "lastsynctime",
+        "When the last complete sync finished (0: never); stored in the cache file.",
+        lambda value: value,
+    )
 
     @property
     def syncperiod(self) -> float:
@@ -338,15 +335,6 @@ class Logger:
             "syncperiod", self._save("syncperiod", Options.check("syncperiod", value))
         )
         self._syncer.wake()  # start the new period now
-
-    @property
-    def lastsynctime(self) -> float:
-        """When the last complete sync finished (0: never); stored in the cache file."""
-        return float(self._lastsync)
-
-    @lastsynctime.setter
-    def lastsynctime(self, value: float) -> None:
-        self._lastsync = self._save("lastsynctime", value)
 
     @property
     def data(self) -> Any:
@@ -365,6 +353,10 @@ class Logger:
             raise ConfigurationError(
                 f"data must be JSON (dicts, lists, numbers...): {exc}"
             ) from exc
+
+    def _credentials_changed(self) -> None:
+        self._drop_remote()
+        self._syncer.resume()
 
     def _save(self, key: str, value: Any) -> Any:
         """Store a setting in the cache file (committed on return); returns ``value``."""
@@ -416,8 +408,8 @@ class Logger:
         limits = Limits(
             o.max_cached, o.max_cache_bytes, o.min_free_disk, drop_oldest=o.on_full == "drop_oldest"
         )
-        self._limits = limits if limits.active or limits.drop_oldest else None
-        self._archive = _archive_for(self._archive, o)
+        self._writer.limits = limits if limits.active or limits.drop_oldest else None
+        self._writer.archive = _archive_for(self._writer.archive, o)
         self._time.options_changed()
 
     # ----------------------------------------------------------------------- remote
@@ -428,7 +420,7 @@ class Logger:
         with self._lock:
             if self._remote_built is None:
                 self._remote_built = ConnectorDBRemote(
-                    self._serverurl, self._apikey, timeout=self._options.http_timeout
+                    self.serverurl, self.apikey, timeout=self._options.http_timeout
                 )
             return self._remote_built
 
@@ -523,22 +515,7 @@ class Logger:
         :raises CacheFullError: a storage limit or the disk is full; nothing was stored
         """
         self._check_open()
-        registered = self._streams.get(stream)
-        data = registered.definition.encode(value)
-        if timestamp is None:
-            (t, untrusted), restamp = self._time.stamp(), True
-        else:
-            t, untrusted, restamp = check_timestamp(stream, timestamp), None, registered.restamp
-        try:
-            stored = self._cache.append(
-                registered.id, t, data, restamp=restamp, untrusted=untrusted, limits=self._limits
-            )
-        except TooOldError as exc:
-            raise too_old(stream, t, exc.newest) from None
-        if self._archive is not None:
-            self._archive.write(((stream, stored, data),))
-        if self._subscribers:
-            self._subscribers.notify(stream, stored, value)
+        self._writer.insert(stream, value, timestamp)
         if self._options.max_age is not None:
             self._time.expire_now_and_then()
         self._syncer.inserted(1)
@@ -556,47 +533,9 @@ class Logger:
         :raises TypeError: ``values`` is not iterable, or is a str, bytes or dict
         """
         self._check_open()
-        points, given = self._points(_by_stream(stream, values))
-        if not points:
-            return 0
-        try:
-            stored = self._cache.append_many(points, limits=self._limits)
-        except TooOldError as exc:
-            raise TimestampError(
-                f"insert_many: a timestamp is older than its stream's newest ({exc.newest}); "
-                "nothing was stored"
-            ) from None
-        if self._archive is not None:
-            self._archive.write(
-                (name, t, point[3])
-                for (name, _), (_, t), point in zip(given, stored, points, strict=True)
-            )
-        if self._subscribers:
-            for (name, value), (_, t) in zip(given, stored, strict=True):
-                self._subscribers.notify(name, t, value)
-        self._syncer.inserted(len(points))
-        return len(points)
-
-    def _points(
-        self, by_stream: dict[str, Any]
-    ) -> tuple[list[tuple[int, float, bool, str, Untrusted | None]], list[tuple[str, Any]]]:
-        """The cache's points for ``insert_many``, and (stream, value) of each, in order."""
-        now, untrusted = self._time.stamp()
-        points: list[tuple[int, float, bool, str, Untrusted | None]] = []
-        given: list[tuple[str, Any]] = []
-        for name, items in by_stream.items():
-            check_values(name, items)
-            registered = self._streams.get(name)
-            encode = registered.definition.encode
-            for item in items:
-                if type(item) is dict and item.keys() == {"t", "d"}:
-                    t = check_timestamp(name, item["t"])
-                    points.append((registered.id, t, registered.restamp, encode(item["d"]), None))
-                    given.append((name, item["d"]))
-                else:
-                    points.append((registered.id, now, True, encode(item), untrusted))
-                    given.append((name, item))
-        return points, given
+        count = self._writer.insert_many(stream, values)
+        self._syncer.inserted(count)
+        return count
 
     def cleardata(self) -> int:
         """Delete every cached datapoint without syncing it (ConnectorDB name). Returns how
@@ -785,15 +724,10 @@ def _check_apikey(value: Any) -> str:
     return value
 
 
-def _by_stream(stream: str | dict[str, Any], values: Iterable[Any] | None) -> dict[str, Any]:
-    """``insert_many``'s two call forms as one: stream name -> values."""
-    if values is None:
-        if not isinstance(stream, dict):
-            raise TypeError("insert_many(stream, values) or insert_many({stream: datapoints})")
-        return stream
-    if not isinstance(stream, str):
-        raise StreamError(f"stream name must be a string; got {stream!r}")
-    return {stream: values}
+def _check_serverurl(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"serverurl must be a non-empty string; got {value!r}")
+    return value
 
 
 def _archive_for(archive: Archive | None, options: Options) -> Archive | None:
