@@ -25,7 +25,7 @@ from .cache import Cache, Limits, StreamStats
 from .delivery import SyncReport
 from .devicetime import DeviceTime
 from .errors import ClosedError, ConfigurationError, ConnectorSyncError, UnknownStreamError
-from .options import OPTIONS, TOGETHER, Options, check_options, check_together
+from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings, check_options
 from .remotes.base import DeliveryKind, Remote
 from .remotes.connectordb import ConnectorDBRemote
 from .streams import StreamDef, StreamRegistry, Subscriber, Subscribers
@@ -35,39 +35,24 @@ from .writer import Writer
 log = logging.getLogger("connectorsync")
 
 #: Where a new cache points until ``serverurl`` is set (ConnectorDB's default too).
-DEFAULT_SERVERURL = "http://localhost:3124"
-DEFAULT_SYNCPERIOD = 600.0
-#: The ConnectorDB settings the Logger keeps in memory too.
-_KEPT = ("apikey", "serverurl", "lastsynctime")
-#: The ConnectorDB settings a new cache file starts with.
-_NEW_SETTINGS = {
-    "apikey": "",
-    "serverurl": DEFAULT_SERVERURL,
-    "syncperiod": DEFAULT_SYNCPERIOD,
-    "lastsynctime": 0,
-    "data": {},
-}
+DEFAULT_SERVERURL = CONNECTORDB_SETTINGS["serverurl"][0]
 
 
-def _setting(key: str, doc: str, check: Callable[[Any], Any], changed: str = "") -> Any:
-    """A read/write attribute for ConnectorDB setting ``key``, stored in the cache file when
-    set (after ``check``); then the Logger's method named ``changed`` runs, if any."""
-
-    def set_setting(self: Logger, value: Any) -> None:
-        self._settings[key] = self._save(key, check(value))
-        if changed:
-            getattr(self, changed)()
-
-    return property(lambda self: self._settings[key], set_setting, doc=doc)
+def _setting(name: str, doc: str) -> Any:
+    """A read/write attribute for setting ``name`` (see :class:`~connectorsync.options.Settings`):
+    stored in the cache file when set."""
+    return property(
+        lambda self: self._settings.get(name),
+        lambda self, value: self._set(name, value),
+        doc=doc,
+    )
 
 
 def _option(name: str) -> Any:
     """A read/write attribute for option ``name``, stored in the cache file when set."""
     default, _, meaning = OPTIONS[name]
-    return property(
-        lambda self: self._options.get(name),
-        lambda self, value: self._set_option(name, value),
-        doc=f"{meaning[0].upper()}{meaning[1:]} (default {default!r}); stored in the cache file.",
+    return _setting(
+        name, f"{meaning[0].upper()}{meaning[1:]} (default {default!r}); stored in the cache file."
     )
 
 
@@ -181,11 +166,9 @@ class Logger:
         self._lock = threading.RLock()
         self._remote_given = remote
         self._remote_built: ConnectorDBRemote | None = None
-        self._options = Options()
         self._creating = self._start_when_created = False
         self._verdict = threading.local()  # .reraise: what the last pass in this thread says
         self._subscribers = Subscribers()
-        self._pending: dict[str, Any] = {}  # options being set by the constructor
         self._cache, created = Cache.open(self.path, options.get("durability", "full"))
         try:
             self._setup(created, on_create, apikey, options)
@@ -209,27 +192,16 @@ class Logger:
         options: dict[str, Any],
     ) -> None:
         """The constructor's work on the open cache; on any error the caller undoes it."""
-        for key, value in _NEW_SETTINGS.items() if created else ():
-            self._cache.set_setting(key, value)
-        settings = self._cache.settings()
-        self._settings = {key: settings.get(key, _NEW_SETTINGS[key]) for key in _KEPT}
-        self._options.set("syncperiod", settings.get("syncperiod", DEFAULT_SYNCPERIOD))
-        for name in OPTIONS:
-            if "option." + name in settings:
-                self._options.set(name, settings["option." + name])
+        self._settings = Settings(self._cache, self._changed)
+        self._settings.load(created)
+        self._options = self._settings.options
         self._streams = StreamRegistry(self._cache)
         self._streams.load()
         self._time = DeviceTime(self._cache, self._options)
         self._writer = Writer(self._cache, self._streams, self._time, self._subscribers)
         hooks = PassHooks(before=self._time.before_pass, hold=self._time.hold)
         self._syncer = Syncer(self.path, self._options, self._remote(), hooks, self._after_pass)
-        self._check_together(options)
-        self._pending = options
-        try:
-            for name, value in options.items():
-                setattr(self, name, value)
-        finally:
-            self._pending = {}
+        self._settings.set_from_constructor(options, self.path)
         self._apply_options()
         if apikey is not None:
             self.apikey = apikey
@@ -306,64 +278,11 @@ class Logger:
 
     # ----------------------------------------------------------------------- settings
 
-    apikey = _setting(
-        "apikey",
-        "The apikey the default remote uses; stored in the cache file (owner-only).",
-        lambda value: _check_apikey(value),
-        changed="_credentials_changed",
-    )
-    serverurl = _setting(
-        "serverurl",
-        "The ConnectorDB server the default remote talks to; stored in the cache file.",
-        lambda value: _check_serverurl(value),
-        changed="_drop_remote",
-    )
-    lastsynctime = _setting(
-        "lastsynctime",
-        "When the last complete sync finished (0: never); stored in the cache file.",
-        lambda value: value,
-    )
-
-    @property
-    def syncperiod(self) -> float:
-        """Seconds between background sync attempts (default 600); stored in the cache file."""
-        return self._options.syncperiod
-
-    @syncperiod.setter
-    def syncperiod(self, value: float) -> None:
-        self._options.set(
-            "syncperiod", self._save("syncperiod", Options.check("syncperiod", value))
-        )
-        self._syncer.wake()  # start the new period now
-
-    @property
-    def data(self) -> Any:
-        """Your own settings, anything JSON, stored in the cache file.
-
-        For example ``l.data = {"location": "greenhouse"}``; read it back as ``l.data``.
-        """
-        self._check_open()
-        return self._cache.get_setting("data", {})
-
-    @data.setter
-    def data(self, value: Any) -> None:
-        try:
-            self._save("data", value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(
-                f"data must be JSON (dicts, lists, numbers...): {exc}"
-            ) from exc
-
-    def _credentials_changed(self) -> None:
-        self._drop_remote()
-        self._syncer.resume()
-
-    def _save(self, key: str, value: Any) -> Any:
-        """Store a setting in the cache file (committed on return); returns ``value``."""
-        self._check_open()
-        self._cache.set_setting(key, value)
-        return value
-
+    apikey = _setting("apikey", "The apikey the default remote uses; stored in the cache file.")
+    serverurl = _setting("serverurl", "The ConnectorDB server the default remote talks to.")
+    syncperiod = _setting("syncperiod", "Seconds between background sync attempts (600).")
+    lastsynctime = _setting("lastsynctime", "When the last complete sync ended (0: never).")
+    data = _setting("data", "Your own settings, anything JSON, kept in the cache file.")
     durability = _option("durability")
     batch_size = _option("batch_size")
     max_batch_bytes = _option("max_batch_bytes")
@@ -380,27 +299,22 @@ class Logger:
     archive_dir = _option("archive_dir")
     archive_format = _option("archive_format")
 
-    def _set_option(self, name: str, value: Any) -> None:
-        value = Options.check(name, value)
+    def _set(self, name: str, value: Any) -> None:
         self._check_open()
-        if name in TOGETHER:
-            check_together({**self._options.as_dict(), **self._pending, name: value})
-        self._options.set(name, self._save("option." + name, value))
-        if name == "durability":
-            self._cache.set_durability(value)
-        if name == "http_timeout":
-            self._drop_remote()
-        self._apply_options()
+        self._settings.set(name, value)
 
-    def _check_together(self, options: dict[str, Any]) -> None:
-        """Before the constructor sets ``options``: refuse a contradiction they would make;
-        one already in the cache file (from an older version) is only reported."""
-        try:
-            check_together({**self._options.as_dict(), **options})
-        except ConfigurationError as exc:
-            if options.keys() & TOGETHER:
-                raise
-            log.warning("cache file %r: %s; nothing is held until then", self.path, exc)
+    def _changed(self, name: str) -> None:
+        """Setting ``name`` changed: rebuild what depends on it."""
+        if name in ("apikey", "serverurl", "http_timeout"):
+            self._drop_remote()
+        if name == "apikey":
+            self._syncer.resume()
+        elif name == "syncperiod":
+            self._syncer.wake()  # start the new period now
+        elif name == "durability":
+            self._cache.set_durability(self._options.durability)
+        if name in OPTIONS:
+            self._apply_options()
 
     def _apply_options(self) -> None:
         """Build what the options describe: limits, archive, clock mode."""
@@ -420,7 +334,9 @@ class Logger:
         with self._lock:
             if self._remote_built is None:
                 self._remote_built = ConnectorDBRemote(
-                    self.serverurl, self.apikey, timeout=self._options.http_timeout
+                    self._settings.get("serverurl"),
+                    self._settings.get("apikey"),
+                    timeout=self._options.http_timeout,
                 )
             return self._remote_built
 
@@ -710,24 +626,6 @@ def _check_remote(remote: Remote | None) -> None:
             f"remote {remote!r} declares no delivery_kind (a connectorsync.DeliveryKind): "
             "say how it stores a batch (see docs/remotes.rst)"
         )
-
-
-def _check_apikey(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationError("apikey must be a string")
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:  # the message never shows the key (invariant 14)
-        raise ConfigurationError(
-            "apikey has a character outside latin-1, which HTTP Basic auth cannot send"
-        ) from None
-    return value
-
-
-def _check_serverurl(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"serverurl must be a non-empty string; got {value!r}")
-    return value
 
 
 def _archive_for(archive: Archive | None, options: Options) -> Archive | None:

@@ -1,16 +1,22 @@
-"""The Logger's options: names, defaults and checks.
+"""The Logger's options and settings: names, defaults, checks, and their persistence.
 
 Every option is a keyword argument of ``Logger`` and a read/write attribute of the same
 name; setting one (either way) stores it in the cache file, so the next open has it too.
+ConnectorDB's settings (``apikey``, ``serverurl``, ``syncperiod``, ``lastsynctime``, ``data``)
+are kept the same way. This module is the only place an option is declared, checked,
+defaulted and stored (:class:`Settings`); the other parts read :class:`Options`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ConfigurationError
+
+log = logging.getLogger("connectorsync")
 
 Check = Callable[[str, Any], Any]
 
@@ -189,3 +195,122 @@ def check_together(options: dict[str, Any]) -> None:
             "is not set (without it the system clock is trusted and nothing would be held): "
             "set ntp_server, e.g. ntp_server='pool.ntp.org', or hold_unsynced=False"
         )
+
+
+# --------------------------------------------------------------------------- persisted settings
+
+
+def _apikey(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:  # the message never shows the key (invariant 14)
+        raise ConfigurationError(
+            f"{name} has a character outside latin-1, which HTTP Basic auth cannot send"
+        ) from None
+    return value
+
+
+def _anything(name: str, value: Any) -> Any:
+    return value
+
+
+#: ConnectorDB's settings, kept in the cache file like the options: (default, check).
+CONNECTORDB_SETTINGS: dict[str, tuple[Any, Check]] = {
+    "apikey": ("", _apikey),
+    "serverurl": ("http://localhost:3124", text),
+    "syncperiod": (600.0, positive_number),
+    "lastsynctime": (0, _anything),
+    "data": ({}, _anything),
+}
+
+
+class SettingsStore(Protocol):
+    """Where settings persist (the cache file): JSON values by key."""
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def get_setting(self, key: str, default: Any = None) -> Any: ...
+
+    def set_setting(self, key: str, value: Any) -> None: ...
+
+
+class Settings:
+    """Every persisted setting of one Logger: ConnectorDB's (``apikey``, ``serverurl``,
+    ``syncperiod``, ``lastsynctime``, ``data``) and the options.
+
+    The one place a setting is checked, stored in the cache file (before it is kept, so a
+    failed store changes nothing) and read; ``changed(name)`` is called after each change,
+    for the Logger to rebuild what depends on it. ``data`` is read from the file each time
+    (another process may write it); the rest is kept in memory, the options in
+    :attr:`options`, which the other parts read.
+    """
+
+    def __init__(self, store: SettingsStore, changed: Callable[[str], object]):
+        self._store = store
+        self._changed = changed
+        self.options = Options()
+        self._values: dict[str, Any] = {}
+        self._pending: dict[str, Any] = {}  # the constructor's options, while it sets them
+
+    def load(self, created: bool) -> None:
+        """Read every setting from the store (a new file gets ConnectorDB's defaults first)."""
+        if created:
+            for key, (default, _) in CONNECTORDB_SETTINGS.items():
+                self._store.set_setting(key, default)
+        stored = self._store.settings()
+        for key, (default, _) in CONNECTORDB_SETTINGS.items():
+            self._values[key] = stored.get(key, default)
+        self.options.set("syncperiod", self._values["syncperiod"])
+        for name in OPTIONS:
+            if "option." + name in stored:
+                self.options.set(name, stored["option." + name])
+
+    def get(self, name: str) -> Any:
+        """The value of setting or option ``name``."""
+        if name == "data":
+            return self._store.get_setting("data", {})
+        if name in OPTIONS:
+            return self.options.get(name)
+        return self._values[name]
+
+    def set(self, name: str, value: Any) -> None:
+        """Check ``value``, store it in the file, keep it, then tell ``changed(name)``.
+
+        :raises ConfigurationError: a bad value, or one that contradicts another option
+        """
+        if name in OPTIONS:
+            value = Options.check(name, value)
+            if name in TOGETHER:
+                check_together({**self.options.as_dict(), **self._pending, name: value})
+            self._store.set_setting("option." + name, value)
+            self.options.set(name, value)
+        else:
+            value = CONNECTORDB_SETTINGS[name][1](name, value)
+            try:
+                self._store.set_setting(name, value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"{name} must be JSON (dicts, lists, numbers...): {exc}"
+                ) from exc
+            self._values[name] = value
+            if name == "syncperiod":
+                self.options.set(name, value)
+        self._changed(name)
+
+    def set_from_constructor(self, options: dict[str, Any], on_file: str) -> None:
+        """Apply the constructor's options: a contradiction among them is refused before
+        anything is stored; one the file already held (an older version's) is only logged."""
+        try:
+            check_together({**self.options.as_dict(), **options})
+        except ConfigurationError as exc:
+            if options.keys() & TOGETHER:
+                raise
+            log.warning("cache file %r: %s; nothing is held until then", on_file, exc)
+        self._pending = options
+        try:
+            for name, value in options.items():
+                self.set(name, value)
+        finally:
+            self._pending = {}
