@@ -92,8 +92,9 @@ class Cache:
         :raises ConfigurationError: not a connectorsync cache, or written by a newer version
         :raises CacheError: the file cannot be opened
         """
-        conn, created = schema.open_file(os.fspath(path), durability)
-        return cls(conn, os.fspath(path)), created
+        path = os.fspath(path)
+        conn, created = schema.open_file(path, durability)
+        return cls(conn, path), created
 
     @classmethod
     def open_readonly(cls, path: str) -> Cache:
@@ -104,12 +105,14 @@ class Cache:
             connectordb 0.3.5 cache (the message says how to migrate it), or not a cache
         :raises CacheError: the file cannot be opened
         """
-        return cls(schema.open_readonly(os.fspath(path)), os.fspath(path))
+        path = os.fspath(path)
+        return cls(schema.open_readonly(path), path)
 
     @classmethod
     def connect(cls, path: str, durability: str = "full") -> Cache:
         """A further connection to an existing, current cache file (for another thread)."""
-        return cls(schema.connect(os.fspath(path), durability), os.fspath(path))
+        path = os.fspath(path)
+        return cls(schema.connect(path, durability), path)
 
     def set_durability(self, durability: str) -> None:
         """Apply ``durability`` to this connection (at once, or when creation commits)."""

@@ -4,12 +4,13 @@ purged on request. Each function takes the apsw connection of an open write tran
 Guarantees (each proved by the test named):
 
 - A refused datapoint leaves the datapoints and becomes a letter in one transaction
-  (``test_remote_contract.py``); one that was a letter queued again keeps its letter, with
-  one more attempt, and is counted once
+  (``test_remote_contract.py::test_a_refused_datapoint_is_isolated``); one that was a letter
+  queued again keeps its letter, with one more attempt, and is counted once
   (``test_inflight.py::test_a_requeued_dead_letter_dropped_is_counted_once``).
-- A letter queued again goes after its stream's newest timestamp (the stream's order holds);
-  letters of unregistered streams stay (``test_cli.py::test_deadletters_list_retry_purge``).
-- Only letters at rest (not queued again) are purged.
+- Letters are queued again, or purged, all or by id; only letters at rest (not queued
+  again) are listed or purged (``test_faults.py::test_dead_letters_retry_and_purge``).
+- A letter queued again goes after its stream's newest timestamp, so the stream's order
+  holds; letters of streams no longer registered stay.
 """
 
 from __future__ import annotations

@@ -67,15 +67,15 @@ def make_room(conn: apsw.Connection, path: str, incoming: int, limits: Limits) -
     CacheFullError. Returns how many datapoints were dropped (counted as ``dropped``)."""
     dropped = 0
     if limits.max_cached:
-        dropped += _room_by_count(conn, incoming, limits.max_cached, limits.drop_oldest)
+        dropped += _room_by_count(conn, incoming, limits.max_cached, drop=limits.drop_oldest)
     if limits.max_bytes:
-        dropped += _room_by_bytes(conn, limits.max_bytes, limits.drop_oldest)
+        dropped += _room_by_bytes(conn, limits.max_bytes, drop=limits.drop_oldest)
     if limits.min_free_disk:
-        dropped += _room_on_disk(conn, path, limits.min_free_disk, limits.drop_oldest)
+        dropped += _room_on_disk(conn, path, limits.min_free_disk, drop=limits.drop_oldest)
     return dropped
 
 
-def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, drop: bool) -> int:
+def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, *, drop: bool) -> int:
     """``max_cached``: drop (when ``drop``) or refuse what goes over it."""
     lowest, highest = next(conn.execute("SELECT min(id), max(id) FROM datapoints"))
     # Ids are never reused, so the id span bounds the count from above: only when it
@@ -97,7 +97,7 @@ def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, drop: 
     return dropped
 
 
-def _room_by_bytes(conn: apsw.Connection, max_bytes: int, drop: bool) -> int:
+def _room_by_bytes(conn: apsw.Connection, max_bytes: int, *, drop: bool) -> int:
     """``max_cache_bytes``: drop (when ``drop``) the oldest until the pages in use fit."""
     dropped = 0
     while (used := used_bytes(conn)) > max_bytes:
@@ -111,7 +111,7 @@ def _room_by_bytes(conn: apsw.Connection, max_bytes: int, drop: bool) -> int:
     return dropped
 
 
-def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, drop: bool) -> int:
+def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, *, drop: bool) -> int:
     """``min_free_disk``: when the disk is under it, the write must fit in the file's free
     pages; drop (when ``drop``) the oldest until there are some."""
     stat = os.statvfs(os.path.dirname(os.path.abspath(path)))

@@ -5,7 +5,8 @@ Guarantees (each proved by the test named):
 - The schema is versioned with ``PRAGMA user_version``; opening an older file, or a cache
   written by ``connectordb`` 0.3.5's Logger, migrates it in place in one transaction
   (``test_migration.py``). A file of a newer version, or an SQLite file that is not a cache, is
-  refused and left unchanged (``test_logger.py``).
+  refused (``test_logger.py::test_newer_schema_version_is_refused``) and left unchanged
+  (``test_logger.py::test_foreign_sqlite_file_is_refused_unchanged``).
 - Datapoint ids are AUTOINCREMENT: they follow commit order and are never reused, so an
   acknowledged id range can never cover a datapoint that was not sent.
 - Per stream, cached timestamps strictly increase, also with several processes inserting:
