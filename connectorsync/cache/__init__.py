@@ -1,0 +1,584 @@
+"""The SQLite cache: every SQL statement of connectorsync lives in this package.
+
+:class:`Cache` is one connection to a cache file: transactions, settings, streams, datapoints,
+delivery (batches in flight, acks, reconciliation) and dead letters; it holds the lock and the
+transaction, and hands the SQL of each specialised job to its module:
+
+- :mod:`.schema`: the file's tables, migrations and opening (and the connectordb 0.3.5 import);
+- :mod:`.limits`: storage limits, drop-oldest and expiry, inside the caller's write;
+- :mod:`.retime`: re-timing datapoints stamped before NTP answered;
+- :mod:`.deadletters`: the dead-letter table;
+- :mod:`.records`: the records it hands out; :mod:`.base`: errors and the rules every row keeps.
+
+Guarantees (each proved by the test named):
+
+- A write method returns only after its transaction committed (``test_durability.py``).
+- A failed call changes nothing: each write is one transaction
+  (``test_limits.py::test_a_full_disk_raises_keeps_everything_and_recovers``).
+- A batch in flight (a stream's datapoints with id <= ``streams.inflight``) is immutable:
+  ``drop_oldest``, expiry, :meth:`Cache.clear` and re-anchoring leave it alone until its
+  outcome is resolved, so each datapoint is counted in exactly one place: delivered, cached,
+  dead-lettered, dropped, expired or cleared (``test_inflight.py``).
+- Clearing the cache puts a dead letter queued again back at rest
+  (``test_inflight.py::test_cleardata_puts_a_requeued_dead_letter_back``).
+
+Each thread that needs the database opens its own :class:`Cache` (apsw gives no concurrency
+from a shared connection); within one :class:`Cache`, a lock keeps transactions whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apsw
+
+from ..errors import CacheError, CacheFullError
+from . import deadletters, retime, schema
+from .base import AT_REST, INSERT, NEWEST, NO_TIME, TooOldError, delete, place, translate, wrapped
+from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
+from .records import BatchRequest, Row, StreamRow, StreamStats, Untrusted
+from .schema import MIGRATIONS, SCHEMA_VERSION
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "BatchRequest",
+    "Cache",
+    "Limits",
+    "Row",
+    "StreamRow",
+    "StreamStats",
+    "TooOldError",
+    "Untrusted",
+]
+
+# One logger for the whole cache package, as when it was one module.
+log = logging.getLogger("connectorsync.cache")
+
+
+class Cache:
+    """One connection to a cache file.
+
+    Use :meth:`open` to open (creating or migrating) a cache, and :meth:`connect` for a
+    further connection to a cache that exists (the syncer thread's, say).
+    """
+
+    def __init__(self, conn: apsw.Connection, path: str):
+        self._conn = conn
+        self.path = path
+        self._lock = threading.RLock()
+        self._closed = False
+        # Each stream's newest timestamp as this connection last saw it: a hint that saves a
+        # query per insert. The trigger catches it when another connection wrote since.
+        self._newest: dict[int, float] = {}
+
+    # ----------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, path: str, durability: str = "full") -> tuple[Cache, bool]:
+        """Open ``path``, creating, migrating or checking it. Returns ``(cache, created)``.
+
+        When ``created`` is true the file is new and a transaction is still open, so that the
+        caller can fill it (``on_create``) before :meth:`finish_create` commits it, or
+        :meth:`abort_create` rolls back and removes the file. Another process opening the same
+        path meanwhile waits, then sees the finished file.
+
+        :raises ConfigurationError: not a connectorsync cache, or written by a newer version
+        :raises CacheError: the file cannot be opened
+        """
+        path = os.fspath(path)
+        conn, created = schema.open_file(path, durability)
+        return cls(conn, path), created
+
+    @classmethod
+    def open_readonly(cls, path: str) -> Cache:
+        """Open an existing, current cache to look only: the file is never written (no
+        migration, no setting), whoever else uses it meanwhile (``test_cli.py``).
+
+        :raises ConfigurationError: not a current connectorsync cache: an older schema or a
+            connectordb 0.3.5 cache (the message says how to migrate it), or not a cache
+        :raises CacheError: the file cannot be opened
+        """
+        path = os.fspath(path)
+        return cls(schema.open_readonly(path), path)
+
+    @classmethod
+    def connect(cls, path: str, durability: str = "full") -> Cache:
+        """A further connection to an existing, current cache file (for another thread)."""
+        path = os.fspath(path)
+        return cls(schema.connect(path, durability), path)
+
+    def set_durability(self, durability: str) -> None:
+        """Apply ``durability`` to this connection (at once, or when creation commits)."""
+        if not self._conn.in_transaction:
+            schema.configure(self._conn, self.path, durability, wal=True)
+
+    def finish_create(self, durability: str) -> None:
+        """Commit the creation transaction opened by :meth:`open`."""
+        with wrapped("create the cache"):
+            self._conn.execute("COMMIT")
+        schema.configure(self._conn, self.path, durability, wal=True)
+
+    def abort_create(self) -> None:
+        """Roll back the creation transaction, close, and remove the half-made file."""
+        with contextlib.suppress(apsw.Error):
+            self._conn.execute("ROLLBACK")
+        self.close()
+        schema.remove_files(self.path)
+
+    def close(self) -> None:
+        """Close the connection. Safe to call twice."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # ----------------------------------------------------------------------- transactions
+
+    @contextlib.contextmanager
+    def transaction(self, action: str) -> Iterator[apsw.Connection]:
+        """A write transaction: BEGIN IMMEDIATE (so the write lock is taken up front and the
+        busy timeout applies, never "database is locked" half way), COMMIT or ROLLBACK.
+        Inside an open transaction (the creation one), a SAVEPOINT instead."""
+        with self._lock, wrapped(action):
+            conn = self._conn
+            if conn.in_transaction:
+                with conn:
+                    yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock, wrapped("read the cache"):
+            return list(self._conn.execute(sql, params))
+
+    # ----------------------------------------------------------------------- settings
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key``, or ``default``."""
+        rows = self._read("SELECT value FROM settings WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` (anything JSON) under ``key``; committed on return."""
+        text = json.dumps(value, allow_nan=False)
+        with self.transaction(f"save setting {key!r}") as conn:
+            conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, text))
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting, decoded."""
+        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM settings")}
+
+    # ----------------------------------------------------------------------- streams
+
+    def streams(self) -> dict[str, StreamRow]:
+        """Every registered stream by name."""
+        rows = self._read(
+            "SELECT id, name, schema, remote_created, inflight, out_of_order FROM streams"
+        )
+        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows}
+
+    def put_stream(self, name: str, schema_text: str, out_of_order: str = "reject") -> StreamRow:
+        """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays."""
+        with self.transaction(f"register stream {name!r}") as conn:
+            conn.execute(
+                "INSERT INTO streams (name, schema, out_of_order) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, "
+                "out_of_order = excluded.out_of_order, "
+                "remote_created = remote_created AND schema = excluded.schema",
+                (name, schema_text, out_of_order),
+            )
+            sid, created, inflight = next(
+                conn.execute(
+                    "SELECT id, remote_created, inflight FROM streams WHERE name = ?", (name,)
+                )
+            )
+        return StreamRow(sid, name, schema_text, bool(created), inflight, out_of_order)
+
+    def set_remote_created(self, name: str, created: bool = True) -> None:
+        """Remember whether the stream is known to exist on the remote."""
+        with self.transaction(f"update stream {name!r}") as conn:
+            conn.execute("UPDATE streams SET remote_created = ? WHERE name = ?", (created, name))
+
+    # ----------------------------------------------------------------------- datapoints
+
+    def append(
+        self,
+        stream_id: int,
+        t: float,
+        data: str,
+        *,
+        restamp: bool,
+        untrusted: Untrusted | None = None,
+        limits: Limits | None = None,
+    ) -> float:
+        """Append one datapoint and commit. Returns the ``t`` stored.
+
+        ``t`` must be finite. If it is not after the stream's newest timestamp it becomes
+        newest + 1 µs when equal, or when older and ``restamp``; an older ``t`` without
+        ``restamp`` raises :class:`TooOldError` and stores nothing. ``untrusted`` marks a
+        time to fix once the clock is trusted (:meth:`reanchor`).
+
+        :raises CacheFullError: a limit is reached (and ``limits.drop_oldest`` is off), or
+            the disk is full; nothing was stored
+        """
+        boot, mono = untrusted or (None, None)
+        if limits is not None and (limits.active or limits.drop_oldest):
+            # Checked inside a transaction; a full disk makes room and tries again.
+            with self._lock:
+                return self._append_limited(stream_id, t, data, restamp, boot, mono, limits)
+        # The hot path: a plain try (no context manager) is measurably cheaper here.
+        with self._lock:
+            try:
+                conn = self._conn
+                newest = self._newest.get(stream_id)
+                while True:
+                    if newest is None or t <= newest:
+                        # Ties and clock steps are rare: read the real newest before nudging.
+                        newest = next(conn.execute(NEWEST, (stream_id,)))[0]
+                    stored = place(t, newest, restamp)
+                    # One statement, one implicit write transaction, committed on return. The
+                    # trigger re-checks the order under the write lock: if another connection
+                    # stored a newer point since we looked, nothing is inserted: look again.
+                    conn.execute(INSERT, (stream_id, stored, data, boot, mono))
+                    if conn.changes():
+                        self._newest[stream_id] = stored
+                        return stored
+                    newest = None
+            except apsw.Error as exc:
+                raise translate(exc, "store the datapoint") from exc
+
+    def _append_limited(
+        self,
+        stream_id: int,
+        t: float,
+        data: str,
+        restamp: bool,
+        boot: int | None,
+        mono: float | None,
+        limits: Limits,
+    ) -> float:
+        while True:
+            try:
+                with self.transaction("store the datapoint") as conn:
+                    if limits.active:
+                        make_room(conn, self.path, 1, limits)
+                    newest = next(conn.execute(NEWEST, (stream_id,)))[0]
+                    stored = place(t, newest, restamp)
+                    conn.execute(INSERT, (stream_id, stored, data, boot, mono))
+                self._newest[stream_id] = stored
+                return stored
+            except CacheFullError:
+                # The disk itself is full (SQLITE_FULL). With drop_oldest, free the oldest
+                # datapoints (1% at a time: a page frees only once all its rows are gone) and
+                # try again; freed pages are reused, so the file does not grow.
+                if not limits.drop_oldest:
+                    raise
+                with self.transaction("drop the oldest datapoints") as conn:
+                    if not drop_one_percent(conn):
+                        raise
+
+    # tests/test_limits.py measures the pages in use through this name.
+    _used_bytes = staticmethod(used_bytes)
+
+    def expire(self, before: float) -> int:
+        """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired.
+        Datapoints of a batch in flight are left alone (``test_inflight.py``)."""
+        with self.transaction("expire old datapoints") as conn:
+            expired = drop_expired(conn, before)
+        if expired:
+            log.warning("expired %d datapoints older than max_age", expired)
+        return expired
+
+    def append_many(
+        self,
+        points: Sequence[tuple[int, float, bool, str, Untrusted | None]],
+        *,
+        limits: Limits | None = None,
+    ) -> list[tuple[int, float]]:
+        """Append ``(stream_id, t, restamp, data, untrusted)`` points in one transaction: all
+        or none.
+
+        Timestamps are resolved as in :meth:`append`, each point against the one before it in
+        its stream. Returns ``(id, t)`` per point, in order.
+
+        :raises TooOldError: a point's explicit ``t`` is older than its stream's newest
+        :raises CacheFullError: as :meth:`append`
+        """
+        rows = []
+        with self.transaction("store the datapoints") as conn:
+            if limits is not None and limits.active:
+                make_room(conn, self.path, len(points), limits)
+            newest: dict[int, float] = {}
+            for stream_id, t, restamp, data, untrusted in points:
+                boot, mono = untrusted or (None, None)
+                prev = newest.get(stream_id)
+                if prev is None:
+                    prev = next(conn.execute(NEWEST, (stream_id,)))[0]
+                t = place(t, prev, restamp)
+                rows.append((stream_id, t, data, boot, mono))
+                newest[stream_id] = t
+            before = conn.total_changes()
+            conn.executemany(INSERT, rows)
+            if conn.total_changes() - before != len(rows):
+                raise CacheError("insert_many: the cache refused out-of-order rows; none stored")
+            last_id = conn.last_insert_rowid()
+        self._newest.update(newest)
+        # One statement, one writer: the ids are consecutive, ending at the last one.
+        first_id = last_id - len(rows) + 1
+        return [(first_id + i, row[1]) for i, row in enumerate(rows)]
+
+    def newest(self, stream_id: int) -> float | None:
+        """The newest timestamp the stream ever cached, or None."""
+        t = self._read(NEWEST, (stream_id,))[0][0]
+        return None if t is None or t <= NO_TIME else t
+
+    def latest(self, stream_id: int) -> tuple[float, str] | None:
+        """The newest datapoint of the stream as ``(t, d as JSON text)``: the newest cached
+        one, else the newest that left the cache (delivered, dead-lettered, dropped)."""
+        rows = self._read(
+            "SELECT t, d FROM datapoints WHERE stream = ? ORDER BY id DESC LIMIT 1", (stream_id,)
+        ) or self._read(
+            "SELECT last_t, last_d FROM streams WHERE id = ? AND last_d IS NOT NULL", (stream_id,)
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def count(self) -> int:
+        """How many datapoints are cached, all streams together."""
+        return int(self._read("SELECT count(*) FROM datapoints")[0][0])
+
+    def statistics(self) -> dict[str, int]:
+        """Counters kept in the cache: ``dropped`` and ``expired`` datapoints."""
+        return {
+            name: int(self.get_setting("stats." + name, 0) or 0) for name in ("dropped", "expired")
+        }
+
+    def batch(self, stream_id: int, after_id: int, limit: int) -> list[Row]:
+        """Up to ``limit`` cached datapoints of the stream with id > ``after_id``, oldest first.
+        Keyset paging: memory is O(limit) whatever the backlog. Marks nothing in flight: for
+        looking (export, ``Logger.datapoints``), not for delivery (:meth:`take_batch`)."""
+        return self._read(
+            "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
+            (stream_id, after_id, limit),
+        )
+
+    # ----------------------------------------------------------------------- device time
+
+    def find_boot(self, boot_id: str) -> int | None:
+        """The key of ``boot_id`` (see :meth:`boot_key`) if recorded, else None; writes nothing."""
+        rows = self._read("SELECT id FROM boots WHERE boot_id = ?", (boot_id,))
+        return int(rows[0][0]) if rows else None
+
+    def boot_key(self, boot_id: str) -> int:
+        """The small integer that stands for ``boot_id`` in datapoint rows."""
+        with self.transaction("record the boot") as conn:
+            conn.execute("INSERT OR IGNORE INTO boots (boot_id) VALUES (?)", (boot_id,))
+            return int(next(conn.execute("SELECT id FROM boots WHERE boot_id = ?", (boot_id,)))[0])
+
+    def reanchor(self, boot: int, true_now: float, boot_clock_now: float) -> int:
+        """Fix the times of the datapoints of ``boot`` stamped by an untrusted clock: each
+        becomes ``true_now - (boot_clock_now - its boot clock)``, exact whatever the wall clock
+        said. Per stream, strictly increasing order is kept (ties nudged by 1 µs). Returns how
+        many datapoints were fixed.
+
+        A batch in flight is left as it was sent (still untrusted): re-timing it before its
+        outcome is known would make a reconcile miss what the remote holds, and send it twice.
+        The anchor is recorded in the cache, and the batch's datapoints that turn out not
+        delivered are re-timed when it is resolved (:meth:`ack_reconciled`), or by
+        :meth:`reanchor_leftovers`. Safe to call again (``test_inflight.py``).
+        """
+        with self.transaction("fix timestamps stamped before the clock was trusted") as conn:
+            fixed = retime.reanchor(conn, boot, true_now, boot_clock_now)
+        self._newest.clear()
+        return fixed
+
+    def reanchor_leftovers(self) -> int:
+        """Fix, with the anchors :meth:`reanchor` recorded, the times of datapoints it left
+        untrusted because they were in flight then and are not now. Cheap when there are
+        none; safe to call any time no batch of this connection is being read or sent.
+        Returns how many were fixed."""
+        with self.transaction("fix timestamps left untrusted while in flight") as conn:
+            fixed = retime.retime_leftovers(conn)
+        if fixed:
+            self._newest.clear()
+        return fixed
+
+    def untrusted_count(self, boot: int) -> int:
+        """How many cached datapoints of ``boot`` wait for a trusted clock."""
+        return int(self._read("SELECT count(*) FROM datapoints WHERE boot = ?", (boot,))[0][0])
+
+    # ----------------------------------------------------------------------- delivery
+
+    def ack(self, stream_id: int, first_id: int, last_id: int) -> int:
+        """Delete the stream's datapoints with ids in ``[first_id, last_id]`` (the remote stored
+        them) in one transaction, and clear the batch in flight. Returns how many."""
+        with self.transaction("delete delivered datapoints") as conn:
+            return self._delete_delivered(conn, stream_id, first_id, last_id)
+
+    @staticmethod
+    def _delete_delivered(
+        conn: apsw.Connection, stream_id: int, first_id: int, last_id: int
+    ) -> int:
+        delivered = delete(
+            conn, "stream = ? AND id BETWEEN ? AND ?", (stream_id, first_id, last_id)
+        )
+        # Clear the record of the batch in flight, unless it is already the next batch's
+        # (the syncer records that one before this ack is done, see Syncer._deliver).
+        conn.execute(
+            "UPDATE streams SET inflight = 0 WHERE id = ? AND inflight <= ?", (stream_id, last_id)
+        )
+        return delivered
+
+    def take_batch(self, stream_id: int, after_id: int, request: BatchRequest) -> list[Row]:
+        """The stream's next batch, recorded as in flight in the same transaction.
+
+        Up to ``request.limit`` cached datapoints with ``after_id`` < id <= ``request.upto_id``,
+        oldest first, together at most ``request.max_bytes`` bytes of values (the first one
+        always comes, whatever its size). Keyset paging: memory is bounded by both caps,
+        whatever the backlog. ``request.hold=(boot, since)``: stop before the first datapoint
+        of that boot stamped by an untrusted clock at boot-clock time ``since`` or later (it
+        waits for NTP; the stream's order forbids skipping it).
+
+        The stream's in-flight mark is raised to the batch's last id before the rows are
+        handed out, so from the moment they are read they are immutable: not dropped, expired,
+        re-timed or cleared until :meth:`ack`, :meth:`ack_reconciled` or
+        :meth:`release_inflight` resolves them (and a crash leaves the mark for the next
+        pass to resolve).
+        """
+        batch: list[Row] = []
+        size = 0
+        hold = request.hold
+        with self.transaction("read the next batch") as conn:
+            rows = conn.execute(
+                "SELECT id, t, d, boot, mono FROM datapoints "
+                "WHERE stream = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (stream_id, after_id, request.upto_id, request.limit),
+            )
+            for point_id, t, data, boot, mono in rows:
+                if hold is not None and boot == hold[0] and mono is not None and mono >= hold[1]:
+                    break
+                size += len(data)
+                if batch and size > request.max_bytes:
+                    break
+                batch.append((point_id, t, data))
+            if batch:
+                conn.execute(
+                    "UPDATE streams SET inflight = ? WHERE id = ? AND inflight < ?",
+                    (batch[-1][0], stream_id, batch[-1][0]),
+                )
+        return batch
+
+    def release_inflight(self, stream_id: int) -> None:
+        """Clear the stream's in-flight mark: nothing of it is on the wire, and whatever was
+        is resolved (stored and acked, or known not stored, or to be sent again)."""
+        with self.transaction("clear the batch in flight") as conn:
+            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+
+    def max_id(self) -> int:
+        """The id of the newest cached datapoint (0: none): a pass delivers up to here."""
+        return int(self._read("SELECT coalesce(max(id), 0) FROM datapoints")[0][0])
+
+    def ack_reconciled(self, stream_id: int, remote_newest: float | None) -> int:
+        """Resolve the batch in flight: its datapoints at or below ``remote_newest`` (the
+        newest timestamp the remote holds) were delivered and are deleted; the rest stay to be
+        sent again. Only datapoints that were in flight are considered. Returns how many."""
+        with self.transaction("reconcile the batch in flight") as conn:
+            upto = next(conn.execute("SELECT inflight FROM streams WHERE id = ?", (stream_id,)))[0]
+            delivered = 0
+            if upto and remote_newest is not None:
+                first, last = next(
+                    conn.execute(
+                        "SELECT min(id), max(id) FROM datapoints "
+                        "WHERE stream = ? AND id <= ? AND t <= ?",
+                        (stream_id, upto, remote_newest),
+                    )
+                )
+                if first is not None:
+                    delivered = self._delete_delivered(conn, stream_id, first, last)
+            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+            # What was left untrusted while in flight (NTP answered meanwhile) and was not
+            # delivered gets its true time now, before it is sent again.
+            if retime.retime_leftovers(conn):
+                self._newest.clear()
+            return delivered
+
+    # ----------------------------------------------------------------------- dead letters
+
+    def deadletter(self, stream_id: int, name: str, row: Row, reason: str, now: float) -> None:
+        """Move one datapoint the remote refused to the dead-letter table, in one transaction.
+
+        A datapoint that was a dead letter queued again keeps its letter, with one more attempt.
+        """
+        with self.transaction("move a datapoint to the dead letters") as conn:
+            deadletters.move_in(conn, name, row, reason, now)
+
+    def deadletters(self, stream: str | None = None) -> list[tuple[Any, ...]]:
+        """Dead letters at rest (not queued again): (id, stream, t, d, reason, attempts,
+        failed_at), oldest first."""
+        sql = (
+            "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters "
+            "WHERE retry_id IS NULL"
+        )
+        if stream is None:
+            return self._read(sql + " ORDER BY id")
+        return self._read(sql + " AND stream = ? ORDER BY id", (stream,))
+
+    def retry_deadletters(self, ids: Sequence[int] | None, streams: dict[str, int]) -> int:
+        """Queue dead letters (all, or those of ``ids``) again as new datapoints, in one
+        transaction. A letter older than its stream's newest timestamp is queued at newest +
+        1 µs (the stream's order must hold). Letters of unregistered streams stay. Returns how
+        many were queued."""
+        with self.transaction("queue dead letters again") as conn:
+            queued = deadletters.requeue(conn, ids, streams)
+        self._newest.update(queued)
+        return len(queued)
+
+    def purge_deadletters(self, ids: Sequence[int] | None) -> int:
+        """Delete dead letters at rest (all, or those of ``ids``). Returns how many."""
+        with self.transaction("purge dead letters") as conn:
+            return deadletters.purge(conn, ids)
+
+    def clear(self) -> int:
+        """Delete every cached datapoint (connectordb's ``cleardata``) but those of a batch in
+        flight, which are delivered or stay cached. A dead letter queued again goes back to
+        the dead letters (at rest). Returns how many datapoints were cleared: neither of those.
+        """
+        with self.transaction("clear the cache") as conn:
+            conn.execute(
+                "UPDATE deadletters SET retry_id = NULL WHERE retry_id IN ("
+                f"  SELECT id FROM datapoints WHERE {AT_REST})"
+            )
+            letters = conn.changes()
+            return delete(conn, AT_REST, ()) - letters
+
+    def stream_stats(self) -> dict[str, StreamStats]:
+        """Cached count, oldest and newest cached t, and dead letters, per registered stream."""
+        cached = {
+            r[0]: r[1:]
+            for r in self._read(
+                "SELECT s.name, count(d.id), min(d.t), max(d.t) FROM streams s "
+                "JOIN datapoints d ON d.stream = s.id GROUP BY s.id"
+            )
+        }
+        dead = dict(
+            self._read(
+                "SELECT stream, count(*) FROM deadletters WHERE retry_id IS NULL GROUP BY stream"
+            )
+        )
+        stats = {}
+        for name in self.streams():
+            count, oldest, newest = cached.get(name, (0, None, None))
+            stats[name] = StreamStats(count, oldest, newest, dead.get(name, 0))
+        return stats

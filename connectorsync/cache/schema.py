@@ -1,0 +1,389 @@
+"""The cache file: its tables, their versioned migrations, and opening it.
+
+Guarantees (each proved by the test named):
+
+- The schema is versioned with ``PRAGMA user_version``; opening an older file, or a cache
+  written by ``connectordb`` 0.3.5's Logger, migrates it in place in one transaction
+  (``test_migration.py``). A file of a newer version, or an SQLite file that is not a cache, is
+  refused (``test_logger.py::test_newer_schema_version_is_refused``) and left unchanged
+  (``test_logger.py::test_foreign_sqlite_file_is_refused_unchanged``).
+- Datapoint ids are AUTOINCREMENT: they follow commit order and are never reused, so an
+  acknowledged id range can never cover a datapoint that was not sent.
+- Per stream, cached timestamps strictly increase, also with several processes inserting:
+  a trigger checks the order inside the write
+  (``test_durability.py::test_processes_inserting_together_never_see_locked``).
+- New cache files are readable by their owner only: they hold the apikey
+  (``test_logger.py::test_cache_file_is_owner_only_and_apikey_never_shown``); so is a migrated
+  connectordb cache (``test_migration.py::test_migrated_connectordb_cache_is_owner_only``).
+- Every connection uses WAL and the durability asked for
+  (``test_durability.py::test_durability_pragmas_are_applied``,
+  ``test_migration.py::test_migrated_cache_uses_wal``).
+- A read-only open never writes the file: no migration, no setting; an older or connectordb
+  cache is refused with how to migrate it
+  (``test_cli.py::test_status_of_an_older_schema_says_how_to_migrate_and_changes_nothing``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+
+import apsw
+
+from ..errors import CacheError, ConfigurationError
+from .base import NO_TIME, NUDGE, wrapped
+
+# One logger for the whole cache package, as when it was one module.
+log = logging.getLogger("connectorsync.cache")
+
+DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+BUSY_TIMEOUT_MS = 60_000
+# The cache file and the files SQLite keeps beside it.
+FILE_SUFFIXES = ("", "-journal", "-wal", "-shm")
+
+# --------------------------------------------------------------------------- tables + migrations
+
+_V1 = """
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE streams (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    schema TEXT NOT NULL,
+    last_t REAL NOT NULL DEFAULT -1e308,
+    remote_created INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE datapoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream INTEGER NOT NULL,
+    t REAL NOT NULL,
+    d TEXT NOT NULL
+);
+CREATE INDEX datapoints_by_stream ON datapoints(stream);
+CREATE TRIGGER datapoints_in_order BEFORE INSERT ON datapoints
+WHEN NEW.t <= max(
+    coalesce((SELECT t FROM datapoints WHERE stream = NEW.stream ORDER BY id DESC LIMIT 1), -1e308),
+    (SELECT last_t FROM streams WHERE id = NEW.stream))
+BEGIN SELECT RAISE(IGNORE); END;
+CREATE TABLE deadletters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    t REAL NOT NULL,
+    d TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    failed_at REAL NOT NULL
+);
+"""
+
+
+def _migrate_v1(conn: apsw.Connection) -> None:
+    """v1: settings, streams, datapoints (id = insertion order) and dead letters.
+
+    The trigger keeps each stream's timestamps strictly increasing whoever writes: a row not
+    after the stream's newest (cached, or delivered: ``streams.last_t``) is silently not
+    inserted, and the writer sees ``changes() == 0``.
+    """
+    conn.execute(_V1).fetchall()  # fetchall: run every statement of the script now
+
+
+def _migrate_v2(conn: apsw.Connection) -> None:
+    """v2: exactly-once delivery and dead-letter retries.
+
+    ``streams.inflight`` is the last datapoint id of a batch sent without an answer yet (0:
+    none); while it is set, the syncer asks the remote what it stored before sending again.
+    ``deadletters.retry_id`` links a dead letter to the datapoint it was queued again as.
+    """
+    conn.execute(
+        "ALTER TABLE streams ADD COLUMN inflight INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE deadletters ADD COLUMN retry_id INTEGER;"
+        "CREATE INDEX deadletters_retry ON deadletters(retry_id) WHERE retry_id IS NOT NULL;"
+    ).fetchall()
+
+
+def _migrate_v3(conn: apsw.Connection) -> None:
+    """v3: device time, out-of-order policy and latest values.
+
+    ``datapoints.boot``/``mono``: for a datapoint stamped before the clock was trusted (no NTP
+    answer yet this boot), the boot (a ``boots`` row) and the boot clock at insert, so that
+    its time can be fixed exactly once NTP answers; NULL once the time is trusted.
+    ``streams.out_of_order``: 'reject' or 'restamp' for explicit timestamps older than the
+    newest. ``streams.last_d``: the value that goes with ``last_t`` once the datapoint has
+    left the cache, for ``latest()``.
+    """
+    conn.execute(
+        "ALTER TABLE datapoints ADD COLUMN boot INTEGER;"
+        "ALTER TABLE datapoints ADD COLUMN mono REAL;"
+        "CREATE INDEX datapoints_unanchored ON datapoints(boot) WHERE boot IS NOT NULL;"
+        "ALTER TABLE streams ADD COLUMN out_of_order TEXT NOT NULL DEFAULT 'reject';"
+        "ALTER TABLE streams ADD COLUMN last_d TEXT;"
+        "CREATE TABLE boots (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL UNIQUE);"
+    ).fetchall()
+
+
+# Named, versioned steps: MIGRATIONS[i] takes a file from user_version i to i + 1.
+MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
+    ("v1_initial", _migrate_v1),
+    ("v2_inflight_and_retries", _migrate_v2),
+    ("v3_device_time", _migrate_v3),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# The tables of a connectordb 0.3.5 Logger cache (its user_version is 0).
+_CONNECTORDB_TABLES = {"cache", "streams", "metadata"}
+
+
+def _import_connectordb(conn: apsw.Connection) -> None:
+    """Move a connectordb 0.3.5 cache into the v1 tables, keeping every datapoint and setting.
+
+    connectordb sent each stream's points sorted by timestamp; they keep that order here and
+    ties become strictly increasing (nudged by 1 microsecond) as ConnectorDB needs. A row whose
+    data is not JSON (connectordb's ``insert_many`` could store one) becomes a dead letter
+    instead of disappearing
+    (``test_migration.py::test_migration_keeps_ties_in_order_and_bad_rows_as_dead_letters``).
+    """
+    for old in _CONNECTORDB_TABLES:
+        conn.execute(f"ALTER TABLE {old} RENAME TO connectordb_{old}")
+    _migrate_v1(conn)
+    apikey, serverurl, lastsync, period, userdata = next(
+        conn.execute(
+            "SELECT apikey, serverurl, lastsynctime, syncperiod, userdatajson "
+            "FROM connectordb_metadata LIMIT 1"
+        ),
+        ("", None, 0, 600, "{}"),
+    )
+    try:
+        data = json.loads(userdata or "{}")
+    except ValueError:
+        data = {}
+    settings = {
+        "apikey": apikey or "",
+        "serverurl": serverurl,
+        "lastsynctime": lastsync or 0,
+        "syncperiod": period or 600,
+        "data": data,
+    }
+    for key, value in settings.items():
+        if value is not None:
+            conn.execute("INSERT INTO settings VALUES (?, ?)", (key, json.dumps(value)))
+    for name, schema_text in list(
+        conn.execute("SELECT stream, jsonschema FROM connectordb_streams")
+    ):
+        schema = json.loads(schema_text) if schema_text else None
+        conn.execute(
+            "INSERT INTO streams (name, schema) VALUES (?, ?)", (name, json.dumps(schema or {}))
+        )
+    ids = {name: sid for sid, name in conn.execute("SELECT id, name FROM streams")}
+    last: dict[str, float] = {}
+    moved = lost = 0
+    rows = conn.execute(
+        "SELECT stream, timestamp, jsondata FROM connectordb_cache "
+        "ORDER BY stream, timestamp, rowid"
+    )
+    for name, t, text in list(rows):
+        reason = None
+        try:
+            json.loads(text)
+        except (TypeError, ValueError):
+            reason = "connectordb cache held data that is not JSON"
+        if name not in ids:
+            reason = reason or "connectordb cache held data for an unregistered stream"
+        if reason:
+            conn.execute(
+                "INSERT INTO deadletters (stream, t, d, reason, attempts, failed_at) "
+                "VALUES (?, ?, ?, ?, 0, ?)",
+                (name, t, json.dumps(str(text)), reason, t),
+            )
+            lost += 1
+            continue
+        t = max(float(t), last.get(name, NO_TIME) + NUDGE)
+        last[name] = t
+        conn.execute("INSERT INTO datapoints (stream, t, d) VALUES (?, ?, ?)", (ids[name], t, text))
+        moved += 1
+    for old in _CONNECTORDB_TABLES:
+        conn.execute(f"DROP TABLE connectordb_{old}")
+    log.info("migrated a connectordb cache: %d datapoints, %d dead letters", moved, lost)
+
+
+def _owner_only(path: str) -> None:
+    """Make a migrated connectordb cache (and its journal files) readable by its owner only:
+    it holds the apikey, and connectordb left it as the umask made it (often 0644).
+    (``test_migration.py::test_migrated_connectordb_cache_is_owner_only``)"""
+    for suffix in FILE_SUFFIXES:
+        try:
+            os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # not ours to change: say so, the file still works
+            log.warning("cache %s holds the apikey but cannot be made owner-only: %s", path, exc)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _user_version(conn: apsw.Connection) -> int:
+    return int(next(conn.execute("PRAGMA user_version"))[0])
+
+
+def _table_names(conn: apsw.Connection) -> set[str]:
+    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _newer_than_us(path: str, version: int) -> ConfigurationError:
+    return ConfigurationError(
+        f"cache file {path!r} has schema version {version}, newer than this "
+        f"connectorsync ({SCHEMA_VERSION}): upgrade connectorsync"
+    )
+
+
+def open_file(path: str, durability: str) -> tuple[apsw.Connection, bool]:
+    """Open ``path``, creating, migrating or checking it. Returns ``(connection, created)``.
+
+    When ``created`` is true the file is new and its creation transaction is still open (see
+    ``Cache.open``). Another process opening the same path meanwhile waits, then sees the
+    finished file; if that one's creation is rolled back and the file removed, it starts over.
+
+    :raises ConfigurationError: not a connectorsync cache, or written by a newer version
+    :raises CacheError: the file cannot be opened
+    """
+    for _ in range(5):
+        try:
+            # Owner-only from the first byte: the file will hold the apikey. SQLite gives
+            # the -wal and -shm files the same permissions.
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise CacheError(f"cannot create cache file {path!r}: {exc}") from exc
+        before = os.stat(path)
+        with wrapped(f"open cache file {path!r}"):
+            conn = apsw.Connection(path)
+        try:
+            configure(conn, path, durability, wal=False)
+            with wrapped(f"open cache file {path!r}"):
+                conn.execute("BEGIN IMMEDIATE")
+            try:
+                after = os.stat(path)
+            except FileNotFoundError:
+                after = None
+            if after is None or (after.st_ino, after.st_dev) != (before.st_ino, before.st_dev):
+                # Another process removed the file while we waited (its on_create failed).
+                conn.execute("ROLLBACK")
+                conn.close()
+                continue
+            created = _prepare(conn, path)
+            if not created:
+                conn.execute("COMMIT")
+                configure(conn, path, durability, wal=True)
+            return conn, created
+        except BaseException:
+            conn.close()
+            raise
+    raise CacheError(f"cannot open cache file {path!r}: it keeps being replaced")
+
+
+def _prepare(conn: apsw.Connection, path: str) -> bool:
+    """Inside the opening transaction: create, migrate or check. True if created."""
+    version = _user_version(conn)
+    tables = _table_names(conn)
+    if version > SCHEMA_VERSION:
+        raise _newer_than_us(path, version)
+    created = False
+    found = version
+    if version == 0:
+        if tables >= _CONNECTORDB_TABLES:
+            _import_connectordb(conn)  # leaves a v1 schema; later steps follow below
+            _owner_only(path)
+            version = 1
+        elif tables:
+            raise ConfigurationError(
+                f"{path!r} is an SQLite database but not a connectorsync cache "
+                f"(tables: {', '.join(sorted(tables))}); refusing to change it"
+            )
+        else:
+            created = True
+    for number in range(version, SCHEMA_VERSION):
+        name, step = MIGRATIONS[number]
+        log.info("cache %s: migration %s", path, name)
+        step(conn)
+    if found != SCHEMA_VERSION:
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}").fetchall()
+    return created
+
+
+def open_readonly(path: str) -> apsw.Connection:
+    """A read-only connection to an existing, current cache: the file is never written.
+
+    :raises ConfigurationError: not a current connectorsync cache: an older schema or a
+        connectordb 0.3.5 cache (the message says how to migrate it), or not a cache
+    :raises CacheError: the file cannot be opened
+    """
+    with wrapped(f"open cache file {path!r}"):
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        with wrapped(f"open cache file {path!r}"):
+            conn.setbusytimeout(BUSY_TIMEOUT_MS)
+            version = _user_version(conn)
+            tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+        migrate = "open it with connectorsync.Logger to migrate it (stop the old program first)"
+        if version == 0 and tables >= _CONNECTORDB_TABLES:
+            raise ConfigurationError(
+                f"{path!r} is a connectordb 0.3.5 cache, not migrated yet: {migrate}"
+            )
+        if 0 < version < SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{path!r} has schema version {version}, older than this connectorsync's "
+                f"({SCHEMA_VERSION}): {migrate}"
+            )
+        if version > SCHEMA_VERSION:
+            raise _newer_than_us(path, version)
+        if version == 0:
+            raise ConfigurationError(f"{path!r} is not a connectorsync cache")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect(path: str, durability: str) -> apsw.Connection:
+    """A further read-write connection to an existing, current cache file."""
+    with wrapped(f"open cache file {path!r}"):
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+    configure(conn, path, durability, wal=True)
+    return conn
+
+
+def configure(conn: apsw.Connection, path: str, durability: str, *, wal: bool) -> None:
+    """Set the busy timeout, ``synchronous`` for ``durability`` and (``wal``) WAL mode on
+    ``conn``, reading each back: a setting SQLite did not take is an error.
+
+    :raises ConfigurationError: ``durability`` is not one of :data:`DURABILITY`
+    :raises CacheError: SQLite did not take a setting
+    """
+    if durability not in DURABILITY:
+        raise ConfigurationError(
+            f"durability must be one of {sorted(DURABILITY)}; got {durability!r}"
+        )
+    # apsw runs a multi-statement string lazily: one PRAGMA per execute, read back.
+    with wrapped(f"configure cache file {path!r}"):
+        conn.setbusytimeout(BUSY_TIMEOUT_MS)
+        if wal:
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            mode = next(conn.execute("PRAGMA journal_mode"))[0]
+            if str(mode).lower() != "wal":
+                raise CacheError(f"cache file {path!r}: cannot use WAL (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous={DURABILITY[durability]}").fetchall()
+        synchronous = int(next(conn.execute("PRAGMA synchronous"))[0])
+        level = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[synchronous]
+        if level != DURABILITY[durability]:
+            raise CacheError(f"cache file {path!r}: synchronous is {level}")
+
+
+def remove_files(path: str) -> None:
+    """Remove the cache file and the files SQLite keeps beside it, those that exist."""
+    for suffix in FILE_SUFFIXES:
+        try:
+            os.remove(path + suffix)
+        except FileNotFoundError:
+            pass
