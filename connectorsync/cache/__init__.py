@@ -214,7 +214,7 @@ class Cache:
 
     # ----------------------------------------------------------------------- datapoints
 
-    def append(
+    def append(  # noqa: PLR0913 - the insert hot path: no argument object built per call
         self,
         stream_id: int,
         t: float,
@@ -238,7 +238,7 @@ class Cache:
         if limits is not None and (limits.active or limits.drop_oldest):
             # Checked inside a transaction; a full disk makes room and tries again.
             with self._lock:
-                return self._append_limited(stream_id, t, data, restamp, boot, mono, limits)
+                return self._append_limited((stream_id, t, data, boot, mono), restamp, limits)
         # The hot path: a plain try (no context manager) is measurably cheaper here.
         with self._lock:
             try:
@@ -262,14 +262,12 @@ class Cache:
 
     def _append_limited(
         self,
-        stream_id: int,
-        t: float,
-        data: str,
+        row: tuple[int, float, str, int | None, float | None],
         restamp: bool,
-        boot: int | None,
-        mono: float | None,
         limits: Limits,
     ) -> float:
+        """:meth:`append` under storage limits: ``row`` is (stream, t, data, boot, mono)."""
+        stream_id, t, data, boot, mono = row
         while True:
             try:
                 with self.transaction("store the datapoint") as conn:
