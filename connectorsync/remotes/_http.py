@@ -90,8 +90,10 @@ class Statuses:
             message += f" ({hint})"
         if issubclass(cls, TransientRemoteError):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return cls(message, status=status, body=body, retry_after=retry_after)
-        return cls(message, status=status, body=body)
+            error: RemoteError = cls(message, status=status, body=body, retry_after=retry_after)
+        else:
+            error = cls(message, status=status, body=body)
+        return error
 
 
 def statuses(

@@ -104,7 +104,8 @@ class ConnectorDBRemote:
                 return None
             raise
         schema = response.json().get("schema") or "{}"
-        return json.loads(schema) if isinstance(schema, str) else schema
+        found: dict[str, Any] = json.loads(schema) if isinstance(schema, str) else schema
+        return found
 
     def ensure_stream(self, stream: str, schema: dict[str, Any]) -> None:
         if self.stream_schema(stream) is not None:

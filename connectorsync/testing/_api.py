@@ -36,7 +36,7 @@ _DRAIN_LIMIT = 64 * 1024 * 1024
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
 
-Predicate = Callable[[str, dict], bool]
+Predicate = Callable[[str, dict[str, Any]], bool]
 Reply = tuple[int, str, bytes]
 
 
@@ -199,7 +199,7 @@ class _Handler(LoopbackHandler):
             raise ApiError(401, "Authentication failed: a valid apikey is required")
         return found
 
-    def _device(self, store: Store, parts: list[str], query: dict, own: bool) -> Reply:
+    def _device(self, store: Store, parts: list[str], query: dict[str, str], own: bool) -> Reply:
         if self.command != "GET":
             raise ApiError(405, "Method not allowed")
         apikey = store.device_apikey(parts[0], parts[1])
@@ -246,7 +246,7 @@ class _Handler(LoopbackHandler):
             return _json_reply(store.update_stream(path, props))
         raise ApiError(405, "Method not allowed")
 
-    def _data(self, store: Store, path: str, query: dict, body: bytes) -> Reply:
+    def _data(self, store: Store, path: str, query: dict[str, str], body: bytes) -> Reply:
         method = self.command
         if method in ("POST", "PUT"):
             batch = Batch(body)

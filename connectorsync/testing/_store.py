@@ -119,7 +119,7 @@ class _Checker:
 
     def __init__(self, schema_text: str) -> None:
         schema = json.loads(schema_text)
-        self.types: frozenset | None = None
+        self.types: frozenset[type] | None = None
         self.validator: Draft4Validator | None = None
         names = schema.get("type")
         names = [names] if isinstance(names, str) else names
@@ -134,7 +134,7 @@ class _Checker:
         else:
             self.validator = Draft4Validator(schema)
 
-    def accepts(self, values: list, kinds: set) -> bool:
+    def accepts(self, values: list[Any], kinds: set[type]) -> bool:
         if self.types is not None:
             return kinds <= self.types
         assert self.validator is not None
@@ -174,7 +174,7 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError("NaN and Infinity are not JSON")
 
 
-def _encode_values(values: list, kinds: set) -> list[str]:
+def _encode_values(values: list[Any], kinds: set[type]) -> list[str]:
     """JSON text of each value, with fast paths for all-number/all-string batches."""
     try:
         if kinds <= _NUMBER and all(map(math.isfinite, values)):
@@ -260,10 +260,10 @@ class Store:
         )
 
     @staticmethod
-    def _stream_json(name: str, schema: str, props: str) -> dict:
+    def _stream_json(name: str, schema: str, props: str) -> dict[str, Any]:
         return {"name": name, "schema": schema, **_STREAM_PROPS, **json.loads(props)}
 
-    def list_streams(self, user: str, device: str) -> list[dict]:
+    def list_streams(self, user: str, device: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._all(
                 "SELECT name, schema, props FROM streams WHERE user=? AND device=? ORDER BY id",
@@ -271,12 +271,12 @@ class Store:
             )
         return [self._stream_json(*row) for row in rows]
 
-    def read_stream(self, path: str) -> dict | None:
+    def read_stream(self, path: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._stream_row(path)
         return None if row is None else self._stream_json(path.rsplit("/", 1)[1], row[1], row[2])
 
-    def create_stream(self, path: str, body: dict) -> dict:
+    def create_stream(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         user, device, name = path.split("/")
         if not valid_name(name):
             raise ApiError(400, f"Invalid stream name {name!r}")
@@ -293,7 +293,7 @@ class Store:
             )
         return self._stream_json(name, schema, props)
 
-    def update_stream(self, path: str, body: dict) -> dict:
+    def update_stream(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         new_schema = parse_schema(body["schema"]) if "schema" in body else None
         with self._lock, self._db:
             row = self._stream_row(path)
@@ -314,7 +314,7 @@ class Store:
                 self._db.execute("DELETE FROM streams WHERE id=?", (row[0],))
         return row is not None
 
-    def stream_schema(self, path: str) -> dict | None:
+    def stream_schema(self, path: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._stream_row(path)
         return None if row is None else json.loads(row[1])
@@ -401,7 +401,7 @@ class Store:
             )
         return _rows_json(rows)
 
-    def datapoints(self, path: str) -> list[dict]:
+    def datapoints(self, path: str) -> list[dict[str, Any]]:
         """All datapoints of a stream, decoded; KeyError if it does not exist."""
         with self._lock:
             row = self._stream_row(path)
@@ -415,7 +415,7 @@ def _clamp(i: int, n: int) -> int:
     return min(max(i + n if i < 0 else i, 0), n)
 
 
-def _props(body: dict) -> dict:
+def _props(body: dict[str, Any]) -> dict[str, Any]:
     """The known stream properties in a request body, type-checked."""
     props = {k: body[k] for k in _STREAM_PROPS if k in body}
     for key, value in props.items():

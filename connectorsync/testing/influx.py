@@ -299,7 +299,7 @@ class InfluxDBServer:
     def _ping(self) -> bool:
         try:
             with urllib.request.urlopen(self.url + "/ping", timeout=1) as response:
-                return 200 <= response.status < 300
+                return bool(200 <= response.status < 300)
         except urllib.error.HTTPError as exc:
             exc.close()
             return False

@@ -138,11 +138,11 @@ class ConnectorDBServer:
         """Create the user and device if missing; return the device's apikey."""
         return self._open_store().add_device(user, device)
 
-    def datapoints(self, stream_path: str) -> list[dict]:
+    def datapoints(self, stream_path: str) -> list[dict[str, Any]]:
         """All ``{"t", "d"}`` of a "user/device/stream" in stored order; KeyError if missing."""
         return self._open_store().datapoints(stream_path)
 
-    def stream_schema(self, stream_path: str) -> dict | None:
+    def stream_schema(self, stream_path: str) -> dict[str, Any] | None:
         """The stream's JSON schema, or None if the stream does not exist."""
         return self._open_store().stream_schema(stream_path)
 
