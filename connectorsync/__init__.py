@@ -15,7 +15,7 @@ remote acknowledged it. It is a drop-in successor of ``connectordb.logger.Logger
     l.sync()
 """
 
-from .cache import StreamStats
+from .cache import DeadLetter, StreamStats
 from .delivery import SyncReport
 from .errors import (
     AmbiguousRemoteError,
@@ -34,7 +34,7 @@ from .errors import (
     UnknownStreamError,
     ValidationError,
 )
-from .logger import DeadLetter, Logger, Status
+from .logger import Logger
 from .remotes import (
     ConnectorDBRemote,
     DeliveryKind,
@@ -43,6 +43,7 @@ from .remotes import (
     Remote,
     thingsboard,
 )
+from .status import Status
 
 __version__ = "0.1.0"
 

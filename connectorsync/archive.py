@@ -97,3 +97,17 @@ class Archive:
             os.close(self._fd)
             self._fd = None
             self._day = None
+
+
+def reconfigured(
+    archive: Archive | None, directory: str | None, fmt: str, *, fsync: bool
+) -> Archive | None:
+    """The archive these settings describe: ``archive`` itself when its directory and format
+    are still the same (with ``fsync`` updated), else a new one (the old one closed), or None
+    without a directory."""
+    if archive is not None and (archive.directory, archive.fmt) == (directory, fmt):
+        archive.fsync = fsync
+        return archive
+    if archive is not None:
+        archive.close()
+    return None if directory is None else Archive(directory, fmt, fsync=fsync)

@@ -78,7 +78,7 @@ def read_status(cache: Any) -> Any:
     """``Logger.status()`` of a cache opened with :func:`look_into`, as another process sees it:
     read only, nothing recorded (not even this boot)."""
     from .clock import Anchor, Clock
-    from .logger import Status
+    from .status import Status
     from .syncer import SyncLock
 
     settings = cache.settings()
@@ -319,13 +319,8 @@ def write_points(points: Iterator[dict[str, Any]], fmt: str, out: TextIO) -> int
 
 def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
     if args.action == "list":
-        from .logger import DeadLetter
-
         with look_into(args.cache) as cache:
-            letters = [
-                DeadLetter(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6])
-                for r in cache.deadletters(args.stream)
-            ]
+            letters = cache.deadletters(args.stream)
         if args.json:
             out.write(json.dumps([dataclasses.asdict(d) for d in letters], indent=2) + "\n")
             return 0

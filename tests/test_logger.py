@@ -114,7 +114,7 @@ def test_cache_file_is_owner_only_and_apikey_never_shown(cache_path: str) -> Non
         lg.addStream("temperature", {"type": "number"})
         lg.insert("temperature", 1)
         assert "TOPSECRET" not in repr(lg)
-        assert "TOPSECRET" not in repr(lg._remote())
+        assert "TOPSECRET" not in repr(lg.remote)
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(cache_path + suffix):
             assert stat.S_IMODE(os.stat(cache_path + suffix).st_mode) == 0o600, suffix

@@ -42,7 +42,7 @@ from ..errors import CacheError, CacheFullError
 from . import deadletters, retime, schema
 from .base import AT_REST, INSERT, NEWEST, NO_TIME, TooOldError, delete, place, translate, wrapped
 from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
-from .records import BatchRequest, Row, StreamRow, StreamStats, Untrusted
+from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "BatchRequest",
     "Cache",
+    "DeadLetter",
     "Limits",
     "Row",
     "StreamRow",
@@ -118,6 +119,14 @@ class Cache:
         """Apply ``durability`` to this connection (at once, or when creation commits)."""
         if not self._conn.in_transaction:
             schema.configure(self._conn, self.path, durability, wal=True)
+
+    def finish_opening(self, created: bool, durability: str) -> None:
+        """The opener is done: commit the creation (:meth:`finish_create`) of a new file, or
+        apply ``durability`` to an existing one."""
+        if created:
+            self.finish_create(durability)
+        else:
+            self.set_durability(durability)
 
     def finish_create(self, durability: str) -> None:
         """Commit the creation transaction opened by :meth:`open`."""
@@ -522,16 +531,17 @@ class Cache:
         with self.transaction("move a datapoint to the dead letters") as conn:
             deadletters.move_in(conn, name, row, reason, now)
 
-    def deadletters(self, stream: str | None = None) -> list[tuple[Any, ...]]:
-        """Dead letters at rest (not queued again): (id, stream, t, d, reason, attempts,
-        failed_at), oldest first."""
+    def deadletters(self, stream: str | None = None) -> list[DeadLetter]:
+        """Dead letters at rest (not queued again), of all streams or one, oldest first."""
         sql = (
             "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters "
             "WHERE retry_id IS NULL"
         )
         if stream is None:
-            return self._read(sql + " ORDER BY id")
-        return self._read(sql + " AND stream = ? ORDER BY id", (stream,))
+            rows = self._read(sql + " ORDER BY id")
+        else:
+            rows = self._read(sql + " AND stream = ? ORDER BY id", (stream,))
+        return [DeadLetter.from_row(row) for row in rows]
 
     def retry_deadletters(self, ids: Sequence[int] | None, streams: dict[str, int]) -> int:
         """Queue dead letters (all, or those of ``ids``) again as new datapoints, in one

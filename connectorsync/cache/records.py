@@ -3,7 +3,9 @@ what crosses the border of the cache is named, not positional where it matters."
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -50,3 +52,31 @@ class BatchRequest:
     limit: int
     max_bytes: int
     hold: Untrusted | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A datapoint the remote refused, kept aside with the remote's reason.
+
+    :ivar id: the dead letter's id (for ``retry_deadletters`` and ``purge_deadletters``)
+    :ivar stream: the stream name
+    :ivar t: its timestamp
+    :ivar d: its value
+    :ivar reason: what the remote said
+    :ivar attempts: how many times it was refused on its own
+    :ivar failed_at: when it was last refused
+    """
+
+    id: int
+    stream: str
+    t: float
+    d: Any
+    reason: str
+    attempts: int
+    failed_at: float
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> DeadLetter:
+        """From the cache's row ``(id, stream, t, d as JSON text, reason, attempts,
+        failed_at)``."""
+        return cls(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6])

@@ -1,0 +1,72 @@
+"""What ``Logger.status()`` reports: a snapshot of a cache, its syncer and its clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cache import Cache, StreamStats
+from .devicetime import DeviceTime
+from .syncer import SyncState
+
+
+@dataclass(frozen=True)
+class Status:
+    """A snapshot of the Logger's state (``Logger.status()``).
+
+    :ivar streams: per stream: ``cached``, ``oldest`` and ``newest`` cached timestamp,
+        ``deadletters``
+    :ivar last_sync: when the last complete sync finished (``lastsynctime``), or None
+    :ivar last_error: the message of the last failed sync, or None after a good one
+    :ivar next_attempt: when the background syncer tries next, or None when it is not running
+    :ivar paused: True while syncing is paused (refused credentials: ``last_error`` says so);
+        it resumes when ``apikey`` changes, or at the next period
+    :ivar dropped: datapoints dropped to make room (``on_full="drop_oldest"``), ever
+    :ivar expired: datapoints expired by ``max_age``, ever
+    :ivar clock_offset: what the system clock was off by at the last NTP answer of this boot
+        (seconds), or None before one
+    :ivar clock_measured: when that answer came (seconds since the epoch), or None
+    :ivar untrusted: cached datapoints of this boot stamped before NTP answered
+    :ivar syncer: who syncs this cache when it is another process (``"pid N on host"``), or
+        None; ``last_error``, ``next_attempt`` and ``paused`` are then that process's
+    :ivar remote: where this cache's datapoints go, as recorded in the cache by the last
+        Logger given a remote or the last sync pass (the remote's repr, which shows no
+        credentials), or None before either
+    """
+
+    streams: dict[str, StreamStats]
+    last_sync: float | None
+    last_error: str | None
+    next_attempt: float | None
+    paused: bool
+    dropped: int = 0
+    expired: int = 0
+    clock_offset: float | None = None
+    clock_measured: float | None = None
+    untrusted: int = 0
+    syncer: str | None = None
+    remote: str | None = None
+
+    @property
+    def cached(self) -> int:
+        """Datapoints cached, all streams together."""
+        return sum(s.cached for s in self.streams.values())
+
+
+def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
+    """``Logger.status()``: the cache's counts, the syncer's state and the clock's."""
+    counters = cache.statistics()
+    anchor = time.clock.anchor
+    return Status(
+        streams=cache.stream_stats(),
+        last_sync=cache.get_setting("lastsynctime", 0) or None,
+        last_error=sync.last_error,
+        next_attempt=sync.next_attempt,
+        paused=sync.paused,
+        dropped=counters["dropped"],
+        expired=counters["expired"],
+        clock_offset=None if anchor is None else anchor.offset,
+        clock_measured=None if anchor is None else anchor.true_time,
+        untrusted=time.untrusted_count(),
+        syncer=sync.elsewhere,
+        remote=cache.get_setting("remote"),
+    )
