@@ -48,6 +48,8 @@ DEFAULT_SYNCPERIOD = 600.0
 MAX_PLAUSIBLE_TIMESTAMP = 1e11
 #: With ntp_server, the syncer asks again once the last answer is this old (seconds).
 NTP_REFRESH = 3600.0
+#: stop() waits this long (seconds) for a pass under way; a hung request is not waited for.
+STOP_WAIT = 1.0
 # How often (seconds) an untrusted clock looks for an NTP answer another process got, and how
 # often inserts expire datapoints older than max_age.
 _CLOCK_RELOAD = 10.0
@@ -289,9 +291,13 @@ class Logger:
         self._syncer.start()
 
     def stop(self) -> None:
-        """Stop the background syncer. Returns at once, even in the middle of a backoff
-        (a request under way ends within ``http_timeout``). Safe to call twice."""
-        self._syncer.stop()
+        """Stop the background syncer. Safe to call twice.
+
+        Returns at once when the syncer waits (a period, a backoff), and within a second
+        whatever the remote does: a request still under way then ends by itself (within
+        ``http_timeout``) and its thread with it; ``start()`` meanwhile goes on with that
+        thread, never a second one."""
+        self._syncer.stop(STOP_WAIT)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop syncing and close the cache file. Safe to call twice, and from a callback.
