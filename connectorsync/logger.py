@@ -420,6 +420,7 @@ class Logger:
 
     durability = _option("durability")
     batch_size = _option("batch_size")
+    max_batch_bytes = _option("max_batch_bytes")
     sync_threshold = _option("sync_threshold")
     http_timeout = _option("http_timeout")
     max_cached = _option("max_cached")
