@@ -7,8 +7,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
 from pathlib import Path
+from typing import Any, TypeVar
 
 import apsw
 import pytest

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from connectorsync import ConnectorDBRemote, HTTPRemote, Logger
+from connectorsync import ConnectorDBRemote, HTTPRemote, Logger, RejectedError
 from connectorsync.remotes.base import Datapoint
 from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.testing import ConnectorDBServer
@@ -79,6 +79,7 @@ def test_a_pass_ends_while_inserts_outpace_the_remote(
         while not stop.is_set() and inserted[0] < 200_000:
             inserted[0] += 50
             lg.insert_many("alpha", [1.0] * 50)
+            stop.wait(0.002)  # still far faster than the remote: leave it some CPU
 
     with Logger(cache_path, remote=remote, batch_size=10, durability="normal") as lg:
         lg.add_stream("alpha", {"type": "number"})
@@ -205,7 +206,7 @@ def test_a_value_larger_than_the_remote_takes_is_a_dead_letter(
     remote = BodyRecordingRemote(server)
     with Logger(cache_path, remote=remote, durability="normal") as lg:
         lg.add_stream("blob", {"type": "string"})
-        lg.insert_many("blob", values[:2] + [big] + values[2:])
+        lg.insert_many("blob", [*values[:2], big, *values[2:]])
         report = lg.sync()
         assert report.sent == {"blob": 4} and report.deadlettered == {"blob": 1}, report
         [letter] = lg.deadletters()
@@ -236,13 +237,15 @@ def influx_remote(influxd: InfluxDBServer, db: str, url: str | None = None) -> I
     )
 
 
-#: Floats with a string in the middle: influxd stores the floats and refuses the string
-#: (400 partial write: field type conflict).
+#: Floats with a string in the middle: once the field is a float, influxd stores the
+#: floats and refuses the string (400 partial write: field type conflict).
 MIXED = [0.0, 1.0, 2.0, "three", 4.0, 5.0, 6.0, 7.0]
 
 
 def insert_mixed(lg: Logger) -> None:
     lg.add_stream("mixed", {})
+    lg.insert("mixed", -1.0, T0 - 1)
+    assert lg.sync().ok  # the field is a float now (a new field's conflict refuses all)
     lg.insert_many("mixed", [{"t": T0 + i, "d": v} for i, v in enumerate(MIXED)])
 
 
@@ -251,7 +254,8 @@ def assert_floats_once_and_the_string_dead(lg: Logger, influxd: InfluxDBServer, 
     assert len(lg) == 0
     assert [(d.t, d.d) for d in lg.deadletters()] == [(T0 + 3, "three")]
     assert "field type conflict" in lg.deadletters()[0].reason
-    floats = [(round((T0 + i) * 1e9), v) for i, v in enumerate(MIXED) if isinstance(v, float)]
+    floats = [(round((T0 - 1) * 1e9), -1.0)]
+    floats += [(round((T0 + i) * 1e9), v) for i, v in enumerate(MIXED) if isinstance(v, float)]
     assert [(r["time"], r["value"]) for r in influxd.points("mixed", db)] == floats
 
 
@@ -282,15 +286,19 @@ class Crash(BaseException):
 
 
 class CrashingRemote(InfluxDBRemote):
-    """InfluxDB; the process "dies" at the second push: the first half of a bisection."""
+    """InfluxDB; the process "dies" at the first push after a refusal: the first half of
+    a bisection."""
 
-    pushes = 0
+    refused = False
 
     def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
-        self.pushes += 1
-        if self.pushes == 2:
+        if self.refused:
             raise Crash
-        super().push(stream, batch)
+        try:
+            super().push(stream, batch)
+        except RejectedError:
+            self.refused = True
+            raise
 
 
 def test_a_crash_during_bisection_loses_nothing(cache_path: str, influxd: InfluxDBServer) -> None:
@@ -365,4 +373,3 @@ def test_ambiguous_outcomes_by_delivery_kind(
         assert got[0] == -1.0 and set(got[1:]) == set(sent)  # nothing lost
         assert got[1:] == [p["d"] for p in first + first + second]  # sent again: twice
     remote.close()
-

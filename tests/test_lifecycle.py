@@ -378,4 +378,3 @@ def test_stop_start_during_a_hung_request_leaves_one_thread(
         assert len(syncer_threads(path)) == 1
     finally:
         lg.close()
-
