@@ -13,7 +13,10 @@ Guarantees (each proved by the test named, in ``tests/``):
   (``test_delivery.py::test_a_pass_ends_while_inserts_outpace_the_remote``).
 - Memory is bounded by ``batch_size`` and ``max_batch_bytes`` whatever the backlog (keyset
   paging; ``test_sync.py::test_sync_memory_does_not_grow_with_the_backlog``,
-  ``test_delivery.py::test_large_values_go_in_batches_capped_by_bytes``).
+  ``test_delivery.py::test_large_values_go_in_batches_capped_by_bytes``,
+  ``test_delivery.py::test_sync_memory_does_not_grow_with_value_size``); a datapoint larger
+  than the remote takes goes alone and becomes a dead letter saying so
+  (``test_delivery.py::test_a_value_larger_than_the_remote_takes_is_a_dead_letter``).
 - Per stream, batches go out in insertion order; a failure in one stream does not stop the
   others (``test_sync.py::test_one_failing_stream_does_not_stop_the_others``).
 - A rejected batch is bisected: the refused datapoints become dead letters with the remote's
@@ -21,7 +24,9 @@ Guarantees (each proved by the test named, in ``tests/``):
 - A batch is recorded in flight in the transaction that reads it, so its rows are immutable
   until its outcome is resolved. An ambiguous outcome (sent, no answer; or a crash) is
   resolved by the remote's delivery kind and nothing else
-  (``test_delivery.py::test_ambiguous_outcomes_by_delivery_kind``):
+  (``test_delivery.py::test_ambiguous_outcomes_by_delivery_kind``; idempotent, with InfluxDB:
+  ``test_a_partly_refused_batch_whose_answer_is_lost_is_sent_again``,
+  ``test_a_crash_during_bisection_loses_nothing``):
 
   ``ordered``: the remote's newest timestamp says what arrived; the rest is resent.
   ``idempotent`` and ``at_least_once``: the whole batch is resent; nothing is inferred.

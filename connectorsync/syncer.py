@@ -22,7 +22,9 @@ Guarantees (each proved by the test named, in ``tests/``):
   (``test_faults.py::test_one_syncer_per_cache_file``,
   ``test_lifecycle.py::test_a_symlink_to_the_cache_gives_no_second_syncer``).
 - ``on_pass`` runs after the pass, outside every lock; a pass started from inside it is
-  refused with a clear error, never a deadlock (``test_lifecycle.py``).
+  refused with a clear error, never a deadlock
+  (``test_lifecycle.py::test_sync_from_a_callback_raises_a_clear_error``,
+  ``test_lifecycle.py::test_close_from_a_callback_closes_the_logger``).
 - One background thread at most, whatever ``stop()``/``start()`` do while a request hangs
   (``test_lifecycle.py::test_stop_start_during_a_hung_request_leaves_one_thread``).
 """

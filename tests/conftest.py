@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import apsw
 import pytest
@@ -17,6 +19,7 @@ from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import find_influxd
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -69,6 +72,35 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(0.01)
+
+
+def within(seconds: float, fn: Callable[..., T], *args: Any, what: str = "") -> T:
+    """``fn(*args)`` run in a thread of its own: its result, or what it raised; the test
+    fails after ``seconds`` if it has not returned (a hang fails fast instead of blocking)."""
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn(*args))
+        except BaseException as exc:  # handed to the test below
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="test-within", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"{what or fn} did not return within {seconds} s (a hang)")
+    if error:
+        raise error[0]
+    return result[0]  # type: ignore[no-any-return]
+
+
+def syncer_threads(path: str) -> list[threading.Thread]:
+    """The live background syncer threads of the cache file ``path`` (named after its file
+    name: give each test's cache file a name of its own)."""
+    name = "connectorsync-syncer:" + os.path.basename(path)
+    return [t for t in threading.enumerate() if t.name == name and t.is_alive()]
 
 
 def child_env() -> dict[str, str]:
