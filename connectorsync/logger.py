@@ -23,12 +23,12 @@ from .archive import reconfigured
 from .cache import Cache, DeadLetter, Limits
 from .delivery import SyncReport
 from .devicetime import DeviceTime
-from .errors import ClosedError, ConfigurationError, ConnectorSyncError, UnknownStreamError
+from .errors import ClosedError, ConfigurationError, ConnectorSyncError
 from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings, check_options
 from .remotes.base import DeliveryKind, Remote
 from .remotes.connectordb import ConnectorDBRemote
 from .status import Status, collect_status
-from .streams import StreamDef, StreamRegistry, Subscriber, Subscribers
+from .streams import StreamRegistry, Subscriber, Subscribers
 from .syncer import PassHooks, Syncer
 from .writer import Writer
 
@@ -44,11 +44,12 @@ DEFAULT_SERVERURL = CONNECTORDB_SETTINGS["serverurl"][0]
 def _setting(name: str, doc: str) -> Any:
     """A read/write attribute for setting ``name`` (see :class:`~connectorsync.options.Settings`):
     stored in the cache file when set."""
-    return property(
-        lambda self: self._settings.get(name),
-        lambda self, value: self._set(name, value),
-        doc=doc,
-    )
+
+    def set_value(self: Logger, value: Any) -> None:
+        self._check_open()
+        self._settings.set(name, value)
+
+    return property(lambda self: self._settings.get(name), set_value, doc=doc)
 
 
 def _option(name: str) -> Any:
@@ -76,12 +77,11 @@ class Logger:
     :param onsyncfail: ``f(exception)`` called after a failed sync; its return value says
         whether ``sync()`` raises the exception
     :param syncraise: whether a failed ``sync()`` raises, when there is no ``onsyncfail``
-    :param remote: where to sync; default a :class:`ConnectorDBRemote` on ``serverurl`` with
-        ``apikey``
+    :param remote: where to sync (default: a :class:`ConnectorDBRemote` from the settings)
     :param options: any of the options in :mod:`connectorsync.options`, e.g.
         ``durability="normal"``, ``max_cached=100_000``, ``ntp_server="pool.ntp.org"``
-    :raises ConfigurationError: an unknown or bad option, or a file that is not a cache
-    :raises CacheError: the file cannot be opened
+    :raises ConfigurationError, CacheError: a bad option, a file that is not a cache or
+        that cannot be opened
     """
 
     def __init__(  # noqa: PLR0913 - ConnectorDB's signature, kept for the drop-in
@@ -148,16 +148,13 @@ class Logger:
         self._state = _State.CLOSED
         if hasattr(self, "_syncer"):
             self._syncer.close()
-        if created:
-            self._cache.abort_create()
-        else:
-            self._cache.close()
+        (self._cache.abort_create if created else self._cache.close)()
 
     # ----------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        """Sync in a background thread: at once, then every ``syncperiod`` seconds, and as
-        soon as ``sync_threshold`` datapoints wait, retrying with backoff. Returns at once."""
+        """Sync in a background thread (at once, every ``syncperiod`` s, at ``sync_threshold``
+        datapoints; retrying with backoff). Returns at once."""
         self._check_open()
         if self._creating:
             self._start_when_created = True  # the file is not there for others until then
@@ -165,8 +162,7 @@ class Logger:
         self._syncer.start()
 
     def stop(self) -> None:
-        """Stop the background syncer, at once even in a backoff or a hung request (which
-        ends by itself within ``http_timeout``). Safe to call twice."""
+        """Stop the background syncer at once, even in a backoff or a hung request."""
         self._syncer.stop(timeout=STOP_WAIT)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -223,10 +219,6 @@ class Logger:
     archive_dir = _option("archive_dir")
     archive_format = _option("archive_format")
 
-    def _set(self, name: str, value: Any) -> None:
-        self._check_open()
-        self._settings.set(name, value)
-
     def _changed(self, name: str) -> None:
         """Setting ``name`` changed: rebuild what depends on it."""
         if name in ("apikey", "serverurl", "http_timeout"):
@@ -242,15 +234,11 @@ class Logger:
 
     @property
     def remote(self) -> Remote:
-        """The remote this Logger syncs to: the one it was given, else a
-        :class:`~connectorsync.ConnectorDBRemote` on ``serverurl`` with ``apikey``."""
+        """The remote this Logger syncs to: the one given, else ConnectorDB at ``serverurl``."""
         return self._remote.get(self._settings)
 
     def ping(self) -> str:
-        """Check the remote is reachable and the apikey accepted. Returns ``user/device``.
-
-        :raises RemoteError: (a subclass of it) when not
-        """
+        """Check the remote and the apikey; returns ``user/device`` or raises a RemoteError."""
         self._check_open()
         return self.remote.ping()
 
@@ -258,8 +246,6 @@ class Logger:
     def name(self) -> str:
         """The remote's name for this device (``user/device``); asks the remote."""
         return self.ping()
-
-    # ----------------------------------------------------------------------- streams
 
     @property
     def streams(self) -> dict[str, dict[str, Any]]:
@@ -283,13 +269,7 @@ class Logger:
         """
         self._check_open()
         if schema is None:
-            StreamDef(name)  # check the name before asking the remote
-            schema = self.remote.stream_schema(name)
-            if schema is None:
-                raise UnknownStreamError(
-                    f"stream {name!r} was not found on the remote; "
-                    "give a schema to create it: add_stream(name, schema)"
-                )
+            schema = self._streams.remote_schema(name, self.remote)
         self._streams.register(name, schema, out_of_order)
 
     addStream = add_stream
@@ -309,10 +289,8 @@ class Logger:
 
         :param timestamp: seconds since the epoch (or an aware datetime); default now. Per
             stream, timestamps strictly increase: a tie or a clock step back moves 1 µs later.
-        :raises UnknownStreamError, ValidationError: unknown stream, or a value that is not
-            JSON or does not match the schema
-        :raises TimestampError: not finite, or older than the stream's newest
-        :raises CacheFullError: a storage limit or the disk is full; nothing was stored
+        :raises UnknownStreamError, ValidationError, TimestampError, CacheFullError: nothing
+            was stored (an unknown stream, a value or timestamp refused, a limit reached)
         """
         self._check_open()
         self._writer.insert(stream, value, timestamp)
@@ -321,13 +299,10 @@ class Logger:
         self._syncer.inserted(1)
 
     def insert_many(self, stream: str | dict[str, Any], values: Iterable[Any] | None = None) -> int:
-        """Store many datapoints in one transaction, all or none; returns how many. An item
-        is a value or ``{"t": timestamp, "d": value}``; ConnectorDB's
-        ``insert_many({stream: [datapoints], ...})`` works too.
-
-        :raises UnknownStreamError, ValidationError, TimestampError, CacheFullError: as
-            :meth:`insert`; :raises TypeError: ``values`` is not a collection of items
-        """
+        """Store many datapoints in one transaction, all or none (errors as :meth:`insert`);
+        returns how many. An item is a value or ``{"t": timestamp, "d": value}``;
+        ConnectorDB's ``insert_many({stream: [datapoints], ...})`` works too. A ``values``
+        that is not a collection of items is a TypeError."""
         self._check_open()
         count = self._writer.insert_many(stream, values)
         self._syncer.inserted(count)
@@ -360,9 +335,8 @@ class Logger:
         return None if found is None else {"t": found[0], "d": json.loads(found[1])}
 
     def subscribe(self, stream: str, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback({"t": ..., "d": ...})`` after each committed insert into ``stream``
-        by this Logger, outside every lock (its exceptions are logged). Returns a function
-        that unsubscribes."""
+        """Call ``callback({"t": ..., "d": ...})`` after each insert into ``stream`` by this
+        Logger, outside every lock (errors are logged). Returns the unsubscribe function."""
         self._check_open()
         self._streams.get(stream)
         return self._subscribers.add(stream, callback)
@@ -375,9 +349,7 @@ class Logger:
         """Ask an NTP server (default ``ntp_server``) for the true time: this boot's later
         timestamps follow it, and with ``ntp_server`` set what it stamped before is re-timed
         exactly (see :doc:`time`). Returns what the system clock was off by, in seconds.
-
-        :raises TransientRemoteError: no answer within ``timeout``; ConfigurationError: no server
-        """
+        Raises TransientRemoteError without an answer, ConfigurationError without a server."""
         self._check_open()
         synced = self._time.sync_clock(server, port, timeout)
         if synced.retimed:
@@ -387,11 +359,10 @@ class Logger:
     def sync(self, progress: Callable[[str, int], object] | None = None) -> SyncReport:
         """One pass: deliver what is cached now, streams taking turns; a refused datapoint
         becomes a dead letter. Then ``lastsynctime`` and ``onsync()``, or ``onsyncfail(error)``
-        (the error is raised if it returns true, or without it if ``syncraise``). No retries:
-        the background syncer retries.
+        (the error is raised if it returns true, or without it if ``syncraise``). No retries
+        (the background syncer retries); raises ConnectorSyncError inside a callback.
 
         :param progress: called with ``(stream, count)`` after each delivered batch
-        :raises ConnectorSyncError: called from ``on_create``, ``onsync`` or ``onsyncfail``
         """
         self._check_open()
         if self._creating:
@@ -418,17 +389,14 @@ class Logger:
         if self.onsyncfail is not None:
             self._verdict.reraise = bool(self.onsyncfail(error))
 
-    # ----------------------------------------------------------------------- dead letters
-
     def deadletters(self, stream: str | None = None) -> list[DeadLetter]:
         """The datapoints the remote refused (all streams, or one), oldest first."""
         self._check_open()
         return self._cache.deadletters(stream)
 
     def retry_deadletters(self, ids: Iterable[int] | None = None) -> int:
-        """Queue dead letters (all, or these ids) to be sent again at the next sync, after the
-        stream's newest datapoint; refused again, one returns with one more attempt. Returns
-        how many."""
+        """Queue dead letters (all, or these ids) to be sent again, after the stream's newest
+        datapoint; refused again, one returns with one more attempt. Returns how many."""
         self._check_open()
         chosen = None if ids is None else list(ids)
         queued = self._cache.retry_deadletters(chosen, self._streams.ids())

@@ -29,8 +29,9 @@ import referencing.jsonschema
 
 from .errors import SchemaError, StreamError, UnknownStreamError, ValidationError
 
-if TYPE_CHECKING:  # the registry is handed its cache; streams.py needs no import of it
+if TYPE_CHECKING:  # the registry is handed its cache and remote; no import needed at run time
     from .cache import Cache
+    from .remotes.base import Remote
 
 log = logging.getLogger("connectorsync.streams")
 
@@ -369,6 +370,22 @@ class StreamRegistry:
         row = self._cache.put_stream(name, definition.schema_text, out_of_order)
         self._defs = {**self._defs, name: Registered(definition, row.id, out_of_order == "restamp")}
         self._broken.pop(name, None)
+
+    def remote_schema(self, name: str, remote: Remote) -> dict[str, Any]:
+        """The schema of stream ``name`` on ``remote``, to register it with.
+
+        :raises StreamError: a bad name (checked before asking)
+        :raises UnknownStreamError: the remote has no such stream
+        :raises RemoteError: the remote could not be asked
+        """
+        check_name(name)
+        schema = remote.stream_schema(name)
+        if schema is None:
+            raise UnknownStreamError(
+                f"stream {name!r} was not found on the remote; "
+                "give a schema to create it: add_stream(name, schema)"
+            )
+        return schema
 
     def get(self, name: str) -> Registered:
         """The registered stream ``name``.
