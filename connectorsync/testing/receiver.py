@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ._faults import Faults as _Faults
+from ._httpd import Drop as _Drop
 from ._httpd import LoopbackHandler, LoopbackHTTPServer
 
 __all__ = ["HTTPReceiver", "Received"]
@@ -45,10 +46,6 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
-
-
-class _Drop(Exception):
-    """Close the connection without answering."""
 
 
 class _Refused(Exception):
@@ -81,33 +78,11 @@ class _Handler(LoopbackHandler):
             body = b"" if payload is None else json.dumps(payload).encode()
             self._respond(status, "application/json" if body else "", body, headers)
 
-    def _read_body(self) -> bytes:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise _Refused(411, "a valid Content-Length is required")
-        if length > MAX_BODY:
-            # Read it all first: closing with unread bytes would reset the connection, and
-            # the client would see a network error instead of the 413.
-            while length > 0:
-                chunk = self.rfile.read(min(length, 1 << 16))
-                if not chunk:
-                    raise _Drop
-                length -= len(chunk)
-            raise _Refused(413, f"the body is larger than {MAX_BODY} bytes")
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise _Drop  # the client went away mid-body
-        return body
-
     def _dispatch(self) -> None:
         app = self.server.app
         try:
             try:
-                body = self._read_body()
+                body = self._read_body(MAX_BODY, _Refused)
             except _Refused as refused:
                 self._send(refused.status, {"error": refused.message})
                 return
