@@ -29,7 +29,28 @@ class LoopbackHTTPServer(HTTPServer):
         self._conns: dict[socket.socket, threading.Thread] = {}
         self._conns_lock = threading.Lock()
         self._thread_name = thread_name
+        self._serving: threading.Thread | None = None
         super().__init__(("127.0.0.1", port), handler)
+
+    def serve_in_thread(self, name: str) -> None:
+        """Serve from a daemon thread called ``name``; the socket listens already."""
+        self._serving = threading.Thread(
+            target=self.serve_forever,
+            args=(0.02,),  # the poll interval bounds how long stop_serving() waits
+            name=name,
+            daemon=True,
+        )
+        self._serving.start()
+
+    def stop_serving(self) -> None:
+        """Stop serving, cut every open connection, close the listening socket and wait for
+        the serving thread."""
+        self.shutdown()
+        self.close_connections()
+        self.server_close()
+        if self._serving is not None:
+            self._serving.join()
+            self._serving = None
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind also looks up the host's FQDN, which can stall on DNS.

@@ -21,13 +21,13 @@ import json
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ._faults import Faults as _Faults
 from ._httpd import Drop as _Drop
 from ._httpd import LoopbackHandler, LoopbackHTTPServer
+from ._service import LoopbackService
 
 __all__ = ["HTTPReceiver", "Received"]
 
@@ -97,7 +97,7 @@ class _Handler(LoopbackHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _dispatch
 
 
-class HTTPReceiver:
+class HTTPReceiver(LoopbackService):
     """A loopback HTTP server that records JSON bodies per path.
 
     ``POST`` (or ``PUT``) of a JSON body to any path is recorded and answered 200 with an
@@ -114,12 +114,13 @@ class HTTPReceiver:
         value, else 401
     """
 
+    _noun = "receiver"
+
     def __init__(self, port: int = 0, *, tokens: Iterable[str] = (), auth: str | None = None):
         self._port = port
         self.auth = auth
         self._tokens = set(tokens)
         self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._lifecycle = threading.Lock()
         self._faults = _Faults()
         self._data_lock = threading.Lock()
@@ -136,10 +137,7 @@ class HTTPReceiver:
                 return self
             self._httpd = _Server(self, self._port)
             self._port = self._httpd.server_address[1]
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever, args=(0.02,), name="receiver", daemon=True
-            )
-            self._thread.start()
+            self._httpd.serve_in_thread("receiver")
             return self
 
     def stop(self) -> None:
@@ -148,30 +146,7 @@ class HTTPReceiver:
             httpd, self._httpd = self._httpd, None
             if httpd is None:
                 return
-            httpd.shutdown()
-            httpd.close_connections()
-            httpd.server_close()
-            assert self._thread is not None
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> HTTPReceiver:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        if self._port == 0:
-            raise RuntimeError("the receiver has not been started yet")
-        return f"http://127.0.0.1:{self._port}"
+            httpd.stop_serving()
 
     # -- what arrived ----------------------------------------------------------------
 
