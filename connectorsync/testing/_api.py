@@ -22,6 +22,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ._httpd import Drop as _Drop
 from ._httpd import LoopbackHandler
 from ._store import ApiError, Batch, Store
 
@@ -29,19 +30,11 @@ if TYPE_CHECKING:
     from .server import _HTTPServer
 
 MAX_BODY = 10 * 1024 * 1024
-# A too-large body up to this size is read and discarded so the client gets
-# the 413: closing with unread data makes the kernel reset the connection,
-# and the client would see a connection error instead of the answer.
-_DRAIN_LIMIT = 64 * 1024 * 1024
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
 
 Predicate = Callable[[str, dict[str, Any]], bool]
 Reply = tuple[int, str, bytes]
-
-
-class _Drop(Exception):
-    """Raised to close the connection without answering."""
 
 
 def _error_reply(status: int, msg: str) -> Reply:
@@ -75,32 +68,6 @@ class _Handler(LoopbackHandler):
     def _send(self, reply: Reply, headers: dict[str, str] | None = None) -> None:
         self._respond(*reply, headers)
 
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise ApiError(411, "A Content-Length is required")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            raise ApiError(400, "Invalid Content-Length") from None
-        if length > MAX_BODY:
-            if length <= _DRAIN_LIMIT:
-                while length > 0:
-                    chunk = self.rfile.read(min(length, 1 << 16))
-                    if not chunk:
-                        raise _Drop
-                    length -= len(chunk)
-            else:
-                self.close_connection = True
-            raise ApiError(413, f"The request body is larger than {MAX_BODY} bytes")
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise _Drop  # the client went away mid-body
-        return body
-
     def _dispatch(self) -> None:
         app = self.server.app
         app._record(self.command, self.path)
@@ -114,7 +81,7 @@ class _Handler(LoopbackHandler):
         headers: dict[str, str] = {}
         try:
             try:
-                body = self._read_body()
+                body = self._read_body(MAX_BODY, ApiError)
                 seconds = faults.take_delay()
                 # stop() cuts the wait short; the request then dies with the server.
                 if seconds > 0 and app._stopping.wait(seconds):

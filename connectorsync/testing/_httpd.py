@@ -8,8 +8,18 @@ import socket
 import socketserver
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+
+# A too-large body up to this size is read and discarded so that the client gets the 413:
+# closing with unread data makes the kernel reset the connection, and the client would see a
+# connection error instead of the answer. A larger one is left unread and the connection closed.
+_DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+class Drop(Exception):
+    """Raised in a handler to close the connection without answering."""
 
 
 class LoopbackHTTPServer(HTTPServer):
@@ -19,7 +29,28 @@ class LoopbackHTTPServer(HTTPServer):
         self._conns: dict[socket.socket, threading.Thread] = {}
         self._conns_lock = threading.Lock()
         self._thread_name = thread_name
+        self._serving: threading.Thread | None = None
         super().__init__(("127.0.0.1", port), handler)
+
+    def serve_in_thread(self, name: str) -> None:
+        """Serve from a daemon thread called ``name``; the socket listens already."""
+        self._serving = threading.Thread(
+            target=self.serve_forever,
+            args=(0.02,),  # the poll interval bounds how long stop_serving() waits
+            name=name,
+            daemon=True,
+        )
+        self._serving.start()
+
+    def stop_serving(self) -> None:
+        """Stop serving, cut every open connection, close the listening socket and wait for
+        the serving thread."""
+        self.shutdown()
+        self.close_connections()
+        self.server_close()
+        if self._serving is not None:
+            self._serving.join()
+            self._serving = None
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind also looks up the host's FQDN, which can stall on DNS.
@@ -68,8 +99,8 @@ class LoopbackHTTPServer(HTTPServer):
 
 
 class LoopbackHandler(BaseHTTPRequestHandler):
-    """What the test servers' request handlers share: keep-alive, quiet, and the two ways a
-    request ends: an answer, or a connection cut without one."""
+    """What the test servers' request handlers share: keep-alive, quiet, the body read whole
+    first, and the two ways a request ends: an answer, or a connection cut without one."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, like a real server
     disable_nagle_algorithm = True
@@ -92,6 +123,43 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _read_body(self, max_body: int, refuse: Callable[[int, str], Exception]) -> bytes:
+        """The request's whole body, read before anything else so that no answer leaves
+        bytes unread on the connection.
+
+        :raises Exception: ``refuse(status, message)``: 411 for a body without a Content-Length
+            (chunked), 400 for an invalid Content-Length (both close the connection after the
+            answer), 413 for one over ``max_body`` bytes (read and discarded first, up to 64 MiB)
+        :raises Drop: the client went away mid-body
+        """
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise refuse(411, "A Content-Length is required")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise refuse(400, "Invalid Content-Length") from None
+        if length > max_body:
+            self._discard(length)
+            raise refuse(413, f"The request body is larger than {max_body} bytes")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise Drop  # the client went away mid-body
+        return body
+
+    def _discard(self, length: int) -> None:
+        if length > _DRAIN_LIMIT:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                raise Drop
+            length -= len(chunk)
 
     def _abort(self) -> None:
         """Close the connection without answering (the client sees it drop)."""

@@ -33,8 +33,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
-from types import TracebackType
 from typing import Any
+
+from ._service import LoopbackService
 
 __all__ = ["InfluxDBServer", "InfluxDBStartError", "find_influxd"]
 
@@ -75,7 +76,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class InfluxDBServer:
+class InfluxDBServer(LoopbackService):
     """An ``influxd`` of its own, on 127.0.0.1, keeping its files under ``tmpdir``.
 
     :param tmpdir: a directory for the config, the data and the log (created if missing)
@@ -207,14 +208,6 @@ class InfluxDBServer:
         self.stop()
         return self.start()
 
-    def __enter__(self) -> InfluxDBServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # -- facts -------------------------------------------------------------------
 
     @property
@@ -225,16 +218,6 @@ class InfluxDBServer:
     def pid(self) -> int | None:
         """influxd's pid while it runs, else None."""
         return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        if self._port == 0:
-            raise RuntimeError("the server has not been started yet")
-        return f"http://127.0.0.1:{self._port}"
 
     @property
     def admin(self) -> tuple[str, str] | None:

@@ -21,12 +21,13 @@ import json
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ._faults import Faults as _Faults
+from ._httpd import Drop as _Drop
 from ._httpd import LoopbackHandler, LoopbackHTTPServer
+from ._service import LoopbackService
 
 __all__ = ["HTTPReceiver", "Received"]
 
@@ -45,10 +46,6 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
-
-
-class _Drop(Exception):
-    """Close the connection without answering."""
 
 
 class _Refused(Exception):
@@ -81,33 +78,11 @@ class _Handler(LoopbackHandler):
             body = b"" if payload is None else json.dumps(payload).encode()
             self._respond(status, "application/json" if body else "", body, headers)
 
-    def _read_body(self) -> bytes:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise _Refused(411, "a valid Content-Length is required")
-        if length > MAX_BODY:
-            # Read it all first: closing with unread bytes would reset the connection, and
-            # the client would see a network error instead of the 413.
-            while length > 0:
-                chunk = self.rfile.read(min(length, 1 << 16))
-                if not chunk:
-                    raise _Drop
-                length -= len(chunk)
-            raise _Refused(413, f"the body is larger than {MAX_BODY} bytes")
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise _Drop  # the client went away mid-body
-        return body
-
     def _dispatch(self) -> None:
         app = self.server.app
         try:
             try:
-                body = self._read_body()
+                body = self._read_body(MAX_BODY, _Refused)
             except _Refused as refused:
                 self._send(refused.status, {"error": refused.message})
                 return
@@ -122,7 +97,7 @@ class _Handler(LoopbackHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _dispatch
 
 
-class HTTPReceiver:
+class HTTPReceiver(LoopbackService):
     """A loopback HTTP server that records JSON bodies per path.
 
     ``POST`` (or ``PUT``) of a JSON body to any path is recorded and answered 200 with an
@@ -139,12 +114,13 @@ class HTTPReceiver:
         value, else 401
     """
 
+    _noun = "receiver"
+
     def __init__(self, port: int = 0, *, tokens: Iterable[str] = (), auth: str | None = None):
         self._port = port
         self.auth = auth
         self._tokens = set(tokens)
         self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._lifecycle = threading.Lock()
         self._faults = _Faults()
         self._data_lock = threading.Lock()
@@ -161,10 +137,7 @@ class HTTPReceiver:
                 return self
             self._httpd = _Server(self, self._port)
             self._port = self._httpd.server_address[1]
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever, args=(0.02,), name="receiver", daemon=True
-            )
-            self._thread.start()
+            self._httpd.serve_in_thread("receiver")
             return self
 
     def stop(self) -> None:
@@ -173,30 +146,7 @@ class HTTPReceiver:
             httpd, self._httpd = self._httpd, None
             if httpd is None:
                 return
-            httpd.shutdown()
-            httpd.close_connections()
-            httpd.server_close()
-            assert self._thread is not None
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> HTTPReceiver:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        if self._port == 0:
-            raise RuntimeError("the receiver has not been started yet")
-        return f"http://127.0.0.1:{self._port}"
+            httpd.stop_serving()
 
     # -- what arrived ----------------------------------------------------------------
 

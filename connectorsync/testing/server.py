@@ -27,12 +27,12 @@ import signal
 import sys
 import threading
 from collections.abc import Collection
-from types import TracebackType
 from typing import Any
 
 from ._api import Predicate, _Handler
 from ._faults import Faults as _Faults
 from ._httpd import LoopbackHTTPServer
+from ._service import LoopbackService
 from ._store import Store
 
 __all__ = ["ConnectorDBServer", "main"]
@@ -47,7 +47,7 @@ class _HTTPServer(LoopbackHTTPServer):
         super().__init__(port, _Handler, "connectordb-conn")
 
 
-class ConnectorDBServer:
+class ConnectorDBServer(LoopbackService):
     """A ConnectorDB v0.3 server on 127.0.0.1, serving from a daemon thread.
 
     ``path`` is the SQLite file to persist to (None: in memory); ``port`` 0
@@ -60,7 +60,6 @@ class ConnectorDBServer:
         self._port = port
         self._store: Store | None = None
         self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._lifecycle = threading.Lock()  # serialises start/stop/close
         self._stopping = threading.Event()  # set while stopping, to cut injected delays short
         self._faults = _Faults()
@@ -77,13 +76,7 @@ class ConnectorDBServer:
             self._httpd = _HTTPServer(self, self._open_store(), self._port)
             self._port = self._httpd.server_address[1]
             self._stopping.clear()
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever,
-                args=(0.02,),  # the poll interval bounds how long stop() waits
-                name="connectordb-server",
-                daemon=True,
-            )
-            self._thread.start()
+            self._httpd.serve_in_thread("connectordb-server")
             return self
 
     def stop(self) -> None:
@@ -93,12 +86,7 @@ class ConnectorDBServer:
             if httpd is None:
                 return
             self._stopping.set()
-            httpd.shutdown()
-            httpd.close_connections()
-            httpd.server_close()
-            assert self._thread is not None
-            self._thread.join()
-            self._thread = None
+            httpd.stop_serving()
 
     def close(self) -> None:
         """Stop, and close the storage (an in-memory store is lost)."""
@@ -108,29 +96,10 @@ class ConnectorDBServer:
                 self._store.close()
                 self._store = None
 
-    def __enter__(self) -> ConnectorDBServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     def _open_store(self) -> Store:
         if self._store is None:
             self._store = Store(self._path)
         return self._store
-
-    @property
-    def port(self) -> int:
-        """The port; after the first start, the one actually listened on."""
-        return self._port
-
-    @property
-    def url(self) -> str:
-        if self._port == 0:
-            raise RuntimeError("the server has not been started yet")
-        return f"http://127.0.0.1:{self._port}"
 
     # -- data access for tests ------------------------------------------------------
 
