@@ -45,6 +45,27 @@ from .limits import Limits, drop_expired, drop_one_percent, make_room, used_byte
 from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
+# The last id of a stream's next batch: at most ?4 datapoints after id ?2 and up to id ?3,
+# together at most ?7 bytes of values (the first always comes), stopping before the first
+# datapoint of boot ?5 stamped by an untrusted clock at boot clock ?6 or later (hold).
+_BATCH_END = """
+SELECT max(id) FROM (
+    SELECT id,
+           sum(n) OVER w AS upto,
+           row_number() OVER w AS k,
+           max(?5 IS NOT NULL AND boot IS ?5 AND mono >= ?6) OVER w AS held
+    FROM (SELECT id, octet_length(d) AS n, boot, mono FROM datapoints
+          WHERE stream = ?1 AND id > ?2 AND id <= ?3 ORDER BY id LIMIT ?4)
+    WINDOW w AS (ORDER BY id ROWS UNBOUNDED PRECEDING)
+) WHERE (upto <= ?7 OR k = 1) AND NOT held
+"""
+_BATCH = "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? AND id <= ? ORDER BY id"
+# The bytes of values and the last id of at most ?4 datapoints after id ?2, up to id ?3.
+_BATCH_SIZE = """
+SELECT coalesce(sum(octet_length(d)), 0), max(id) FROM (
+    SELECT id, d FROM datapoints WHERE stream = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?)
+"""
+
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -464,27 +485,23 @@ class Cache:
         :meth:`release_inflight` resolves them (and a crash leaves the mark for the next
         pass to resolve).
         """
-        batch: list[Row] = []
-        size = 0
-        hold = request.hold
+        bounds = (stream_id, after_id, request.upto_id, request.limit)
         with self.transaction("read the next batch") as conn:
-            rows = conn.execute(
-                "SELECT id, t, d, boot, mono FROM datapoints "
-                "WHERE stream = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
-                (stream_id, after_id, request.upto_id, request.limit),
+            # The sizes first, without loading the values: a batch of large values is cut
+            # where its bytes run out before any of it is read.
+            size, last = next(conn.execute(_BATCH_SIZE, bounds))
+            if last is None:
+                return []
+            if size > request.max_bytes or request.hold is not None:
+                hold = request.hold or (None, None)
+                last = next(conn.execute(_BATCH_END, (*bounds, *hold, request.max_bytes)))[0]
+                if last is None:
+                    return []
+            batch: list[Row] = list(conn.execute(_BATCH, (stream_id, after_id, last)))
+            conn.execute(
+                "UPDATE streams SET inflight = ?1 WHERE id = ?2 AND inflight < ?1",
+                (last, stream_id),
             )
-            for point_id, t, data, boot, mono in rows:
-                if hold is not None and boot == hold[0] and mono is not None and mono >= hold[1]:
-                    break
-                size += len(data)
-                if batch and size > request.max_bytes:
-                    break
-                batch.append((point_id, t, data))
-            if batch:
-                conn.execute(
-                    "UPDATE streams SET inflight = ? WHERE id = ? AND inflight < ?",
-                    (batch[-1][0], stream_id, batch[-1][0]),
-                )
         return batch
 
     def release_inflight(self, stream_id: int) -> None:
