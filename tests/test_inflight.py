@@ -136,19 +136,24 @@ def test_drop_oldest_leaves_the_batch_on_the_wire_alone(lg: Logger, server) -> N
     assert_counted_once(sent, kept, 13, lg.status().dropped)
 
 
-def test_drop_oldest_refuses_when_only_the_batch_on_the_wire_is_left(lg: Logger, server) -> None:
+def test_drop_oldest_stores_on_top_when_only_the_batch_on_the_wire_is_left(
+    lg: Logger, server
+) -> None:
+    """drop_oldest never refuses an insert: when all that is cached is being sent (and so
+    cannot be dropped), the new datapoints go on top of max_cached until the batch is
+    settled, and nothing is counted twice."""
     lg.max_cached = 5
     lg.on_full = "drop_oldest"
     lg.insert_many("n", list(range(5)))
     sync = PassInThread(lg, server)
-    with pytest.raises(CacheFullError, match="being sent"):
-        lg.insert("n", 5)
-    with pytest.raises(CacheFullError, match="being sent"):
-        lg.insert_many("n", [5, 6])
+    lg.insert("n", 5)
+    assert len(lg) == 6 and lg.status().dropped == 0  # over the cap by the batch on the wire
+    lg.insert_many("n", [6, 7])  # what is not on the wire makes room: 5 goes
+    assert cached(lg.path) == [0, 1, 2, 3, 4, 6, 7] and lg.status().dropped == 1
     assert sync.finish().sent == {"n": 5}
-    assert lg.status().dropped == 0
-    lg.insert("n", 5)  # delivered data made room
-    assert_counted_once(delivered(server), cached(lg.path), 6, 0)
+    lg.insert("n", 8)
+    assert cached(lg.path) == [6, 7, 8]
+    assert_counted_once(delivered(server), cached(lg.path), 9, lg.status().dropped)
 
 
 def test_drop_oldest_at_the_cache_level_skips_rows_in_flight(cache_path: str) -> None:

@@ -15,9 +15,10 @@ Guarantees (each proved by the test named):
   (``test_limits.py::test_drop_oldest_keeps_the_newest_and_counts``), also when the disk itself
   is full (``test_limits.py::test_a_full_disk_with_drop_oldest_makes_room``).
 - A batch in flight is never dropped nor expired: the oldest of the others go, and when only
-  the batch is left the write is refused
+  batches in flight are left the write is stored all the same, on top of the limit until
+  they are settled (at most ``batch_size`` per stream): ``drop_oldest`` never refuses
   (``test_inflight.py::test_drop_oldest_at_the_cache_level_skips_rows_in_flight``,
-  ``test_inflight.py::test_drop_oldest_refuses_when_only_the_batch_on_the_wire_is_left``,
+  ``test_inflight.py::test_drop_oldest_stores_on_top_when_only_the_batch_on_the_wire_is_left``,
   ``test_inflight.py::test_max_age_leaves_the_batch_on_the_wire_alone``).
 - Expired datapoints are counted as ``expired``
   (``test_limits.py::test_max_age_expires_and_counts``), a requeued dead letter dropped or
@@ -38,8 +39,6 @@ from .base import AT_REST, bump, delete
 # One logger for the whole cache package, as when it was one module.
 log = logging.getLogger("connectorsync.cache")
 
-# Why drop_oldest found nothing to drop: what is left is a batch in flight.
-_SENDING = " (what is left is being sent and cannot be dropped: try again once the sync is done)"
 
 
 @dataclass(frozen=True)
@@ -92,8 +91,10 @@ def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, *, dro
         raise CacheFullError(f"{full} (sync, raise max_cached, or use on_full='drop_oldest')")
     # Some headroom, so that the next inserts need no count.
     dropped = drop_oldest(conn, max(excess, max_cached // 100))
-    if dropped < excess:  # the rest is a batch in flight: it stays
-        raise CacheFullError(f"{full}{_SENDING}")
+    if dropped < excess:
+        # The rest is batches in flight, immutable until settled (at most batch_size per
+        # stream): they come on top of the cap for that long; drop_oldest never refuses.
+        log.info("cache over max_cached by datapoints being sent; they stay until settled")
     return dropped
 
 
@@ -101,12 +102,14 @@ def _room_by_bytes(conn: apsw.Connection, max_bytes: int, *, drop: bool) -> int:
     """``max_cache_bytes``: drop (when ``drop``) the oldest until the pages in use fit."""
     dropped = 0
     while (used := used_bytes(conn)) > max_bytes:
-        freed = drop_one_percent(conn) if drop else 0
-        if not freed:
+        if not drop:
             raise CacheFullError(
                 f"the cache uses {used} bytes and max_cache_bytes is {max_bytes}:"
-                f" nothing was stored{_SENDING if drop else ''}"
+                " nothing was stored"
             )
+        freed = drop_one_percent(conn)
+        if not freed:
+            break  # only batches in flight are left: they come on top until settled
         dropped += freed
     return dropped
 
@@ -127,12 +130,17 @@ def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, *, drop:
             break
         dropped += freed
         has_room = _free_pages(conn) > 0
-    if not has_room:
+    if not has_room and not (drop and dropped == 0 and _all_in_flight(conn)):
         raise CacheFullError(
             f"{free} bytes free on the disk, under min_free_disk ({min_free_disk}): "
-            f"nothing was stored{_SENDING if drop else ''}"
+            "nothing was stored"
         )
     return dropped
+
+
+def _all_in_flight(conn: apsw.Connection) -> bool:
+    """Whether every cached datapoint belongs to a batch in flight (none can be dropped)."""
+    return next(conn.execute(f"SELECT 1 FROM datapoints WHERE {AT_REST} LIMIT 1"), None) is None
 
 
 def _count(conn: apsw.Connection) -> int:
