@@ -320,6 +320,10 @@ class IdempotentBackend(Backend):
     def lose_answer(self) -> None:
         self.proxy.faults.add_drops(after=1)
 
+    def lose_answer_unreconciled(self) -> None:
+        self.proxy.faults.add_drops(after=1)
+        self.proxy.faults.fail_next(1, 503, None, None, "/query")
+
     def delay(self, seconds: float) -> None:
         self.proxy.faults.set_delay(seconds, None)
 
