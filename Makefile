@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test demo lint docs bench clean
+.PHONY: test demo lint docs bench soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_insert.py
 	$(PY) tests/benchmarks/bench_sync.py
+
+# Long runs of the delivery model (tests/test_model.py: thousands of steps per delivery kind,
+# shrunk to a minimal example on failure; CONNECTORSYNC_SOAK_EXAMPLES=n per kind) and of the
+# kill -9 crash test under several seeds (it has no iteration knob: a seed is a new schedule).
+soak: $(STAMP)
+	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=3600 tests/test_model.py; status=$$?; \
+	for seed in 1 2 3 4 5 6; do \
+		CRASH_SEED=$$seed $(PY) -m pytest --timeout=900 tests/test_crash.py || status=1; \
+	done; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) docs/_build build *.egg-info

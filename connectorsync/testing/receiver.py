@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -211,6 +212,11 @@ class HTTPReceiver(LoopbackService):
         answering: a lost acknowledgement."""
         self._faults.add_drops(after=n)
 
+    def delay(self, seconds: float, n: int | None = None) -> None:
+        """Sleep ``seconds`` before handling each of the next n requests (they are recorded
+        in :attr:`requests` first); n=None: every request until ``delay(0)``."""
+        self._faults.set_delay(seconds, n)
+
     def reject(self, predicate: ItemPredicate | None) -> None:
         """Refuse (400, nothing recorded) a body holding an item for which
         ``predicate(path, item)`` is true; None clears it."""
@@ -226,6 +232,7 @@ class HTTPReceiver(LoopbackService):
             self._received.append(request)
 
     def _handle(self, request: Received) -> tuple[int, Any, dict[str, str] | None]:
+        time.sleep(self._faults.take_delay())
         raw_path = urlsplit(request.path).path
         path = unquote(raw_path)
         failure = self._faults.take_failure(request.method, request.path)
