@@ -230,6 +230,10 @@ class _Turn:
         # Batches sent whose outcome is not settled yet (pushed and not yet deleted, or no
         # answer): while any is, the in-flight mark stays for the next pass to resolve.
         self._unsettled = 0
+        # Idempotent and at-least-once remotes: datapoints up to this id went out with no
+        # answer (0: none). They are sent again from the first, and stay immutable (marked)
+        # until a send of them is acknowledged: whether they arrived cannot be known before.
+        self._unknown_upto = 0
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------- opening
@@ -240,26 +244,27 @@ class _Turn:
         if not row.remote_created:
             self.remote.ensure_stream(row.name, json.loads(row.schema))
             self.cache.set_remote_created(row.name)
-        if row.inflight:
-            self._unsettled = 1  # until resolved: a failure here keeps the mark
-            self._resolve()
-
-    def _resolve(self) -> None:
-        """The outcome of what is in flight is unknown: settle it by the delivery kind."""
+        if not row.inflight:
+            return
         if self.remote.delivery_kind is DeliveryKind.ORDERED:
-            newest = self.remote.reconcile(self.row.name)
-            delivered = self.cache.ack_reconciled(self.row.id, newest)
-            if delivered:
-                log.info(
-                    "stream %r: %d datapoints had arrived despite a lost answer",
-                    self.row.name,
-                    delivered,
-                )
-            self._count_sent(delivered)
+            self._unsettled = 1  # until reconciled: a failure here keeps the mark
+            self._reconcile()
         else:
             # An idempotent remote may have stored any part of it, an at-least-once one
             # cannot say: send it all again. Never infer delivery from timestamps.
-            self.cache.release_inflight(self.row.id)
+            self._unknown_upto = row.inflight
+
+    def _reconcile(self) -> None:
+        """An ordered remote's newest timestamp says what of the batch in flight arrived."""
+        newest = self.remote.reconcile(self.row.name)
+        delivered = self.cache.ack_reconciled(self.row.id, newest)
+        if delivered:
+            log.info(
+                "stream %r: %d datapoints had arrived despite a lost answer",
+                self.row.name,
+                delivered,
+            )
+        self._count_sent(delivered)
         self._settled(reset=True)
 
     # -------------------------------------------------------------- batches
@@ -315,7 +320,7 @@ class _Turn:
             return None
         except AmbiguousRemoteError:
             _finish(ahead, behind)
-            self._resolve_after_no_answer()
+            self._after_no_answer()
             raise
         except ConnectorSyncError:
             self._settled()  # an answer came: nothing of the batch was stored
@@ -334,18 +339,22 @@ class _Turn:
         try:
             self._bisect(batch, exc)
         except AmbiguousRemoteError:
-            self._resolve_after_no_answer()
+            self._after_no_answer()
             raise
         except ConnectorSyncError:
             self._settled()
             raise
         self._settled()
+        self._covered(batch[-1][0])
 
-    def _resolve_after_no_answer(self) -> None:
-        """Sent, no answer: find out what arrived before anything is sent again. If that
-        fails too, the mark stays and the next pass asks first."""
+    def _after_no_answer(self) -> None:
+        """Sent, no answer. An ordered remote is asked at once what arrived (if that fails
+        too, the mark stays and the next pass asks first); for the other kinds the batch
+        stays unsettled, marked, and the next pass sends it again."""
+        if self.remote.delivery_kind is not DeliveryKind.ORDERED:
+            return
         try:
-            self._resolve()
+            self._reconcile()
         except ConnectorSyncError as exc:
             log.warning(
                 "stream %r: could not settle a batch without answer: %s", self.row.name, exc
@@ -378,10 +387,17 @@ class _Turn:
         self.cache.ack(self.row.id, batch[0][0], batch[-1][0])
         self._count_sent(len(batch))
         self._settled()
+        self._covered(batch[-1][0])
 
     def _settled(self, *, reset: bool = False) -> None:
         with self._lock:
             self._unsettled = 0 if reset else max(0, self._unsettled - 1)
+
+    def _covered(self, last_id: int) -> None:
+        """Everything up to ``last_id`` is settled: sent again and acknowledged, or dead."""
+        with self._lock:
+            if last_id >= self._unknown_upto:
+                self._unknown_upto = 0
 
     def _count_sent(self, count: int) -> None:
         _count(self.report.sent, self.row.name, count)
@@ -419,7 +435,7 @@ class _Turn:
         if self._ahead is not None:
             self._ahead.wait()
             self._ahead = None
-        if self._unsettled == 0:
+        if self._unsettled == 0 and self._unknown_upto == 0:
             with contextlib.suppress(ConnectorSyncError):
                 self.cache.release_inflight(self.row.id)
 

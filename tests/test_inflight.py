@@ -18,7 +18,7 @@ from typing import Any
 import apsw
 import pytest
 
-from connectorsync import CacheFullError, Logger
+from connectorsync import Logger
 from connectorsync.cache import BatchRequest, Cache, Limits
 from connectorsync.delivery import SyncReport
 from connectorsync.testing import ConnectorDBServer
