@@ -148,8 +148,6 @@ class Options:
         """The value of option ``name``."""
         return getattr(self, name)
 
-    __getitem__ = get
-
     def as_dict(self) -> dict[str, Any]:
         """Every option (not ``syncperiod``) by name."""
         return {name: getattr(self, name) for name in OPTIONS}

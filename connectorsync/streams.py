@@ -109,7 +109,8 @@ def _check_references(
 ) -> None:
     """Refuse what would fail at every insert: a ``$ref`` that is not local (``"#..."``),
     one that points nowhere, and a loop of references that never descends into the value,
-    such as ``{"$ref": "#"}`` (tests/test_streams.py::test_schemas_that_validation_...)."""
+    such as ``{"$ref": "#"}``
+    (``test_streams.py::test_schemas_that_validation_could_not_finish_are_refused``)."""
     root = specification.create_resource(schema)
     same: dict[int, list[int]] = {}  # id(subschema) -> ids of those checking the same value
     refs: dict[int, str] = {}

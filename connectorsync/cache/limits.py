@@ -40,7 +40,6 @@ from .base import AT_REST, bump, delete
 log = logging.getLogger("connectorsync.cache")
 
 
-
 @dataclass(frozen=True)
 class Limits:
     """Storage limits, checked inside the write (so several processes cannot overshoot).
