@@ -27,8 +27,10 @@ insertion order per stream.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import os
+import sys
 import threading
 import time
 import urllib.request
@@ -476,6 +478,7 @@ class DeliveryModel(RuleBasedStateMachine):
 
     @initialize(ntp=st.booleans(), cap=st.sampled_from([None, 3]))
     def start(self, ntp: bool, cap: int | None) -> None:
+        RUNS[type(self).__name__]["examples"] += 1
         self.ntp_mode = ntp
         self.options = {"batch_size": 2, "http_timeout": HTTP_TIMEOUT, "on_full": "drop_oldest"}
         if cap is not None:
@@ -658,6 +661,7 @@ class DeliveryModel(RuleBasedStateMachine):
 
     @invariant()
     def every_datapoint_is_in_exactly_one_place(self) -> None:
+        RUNS[type(self).__name__]["checks"] += 1
         if self.lg is None:
             return
         lg, kind = self.logger, self.backend.kind
@@ -766,9 +770,21 @@ def idempotent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
         backend.close()
 
 
+#: Per machine: examples started and invariant checks made (one after each step and one
+#: after the start), for the figures ``make soak`` prints.
+RUNS: collections.defaultdict[str, collections.Counter[str]] = collections.defaultdict(
+    collections.Counter
+)
+
+
 def run_model(name: str, backend: Backend, tmp_path: Path, ntp: NTPServer) -> None:
     machine = type(name, (DeliveryModel,), {"backend": backend, "tmpdir": tmp_path, "ntp": ntp})
-    run_state_machine_as_test(machine, settings=SETTINGS)  # type: ignore[arg-type]
+    try:
+        run_state_machine_as_test(machine, settings=SETTINGS)  # type: ignore[arg-type]
+    finally:
+        runs = RUNS[name]
+        steps = runs["checks"] - runs["examples"]
+        print(f"\n{name}: {runs['examples']} examples, {steps} steps", file=sys.stderr)
 
 
 @pytest.mark.slow
