@@ -363,17 +363,19 @@ def test_rfc3339_with_nanoseconds() -> None:
 # ----------------------------------------------------------------------------- database
 
 
-def test_missing_database_is_a_configuration_error(influxd: InfluxDBServer) -> None:
+def test_missing_database_is_a_remote_error_that_says_what_to_do(
+    influxd: InfluxDBServer,
+) -> None:
     assert influxd.admin is not None
     user, password = influxd.admin
     name = "absent_" + uuid.uuid4().hex[:8]
     r = InfluxDBRemote(influxd.url, name, username=user, password=password)
     try:
-        with pytest.raises(ConfigurationError, match=r"database not found.*create_database=True"):
+        with pytest.raises(RemoteError, match=r"database not found.*create_database=True"):
             r.push("m", batch(1.0))
         assert r.reconcile("m") is None and r.stream_schema("m") is None
         r.ensure_stream("m", {})  # creates nothing without create_database
-        with pytest.raises(ConfigurationError):
+        with pytest.raises(RemoteError):
             r.push("m", batch(1.0))
     finally:
         r.close()
@@ -635,7 +637,7 @@ def test_v2_write_and_reconcile_request_shape() -> None:
                 b'{"code":"not found","message":"bucket \\"sensors\\" not found"}',
                 "application/json",
             )
-            with pytest.raises(ConfigurationError, match="create the bucket"):
+            with pytest.raises(RemoteError, match="create the bucket"):
                 r.push("m", batch(1.0))
             assert "SECRET" not in repr(r)
         finally:

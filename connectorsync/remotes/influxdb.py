@@ -238,7 +238,9 @@ class InfluxDBRemote:
                         if self.database is None
                         else "create the database, or pass create_database=True"
                     )
-                    raise ConfigurationError(f"{exc} ({hint})") from exc
+                    # A RemoteError, as at sync time every remote raises only those: the
+                    # database can be created while the data waits in the cache.
+                    raise RemoteError(f"{exc} ({hint})", status=exc.status, body=exc.body) from exc
                 self._create_database()
 
     def reconcile(self, stream: str) -> float | None:
