@@ -40,31 +40,23 @@ import apsw
 
 from ..errors import CacheError, CacheFullError
 from . import deadletters, retime, schema
-from .base import AT_REST, INSERT, NEWEST, NO_TIME, TooOldError, delete, place, translate, wrapped
+from .base import (
+    AT_REST,
+    BATCH,
+    BATCH_END,
+    BATCH_SIZE,
+    INSERT,
+    NEWEST,
+    NO_TIME,
+    TooOldError,
+    delete,
+    place,
+    translate,
+    wrapped,
+)
 from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
 from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
 from .schema import MIGRATIONS, SCHEMA_VERSION
-
-# The last id of a stream's next batch: at most ?4 datapoints after id ?2 and up to id ?3,
-# together at most ?7 bytes of values (the first always comes), stopping before the first
-# datapoint of boot ?5 stamped by an untrusted clock at boot clock ?6 or later (hold).
-_BATCH_END = """
-SELECT max(id) FROM (
-    SELECT id,
-           sum(n) OVER w AS upto,
-           row_number() OVER w AS k,
-           max(?5 IS NOT NULL AND boot IS ?5 AND mono >= ?6) OVER w AS held
-    FROM (SELECT id, octet_length(d) AS n, boot, mono FROM datapoints
-          WHERE stream = ?1 AND id > ?2 AND id <= ?3 ORDER BY id LIMIT ?4)
-    WINDOW w AS (ORDER BY id ROWS UNBOUNDED PRECEDING)
-) WHERE (upto <= ?7 OR k = 1) AND NOT held
-"""
-_BATCH = "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? AND id <= ? ORDER BY id"
-# The bytes of values and the last id of at most ?4 datapoints after id ?2, up to id ?3.
-_BATCH_SIZE = """
-SELECT coalesce(sum(octet_length(d)), 0), max(id) FROM (
-    SELECT id, d FROM datapoints WHERE stream = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?)
-"""
 
 __all__ = [
     "MIGRATIONS",
@@ -142,8 +134,7 @@ class Cache:
             schema.configure(self._conn, self.path, durability, wal=True)
 
     def finish_opening(self, created: bool, durability: str) -> None:
-        """The opener is done: commit the creation (:meth:`finish_create`) of a new file, or
-        apply ``durability`` to an existing one."""
+        """Done opening: commit a new file's creation, or set an existing one's durability."""
         if created:
             self.finish_create(durability)
         else:
@@ -489,15 +480,15 @@ class Cache:
         with self.transaction("read the next batch") as conn:
             # The sizes first, without loading the values: a batch of large values is cut
             # where its bytes run out before any of it is read.
-            size, last = next(conn.execute(_BATCH_SIZE, bounds))
+            size, last = next(conn.execute(BATCH_SIZE, bounds))
             if last is None:
                 return []
             if size > request.max_bytes or request.hold is not None:
                 hold = request.hold or (None, None)
-                last = next(conn.execute(_BATCH_END, (*bounds, *hold, request.max_bytes)))[0]
+                last = next(conn.execute(BATCH_END, (*bounds, *hold, request.max_bytes)))[0]
                 if last is None:
                     return []
-            batch: list[Row] = list(conn.execute(_BATCH, (stream_id, after_id, last)))
+            batch: list[Row] = list(conn.execute(BATCH, (stream_id, after_id, last)))
             conn.execute(
                 "UPDATE streams SET inflight = ?1 WHERE id = ?2 AND inflight < ?1",
                 (last, stream_id),

@@ -114,3 +114,25 @@ def wrapped(action: str) -> Iterator[None]:
         yield
     except apsw.Error as exc:
         raise translate(exc, action) from exc
+
+
+# The last id of a stream's next batch: at most ?4 datapoints after id ?2 and up to id ?3,
+# together at most ?7 bytes of values (the first always comes), stopping before the first
+# datapoint of boot ?5 stamped by an untrusted clock at boot clock ?6 or later (hold).
+BATCH_END = """
+SELECT max(id) FROM (
+    SELECT id,
+           sum(n) OVER w AS upto,
+           row_number() OVER w AS k,
+           max(?5 IS NOT NULL AND boot IS ?5 AND mono >= ?6) OVER w AS held
+    FROM (SELECT id, octet_length(d) AS n, boot, mono FROM datapoints
+          WHERE stream = ?1 AND id > ?2 AND id <= ?3 ORDER BY id LIMIT ?4)
+    WINDOW w AS (ORDER BY id ROWS UNBOUNDED PRECEDING)
+) WHERE (upto <= ?7 OR k = 1) AND NOT held
+"""
+BATCH = "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? AND id <= ? ORDER BY id"
+# The bytes of values and the last id of at most ?4 datapoints after id ?2, up to id ?3.
+BATCH_SIZE = """
+SELECT coalesce(sum(octet_length(d)), 0), max(id) FROM (
+    SELECT id, d FROM datapoints WHERE stream = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?)
+"""
