@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +18,7 @@ import pytest
 from connectorsync import Logger
 from connectorsync import syncer as syncer_module
 from connectorsync.testing import ConnectorDBServer
-from connectorsync.testing.influx import find_influxd
+from connectorsync.testing.influx import InfluxDBServer, InfluxDBStartError, find_influxd
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -135,3 +137,53 @@ def require_influxd() -> None:
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """The syncer's backoff from 10 ms instead of 1 s, so retry tests take milliseconds."""
     monkeypatch.setattr(syncer_module, "BACKOFF_BASE", 0.01)
+
+
+def start_influxd(directory: Path, **kwargs: Any) -> InfluxDBServer:
+    """A started influxd of its own, for a fixture. Skips the test when influxd is not
+    installed, unless CONNECTORSYNC_REQUIRE_INFLUXDB=1 (CI), which makes that a failure."""
+    require_influxd()
+    server = InfluxDBServer(directory, **kwargs)
+    try:
+        server.start()
+    except InfluxDBStartError as exc:
+        pytest.fail(f"influxd is installed but did not start: {exc}")
+    return server
+
+
+@pytest.fixture(scope="module")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDBServer]:
+    """One influxd for the module, with authentication on (``influxd.admin``)."""
+    server = start_influxd(tmp_path_factory.mktemp("influxd"), auth_enabled=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def syncing_child(path: str, serverurl: str | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Another process with a running background syncer on the cache at ``path`` (sending to
+    ``serverurl``, if given), once its first pass is done."""
+    code = (
+        "import time\n"
+        "from connectorsync import Logger\n"
+        f"lg = Logger({path!r})\n"
+        + (f"lg.serverurl = {serverurl!r}\n" if serverurl else "")
+        + "lg.syncperiod = 3600\n"
+        "lg.start()\n"
+        "while lg.lastsynctime == 0: time.sleep(0.01)\n"
+        "print('syncing', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [PYTHON, "-c", code], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "syncing\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()

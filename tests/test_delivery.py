@@ -22,7 +22,6 @@ from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.receiver import HTTPReceiver
 
 from .conftest import PYTHON, ROOT, child_env, within
-from .test_influxdb import start_influxd
 from .test_remote_contract import AnswerDroppingProxy
 
 pytestmark = pytest.mark.timeout(60)  # a hang fails the test instead of blocking the run
@@ -221,15 +220,6 @@ def test_a_value_larger_than_the_remote_takes_is_a_dead_letter(
 
 
 # ----------------------------------------------------------------------------- delivery kinds
-
-
-@pytest.fixture(scope="module")
-def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDBServer]:
-    server = start_influxd(tmp_path_factory.mktemp("influxd"), auth_enabled=True)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def influx_remote(influxd: InfluxDBServer, db: str, url: str | None = None) -> InfluxDBRemote:

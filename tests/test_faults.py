@@ -18,7 +18,7 @@ from connectorsync.cache import Cache
 from connectorsync.remotes.base import Datapoint
 from connectorsync.testing import ConnectorDBServer
 
-from .conftest import PYTHON, ROOT, child_env, wait_for
+from .conftest import syncing_child, wait_for
 
 STREAM = "alice/sensor/temperature"
 
@@ -271,27 +271,8 @@ def other_syncer(cache_path: str, server: ConnectorDBServer) -> Iterator[subproc
         apikey=server.apikey,
         on_create=lambda lg: lg.addStream_force("temperature", {"type": "number"}),
     ).close()
-    code = (
-        "import sys, time\n"
-        "from connectorsync import Logger\n"
-        f"lg = Logger({cache_path!r})\n"
-        f"lg.serverurl = {server.url!r}\n"
-        "lg.syncperiod = 3600\n"
-        "lg.start()\n"
-        "while lg.lastsynctime == 0: time.sleep(0.01)\n"
-        "print('syncing', flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    proc = subprocess.Popen(
-        [PYTHON, "-c", code], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "syncing\n"
+    with syncing_child(cache_path, server.url) as proc:
         yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
 
 
 def test_one_syncer_per_cache_file(cache_path: str, server, other_syncer) -> None:

@@ -32,34 +32,12 @@ from connectorsync.errors import (
 from connectorsync.remotes.base import Datapoint
 from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.remotes.line_protocol import ns_to_seconds, rfc3339_ns, seconds_to_ns
-from connectorsync.testing.influx import InfluxDBServer, InfluxDBStartError
+from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.receiver import HTTPReceiver
 
-from .conftest import require_influxd, wait_for
+from .conftest import start_influxd, wait_for
 
 T0 = 1_700_000_000.0
-
-
-def start_influxd(directory: Path, **kwargs: Any) -> InfluxDBServer:
-    """A started influxd of its own, for a fixture. Skips the test when influxd is not
-    installed, unless CONNECTORSYNC_REQUIRE_INFLUXDB=1 (CI), which makes that a failure."""
-    require_influxd()
-    server = InfluxDBServer(directory, **kwargs)
-    try:
-        server.start()
-    except InfluxDBStartError as exc:
-        pytest.fail(f"influxd is installed but did not start: {exc}")
-    return server
-
-
-@pytest.fixture(scope="module")
-def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDBServer]:
-    """One influxd for this module, with authentication on (``influxd.admin``)."""
-    server = start_influxd(tmp_path_factory.mktemp("influxd"), auth_enabled=True)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ request hangs, and never two background threads."""
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import pytest
 from connectorsync import AuthError, ClosedError, ConnectorSyncError, Logger
 from connectorsync.testing import ConnectorDBServer
 
-from .conftest import PYTHON, ROOT, child_env, syncer_threads, wait_for, within
+from .conftest import syncer_threads, syncing_child, wait_for, within
 
 STREAM = "alice/sensor/temperature"
 #: A bound on a hang, not a timing: the calls below return in well under a second.
@@ -64,32 +62,6 @@ def can_sync_again(path: str, server: ConnectorDBServer) -> None:
 # ----------------------------------------------------------------------------- one syncer
 
 
-@contextlib.contextmanager
-def syncing_child(path: str, server: ConnectorDBServer) -> Iterator[subprocess.Popen[str]]:
-    """Another process with a running background syncer on the cache at ``path``."""
-    code = (
-        "import time\n"
-        "from connectorsync import Logger\n"
-        f"lg = Logger({path!r})\n"
-        "lg.syncperiod = 3600\n"
-        "lg.start()\n"
-        "while lg.lastsynctime == 0: time.sleep(0.01)\n"
-        "print('syncing', flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    proc = subprocess.Popen(
-        [PYTHON, "-c", code], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "syncing\n"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-
-
 def test_a_symlink_to_the_cache_gives_no_second_syncer(
     tmp_path: Path, cache_path: str, server: ConnectorDBServer
 ) -> None:
@@ -99,7 +71,7 @@ def test_a_symlink_to_the_cache_gives_no_second_syncer(
     opened(cache_path, server).close()
     link = tmp_path / "link.db"
     link.symlink_to(cache_path)
-    with syncing_child(str(link), server) as child, Logger(cache_path) as lg:
+    with syncing_child(str(link)) as child, Logger(cache_path) as lg:
         lg.insert("temperature", 1.0)
         report = lg.sync()
         assert "another process syncs" in report.errors.get("*", ""), report

@@ -61,7 +61,7 @@ from connectorsync.testing._httpd import LoopbackHandler, LoopbackHTTPServer
 from connectorsync.testing.ntp import NTPServer
 from connectorsync.testing.receiver import HTTPReceiver
 
-from .test_influxdb import start_influxd
+from .conftest import start_influxd
 
 STREAMS = ("a", "b")
 HTTP_TIMEOUT = 0.4  # also bounds each pass's NTP wait while the NTP server is silent

@@ -30,7 +30,6 @@ from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.receiver import HTTPReceiver
 
 from .conftest import wait_for
-from .test_influxdb import start_influxd
 
 STREAM = "temperature"
 T0 = 1_700_000_000.0
@@ -346,15 +345,6 @@ class AnswerDroppingProxy:
             thread.join(5)
         for sock in sockets:
             sock.close()
-
-
-@pytest.fixture(scope="module")
-def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDBServer]:
-    server = start_influxd(tmp_path_factory.mktemp("influxd"), auth_enabled=True)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["connectordb", "influxdb", "http", "thingsboard"])
