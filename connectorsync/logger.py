@@ -24,7 +24,7 @@ from .cache import Cache, DeadLetter, Limits
 from .delivery import SyncReport
 from .devicetime import DeviceTime
 from .errors import ClosedError, ConfigurationError, ConnectorSyncError
-from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings, check_options
+from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings
 from .remotes.base import DeliveryKind, Remote
 from .remotes.connectordb import ConnectorDBRemote
 from .status import Status, collect_status
@@ -78,8 +78,8 @@ class Logger:
         whether ``sync()`` raises the exception
     :param syncraise: whether a failed ``sync()`` raises, when there is no ``onsyncfail``
     :param remote: where to sync (default: a :class:`ConnectorDBRemote` from the settings)
-    :param options: any of the options in :mod:`connectorsync.options`, e.g.
-        ``durability="normal"``, ``max_cached=100_000``, ``ntp_server="pool.ntp.org"``
+    :param options: options (:mod:`connectorsync.options`, e.g. ``durability="normal"``) and
+        ConnectorDB's settings (``serverurl=``, ``syncperiod=``), stored in the cache file
     :raises ConfigurationError, CacheError: a bad option, a file that is not a cache or
         that cannot be opened
     """
@@ -96,7 +96,7 @@ class Logger:
         remote: Remote | None = None,
         **options: Any,
     ):
-        check_options(options)
+        Settings.check_keywords(options)
         self.path = str(path)
         self.onsync, self.onsyncfail, self.syncraise = onsync, onsyncfail, syncraise
         self._state = _State.OPEN

@@ -297,6 +297,26 @@ class Settings:
                 self.options.set(name, value)
         self._changed(name)
 
+    @staticmethod
+    def check_keywords(keywords: dict[str, Any]) -> None:
+        """Check the Logger's keyword arguments: options, and ConnectorDB's settings passed
+        where a connectordb 0.3.5 user would (``serverurl=``, ``syncperiod=``...).
+
+        :raises ConfigurationError: an unknown name, or a bad value
+        """
+        settings = set(CONNECTORDB_SETTINGS) - {"apikey"}  # apikey is a parameter of its own
+        unknown = set(keywords) - set(OPTIONS) - settings
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(sorted(unknown))}; options are "
+                f"{', '.join(sorted(OPTIONS))}, and the settings {', '.join(sorted(settings))}"
+            )
+        for name, value in keywords.items():
+            if name in OPTIONS:
+                OPTIONS[name][1](name, value)
+            else:
+                CONNECTORDB_SETTINGS[name][1](name, value)
+
     def set_from_constructor(self, options: dict[str, Any], on_file: str) -> None:
         """Apply the constructor's options: a contradiction among them is refused before
         anything is stored; one the file already held (an older version's) is only logged."""

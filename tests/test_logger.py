@@ -120,6 +120,24 @@ def test_cache_file_is_owner_only_and_apikey_never_shown(cache_path: str) -> Non
             assert stat.S_IMODE(os.stat(cache_path + suffix).st_mode) == 0o600, suffix
 
 
+def test_connectordb_settings_are_keywords_too(cache_path: str, server: ConnectorDBServer) -> None:
+    """Where a connectordb 0.3.5 user passes them: Logger(path, serverurl=..., syncperiod=...);
+    they are stored in the cache file like the options, and checked the same way."""
+    with pytest.raises(ConfigurationError, match="syncperiod"):
+        Logger(cache_path, syncperiod=-1)
+    with pytest.raises(ConfigurationError, match="serverurl"):
+        Logger(cache_path, serverurl="")
+    assert not os.path.exists(cache_path)
+    with Logger(
+        cache_path, apikey=server.apikey, serverurl=server.url, syncperiod=5, data={"a": 1}
+    ) as lg:
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert("temperature", 1.0)
+        assert lg.sync().sent == {"temperature": 1}
+    with Logger(cache_path) as lg:
+        assert (lg.serverurl, lg.syncperiod, lg.data) == (server.url, 5.0, {"a": 1})
+
+
 def test_options_are_checked(cache_path: str) -> None:
     with pytest.raises(ConfigurationError, match="unknown option"):
         Logger(cache_path, batchsize=10)
