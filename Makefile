@@ -3,13 +3,23 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The demo needs only the package and its dependencies, not the test, dev and docs extras:
+# its own stamp, in the same .venv. Installing everything also installs what the demo needs,
+# so the full install touches both stamps.
+DEMO_STAMP := $(VENV)/.demo-installed-stamp
 
 .PHONY: test demo lint docs bench soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev,docs]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# Not --quiet: a first `make demo` downloads, and pip's progress says what it is waiting for.
+$(DEMO_STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -e .
+	touch $(DEMO_STAMP)
 
 test: $(STAMP) lint docs
 	$(PY) -m pytest
@@ -22,7 +32,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) examples/temperature_logger.py
 
 bench: $(STAMP)
