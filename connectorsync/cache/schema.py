@@ -380,7 +380,7 @@ def _before_migrating(conn: apsw.Connection, path: str, kind: str, version: int)
         pids = ", ".join(f"pid {pid}" for pid in others)
         raise ConfigurationError(
             f"cache file {path!r} ({what}) needs migrating, but another process has it open "
-            f"({pids}): stop the old program first, then open it again; nothing was changed"
+            f"({pids}): stop the old program first, then try again; nothing was changed"
         )
     backup = make_backup(conn, path, "connectordb" if kind == CONNECTORDB else f"v{version}")
     log.warning(
