@@ -5,9 +5,9 @@ to act on it. Subcommands mirror Logger methods (``status``, ``sync``, ``export`
 ``deadletters``). Exit codes: 0 done; 1 the work failed (a sync error, say); 2 bad usage, or a
 cache file that is missing or not a connectorsync cache. The commands that only look
 (``status``, ``export``, ``deadletters list``) open the cache read-only: they never write to it
-nor migrate it (an older one exits 2, saying how to migrate). No output shows a password in a
-url. The library installs no signal handlers; the commands that run until stopped handle
-SIGTERM/SIGINT themselves.
+nor migrate it (an older one exits 2, saying how to migrate); ``migrate`` does, after a
+backup copy. No output shows a password in a url. The library installs no signal handlers;
+the commands that run until stopped handle SIGTERM/SIGINT themselves.
 """
 
 from __future__ import annotations
@@ -355,6 +355,24 @@ def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    from .cache import schema
+    from .errors import ConfigurationError
+
+    if not os.path.exists(args.cache):
+        raise UsageError(f"{args.cache}: no such cache file")
+    try:
+        backup = schema.migrate(args.cache)
+    except ConfigurationError as exc:  # not a cache, or the old program still has it open
+        raise UsageError(f"{args.cache}: {exc}") from exc
+    if backup is None:
+        out.write(f"{args.cache}: nothing to migrate (schema version {schema.SCHEMA_VERSION})\n")
+        return 0
+    out.write(f"backup: {backup}\n")
+    out.write(f"{args.cache}: migrated to schema version {schema.SCHEMA_VERSION}\n")
+    return 0
+
+
 def cmd_serve(argv: list[str]) -> int:
     from .testing.server import main as serve_main
 
@@ -427,6 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", help="only this stream (list)")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.set_defaults(run=cmd_deadletters)
+
+    p = sub.add_parser(
+        "migrate",
+        help="migrate a connectordb 0.3.5 or older cache, after a backup copy",
+        description="Copy the cache file next to it (owner-only; an existing backup is never "
+        "overwritten), then migrate it to this version. Refused while another process has "
+        "the file open: stop the old program first. A current cache is left as it is.",
+    )
+    p.add_argument("cache", help="the cache file")
+    p.set_defaults(run=cmd_migrate)
 
     # These two take their own arguments.
     sub.add_parser("serve", help="run a ConnectorDB v0.3 test server on 127.0.0.1", add_help=False)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
+import logging
 import os
 import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import apsw
 import connectordb
@@ -14,8 +19,12 @@ import connectordb.logger
 import pytest
 
 from connectorsync import Logger
-from connectorsync.cache import SCHEMA_VERSION, Cache
+from connectorsync.cache import MIGRATIONS, SCHEMA_VERSION, Cache
+from connectorsync.cli import main
+from connectorsync.errors import ConfigurationError
 from connectorsync.testing import ConnectorDBServer
+
+from .conftest import PYTHON, ROOT, child_env
 
 
 def make_connectordb_cache(path: str, apikey: str, url: str) -> list[tuple[str, float, object]]:
@@ -170,3 +179,191 @@ def test_status_leaves_a_connectordb_cache_alone_while_its_program_runs(
         assert len(old) == len(rows) + 1
     finally:
         old.database.close()
+
+
+# --------------------------------------------------------------------------- explicit migration
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def snapshot(path: str) -> tuple[bytes, int, int]:
+    """The file's bytes, modification time and mode: any write would change one."""
+    with open(path, "rb") as f:
+        info = os.stat(path)
+        return f.read(), info.st_mtime_ns, stat.S_IMODE(info.st_mode)
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@contextlib.contextmanager
+def connectordb_program(path: str) -> Iterator[subprocess.Popen[str]]:
+    """The connectordb 0.3.5 program, running in another process with the cache at ``path``
+    open, until the block ends (then it exits, closing the file)."""
+    code = (
+        "import sys\n"
+        "from connectordb.logger import Logger as CDBLogger\n"
+        f"lg = CDBLogger({path!r})\n"
+        "print('open', len(lg), flush=True)\n"
+        "sys.stdin.read()\n"  # until the test closes our stdin
+        "lg.database.close()\n"
+    )
+    proc = subprocess.Popen(
+        [PYTHON, "-c", code],
+        cwd=ROOT,
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("open ")
+        yield proc
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        if proc.wait(timeout=30) != 0:
+            proc.kill()
+        proc.stdout.close()
+
+
+def backups(path: str) -> list[str]:
+    folder = Path(path).parent
+    return sorted(str(p) for p in folder.iterdir() if "-backup" in p.name)
+
+
+def test_migrate_refuses_while_the_connectordb_program_runs_then_backs_up_and_migrates(
+    cache_path: str, server: ConnectorDBServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = make_connectordb_cache(cache_path, server.apikey, server.url)
+    os.chmod(cache_path, 0o644)  # as connectordb leaves it under a usual umask
+    with connectordb_program(cache_path) as old:
+        before = snapshot(cache_path)
+        code, out = run("migrate", cache_path)
+        err = capsys.readouterr().err
+        assert code == 2 and out == ""
+        assert "stop the old program first" in err and f"pid {old.pid}" in err
+        assert snapshot(cache_path) == before
+        with pytest.raises(ConfigurationError, match="stop the old program first"):
+            Logger(cache_path)
+        assert snapshot(cache_path) == before
+        assert backups(cache_path) == []
+        original = before[0]
+
+    code, out = run("migrate", cache_path)
+    assert code == 0, capsys.readouterr().err
+    [backup] = backups(cache_path)
+    assert backup == cache_path + ".connectordb-backup"
+    assert f"backup: {backup}" in out
+    assert mode(backup) == 0o600
+    with open(backup, "rb") as f:
+        assert f.read() == original
+    assert mode(cache_path) == 0o600
+    conn = apsw.Connection(cache_path)
+    assert list(conn.execute("PRAGMA user_version")) == [(SCHEMA_VERSION,)]
+    conn.close()
+
+    with Logger(cache_path) as lg:
+        assert len(lg) == len(rows)
+        report = lg.sync()
+        assert report.ok, report.errors
+        assert report.sent == {"temperature": 50, "status": 1}
+    for stream in ("temperature", "status"):
+        expected = [v for s, _, v in rows if s == stream]
+        assert [p["d"] for p in server.datapoints(f"alice/sensor/{stream}")] == expected
+    assert mode(cache_path) == 0o600
+    with open(backup, "rb") as f:
+        assert f.read() == original  # the backup is left alone: it is the way back
+
+
+def test_logger_backs_up_a_connectordb_cache_before_migrating_and_logs_where(
+    cache_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_connectordb_cache(cache_path, "k", "http://127.0.0.1:9")
+    with open(cache_path, "rb") as f:
+        original = f.read()
+    with caplog.at_level(logging.WARNING, logger="connectorsync.cache"), Logger(cache_path) as lg:
+        assert len(lg) == 51
+    backup = cache_path + ".connectordb-backup"
+    assert backups(cache_path) == [backup]
+    with open(backup, "rb") as f:
+        assert f.read() == original
+    assert mode(backup) == 0o600
+    warnings = [
+        r
+        for r in caplog.records
+        if r.name == "connectorsync.cache" and r.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1 and backup in warnings[0].getMessage()
+
+
+def test_migrate_never_overwrites_an_existing_backup(cache_path: str) -> None:
+    make_connectordb_cache(cache_path, "k", "http://127.0.0.1:9")
+    with open(cache_path, "rb") as f:
+        original = f.read()
+    earlier = cache_path + ".connectordb-backup"
+    with open(earlier, "wb") as f:
+        f.write(b"a backup made earlier, kept")
+    code, out = run("migrate", cache_path)
+    assert code == 0
+    [new] = [b for b in backups(cache_path) if b != earlier]
+    assert new.startswith(earlier) and f"backup: {new}" in out
+    with open(earlier, "rb") as f:
+        assert f.read() == b"a backup made earlier, kept"
+    with open(new, "rb") as f:
+        assert f.read() == original
+    assert mode(new) == 0o600
+
+
+def test_migrate_an_older_connectorsync_cache_backs_up_what_it_held(cache_path: str) -> None:
+    conn = apsw.Connection(cache_path)
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    MIGRATIONS[0][1](conn)  # a v1 cache, as an older connectorsync left it
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO streams (name, schema) VALUES ('temperature', '{}')")
+    conn.execute("INSERT INTO datapoints (stream, t, d) VALUES (1, 1.7e9, '21.5')")
+    conn.close()
+    os.chmod(cache_path, 0o600)
+
+    code, out = run("migrate", cache_path)
+    assert code == 0
+    backup = cache_path + ".v1-backup"
+    assert backups(cache_path) == [backup] and f"backup: {backup}" in out
+    assert mode(backup) == 0o600 and mode(cache_path) == 0o600
+    conn = apsw.Connection(backup, flags=apsw.SQLITE_OPEN_READONLY)
+    assert list(conn.execute("PRAGMA user_version")) == [(1,)]
+    assert list(conn.execute("SELECT t, d FROM datapoints")) == [(1.7e9, "21.5")]
+    conn.close()
+    with Logger(cache_path) as lg:
+        assert len(lg) == 1
+
+
+def test_migrate_a_current_cache_says_so_and_writes_nothing(cache_path: str) -> None:
+    with Logger(cache_path) as lg:
+        lg.addStream("temperature", {"type": "number"})
+    before = snapshot(cache_path)
+    code, out = run("migrate", cache_path)
+    assert code == 0
+    assert "nothing to migrate" in out
+    assert snapshot(cache_path) == before and backups(cache_path) == []
+
+
+def test_migrate_refuses_a_missing_file_or_not_a_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.db")
+    assert run("migrate", missing)[0] == 2
+    assert not os.path.exists(missing)
+    other = str(tmp_path / "other.db")
+    conn = apsw.Connection(other)
+    conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    before = snapshot(other)
+    assert run("migrate", other)[0] == 2
+    assert "not a connectorsync cache" in capsys.readouterr().err
+    assert snapshot(other) == before and backups(other) == []

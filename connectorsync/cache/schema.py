@@ -18,6 +18,11 @@ Guarantees (each proved by the test named):
 - Every connection uses WAL and the durability asked for
   (``test_durability.py::test_durability_pragmas_are_applied``,
   ``test_migration.py::test_migrated_cache_uses_wal``).
+- Before migrating, a backup copy is made next to the file (owner-only, never over an
+  existing file) and logged; while another process has the file open, the migration is
+  refused and the file left unchanged
+  (``test_migration.py::test_migrate_refuses_while_the_connectordb_program_runs_then_backs_up_and_migrates``,
+  ``test_migration.py::test_logger_backs_up_a_connectordb_cache_before_migrating_and_logs_where``).
 - A read-only open never writes the file: no migration, no setting; an older or connectordb
   cache is refused with how to migrate it
   (``test_cli.py::test_status_of_an_older_schema_says_how_to_migrate_and_changes_nothing``).
@@ -33,6 +38,7 @@ from collections.abc import Callable
 import apsw
 
 from ..errors import CacheError, ConfigurationError
+from .backup import holders, make_backup
 from .base import NO_TIME, NUDGE, wrapped
 
 # One logger for the whole cache package, as when it was one module.
@@ -243,10 +249,44 @@ def open_file(path: str, durability: str) -> tuple[apsw.Connection, bool]:
     When ``created`` is true the file is new and its creation transaction is still open (see
     ``Cache.open``). Another process opening the same path meanwhile waits, then sees the
     finished file; if that one's creation is rolled back and the file removed, it starts over.
+    A file that needs migrating is backed up first (see :func:`migrate`).
 
-    :raises ConfigurationError: not a connectorsync cache, or written by a newer version
-    :raises CacheError: the file cannot be opened
+    :raises ConfigurationError: not a connectorsync cache, written by a newer version, or
+        needing a migration while another process has it open
+    :raises CacheError: the file cannot be opened, or not backed up
     """
+    conn, created, _ = _open(path, durability)
+    return conn, created
+
+
+def migrate(path: str) -> str | None:
+    """Migrate the existing cache file ``path`` (an older schema, or a connectordb 0.3.5
+    cache) to this version, after a backup copy. Returns where the backup is, or None when
+    the file needed no migration: then it was not written at all.
+
+    :raises ConfigurationError: not a cache, a newer one, or another process has it open
+        (stop the old program first)
+    :raises CacheError: the file cannot be opened, or not backed up
+    """
+    conn = open_readonly(path, refuse_older=False)
+    try:
+        current = _user_version(conn) == SCHEMA_VERSION
+    finally:
+        conn.close()
+    if current:
+        return None
+    conn, created, backup = _open(path, "full")
+    if created:  # removed and created anew between the two opens: not ours to keep
+        conn.execute("ROLLBACK")
+        conn.close()
+        remove_files(path)
+        raise ConfigurationError(f"{path!r} was removed while being migrated")
+    conn.close()
+    return backup
+
+
+def _open(path: str, durability: str) -> tuple[apsw.Connection, bool, str | None]:
+    """:func:`open_file`, also returning where the backup made before migrating is."""
     for _ in range(5):
         try:
             # Owner-only from the first byte: the file will hold the apikey. SQLite gives
@@ -272,49 +312,92 @@ def open_file(path: str, durability: str) -> tuple[apsw.Connection, bool]:
                 conn.execute("ROLLBACK")
                 conn.close()
                 continue
-            created = _prepare(conn, path)
+            created, backup = _prepare(conn, path)
             if not created:
                 conn.execute("COMMIT")
                 configure(conn, path, durability, wal=True)
-            return conn, created
+            return conn, created, backup
         except BaseException:
             conn.close()
             raise
     raise CacheError(f"cannot open cache file {path!r}: it keeps being replaced")
 
 
-def _prepare(conn: apsw.Connection, path: str) -> bool:
-    """Inside the opening transaction: create, migrate or check. True if created."""
-    version = _user_version(conn)
-    tables = _table_names(conn)
+# What a file is, found by its user_version and tables (see _kind).
+NEW, CURRENT, OLDER, CONNECTORDB = "new", "current", "older", "connectordb"
+
+
+def _kind(path: str, version: int, tables: set[str]) -> str:
+    """:data:`NEW` (empty), :data:`CURRENT`, :data:`OLDER` or :data:`CONNECTORDB`.
+
+    :raises ConfigurationError: newer than this connectorsync, or not a cache
+    """
     if version > SCHEMA_VERSION:
         raise _newer_than_us(path, version)
-    created = False
-    found = version
-    if version == 0:
-        if tables >= _CONNECTORDB_TABLES:
-            _import_connectordb(conn)  # leaves a v1 schema; later steps follow below
-            _owner_only(path)
-            version = 1
-        elif tables:
-            raise ConfigurationError(
-                f"{path!r} is an SQLite database but not a connectorsync cache "
-                f"(tables: {', '.join(sorted(tables))}); refusing to change it"
-            )
-        else:
-            created = True
+    if version == SCHEMA_VERSION:
+        return CURRENT
+    if version > 0:
+        return OLDER
+    if tables >= _CONNECTORDB_TABLES:
+        return CONNECTORDB
+    if tables:
+        raise ConfigurationError(
+            f"{path!r} is an SQLite database but not a connectorsync cache "
+            f"(tables: {', '.join(sorted(tables))}); refusing to change it"
+        )
+    return NEW
+
+
+def _prepare(conn: apsw.Connection, path: str) -> tuple[bool, str | None]:
+    """Inside the opening transaction: create, migrate or check. Returns ``(created,
+    backup)``: whether the file is new, and where the backup made before migrating is."""
+    version = _user_version(conn)
+    kind = _kind(path, version, _table_names(conn))
+    if kind == CURRENT:
+        return False, None
+    backup = None
+    if kind != NEW:
+        backup = _before_migrating(conn, path, kind, version)
+    if kind == CONNECTORDB:
+        _import_connectordb(conn)  # leaves a v1 schema; later steps follow below
+        version = 1
     for number in range(version, SCHEMA_VERSION):
         name, step = MIGRATIONS[number]
         log.info("cache %s: migration %s", path, name)
         step(conn)
-    if found != SCHEMA_VERSION:
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}").fetchall()
-    return created
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}").fetchall()
+    if kind != NEW:
+        _owner_only(path)
+    return kind == NEW, backup
 
 
-def open_readonly(path: str) -> apsw.Connection:
+def _before_migrating(conn: apsw.Connection, path: str, kind: str, version: int) -> str:
+    """Refuse while another process has the file open (it would go on writing the old
+    tables), else back the file up; returns where the backup is."""
+    what = "a connectordb 0.3.5 cache" if kind == CONNECTORDB else f"schema version {version}"
+    others = holders(path)
+    if others:
+        pids = ", ".join(f"pid {pid}" for pid in others)
+        raise ConfigurationError(
+            f"cache file {path!r} ({what}) needs migrating, but another process has it open "
+            f"({pids}): stop the old program first, then try again; nothing was changed"
+        )
+    backup = make_backup(conn, path, "connectordb" if kind == CONNECTORDB else f"v{version}")
+    log.warning(
+        "cache %s (%s) is being migrated to schema version %d; a backup copy of it as it "
+        "was is at %s",
+        path,
+        what,
+        SCHEMA_VERSION,
+        backup,
+    )
+    return backup
+
+
+def open_readonly(path: str, *, refuse_older: bool = True) -> apsw.Connection:
     """A read-only connection to an existing, current cache: the file is never written.
 
+    :param refuse_older: False: also open an older or a connectordb 0.3.5 cache
     :raises ConfigurationError: not a current connectorsync cache: an older schema or a
         connectordb 0.3.5 cache (the message says how to migrate it), or not a cache
     :raises CacheError: the file cannot be opened
@@ -325,20 +408,21 @@ def open_readonly(path: str) -> apsw.Connection:
         with wrapped(f"open cache file {path!r}"):
             conn.setbusytimeout(BUSY_TIMEOUT_MS)
             version = _user_version(conn)
-            tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
-        migrate = "open it with connectorsync.Logger to migrate it (stop the old program first)"
-        if version == 0 and tables >= _CONNECTORDB_TABLES:
+            kind = _kind(path, version, _table_names(conn))
+        how = (
+            f"stop the old program first, then migrate it with `connectorsync migrate {path}` "
+            "(or by opening it with connectorsync.Logger); a backup copy is kept"
+        )
+        if kind == CONNECTORDB and refuse_older:
             raise ConfigurationError(
-                f"{path!r} is a connectordb 0.3.5 cache, not migrated yet: {migrate}"
+                f"{path!r} is a connectordb 0.3.5 cache, not migrated yet: {how}"
             )
-        if 0 < version < SCHEMA_VERSION:
+        if kind == OLDER and refuse_older:
             raise ConfigurationError(
                 f"{path!r} has schema version {version}, older than this connectorsync's "
-                f"({SCHEMA_VERSION}): {migrate}"
+                f"({SCHEMA_VERSION}): {how}"
             )
-        if version > SCHEMA_VERSION:
-            raise _newer_than_us(path, version)
-        if version == 0:
+        if kind == NEW:
             raise ConfigurationError(f"{path!r} is not a connectorsync cache")
     except BaseException:
         conn.close()
