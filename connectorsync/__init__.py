@@ -15,6 +15,8 @@ remote acknowledged it. It is a drop-in successor of ``connectordb.logger.Logger
     l.sync()
 """
 
+import logging
+
 from .cache import DeadLetter, StreamStats
 from .delivery import SyncReport
 from .errors import (
@@ -46,6 +48,10 @@ from .remotes import (
 from .status import Status
 
 __version__ = "0.1.0"
+
+# A library configures no logging: without the application's own configuration nothing of
+# connectorsync's is printed (the loggers are named after the modules, see docs/logging.rst).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AmbiguousRemoteError",

@@ -25,7 +25,7 @@ import ntplib
 
 from .errors import ConfigurationError, TimestampError, TransientRemoteError
 
-log = logging.getLogger("connectorsync.clock")
+log = logging.getLogger(__name__)
 
 # Later than 5138-11-16 in seconds: surely milliseconds or microseconds given by mistake.
 MAX_PLAUSIBLE_TIMESTAMP = 1e11

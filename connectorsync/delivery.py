@@ -55,7 +55,7 @@ from .errors import (
 from .remotes.base import DeliveryKind, Preparable, Remote
 
 T = TypeVar("T")
-log = logging.getLogger("connectorsync.delivery")
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], object]
 

@@ -22,7 +22,7 @@ from .clock import Anchor, Clock, boot_clock
 from .errors import TransientRemoteError
 from .options import Options
 
-log = logging.getLogger("connectorsync.devicetime")
+log = logging.getLogger(__name__)
 
 #: With ntp_server, a pass asks again once the last answer is this old (seconds).
 NTP_REFRESH = 3600.0

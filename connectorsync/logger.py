@@ -32,7 +32,7 @@ from .streams import StreamRegistry, Subscriber, Subscribers
 from .syncer import PassHooks, Syncer
 from .writer import Writer
 
-log = logging.getLogger("connectorsync")
+log = logging.getLogger(__name__)
 
 #: Seconds ``stop()`` waits for the background thread (an idle one ends at once; one in a
 #: hung request ends by itself later, and ``start()`` carries on with it).

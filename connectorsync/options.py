@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .errors import ConfigurationError
 
-log = logging.getLogger("connectorsync")
+log = logging.getLogger(__name__)
 
 Check = Callable[[str, Any], Any]
 

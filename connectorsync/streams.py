@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the registry is handed its cache and remote; no import need
     from .cache import Cache
     from .remotes.base import Remote
 
-log = logging.getLogger("connectorsync.streams")
+log = logging.getLogger(__name__)
 
 # ConnectorDB v0.3 names: a letter, then letters, digits, '_' or '-', shorter than 30 characters.
 NAME_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]*")  # fullmatch: "$" would allow "a\n"

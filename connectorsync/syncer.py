@@ -50,7 +50,7 @@ from .errors import AuthError, ClosedError, ConnectorSyncError
 from .options import Options
 from .remotes.base import Remote
 
-log = logging.getLogger("connectorsync.syncer")
+log = logging.getLogger(__name__)
 
 #: First backoff ceiling in seconds; it doubles per failed attempt up to ``syncperiod``.
 BACKOFF_BASE = 1.0

@@ -297,7 +297,7 @@ def test_logger_backs_up_a_connectordb_cache_before_migrating_and_logs_where(
     warnings = [
         r
         for r in caplog.records
-        if r.name == "connectorsync.cache" and r.levelno == logging.WARNING
+        if r.name == "connectorsync.cache.schema" and r.levelno == logging.WARNING
     ]
     assert len(warnings) == 1 and backup in warnings[0].getMessage()
 

@@ -213,7 +213,7 @@ def test_bad_lines_are_counted_and_reading_goes_on(
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "connectorsync.serial" and r.levelno == logging.WARNING
+        if r.name == "connectorsync.sources.serial" and r.levelno == logging.WARNING
     ]
     assert len(warnings) == 1, warnings
     for word in words:

@@ -72,8 +72,7 @@ __all__ = [
     "Untrusted",
 ]
 
-# One logger for the whole cache package, as when it was one module.
-log = logging.getLogger("connectorsync.cache")
+log = logging.getLogger(__name__)
 
 
 class Cache:

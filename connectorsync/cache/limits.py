@@ -36,8 +36,7 @@ import apsw
 from ..errors import CacheFullError
 from .base import AT_REST, bump, delete
 
-# One logger for the whole cache package, as when it was one module.
-log = logging.getLogger("connectorsync.cache")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

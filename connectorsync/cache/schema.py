@@ -41,8 +41,7 @@ from ..errors import CacheError, ConfigurationError
 from .backup import holders, make_backup
 from .base import NO_TIME, NUDGE, wrapped
 
-# One logger for the whole cache package, as when it was one module.
-log = logging.getLogger("connectorsync.cache")
+log = logging.getLogger(__name__)
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 BUSY_TIMEOUT_MS = 60_000

@@ -36,7 +36,7 @@ import serial
 
 from ..errors import ClosedError, ConfigurationError, ConnectorSyncError
 
-log = logging.getLogger("connectorsync.serial")
+log = logging.getLogger(__name__)
 
 #: The first wait (seconds) before opening a lost or missing port again; it doubles after
 #: each failed attempt, up to the source's ``reopen_max``.
