@@ -23,8 +23,9 @@ from .archive import reconfigured
 from .cache import Cache, DeadLetter, Limits
 from .delivery import SyncReport
 from .devicetime import DeviceTime
-from .errors import ClosedError, ConfigurationError, ConnectorSyncError
+from .errors import ClosedError, ConfigurationError, ConnectorSyncError, RemoteError
 from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings
+from .remotes._http import hide_password
 from .remotes.base import DeliveryKind, Remote
 from .remotes.connectordb import ConnectorDBRemote
 from .status import Status, collect_status
@@ -150,8 +151,6 @@ class Logger:
             self._syncer.close()
         (self._cache.abort_create if created else self._cache.close)()
 
-    # ----------------------------------------------------------------------- lifecycle
-
     def start(self) -> None:
         """Sync in a background thread (at once, every ``syncperiod`` s, at ``sync_threshold``
         datapoints; retrying with backoff). Returns at once."""
@@ -195,8 +194,6 @@ class Logger:
     def __repr__(self) -> str:
         state = "closed" if self._state is _State.CLOSED else f"{len(self._streams)} streams"
         return f"<Logger {self.path!r} {state}>"
-
-    # ----------------------------------------------------------------------- settings
 
     apikey = _setting("apikey", "The apikey the default remote uses; stored in the cache file.")
     serverurl = _setting("serverurl", "The ConnectorDB server the default remote talks to.")
@@ -243,6 +240,12 @@ class Logger:
         return self.remote.ping()
 
     @property
+    def connectordb(self) -> Any:
+        """A ``connectordb.ConnectorDB`` client on ``serverurl`` with ``apikey``, built on first
+        use (needs the extra ``connectorsync[connectordb]``), as connectordb 0.3.5 has it."""
+        return self._remote.client(self._settings)
+
+    @property
     def name(self) -> str:
         """The remote's name for this device (``user/device``); asks the remote."""
         return self.ping()
@@ -281,8 +284,6 @@ class Logger:
         JSON value. The stream is created on the remote at the first sync if missing."""
         self._check_open()
         self._streams.register(name, schema, out_of_order)
-
-    # ----------------------------------------------------------------------- data
 
     def insert(self, stream: str, value: Any, timestamp: float | None = None) -> None:
         """Store one datapoint; returns once it is committed to disk (and archived).
@@ -340,8 +341,6 @@ class Logger:
         self._check_open()
         self._streams.get(stream)
         return self._subscribers.add(stream, callback)
-
-    # ----------------------------------------------------------------------- time, syncing
 
     def sync_clock(
         self, server: str | None = None, port: int | None = None, timeout: float = 5.0
@@ -431,6 +430,7 @@ class _RemoteHolder:
             )
         self._given = given
         self._built: ConnectorDBRemote | None = None
+        self._client: Any = None  # connectordb.ConnectorDB, built by client()
         self._lock = threading.Lock()
 
     def get(self, settings: Settings) -> Remote:
@@ -445,6 +445,29 @@ class _RemoteHolder:
                 )
             return self._built
 
+    def client(self, settings: Settings) -> Any:
+        """The connectordb package's client for the settings, built once.
+
+        :raises ConfigurationError: the package is not installed
+        :raises RemoteError: the client could not connect
+        """
+        with self._lock:
+            if self._client is None:
+                try:
+                    from connectordb import ConnectorDB  # an extra: imported when asked for
+                except ImportError:
+                    raise ConfigurationError(
+                        "Logger.connectordb needs the connectordb package: "
+                        "pip install 'connectorsync[connectordb]'"
+                    ) from None
+                url = settings.get("serverurl")
+                try:
+                    self._client = ConnectorDB(settings.get("apikey"), url=url)
+                except Exception as exc:  # the package's own errors, or requests'
+                    where = hide_password(url)
+                    raise RemoteError(f"connectordb client for {where}: {exc!r}") from exc
+            return self._client
+
     def rebuilt(self, settings: Settings) -> Remote:
         """The remote after its settings changed."""
         self.close()
@@ -452,6 +475,7 @@ class _RemoteHolder:
 
     def close(self) -> None:
         with self._lock:
+            self._client = None
             if self._built is not None:
                 self._built.close()
                 self._built = None

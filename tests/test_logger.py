@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,25 @@ def test_connectordb_settings_are_keywords_too(cache_path: str, server: Connecto
         assert lg.sync().sent == {"temperature": 1}
     with Logger(cache_path) as lg:
         assert (lg.serverurl, lg.syncperiod, lg.data) == (server.url, 5.0, {"a": 1})
+
+
+def test_connectordb_client_for_the_settings(cache_path: str, server: ConnectorDBServer) -> None:
+    """``l.connectordb``, as in connectordb 0.3.5: the package's client for the cache's apikey
+    and serverurl, built once, anew when they change."""
+    with Logger(cache_path, apikey=server.apikey, serverurl=server.url) as lg:
+        client = lg.connectordb
+        assert client is lg.connectordb
+        assert client.ping() == "alice/sensor"
+        lg.apikey = server.add_device("alice", "other")
+        assert lg.connectordb is not client and lg.connectordb.ping() == "alice/other"
+
+
+def test_connectordb_client_names_the_extra_without_the_package(
+    cache_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "connectordb", None)  # as if not installed
+    with Logger(cache_path) as lg, pytest.raises(ConfigurationError, match=r"\[connectordb\]"):
+        lg.connectordb  # noqa: B018 - the attribute access is the call under test
 
 
 def test_options_are_checked(cache_path: str) -> None:
