@@ -90,11 +90,13 @@ def read_status(cache: Any) -> Any:
     if not clock.trusted and (boot := cache.find_boot(clock.boot_id)) is not None:
         untrusted = cache.untrusted_count(boot)
     counters = cache.statistics()
-    last_error, next_attempt, paused, elsewhere = None, None, False, None
+    # Every pass records how it went, a manual one too: its error stays true after that
+    # process is gone; when it tries next, and a pause, only while a syncer runs.
+    state = settings.get("sync.state") or {}
+    last_error = state.get("paused") or state.get("last_error")
+    next_attempt, paused, elsewhere = None, False, None
     if syncer_holds(SyncLock(cache.path).path):
-        state = settings.get("sync.state") or {}
         elsewhere = f"pid {state.get('pid')} on {state.get('host')}"
-        last_error = state.get("paused") or state.get("last_error")
         next_attempt, paused = state.get("next_attempt"), bool(state.get("paused"))
     anchor = clock.anchor
     return Status(

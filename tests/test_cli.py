@@ -301,3 +301,19 @@ def test_status_of_an_older_schema_says_how_to_migrate_and_changes_nothing(
     conn = apsw.Connection(path)
     assert list(conn.execute("PRAGMA user_version")) == [(1,)]
     conn.close()
+
+
+def test_status_shows_the_error_of_a_failed_manual_sync(
+    cache: str, server: ConnectorDBServer
+) -> None:
+    """No syncer runs any more: the error its last (manual) pass recorded is still shown."""
+    server.stop()  # the server is down
+    with Logger(cache) as lg:
+        report = lg.sync()
+        assert not report.ok
+    code, out = run("status", cache)
+    assert code == 0
+    assert "last error:    -" not in out and "last error:    " in out
+    assert "next attempt:  -" in out and "syncer:        none running" in out
+    data = json.loads(run("status", cache, "--json")[1])
+    assert data["last_error"] and data["next_attempt"] is None and data["paused"] is False
