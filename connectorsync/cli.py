@@ -244,7 +244,8 @@ def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
     for stream, message in sorted(report.errors.items()):
         where = "" if stream == "*" else f"{stream}: "
         out.write(f"error: {where}{hide_password(message)}\n")
-    return 0 if report.ok else 1
+    # A refused datapoint was not delivered either: a pass that dead-lettered one failed.
+    return 0 if report.ok and not dead else 1
 
 
 class Progress:
@@ -417,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sync",
         help="deliver a cache's backlog now",
         description="One sync pass, with a progress bar on a terminal. "
-        "Exit code 1 if anything could not be delivered.",
+        "Exit code 1 if anything could not be delivered: an error, or datapoints "
+        "the remote refused (dead-lettered) in this pass.",
     )
     p.add_argument("cache", help="the cache file")
     p.set_defaults(run=cmd_sync)

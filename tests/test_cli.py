@@ -317,3 +317,10 @@ def test_status_shows_the_error_of_a_failed_manual_sync(
     assert "next attempt:  -" in out and "syncer:        none running" in out
     data = json.loads(run("status", cache, "--json")[1])
     assert data["last_error"] and data["next_attempt"] is None and data["paused"] is False
+
+
+def test_sync_exits_1_when_datapoints_were_refused(cache: str, server: ConnectorDBServer) -> None:
+    server.reject(lambda stream, point: point["d"] == 21.0)
+    code, out = run("sync", cache)
+    assert (code, out.splitlines()[0].split(" (")[0]) == (1, "sent 4 datapoints, 1 refused")
+    assert run("sync", cache) == (0, "sent 0 datapoints\n")  # nothing refused in this pass
