@@ -18,7 +18,9 @@ import dataclasses
 import datetime
 import fcntl
 import json
+import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +37,51 @@ class UsageError(Exception):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def log_to_stderr(args: argparse.Namespace) -> Iterator[None]:
+    """connectorsync's log on stderr while a command runs: WARNING and up by default, INFO
+    with ``-v``, DEBUG with ``-vv``, errors only with ``-q``. Put back as it was after."""
+    verbose = getattr(args, "verbose", 0) or 0
+    level = logging.ERROR if getattr(args, "quiet", False) else logging.WARNING
+    if verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    root = logging.getLogger("connectorsync")
+    before = root.level
+    root.setLevel(level)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)
+
+
+class _NotFrom(logging.Filter):
+    """Drops the records a function logs itself (the CLI prints what they say)."""
+
+    def __init__(self, function: str):
+        super().__init__()
+        self.function = function
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != self.function
+
+
+@contextmanager
+def said_here(function: str) -> Iterator[None]:
+    """While the CLI says it on stdout, the Logger's own record of ``function`` (its
+    ``purge_deadletters`` warns "purged N dead letters") is not shown a second time."""
+    quiet = _NotFrom(function)
+    library = logging.getLogger("connectorsync")
+    library.addFilter(quiet)
+    try:
+        yield
+    finally:
+        library.removeFilter(quiet)
 
 
 @contextmanager
@@ -353,8 +400,9 @@ def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
             count = logger.retry_deadletters(ids)
             out.write(f"queued {count:,} dead letters to be sent again\n")
         else:
-            count = logger.purge_deadletters(ids)
-            out.write(f"deleted {count:,} dead letters\n")
+            with said_here("purge_deadletters"):
+                count = logger.purge_deadletters(ids)
+            out.write(f"purged {count:,} dead letters\n")
     return 0
 
 
@@ -402,10 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Offline-first sync of sensor data: look into and act on a device's cache.",
     )
     parser.add_argument("--version", action="version", version=f"connectorsync {__version__}")
+    verbosity(parser, 0)
+    # Accepted after the command too; given there, it wins over the same flag before it.
+    common = argparse.ArgumentParser(add_help=False)
+    verbosity(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
         "status",
+        parents=[common],
         help="what waits in a cache, and how syncing goes",
         description="Per stream: datapoints cached, age of the oldest, dead "
         "letters; then last sync, last error, next attempt.",
@@ -416,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sync",
+        parents=[common],
         help="deliver a cache's backlog now",
         description="One sync pass, with a progress bar on a terminal. "
         "Exit code 1 if anything could not be delivered: an error, or datapoints "
@@ -426,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
+        parents=[common],
         help="write the cached datapoints as CSV or JSON lines",
         description="Cached (not yet delivered) datapoints, oldest first.",
     )
@@ -439,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "deadletters",
+        parents=[common],
         help="list, retry or purge refused datapoints",
         description="Datapoints the remote refused, kept with its reason.",
     )
@@ -452,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "migrate",
+        parents=[common],
         help="migrate a connectordb 0.3.5 or older cache, after a backup copy",
         description="Copy the cache file next to it (owner-only; an existing backup is never "
         "overwritten), then migrate it to this version. Refused while another process has "
@@ -466,6 +523,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="log what connectorsync does on stderr (INFO; -vv: DEBUG)",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="log only errors",
+    )
+
+
 PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {"serve": cmd_serve, "demo": cmd_demo}
 
 
@@ -473,13 +548,22 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     """Run a subcommand; returns its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     out = sys.stdout if out is None else out
-    if argv and argv[0] in PASS_THROUGH:
-        return PASS_THROUGH[argv[0]](argv[1:])
     parser = build_parser()
+    flags = 0  # -v/-q before a command that takes its own arguments
+    while flags < len(argv) and re.fullmatch(r"-v+|--verbose|-q|--quiet", argv[flags]):
+        flags += 1
+    if argv[flags:] and argv[flags] in PASS_THROUGH:
+        with log_to_stderr(parser.parse_args(argv[:flags])):
+            return PASS_THROUGH[argv[flags]](argv[flags + 1 :])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(out)
         return 2
+    with log_to_stderr(args):
+        return run_command(args, out)
+
+
+def run_command(args: argparse.Namespace, out: TextIO) -> int:
     try:
         return int(args.run(args, out))
     except UsageError as exc:

@@ -113,7 +113,7 @@ def test_deadletters_list_retry_purge(cache: str, server: ConnectorDBServer) -> 
     assert (code, out) == (0, "queued 1 dead letters to be sent again\n")
     assert run("sync", cache)[0] == 0
     code, out = run("deadletters", cache, "purge", "--all")
-    assert (code, out) == (0, "deleted 1 dead letters\n")
+    assert (code, out) == (0, "purged 1 dead letters\n")
     assert run("deadletters", cache, "list")[1] == "no dead letters\n"
 
 
@@ -324,3 +324,65 @@ def test_sync_exits_1_when_datapoints_were_refused(cache: str, server: Connector
     code, out = run("sync", cache)
     assert (code, out.splitlines()[0].split(" (")[0]) == (1, "sent 4 datapoints, 1 refused")
     assert run("sync", cache) == (0, "sent 0 datapoints\n")  # nothing refused in this pass
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The command line in a process of its own, as a shell runs it."""
+    return subprocess.run(
+        [PYTHON, "-m", "connectorsync", *argv],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def old_cache(tmp_path, name: str = "old.db") -> str:
+    """A schema version 1 cache, as an older connectorsync left it."""
+    import apsw
+
+    from connectorsync.cache import MIGRATIONS
+
+    path = str(tmp_path / name)
+    conn = apsw.Connection(path)
+    MIGRATIONS[0][1](conn)
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    return path
+
+
+def test_verbose_and_quiet_flags_set_what_is_logged(tmp_path, cache: str, server) -> None:
+    """Default: warnings and errors on stderr; -v adds INFO, -vv DEBUG; -q only errors."""
+    result = cli("migrate", old_cache(tmp_path))
+    assert result.returncode == 0 and "migration" not in result.stderr  # INFO: not shown
+    result = cli("-v", "migrate", old_cache(tmp_path, "older.db"))
+    assert result.returncode == 0, result.stderr
+    assert "connectorsync.cache: INFO: cache " in result.stderr and "migration" in result.stderr
+    server.reject(lambda stream, point: point["d"] == 21.0)
+    result = cli("sync", cache, "-q")  # after the command too
+    assert result.returncode == 1 and result.stderr == ""  # the refusal is a WARNING
+    server.reject(None)
+    with Logger(cache) as lg:
+        lg.retry_deadletters()
+    server.reject(lambda stream, point: True)
+    result = cli("sync", cache)
+    assert "connectorsync.delivery: WARNING: stream 'temperature': datapoint at" in result.stderr
+    import logging
+
+    from connectorsync.cli import log_to_stderr
+
+    for flags, shown in (([], "WARNING"), (["-v"], "INFO"), (["-vv"], "DEBUG"), (["-q"], "ERROR")):
+        args = build_parser().parse_args([*flags, "status", cache])
+        with log_to_stderr(args):
+            assert logging.getLogger("connectorsync.syncer").getEffectiveLevel() == getattr(
+                logging, shown
+            )
+    assert logging.getLogger("connectorsync").level == logging.NOTSET  # put back after
+
+
+def test_deadletters_purge_says_it_once(cache: str, server: ConnectorDBServer) -> None:
+    server.reject(lambda stream, point: point["d"] == 21.0)
+    assert run("sync", cache)[0] == 1
+    result = cli("deadletters", cache, "purge", "--all")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "purged 1 dead letters\n", "")
