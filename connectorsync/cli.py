@@ -13,6 +13,7 @@ the commands that run until stopped handle SIGTERM/SIGINT themselves.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -424,6 +425,17 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def reader_gone(out: TextIO) -> int:
+    """The reader of our output went away (``connectorsync export CACHE | head -1``): it has
+    what it wanted, so end quietly (exit 0). Python flushes stdout once more at exit: what is
+    left in its buffer goes to /dev/null, not into a second BrokenPipeError."""
+    with contextlib.suppress(OSError, ValueError):  # not a file (a StringIO in tests)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+    return 0
+
+
 def cmd_serve(argv: list[str]) -> int:
     from .testing.server import main as serve_main
 
@@ -565,7 +577,11 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        return int(args.run(args, out))
+        code = int(args.run(args, out))
+        out.flush()  # here, where a reader gone is caught, not at exit
+        return code
+    except BrokenPipeError:
+        return reader_gone(out)
     except UsageError as exc:
         print(f"connectorsync {args.command}: {hide_password(str(exc))}", file=sys.stderr)
         return 2

@@ -386,3 +386,23 @@ def test_deadletters_purge_says_it_once(cache: str, server: ConnectorDBServer) -
     assert run("sync", cache)[0] == 1
     result = cli("deadletters", cache, "purge", "--all")
     assert (result.returncode, result.stdout, result.stderr) == (0, "purged 1 dead letters\n", "")
+
+
+def test_export_into_a_pipe_closed_early_ends_quietly(cache: str) -> None:
+    """`connectorsync export CACHE | head -1`: the reader goes away; no traceback, exit 0."""
+    with Logger(cache) as lg:  # more than a pipe's buffer holds, so the writer is cut off
+        lg.insert_many("temperature", [{"t": 1.8e9 + i, "d": float(i)} for i in range(20_000)])
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "connectorsync", "export", cache],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 0, err
+    assert json.loads(first)["stream"] == "humidity" and err == b""
