@@ -368,7 +368,16 @@ def write_points(points: Iterator[dict[str, Any]], fmt: str, out: TextIO) -> int
     return count
 
 
+DEADLETTER_ACTIONS = ("list", "retry", "purge")
+
+
 def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
+    if args.second in DEADLETTER_ACTIONS:
+        args.cache, args.action = args.first, args.second
+    elif args.first in DEADLETTER_ACTIONS:
+        args.action, args.cache = args.first, args.second
+    else:
+        raise UsageError("say what to do with the dead letters: list, retry or purge")
     if args.action == "list":
         with look_into(args.cache) as cache:
             letters = cache.deadletters(args.stream)
@@ -510,8 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="list, retry or purge refused datapoints",
         description="Datapoints the remote refused, kept with its reason.",
     )
-    p.add_argument("cache", help="the cache file")
-    p.add_argument("action", choices=["list", "retry", "purge"], help="what to do")
+    # Either order: `deadletters CACHE list` and `deadletters list CACHE`.
+    p.add_argument("first", metavar="CACHE", help="the cache file (or the action)")
+    p.add_argument(
+        "second", metavar="ACTION", help="list, retry or purge (or the cache file, after it)"
+    )
     p.add_argument("ids", nargs="*", type=int, help="dead letter ids (retry, purge)")
     p.add_argument("--all", action="store_true", help="every dead letter (retry, purge)")
     p.add_argument("--stream", help="only this stream (list)")

@@ -406,3 +406,21 @@ def test_export_into_a_pipe_closed_early_ends_quietly(cache: str) -> None:
     proc.stderr.close()
     assert proc.wait(timeout=30) == 0, err
     assert json.loads(first)["stream"] == "humidity" and err == b""
+
+
+def test_deadletters_takes_action_and_cache_in_either_order(
+    cache: str, server: ConnectorDBServer, capsys
+) -> None:
+    server.reject(lambda stream, point: point["d"] in (21.0, 51.0))
+    assert run("sync", cache)[0] == 1
+    assert run("deadletters", "list", cache) == run("deadletters", cache, "list")
+    letters = json.loads(run("deadletters", "list", cache, "--json", "--stream", "humidity")[1])
+    assert [d["d"] for d in letters] == [51.0]
+    assert run("deadletters", "purge", cache, str(letters[0]["id"])) == (
+        0,
+        "purged 1 dead letters\n",
+    )
+    assert run("deadletters", cache, "retry", "--all")[1].startswith("queued 1 ")
+    capsys.readouterr()
+    assert run("deadletters", cache, cache) == (2, "")
+    assert "list, retry or purge" in capsys.readouterr().err
