@@ -16,8 +16,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import datetime
-import fcntl
 import json
 import logging
 import os
@@ -29,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from . import __version__
+from .cli_status import read_status, table, when, write_status_json, write_status_text
 from .errors import ConnectorSyncError
 from .remotes._http import hide_password
 
@@ -122,149 +121,16 @@ def look_into(path: str) -> Iterator[Any]:
         cache.close()
 
 
-def read_status(cache: Any) -> Any:
-    """``Logger.status()`` of a cache opened with :func:`look_into`, as another process sees it:
-    read only, nothing recorded (not even this boot)."""
-    from .clock import Anchor, Clock
-    from .status import Status
-    from .syncer import SyncLock
-
-    settings = cache.settings()
-    clock = Clock(
-        Anchor.from_json(settings.get("clock.anchor")),
-        ntp=settings.get("option.ntp_server") is not None,
-    )
-    untrusted = 0
-    if not clock.trusted and (boot := cache.find_boot(clock.boot_id)) is not None:
-        untrusted = cache.untrusted_count(boot)
-    counters = cache.statistics()
-    # Every pass records how it went, a manual one too: its error stays true after that
-    # process is gone; when it tries next, and a pause, only while a syncer runs.
-    state = settings.get("sync.state") or {}
-    last_error = state.get("paused") or state.get("last_error")
-    next_attempt, paused, elsewhere = None, False, None
-    if syncer_holds(SyncLock(cache.path).path):
-        elsewhere = f"pid {state.get('pid')} on {state.get('host')}"
-        next_attempt, paused = state.get("next_attempt"), bool(state.get("paused"))
-    anchor = clock.anchor
-    return Status(
-        streams=cache.stream_stats(),
-        last_sync=settings.get("lastsynctime", 0) or None,
-        last_error=last_error,
-        next_attempt=next_attempt,
-        paused=paused,
-        dropped=counters["dropped"],
-        expired=counters["expired"],
-        clock_offset=None if anchor is None else anchor.offset,
-        clock_measured=None if anchor is None else anchor.true_time,
-        untrusted=untrusted,
-        syncer=elsewhere,
-        remote=settings.get("remote"),
-    )
-
-
-def syncer_holds(lock_path: str) -> bool:
-    """True when a syncer (any process) holds the sync lock file now; creates nothing."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # also releases the shared lock at once
-    return False
-
-
-def when(t: float | None, now: float | None = None) -> str:
-    """``2026-11-23 19:40:01 UTC (12 min ago)``, or ``-``."""
-    if not t:
-        return "-"
-    now = time.time() if now is None else now
-    stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
-    return f"{stamp:%Y-%m-%d %H:%M:%S} UTC ({age(now - t)})"
-
-
-def age(seconds: float) -> str:
-    """A short human duration: ``in 5 s``, ``3 min ago``, ``2 h 5 min ago``, ``4 d ago``."""
-    ahead, seconds = seconds < 0, abs(seconds)
-    if seconds < 60:
-        text = f"{seconds:.0f} s"
-    elif seconds < 3600:
-        text = f"{seconds // 60:.0f} min"
-    elif seconds < 86400:
-        text = f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
-    else:
-        text = f"{seconds // 86400:.0f} d"
-    return f"in {text}" if ahead else f"{text} ago"
-
-
-def table(rows: list[list[str]], out: TextIO) -> None:
-    """Print rows as left-aligned columns, the first row a header."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        out.write("\n")
-
-
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     with look_into(args.cache) as cache:
         status = read_status(cache)
-    # Recorded by the program that logs; an older version recorded passwords in urls too.
-    remote = None if status.remote is None else hide_password(status.remote)
-    last_error = None if status.last_error is None else hide_password(status.last_error)
-    now = time.time()
     if args.json:
-        data = {
-            "cache": args.cache,
-            "cached": status.cached,
-            "streams": {
-                name: {
-                    "cached": s.cached,
-                    "oldest": s.oldest,
-                    "newest": s.newest,
-                    "deadletters": s.deadletters,
-                }
-                for name, s in status.streams.items()
-            },
-            "last_sync": status.last_sync,
-            "last_error": last_error,
-            "next_attempt": status.next_attempt,
-            "paused": status.paused,
-            "syncer": status.syncer,
-            "remote": remote,
-            "dropped": status.dropped,
-            "expired": status.expired,
-            "clock_offset": status.clock_offset,
-            "untrusted": status.untrusted,
-        }
-        out.write(json.dumps(data, indent=2) + "\n")
-        return 0
-    out.write(
-        f"{args.cache}: {status.cached:,} datapoints cached in {len(status.streams)} streams\n\n"
-    )
-    if status.streams:
-        rows = [["stream", "cached", "oldest", "dead letters"]]
-        for name, s in sorted(status.streams.items()):
-            oldest = age(now - s.oldest) if s.oldest is not None else "-"
-            rows.append([name, f"{s.cached:,}", oldest, f"{s.deadletters:,}"])
-        table(rows, out)
-        out.write("\n")
-    out.write(f"remote:        {remote or '-'}\n")
-    out.write(f"last sync:     {when(status.last_sync, now)}\n")
-    out.write(f"last error:    {last_error or '-'}\n")
-    out.write(f"next attempt:  {when(status.next_attempt, now)}\n")
-    syncer = status.syncer or "none running"
-    out.write(f"syncer:        {syncer}{' (paused)' if status.paused else ''}\n")
-    out.write(f"dropped:       {status.dropped:,}   expired: {status.expired:,}\n")
-    if status.clock_offset is not None or status.untrusted:
-        offset = "-" if status.clock_offset is None else f"{status.clock_offset:+.3f} s"
-        out.write(f"clock offset:  {offset}   waiting for NTP: {status.untrusted:,}\n")
+        write_status_json(status, args.cache, out)
+    else:
+        write_status_text(status, args.cache, out)
     return 0
 
 
