@@ -27,7 +27,14 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from . import __version__
-from .cli_status import read_status, table, when, write_status_json, write_status_text
+from .cli_status import (
+    read_status,
+    table,
+    when,
+    write_check,
+    write_status_json,
+    write_status_text,
+)
 from .errors import ConnectorSyncError
 from .remotes._http import hide_password
 
@@ -125,8 +132,12 @@ def look_into(path: str) -> Iterator[Any]:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    if args.max_lag is not None and not args.check:
+        raise UsageError("--max-lag goes with --check")
     with look_into(args.cache) as cache:
         status = read_status(cache)
+    if args.check:
+        return write_check(status, args.cache, args.max_lag, out)
     if args.json:
         write_status_json(status, args.cache, out)
     else:
@@ -351,7 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
         "letters; then last sync, last error, next attempt.",
     )
     p.add_argument("cache", help="the cache file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--json", action="store_true", help="machine-readable output")
+    how.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 saying what is wrong (syncing failing or paused, dead letters, "
+        "a datapoint older than --max-lag), or print ok",
+    )
+    p.add_argument(
+        "--max-lag",
+        type=seconds,
+        metavar="SECONDS",
+        help="with --check: the oldest cached datapoint may be this old",
+    )
     p.set_defaults(run=cmd_status)
 
     p = sub.add_parser(
@@ -411,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run a ConnectorDB v0.3 test server on 127.0.0.1", add_help=False)
     sub.add_parser("demo", help="run the temperature-logger demo (a few seconds)", add_help=False)
     return parser
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text}: not a number of seconds above 0")
+    return value
 
 
 def verbosity(parser: argparse.ArgumentParser, default: Any) -> None:

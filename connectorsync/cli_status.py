@@ -160,3 +160,30 @@ def shown(status: Status) -> tuple[str | None, str | None]:
     remote = None if status.remote is None else hide_password(status.remote)
     last_error = None if status.last_error is None else hide_password(status.last_error)
     return remote, last_error
+
+
+def write_check(status: Status, path: str, max_lag: float | None, out: TextIO) -> int:
+    """``status --check``, for monitoring scripts and systemd: ``ok`` and 0, or what is
+    wrong on one line and 1."""
+    found = problems(status, path, max_lag, time.time())
+    out.write(("; ".join(found) if found else "ok") + "\n")
+    return 1 if found else 0
+
+
+def problems(status: Status, path: str, max_lag: float | None, now: float) -> list[str]:
+    """What is wrong: syncing paused or failing (an error the last pass recorded), dead
+    letters, or (given ``max_lag``) a cached datapoint older than that."""
+    found = []
+    last_error = shown(status)[1]
+    if last_error:
+        reason = " ".join(last_error.split())  # one line, whatever the remote said
+        found.append(f"syncing {'paused' if status.paused else 'fails'}: {reason}")
+    dead = sum(s.deadletters for s in status.streams.values())
+    if dead:
+        found.append(f"{dead:,} dead letters (see: connectorsync deadletters {path} list)")
+    oldest = [(s.oldest, name) for name, s in status.streams.items() if s.oldest is not None]
+    if max_lag is not None and oldest and now - min(oldest)[0] > max_lag:
+        t, name = min(oldest)
+        lag = age(now - t).removesuffix(" ago")
+        found.append(f"oldest cached datapoint ({name}, {lag} old) more than {max_lag:g} s old")
+    return found

@@ -424,3 +424,46 @@ def test_deadletters_takes_action_and_cache_in_either_order(
     capsys.readouterr()
     assert run("deadletters", cache, cache) == (2, "")
     assert "list, retry or purge" in capsys.readouterr().err
+
+
+def test_status_check_ok(cache: str, capsys) -> None:
+    assert run("status", cache, "--check") == (0, "ok\n")
+    assert run("status", cache, "--check", "--max-lag", str(10 * 365 * 86400)) == (0, "ok\n")
+    assert run("status", cache, "--max-lag", "60")[0] == 2  # only with --check
+    assert "--max-lag goes with --check" in capsys.readouterr().err
+
+
+def test_status_check_fails_when_syncing_fails(cache: str, server: ConnectorDBServer) -> None:
+    server.stop()
+    with Logger(cache) as lg:
+        assert not lg.sync().ok
+    code, out = run("status", cache, "--check")
+    assert code == 1 and out.startswith("syncing fails: ") and out.count("\n") == 1
+
+
+def test_status_check_fails_while_syncing_is_paused(cache: str, server: ConnectorDBServer) -> None:
+    from .conftest import wait_for
+
+    with Logger(cache, apikey="wrong") as lg:
+        lg.start()
+        wait_for(lambda: lg.status().paused, what="refused credentials to pause syncing")
+        code, out = run("status", cache, "--check")
+    assert code == 1 and out.startswith("syncing paused: credentials refused")
+    assert out.count("\n") == 1
+
+
+def test_status_check_fails_when_the_oldest_datapoint_is_too_old(cache: str) -> None:
+    code, out = run("status", cache, "--check", "--max-lag", "3600")
+    assert code == 1
+    assert out.startswith("oldest cached datapoint (humidity, ") and "more than 3600 s" in out
+    with Logger(cache) as lg:
+        lg.cleardata()
+        lg.insert("temperature", 20.0)
+    assert run("status", cache, "--check", "--max-lag", "3600") == (0, "ok\n")
+
+
+def test_status_check_fails_when_dead_letters_exist(cache: str, server: ConnectorDBServer) -> None:
+    server.reject(lambda stream, point: point["d"] in (21.0, 51.0))
+    assert run("sync", cache)[0] == 1
+    code, out = run("status", cache, "--check")
+    assert (code, out) == (1, f"2 dead letters (see: connectorsync deadletters {cache} list)\n")
