@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -156,10 +155,7 @@ def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
                 f"syncs only to the ConnectorDB server in the cache's settings, {ours}: "
                 "sync from that program (Logger.sync()) instead"
             )
-        total = len(logger)
-        progress = Progress(total, sys.stderr)
-        report = logger.sync(progress=progress.update)
-        progress.finish()
+        report = sync_showing_progress(logger)
     sent = sum(report.sent.values())
     dead = sum(report.deadlettered.values())
     out.write(f"sent {sent:,} datapoints")
@@ -173,32 +169,15 @@ def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if report.ok and not dead else 1
 
 
-class Progress:
-    """A one-line progress bar with rate and ETA, on a terminal only."""
+def sync_showing_progress(logger: Any) -> Any:
+    """One pass, with a progress bar (delivered of cached, rate, ETA) on stderr when it is
+    a terminal (``disable=None``); log lines go around the bar, not through it."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    def __init__(self, total: int, out: TextIO):
-        self.total, self.done, self.out = total, 0, out
-        self.start = time.monotonic()
-        self.shown = out.isatty() and total > 0
-
-    def update(self, stream: str, count: int) -> None:
-        self.done += count
-        if not self.shown:
-            return
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
-        left = max(self.total - self.done, 0)
-        eta = f"{left / rate:.0f} s" if rate > 0 else "?"
-        filled = int(30 * min(self.done / self.total, 1.0))
-        self.out.write(
-            f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done:,}/{self.total:,} "
-            f"{rate:,.0f}/s ETA {eta}  "
-        )
-        self.out.flush()
-
-    def finish(self) -> None:
-        if self.shown:
-            self.out.write("\n")
+    bar = tqdm(total=len(logger), unit=" datapoints", disable=None, file=sys.stderr)
+    with bar, logging_redirect_tqdm([logging.getLogger("connectorsync")], tqdm_class=tqdm):
+        return logger.sync(progress=lambda stream, count: bar.update(count))
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:

@@ -467,3 +467,51 @@ def test_status_check_fails_when_dead_letters_exist(cache: str, server: Connecto
     assert run("sync", cache)[0] == 1
     code, out = run("status", cache, "--check")
     assert (code, out) == (1, f"2 dead letters (see: connectorsync deadletters {cache} list)\n")
+
+
+def sync_with_stderr_on(cache: str, terminal: bool) -> tuple[int, str]:
+    """`connectorsync sync CACHE` in a process of its own, stderr a terminal or a pipe."""
+    import os
+    import pty
+
+    reader, writer = pty.openpty() if terminal else os.pipe()
+    if terminal:  # a new terminal is 0 x 0: give it the size of a real one
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "connectorsync", "sync", cache],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=writer,
+    )
+    os.close(writer)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(reader, 65536)
+        except OSError:  # a terminal whose other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(reader)
+    return proc.wait(timeout=30), b"".join(chunks).decode()
+
+
+def test_sync_shows_a_progress_bar_on_a_terminal_only(cache: str, server) -> None:
+    server.reject(lambda stream, point: point["d"] == 21.0)
+    code, err = sync_with_stderr_on(cache, terminal=True)
+    assert code == 1
+    assert "4/5" in err and "datapoints/s" in err  # the bar, at its end (1 was refused)
+    # The log line goes around the bar, on a line of its own.
+    refused = [line for line in err.splitlines() if "refused" in line]
+    assert len(refused) == 1 and refused[0].lstrip("\r").startswith("connectorsync.delivery")
+    with Logger(cache) as lg:
+        lg.retry_deadletters()
+    code, err = sync_with_stderr_on(cache, terminal=False)
+    assert code == 1 and "datapoints/s" not in err and "5/5" not in err and "1/1" not in err
+    assert err.startswith("connectorsync.delivery: WARNING: stream 'temperature'")
