@@ -2,30 +2,39 @@
 
 For the person operating a device: what waits in a cache, what failed and why, and the means
 to act on it. Subcommands mirror Logger methods (``status``, ``sync``, ``export``,
-``deadletters``). Exit codes: 0 done; 1 the work failed (a sync error, say); 2 bad usage, or a
-cache file that is missing or not a connectorsync cache. The commands that only look
-(``status``, ``export``, ``deadletters list``) open the cache read-only: they never write to it
-nor migrate it (an older one exits 2, saying how to migrate); ``migrate`` does, after a
-backup copy. No output shows a password in a url. The library installs no signal handlers;
-the commands that run until stopped handle SIGTERM/SIGINT themselves.
+``deadletters``). Exit codes: 0 done; 1 the work failed (a sync error, say, or ``status
+--check`` found something wrong); 2 bad usage, or a cache file that is missing or not a
+connectorsync cache. The commands that only look (``status``, ``export``, ``deadletters
+list``) open the cache read-only: they never write to it nor migrate it (an older one exits
+2, saying how to migrate); ``migrate`` does, after a backup copy. No output shows a password
+in a url. The library installs no signal handlers; the commands that run until stopped handle
+SIGTERM/SIGINT themselves.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
-import datetime
-import fcntl
 import json
+import logging
 import os
+import re
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
 from . import __version__
+from .cli_status import (
+    read_status,
+    table,
+    when,
+    write_check,
+    write_status_json,
+    write_status_text,
+)
 from .errors import ConnectorSyncError
 from .remotes._http import hide_password
 
@@ -35,6 +44,51 @@ class UsageError(Exception):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def log_to_stderr(args: argparse.Namespace) -> Iterator[None]:
+    """connectorsync's log on stderr while a command runs: WARNING and up by default, INFO
+    with ``-v``, DEBUG with ``-vv``, errors only with ``-q``. Put back as it was after."""
+    verbose = getattr(args, "verbose", 0) or 0
+    level = logging.ERROR if getattr(args, "quiet", False) else logging.WARNING
+    if verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    root = logging.getLogger("connectorsync")
+    before = root.level
+    root.setLevel(level)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)
+
+
+class _NotFrom(logging.Filter):
+    """Drops the records a function logs itself (the CLI prints what they say)."""
+
+    def __init__(self, function: str):
+        super().__init__()
+        self.function = function
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != self.function
+
+
+@contextmanager
+def said_here(function: str) -> Iterator[None]:
+    """While the CLI says it on stdout, the Logger's own record of ``function`` (its
+    ``purge_deadletters`` warns "purged N dead letters") is not shown a second time."""
+    quiet = _NotFrom(function)
+    library = logging.getLogger("connectorsync")
+    library.addFilter(quiet)
+    try:
+        yield
+    finally:
+        library.removeFilter(quiet)
 
 
 @contextmanager
@@ -74,147 +128,20 @@ def look_into(path: str) -> Iterator[Any]:
         cache.close()
 
 
-def read_status(cache: Any) -> Any:
-    """``Logger.status()`` of a cache opened with :func:`look_into`, as another process sees it:
-    read only, nothing recorded (not even this boot)."""
-    from .clock import Anchor, Clock
-    from .status import Status
-    from .syncer import SyncLock
-
-    settings = cache.settings()
-    clock = Clock(
-        Anchor.from_json(settings.get("clock.anchor")),
-        ntp=settings.get("option.ntp_server") is not None,
-    )
-    untrusted = 0
-    if not clock.trusted and (boot := cache.find_boot(clock.boot_id)) is not None:
-        untrusted = cache.untrusted_count(boot)
-    counters = cache.statistics()
-    last_error, next_attempt, paused, elsewhere = None, None, False, None
-    if syncer_holds(SyncLock(cache.path).path):
-        state = settings.get("sync.state") or {}
-        elsewhere = f"pid {state.get('pid')} on {state.get('host')}"
-        last_error = state.get("paused") or state.get("last_error")
-        next_attempt, paused = state.get("next_attempt"), bool(state.get("paused"))
-    anchor = clock.anchor
-    return Status(
-        streams=cache.stream_stats(),
-        last_sync=settings.get("lastsynctime", 0) or None,
-        last_error=last_error,
-        next_attempt=next_attempt,
-        paused=paused,
-        dropped=counters["dropped"],
-        expired=counters["expired"],
-        clock_offset=None if anchor is None else anchor.offset,
-        clock_measured=None if anchor is None else anchor.true_time,
-        untrusted=untrusted,
-        syncer=elsewhere,
-        remote=settings.get("remote"),
-    )
-
-
-def syncer_holds(lock_path: str) -> bool:
-    """True when a syncer (any process) holds the sync lock file now; creates nothing."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # also releases the shared lock at once
-    return False
-
-
-def when(t: float | None, now: float | None = None) -> str:
-    """``2026-11-23 19:40:01 UTC (12 min ago)``, or ``-``."""
-    if not t:
-        return "-"
-    now = time.time() if now is None else now
-    stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
-    return f"{stamp:%Y-%m-%d %H:%M:%S} UTC ({age(now - t)})"
-
-
-def age(seconds: float) -> str:
-    """A short human duration: ``in 5 s``, ``3 min ago``, ``2 h 5 min ago``, ``4 d ago``."""
-    ahead, seconds = seconds < 0, abs(seconds)
-    if seconds < 60:
-        text = f"{seconds:.0f} s"
-    elif seconds < 3600:
-        text = f"{seconds // 60:.0f} min"
-    elif seconds < 86400:
-        text = f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
-    else:
-        text = f"{seconds // 86400:.0f} d"
-    return f"in {text}" if ahead else f"{text} ago"
-
-
-def table(rows: list[list[str]], out: TextIO) -> None:
-    """Print rows as left-aligned columns, the first row a header."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        out.write("\n")
-
-
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    if args.max_lag is not None and not args.check:
+        raise UsageError("--max-lag goes with --check")
     with look_into(args.cache) as cache:
         status = read_status(cache)
-    # Recorded by the program that logs; an older version recorded passwords in urls too.
-    remote = None if status.remote is None else hide_password(status.remote)
-    last_error = None if status.last_error is None else hide_password(status.last_error)
-    now = time.time()
+    if args.check:
+        return write_check(status, args.cache, args.max_lag, out)
     if args.json:
-        data = {
-            "cache": args.cache,
-            "cached": status.cached,
-            "streams": {
-                name: {
-                    "cached": s.cached,
-                    "oldest": s.oldest,
-                    "newest": s.newest,
-                    "deadletters": s.deadletters,
-                }
-                for name, s in status.streams.items()
-            },
-            "last_sync": status.last_sync,
-            "last_error": last_error,
-            "next_attempt": status.next_attempt,
-            "paused": status.paused,
-            "syncer": status.syncer,
-            "remote": remote,
-            "dropped": status.dropped,
-            "expired": status.expired,
-            "clock_offset": status.clock_offset,
-            "untrusted": status.untrusted,
-        }
-        out.write(json.dumps(data, indent=2) + "\n")
-        return 0
-    out.write(
-        f"{args.cache}: {status.cached:,} datapoints cached in {len(status.streams)} streams\n\n"
-    )
-    if status.streams:
-        rows = [["stream", "cached", "oldest", "dead letters"]]
-        for name, s in sorted(status.streams.items()):
-            oldest = age(now - s.oldest) if s.oldest is not None else "-"
-            rows.append([name, f"{s.cached:,}", oldest, f"{s.deadletters:,}"])
-        table(rows, out)
-        out.write("\n")
-    out.write(f"remote:        {remote or '-'}\n")
-    out.write(f"last sync:     {when(status.last_sync, now)}\n")
-    out.write(f"last error:    {last_error or '-'}\n")
-    out.write(f"next attempt:  {when(status.next_attempt, now)}\n")
-    syncer = status.syncer or "none running"
-    out.write(f"syncer:        {syncer}{' (paused)' if status.paused else ''}\n")
-    out.write(f"dropped:       {status.dropped:,}   expired: {status.expired:,}\n")
-    if status.clock_offset is not None or status.untrusted:
-        offset = "-" if status.clock_offset is None else f"{status.clock_offset:+.3f} s"
-        out.write(f"clock offset:  {offset}   waiting for NTP: {status.untrusted:,}\n")
+        write_status_json(status, args.cache, out)
+    else:
+        write_status_text(status, args.cache, out)
     return 0
 
 
@@ -229,10 +156,7 @@ def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
                 f"syncs only to the ConnectorDB server in the cache's settings, {ours}: "
                 "sync from that program (Logger.sync()) instead"
             )
-        total = len(logger)
-        progress = Progress(total, sys.stderr)
-        report = logger.sync(progress=progress.update)
-        progress.finish()
+        report = sync_showing_progress(logger)
     sent = sum(report.sent.values())
     dead = sum(report.deadlettered.values())
     out.write(f"sent {sent:,} datapoints")
@@ -242,35 +166,19 @@ def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
     for stream, message in sorted(report.errors.items()):
         where = "" if stream == "*" else f"{stream}: "
         out.write(f"error: {where}{hide_password(message)}\n")
-    return 0 if report.ok else 1
+    # A refused datapoint was not delivered either: a pass that dead-lettered one failed.
+    return 0 if report.ok and not dead else 1
 
 
-class Progress:
-    """A one-line progress bar with rate and ETA, on a terminal only."""
+def sync_showing_progress(logger: Any) -> Any:
+    """One pass, with a progress bar (delivered of cached, rate, ETA) on stderr when it is
+    a terminal (``disable=None``); log lines go around the bar, not through it."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    def __init__(self, total: int, out: TextIO):
-        self.total, self.done, self.out = total, 0, out
-        self.start = time.monotonic()
-        self.shown = out.isatty() and total > 0
-
-    def update(self, stream: str, count: int) -> None:
-        self.done += count
-        if not self.shown:
-            return
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
-        left = max(self.total - self.done, 0)
-        eta = f"{left / rate:.0f} s" if rate > 0 else "?"
-        filled = int(30 * min(self.done / self.total, 1.0))
-        self.out.write(
-            f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done:,}/{self.total:,} "
-            f"{rate:,.0f}/s ETA {eta}  "
-        )
-        self.out.flush()
-
-    def finish(self) -> None:
-        if self.shown:
-            self.out.write("\n")
+    bar = tqdm(total=len(logger), unit=" datapoints", disable=None, file=sys.stderr)
+    with bar, logging_redirect_tqdm([logging.getLogger("connectorsync")], tqdm_class=tqdm):
+        return logger.sync(progress=lambda stream, count: bar.update(count))
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
@@ -317,7 +225,16 @@ def write_points(points: Iterator[dict[str, Any]], fmt: str, out: TextIO) -> int
     return count
 
 
+DEADLETTER_ACTIONS = ("list", "retry", "purge")
+
+
 def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
+    if args.second in DEADLETTER_ACTIONS:
+        args.cache, args.action = args.first, args.second
+    elif args.first in DEADLETTER_ACTIONS:
+        args.action, args.cache = args.first, args.second
+    else:
+        raise UsageError("say what to do with the dead letters: list, retry or purge")
     if args.action == "list":
         with look_into(args.cache) as cache:
             letters = cache.deadletters(args.stream)
@@ -350,8 +267,9 @@ def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
             count = logger.retry_deadletters(ids)
             out.write(f"queued {count:,} dead letters to be sent again\n")
         else:
-            count = logger.purge_deadletters(ids)
-            out.write(f"deleted {count:,} dead letters\n")
+            with said_here("purge_deadletters"):
+                count = logger.purge_deadletters(ids)
+            out.write(f"purged {count:,} dead letters\n")
     return 0
 
 
@@ -370,6 +288,17 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     out.write(f"backup: {backup}\n")
     out.write(f"{args.cache}: migrated to schema version {schema.SCHEMA_VERSION}\n")
+    return 0
+
+
+def reader_gone(out: TextIO) -> int:
+    """The reader of our output went away (``connectorsync export CACHE | head -1``): it has
+    what it wanted, so end quietly (exit 0). Python flushes stdout once more at exit: what is
+    left in its buffer goes to /dev/null, not into a second BrokenPipeError."""
+    with contextlib.suppress(OSError, ValueError):  # not a file (a StringIO in tests)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
     return 0
 
 
@@ -399,29 +328,50 @@ def build_parser() -> argparse.ArgumentParser:
         description="Offline-first sync of sensor data: look into and act on a device's cache.",
     )
     parser.add_argument("--version", action="version", version=f"connectorsync {__version__}")
+    verbosity(parser, 0)
+    # Accepted after the command too; given there, it wins over the same flag before it.
+    common = argparse.ArgumentParser(add_help=False)
+    verbosity(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
         "status",
+        parents=[common],
         help="what waits in a cache, and how syncing goes",
         description="Per stream: datapoints cached, age of the oldest, dead "
         "letters; then last sync, last error, next attempt.",
     )
     p.add_argument("cache", help="the cache file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--json", action="store_true", help="machine-readable output")
+    how.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 saying what is wrong (syncing failing or paused, dead letters, "
+        "a datapoint older than --max-lag), or print ok",
+    )
+    p.add_argument(
+        "--max-lag",
+        type=seconds,
+        metavar="SECONDS",
+        help="with --check: the oldest cached datapoint may be this old",
+    )
     p.set_defaults(run=cmd_status)
 
     p = sub.add_parser(
         "sync",
+        parents=[common],
         help="deliver a cache's backlog now",
         description="One sync pass, with a progress bar on a terminal. "
-        "Exit code 1 if anything could not be delivered.",
+        "Exit code 1 if anything could not be delivered: an error, or datapoints "
+        "the remote refused (dead-lettered) in this pass.",
     )
     p.add_argument("cache", help="the cache file")
     p.set_defaults(run=cmd_sync)
 
     p = sub.add_parser(
         "export",
+        parents=[common],
         help="write the cached datapoints as CSV or JSON lines",
         description="Cached (not yet delivered) datapoints, oldest first.",
     )
@@ -435,11 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "deadletters",
+        parents=[common],
         help="list, retry or purge refused datapoints",
         description="Datapoints the remote refused, kept with its reason.",
     )
-    p.add_argument("cache", help="the cache file")
-    p.add_argument("action", choices=["list", "retry", "purge"], help="what to do")
+    # Either order: `deadletters CACHE list` and `deadletters list CACHE`.
+    p.add_argument("first", metavar="CACHE", help="the cache file (or the action)")
+    p.add_argument(
+        "second", metavar="ACTION", help="list, retry or purge (or the cache file, after it)"
+    )
     p.add_argument("ids", nargs="*", type=int, help="dead letter ids (retry, purge)")
     p.add_argument("--all", action="store_true", help="every dead letter (retry, purge)")
     p.add_argument("--stream", help="only this stream (list)")
@@ -448,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "migrate",
+        parents=[common],
         help="migrate a connectordb 0.3.5 or older cache, after a backup copy",
         description="Copy the cache file next to it (owner-only; an existing backup is never "
         "overwritten), then migrate it to this version. Refused while another process has "
@@ -462,6 +417,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text}: not a number of seconds above 0")
+    return value
+
+
+def verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="log what connectorsync does on stderr (INFO; -vv: DEBUG)",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="log only errors",
+    )
+
+
 PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {"serve": cmd_serve, "demo": cmd_demo}
 
 
@@ -469,15 +449,28 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     """Run a subcommand; returns its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     out = sys.stdout if out is None else out
-    if argv and argv[0] in PASS_THROUGH:
-        return PASS_THROUGH[argv[0]](argv[1:])
     parser = build_parser()
+    flags = 0  # -v/-q before a command that takes its own arguments
+    while flags < len(argv) and re.fullmatch(r"-v+|--verbose|-q|--quiet", argv[flags]):
+        flags += 1
+    if argv[flags:] and argv[flags] in PASS_THROUGH:
+        with log_to_stderr(parser.parse_args(argv[:flags])):
+            return PASS_THROUGH[argv[flags]](argv[flags + 1 :])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(out)
         return 2
+    with log_to_stderr(args):
+        return run_command(args, out)
+
+
+def run_command(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        return int(args.run(args, out))
+        code = int(args.run(args, out))
+        out.flush()  # here, where a reader gone is caught, not at exit
+        return code
+    except BrokenPipeError:
+        return reader_gone(out)
     except UsageError as exc:
         print(f"connectorsync {args.command}: {hide_password(str(exc))}", file=sys.stderr)
         return 2

@@ -113,7 +113,7 @@ def test_deadletters_list_retry_purge(cache: str, server: ConnectorDBServer) -> 
     assert (code, out) == (0, "queued 1 dead letters to be sent again\n")
     assert run("sync", cache)[0] == 0
     code, out = run("deadletters", cache, "purge", "--all")
-    assert (code, out) == (0, "deleted 1 dead letters\n")
+    assert (code, out) == (0, "purged 1 dead letters\n")
     assert run("deadletters", cache, "list")[1] == "no dead letters\n"
 
 
@@ -301,3 +301,217 @@ def test_status_of_an_older_schema_says_how_to_migrate_and_changes_nothing(
     conn = apsw.Connection(path)
     assert list(conn.execute("PRAGMA user_version")) == [(1,)]
     conn.close()
+
+
+def test_status_shows_the_error_of_a_failed_manual_sync(
+    cache: str, server: ConnectorDBServer
+) -> None:
+    """No syncer runs any more: the error its last (manual) pass recorded is still shown."""
+    server.stop()  # the server is down
+    with Logger(cache) as lg:
+        report = lg.sync()
+        assert not report.ok
+    code, out = run("status", cache)
+    assert code == 0
+    assert "last error:    -" not in out and "last error:    " in out
+    assert "next attempt:  -" in out and "syncer:        none running" in out
+    data = json.loads(run("status", cache, "--json")[1])
+    assert data["last_error"] and data["next_attempt"] is None and data["paused"] is False
+
+
+def test_sync_exits_1_when_datapoints_were_refused(cache: str, server: ConnectorDBServer) -> None:
+    server.reject(lambda stream, point: point["d"] == 21.0)
+    code, out = run("sync", cache)
+    assert (code, out.splitlines()[0].split(" (")[0]) == (1, "sent 4 datapoints, 1 refused")
+    assert run("sync", cache) == (0, "sent 0 datapoints\n")  # nothing refused in this pass
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The command line in a process of its own, as a shell runs it."""
+    return subprocess.run(
+        [PYTHON, "-m", "connectorsync", *argv],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def old_cache(tmp_path, name: str = "old.db") -> str:
+    """A schema version 1 cache, as an older connectorsync left it."""
+    import apsw
+
+    from connectorsync.cache import MIGRATIONS
+
+    path = str(tmp_path / name)
+    conn = apsw.Connection(path)
+    MIGRATIONS[0][1](conn)
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    return path
+
+
+def test_verbose_and_quiet_flags_set_what_is_logged(tmp_path, cache: str, server) -> None:
+    """Default: warnings and errors on stderr; -v adds INFO, -vv DEBUG; -q only errors."""
+    result = cli("migrate", old_cache(tmp_path))
+    assert result.returncode == 0 and "migration" not in result.stderr  # INFO: not shown
+    result = cli("-v", "migrate", old_cache(tmp_path, "older.db"))
+    assert result.returncode == 0, result.stderr
+    assert "connectorsync.cache: INFO: cache " in result.stderr and "migration" in result.stderr
+    server.reject(lambda stream, point: point["d"] == 21.0)
+    result = cli("sync", cache, "-q")  # after the command too
+    assert result.returncode == 1 and result.stderr == ""  # the refusal is a WARNING
+    server.reject(None)
+    with Logger(cache) as lg:
+        lg.retry_deadletters()
+    server.reject(lambda stream, point: True)
+    result = cli("sync", cache)
+    assert "connectorsync.delivery: WARNING: stream 'temperature': datapoint at" in result.stderr
+    import logging
+
+    from connectorsync.cli import log_to_stderr
+
+    for flags, shown in (([], "WARNING"), (["-v"], "INFO"), (["-vv"], "DEBUG"), (["-q"], "ERROR")):
+        args = build_parser().parse_args([*flags, "status", cache])
+        with log_to_stderr(args):
+            assert logging.getLogger("connectorsync.syncer").getEffectiveLevel() == getattr(
+                logging, shown
+            )
+    assert logging.getLogger("connectorsync").level == logging.NOTSET  # put back after
+
+
+def test_deadletters_purge_says_it_once(cache: str, server: ConnectorDBServer) -> None:
+    server.reject(lambda stream, point: point["d"] == 21.0)
+    assert run("sync", cache)[0] == 1
+    result = cli("deadletters", cache, "purge", "--all")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "purged 1 dead letters\n", "")
+
+
+def test_export_into_a_pipe_closed_early_ends_quietly(cache: str) -> None:
+    """`connectorsync export CACHE | head -1`: the reader goes away; no traceback, exit 0."""
+    with Logger(cache) as lg:  # more than a pipe's buffer holds, so the writer is cut off
+        lg.insert_many("temperature", [{"t": 1.8e9 + i, "d": float(i)} for i in range(20_000)])
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "connectorsync", "export", cache],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 0, err
+    assert json.loads(first)["stream"] == "humidity" and err == b""
+
+
+def test_deadletters_takes_action_and_cache_in_either_order(
+    cache: str, server: ConnectorDBServer, capsys
+) -> None:
+    server.reject(lambda stream, point: point["d"] in (21.0, 51.0))
+    assert run("sync", cache)[0] == 1
+    assert run("deadletters", "list", cache) == run("deadletters", cache, "list")
+    letters = json.loads(run("deadletters", "list", cache, "--json", "--stream", "humidity")[1])
+    assert [d["d"] for d in letters] == [51.0]
+    assert run("deadletters", "purge", cache, str(letters[0]["id"])) == (
+        0,
+        "purged 1 dead letters\n",
+    )
+    assert run("deadletters", cache, "retry", "--all")[1].startswith("queued 1 ")
+    capsys.readouterr()
+    assert run("deadletters", cache, cache) == (2, "")
+    assert "list, retry or purge" in capsys.readouterr().err
+
+
+def test_status_check_ok(cache: str, capsys) -> None:
+    assert run("status", cache, "--check") == (0, "ok\n")
+    assert run("status", cache, "--check", "--max-lag", str(10 * 365 * 86400)) == (0, "ok\n")
+    assert run("status", cache, "--max-lag", "60")[0] == 2  # only with --check
+    assert "--max-lag goes with --check" in capsys.readouterr().err
+
+
+def test_status_check_fails_when_syncing_fails(cache: str, server: ConnectorDBServer) -> None:
+    server.stop()
+    with Logger(cache) as lg:
+        assert not lg.sync().ok
+    code, out = run("status", cache, "--check")
+    assert code == 1 and out.startswith("syncing fails: ") and out.count("\n") == 1
+
+
+def test_status_check_fails_while_syncing_is_paused(cache: str, server: ConnectorDBServer) -> None:
+    from .conftest import wait_for
+
+    with Logger(cache, apikey="wrong") as lg:
+        lg.start()
+        wait_for(lambda: lg.status().paused, what="refused credentials to pause syncing")
+        code, out = run("status", cache, "--check")
+    assert code == 1 and out.startswith("syncing paused: credentials refused")
+    assert out.count("\n") == 1
+
+
+def test_status_check_fails_when_the_oldest_datapoint_is_too_old(cache: str) -> None:
+    code, out = run("status", cache, "--check", "--max-lag", "3600")
+    assert code == 1
+    assert out.startswith("oldest cached datapoint (humidity, ") and "more than 3600 s" in out
+    with Logger(cache) as lg:
+        lg.cleardata()
+        lg.insert("temperature", 20.0)
+    assert run("status", cache, "--check", "--max-lag", "3600") == (0, "ok\n")
+
+
+def test_status_check_fails_when_dead_letters_exist(cache: str, server: ConnectorDBServer) -> None:
+    server.reject(lambda stream, point: point["d"] in (21.0, 51.0))
+    assert run("sync", cache)[0] == 1
+    code, out = run("status", cache, "--check")
+    assert (code, out) == (1, f"2 dead letters (see: connectorsync deadletters {cache} list)\n")
+
+
+def sync_with_stderr_on(cache: str, terminal: bool) -> tuple[int, str]:
+    """`connectorsync sync CACHE` in a process of its own, stderr a terminal or a pipe."""
+    import os
+    import pty
+
+    reader, writer = pty.openpty() if terminal else os.pipe()
+    if terminal:  # a new terminal is 0 x 0: give it the size of a real one
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "connectorsync", "sync", cache],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=writer,
+    )
+    os.close(writer)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(reader, 65536)
+        except OSError:  # a terminal whose other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(reader)
+    return proc.wait(timeout=30), b"".join(chunks).decode()
+
+
+def test_sync_shows_a_progress_bar_on_a_terminal_only(cache: str, server) -> None:
+    server.reject(lambda stream, point: point["d"] == 21.0)
+    code, err = sync_with_stderr_on(cache, terminal=True)
+    assert code == 1
+    assert "4/5" in err and "datapoints/s" in err  # the bar, at its end (1 was refused)
+    # The log line goes around the bar, on a line of its own.
+    refused = [line for line in err.splitlines() if "refused" in line]
+    assert len(refused) == 1 and refused[0].lstrip("\r").startswith("connectorsync.delivery")
+    with Logger(cache) as lg:
+        lg.retry_deadletters()
+    code, err = sync_with_stderr_on(cache, terminal=False)
+    assert code == 1 and "datapoints/s" not in err and "5/5" not in err and "1/1" not in err
+    assert err.startswith("connectorsync.delivery: WARNING: stream 'temperature'")

@@ -1,0 +1,189 @@
+"""``connectorsync status``: how another process reads a cache's status, and how it is
+shown (text, JSON, or ``--check``'s one line for monitoring)."""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .remotes._http import hide_password
+
+if TYPE_CHECKING:
+    from .status import Status
+
+
+def read_status(cache: Any) -> Status:
+    """``Logger.status()`` of a cache opened with ``cli.look_into``, as another process sees it:
+    read only, nothing recorded (not even this boot)."""
+    from .clock import Anchor, Clock
+    from .status import Status
+    from .syncer import SyncLock
+
+    settings = cache.settings()
+    clock = Clock(
+        Anchor.from_json(settings.get("clock.anchor")),
+        ntp=settings.get("option.ntp_server") is not None,
+    )
+    untrusted = 0
+    if not clock.trusted and (boot := cache.find_boot(clock.boot_id)) is not None:
+        untrusted = cache.untrusted_count(boot)
+    counters = cache.statistics()
+    # Every pass records how it went, a manual one too: its error stays true after that
+    # process is gone; when it tries next, and a pause, only while a syncer runs.
+    state = settings.get("sync.state") or {}
+    last_error = state.get("paused") or state.get("last_error")
+    next_attempt, paused, elsewhere = None, False, None
+    if syncer_holds(SyncLock(cache.path).path):
+        elsewhere = f"pid {state.get('pid')} on {state.get('host')}"
+        next_attempt, paused = state.get("next_attempt"), bool(state.get("paused"))
+    anchor = clock.anchor
+    return Status(
+        streams=cache.stream_stats(),
+        last_sync=settings.get("lastsynctime", 0) or None,
+        last_error=last_error,
+        next_attempt=next_attempt,
+        paused=paused,
+        dropped=counters["dropped"],
+        expired=counters["expired"],
+        clock_offset=None if anchor is None else anchor.offset,
+        clock_measured=None if anchor is None else anchor.true_time,
+        untrusted=untrusted,
+        syncer=elsewhere,
+        remote=settings.get("remote"),
+    )
+
+
+def syncer_holds(lock_path: str) -> bool:
+    """True when a syncer (any process) holds the sync lock file now; creates nothing."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the shared lock at once
+    return False
+
+
+def when(t: float | None, now: float | None = None) -> str:
+    """``2026-11-23 19:40:01 UTC (12 min ago)``, or ``-``."""
+    if not t:
+        return "-"
+    now = time.time() if now is None else now
+    stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    return f"{stamp:%Y-%m-%d %H:%M:%S} UTC ({age(now - t)})"
+
+
+def age(seconds: float) -> str:
+    """A short human duration: ``in 5 s``, ``3 min ago``, ``2 h 5 min ago``, ``4 d ago``."""
+    ahead, seconds = seconds < 0, abs(seconds)
+    if seconds < 60:
+        text = f"{seconds:.0f} s"
+    elif seconds < 3600:
+        text = f"{seconds // 60:.0f} min"
+    elif seconds < 86400:
+        text = f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+    else:
+        text = f"{seconds // 86400:.0f} d"
+    return f"in {text}" if ahead else f"{text} ago"
+
+
+def table(rows: list[list[str]], out: TextIO) -> None:
+    """Print rows as left-aligned columns, the first row a header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        out.write("\n")
+
+
+def write_status_json(status: Status, path: str, out: TextIO) -> None:
+    remote, last_error = shown(status)
+    data = {
+        "cache": path,
+        "cached": status.cached,
+        "streams": {
+            name: {
+                "cached": s.cached,
+                "oldest": s.oldest,
+                "newest": s.newest,
+                "deadletters": s.deadletters,
+            }
+            for name, s in status.streams.items()
+        },
+        "last_sync": status.last_sync,
+        "last_error": last_error,
+        "next_attempt": status.next_attempt,
+        "paused": status.paused,
+        "syncer": status.syncer,
+        "remote": remote,
+        "dropped": status.dropped,
+        "expired": status.expired,
+        "clock_offset": status.clock_offset,
+        "untrusted": status.untrusted,
+    }
+    out.write(json.dumps(data, indent=2) + "\n")
+
+
+def write_status_text(status: Status, path: str, out: TextIO) -> None:
+    remote, last_error = shown(status)
+    now = time.time()
+    out.write(f"{path}: {status.cached:,} datapoints cached in {len(status.streams)} streams\n\n")
+    if status.streams:
+        rows = [["stream", "cached", "oldest", "dead letters"]]
+        for name, s in sorted(status.streams.items()):
+            oldest = age(now - s.oldest) if s.oldest is not None else "-"
+            rows.append([name, f"{s.cached:,}", oldest, f"{s.deadletters:,}"])
+        table(rows, out)
+        out.write("\n")
+    out.write(f"remote:        {remote or '-'}\n")
+    out.write(f"last sync:     {when(status.last_sync, now)}\n")
+    out.write(f"last error:    {last_error or '-'}\n")
+    out.write(f"next attempt:  {when(status.next_attempt, now)}\n")
+    syncer = status.syncer or "none running"
+    out.write(f"syncer:        {syncer}{' (paused)' if status.paused else ''}\n")
+    out.write(f"dropped:       {status.dropped:,}   expired: {status.expired:,}\n")
+    if status.clock_offset is not None or status.untrusted:
+        offset = "-" if status.clock_offset is None else f"{status.clock_offset:+.3f} s"
+        out.write(f"clock offset:  {offset}   waiting for NTP: {status.untrusted:,}\n")
+
+
+def shown(status: Status) -> tuple[str | None, str | None]:
+    """The remote and the last error as shown: recorded by the program that logs, and an
+    older version recorded passwords in urls too."""
+    remote = None if status.remote is None else hide_password(status.remote)
+    last_error = None if status.last_error is None else hide_password(status.last_error)
+    return remote, last_error
+
+
+def write_check(status: Status, path: str, max_lag: float | None, out: TextIO) -> int:
+    """``status --check``, for monitoring scripts and systemd: ``ok`` and 0, or what is
+    wrong on one line and 1."""
+    found = problems(status, path, max_lag, time.time())
+    out.write(("; ".join(found) if found else "ok") + "\n")
+    return 1 if found else 0
+
+
+def problems(status: Status, path: str, max_lag: float | None, now: float) -> list[str]:
+    """What is wrong: syncing paused or failing (an error the last pass recorded), dead
+    letters, or (given ``max_lag``) a cached datapoint older than that."""
+    found = []
+    last_error = shown(status)[1]
+    if last_error:
+        reason = " ".join(last_error.split())  # one line, whatever the remote said
+        found.append(f"syncing {'paused' if status.paused else 'fails'}: {reason}")
+    dead = sum(s.deadletters for s in status.streams.values())
+    if dead:
+        found.append(f"{dead:,} dead letters (see: connectorsync deadletters {path} list)")
+    oldest = [(s.oldest, name) for name, s in status.streams.items() if s.oldest is not None]
+    if max_lag is not None and oldest and now - min(oldest)[0] > max_lag:
+        t, name = min(oldest)
+        lag = age(now - t).removesuffix(" ago")
+        found.append(f"oldest cached datapoint ({name}, {lag} old) more than {max_lag:g} s old")
+    return found
