@@ -83,7 +83,7 @@ def said_here(function: str) -> Iterator[None]:
     """While the CLI says it on stdout, the Logger's own record of ``function`` (its
     ``purge_deadletters`` warns "purged N dead letters") is not shown a second time."""
     quiet = _NotFrom(function)
-    library = logging.getLogger("connectorsync")
+    library = logging.getLogger("connectorsync.logger")  # the Logger logs there
     library.addFilter(quiet)
     try:
         yield
