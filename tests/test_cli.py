@@ -358,7 +358,8 @@ def test_verbose_and_quiet_flags_set_what_is_logged(tmp_path, cache: str, server
     assert result.returncode == 0 and "migration" not in result.stderr  # INFO: not shown
     result = cli("-v", "migrate", old_cache(tmp_path, "older.db"))
     assert result.returncode == 0, result.stderr
-    assert "connectorsync.cache.schema: INFO: cache " in result.stderr and "migration" in result.stderr
+    assert "connectorsync.cache.schema: INFO: cache " in result.stderr
+    assert "migration" in result.stderr
     server.reject(lambda stream, point: point["d"] == 21.0)
     result = cli("sync", cache, "-q")  # after the command too
     assert result.returncode == 1 and result.stderr == ""  # the refusal is a WARNING
