@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -187,3 +188,13 @@ def syncing_child(path: str, serverurl: str | None = None) -> Iterator[subproces
         proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def peak_memory(call: Callable[[], T]) -> tuple[T, int]:
+    """``call()``'s result and the peak of Python memory it allocated (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import subprocess
 import threading
-import tracemalloc
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.receiver import HTTPReceiver
 
-from .conftest import PYTHON, ROOT, child_env, within
+from .conftest import PYTHON, ROOT, child_env, peak_memory, within
 from .test_remote_contract import AnswerDroppingProxy
 
 pytestmark = pytest.mark.timeout(60)  # a hang fails the test instead of blocking the run
@@ -170,12 +169,7 @@ def test_sync_memory_does_not_grow_with_value_size(
         lg.serverurl = url
         lg.add_stream("blob", {"type": "string"})
         lg.insert_many("blob", [f"{i}" + "x" * 1_000_000 for i in range(40)])
-        tracemalloc.start()
-        try:
-            report = lg.sync()
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        report, peak = peak_memory(lg.sync)
         assert report.ok and report.sent == {"blob": 40}, report
         assert len(lg) == 0
     assert peak < 40 * MiB, f"peak {peak / MiB:.0f} MiB"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,8 @@ from connectorsync import (
 from connectorsync.remotes._http import Prepared
 from connectorsync.remotes.base import Datapoint
 from connectorsync.testing import ConnectorDBServer
+
+from .conftest import peak_memory
 
 
 class RecordingRemote(ConnectorDBRemote):
@@ -65,12 +66,7 @@ def _peak_sync_memory(path: str, server: ConnectorDBServer, backlog: int) -> int
         lg.addStream("temperature", {"type": "number"})
         for start in range(0, backlog, 5000):
             lg.insert_many("temperature", [float(i) for i in range(start, start + 5000)])
-        tracemalloc.start()
-        try:
-            report = lg.sync()
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        report, peak = peak_memory(lg.sync)
     remote.close()
     assert report.sent == {"temperature": backlog}
     return peak
