@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -131,6 +132,22 @@ def require_influxd() -> None:
     )
     if os.environ.get(REQUIRE_INFLUXDB) == "1":
         pytest.fail(f"{message} ({REQUIRE_INFLUXDB}=1 requires them)")
+    pytest.skip(message)
+
+
+REQUIRE_SYSTEMD = "CONNECTORSYNC_REQUIRE_SYSTEMD"
+
+
+def require_systemd_analyze() -> str:
+    """The path of ``systemd-analyze``, for the tests that verify the shipped unit files.
+    Without it: skip, saying how to install it, or fail under CONNECTORSYNC_REQUIRE_SYSTEMD=1
+    (which .ci/run sets after installing it) or CI=true, so that CI never skips them."""
+    found = shutil.which("systemd-analyze")
+    if found is not None:
+        return found
+    message = "systemd-analyze is not installed: `apt-get install systemd` to verify the units"
+    if os.environ.get(REQUIRE_SYSTEMD) == "1" or os.environ.get("CI") == "true":
+        pytest.fail(f"{message} ({REQUIRE_SYSTEMD}=1 or CI=true requires it)")
     pytest.skip(message)
 
 

@@ -36,6 +36,15 @@ def test_temperature_logger_demo() -> None:
     assert result.stderr == ""
 
 
+def test_sensor_service_example() -> None:
+    """Bare, the systemd example runs against its own test server and stops on a SIGTERM it
+    sends itself (its service mode: tests/test_deployment.py)."""
+    result = run_example("sensor_service.py", 30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing lost" in result.stdout and "cache file mode 600" in result.stdout
+    assert "SIGTERM: stopping" in result.stderr
+
+
 def test_serial_sensor_example() -> None:
     """The serial example makes its own pseudo-terminal and fake sensor when run bare."""
     result = run_example("serial_sensor.py", 30)
