@@ -209,7 +209,7 @@ def test_a_config_shows_no_secret_and_builds_the_same_remote() -> None:
         rebuilt.close()
     with pytest.raises(ConfigurationError, match="unknown remote kind 'carrier-pigeon'"):
         remote_from_config({"kind": "carrier-pigeon"})
-    with pytest.raises(ConfigurationError, match="does not fit: .*'colour'"):
+    with pytest.raises(ConfigurationError, match=r"does not fit: .*'colour'"):
         remote_from_config({"kind": "http", "url": "http://127.0.0.1:9", "colour": "red"})
 
 
