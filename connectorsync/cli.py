@@ -410,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sync",
         parents=[common],
         help="deliver a cache's backlog now",
-        description="One sync pass, with a progress bar on a terminal. "
+        description="One sync pass to the remote the cache's program syncs to (recorded in "
+        "the cache; exit 2 for a remote of your own, which only its program can build), "
+        "with a progress bar on a terminal. "
         "Exit code 1 if anything could not be delivered: an error, or datapoints "
         "the remote refused (dead-lettered) in this pass.",
     )
