@@ -320,3 +320,31 @@ def test_a_cache_of_an_older_version_without_a_config_is_refused_as_before(
     Logger(cache_path, remote=thingsboard(receiver.url, TOKEN)).close()
     assert run("sync", cache_path) == (0, "sent 3 datapoints\n")
     assert len(receiver.telemetry(TOKEN)) == 3
+
+
+def test_the_remote_a_pass_used_last_is_the_one_synced(
+    cache_path: str, server: ConnectorDBServer, receiver: HTTPReceiver
+) -> None:
+    """The cache's remote changes with its program: the command follows the last pass."""
+    with Logger(cache_path, apikey=server.apikey) as lg:  # type: ignore[attr-defined]
+        lg.serverurl = server.url
+        lg.addStream_force("temperature", {"type": "number"})
+        assert lg.sync().ok  # the default remote: the ConnectorDB server in the settings
+    # Given another remote, a Logger records it only once a pass used it (down here).
+    receiver.stop()
+    with Logger(cache_path, remote=thingsboard(receiver.url, TOKEN, timeout=5)) as lg:
+        assert lg.status().remote == f"ConnectorDBRemote({server.url!r})"
+        lg.insert("temperature", 20.0)
+        assert not lg.sync().ok
+        assert lg.status().remote.startswith("HTTPRemote(")
+    receiver.start()
+    assert run("sync", cache_path) == (0, "sent 1 datapoints\n")
+    assert [item["values"] for item in receiver.telemetry(TOKEN)] == [{"temperature": 20.0}]
+    # Back to the default remote: its pass forgets the configuration; the settings say it.
+    with Logger(cache_path) as lg:
+        lg.insert("temperature", 21.0)
+        server.fail_next(1, status=503)
+        assert not lg.sync().ok
+    assert run("sync", cache_path) == (0, "sent 1 datapoints\n")
+    assert [p["d"] for p in server.datapoints("alice/sensor/temperature")] == [21.0]
+    assert len(receiver.telemetry(TOKEN)) == 1
