@@ -92,14 +92,15 @@ def said_here(function: str) -> Iterator[None]:
 
 
 @contextmanager
-def open_cache(path: str) -> Iterator[Any]:
-    """A Logger on an existing cache file; never creates one."""
+def open_cache(path: str, remote: Any = None) -> Iterator[Any]:
+    """A Logger on an existing cache file (syncing to ``remote``, if given); never creates
+    one."""
     from .logger import Logger
 
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such cache file")
     try:
-        logger = Logger(path)
+        logger = Logger(path, remote=remote)
     except ConnectorSyncError as exc:
         raise UsageError(f"{path}: {exc}") from exc
     try:
@@ -146,17 +147,16 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
-    with open_cache(args.cache) as logger:
-        recorded, ours = logger.status().remote, repr(logger.remote)
-        recorded = None if recorded is None else hide_password(recorded)
-        if recorded is not None and recorded != ours:
-            # Sending elsewhere than the program that logs would split the data in two.
-            raise UsageError(
-                f"{args.cache} syncs to {recorded} (its program's remote); this command "
-                f"syncs only to the ConnectorDB server in the cache's settings, {ours}: "
-                "sync from that program (Logger.sync()) instead"
-            )
-        report = sync_showing_progress(logger)
+    remote = recorded_remote(args.cache)  # None: the ConnectorDB server in the settings
+    try:
+        with open_cache(args.cache, remote) as logger:
+            if remote is None:
+                refuse_another_remote(args.cache, logger)
+            logging.getLogger(__name__).info("syncing %s to %r", args.cache, logger.remote)
+            report = sync_showing_progress(logger)
+    finally:
+        if remote is not None:
+            remote.close()
     sent = sum(report.sent.values())
     dead = sum(report.deadlettered.values())
     out.write(f"sent {sent:,} datapoints")
@@ -168,6 +168,54 @@ def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"error: {where}{hide_password(message)}\n")
     # A refused datapoint was not delivered either: a pass that dead-lettered one failed.
     return 0 if report.ok and not dead else 1
+
+
+def recorded_remote(path: str) -> Any:
+    """The remote the cache's program syncs to, built again from the configuration recorded
+    in the cache (:mod:`connectorsync.remotes.config`); None when none is recorded: the
+    Logger's default remote, or a cache an older connectorsync wrote.
+
+    :raises UsageError: a remote connectorsync cannot build (one of your own), naming it
+    """
+    from .cache import Cache
+    from .errors import ConfigurationError
+    from .remotes.config import recorded_config, remote_from_config
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such cache file")
+    try:
+        cache = Cache.open_readonly(path)
+    except ConnectorSyncError:
+        return None  # an older cache (no configuration), or none: open_cache says which
+    try:
+        settings = cache.settings()
+    finally:
+        cache.close()
+    config = recorded_config(settings)
+    if config is None:
+        return None
+    try:
+        return remote_from_config(config)
+    except ConfigurationError as exc:
+        raise UsageError(
+            f"{path} syncs to {hide_password(settings['remote'])} (its program's remote), "
+            f"{exc}: sync from that program (Logger.sync()) instead"
+        ) from None
+
+
+def refuse_another_remote(path: str, logger: Any) -> None:
+    """No configuration recorded: sync only when the cache's remote is the Logger's default
+    one (the ConnectorDB server in the settings); sending elsewhere than the program that
+    logs would split the data in two."""
+    recorded, ours = logger.status().remote, repr(logger.remote)
+    recorded = None if recorded is None else hide_password(recorded)
+    if recorded is not None and recorded != ours:
+        raise UsageError(
+            f"{path} syncs to {recorded} (its program's remote), and has no configuration "
+            "recorded to build it again (an older connectorsync wrote it). Sync from that "
+            "program (Logger.sync()), or open the cache once with this version's Logger "
+            "given that remote: it records the configuration"
+        )
 
 
 def sync_showing_progress(logger: Any) -> Any:
@@ -362,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sync",
         parents=[common],
         help="deliver a cache's backlog now",
-        description="One sync pass, with a progress bar on a terminal. "
+        description="One sync pass to the remote the cache's program syncs to (recorded in "
+        "the cache; exit 2 for a remote of your own, which only its program can build), "
+        "with a progress bar on a terminal. "
         "Exit code 1 if anything could not be delivered: an error, or datapoints "
         "the remote refused (dead-lettered) in this pass.",
     )

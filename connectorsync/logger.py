@@ -27,6 +27,7 @@ from .errors import ClosedError, ConfigurationError, ConnectorSyncError, RemoteE
 from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings
 from .remotes._http import hide_password
 from .remotes.base import DeliveryKind, Remote
+from .remotes.config import record_config, record_remote
 from .remotes.connectordb import ConnectorDBRemote
 from .status import Status, collect_status
 from .streams import StreamRegistry, Subscriber, Subscribers
@@ -115,8 +116,8 @@ class Logger:
         except BaseException:
             self._abandon(created)
             raise
-        if remote is not None and self._cache.get_setting("remote") is None:
-            self._cache.set_setting("remote", repr(remote))  # until a pass records it
+        if remote is not None:  # and how to build it again: remotes/config.py
+            record_remote(self._cache, remote)
         if self._start_when_created:
             self._syncer.start()
 
@@ -130,7 +131,7 @@ class Logger:
         self._time = DeviceTime(self._cache, self._options)
         self._subscribers = Subscribers()
         self._writer = Writer(self._cache, self._streams, self._time, self._subscribers)
-        hooks = PassHooks(before=self._time.before_pass, hold=self._time.hold)
+        hooks = PassHooks(before=self._remote.before(self._time.before_pass), hold=self._time.hold)
         remote = self._remote.get(self._settings)
         self._syncer = Syncer(self.path, self._options, remote, hooks, self._after_pass)
         self._settings.set_from_constructor(options, self.path)
@@ -444,6 +445,16 @@ class _RemoteHolder:
                     timeout=settings.options.http_timeout,
                 )
             return self._built
+
+    def before(self, then: Callable[[Cache], object]) -> Callable[[Cache], object]:
+        """The pass's ``before`` hook: record how to build its remote again (the pass records
+        the remote's repr), then ``then(cache)``."""
+
+        def before_pass(cache: Cache) -> object:
+            record_config(cache, self._given)
+            return then(cache)
+
+        return before_pass
 
     def client(self, settings: Settings) -> Any:
         """The connectordb package's client for the settings, built once.

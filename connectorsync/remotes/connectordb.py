@@ -72,6 +72,9 @@ class ConnectorDBRemote:
             raise ConfigurationError(
                 "apikey has a character outside latin-1, which HTTP Basic auth cannot send"
             ) from None
+        # What to_config() gives: the arguments as given (the apikey too, for the cache file).
+        self._config: dict[str, Any] = {"kind": "connectordb", "serverurl": serverurl}
+        self._config.update(apikey=apikey, timeout=timeout, verify=verify)
         if not serverurl.startswith(("http://", "https://")):
             serverurl = "https://" + serverurl
         self.serverurl = serverurl.rstrip("/")
@@ -87,6 +90,12 @@ class ConnectorDBRemote:
 
     def __repr__(self) -> str:
         return f"ConnectorDBRemote({hide_password(self.serverurl)!r})"
+
+    def to_config(self) -> dict[str, Any]:
+        """How to build this remote again (:func:`~connectorsync.remotes.remote_from_config`):
+        ``{"kind": "connectordb", ...}`` with the constructor's arguments, the apikey too. A
+        secret: the Logger keeps it only in the (owner-only) cache file; never show it."""
+        return dict(self._config)
 
     # ----------------------------------------------------------------------- the contract
 

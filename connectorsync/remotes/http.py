@@ -15,6 +15,7 @@ in urllib3's DEBUG log lines (:func:`._http.hide_in_logs`).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -101,6 +102,11 @@ class HTTPRemote:
             )
         self.url = url
         self.ping_url = ping_url
+        # What to_config() gives (credentials too, for the cache file); an encode function
+        # cannot be recorded, but thingsboard()'s: the preset records itself.
+        self._config: dict[str, Any] = {"kind": "http", "url": url, "headers": dict(headers or {})}
+        self._config.update(ping_url=ping_url, secrets=list(self._secrets))
+        self._config.update(timeout=timeout, verify=verify)
         hide_in_logs(self, self._secrets)
         self.timeout = float(timeout)
         self._encode = encode
@@ -111,6 +117,20 @@ class HTTPRemote:
 
     def __repr__(self) -> str:
         return f"HTTPRemote({self._mask(self.url)!r})"
+
+    def to_config(self) -> dict[str, Any]:
+        """How to build this remote again (:func:`~connectorsync.remotes.remote_from_config`):
+        ``{"kind": "http", ...}`` with the constructor's arguments, or ``{"kind":
+        "thingsboard", "url": ..., "token": ...}`` for :func:`thingsboard`'s; headers and token
+        too (secrets: the Logger keeps them only in the owner-only cache file). With an
+        ``encode`` function of your own: ``{"kind": "custom", "what": ...}``, which
+        ``remote_from_config`` refuses (a function is not data; only your program has it)."""
+        if self._encode is not None and self._config["kind"] == "http":
+            name = getattr(self._encode, "__qualname__", type(self._encode).__qualname__)
+            module = getattr(self._encode, "__module__", None)
+            what = f"an HTTPRemote with an encode function of your own ({module}.{name})"
+            return {"kind": "custom", "what": what}
+        return copy.deepcopy(self._config)
 
     # ----------------------------------------------------------------------- the contract
 
@@ -197,11 +217,17 @@ def thingsboard(url: str, token: str, **kwargs: Any) -> HTTPRemote:
     """
     if not token:
         raise ConfigurationError("thingsboard() needs the device's access token")
+    config = {"kind": "thingsboard", "url": url, "token": token, **kwargs}
     base = url.rstrip("/") + "/api/v1/" + quote(token, safe="")
     secrets = {token, quote(token, safe=""), *kwargs.pop("secrets", ())}
     kwargs.setdefault("encode", thingsboard_encode)
     kwargs.setdefault("ping_url", base + "/attributes")
-    return HTTPRemote(base + "/telemetry", secrets=secrets, **kwargs)
+    remote = HTTPRemote(base + "/telemetry", secrets=secrets, **kwargs)
+    if config.pop("encode", thingsboard_encode) is thingsboard_encode:  # else one of your own
+        if "secrets" in config:
+            config["secrets"] = sorted(config["secrets"])  # JSON has no set
+        remote._config = config
+    return remote
 
 
 def thingsboard_encode(stream: str, points: list[tuple[float, Any]]) -> list[dict[str, Any]]:

@@ -152,6 +152,11 @@ class InfluxDBRemote:
             raise ConfigurationError(
                 f"InfluxDBRemote timeout must be a positive number; got {timeout!r}"
             )
+        # What to_config() gives: the arguments as given (credentials too, for the cache file).
+        self._config: dict[str, Any] = {"kind": "influxdb", "url": url, "database": database}
+        self._config.update(org=org, bucket=bucket, token=token, username=username)
+        self._config.update(password=password, tags=dict(tags or {}))
+        self._config.update(create_database=create_database, timeout=timeout, verify=verify)
         self.url = url.rstrip("/")
         self.database = database
         self.org = org
@@ -181,6 +186,12 @@ class InfluxDBRemote:
             return f"InfluxDBRemote({hide_password(self.url)!r}, database={self.database!r})"
         url = hide_password(self.url)
         return f"InfluxDBRemote({url!r}, org={self.org!r}, bucket={self.bucket!r})"
+
+    def to_config(self) -> dict[str, Any]:
+        """How to build this remote again (:func:`~connectorsync.remotes.remote_from_config`):
+        ``{"kind": "influxdb", ...}`` with the constructor's arguments, the token and password
+        too. Secrets: the Logger keeps them only in the (owner-only) cache file."""
+        return {**self._config, "tags": dict(self._config["tags"])}
 
     @property
     def target(self) -> str:
