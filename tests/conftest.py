@@ -198,3 +198,22 @@ def peak_memory(call: Callable[[], T]) -> tuple[T, int]:
         return result, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def power_cut_run(
+    path: str, durability: str, count: int, threads: int = 1
+) -> list[tuple[str, int]]:
+    """Insert ``count`` values per thread in a child whose unsynced writes vanish
+    (``tests/helpers/powercut.py``); return the (stream, value) pairs whose insert returned."""
+    result = subprocess.run(
+        [PYTHON, "-m", "tests.helpers.powercut", path, durability, str(count), str(threads)],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == "ready", result.stderr
+    return [(name, int(value)) for name, value in (line.split() for line in lines[1:])]

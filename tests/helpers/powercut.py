@@ -2,16 +2,19 @@
 
 An apsw VFS shim (the default VFS of this process only) holds every write to the database
 and WAL files in memory until ``xSync``; only then does it reach the file. The process
-inserts COUNT values, printing each after insert() returned, and exits without closing
-anything: every write that was not synced is lost, as in a power cut.
+inserts COUNT values in each of THREADS threads (default 1; thread k into stream
+``counter``, or ``counter{k}`` when there are several), printing ``STREAM VALUE`` after each
+insert() returned, and exits without closing anything: every write that was not synced is
+lost, as in a power cut.
 
-Usage: python -m tests.helpers.powercut CACHE DURABILITY COUNT
+Usage: python -m tests.helpers.powercut CACHE DURABILITY COUNT [THREADS]
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import apsw
 
@@ -77,14 +80,27 @@ class PowerCutVFS(apsw.VFS):
 
 def main() -> None:
     path, durability, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    threads = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    names = ["counter"] if threads == 1 else [f"counter{k}" for k in range(threads)]
     vfs = PowerCutVFS()
     lg = Logger(path, durability=durability)
-    if "counter" not in lg:
-        lg.addStream("counter", {"type": "integer"})
+    for name in names:
+        if name not in lg:
+            lg.addStream(name, {"type": "integer"})
     print("ready", flush=True)
-    for i in range(count):
-        lg.insert("counter", i)
-        print(i, flush=True)
+    printing = threading.Lock()
+
+    def insert(name: str) -> None:
+        for i in range(count):
+            lg.insert(name, i)
+            with printing:
+                print(name, i, flush=True)
+
+    workers = [threading.Thread(target=insert, args=(name,)) for name in names]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     # The power goes out: no close, no flush, no atexit. Unsynced writes die with the process.
     del vfs
     os._exit(0)
