@@ -53,7 +53,8 @@ from .base import (
     translate,
     wrapped,
 )
-from .commit import AppendRow, GroupCommit
+from .batched import CommitQueue
+from .commit import AppendRow, GroupCommit, Point
 from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
 from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
@@ -126,9 +127,28 @@ class Cache(Delivering):
             self._group_commits(durability)
 
     def _group_commits(self, durability: str) -> None:
-        full = durability == "full"
+        """Each durability's way to commit: grouped (full), queued (batched), or alone."""
+        full, batched = durability == "full", durability == "batched"
         if full != (self._group is not None):
             self._group = GroupCommit(self, self._append_alone) if full else None
+        if batched != (self._batched is not None):
+            if self._batched is not None:
+                queue, self._batched = self._batched, None
+                queue.close()
+            else:
+                self._batched = CommitQueue(self, self._commit_interval)
+
+    def close(self) -> None:
+        """Commit what ``batched`` queued, and close the connection. Safe to call twice.
+
+        :raises CacheError: the queued datapoints could not be committed (they are lost)
+        """
+        queue, self._batched = self._batched, None
+        try:
+            if queue is not None:
+                queue.close()
+        finally:
+            super().close()
 
     def finish_opening(self, created: bool, durability: str) -> None:
         """Done opening: commit a new file's creation, or set an existing one's durability."""
@@ -224,7 +244,40 @@ class Cache(Delivering):
         row = (stream_id, t, data, *(untrusted or (None, None)))
         if self._group is not None:
             return self._group.append(row, restamp, limits)
+        if self._batched is not None:
+            return self._append_batched(self._batched, row, restamp, limits)
         return self._append_alone(row, restamp, limits)
+
+    def _append_batched(
+        self, queue: CommitQueue, row: AppendRow, restamp: bool, limits: Limits | None
+    ) -> float:
+        if queue.full is None:
+            return queue.put(row, restamp, limits)
+        # The last commit found no room: store this one at once, so that its caller hears.
+        queue.flush()
+        stored = self._append_alone(row, restamp, limits)
+        queue.full = None
+        queue.forget_newest()
+        return stored
+
+    def flush(self) -> None:
+        """Commit the datapoints queued by ``durability="batched"`` now (else nothing to do).
+
+        :raises CacheError: the commit failed; they stay queued
+        """
+        if self._batched is not None:
+            self._batched.flush()
+
+    def set_commit_interval(self, seconds: float) -> None:
+        """``commit_interval``: how long ``batched`` inserts may wait in memory."""
+        self._commit_interval = seconds
+        if self._batched is not None:
+            self._batched.interval = seconds
+
+    def commit_latency(self) -> float | None:
+        """The longest of the recent batched commits, in seconds (None: none yet)."""
+        queue = self._batched
+        return max(queue.latencies) if queue is not None and queue.latencies else None
 
     def _append_alone(self, row: AppendRow, restamp: bool, limits: Limits | None) -> float:
         """:meth:`append` in a transaction of its own."""
@@ -283,6 +336,7 @@ class Cache(Delivering):
     def expire(self, before: float) -> int:
         """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired.
         Datapoints of a batch in flight are left alone (``test_inflight.py``)."""
+        self.flush()
         with self.transaction("expire old datapoints") as conn:
             expired = drop_expired(conn, before)
         if expired:
@@ -291,7 +345,7 @@ class Cache(Delivering):
 
     def append_many(
         self,
-        points: Sequence[tuple[int, float, bool, str, Untrusted | None]],
+        points: Sequence[Point],
         *,
         limits: Limits | None = None,
     ) -> list[tuple[int, float]]:
@@ -304,6 +358,16 @@ class Cache(Delivering):
         :raises TooOldError: a point's explicit ``t`` is older than its stream's newest
         :raises CacheFullError: as :meth:`append`
         """
+        self.flush()
+        stored = self._append_many(points, limits)
+        if self._batched is not None:
+            self._batched.forget_newest()
+        return stored
+
+    def _append_many(
+        self, points: Sequence[Point], limits: Limits | None
+    ) -> list[tuple[int, float]]:
+        """:meth:`append_many` without committing the queue first (the queue's own commit)."""
         rows = []
         with self.transaction("store the datapoints") as conn:
             if limits is not None and limits.active:
@@ -329,12 +393,14 @@ class Cache(Delivering):
 
     def newest(self, stream_id: int) -> float | None:
         """The newest timestamp the stream ever cached, or None."""
+        self.flush()
         t = self._read(NEWEST, (stream_id,))[0][0]
         return None if t is None or t <= NO_TIME else t
 
     def latest(self, stream_id: int) -> tuple[float, str] | None:
         """The newest datapoint of the stream as ``(t, d as JSON text)``: the newest cached
         one, else the newest that left the cache (delivered, dead-lettered, dropped)."""
+        self.flush()
         rows = self._read(
             "SELECT t, d FROM datapoints WHERE stream = ? ORDER BY id DESC LIMIT 1", (stream_id,)
         ) or self._read(
@@ -344,6 +410,7 @@ class Cache(Delivering):
 
     def count(self) -> int:
         """How many datapoints are cached, all streams together."""
+        self.flush()
         return int(self._read("SELECT count(*) FROM datapoints")[0][0])
 
     def statistics(self) -> dict[str, int]:
@@ -356,6 +423,7 @@ class Cache(Delivering):
         """Up to ``limit`` cached datapoints of the stream with id > ``after_id``, oldest first.
         Keyset paging: memory is O(limit) whatever the backlog. Marks nothing in flight: for
         looking (export, ``Logger.datapoints``), not for delivery (:meth:`take_batch`)."""
+        self.flush()
         return self._read(
             "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
             (stream_id, after_id, limit),
@@ -386,9 +454,12 @@ class Cache(Delivering):
         delivered are re-timed when it is resolved (:meth:`ack_reconciled`), or by
         :meth:`reanchor_leftovers`. Safe to call again (``test_inflight.py``).
         """
+        self.flush()
         with self.transaction("fix timestamps stamped before the clock was trusted") as conn:
             fixed = retime.reanchor(conn, boot, true_now, boot_clock_now)
         self._newest.clear()
+        if self._batched is not None:
+            self._batched.forget_newest()
         return fixed
 
     def reanchor_leftovers(self) -> int:
@@ -404,6 +475,7 @@ class Cache(Delivering):
 
     def untrusted_count(self, boot: int) -> int:
         """How many cached datapoints of ``boot`` wait for a trusted clock."""
+        self.flush()
         return int(self._read("SELECT count(*) FROM datapoints WHERE boot = ?", (boot,))[0][0])
 
     # ----------------------------------------------------------------------- dead letters
@@ -448,6 +520,7 @@ class Cache(Delivering):
         flight, which are delivered or stay cached. A dead letter queued again goes back to
         the dead letters (at rest). Returns how many datapoints were cleared: neither of those.
         """
+        self.flush()
         with self.transaction("clear the cache") as conn:
             conn.execute(
                 "UPDATE deadletters SET retry_id = NULL WHERE retry_id IN ("
@@ -458,6 +531,7 @@ class Cache(Delivering):
 
     def stream_stats(self) -> dict[str, StreamStats]:
         """Cached count, oldest and newest cached t, and dead letters, per registered stream."""
+        self.flush()
         cached = {
             r[0]: r[1:]
             for r in self._read(

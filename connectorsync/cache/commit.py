@@ -24,12 +24,15 @@ import apsw
 
 from .base import INSERT, NEWEST, TooOldError, place
 from .limits import Limits, make_room
+from .records import Untrusted
 
 if TYPE_CHECKING:
     from . import Cache
 
 #: What :meth:`Cache.append` stores: (stream id, t, data, boot, mono).
 AppendRow = tuple[int, float, str, int | None, float | None]
+#: What :meth:`Cache.append_many` stores: (stream id, t, restamp, data, untrusted).
+Point = tuple[int, float, bool, str, Untrusted | None]
 
 _PENDING = object()
 _ALONE = object()  # store it alone, in its own thread: the group could not decide for it

@@ -18,6 +18,7 @@ import apsw
 from .base import wrapped
 
 if TYPE_CHECKING:
+    from .batched import CommitQueue
     from .commit import GroupCommit
 
 
@@ -35,6 +36,9 @@ class Connection:
         self._newest: dict[int, float] = {}
         # With durability "full", inserts of several threads share commits (fsyncs).
         self._group: GroupCommit | None = None
+        # With durability "batched", inserts are queued and committed every commit_interval.
+        self._batched: CommitQueue | None = None
+        self._commit_interval = 0.2
 
     def close(self) -> None:
         """Close the connection. Safe to call twice."""
