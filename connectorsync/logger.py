@@ -23,7 +23,13 @@ from .archive import reconfigured
 from .cache import Cache, DeadLetter, Limits
 from .delivery import SyncReport
 from .devicetime import DeviceTime
-from .errors import ClosedError, ConfigurationError, ConnectorSyncError, RemoteError
+from .errors import (
+    CacheError,
+    ClosedError,
+    ConfigurationError,
+    ConnectorSyncError,
+    RemoteError,
+)
 from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings
 from .remotes._http import hide_password
 from .remotes.base import DeliveryKind, Remote
@@ -112,6 +118,7 @@ class Logger:
                 self.apikey = apikey
             if created and on_create is not None:
                 self._create(on_create)
+            self._cache.set_commit_interval(self._options.commit_interval)
             self._cache.finish_opening(created, self._options.durability)
         except BaseException:
             self._abandon(created)
@@ -161,6 +168,11 @@ class Logger:
             return
         self._syncer.start()
 
+    def flush(self) -> None:
+        """Commit now what ``durability="batched"`` queued (nothing to do otherwise)."""
+        self._check_open()
+        self._cache.flush()
+
     def stop(self) -> None:
         """Stop the background syncer at once, even in a backoff or a hung request."""
         self._syncer.stop(timeout=STOP_WAIT)
@@ -173,6 +185,8 @@ class Logger:
             return
         self._state = _State.CLOSED
         deadline = time.monotonic() + timeout
+        with contextlib.suppress(CacheError):
+            self._cache.flush()  # for the last pass; failing, the cache's close() says so
         was_running = self._syncer.running
         if self._syncer.stop(timeout) and was_running and not self._syncer.in_callback:
             self._syncer.drain(max(0.0, deadline - time.monotonic()))
@@ -202,6 +216,7 @@ class Logger:
     lastsynctime = _setting("lastsynctime", "When the last complete sync ended (0: never).")
     data = _setting("data", "Your own settings, anything JSON, kept in the cache file.")
     durability = _option("durability")
+    commit_interval = _option("commit_interval")
     batch_size = _option("batch_size")
     max_batch_bytes = _option("max_batch_bytes")
     sync_threshold = _option("sync_threshold")
@@ -227,6 +242,8 @@ class Logger:
             self._syncer.wake()  # start the new period now
         elif name == "durability":
             self._cache.set_durability(self._options.durability)
+        elif name == "commit_interval":
+            self._cache.set_commit_interval(self._options.commit_interval)
         if name in OPTIONS:
             _apply(self._options, self._writer, self._time)
 
@@ -371,6 +388,7 @@ class Logger:
                 "call sync() once Logger(...) has returned"
             )
         self._verdict.reraise = False
+        self._cache.flush()
         report = self._syncer.sync(progress=progress)
         if self._verdict.reraise and report.exception is not None:
             raise report.exception

@@ -69,8 +69,14 @@ def optional(check: Check) -> Check:
 OPTIONS: dict[str, tuple[Any, Check, str]] = {
     "durability": (
         "full",
-        one_of("full", "normal"),
-        "'full' survives a power cut, 'normal' a crash of the process",
+        one_of("full", "batched", "normal"),
+        "'full' survives a power cut; 'batched' loses at most the last commit_interval to one;"
+        " 'normal' survives a crash of the process",
+    ),
+    "commit_interval": (
+        0.2,
+        positive_number,
+        "with durability 'batched': seconds an insert may wait in memory before its commit",
     ),
     "batch_size": (5000, positive_int, "datapoints per request to the remote"),
     "max_batch_bytes": (
@@ -123,6 +129,7 @@ class Options:
     """
 
     durability: str
+    commit_interval: float
     batch_size: int
     max_batch_bytes: int
     sync_threshold: int | None

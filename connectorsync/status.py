@@ -28,6 +28,9 @@ class Status:
     :ivar untrusted: cached datapoints of this boot stamped before NTP answered
     :ivar syncer: who syncs this cache when it is another process (``"pid N on host"``), or
         None; ``last_error``, ``next_attempt`` and ``paused`` are then that process's
+    :ivar commit_latency: with ``durability="batched"``, the longest of the recent commits of
+        the queue (seconds): what a power cut can lose is the datapoints of the last
+        ``commit_interval`` plus this; None otherwise
     :ivar remote: where this cache's datapoints go, as recorded in the cache by the last
         Logger given a remote or the last sync pass (the remote's repr, which shows no
         credentials), or None before either
@@ -45,6 +48,7 @@ class Status:
     untrusted: int = 0
     syncer: str | None = None
     remote: str | None = None
+    commit_latency: float | None = None
 
     @property
     def cached(self) -> int:
@@ -69,4 +73,5 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
         untrusted=time.untrusted_count(),
         syncer=sync.elsewhere,
         remote=cache.get_setting("remote"),
+        commit_latency=cache.commit_latency(),
     )

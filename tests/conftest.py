@@ -215,3 +215,29 @@ def peak_memory(call: Callable[[], T]) -> tuple[T, int]:
         return result, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def power_cut_run(
+    path: str, durability: str, count: int, threads: int = 1, pace: float = 0.0, timed: bool = False
+) -> Any:
+    """Insert ``count`` values per thread in a child whose unsynced writes vanish
+    (``tests/helpers/powercut.py``); return the (stream, value) pairs whose insert returned.
+    ``timed``: return ``([(stream, value, when returned)], {"at": cut, "latency": longest
+    batched commit})`` instead, times by the child's ``time.monotonic()``."""
+    args = [path, durability, str(count), str(threads), str(pace)]
+    result = subprocess.run(
+        [PYTHON, "-m", "tests.helpers.powercut", *args],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == "ready" and lines[-1].startswith("cut "), result.stderr
+    rows = [(name, int(value), float(at)) for name, value, at in map(str.split, lines[1:-1])]
+    if not timed:
+        return [(name, value) for name, value, _ in rows]
+    _, at, latency = lines[-1].split()
+    return rows, {"at": float(at), "latency": float(latency)}

@@ -19,7 +19,7 @@ import pytest
 from connectorsync import Logger
 from connectorsync.cache import Cache
 
-from .conftest import PYTHON, ROOT, child_env
+from .conftest import PYTHON, ROOT, child_env, power_cut_run
 
 
 def start_inserter(path: str, durability: str, stream: str, start: int = 0) -> subprocess.Popen:
@@ -120,22 +120,6 @@ def test_durability_pragmas_are_applied(cache_path: str) -> None:
     assert os.path.exists(cache_path)
 
 
-def power_cut_run(path: str, durability: str, count: int) -> list[int]:
-    """Insert ``count`` values in a child whose unsynced writes vanish; return what it printed."""
-    result = subprocess.run(
-        [PYTHON, "-m", "tests.helpers.powercut", path, durability, str(count)],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    lines = result.stdout.split()
-    assert lines[0] == "ready", result.stderr
-    return [int(x) for x in lines[1:]]
-
-
 def test_full_durability_survives_a_power_cut(tmp_path) -> None:
     """durability="full" loses nothing that insert() returned; "normal" is shown to lose
     recent inserts under the same simulated power cut, so the simulation has teeth."""
@@ -144,7 +128,7 @@ def test_full_durability_survives_a_power_cut(tmp_path) -> None:
         path = str(tmp_path / f"{durability}.db")
         Logger(path, on_create=lambda lg: lg.addStream("counter", {"type": "integer"})).close()
         returned = power_cut_run(path, durability, 40)
-        assert returned == list(range(40))
+        assert returned == [("counter", i) for i in range(40)]
         if os.path.exists(path + "-shm"):
             os.remove(path + "-shm")  # shared memory does not survive a reboot
         conn_check = Cache.connect(path)

@@ -4,6 +4,9 @@
 delivery (batches in flight, acks, reconciliation) and dead letters; it holds the lock and the
 transaction, and hands the SQL of each specialised job to its module:
 
+- :mod:`.connection`: the connection, its lock and transactions (the base of :class:`Cache`);
+- :mod:`.delivering`: batches in flight, acknowledgements, reconciliation (a base of it too);
+- :mod:`.commit`: group commit, so that inserts of several threads share one fsync;
 - :mod:`.schema`: the file's tables, migrations and opening (and the connectordb 0.3.5 import);
 - :mod:`.limits`: storage limits, drop-oldest and expiry, inside the caller's write;
 - :mod:`.retime`: re-timing datapoints stamped before NTP answered;
@@ -32,8 +35,7 @@ import contextlib
 import json
 import logging
 import os
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import apsw
@@ -42,9 +44,6 @@ from ..errors import CacheError, CacheFullError
 from . import deadletters, retime, schema
 from .base import (
     AT_REST,
-    BATCH,
-    BATCH_END,
-    BATCH_SIZE,
     INSERT,
     NEWEST,
     NO_TIME,
@@ -54,6 +53,9 @@ from .base import (
     translate,
     wrapped,
 )
+from .batched import CommitQueue
+from .commit import AppendRow, GroupCommit, Point
+from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
 from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
 from .schema import MIGRATIONS, SCHEMA_VERSION
@@ -75,21 +77,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Cache:
+class Cache(Delivering):
     """One connection to a cache file.
 
     Use :meth:`open` to open (creating or migrating) a cache, and :meth:`connect` for a
     further connection to a cache that exists (the syncer thread's, say).
     """
-
-    def __init__(self, conn: apsw.Connection, path: str):
-        self._conn = conn
-        self.path = path
-        self._lock = threading.RLock()
-        self._closed = False
-        # Each stream's newest timestamp as this connection last saw it: a hint that saves a
-        # query per insert. The trigger catches it when another connection wrote since.
-        self._newest: dict[int, float] = {}
 
     # ----------------------------------------------------------------------- opening
 
@@ -131,6 +124,31 @@ class Cache:
         """Apply ``durability`` to this connection (at once, or when creation commits)."""
         if not self._conn.in_transaction:
             schema.configure(self._conn, self.path, durability, wal=True)
+            self._group_commits(durability)
+
+    def _group_commits(self, durability: str) -> None:
+        """Each durability's way to commit: grouped (full), queued (batched), or alone."""
+        full, batched = durability == "full", durability == "batched"
+        if full != (self._group is not None):
+            self._group = GroupCommit(self, self._append_alone) if full else None
+        if batched != (self._batched is not None):
+            if self._batched is not None:
+                queue, self._batched = self._batched, None
+                queue.close()
+            else:
+                self._batched = CommitQueue(self, self._commit_interval)
+
+    def close(self) -> None:
+        """Commit what ``batched`` queued, and close the connection. Safe to call twice.
+
+        :raises CacheError: the queued datapoints could not be committed (they are lost)
+        """
+        queue, self._batched = self._batched, None
+        try:
+            if queue is not None:
+                queue.close()
+        finally:
+            super().close()
 
     def finish_opening(self, created: bool, durability: str) -> None:
         """Done opening: commit a new file's creation, or set an existing one's durability."""
@@ -144,6 +162,7 @@ class Cache:
         with wrapped("create the cache"):
             self._conn.execute("COMMIT")
         schema.configure(self._conn, self.path, durability, wal=True)
+        self._group_commits(durability)
 
     def abort_create(self) -> None:
         """Roll back the creation transaction, close, and remove the half-made file."""
@@ -151,38 +170,6 @@ class Cache:
             self._conn.execute("ROLLBACK")
         self.close()
         schema.remove_files(self.path)
-
-    def close(self) -> None:
-        """Close the connection. Safe to call twice."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
-
-    # ----------------------------------------------------------------------- transactions
-
-    @contextlib.contextmanager
-    def transaction(self, action: str) -> Iterator[apsw.Connection]:
-        """A write transaction: BEGIN IMMEDIATE (so the write lock is taken up front and the
-        busy timeout applies, never "database is locked" half way), COMMIT or ROLLBACK.
-        Inside an open transaction (the creation one), a SAVEPOINT instead."""
-        with self._lock, wrapped(action):
-            conn = self._conn
-            if conn.in_transaction:
-                with conn:
-                    yield conn
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock, wrapped("read the cache"):
-            return list(self._conn.execute(sql, params))
 
     # ----------------------------------------------------------------------- settings
 
@@ -254,11 +241,51 @@ class Cache:
         :raises CacheFullError: a limit is reached (and ``limits.drop_oldest`` is off), or
             the disk is full; nothing was stored
         """
-        boot, mono = untrusted or (None, None)
+        row = (stream_id, t, data, *(untrusted or (None, None)))
+        if self._group is not None:
+            return self._group.append(row, restamp, limits)
+        if self._batched is not None:
+            return self._append_batched(self._batched, row, restamp, limits)
+        return self._append_alone(row, restamp, limits)
+
+    def _append_batched(
+        self, queue: CommitQueue, row: AppendRow, restamp: bool, limits: Limits | None
+    ) -> float:
+        if queue.full is None:
+            return queue.put(row, restamp, limits)
+        # The last commit found no room: store this one at once, so that its caller hears.
+        queue.flush()
+        stored = self._append_alone(row, restamp, limits)
+        queue.full = None
+        queue.forget_newest()
+        return stored
+
+    def flush(self) -> None:
+        """Commit the datapoints queued by ``durability="batched"`` now (else nothing to do).
+
+        :raises CacheError: the commit failed; they stay queued
+        """
+        if self._batched is not None:
+            self._batched.flush()
+
+    def set_commit_interval(self, seconds: float) -> None:
+        """``commit_interval``: how long ``batched`` inserts may wait in memory."""
+        self._commit_interval = seconds
+        if self._batched is not None:
+            self._batched.interval = seconds
+
+    def commit_latency(self) -> float | None:
+        """The longest of the recent batched commits, in seconds (None: none yet)."""
+        queue = self._batched
+        return max(queue.latencies) if queue is not None and queue.latencies else None
+
+    def _append_alone(self, row: AppendRow, restamp: bool, limits: Limits | None) -> float:
+        """:meth:`append` in a transaction of its own."""
+        stream_id, t, data, boot, mono = row
         if limits is not None and (limits.active or limits.drop_oldest):
             # Checked inside a transaction; a full disk makes room and tries again.
             with self._lock:
-                return self._append_limited((stream_id, t, data, boot, mono), restamp, limits)
+                return self._append_limited(row, restamp, limits)
         # The hot path: a plain try (no context manager) is measurably cheaper here.
         with self._lock:
             try:
@@ -280,12 +307,7 @@ class Cache:
             except apsw.Error as exc:
                 raise translate(exc, "store the datapoint") from exc
 
-    def _append_limited(
-        self,
-        row: tuple[int, float, str, int | None, float | None],
-        restamp: bool,
-        limits: Limits,
-    ) -> float:
+    def _append_limited(self, row: AppendRow, restamp: bool, limits: Limits) -> float:
         """:meth:`append` under storage limits: ``row`` is (stream, t, data, boot, mono)."""
         stream_id, t, data, boot, mono = row
         while True:
@@ -314,6 +336,7 @@ class Cache:
     def expire(self, before: float) -> int:
         """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired.
         Datapoints of a batch in flight are left alone (``test_inflight.py``)."""
+        self.flush()
         with self.transaction("expire old datapoints") as conn:
             expired = drop_expired(conn, before)
         if expired:
@@ -322,7 +345,7 @@ class Cache:
 
     def append_many(
         self,
-        points: Sequence[tuple[int, float, bool, str, Untrusted | None]],
+        points: Sequence[Point],
         *,
         limits: Limits | None = None,
     ) -> list[tuple[int, float]]:
@@ -335,6 +358,16 @@ class Cache:
         :raises TooOldError: a point's explicit ``t`` is older than its stream's newest
         :raises CacheFullError: as :meth:`append`
         """
+        self.flush()
+        stored = self._append_many(points, limits)
+        if self._batched is not None:
+            self._batched.forget_newest()
+        return stored
+
+    def _append_many(
+        self, points: Sequence[Point], limits: Limits | None
+    ) -> list[tuple[int, float]]:
+        """:meth:`append_many` without committing the queue first (the queue's own commit)."""
         rows = []
         with self.transaction("store the datapoints") as conn:
             if limits is not None and limits.active:
@@ -360,12 +393,14 @@ class Cache:
 
     def newest(self, stream_id: int) -> float | None:
         """The newest timestamp the stream ever cached, or None."""
+        self.flush()
         t = self._read(NEWEST, (stream_id,))[0][0]
         return None if t is None or t <= NO_TIME else t
 
     def latest(self, stream_id: int) -> tuple[float, str] | None:
         """The newest datapoint of the stream as ``(t, d as JSON text)``: the newest cached
         one, else the newest that left the cache (delivered, dead-lettered, dropped)."""
+        self.flush()
         rows = self._read(
             "SELECT t, d FROM datapoints WHERE stream = ? ORDER BY id DESC LIMIT 1", (stream_id,)
         ) or self._read(
@@ -375,6 +410,7 @@ class Cache:
 
     def count(self) -> int:
         """How many datapoints are cached, all streams together."""
+        self.flush()
         return int(self._read("SELECT count(*) FROM datapoints")[0][0])
 
     def statistics(self) -> dict[str, int]:
@@ -387,6 +423,7 @@ class Cache:
         """Up to ``limit`` cached datapoints of the stream with id > ``after_id``, oldest first.
         Keyset paging: memory is O(limit) whatever the backlog. Marks nothing in flight: for
         looking (export, ``Logger.datapoints``), not for delivery (:meth:`take_batch`)."""
+        self.flush()
         return self._read(
             "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
             (stream_id, after_id, limit),
@@ -417,9 +454,12 @@ class Cache:
         delivered are re-timed when it is resolved (:meth:`ack_reconciled`), or by
         :meth:`reanchor_leftovers`. Safe to call again (``test_inflight.py``).
         """
+        self.flush()
         with self.transaction("fix timestamps stamped before the clock was trusted") as conn:
             fixed = retime.reanchor(conn, boot, true_now, boot_clock_now)
         self._newest.clear()
+        if self._batched is not None:
+            self._batched.forget_newest()
         return fixed
 
     def reanchor_leftovers(self) -> int:
@@ -435,98 +475,8 @@ class Cache:
 
     def untrusted_count(self, boot: int) -> int:
         """How many cached datapoints of ``boot`` wait for a trusted clock."""
+        self.flush()
         return int(self._read("SELECT count(*) FROM datapoints WHERE boot = ?", (boot,))[0][0])
-
-    # ----------------------------------------------------------------------- delivery
-
-    def ack(self, stream_id: int, first_id: int, last_id: int) -> int:
-        """Delete the stream's datapoints with ids in ``[first_id, last_id]`` (the remote stored
-        them) in one transaction, and clear the batch in flight. Returns how many."""
-        with self.transaction("delete delivered datapoints") as conn:
-            return self._delete_delivered(conn, stream_id, first_id, last_id)
-
-    @staticmethod
-    def _delete_delivered(
-        conn: apsw.Connection, stream_id: int, first_id: int, last_id: int
-    ) -> int:
-        delivered = delete(
-            conn, "stream = ? AND id BETWEEN ? AND ?", (stream_id, first_id, last_id)
-        )
-        # Clear the record of the batch in flight, unless it is already the next batch's
-        # (the syncer records that one before this ack is done, see Syncer._deliver).
-        conn.execute(
-            "UPDATE streams SET inflight = 0 WHERE id = ? AND inflight <= ?", (stream_id, last_id)
-        )
-        return delivered
-
-    def take_batch(self, stream_id: int, after_id: int, request: BatchRequest) -> list[Row]:
-        """The stream's next batch, recorded as in flight in the same transaction.
-
-        Up to ``request.limit`` cached datapoints with ``after_id`` < id <= ``request.upto_id``,
-        oldest first, together at most ``request.max_bytes`` bytes of values (the first one
-        always comes, whatever its size). Keyset paging: memory is bounded by both caps,
-        whatever the backlog. ``request.hold=(boot, since)``: stop before the first datapoint
-        of that boot stamped by an untrusted clock at boot-clock time ``since`` or later (it
-        waits for NTP; the stream's order forbids skipping it).
-
-        The stream's in-flight mark is raised to the batch's last id before the rows are
-        handed out, so from the moment they are read they are immutable: not dropped, expired,
-        re-timed or cleared until :meth:`ack`, :meth:`ack_reconciled` or
-        :meth:`release_inflight` resolves them (and a crash leaves the mark for the next
-        pass to resolve).
-        """
-        bounds = (stream_id, after_id, request.upto_id, request.limit)
-        with self.transaction("read the next batch") as conn:
-            # The sizes first, without loading the values: a batch of large values is cut
-            # where its bytes run out before any of it is read.
-            size, last = next(conn.execute(BATCH_SIZE, bounds))
-            if last is None:
-                return []
-            if size > request.max_bytes or request.hold is not None:
-                hold = request.hold or (None, None)
-                last = next(conn.execute(BATCH_END, (*bounds, *hold, request.max_bytes)))[0]
-                if last is None:
-                    return []
-            batch: list[Row] = list(conn.execute(BATCH, (stream_id, after_id, last)))
-            conn.execute(
-                "UPDATE streams SET inflight = ?1 WHERE id = ?2 AND inflight < ?1",
-                (last, stream_id),
-            )
-        return batch
-
-    def release_inflight(self, stream_id: int) -> None:
-        """Clear the stream's in-flight mark: nothing of it is on the wire, and whatever was
-        is resolved (stored and acked, or known not stored, or to be sent again)."""
-        with self.transaction("clear the batch in flight") as conn:
-            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
-
-    def max_id(self) -> int:
-        """The id of the newest cached datapoint (0: none): a pass delivers up to here."""
-        return int(self._read("SELECT coalesce(max(id), 0) FROM datapoints")[0][0])
-
-    def ack_reconciled(self, stream_id: int, remote_newest: float | None) -> int:
-        """Resolve the batch in flight: its datapoints at or below ``remote_newest`` (the
-        newest timestamp the remote holds) were delivered and are deleted; the rest stay to be
-        sent again. Only datapoints that were in flight are considered. Returns how many."""
-        with self.transaction("reconcile the batch in flight") as conn:
-            upto = next(conn.execute("SELECT inflight FROM streams WHERE id = ?", (stream_id,)))[0]
-            delivered = 0
-            if upto and remote_newest is not None:
-                first, last = next(
-                    conn.execute(
-                        "SELECT min(id), max(id) FROM datapoints "
-                        "WHERE stream = ? AND id <= ? AND t <= ?",
-                        (stream_id, upto, remote_newest),
-                    )
-                )
-                if first is not None:
-                    delivered = self._delete_delivered(conn, stream_id, first, last)
-            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
-            # What was left untrusted while in flight (NTP answered meanwhile) and was not
-            # delivered gets its true time now, before it is sent again.
-            if retime.retime_leftovers(conn):
-                self._newest.clear()
-            return delivered
 
     # ----------------------------------------------------------------------- dead letters
 
@@ -570,6 +520,7 @@ class Cache:
         flight, which are delivered or stay cached. A dead letter queued again goes back to
         the dead letters (at rest). Returns how many datapoints were cleared: neither of those.
         """
+        self.flush()
         with self.transaction("clear the cache") as conn:
             conn.execute(
                 "UPDATE deadletters SET retry_id = NULL WHERE retry_id IN ("
@@ -580,6 +531,7 @@ class Cache:
 
     def stream_stats(self) -> dict[str, StreamStats]:
         """Cached count, oldest and newest cached t, and dead letters, per registered stream."""
+        self.flush()
         cached = {
             r[0]: r[1:]
             for r in self._read(

@@ -43,7 +43,7 @@ from .base import NO_TIME, NUDGE, wrapped
 
 log = logging.getLogger(__name__)
 
-DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+DURABILITY = {"full": "FULL", "batched": "FULL", "normal": "NORMAL"}
 BUSY_TIMEOUT_MS = 60_000
 # The cache file and the files SQLite keeps beside it.
 FILE_SUFFIXES = ("", "-journal", "-wal", "-shm")

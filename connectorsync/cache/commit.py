@@ -1,0 +1,159 @@
+"""Group commit: inserts from several threads share one transaction and its one fsync.
+
+With ``durability="full"`` every commit costs an fsync, which on an SD card is the price of the
+whole insert. Inserts that arrive while a commit is in progress wait for it, then the first of
+them (the leader) commits all of them together: one transaction, one fsync.
+
+Guarantees (``tests/test_group_commit.py``):
+
+- Each call returns only after its own datapoint is committed (and, with ``full``, fsynced).
+- Errors stay per call: a datapoint refused (an explicit timestamp older than its stream's
+  newest, a storage limit) fails alone; the others of its group are stored. Each datapoint of
+  a group runs in a savepoint; anything but a refused timestamp, and a failed commit, sends the
+  datapoint back to its own thread to be stored alone, which gives it its own outcome.
+- A lone insert costs what it did before: a group of one is stored by the plain path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import apsw
+
+from .base import INSERT, NEWEST, TooOldError, place
+from .limits import Limits, make_room
+from .records import Untrusted
+
+if TYPE_CHECKING:
+    from . import Cache
+
+#: What :meth:`Cache.append` stores: (stream id, t, data, boot, mono).
+AppendRow = tuple[int, float, str, int | None, float | None]
+#: What :meth:`Cache.append_many` stores: (stream id, t, restamp, data, untrusted).
+Point = tuple[int, float, bool, str, Untrusted | None]
+
+_PENDING = object()
+_ALONE = object()  # store it alone, in its own thread: the group could not decide for it
+
+
+class _Request:
+    __slots__ = ("limits", "outcome", "restamp", "row")
+
+    def __init__(self, row: AppendRow, restamp: bool, limits: Limits | None):
+        self.row, self.restamp, self.limits = row, restamp, limits
+        self.outcome: object = _PENDING  # a stored t, a TooOldError, or _ALONE
+
+
+class GroupCommit:
+    """Leader/follower group commit over one :class:`Cache`.
+
+    ``alone`` stores one row by the cache's plain path: ``alone(row, restamp, limits) -> t``.
+    """
+
+    def __init__(self, cache: Cache, alone: Callable[[AppendRow, bool, Limits | None], float]):
+        self._cache, self._alone = cache, alone
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Request] = []
+        self._leading = False
+        #: how many groups of more than one were committed (for tests and metrics)
+        self.groups = 0
+
+    def append(self, row: AppendRow, restamp: bool, limits: Limits | None) -> float:
+        """Store ``row`` durably, sharing a commit with the inserts waiting at the same time."""
+        request = _Request(row, restamp, limits)
+        with self._cond:
+            self._queue.append(request)
+            while request.outcome is _PENDING:
+                if self._leading:
+                    self._cond.wait()
+                else:
+                    self._lead()
+        outcome = request.outcome
+        if outcome is _ALONE:
+            return self._alone(row, restamp, limits)
+        if isinstance(outcome, TooOldError):
+            raise outcome
+        assert isinstance(outcome, float)
+        return outcome
+
+    def waiting(self) -> int:
+        """How many inserts wait for the next commit (for tests)."""
+        with self._cond:
+            return len(self._queue)
+
+    def _lead(self) -> None:
+        """Commit everything queued; called and returns with the condition's lock held."""
+        batch, self._queue = self._queue, []
+        self._leading = True
+        self._cond.release()
+        try:
+            if len(batch) == 1:
+                self._store_one(batch[0])
+            else:
+                self._store_group(batch)
+        finally:
+            for request in batch:  # a leader interrupted half way leaves no one waiting
+                if request.outcome is _PENDING:
+                    request.outcome = _ALONE
+            self._cond.acquire()
+            self._leading = False
+            self._cond.notify_all()
+
+    def _store_one(self, request: _Request) -> None:
+        try:
+            request.outcome = self._alone(request.row, request.restamp, request.limits)
+        except TooOldError as exc:
+            request.outcome = exc
+        except Exception:
+            request.outcome = _ALONE  # raised again, in its own thread
+
+    def _store_group(self, batch: list[_Request]) -> None:
+        cache = self._cache
+        with cache._lock:
+            conn = cache._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except apsw.Error:
+                return  # each is stored alone, and gets its own error
+            hints: dict[int, float] = {}
+            for request in batch:
+                _store_in_savepoint(conn, cache.path, request, hints)
+            try:
+                conn.execute("COMMIT")
+            except apsw.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                for request in batch:
+                    if isinstance(request.outcome, float):
+                        request.outcome = _ALONE
+                return
+            cache._newest.update(hints)
+            self.groups += 1
+
+
+def _store_in_savepoint(
+    conn: apsw.Connection, path: str, request: _Request, hints: dict[int, float]
+) -> None:
+    """Store one datapoint of a group inside the open transaction, in a savepoint of its own."""
+    stream_id, t, data, boot, mono = request.row
+    conn.execute("SAVEPOINT one")
+    try:
+        if request.limits is not None and request.limits.active:
+            make_room(conn, path, 1, request.limits)
+        newest = hints.get(stream_id)
+        if newest is None or t <= newest:
+            newest = next(conn.execute(NEWEST, (stream_id,)))[0]
+        stored = place(t, newest, request.restamp)
+        conn.execute(INSERT, (stream_id, stored, data, boot, mono))
+        if not conn.changes():
+            raise RuntimeError("the order trigger refused the row")  # stored alone instead
+    except Exception as exc:
+        conn.execute("ROLLBACK TO one")
+        conn.execute("RELEASE one")
+        request.outcome = exc if isinstance(exc, TooOldError) else _ALONE
+        return
+    conn.execute("RELEASE one")
+    hints[stream_id] = stored
+    request.outcome = stored

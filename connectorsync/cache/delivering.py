@@ -1,0 +1,112 @@
+"""Delivery's side of the cache: batches in flight, acknowledgements and reconciliation.
+
+Guarantees (each proved by the test named):
+
+- A batch is recorded as in flight in the same transaction that reads it, and stays
+  immutable until :meth:`Delivering.ack`, :meth:`~Delivering.ack_reconciled` or
+  :meth:`~Delivering.release_inflight` resolves it (``test_inflight.py``).
+- An acknowledged batch is deleted in one transaction, through :func:`.base.delete`, so the
+  stream's newest timestamp never goes down (``test_delivery.py``).
+"""
+
+from __future__ import annotations
+
+import apsw
+
+from . import retime
+from .base import BATCH, BATCH_END, BATCH_SIZE, delete
+from .connection import Connection
+from .records import BatchRequest, Row
+
+
+class Delivering(Connection):
+    """The statements a sync pass runs on the cache."""
+
+    def ack(self, stream_id: int, first_id: int, last_id: int) -> int:
+        """Delete the stream's datapoints with ids in ``[first_id, last_id]`` (the remote stored
+        them) in one transaction, and clear the batch in flight. Returns how many."""
+        with self.transaction("delete delivered datapoints") as conn:
+            return self._delete_delivered(conn, stream_id, first_id, last_id)
+
+    @staticmethod
+    def _delete_delivered(
+        conn: apsw.Connection, stream_id: int, first_id: int, last_id: int
+    ) -> int:
+        delivered = delete(
+            conn, "stream = ? AND id BETWEEN ? AND ?", (stream_id, first_id, last_id)
+        )
+        # Clear the record of the batch in flight, unless it is already the next batch's
+        # (the syncer records that one before this ack is done, see Syncer._deliver).
+        conn.execute(
+            "UPDATE streams SET inflight = 0 WHERE id = ? AND inflight <= ?", (stream_id, last_id)
+        )
+        return delivered
+
+    def take_batch(self, stream_id: int, after_id: int, request: BatchRequest) -> list[Row]:
+        """The stream's next batch, recorded as in flight in the same transaction.
+
+        Up to ``request.limit`` cached datapoints with ``after_id`` < id <= ``request.upto_id``,
+        oldest first, together at most ``request.max_bytes`` bytes of values (the first one
+        always comes, whatever its size). Keyset paging: memory is bounded by both caps,
+        whatever the backlog. ``request.hold=(boot, since)``: stop before the first datapoint
+        of that boot stamped by an untrusted clock at boot-clock time ``since`` or later (it
+        waits for NTP; the stream's order forbids skipping it).
+
+        The stream's in-flight mark is raised to the batch's last id before the rows are
+        handed out, so from the moment they are read they are immutable: not dropped, expired,
+        re-timed or cleared until :meth:`ack`, :meth:`ack_reconciled` or
+        :meth:`release_inflight` resolves them (and a crash leaves the mark for the next
+        pass to resolve).
+        """
+        bounds = (stream_id, after_id, request.upto_id, request.limit)
+        with self.transaction("read the next batch") as conn:
+            # The sizes first, without loading the values: a batch of large values is cut
+            # where its bytes run out before any of it is read.
+            size, last = next(conn.execute(BATCH_SIZE, bounds))
+            if last is None:
+                return []
+            if size > request.max_bytes or request.hold is not None:
+                hold = request.hold or (None, None)
+                last = next(conn.execute(BATCH_END, (*bounds, *hold, request.max_bytes)))[0]
+                if last is None:
+                    return []
+            batch: list[Row] = list(conn.execute(BATCH, (stream_id, after_id, last)))
+            conn.execute(
+                "UPDATE streams SET inflight = ?1 WHERE id = ?2 AND inflight < ?1",
+                (last, stream_id),
+            )
+        return batch
+
+    def release_inflight(self, stream_id: int) -> None:
+        """Clear the stream's in-flight mark: nothing of it is on the wire, and whatever was
+        is resolved (stored and acked, or known not stored, or to be sent again)."""
+        with self.transaction("clear the batch in flight") as conn:
+            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+
+    def max_id(self) -> int:
+        """The id of the newest cached datapoint (0: none): a pass delivers up to here."""
+        return int(self._read("SELECT coalesce(max(id), 0) FROM datapoints")[0][0])
+
+    def ack_reconciled(self, stream_id: int, remote_newest: float | None) -> int:
+        """Resolve the batch in flight: its datapoints at or below ``remote_newest`` (the
+        newest timestamp the remote holds) were delivered and are deleted; the rest stay to be
+        sent again. Only datapoints that were in flight are considered. Returns how many."""
+        with self.transaction("reconcile the batch in flight") as conn:
+            upto = next(conn.execute("SELECT inflight FROM streams WHERE id = ?", (stream_id,)))[0]
+            delivered = 0
+            if upto and remote_newest is not None:
+                first, last = next(
+                    conn.execute(
+                        "SELECT min(id), max(id) FROM datapoints "
+                        "WHERE stream = ? AND id <= ? AND t <= ?",
+                        (stream_id, upto, remote_newest),
+                    )
+                )
+                if first is not None:
+                    delivered = self._delete_delivered(conn, stream_id, first, last)
+            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+            # What was left untrusted while in flight (NTP answered meanwhile) and was not
+            # delivered gets its true time now, before it is sent again.
+            if retime.retime_leftovers(conn):
+                self._newest.clear()
+            return delivered
