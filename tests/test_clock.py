@@ -37,18 +37,26 @@ def cached_times(path: str, stream: str) -> list[float]:
         cache.close()
 
 
+def stamped_between(lg: Logger, started: float, ended: float) -> bool:
+    """The stream's newest datapoint was stamped with true time (the system clock + OFFSET,
+    as the NTP server says, to its millisecond) while its insert ran."""
+    t = lg.latest("temperature")["t"]  # type: ignore[index]
+    return bool(started + OFFSET - 0.001 <= t <= ended + OFFSET + 0.001)
+
+
 def test_reanchoring_is_exact_to_the_millisecond(cache_path: str, ntp: NTPServer) -> None:
     with Logger(cache_path, ntp_server=ntp.address) as lg:
         lg.addStream_force("temperature", {"type": "number"})
-        before = []
+        before, after = [], []
         for i in range(20):
             before.append(time.time())
             lg.insert("temperature", float(i))
+            after.append(time.time())
             time.sleep(0.002)
         status = lg.status()
         assert status.untrusted == 20 and status.clock_offset is None
         stamped = cached_times(cache_path, "temperature")
-        assert all(abs(s - b) < 0.01 for s, b in zip(stamped, before, strict=True))
+        assert all(b <= s <= a for s, b, a in zip(stamped, before, after, strict=True))
 
         offset = lg.sync_clock()
         assert abs(offset - OFFSET) < 0.001
@@ -63,8 +71,9 @@ def test_reanchoring_is_exact_to_the_millisecond(cache_path: str, ntp: NTPServer
         assert abs(status.clock_measured - (time.time() + OFFSET)) < 1  # type: ignore[operator]
 
         # From now on timestamps are true time, trusted: nothing more to fix.
+        started = time.time()
         lg.insert("temperature", 99.0)
-        assert abs(lg.latest("temperature")["t"] - (time.time() + OFFSET)) < 0.01  # type: ignore[index]
+        assert stamped_between(lg, started, time.time())
         assert lg.status().untrusted == 0
 
 
@@ -73,9 +82,10 @@ def test_the_anchor_survives_a_restart_in_the_same_boot(cache_path: str, ntp: NT
         lg.addStream_force("temperature", {"type": "number"})
         lg.sync_clock()
     with Logger(cache_path) as lg:
+        started = time.time()
         lg.insert("temperature", 1.0)
+        assert stamped_between(lg, started, time.time())
         assert lg.status().untrusted == 0
-        assert abs(lg.latest("temperature")["t"] - (time.time() + OFFSET)) < 0.01  # type: ignore[index]
 
 
 def test_an_anchor_from_another_boot_is_not_trusted(cache_path: str, ntp, monkeypatch) -> None:
@@ -164,7 +174,7 @@ def test_wall_clock_jumping_back_never_fails_or_reorders(cache_path: str, monkey
         lg.insert("temperature", 3.0)
         times = cached_times(cache_path, "temperature")
         assert times[0] < times[1] < times[2]
-        assert times[1] - times[0] < 0.01  # moved just after the newest, not an hour back
+        assert times[1] - times[0] < 1  # moved just after the newest, not an hour back
 
 
 def test_anchored_clock_ignores_wall_clock_steps(cache_path, ntp, monkeypatch) -> None:
@@ -174,9 +184,9 @@ def test_anchored_clock_ignores_wall_clock_steps(cache_path, ntp, monkeypatch) -
         lg.addStream_force("temperature", {"type": "number"})
         lg.sync_clock()
         wall.step = -7200.0  # stepped back after NTP answered: the boot clock carries on
+        started = time.time()
         lg.insert("temperature", 1.0)
-        t = lg.latest("temperature")["t"]  # type: ignore[index]
-        assert abs(t - (time.time() + OFFSET)) < 0.01
+        assert stamped_between(lg, started, time.time())
 
 
 def test_out_of_order_policy(cache_path: str) -> None:
@@ -274,5 +284,6 @@ def test_sync_clock_without_ntp_server_retimes_nothing_and_says_so(
         assert cached_times(cache_path, "temperature") == stamped
         assert "re-timed 0 datapoints" in caplog.text
         assert "ntp_server is not set" in caplog.text
+        started = time.time()
         lg.insert("temperature", 2.0)
-        assert abs(lg.latest("temperature")["t"] - (time.time() + OFFSET)) < 0.01  # type: ignore[index]
+        assert stamped_between(lg, started, time.time())
