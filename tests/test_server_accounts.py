@@ -373,3 +373,25 @@ def test_raw_user_and_device_json(srv: ConnectorDBServer) -> None:
         assert (device["role"], device["enabled"], device["visible"]) == ("user", True, True)
         r = api.post(f"{srv.url}/api/v1/crud/x", data=json.dumps({"email": "x@y"}))
         assert r.status_code == 400 and "password" in r.json()["msg"]
+
+
+def test_export_and_import_a_user_with_the_client(
+    tmp_path: Path, admin: connectordb.ConnectorDB, alice: connectordb.ConnectorDB
+) -> None:
+    alice.user["box"].create(nickname="the box")
+    s = alice("alice/box/temp")
+    s.create({"type": "number"}, description="outside", downlink=True)
+    s.insert(1)  # from alice's user device: to the downlink substream
+    dev = connectordb.ConnectorDB(alice.user["box"].apikey, url=admin.db.baseurl)
+    dev["temp"].insert_array([{"t": 1.0, "d": 20}, {"t": 2.0, "d": 21}])
+    dev.close()
+    admin("alice").export(str(tmp_path / "export"))
+    admin("alice").delete()
+
+    admin.import_users(str(tmp_path / "export"))
+    again = admin("alice/box/temp")
+    assert (again.description, again.downlink) == ("outside", True)
+    assert [p["d"] for p in again[:]] == [20, 21]
+    assert [p["d"] for p in again(downlink=True)] == [1]
+    assert admin("alice/box").nickname == "the box"
+    connectordb.ConnectorDB("alice", "alice", url=admin.db.baseurl).close()  # import's password

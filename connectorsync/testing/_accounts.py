@@ -211,6 +211,10 @@ class Accounts:
                 "UPDATE users SET props=?, password=? WHERE name=?",
                 (props, hash_password(password), name),
             )
+            for device, dprops in _BUILTIN_DEVICES.items():  # a user from an older file
+                if self._one("SELECT 1 FROM devices WHERE user=? AND name=?", (name, device)):
+                    continue
+                self._insert_device(name, device, dprops)
 
     def create_user(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         if not valid_name(name):
@@ -311,8 +315,12 @@ class Accounts:
         return None if row is None else str(row[0])
 
     def _device_props(self, user: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        props = fields(body, _DEVICE_FIELDS, f"{user}/{name}", {"apikey", "streams"})
+        # "user" and "apikey" come back in a device exported by the client: "user" must be
+        # the owner, and an apikey is never chosen by a client (see update_device).
+        props = fields(body, _DEVICE_FIELDS, f"{user}/{name}", {"apikey", "streams", "user"})
         _check_role(props, DEVICE_ROLES, f"{user}/{name}")
+        if body.get("user", user) != user:
+            raise ApiError(400, f"{user}/{name} cannot move to another user")
         return props
 
     def create_device(self, user: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -344,12 +352,10 @@ class Accounts:
         self, user: str, name: str, body: dict[str, Any], may_set_role: bool
     ) -> dict[str, Any]:
         """Set fields; ``"apikey": ""`` gives the device a new apikey (the old one stops
-        working). Returns the device with its apikey."""
+        working), any other apikey is ignored. Returns the device with its apikey."""
         props = self._device_props(user, name, body)
         if "role" in props and not may_set_role:
             raise ApiError(403, f"Permission denied: {user}/{name} may not change its role")
-        if body.get("apikey", "") != "":
-            raise ApiError(400, f'Only "apikey": "" (a new apikey) can be set for {user}/{name}')
         with self._lock, self._db:
             merged = {**self._device_json(user, name, False), **props}
             for key in ("name", "user"):
@@ -358,7 +364,7 @@ class Accounts:
                 "UPDATE devices SET props=? WHERE user=? AND name=?",
                 (json.dumps(merged), user, name),
             )
-            if "apikey" in body:
+            if body.get("apikey") == "":
                 self._db.execute(
                     "UPDATE devices SET apikey=? WHERE user=? AND name=?",
                     (secrets.token_hex(16), user, name),
