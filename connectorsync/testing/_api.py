@@ -1,5 +1,8 @@
 """The HTTP side of the test ConnectorDB server: the v0.3 REST API and fault hooks.
 
+Here: authentication, routing, streams and their data; users, devices, the root queries
+and ``meta`` are in ``_crud``, who may do what in ``_accounts``.
+
 Guarantees:
 
 * Responses always carry a Content-Length, so HTTP/1.1 keep-alive works, and
