@@ -1,5 +1,8 @@
 """The HTTP side of the test ConnectorDB server: the v0.3 REST API and fault hooks.
 
+Here: authentication, routing, streams and their data; users, devices, the root queries
+and ``meta`` are in ``_crud``, who may do what in ``_accounts``.
+
 Guarantees:
 
 * Responses always carry a Content-Length, so HTTP/1.1 keep-alive works, and
@@ -16,12 +19,15 @@ import base64
 import binascii
 import json
 import math
+import time
 import uuid
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import _crud
+from ._accounts import Access
 from ._httpd import Drop as _Drop
 from ._httpd import LoopbackHandler
 from ._store import ApiError, Batch, Store
@@ -30,8 +36,7 @@ if TYPE_CHECKING:
     from .server import _HTTPServer
 
 MAX_BODY = 10 * 1024 * 1024
-_JSON = "application/json"
-_TEXT = "text/plain; charset=utf-8"
+_JSON = _crud.JSON
 
 Predicate = Callable[[str, dict[str, Any]], bool]
 Reply = tuple[int, str, bytes]
@@ -42,12 +47,8 @@ def _error_reply(status: int, msg: str) -> Reply:
     return status, _JSON, json.dumps(body).encode()
 
 
-def _json_reply(value: Any) -> Reply:
-    return 200, _JSON, json.dumps(value).encode()
-
-
-def _text_reply(text: str) -> Reply:
-    return 200, _TEXT, text.encode()
+_json_reply = _crud.json_reply
+_text_reply = _crud.text_reply
 
 
 class _Handler(LoopbackHandler):
@@ -118,75 +119,50 @@ class _Handler(LoopbackHandler):
             raise ApiError(404, "Not found")
         rest = url.path[len("/api/v1/") :]
         query = dict(parse_qsl(url.query, keep_blank_values=True))
-        user, device = self._authenticate(query)
+        store = self.server.store
+        call = _crud.Call(self.command, query, body, self._authenticate(query), store)
         if rest == "":
-            return self._whoami(user, device, query)
+            return _crud.root(call)
+        if rest.startswith("meta/"):
+            return _crud.meta(self.command, rest[len("meta/") :])
+        if rest.rstrip("/") == "crud":
+            return _crud.users(call)
         if not rest.startswith("crud/"):
             raise ApiError(404, "Not found")
         parts = [unquote(p) for p in rest[len("crud/") :].rstrip("/").split("/")]
         if "" in parts:
             raise ApiError(404, "Not found")
-        if parts[0] != user:
-            raise ApiError(403, f"Permission denied: {user}/{device} may not access {parts[0]}")
-        store = self.server.store
         if len(parts) == 1:
-            return self._user(store, parts[0])
+            return _crud.user(call, parts[0])
         if len(parts) == 2:
-            return self._device(store, parts, query, own=(parts[1] == device))
+            return _crud.device(call, parts[0], parts[1])
+        call.access.require(call.access.may_read(parts[0]), f"access {parts[0]}")
         if len(parts) == 3:
             return self._stream(store, "/".join(parts), body)
         if len(parts) == 4 and parts[3] == "data":
-            return self._data(store, "/".join(parts[:3]), query, body)
+            return self._data(call, "/".join(parts[:3]))
         raise ApiError(404, "Not found")
 
-    def _whoami(self, user: str, device: str, query: dict[str, str]) -> Reply:
-        if self.command != "GET":
-            raise ApiError(405, "Method not allowed")
-        if query.get("q", "this") != "this":
-            raise ApiError(400, "Unsupported query")
-        return _text_reply(user + "/" + device)
-
-    def _user(self, store: Store, name: str) -> Reply:
-        if self.command != "GET":
-            raise ApiError(405, "Method not allowed")
-        if not store.user_exists(name):
-            raise ApiError(404, "User does not exist")
-        return _json_reply({"name": name})
-
-    def _authenticate(self, query: dict[str, str]) -> tuple[str, str]:
-        apikey = query.get("apikey")
+    def _authenticate(self, query: dict[str, str]) -> Access:
+        """The sender: Basic auth with "" and an apikey (or ``?apikey=``), or with a user's
+        name and password (a login as that user's "user" device)."""
+        store = self.server.store
+        secret, name = query.get("apikey"), ""
         auth = self.headers.get("Authorization", "")
         if auth[:6].lower() == "basic ":
             try:
-                apikey = base64.b64decode(auth[6:], validate=True).decode().partition(":")[2]
+                decoded = base64.b64decode(auth[6:], validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
                 raise ApiError(401, "Malformed Authorization header") from None
-        found = self.server.store.device_for_key(apikey) if apikey else None
+            name, _, secret = decoded.partition(":")
+        found = None
+        if name:
+            found = store.access_for_login(name, secret or "")
+        elif secret:
+            found = store.access_for_key(secret)
         if found is None:
-            raise ApiError(401, "Authentication failed: a valid apikey is required")
+            raise ApiError(401, "Authentication failed: a valid apikey or password is required")
         return found
-
-    def _device(self, store: Store, parts: list[str], query: dict[str, str], own: bool) -> Reply:
-        if self.command != "GET":
-            raise ApiError(405, "Method not allowed")
-        apikey = store.device_apikey(parts[0], parts[1])
-        if apikey is None:
-            raise ApiError(404, "Device does not exist")
-        if query.get("q") == "ls":
-            return _json_reply(store.list_streams(parts[0], parts[1]))
-        device = {
-            "name": parts[1],
-            "user": parts[0],
-            "nickname": "",
-            "description": "",
-            "icon": "",
-            "public": False,
-            "role": "none",
-            "enabled": True,
-        }
-        if own:
-            device["apikey"] = apikey
-        return _json_reply(device)
 
     def _stream(self, store: Store, path: str, body: bytes) -> Reply:
         method = self.command
@@ -213,40 +189,47 @@ class _Handler(LoopbackHandler):
             return _json_reply(store.update_stream(path, props))
         raise ApiError(405, "Method not allowed")
 
-    def _data(self, store: Store, path: str, query: dict[str, str], body: bytes) -> Reply:
-        method = self.command
+    def _data(self, call: _crud.Call, path: str) -> Reply:
+        method, store, query = call.method, call.store, call.query
         if method in ("POST", "PUT"):
-            batch = Batch(body)
+            batch = Batch(call.body, time.time())
             reject = self.server.app._faults.reject
             rejected = reject is not None and any(
                 reject(path, {"t": t, "d": d})
                 for t, d in zip(batch.times, batch.values, strict=True)
             )
-            store.insert(path, batch, restamp=(method == "PUT"), rejected=rejected)
+            owner = call.access.is_device(*path.split("/")[:2])
+            store.insert(path, batch, method == "PUT", rejected, owner)
             return _text_reply("ok")
         if method != "GET":
             raise ApiError(405, "Method not allowed")
-        if query.get("transform"):
-            raise ApiError(400, "Transforms are not supported")
-        if query.get("downlink", "false").lower() not in ("false", "0", ""):
-            raise ApiError(400, "Downlink substreams are not supported")
-        q = query.get("q")
-        if q is not None:
-            if q != "length":
-                raise ApiError(400, f"Unsupported query {q!r}")
-            return _text_reply(str(store.length(path)))
-        by_index = "i1" in query or "i2" in query
-        if by_index and any(k in query for k in ("t1", "t2", "limit")):
-            raise ApiError(400, "Query by index or by time, not both")
-        try:
-            if by_index or not query.keys() & {"t1", "t2", "limit"}:
-                text = store.read_index(path, int(query.get("i1", 0)), int(query.get("i2", 0)))
-            else:
-                t1, t2 = float(query.get("t1", "-inf")), float(query.get("t2", 0))
-                limit = int(query.get("limit", 0))
-                if math.isnan(t1) or math.isnan(t2) or limit < 0:
-                    raise ValueError
-                text = store.read_time(path, t1, t2, limit)
-        except ValueError:
-            raise ApiError(400, "Invalid range query") from None
-        return 200, _JSON, text.encode()
+        return _read_data(store, path, query)
+
+
+def _read_data(store: Store, path: str, query: dict[str, str]) -> Reply:
+    """``GET .../data``: by index, by time, or ``?q=length``; ``?downlink=true`` reads the
+    downlink substream."""
+    if query.get("transform"):
+        raise ApiError(400, "Transforms are not supported")
+    downlink = query.get("downlink", "false").lower() not in ("false", "0", "")
+    q = query.get("q")
+    if q is not None:
+        if q != "length":
+            raise ApiError(400, f"Unsupported query {q!r}")
+        return _text_reply(str(store.length(path, downlink)))
+    by_index = "i1" in query or "i2" in query
+    if by_index and any(k in query for k in ("t1", "t2", "limit")):
+        raise ApiError(400, "Query by index or by time, not both")
+    try:
+        if by_index or not query.keys() & {"t1", "t2", "limit"}:
+            span = int(query.get("i1", 0)), int(query.get("i2", 0))
+            text = store.read_index(path, *span, downlink=downlink)
+        else:
+            t1, t2 = float(query.get("t1", "-inf")), float(query.get("t2", 0))
+            limit = int(query.get("limit", 0))
+            if math.isnan(t1) or math.isnan(t2) or limit < 0:
+                raise ValueError
+            text = store.read_time(path, (t1, t2), limit, downlink)
+    except ValueError:
+        raise ApiError(400, "Invalid range query") from None
+    return 200, _JSON, text.encode()

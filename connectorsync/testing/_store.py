@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import operator
-import re
-import secrets
 import threading
 from collections.abc import Iterable
 from itertools import islice, repeat
@@ -32,11 +30,14 @@ import apsw
 from jsonschema import Draft4Validator
 from jsonschema.exceptions import SchemaError
 
+from ._accounts import Accounts
+from ._errors import ApiError as ApiError
+from ._errors import valid_name
+
 SCHEMA_MSG = "At least one datapoint did not conform to the stream's schema"
 UNORDERED_MSG = "Timestamps are not ordered!"
 OLDER_MSG = "Greater timestamp already exists for the stream. Insert Failed."
 
-_NAME_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]*")  # fullmatch: "$" would allow "a\n"
 _NUMBER = frozenset((int, float))
 # JSON Schema (Draft 4) type names -> the Python types json.loads produces for
 # them. bool is its own type here, so it is neither a number nor an integer,
@@ -62,9 +63,7 @@ _STREAM_PROPS: dict[str, Any] = {
 _encode_any = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 _TABLES = (
-    "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY)",
-    "CREATE TABLE IF NOT EXISTS devices (user TEXT NOT NULL, name TEXT NOT NULL,"
-    " apikey TEXT NOT NULL UNIQUE, PRIMARY KEY (user, name))",
+    # A downlink substream is a row named "<stream>/downlink" (no stream name has a "/").
     "CREATE TABLE IF NOT EXISTS streams (id INTEGER PRIMARY KEY,"
     " user TEXT NOT NULL, device TEXT NOT NULL, name TEXT NOT NULL,"
     " schema TEXT NOT NULL, props TEXT NOT NULL DEFAULT '{}',"
@@ -74,20 +73,6 @@ _TABLES = (
     # (stream, t) plus the implicit rowid gives insertion order per stream.
     "CREATE INDEX IF NOT EXISTS datapoints_stream_t ON datapoints (stream, t)",
 )
-
-
-class ApiError(Exception):
-    """A request failure with the HTTP status and message to answer with."""
-
-    def __init__(self, status: int, msg: str) -> None:
-        super().__init__(msg)
-        self.status = status
-        self.msg = msg
-
-
-def valid_name(name: str) -> bool:
-    """ConnectorDB's rule for user, device and stream names."""
-    return len(name) < 30 and _NAME_RE.fullmatch(name) is not None
 
 
 def parse_schema(value: Any) -> str:
@@ -144,16 +129,18 @@ class _Checker:
 class Batch:
     """A parsed insert body: timestamps, values, value types and value JSON."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, now: float) -> None:
         try:
             points = json.loads(body, parse_constant=_refuse_constant)
         except (ValueError, RecursionError):
             raise ApiError(400, "The body is not valid JSON") from None
         if type(points) is not list:
             raise ApiError(400, "Expected a JSON array of datapoints")
-        bad = ApiError(400, 'Each datapoint must be an object with a finite number "t" and a "d"')
+        bad = ApiError(400, 'Each datapoint must be an object with a "d" and a finite number "t"')
         try:
-            ts = [p["t"] for p in points]
+            # A point without a "t" gets the server's time of arrival, as in ConnectorDB.
+            # Not p.get(): a point that is no object must fail as a TypeError.
+            ts = [p["t"] if "t" in p else now for p in points]  # noqa: SIM401
             self.values = [p["d"] for p in points]
         except (TypeError, KeyError):
             raise bad from None
@@ -193,8 +180,8 @@ def _rows_json(rows: Iterable[Any]) -> str:
     return "[" + ",".join([f'{{"t":{t!r},"d":{d}}}' for t, d in rows]) + "]"
 
 
-class Store:
-    """Users, devices, streams and datapoints in one SQLite database."""
+class Store(Accounts):
+    """Users, devices (see ``_accounts``), streams and datapoints in one SQLite database."""
 
     def __init__(self, path: str | None = None) -> None:
         self._lock = threading.Lock()
@@ -205,6 +192,7 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL").fetchall()
             self._db.execute("PRAGMA synchronous=NORMAL").fetchall()
         with self._db:
+            self._create_account_tables()
             for sql in _TABLES:
                 self._db.execute(sql)
 
@@ -212,47 +200,16 @@ class Store:
         with self._lock:
             self._db.close()
 
-    # apsw's rows are tuples of SQLite values; these helpers type them as Any.
-    def _one(self, sql: str, params: Any = ()) -> Any:
-        return self._db.execute(sql, params).fetchone()
-
-    def _all(self, sql: str, params: Any = ()) -> list[Any]:
-        return self._db.execute(sql, params).fetchall()
-
-    # -- users and devices ---------------------------------------------------
-
-    def add_device(self, user: str, device: str) -> str:
-        if not (valid_name(user) and valid_name(device)):
-            raise ValueError(f"invalid user or device name: {user!r}/{device!r}")
-        with self._lock, self._db:
-            self._db.execute("INSERT OR IGNORE INTO users VALUES (?)", (user,))
-            row = self._one("SELECT apikey FROM devices WHERE user=? AND name=?", (user, device))
-            apikey: str = secrets.token_hex(16) if row is None else row[0]
-            if row is None:
-                self._db.execute("INSERT INTO devices VALUES (?,?,?)", (user, device, apikey))
-        return apikey
-
-    def device_for_key(self, apikey: str) -> tuple[str, str] | None:
-        with self._lock:
-            row = self._one("SELECT user, name FROM devices WHERE apikey=?", (apikey,))
-        return None if row is None else (row[0], row[1])
-
-    def user_exists(self, user: str) -> bool:
-        with self._lock:
-            return self._one("SELECT 1 FROM users WHERE name=?", (user,)) is not None
-
-    def device_apikey(self, user: str, device: str) -> str | None:
-        with self._lock:
-            row = self._one("SELECT apikey FROM devices WHERE user=? AND name=?", (user, device))
-        return None if row is None else str(row[0])
-
     # -- streams ---------------------------------------------------------------
 
-    def _stream_row(self, path: str) -> Any:
-        """(id, schema, props, length, last_t) of a "user/device/stream" path, or None."""
+    def _stream_row(self, path: str, downlink: bool = False) -> Any:
+        """(id, schema, props, length, last_t) of a "user/device/stream" path (or of its
+        downlink substream), or None."""
         parts = path.split("/")
         if len(parts) != 3:
             return None
+        if downlink:
+            parts[2] += "/downlink"
         return self._one(
             "SELECT id, schema, props, length, last_t FROM streams"
             " WHERE user=? AND device=? AND name=?",
@@ -266,10 +223,25 @@ class Store:
     def list_streams(self, user: str, device: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._all(
-                "SELECT name, schema, props FROM streams WHERE user=? AND device=? ORDER BY id",
+                "SELECT name, schema, props FROM streams WHERE user=? AND device=?"
+                " AND name NOT LIKE '%/%' ORDER BY id",
                 (user, device),
             )
         return [self._stream_json(*row) for row in rows]
+
+    def list_user_streams(self, user: str, only: dict[str, bool]) -> list[dict[str, Any]]:
+        """The streams of a user's devices, each with its "device"; ``only`` may ask for
+        those of public devices, downlink streams, those of visible devices (True)."""
+        found = []
+        for device in self.list_devices(user, with_keys=False):
+            if (only.get("public") and not device["public"]) or (
+                only.get("visible") and not device["visible"]
+            ):
+                continue
+            for stream in self.list_streams(user, device["name"]):
+                if stream["downlink"] or not only.get("downlink"):
+                    found.append({**stream, "device": device["name"]})
+        return found
 
     def read_stream(self, path: str) -> dict[str, Any] | None:
         with self._lock:
@@ -309,9 +281,10 @@ class Store:
     def delete_stream(self, path: str) -> bool:
         with self._lock, self._db:
             row = self._stream_row(path)
-            if row is not None:
-                self._db.execute("DELETE FROM datapoints WHERE stream=?", (row[0],))
-                self._db.execute("DELETE FROM streams WHERE id=?", (row[0],))
+            for found in (row, self._stream_row(path, downlink=True)):
+                if found is not None:
+                    self._db.execute("DELETE FROM datapoints WHERE stream=?", (found[0],))
+                    self._db.execute("DELETE FROM streams WHERE id=?", (found[0],))
         return row is not None
 
     def stream_schema(self, path: str) -> dict[str, Any] | None:
@@ -321,17 +294,22 @@ class Store:
 
     # -- datapoints --------------------------------------------------------------
 
-    def insert(self, path: str, batch: Batch, restamp: bool, rejected: bool = False) -> None:
+    def insert(
+        self, path: str, batch: Batch, restamp: bool, rejected: bool = False, owner: bool = True
+    ) -> None:
         """Append a batch to a stream, or raise ApiError without storing anything.
 
         ``rejected`` says an injected fault refused a datapoint; it fails like
-        a schema violation, once the stream is known to exist.
+        a schema violation, once the stream is known to exist. As in ConnectorDB, a
+        batch for an ephemeral stream is checked but not stored, and one from a device
+        other than the stream's own (``owner`` False) for a downlink stream goes to its
+        downlink substream.
         """
         with self._lock:
             row = self._stream_row(path)
             if row is None:
                 raise ApiError(403, f"Stream {path} does not exist")
-            stream_id, schema, _, _, last_t = row
+            schema, props = row[1], json.loads(row[2])
             checker = self._checkers.get(schema)
             if checker is None:
                 checker = self._checkers[schema] = _Checker(schema)
@@ -339,36 +317,60 @@ class Store:
                 raise ApiError(403, SCHEMA_MSG)
             if not batch.ordered():
                 raise ApiError(403, UNORDERED_MSG)
-            times = batch.times
-            if not times:
+            if props.get("ephemeral"):
                 return
-            if last_t is not None and times[0] < last_t:
-                if not restamp:
-                    raise ApiError(403, OLDER_MSG)
-                times = [t if t >= last_t else last_t for t in times]
-            with self._db:
-                self._db.executemany(
-                    "INSERT INTO datapoints (stream, t, d) VALUES (?,?,?)",
-                    zip(repeat(stream_id), times, batch.encoded),
-                )
-                self._db.execute(
-                    "UPDATE streams SET length=length+?, last_t=? WHERE id=?",
-                    (len(times), times[-1], stream_id),
-                )
+            with self._db:  # a new downlink substream is kept only with its points
+                if props.get("downlink") and not owner:
+                    row = self._downlink_row(path, schema)
+                self._append(row, batch, restamp)
 
-    def length(self, path: str) -> int:
-        with self._lock:
-            row = self._stream_row(path)
+    def _downlink_row(self, path: str, schema: str) -> Any:
+        row = self._stream_row(path, downlink=True)
+        if row is None:
+            user, device, name = path.split("/")
+            self._db.execute(
+                "INSERT INTO streams (user, device, name, schema) VALUES (?,?,?,?)",
+                (user, device, name + "/downlink", schema),
+            )
+            row = self._stream_row(path, downlink=True)
+        return row
+
+    def _append(self, row: Any, batch: Batch, restamp: bool) -> None:
+        stream_id, last_t = row[0], row[4]
+        times = batch.times
+        if not times:
+            return
+        if last_t is not None and times[0] < last_t:
+            if not restamp:
+                raise ApiError(403, OLDER_MSG)
+            times = [t if t >= last_t else last_t for t in times]
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO datapoints (stream, t, d) VALUES (?,?,?)",
+                zip(repeat(stream_id), times, batch.encoded),
+            )
+            self._db.execute(
+                "UPDATE streams SET length=length+?, last_t=? WHERE id=?",
+                (len(times), times[-1], stream_id),
+            )
+
+    def _data_row(self, path: str, downlink: bool) -> Any:
+        """The stream's row, or its downlink substream's (an empty one if none was written)."""
+        row = self._stream_row(path)
         if row is None:
             raise ApiError(404, f"Stream {path} does not exist")
-        return int(row[3])
+        if downlink:
+            row = self._stream_row(path, downlink=True) or (None, row[1], row[2], 0, None)
+        return row
 
-    def read_index(self, path: str, i1: int, i2: int) -> str:
+    def length(self, path: str, downlink: bool = False) -> int:
+        with self._lock:
+            return int(self._data_row(path, downlink)[3])
+
+    def read_index(self, path: str, i1: int, i2: int, downlink: bool = False) -> str:
         """JSON of datapoints [i1:i2] (Python-style; i2 == 0 means to the end)."""
         with self._lock:
-            row = self._stream_row(path)
-            if row is None:
-                raise ApiError(404, f"Stream {path} does not exist")
+            row = self._data_row(path, downlink)
             n = row[3]
             start = _clamp(i1, n)
             stop = n if i2 == 0 else _clamp(i2, n)
@@ -388,12 +390,13 @@ class Store:
                 rows.reverse()
         return _rows_json(rows)
 
-    def read_time(self, path: str, t1: float, t2: float, limit: int) -> str:
+    def read_time(
+        self, path: str, span: tuple[float, float], limit: int, downlink: bool = False
+    ) -> str:
         """JSON of datapoints with t1 <= t < t2 (t2 == 0: no bound), at most limit (0: all)."""
+        t1, t2 = span
         with self._lock:
-            row = self._stream_row(path)
-            if row is None:
-                raise ApiError(404, f"Stream {path} does not exist")
+            row = self._data_row(path, downlink)
             rows = self._all(
                 "SELECT t, d FROM datapoints WHERE stream=? AND t>=? AND t<?"
                 " ORDER BY t, id LIMIT ?",

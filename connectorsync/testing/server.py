@@ -13,10 +13,14 @@ Guarantees:
   same port with the same storage (in memory too). ``close`` also closes the
   storage.
 * With a ``path`` the data survives a process restart.
+* Accounts as in ConnectorDB (see ``_accounts``): users of role "admin" or "user" who log
+  in with their name and password, each with its "user" and "meta" devices; other devices
+  log in with their apikey. An admin does anything, a user touches only their own user,
+  devices and streams.
 
 Run ``python -m connectorsync.testing.server [--port P] [--path FILE]
-[--device user/device]`` to serve until SIGTERM or SIGINT: it prints the url,
-then the device's apikey, one line each.
+[--device user/device] [--admin NAME:PASSWORD]`` to serve until SIGTERM or SIGINT: it
+prints the url, then the device's apikey, one line each.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Collection
 from typing import Any
 
 from ._api import Predicate, _Handler
+from ._errors import valid_name
 from ._faults import Faults as _Faults
 from ._httpd import LoopbackHTTPServer
 from ._service import LoopbackService
@@ -52,11 +57,30 @@ class ConnectorDBServer(LoopbackService):
 
     ``path`` is the SQLite file to persist to (None: in memory); ``port`` 0
     picks a free port on the first ``start`` and keeps it afterwards.
+    ``admin=(name, password)`` makes sure, when the storage opens, that this admin user
+    exists with that password (see :meth:`add_user`).
     Usable as a context manager (start on enter, stop on exit).
+
+    It answers what the ``connectordb`` 0.3.5 client asks: users at ``crud/USER``
+    (create with email and password, read, update, delete with everything they own),
+    devices at ``crud/USER/DEVICE`` (their ``apikey`` shown to their user, an admin and
+    themselves; ``"apikey": ""`` makes a new one), streams and their data; ``?q=ls`` for
+    users, a user's devices and a device's streams, ``?q=streams`` for a user's streams;
+    ``?q=countusers|countdevices|countstreams`` (admins only); ``meta/version``,
+    ``meta/transforms`` and ``meta/interpolators`` (none: transforms are refused). A
+    datapoint without ``t`` gets the time it arrives; a batch for an ephemeral stream
+    is checked but not stored; one from any device other than its own for a downlink
+    stream goes to its downlink substream (read with ``?downlink=true``).
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        port: int = 0,
+        admin: tuple[str, str] | None = None,
+    ) -> None:
         self._path = None if path is None else os.fspath(path)
+        self._admin = admin
         self._port = port
         self._store: Store | None = None
         self._httpd: _HTTPServer | None = None
@@ -99,13 +123,22 @@ class ConnectorDBServer(LoopbackService):
     def _open_store(self) -> Store:
         if self._store is None:
             self._store = Store(self._path)
+            if self._admin is not None:
+                self._store.add_user(*self._admin, role="admin")
         return self._store
 
     # -- data access for tests ------------------------------------------------------
 
     def add_device(self, user: str, device: str) -> str:
-        """Create the user and device if missing; return the device's apikey."""
+        """Create the user (without a password: it cannot log in by name) and the device
+        if missing; return the device's apikey."""
         return self._open_store().add_device(user, device)
+
+    def add_user(self, name: str, password: str, role: str = "user") -> None:
+        """Create the user (role "user" or "admin") with its "user" and "meta" devices, so
+        that ``connectordb.ConnectorDB(name, password, url=...)`` logs in; for an existing
+        user, set its password and role instead. ValueError on an invalid name or role."""
+        self._open_store().add_user(name, password, role)
 
     def datapoints(self, stream_path: str) -> list[dict[str, Any]]:
         """All ``{"t", "d"}`` of a "user/device/stream" in stored order; KeyError if missing."""
@@ -173,16 +206,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--path", help="SQLite file to keep the data in (default: memory)")
     parser.add_argument("--device", help="create this user/device and print its apikey")
+    parser.add_argument(
+        "--admin",
+        metavar="NAME:PASSWORD",
+        help="make sure this admin user exists, with this password",
+    )
     args = parser.parse_args(argv)
     device = args.device.split("/") if args.device else None
     if device is not None and len(device) != 2:
         parser.error("--device must be user/device")
+    admin = None
+    if args.admin is not None:
+        name, colon, password = args.admin.partition(":")
+        if not (colon and valid_name(name) and password):
+            parser.error("--admin must be NAME:PASSWORD, with a valid name and a password")
+        admin = (name, password)
 
     # Block the signals before any thread starts (threads inherit the mask), then
     # wait for them synchronously: no handler can race with the wait.
     signals = {signal.SIGTERM, signal.SIGINT}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    srv = ConnectorDBServer(path=args.path, port=args.port)
+    srv = ConnectorDBServer(path=args.path, port=args.port, admin=admin)
     try:
         srv.start()
         print(srv.url, flush=True)
