@@ -13,6 +13,7 @@ import requests
 
 from connectorsync import Logger, StreamError, UnknownStreamError, ValidationError
 from connectorsync.errors import SchemaError
+from connectorsync.remotes.base import DeliveryKind
 from connectorsync.testing import ConnectorDBServer
 
 from .conftest import dump, syncer_threads, wait_for, within
@@ -309,3 +310,41 @@ def test_overflow_flow_of_connectordb_python(cache_path: str, server: ConnectorD
         assert lg.sync().sent == {"mystream": 50}
         assert len(lg) == 0
     assert [p["d"] for p in server.datapoints("alice/sensor/mystream")] == list(range(50))
+
+
+class _TwoArgumentRemote:
+    """A remote written for the contract before properties: ``ensure_stream(stream, schema)``."""
+
+    delivery_kind = DeliveryKind.AT_LEAST_ONCE
+
+    def __init__(self) -> None:
+        self.created: list[tuple[str, dict[str, Any]]] = []
+        self.pushed: list[str] = []
+
+    def ping(self) -> str:
+        return "alice/sensor"
+
+    def ensure_stream(self, stream: str, schema: dict[str, Any]) -> None:
+        self.created.append((stream, schema))
+
+    def stream_schema(self, stream: str) -> dict[str, Any] | None:
+        return None
+
+    def push(self, stream: str, batch: Any) -> None:
+        self.pushed += [d for _, _, d in batch]
+
+    def reconcile(self, stream: str) -> float | None:
+        return None
+
+    def close(self) -> None: ...
+
+
+def test_a_remote_without_properties_in_ensure_stream_keeps_working(cache_path: str) -> None:
+    remote = _TwoArgumentRemote()
+    with Logger(cache_path, remote=remote) as lg:
+        lg.addStream("s", {"type": "number"})  # created at once, through the old signature
+        assert remote.created == [("s", {"type": "number"})]
+        lg.addStream_force("t", {"type": "string"})
+        lg.insert("t", "x")
+        assert lg.sync().ok and remote.created[-1] == ("t", {"type": "string"})
+        assert remote.pushed == ['"x"']
