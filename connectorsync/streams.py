@@ -39,7 +39,7 @@ from .errors import (
 )
 from .remotes.base import ensure_stream
 
-if TYPE_CHECKING:  # the registry is handed its cache and remote; no import needed at run time
+if TYPE_CHECKING:  # the registry is handed its cache and remote: types only
     from .cache import Cache
     from .remotes.base import Remote
 
@@ -455,7 +455,7 @@ class StreamRegistry:
             existing = ensure_stream(remote, name, schema, new.properties)
         except _OFFLINE as exc:
             level = logging.WARNING if isinstance(exc, AuthError) else logging.INFO
-            log.log(level, "stream %r is created on the remote at a sync: %s", name, exc)
+            log.log(level, "stream %r: registered; created remotely at a sync (%s)", name, exc)
             return new, False
         if existing is not None and existing != schema:
             log.warning(
