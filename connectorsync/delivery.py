@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .cache import BatchRequest, Cache, Row, StreamRow, Untrusted
+from .cache.properties import stream_properties
 from .errors import (
     AmbiguousRemoteError,
     AuthError,
@@ -52,7 +53,7 @@ from .errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .remotes.base import DeliveryKind, Preparable, Remote
+from .remotes.base import DeliveryKind, Preparable, Remote, ensure_stream
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -242,7 +243,8 @@ class _Turn:
         """Create the stream remotely if needed, and resolve a batch left in flight."""
         row = self.row
         if not row.remote_created:
-            self.remote.ensure_stream(row.name, json.loads(row.schema))
+            properties = stream_properties(self.cache, row.name)
+            ensure_stream(self.remote, row.name, json.loads(row.schema), properties)
             self.cache.set_remote_created(row.name)
         if not row.inflight:
             return

@@ -278,30 +278,32 @@ class Logger:
         return stream in self._streams
 
     def add_stream(
-        self, name: str, schema: dict[str, Any] | None = None, *, out_of_order: str = "reject"
+        self, name: str, schema: Any = None, *, out_of_order: str = "reject", **properties: Any
     ) -> None:
-        """Register a stream. With a schema this works offline (the stream is created on the
-        remote at the first sync); without one, the remote is asked for its schema.
+        """Register a stream, as connectordb 0.3.5's ``addStream`` (see :ref:`add-stream`):
+        with a schema, it is created on the remote now, or at the first sync when offline;
+        without one, the remote's is used. ``properties``: ConnectorDB's ``nickname``,
+        ``description``, ``icon``, ``datatype``, ``ephemeral``, ``downlink``.
 
         :param out_of_order: an explicit timestamp older than the stream's newest is refused
             (``"reject"``) or stored 1 µs after the newest (``"restamp"``)
-        :raises StreamError, SchemaError: bad name or schema
+        :raises StreamError, SchemaError: bad name, schema or property; nothing changed
         :raises UnknownStreamError, RemoteError: no schema, and the remote has none or failed
         """
         self._check_open()
-        if schema is None:
-            schema = self._streams.remote_schema(name, self.remote)
-        self._streams.register(name, schema, out_of_order)
+        asked = schema is None or self._remote._given is not None or self.apikey  # else: none yet
+        remote = self.remote if asked else None
+        self._streams.add(name, schema, remote, out_of_order, **properties)
 
     addStream = add_stream
 
     def addStream_force(
-        self, name: str, schema: dict[str, Any] | None = None, *, out_of_order: str = "reject"
+        self, name: str, schema: Any = None, *, out_of_order: str = "reject", **properties: Any
     ) -> None:
         """Register a stream without asking the remote (ConnectorDB name); no schema means any
         JSON value. The stream is created on the remote at the first sync if missing."""
         self._check_open()
-        self._streams.register(name, schema, out_of_order)
+        self._streams.register(name, schema, out_of_order, properties)
 
     def insert(self, stream: str, value: Any, timestamp: float | None = None) -> None:
         """Store one datapoint; returns once it is committed to disk (and archived).

@@ -27,9 +27,19 @@ import referencing
 import referencing.exceptions
 import referencing.jsonschema
 
-from .errors import SchemaError, StreamError, UnknownStreamError, ValidationError
+from .cache.properties import put_stream
+from .errors import (
+    AmbiguousRemoteError,
+    AuthError,
+    SchemaError,
+    StreamError,
+    TransientRemoteError,
+    UnknownStreamError,
+    ValidationError,
+)
+from .remotes.base import ensure_stream
 
-if TYPE_CHECKING:  # the registry is handed its cache and remote; no import needed at run time
+if TYPE_CHECKING:  # the registry is handed its cache and remote: types only
     from .cache import Cache
     from .remotes.base import Remote
 
@@ -224,7 +234,7 @@ class StreamDef:
 
     __slots__ = ("_fast", "_fast_types", "_validator", "name", "schema", "schema_text")
 
-    def __init__(self, name: str, schema: dict[str, Any] | None = None):
+    def __init__(self, name: str, schema: Any = None):  # anything: checked here
         self.name = check_name(name)
         if schema is None:
             schema = {}
@@ -318,6 +328,28 @@ class StreamDef:
 
 OUT_OF_ORDER = ("reject", "restamp")
 
+#: ConnectorDB's stream properties (0.3.5's ``Stream.create(schema, **kwargs)``), their types.
+PROPERTIES: dict[str, type] = {"nickname": str, "description": str, "icon": str}
+PROPERTIES.update({"datatype": str, "ephemeral": bool, "downlink": bool})
+# What leaves the creation of a stream at add_stream to the first sync: the remote is out of
+# reach now, or refuses the credentials (the sync reports that).
+_OFFLINE = (TransientRemoteError, AmbiguousRemoteError, AuthError)
+Schema = dict[str, Any] | str | None  # add_stream's: a dict, JSON text (as in 0.3.5) or none
+
+
+def check_properties(name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    """``properties`` as a dict; :raises StreamError: naming the stream, property, type."""
+    for key, value in properties.items():
+        if key not in PROPERTIES:
+            known = ", ".join(PROPERTIES)
+            raise StreamError(f"stream {name!r}: unknown property {key!r}; known: {known}")
+        if not isinstance(value, PROPERTIES[key]):  # isinstance(1, bool) is False, as wanted
+            raise StreamError(
+                f"stream {name!r}: property {key!r} must be a {PROPERTIES[key].__name__}; "
+                f"got {value!r} ({type(value).__name__})"
+            )
+    return dict(properties)
+
 
 class Registered(NamedTuple):
     """A registered stream: its definition, its id in the cache and its timestamp policy."""
@@ -325,6 +357,14 @@ class Registered(NamedTuple):
     definition: StreamDef
     id: int
     restamp: bool  # out_of_order="restamp": explicit older timestamps move after the newest
+
+
+class _New(NamedTuple):
+    """A registration checked and ready to store."""
+
+    definition: StreamDef
+    out_of_order: str
+    properties: dict[str, Any]
 
 
 class StreamRegistry:
@@ -358,18 +398,80 @@ class StreamRegistry:
             defs[row.name] = Registered(definition, row.id, restamp)
         self._defs, self._broken = defs, broken
 
-    def register(self, name: str, schema: dict[str, Any] | None, out_of_order: str) -> None:
-        """Register ``name`` with ``schema`` (None: any JSON value), or replace its schema.
+    def register(
+        self, name: str, schema: Schema, out_of_order: str, properties: Mapping[str, Any]
+    ) -> None:
+        """Register ``name`` with ``schema`` (None: any JSON value) and ``properties``, or
+        replace those of a registered stream; cached datapoints stay, and a changed schema
+        makes the next sync ensure the stream on the remote again.
 
-        :raises StreamError: bad name or ``out_of_order``; :raises SchemaError: bad schema
+        :raises StreamError, SchemaError: bad name, schema, ``out_of_order`` or property
         """
+        self._store(self._checked(name, schema, out_of_order, properties))
+
+    def add(
+        self, name: str, schema: Schema, remote: Remote | None, out_of_order: str, **props: Any
+    ) -> None:
+        """``add_stream``: check it all, ask ``remote`` (None: none to ask yet), register.
+
+        Without a schema the remote's is used. With one, the stream is created on the remote
+        now; one there already keeps its schema, used here too (a different one given is a
+        WARNING). :data:`_OFFLINE` errors leave the creation to the first sync.
+
+        :raises StreamError, SchemaError: bad name, schema, ``out_of_order`` or property
+        :raises UnknownStreamError: no schema, and the remote has no such stream
+        :raises RemoteError: no schema and the remote failed; or with one, the remote
+            refused the creation (but for the credentials)
+        """
+        new = self._checked(name, schema or {}, out_of_order, props)  # before asking
+        if schema is None and remote is not None:
+            schema = self.remote_schema(name, remote)
+            self._store(self._checked(name, schema, out_of_order, props), remote_created=True)
+        elif remote is not None:
+            self._store(*self._create(new, remote))
+        else:
+            self._store(new)
+
+    def _checked(
+        self, name: str, schema: Schema, out_of_order: str, properties: Mapping[str, Any]
+    ) -> _New:
+        """A registration checked whole, before anything is changed or asked."""
+        check_name(name)
         if out_of_order not in OUT_OF_ORDER:
             raise StreamError(
                 f"stream {name!r}: out_of_order must be 'reject' or 'restamp'; got {out_of_order!r}"
             )
-        definition = StreamDef(name, schema)
-        row = self._cache.put_stream(name, definition.schema_text, out_of_order)
-        self._defs = {**self._defs, name: Registered(definition, row.id, out_of_order == "restamp")}
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError as exc:
+                raise SchemaError(f"stream {name!r}: the schema is not JSON: {exc}") from None
+        return _New(StreamDef(name, schema), out_of_order, check_properties(name, properties))
+
+    def _create(self, new: _New, remote: Remote) -> tuple[_New, bool]:
+        """Create the stream on ``remote`` now: what to register, and whether it is there."""
+        name, schema = new.definition.name, new.definition.schema
+        try:
+            existing = ensure_stream(remote, name, schema, new.properties)
+        except _OFFLINE as exc:
+            level = logging.WARNING if isinstance(exc, AuthError) else logging.INFO
+            log.log(level, "stream %r: registered; created remotely at a sync (%s)", name, exc)
+            return new, False
+        if existing is not None and existing != schema:
+            log.warning(
+                "stream %r exists on the remote with schema %s, not %s: using the remote's",
+                *(name, json.dumps(existing), new.definition.schema_text),
+            )
+            return new._replace(definition=StreamDef(name, existing)), True
+        return new, True
+
+    def _store(self, new: _New, remote_created: bool = False) -> None:
+        name, text = new.definition.name, new.definition.schema_text
+        row = put_stream(self._cache, name, text, new.out_of_order, new.properties)
+        if remote_created:
+            self._cache.set_remote_created(name)
+        restamp = new.out_of_order == "restamp"
+        self._defs = {**self._defs, name: Registered(new.definition, row.id, restamp)}
         self._broken.pop(name, None)
 
     def remote_schema(self, name: str, remote: Remote) -> dict[str, Any]:

@@ -367,3 +367,34 @@ def test_migrate_refuses_a_missing_file_or_not_a_cache(
     assert run("migrate", other)[0] == 2
     assert "not a connectorsync cache" in capsys.readouterr().err
     assert snapshot(other) == before and backups(other) == []
+
+
+def test_a_v3_cache_migrates_to_v4_with_empty_stream_properties(
+    cache_path: str, server: ConnectorDBServer
+) -> None:
+    conn = apsw.Connection(cache_path)
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    for _, step in MIGRATIONS[:3]:  # a v3 cache, as connectorsync 3-schema versions left it
+        step(conn)
+    conn.execute("PRAGMA user_version=3")
+    conn.execute(
+        "INSERT INTO streams (name, schema) VALUES ('temperature', '{\"type\":\"number\"}')"
+    )
+    conn.execute("INSERT INTO datapoints (stream, t, d) VALUES (1, 1.7e9, '21.5')")
+    conn.close()
+    os.chmod(cache_path, 0o600)
+
+    assert SCHEMA_VERSION == 4 and MIGRATIONS[3][0] == "v4_stream_properties"
+    with Logger(cache_path, apikey=server.apikey, serverurl=server.url) as lg:
+        assert lg.streams == {"temperature": {"type": "number"}} and len(lg) == 1
+        lg.addStream("door", {"type": "boolean"}, nickname="Door")
+        assert lg.sync().sent == {"temperature": 1}
+    assert backups(cache_path) == [cache_path + ".v3-backup"]
+    conn = apsw.Connection(cache_path, flags=apsw.SQLITE_OPEN_READONLY)
+    assert list(conn.execute("PRAGMA user_version")) == [(4,)]
+    assert dict(conn.execute("SELECT name, properties FROM streams")) == {
+        "temperature": "{}",
+        "door": '{"nickname": "Door"}',
+    }
+    conn.close()
+    assert server.datapoints("alice/sensor/temperature")[0]["d"] == 21.5

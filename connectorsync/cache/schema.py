@@ -127,11 +127,22 @@ def _migrate_v3(conn: apsw.Connection) -> None:
     ).fetchall()
 
 
+def _migrate_v4(conn: apsw.Connection) -> None:
+    """v4: stream properties.
+
+    ``streams.properties``: ConnectorDB's stream properties given to ``add_stream``
+    (``nickname``, ``description``...) as a JSON object, sent when the stream is created on
+    the remote; ``'{}'`` for the streams registered before.
+    """
+    conn.execute("ALTER TABLE streams ADD COLUMN properties TEXT NOT NULL DEFAULT '{}';").fetchall()
+
+
 # Named, versioned steps: MIGRATIONS[i] takes a file from user_version i to i + 1.
 MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
     ("v1_initial", _migrate_v1),
     ("v2_inflight_and_retries", _migrate_v2),
     ("v3_device_time", _migrate_v3),
+    ("v4_stream_properties", _migrate_v4),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

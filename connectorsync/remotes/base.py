@@ -26,7 +26,7 @@ through :mod:`connectorsync.remotes._http`, which keeps such bodies for ``push``
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 # A datapoint as the cache hands it over: (cache id, t in seconds, data as JSON text).
@@ -66,10 +66,21 @@ class Remote(Protocol):
         """
         ...
 
-    def ensure_stream(self, stream: str, schema: dict[str, Any]) -> None:
-        """Make sure ``stream`` exists remotely, creating it with ``schema`` if it is missing.
+    def ensure_stream(
+        self,
+        stream: str,
+        schema: dict[str, Any],
+        properties: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Make sure ``stream`` exists remotely, creating it with ``schema`` and
+        ``properties`` (ConnectorDB's ``nickname``, ``description``, ``icon``, ``datatype``,
+        ``ephemeral``, ``downlink``; a remote without such properties ignores them) if it is
+        missing.
 
-        Calling it twice is safe: an existing stream is left as it is.
+        Returns the schema the stream already had on the remote (which may differ from
+        ``schema``), or None when this call created it or the remote keeps no schemas.
+        Calling it twice is safe: an existing stream is left as it is, properties included.
+        The syncer calls it before a stream's first batch, ``add_stream`` when given a schema.
         """
         ...
 
@@ -110,3 +121,14 @@ class Preparable(Protocol):
         """Make the body of ``batch`` now, in the caller's (a second) thread. Never raises:
         whatever went wrong, ``push`` meets again when it makes the body itself."""
         ...
+
+
+def ensure_stream(
+    remote: Remote, stream: str, schema: dict[str, Any], properties: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """``remote.ensure_stream(stream, schema, properties)``, with ``properties`` left out
+    when there are none: a remote written for the contract before properties (``ensure_stream
+    (stream, schema)``) keeps working for every stream registered without them."""
+    if properties:
+        return remote.ensure_stream(stream, schema, properties)
+    return remote.ensure_stream(stream, schema)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 from urllib.parse import quote
@@ -116,15 +116,23 @@ class ConnectorDBRemote:
         found: dict[str, Any] = json.loads(schema) if isinstance(schema, str) else schema
         return found
 
-    def ensure_stream(self, stream: str, schema: dict[str, Any]) -> None:
-        if self.stream_schema(stream) is not None:
-            return
-        body = json.dumps({"schema": json.dumps(schema)})
+    def ensure_stream(
+        self, stream: str, schema: dict[str, Any], properties: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Create ``stream`` if missing: one POST whose body holds the properties and the
+        schema as JSON text, as connectordb 0.3.5's ``Stream.create(schema, **properties)``
+        sends it. Returns the schema of a stream that was there already."""
+        existing = self.stream_schema(stream)
+        if existing is not None:
+            return existing
+        body = json.dumps({**(properties or {}), "schema": json.dumps(schema)})
         try:
             self._http.request("POST", self._crud(stream), data=body)
         except RemoteError as exc:
-            if exc.status != 409:  # created meanwhile by someone else: fine
+            if exc.status != 409:  # created meanwhile by someone else: theirs is kept
                 raise
+            return self.stream_schema(stream)
+        return None
 
     def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
         """Make the body of ``batch`` ahead of :meth:`push` (see :class:`._http.Prepared`)."""

@@ -140,8 +140,12 @@ class HTTPRemote:
             self._http.request("GET", self.ping_url)
         return self._mask(self.url)
 
-    def ensure_stream(self, stream: str, schema: dict[str, Any]) -> None:
-        """Nothing to create: the url takes any stream."""
+    def ensure_stream(
+        self, stream: str, schema: dict[str, Any], properties: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Nothing to create: the url takes any stream. Returns None (no schema is kept);
+        ``properties`` are accepted and ignored: an HTTP sink has none."""
+        return None
 
     def stream_schema(self, stream: str) -> dict[str, Any] | None:
         """``{}``: an HTTP sink takes any stream and keeps no schema."""

@@ -213,15 +213,20 @@ class InfluxDBRemote:
             self._influxql("SHOW DATABASES", on_database=False)
         return f"influxdb {version}/{self.target}"
 
-    def ensure_stream(self, stream: str, schema: dict[str, Any]) -> None:
+    def ensure_stream(
+        self, stream: str, schema: dict[str, Any], properties: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """Measurements need no creation; with ``create_database`` the database is created
-        (once per remote object; ``CREATE DATABASE`` is harmless when it exists).
+        (once per remote object; ``CREATE DATABASE`` is harmless when it exists). Returns
+        None: InfluxDB keeps no schema. ``properties`` are accepted and ignored: a
+        measurement has none of ConnectorDB's stream properties.
 
         :raises ConfigurationError: ``stream`` cannot be a measurement name
         """
         measurement(stream)
         if self.create_database and not self._database_ready:
             self._create_database()
+        return None
 
     def stream_schema(self, stream: str) -> dict[str, Any] | None:
         """``{}`` when the measurement holds a point (with our tags), else None: InfluxDB keeps
