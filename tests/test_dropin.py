@@ -348,3 +348,50 @@ def test_a_remote_without_properties_in_ensure_stream_keeps_working(cache_path: 
         lg.insert("t", "x")
         assert lg.sync().ok and remote.created[-1] == ("t", {"type": "string"})
         assert remote.pushed == ['"x"']
+
+
+def test_the_connectordb_python_logger_flows_with_its_own_client(cache_path: str) -> None:
+    """connectordb-python's logger tests, end to end: accounts made with the real 0.3.5
+    client (an admin logs in, creates a user and a device, reads its apikey), then
+    ``connectorsync.Logger`` in place of ``connectordb.logger.Logger``: the stream is
+    created at ``addStream`` with its properties, ``l.connectordb`` reads it back, adding it
+    again overwrites the local registration, and the datapoints arrive through a sync."""
+    import connectordb  # a test dependency: the 0.3.5 client itself
+
+    server = ConnectorDBServer(admin=("test", "test"))
+    server.start()
+    try:
+        db = connectordb.ConnectorDB("test", "test", url=server.url)
+        usr = db("logger_test")
+        assert not usr.exists()
+        usr.create("loggertest@localhost", "mypass")
+        device = usr["mydevice"]
+        device.create()
+        apikey = device.apikey
+        stream = device["mystream"]
+
+        def on_create(lg: Logger) -> None:
+            lg.apikey = apikey
+            lg.serverurl = server.url
+            lg.addStream("mystream", {"type": "string"}, nickname="My stream", downlink=True)
+
+        assert not stream.exists()
+        with Logger(cache_path, on_create=on_create) as lg:
+            assert stream.exists()  # created at addStream, before any sync
+            assert (stream.nickname, stream.downlink) == ("My stream", True)
+            client = lg.connectordb
+            assert client.ping() == "logger_test/mydevice"
+            assert client["mystream"].schema == {"type": "string"}
+            # Adding it again overwrites the local registration; the server's schema stays.
+            lg.addStream("mystream", {"type": "string", "maxLength": 20})
+            assert lg.streams["mystream"] == {"type": "string"}
+            lg.insert("mystream", "Hello World!")
+            lg.insert("mystream", "hi")
+            assert len(lg) == 2 and len(stream) == 0
+            lg.sync()
+            assert len(lg) == 0 and len(stream) == 2
+        assert [stream[0]["d"], stream[1]["d"]] == ["Hello World!", "hi"]
+        usr.delete()
+        assert not usr.exists()
+    finally:
+        server.stop()
