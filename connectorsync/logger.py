@@ -220,6 +220,7 @@ class Logger:
     batch_size = _option("batch_size")
     max_batch_bytes = _option("max_batch_bytes")
     sync_threshold = _option("sync_threshold")
+    sync_jitter = _option("sync_jitter")
     http_timeout = _option("http_timeout")
     max_cached = _option("max_cached")
     max_cache_bytes = _option("max_cache_bytes")

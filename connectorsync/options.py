@@ -35,6 +35,14 @@ def positive_number(name: str, value: Any) -> float:
     return float(value)
 
 
+def non_negative_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigurationError(f"{name} must be a number >= 0; got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be finite; got {value!r}")
+    return float(value)
+
+
 def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False; got {value!r}")
@@ -65,6 +73,9 @@ def optional(check: Check) -> Check:
     return check_optional
 
 
+#: ``sync_jitter=None`` stands for this fraction of ``syncperiod``.
+DEFAULT_JITTER = 0.1
+
 # name: (default, check, meaning)
 OPTIONS: dict[str, tuple[Any, Check, str]] = {
     "durability": (
@@ -88,6 +99,13 @@ OPTIONS: dict[str, tuple[Any, Check, str]] = {
         None,
         optional(positive_int),
         "sync as soon as this many datapoints were inserted (None: by period)",
+    ),
+    "sync_jitter": (
+        None,
+        optional(non_negative_number),
+        "seconds of random delay added to each periodic pass and to the first one after "
+        "start(), so a fleet started together does not sync in step (None: 10% of "
+        "syncperiod; 0: none)",
     ),
     "http_timeout": (30.0, positive_number, "seconds to connect, and to wait for each answer"),
     "max_cached": (None, optional(positive_int), "most datapoints the cache may hold"),
@@ -133,6 +151,7 @@ class Options:
     batch_size: int
     max_batch_bytes: int
     sync_threshold: int | None
+    sync_jitter: float | None
     http_timeout: float
     max_cached: int | None
     max_cache_bytes: int | None
@@ -150,6 +169,13 @@ class Options:
         for name, (default, _, _) in OPTIONS.items():
             setattr(self, name, default)
         self.syncperiod = syncperiod
+
+    def jitter(self) -> float:
+        """The seconds ``sync_jitter`` stands for now: its value, or
+        :data:`DEFAULT_JITTER` of ``syncperiod`` when None (so it follows ``syncperiod``)."""
+        if self.sync_jitter is None:
+            return DEFAULT_JITTER * self.syncperiod
+        return self.sync_jitter
 
     def get(self, name: str) -> Any:
         """The value of option ``name``."""

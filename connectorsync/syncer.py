@@ -2,12 +2,22 @@
 
 :meth:`Syncer.sync` runs one pass (:func:`~connectorsync.delivery.run_pass`); ``Logger.sync()``,
 the background thread and the tests all call it. :meth:`Syncer.start` runs passes in a
-background thread that wakes every ``syncperiod``, when the backlog reaches
-``sync_threshold``, and on :meth:`wake`. The syncer never calls up into the Logger: it is
-handed the :class:`~connectorsync.options.Options`, the remote (:meth:`set_remote`), a
-:class:`PassHooks` and one ``on_pass`` listener, and it uses a cache connection of its own.
+background thread that wakes every ``syncperiod`` (plus up to ``sync_jitter``), when the
+backlog reaches ``sync_threshold``, and on :meth:`wake`. The syncer never calls up into the
+Logger: it is handed the :class:`~connectorsync.options.Options`, the remote
+(:meth:`set_remote`), a :class:`PassHooks` and one ``on_pass`` listener, and it uses a cache
+connection of its own.
 
 Guarantees (each proved by the test named, in ``tests/``):
+
+- Periodic passes are jittered, so a fleet restarted together does not sync in step: the
+  first pass after :meth:`start` waits a uniform random ``[0, sync_jitter]`` seconds, and
+  each next one comes ``syncperiod`` plus a uniform random ``[0, sync_jitter]`` after the
+  last began (never sooner than ``syncperiod``). Passes asked for (``sync()``, a wake,
+  ``sync_threshold``, close's drain) and retries are not delayed by it
+  (``test_jitter.py::test_a_fleet_started_together_spreads_its_first_passes``,
+  ``test_jitter.py::test_the_wait_is_syncperiod_plus_up_to_sync_jitter``,
+  ``test_jitter.py::test_asked_for_passes_are_not_delayed_by_sync_jitter``).
 
 - Transient failures back off exponentially with full jitter (capped at ``syncperiod``),
   honour ``Retry-After``, and every wait ends at once on :meth:`stop`
@@ -35,6 +45,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -270,6 +281,11 @@ class Syncer:
             if self._thread is not None and self._thread.is_alive():
                 self._wake.set()
                 return
+            # A wake left by stop(), or by a setting changed before start(), asks for no pass:
+            # kept, it would make the first pass come at once, in step with the fleet.
+            self._wake.clear()
+            if self._threshold_reached():
+                self._wake.set()
             self._thread = threading.Thread(
                 target=self._run,
                 name=f"connectorsync-syncer:{os.path.basename(self._path)}",
@@ -302,9 +318,12 @@ class Syncer:
     def inserted(self, count: int) -> None:
         """Note ``count`` inserts: wake the thread once the backlog reaches sync_threshold."""
         self._pending += count
-        threshold = self._options.sync_threshold
-        if threshold is not None and self._pending >= threshold:
+        if self._threshold_reached():
             self._wake.set()
+
+    def _threshold_reached(self) -> bool:
+        threshold = self._options.sync_threshold
+        return threshold is not None and self._pending >= threshold
 
     def resume(self) -> None:
         """The credentials changed: end a pause, and try them now."""
@@ -321,7 +340,8 @@ class Syncer:
                 self._retire()
 
     def _loop(self) -> None:
-        due = time.monotonic()  # the first pass at once
+        # Not at once: loggers started together (a fleet after a restart) would stay in step.
+        due = time.monotonic() + jittered(0.0, self._options.jitter())
         while True:
             with self._state_lock:
                 if self._stop.is_set():
@@ -337,7 +357,7 @@ class Syncer:
                 continue
             if woken and self.paused:
                 continue  # paused: only the period or new credentials try again
-            due = time.monotonic() + self._options.syncperiod
+            due = time.monotonic() + jittered(self._options.syncperiod, self._options.jitter())
             self.paused = None
             with self._pass_lock:
                 locked = self._lock.acquire()
@@ -507,6 +527,21 @@ class Syncer:
                     self._close_connection()
             finally:
                 self._pass_lock.release()
+
+
+def jittered(
+    base: float, jitter: float, uniform: Callable[[float, float], float] = random.uniform
+) -> float:
+    """``base`` plus a uniform random ``[0, jitter]`` seconds (exactly ``base`` when ``jitter``
+    is 0): the wait before a periodic pass (``base`` is ``syncperiod``, or 0 for the first).
+
+    Added rather than centred on ``base`` so that ``syncperiod`` stays a floor between periodic
+    passes (a metered link or a server quota sized for it holds); the mean period is
+    ``syncperiod + jitter / 2``, 5% longer with the default jitter.
+
+    :param uniform: the random source, ``uniform(a, b)`` as :func:`random.uniform`
+    """
+    return (base + uniform(0.0, jitter)) if jitter > 0 else base
 
 
 def _record_remote(cache: Cache, remote: Remote) -> None:

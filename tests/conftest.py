@@ -189,6 +189,7 @@ def syncing_child(path: str, serverurl: str | None = None) -> Iterator[subproces
         f"lg = Logger({path!r})\n"
         + (f"lg.serverurl = {serverurl!r}\n" if serverurl else "")
         + "lg.syncperiod = 3600\n"
+        "lg.sync_jitter = 0\n"  # its first pass at once, not up to 6 min later
         "lg.start()\n"
         "while lg.lastsynctime == 0: time.sleep(0.01)\n"
         "print('syncing', flush=True)\n"

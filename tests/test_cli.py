@@ -54,7 +54,7 @@ def test_status_text_and_json(cache: str) -> None:
 
 
 def test_status_names_the_process_that_syncs(cache: str) -> None:
-    with Logger(cache) as lg:
+    with Logger(cache, sync_jitter=0) as lg:
         lg.syncperiod = 3600
         lg.start()
         from .conftest import wait_for
@@ -445,7 +445,7 @@ def test_status_check_fails_when_syncing_fails(cache: str, server: ConnectorDBSe
 def test_status_check_fails_while_syncing_is_paused(cache: str, server: ConnectorDBServer) -> None:
     from .conftest import wait_for
 
-    with Logger(cache, apikey="wrong") as lg:
+    with Logger(cache, apikey="wrong", sync_jitter=0) as lg:
         lg.start()
         wait_for(lambda: lg.status().paused, what="refused credentials to pause syncing")
         code, out = run("status", cache, "--check")

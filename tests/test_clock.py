@@ -217,7 +217,7 @@ def test_ntp_failures_are_clear(cache_path: str, ntp: NTPServer) -> None:
 def test_background_syncer_asks_ntp(cache_path: str, ntp: NTPServer, server: ConnectorDBServer):
     from .conftest import wait_for
 
-    lg = Logger(cache_path, apikey=server.apikey, ntp_server=ntp.address)
+    lg = Logger(cache_path, apikey=server.apikey, ntp_server=ntp.address, sync_jitter=0)
     lg.serverurl = server.url
     lg.start()
     wait_for(lambda: lg.status().clock_offset is not None, what="an NTP answer")

@@ -162,7 +162,7 @@ def test_background_sync_retries_transient_failures(
 
 
 def test_stop_returns_at_once_during_a_long_backoff(cache_path: str, server) -> None:
-    lg = Logger(cache_path, apikey=server.apikey)
+    lg = Logger(cache_path, apikey=server.apikey, sync_jitter=0)
     lg.serverurl = server.url
     lg.addStream("temperature", {"type": "number"})
     lg.insert("temperature", 1.0)
@@ -180,7 +180,9 @@ def test_stop_returns_at_once_during_a_long_backoff(cache_path: str, server) -> 
 
 def test_auth_failure_pauses(cache_path: str, server: ConnectorDBServer) -> None:
     failures: list[Exception] = []
-    lg = Logger(cache_path, apikey="wrong", sync_threshold=1, onsyncfail=failures.append)
+    lg = Logger(
+        cache_path, apikey="wrong", sync_threshold=1, onsyncfail=failures.append, sync_jitter=0
+    )
     lg.serverurl = server.url
     lg.addStream("temperature", {"type": "number"})
     lg.start()
@@ -202,7 +204,7 @@ def test_auth_failure_pauses(cache_path: str, server: ConnectorDBServer) -> None
 
 
 def test_sync_threshold_and_syncperiod_wake_the_syncer(cache_path: str, server) -> None:
-    lg = Logger(cache_path, apikey=server.apikey, sync_threshold=10)
+    lg = Logger(cache_path, apikey=server.apikey, sync_threshold=10, sync_jitter=0)
     lg.serverurl = server.url
     lg.syncperiod = 3600
     lg.addStream("temperature", {"type": "number"})
@@ -233,7 +235,7 @@ def test_start_never_blocks_on_the_network(cache_path: str, server) -> None:
 
 def started(cache_path: str, server: ConnectorDBServer) -> Logger:
     """A Logger with a started background syncer (period an hour) past its first pass."""
-    lg = Logger(cache_path, apikey=server.apikey)
+    lg = Logger(cache_path, apikey=server.apikey, sync_jitter=0)
     lg.serverurl = server.url
     lg.syncperiod = 3600
     lg.addStream("temperature", {"type": "number"})
@@ -288,6 +290,7 @@ def test_one_syncer_per_cache_file(cache_path: str, server, other_syncer) -> Non
 
 def test_second_logger_in_one_process_does_not_sync_concurrently(logger: Logger, server) -> None:
     logger.syncperiod = 3600
+    logger.sync_jitter = 0
     logger.start()
     wait_for(lambda: logger.lastsynctime > 0, what="the first pass")
     with Logger(logger.path) as second:

@@ -460,7 +460,9 @@ def test_restart_during_a_big_backlog_loses_nothing(
     remote = PausingRemote(server.url, "backlog", create_database=True, timeout=5)
     total = 20_000
     try:
-        with Logger(cache_path, remote=remote, batch_size=500, durability="normal") as lg:
+        with Logger(
+            cache_path, remote=remote, batch_size=500, durability="normal", sync_jitter=0
+        ) as lg:
             lg.add_stream("reading", {"type": "number"})
             for start in range(0, total, 5000):
                 lg.insert_many("reading", [float(i) for i in range(start, start + 5000)])

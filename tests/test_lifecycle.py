@@ -33,7 +33,9 @@ def values(server: ConnectorDBServer) -> list[Any]:
 
 
 def opened(path: str | Path, server: ConnectorDBServer, **kwargs: Any) -> Logger:
-    """A Logger on ``server`` with the number stream ``temperature``."""
+    """A Logger on ``server`` with the number stream ``temperature``, whose background
+    syncer makes its first pass at once after ``start()`` (``sync_jitter=0``)."""
+    kwargs.setdefault("sync_jitter", 0)
 
     def init(lg: Logger) -> None:
         lg.apikey = server.apikey  # type: ignore[attr-defined]
@@ -226,6 +228,7 @@ def test_start_in_on_create_syncs_once_created(tmp_path: Path, server: Connector
         lg.apikey = server.apikey  # type: ignore[attr-defined]
         lg.serverurl = server.url
         lg.syncperiod = 3600
+        lg.sync_jitter = 0
         lg.addStream("temperature", {"type": "number"})
         lg.insert("temperature", 1.0)
         lg.start()

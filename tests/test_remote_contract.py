@@ -435,7 +435,7 @@ def test_the_background_syncer_rides_out_an_outage(
 ) -> None:
     backend.retry_after = 0.05  # the fake servers ask for a short wait
     sent = points([1.0, 2.0, 3.0])
-    lg = backend.logger(cache_path)
+    lg = backend.logger(cache_path, sync_jitter=0)
     lg.insert_many(STREAM, sent)
     with backend.outage():
         lg.start()

@@ -246,7 +246,7 @@ class _BuggyRemote:
 
 def test_the_background_syncer_says_why_an_unexpected_error_stopped_a_pass(cache_path) -> None:
     remote = _BuggyRemote()
-    with Logger(cache_path, remote=remote) as lg:
+    with Logger(cache_path, remote=remote, sync_jitter=0) as lg:
         lg.start()
         wait_for(
             lambda: "a bug in the remote" in (lg.status().last_error or ""),
