@@ -1,5 +1,17 @@
 """What connectorsync asks of the disk, from ONE run of this script (ratios, not seconds).
 
+Write amplification: bytes this process caused to be written to the storage layer
+(``/proc/self/io`` ``write_bytes``, counted when a page is dirtied: a page rewritten before the
+kernel wrote it back counts once, as the disk sees it) per byte of payload, for 10 streams of
+numbers at the same total count, inserted one at a time as a sensor loop does: ``full``,
+``normal``, ``batched``, connectordb 0.3.5's Logger and raw apsw (autocommit, WAL,
+synchronous=FULL). The payload of a datapoint is its JSON ``{"t": ..., "d": ...}``, what a
+remote receives. The count runs until the file is closed (its WAL checkpointed).
+
+Insert cost: ``Logger.insert`` with ``durability="normal"`` against raw apsw autocommit into a
+plain table of the same columns without trigger or index, and the same table as each part of
+the cache's shape is added, to show what costs the difference.
+
 Group commit: 8 threads inserting into one Logger with ``durability="full"``, against one
 thread, and against raw apsw with 8 threads each on its own connection, one autocommit INSERT
 per datapoint (WAL, synchronous=FULL, a busy timeout), into a table of the cache's shape.
@@ -10,7 +22,8 @@ SD card takes 1-20 ms; so each figure is measured twice: on this disk as it is, 
 fsync held ``--fsync-ms`` longer (5 ms by default) by a VFS shim, as on an SD card. Both sides
 of each ratio run under the same shim.
 
-Usage: python tests/benchmarks/bench_disk.py [--seconds S] [--dir DIR]
+Usage: python tests/benchmarks/bench_disk.py [--seconds S] [--dir DIR] [--count N]
+                                             [--fsync-ms MS]
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ CREATE INDEX IF NOT EXISTS datapoints_by_stream ON datapoints(stream);
 """
 
 THREADS = 8
+STREAMS = 10
 
 
 class _SlowSyncFile(apsw.VFSFile):
@@ -120,6 +134,155 @@ def bench_raw(workdir: str, threads: int, seconds: float) -> float:
     return rate
 
 
+def written_bytes() -> int:
+    with open("/proc/self/io") as io:
+        return int(next(line for line in io if line.startswith("write_bytes:")).split()[1])
+
+
+def payload_bytes(count: int) -> int:
+    """The JSON of ``count`` datapoints as a remote receives them."""
+    now = time.time()
+    return sum(len(json.dumps({"t": now + i, "d": 20.0 + i % 10})) for i in range(count))
+
+
+def amplification_logger(workdir: str, durability: str, count: int, rate: float = 0) -> int:
+    """Bytes written to insert ``count`` datapoints round-robin into 10 streams, as fast as
+    possible, or ``rate`` datapoints per second (a sensor loop's pace)."""
+    path = os.path.join(workdir, f"wa-{durability}-{time.time_ns()}.db")
+
+    def init(lg: Logger) -> None:
+        for k in range(STREAMS):
+            lg.addStream(f"s{k}", {"type": "number"})
+
+    Logger(path, on_create=init, durability=durability).close()
+    before = written_bytes()
+    start = time.monotonic()
+    with Logger(path, durability=durability) as lg:
+        for i in range(count):
+            lg.insert(f"s{i % STREAMS}", 20.0 + i % 10)
+            if rate:
+                time.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
+    return written_bytes() - before
+
+
+def amplification_connectordb(workdir: str, count: int) -> int | None:
+    try:
+        from connectordb.logger import Logger as OldLogger
+    except ImportError:
+        return None
+    path = os.path.join(workdir, f"wa-cdb-{time.time_ns()}.db")
+
+    def init(lg: OldLogger) -> None:
+        for k in range(STREAMS):
+            lg.addStream_force(f"s{k}", {"type": "number"})
+
+    OldLogger(path, on_create=init).database.close()
+    before = written_bytes()
+    lg = OldLogger(path)
+    for i in range(count):
+        lg.insert(f"s{i % STREAMS}", 20.0 + i % 10)
+    lg.database.close()
+    return written_bytes() - before
+
+
+def amplification_raw(workdir: str, count: int) -> int:
+    path = os.path.join(workdir, f"wa-raw-{time.time_ns()}.db")
+    conn = apsw.Connection(path)
+    conn.execute(RAW_TABLE).fetchall()
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    conn.execute("PRAGMA synchronous=FULL").fetchall()
+    before = written_bytes()
+    sql = "INSERT INTO datapoints (stream, t, d) VALUES (?, ?, ?)"
+    for i in range(count):
+        conn.execute(sql, (i % STREAMS, time.time(), json.dumps(20.0 + i % 10))).fetchall()
+    conn.close()
+    return written_bytes() - before
+
+
+def report_amplification(workdir: str, count: int) -> None:
+    payload = payload_bytes(count)
+    rows = [
+        ("Logger, full", amplification_logger(workdir, "full", count)),
+        ("Logger, batched (0.2 s)", amplification_logger(workdir, "batched", count)),
+        ("Logger, normal", amplification_logger(workdir, "normal", count)),
+        ("connectordb 0.3.5 Logger", amplification_connectordb(workdir, count)),
+        ("raw apsw, WAL + FULL", amplification_raw(workdir, count)),
+    ]
+    print(
+        f"write amplification: {count:,} datapoints into {STREAMS} streams as fast as they go, "
+        f"{payload:,} payload bytes"
+    )
+    for name, written in rows:
+        if written is not None:
+            print(f"  {name:26} {written:14,} bytes  {written / payload:8.1f} per payload byte")
+    paced = min(count, 1000)
+    payload = payload_bytes(paced)
+    print(f"... {paced:,} datapoints at 100/s (10 streams at 10 Hz), {payload:,} payload bytes")
+    for durability in ("full", "batched"):
+        written = amplification_logger(workdir, durability, paced, rate=100)
+        name = f"Logger, {durability}"
+        print(f"  {name:26} {written:14,} bytes  {written / payload:8.1f} per payload byte")
+
+
+PLAIN_TABLE = "CREATE TABLE datapoints (stream INTEGER NOT NULL, t REAL NOT NULL, d TEXT NOT NULL)"
+# The cache's shape, one part at a time (cache/schema.py has the real one).
+SHAPES = {
+    "plain table": [PLAIN_TABLE],
+    "+ integer primary key": [
+        "CREATE TABLE datapoints (id INTEGER PRIMARY KEY, stream INTEGER NOT NULL, "
+        "t REAL NOT NULL, d TEXT NOT NULL)"
+    ],
+    "+ autoincrement": [
+        "CREATE TABLE datapoints (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "stream INTEGER NOT NULL, t REAL NOT NULL, d TEXT NOT NULL)"
+    ],
+    "+ index by stream": [
+        "CREATE TABLE datapoints (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "stream INTEGER NOT NULL, t REAL NOT NULL, d TEXT NOT NULL)",
+        "CREATE INDEX datapoints_by_stream ON datapoints(stream)",
+    ],
+}
+
+
+def insert_rate_raw(workdir: str, statements: list[str], seconds: float) -> float:
+    conn = apsw.Connection(os.path.join(workdir, f"shape-{time.time_ns()}.db"))
+    for statement in statements:
+        conn.execute(statement).fetchall()
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    conn.execute("PRAGMA synchronous=NORMAL").fetchall()
+    sql = "INSERT INTO datapoints (stream, t, d) VALUES (1, ?, ?)"
+    rate = timed(lambda i: conn.execute(sql, (time.time(), json.dumps(20.0 + i % 10))), seconds)
+    conn.close()
+    return rate
+
+
+def insert_rate_logger(workdir: str, seconds: float) -> float:
+    path = os.path.join(workdir, f"shape-logger-{time.time_ns()}.db")
+    with Logger(path, durability="normal") as lg:
+        lg.addStream("temperature", {"type": "number"})
+        return timed(lambda i: lg.insert("temperature", 20.0 + i % 10), seconds)
+
+
+def timed(insert: Callable[[int], object], seconds: float) -> float:
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(100):
+            insert(count)
+            count += 1
+    return count / elapsed
+
+
+def report_insert_cost(workdir: str, seconds: float) -> None:
+    print("insert cost, durability=normal (datapoints/s; ratio against the plain table)")
+    plain = insert_rate_raw(workdir, SHAPES["plain table"], seconds)
+    print(f"  raw apsw, {'plain table':36} {plain:10,.0f}   1.00x")
+    for name, statements in list(SHAPES.items())[1:]:
+        rate = insert_rate_raw(workdir, statements, seconds)
+        print(f"  raw apsw, {name:36} {rate:10,.0f}   {rate / plain:4.2f}x")
+    rate = insert_rate_logger(workdir, seconds)
+    print(f"  {'Logger.insert (the whole cache shape)':46} {rate:10,.0f}   {rate / plain:4.2f}x")
+
+
 def measure(workdir: str, seconds: float) -> tuple[float, float, float]:
     """(one thread, 8 threads, raw apsw with 8 connections), datapoints/s."""
     one = bench_logger(workdir, 1, seconds)
@@ -141,8 +304,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--dir", default=None)
     parser.add_argument("--fsync-ms", type=float, default=5.0)
+    parser.add_argument("--count", type=int, default=10_000, help="write amplification")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as workdir:
+        report_amplification(workdir, args.count)
+        report_insert_cost(workdir, args.seconds)
         report("this disk", measure(workdir, args.seconds))
         shim = SlowSync(args.fsync_ms / 1000)
         try:
