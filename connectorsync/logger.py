@@ -160,8 +160,9 @@ class Logger:
         (self._cache.abort_create if created else self._cache.close)()
 
     def start(self) -> None:
-        """Sync in a background thread (at once, every ``syncperiod`` s, at ``sync_threshold``
-        datapoints; retrying with backoff). Returns at once."""
+        """Sync in a background thread (soon, after a random wait of up to ``sync_jitter``; then
+        every ``syncperiod`` s plus up to ``sync_jitter``, and at ``sync_threshold`` datapoints;
+        retrying with backoff). Returns at once."""
         self._check_open()
         if self._creating:
             self._start_when_created = True  # the file is not there for others until then
@@ -180,7 +181,8 @@ class Logger:
     def close(self, timeout: float = 10.0) -> None:
         """Stop syncing and close the file, within ``timeout`` seconds whatever the remote
         does; a running syncer first makes one last pass in that time. Everything inserted
-        is already on disk: closing loses nothing. Safe to call twice, and from a callback."""
+        is already on disk (``batched``: committed here first): closing loses nothing. Safe
+        to call twice, and from a callback."""
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
