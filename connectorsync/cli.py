@@ -2,13 +2,13 @@
 
 For the person operating a device: what waits in a cache, what failed and why, and the means
 to act on it. Subcommands mirror Logger methods (``status``, ``sync``, ``export``,
-``deadletters``, ``metrics``). Exit codes: 0 done; 1 the work failed (a sync error, say, or ``status
---check`` found something wrong); 2 bad usage, or a cache file that is missing or not a
-connectorsync cache. The commands that only look (``status``, ``metrics``, ``export``,
+``deadletters``, ``metrics``). Exit codes: 0 done; 1 the work failed (a sync error, say, or
+``status --check`` found something wrong); 2 bad usage, or a cache file that is missing or
+not a connectorsync cache. The commands that only look (``status``, ``metrics``, ``export``,
 ``deadletters list``) open the cache read-only: they never write to it nor migrate it (an
 older one exits 2, saying how to migrate); ``migrate`` does, after a backup copy. No output
-shows a password in a url. The library installs no signal handlers; the commands that run until stopped handle
-SIGTERM/SIGINT themselves.
+shows a password in a url. The library installs no signal handlers; the commands that run
+until stopped handle SIGTERM/SIGINT themselves.
 """
 
 from __future__ import annotations
