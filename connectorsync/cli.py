@@ -2,13 +2,13 @@
 
 For the person operating a device: what waits in a cache, what failed and why, and the means
 to act on it. Subcommands mirror Logger methods (``status``, ``sync``, ``export``,
-``deadletters``). Exit codes: 0 done; 1 the work failed (a sync error, say, or ``status
---check`` found something wrong); 2 bad usage, or a cache file that is missing or not a
-connectorsync cache. The commands that only look (``status``, ``export``, ``deadletters
-list``) open the cache read-only: they never write to it nor migrate it (an older one exits
-2, saying how to migrate); ``migrate`` does, after a backup copy. No output shows a password
-in a url. The library installs no signal handlers; the commands that run until stopped handle
-SIGTERM/SIGINT themselves.
+``deadletters``, ``metrics``). Exit codes: 0 done; 1 the work failed (a sync error, say, or
+``status --check`` found something wrong); 2 bad usage, or a cache file that is missing or
+not a connectorsync cache. The commands that only look (``status``, ``metrics``, ``export``,
+``deadletters list``) open the cache read-only: they never write to it nor migrate it (an
+older one exits 2, saying how to migrate); ``migrate`` does, after a backup copy. No output
+shows a password in a url. The library installs no signal handlers; the commands that run
+until stopped handle SIGTERM/SIGINT themselves.
 """
 
 from __future__ import annotations
@@ -143,6 +143,15 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         write_status_json(status, args.cache, out)
     else:
         write_status_text(status, args.cache, out)
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
+    from .metrics import cache_metrics
+
+    with look_into(args.cache) as cache:
+        status = read_status(cache)
+    out.write(cache_metrics(status, args.cache, openmetrics=args.openmetrics))
     return 0
 
 
@@ -405,6 +414,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --check: the oldest cached datapoint may be this old",
     )
     p.set_defaults(run=cmd_status)
+
+    p = sub.add_parser(
+        "metrics",
+        parents=[common],
+        help="a cache's metrics for Prometheus (node_exporter's textfile collector)",
+        description="What the cache holds (per stream cached, oldest age, dead letters; "
+        "dropped, expired, last sync, clock offset, file and WAL size) in the Prometheus "
+        "text format that node_exporter's textfile collector reads. Only looks: the cache "
+        "is never written. What exists only in the memory of the program that logs "
+        "(delivered counts, commit latencies) is not there: serve it with metrics_port.",
+    )
+    p.add_argument("cache", help="the cache file")
+    p.add_argument(
+        "--openmetrics", action="store_true", help="OpenMetrics text instead (as Logger.metrics())"
+    )
+    p.set_defaults(run=cmd_metrics)
 
     p = sub.add_parser(
         "sync",

@@ -30,6 +30,7 @@ from .errors import (
     ConnectorSyncError,
     RemoteError,
 )
+from .metrics import LoggerMetrics
 from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings
 from .remotes._http import hide_password
 from .remotes.base import DeliveryKind, Remote
@@ -138,6 +139,7 @@ class Logger:
         self._time = DeviceTime(self._cache, self._options)
         self._subscribers = Subscribers()
         self._writer = Writer(self._cache, self._streams, self._time, self._subscribers)
+        self._metrics = LoggerMetrics(self._cache, self.status)
         hooks = PassHooks(before=self._remote.before(self._time.before_pass), hold=self._time.hold)
         remote = self._remote.get(self._settings)
         self._syncer = Syncer(self.path, self._options, remote, hooks, self._after_pass)
@@ -155,6 +157,8 @@ class Logger:
     def _abandon(self, created: bool) -> None:
         """The constructor failed: undo it (a new file is removed)."""
         self._state = _State.CLOSED
+        if hasattr(self, "_metrics"):
+            self._metrics.close()
         if hasattr(self, "_syncer"):
             self._syncer.close()
         (self._cache.abort_create if created else self._cache.close)()
@@ -187,6 +191,7 @@ class Logger:
             return
         self._state = _State.CLOSED
         deadline = time.monotonic() + timeout
+        self._metrics.close()
         with contextlib.suppress(CacheError):
             self._cache.flush()  # for the last pass; failing, the cache's close() says so
         was_running = self._syncer.running
@@ -234,6 +239,11 @@ class Logger:
     max_hold = _option("max_hold")
     archive_dir = _option("archive_dir")
     archive_format = _option("archive_format")
+    metrics_port = _setting(
+        "metrics_port",
+        "Serve /metrics on 127.0.0.1 at this port (0: any free one, see metrics_url; None, the "
+        "default: not served). This process only: not stored in the cache file.",
+    )
 
     def _changed(self, name: str) -> None:
         """Setting ``name`` changed: rebuild what depends on it."""
@@ -247,6 +257,8 @@ class Logger:
             self._cache.set_durability(self._options.durability)
         elif name == "commit_interval":
             self._cache.set_commit_interval(self._options.commit_interval)
+        elif name == "metrics_port":
+            self._metrics.serve(self._options.metrics_port)
         if name in OPTIONS:
             _apply(self._options, self._writer, self._time)
 
@@ -400,7 +412,9 @@ class Logger:
         return report
 
     def _after_pass(self, report: SyncReport) -> None:
-        """After every pass, outside every lock: lastsynctime and ConnectorDB's callbacks."""
+        """After every pass, outside every lock: metrics, lastsynctime and ConnectorDB's
+        callbacks."""
+        self._metrics.passed(report)
         if report.ok:
             with contextlib.suppress(ClosedError):
                 self.lastsynctime = time.time()
@@ -437,6 +451,16 @@ class Logger:
         """What is cached per stream, and how syncing and the clock go."""
         self._check_open()
         return collect_status(self._cache, self._syncer.sync_state(), self._time)
+
+    def metrics(self) -> str:
+        """The metrics now, as OpenMetrics text (every metric: :doc:`metrics`)."""
+        self._check_open()
+        return self._metrics.text()
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://127.0.0.1:PORT/metrics`` while ``metrics_port`` is set, else None."""
+        return self._metrics.url
 
 
 class _RemoteHolder:

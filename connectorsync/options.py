@@ -1,7 +1,8 @@
 """The Logger's options and settings: names, defaults, checks, and their persistence.
 
 Every option is a keyword argument of ``Logger`` and a read/write attribute of the same
-name; setting one (either way) stores it in the cache file, so the next open has it too.
+name; setting one (either way) stores it in the cache file, so the next open has it too
+(except :data:`PER_PROCESS` ones, like ``metrics_port``).
 ConnectorDB's settings (``apikey``, ``serverurl``, ``syncperiod``, ``lastsynctime``, ``data``)
 are kept the same way. This module is the only place an option is declared, checked,
 defaulted and stored (:class:`Settings`); the other parts read :class:`Options`.
@@ -64,6 +65,14 @@ def one_of(*choices: str) -> Check:
         return str(value)
 
     return check
+
+
+def port(name: str, value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= 65535:
+        raise ConfigurationError(
+            f"{name} must be a TCP port, 0 to 65535 (0: any free one); got {value!r}"
+        )
+    return value
 
 
 def optional(check: Check) -> Check:
@@ -134,7 +143,17 @@ OPTIONS: dict[str, tuple[Any, Check, str]] = {
     "max_hold": (86400.0, positive_number, "seconds hold_unsynced holds a datapoint at most"),
     "archive_dir": (None, optional(text), "directory for the daily archive files"),
     "archive_format": ("jsonl", one_of("jsonl", "csv"), "format of the archive files"),
+    "metrics_port": (
+        None,
+        optional(port),
+        "serve /metrics on 127.0.0.1 at this port (0: any free one; None: not served);"
+        " this process only, not stored",
+    ),
 }
+
+#: Options of the running process only, never stored in the cache file: another process
+#: opening it (``connectorsync sync``) must not try to listen on the same port.
+PER_PROCESS = frozenset({"metrics_port"})
 
 
 class Options:
@@ -163,6 +182,7 @@ class Options:
     max_hold: float
     archive_dir: str | None
     archive_format: str
+    metrics_port: int | None
     syncperiod: float
 
     def __init__(self, syncperiod: float = 600.0) -> None:
@@ -294,7 +314,7 @@ class Settings:
         for key, (default, _) in CONNECTORDB_SETTINGS.items():
             self._values[key] = stored.get(key, default)
         self.options.set("syncperiod", self._values["syncperiod"])
-        for name in OPTIONS:
+        for name in OPTIONS.keys() - PER_PROCESS:
             if "option." + name in stored:
                 self.options.set(name, stored["option." + name])
 
@@ -315,7 +335,8 @@ class Settings:
             value = Options.check(name, value)
             if name in TOGETHER:
                 check_together({**self.options.as_dict(), **self._pending, name: value})
-            self._store.set_setting("option." + name, value)
+            if name not in PER_PROCESS:
+                self._store.set_setting("option." + name, value)
             self.options.set(name, value)
         else:
             value = CONNECTORDB_SETTINGS[name][1](name, value)

@@ -138,17 +138,26 @@ class GroupCommit:
         self._gathering = False
 
     def _store_one(self, request: _Request) -> None:
+        began = time.perf_counter()
         try:
             request.outcome = self._alone(request.row, request.restamp, request.limits)
         except TooOldError as exc:
             request.outcome = exc
         except Exception:
             request.outcome = _ALONE  # raised again, in its own thread
+        else:
+            limits = request.limits
+            if limits is None or not (limits.active or limits.drop_oldest):
+                # Stored by one statement in an implicit transaction (the plain path of
+                # Cache.append): the statement is the transaction and its commit (and fsync).
+                # Under limits it went through Cache.transaction, which timed it already.
+                self._cache.timed(began, began)
 
     def _store_group(self, batch: list[_Request]) -> None:
         cache = self._cache
         with cache._lock:
             conn = cache._conn
+            began = time.perf_counter()
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except apsw.Error:
@@ -157,7 +166,7 @@ class GroupCommit:
             for request in batch:
                 _store_in_savepoint(conn, cache.path, request, hints)
             try:
-                conn.execute("COMMIT")
+                cache.commit(began)
             except apsw.Error:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

@@ -4,13 +4,19 @@
 Guarantees: a write transaction takes SQLite's write lock up front (``BEGIN IMMEDIATE``), so
 the busy timeout applies and a write never fails half way with "database is locked"; a
 transaction that raises is rolled back, so a failed call changes nothing.
+
+Commits are timed here, in :meth:`Connection.commit`, for the metrics: ``on_commit(whole,
+statement)`` gets the seconds of the whole write transaction (from ``BEGIN IMMEDIATE``, so
+waiting for the write lock counts) and of the ``COMMIT`` statement alone, which is where
+SQLite writes the WAL and, with ``synchronous=FULL``, fsyncs it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -39,6 +45,8 @@ class Connection:
         # With durability "batched", inserts are queued and committed every commit_interval.
         self._batched: CommitQueue | None = None
         self._commit_interval = 0.2
+        #: ``f(transaction seconds, COMMIT seconds)`` after each timed commit, or None
+        self.on_commit: Callable[[float, float], object] | None = None
 
     def close(self) -> None:
         """Close the connection. Safe to call twice."""
@@ -58,13 +66,28 @@ class Connection:
                 with conn:
                     yield conn
                 return
+            began = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            self.commit(began)
+
+    def commit(self, began: float) -> None:
+        """COMMIT the open write transaction begun at ``began`` (``time.perf_counter()``),
+        and tell ``on_commit`` how long it took (the one place commits are timed)."""
+        committing = time.perf_counter()
+        self._conn.execute("COMMIT")
+        self.timed(began, committing)
+
+    def timed(self, began: float, committing: float) -> None:
+        """A commit ended now: the transaction began at ``began``, its commit at
+        ``committing`` (both ``time.perf_counter()``)."""
+        if self.on_commit is not None:
+            done = time.perf_counter()
+            self.on_commit(done - began, done - committing)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock, wrapped("read the cache"):

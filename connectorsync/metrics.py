@@ -1,0 +1,260 @@
+"""Metrics for operators: a cache's state and the program's work, for Prometheus.
+
+Built on ``prometheus_client``, with one :class:`~prometheus_client.CollectorRegistry` per
+Logger (never the process-wide default one: two Loggers in one process each have their own):
+
+- :class:`CacheCollector` reads the cache (through ``status()``) on each scrape: per stream
+  cached datapoints, oldest cached age and dead letters; dropped, expired, last successful
+  sync, clock offset; cache file and WAL size. It needs only a ``Status``, so
+  ``connectorsync metrics CACHE`` (another process, the cache opened read-only) shows it too.
+- :class:`LoggerMetrics` adds what happens in this process and exists only in its memory:
+  datapoints and bytes delivered, sync passes and failed ones (counted from each pass's
+  :class:`~connectorsync.delivery.SyncReport`), and the commit and fsync latency histograms
+  (timed by :meth:`connectorsync.cache.connection.Connection.commit`). It serves ``/metrics``
+  on 127.0.0.1 only, when ``metrics_port`` is set.
+
+Every metric is listed in ``docs/metrics.rst``. Guarantees (``tests/test_metrics.py``):
+
+- A scrape of ``/metrics`` parses with prometheus_client's own parser and shows a real
+  workload's counts (``test_a_scrape_shows_the_workload``).
+- The server listens on 127.0.0.1 only and stops on ``close()``
+  (``test_the_server_listens_on_loopback_only_and_stops_on_close``).
+- ``connectorsync metrics`` never writes the cache (``test_cli_metrics_only_looks``).
+"""
+
+from __future__ import annotations
+
+import os
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .cache import Cache
+    from .delivery import SyncReport
+    from .status import Status
+
+#: Where the latency histograms put their bucket bounds (seconds): from a fast disk's
+#: commit (~0.1 ms) to a cheap SD card's stall (several seconds).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+#: The only address the metrics server listens on: the metrics say what a device holds.
+LOOPBACK = "127.0.0.1"
+
+
+class CacheCollector(Collector):
+    """What the cache holds, read on each scrape from ``status()`` and the file's size.
+
+    :param status: returns the cache's current :class:`~connectorsync.status.Status`
+    :param path: the cache file (its size, and its ``-wal`` file's)
+    """
+
+    def __init__(self, status: Callable[[], Status], path: str):
+        self._status = status
+        self._path = path
+
+    def collect(self) -> Iterator[Metric]:
+        status, now = self._status(), time.time()
+        cached = GaugeMetricFamily(
+            "connectorsync_cached_datapoints",
+            "Datapoints cached, waiting to be delivered.",
+            labels=["stream"],
+        )
+        oldest = GaugeMetricFamily(
+            "connectorsync_oldest_cached_age_seconds",
+            "Age of the oldest cached datapoint (by its timestamp; 0 if in the future).",
+            labels=["stream"],
+            unit="seconds",
+        )
+        dead = GaugeMetricFamily(
+            "connectorsync_dead_letters",
+            "Datapoints the remote refused, kept in the dead-letter table.",
+            labels=["stream"],
+        )
+        for name, stream in sorted(status.streams.items()):
+            cached.add_metric([name], stream.cached)
+            dead.add_metric([name], stream.deadletters)
+            if stream.oldest is not None:
+                oldest.add_metric([name], max(0.0, now - stream.oldest))
+        yield from (cached, oldest, dead)
+        yield CounterMetricFamily(
+            "connectorsync_dropped_datapoints",
+            "Datapoints dropped to make room (on_full='drop_oldest'), ever.",
+            value=status.dropped,
+        )
+        yield CounterMetricFamily(
+            "connectorsync_expired_datapoints",
+            "Datapoints expired by max_age, ever.",
+            value=status.expired,
+        )
+        if status.last_sync is not None:
+            yield GaugeMetricFamily(
+                "connectorsync_last_sync_timestamp_seconds",
+                "When the last complete (successful) sync pass ended, seconds since the epoch.",
+                value=status.last_sync,
+                unit="seconds",
+            )
+        if status.clock_offset is not None:
+            yield GaugeMetricFamily(
+                "connectorsync_clock_offset_seconds",
+                "What the system clock was off by at the last NTP answer of this boot.",
+                value=status.clock_offset,
+                unit="seconds",
+            )
+        yield from self._sizes()
+
+    def _sizes(self) -> Iterator[Metric]:
+        for name, suffix, meaning in (
+            ("connectorsync_cache_size_bytes", "", "Size of the cache file."),
+            ("connectorsync_wal_size_bytes", "-wal", "Size of the cache's write-ahead log."),
+        ):
+            try:
+                size = os.stat(self._path + suffix).st_size
+            except FileNotFoundError:
+                size = 0  # no WAL: checkpointed away, or nobody has the file open
+            yield GaugeMetricFamily(name, meaning, value=size, unit="bytes")
+
+
+class LoggerMetrics:
+    """The metrics of one Logger: its own registry, the in-process counters and histograms,
+    and the ``/metrics`` server while ``metrics_port`` is set.
+
+    :param cache: the Logger's cache connection (its commits are timed)
+    :param status: the Logger's ``status()``
+    """
+
+    def __init__(self, cache: Cache, status: Callable[[], Status]):
+        self.registry = CollectorRegistry()
+        self.registry.register(CacheCollector(status, cache.path))
+        self.delivered = Counter(
+            "connectorsync_delivered_datapoints",
+            "Datapoints this process delivered (acknowledged by the remote).",
+            ["stream"],
+            registry=self.registry,
+        )
+        self.delivered_bytes = Counter(
+            "connectorsync_delivered_bytes",
+            "Bytes of values (their JSON text, UTF-8) this process delivered.",
+            ["stream"],
+            unit="bytes",
+            registry=self.registry,
+        )
+        self.passes = Counter(
+            "connectorsync_sync_passes", "Sync passes this process ran.", registry=self.registry
+        )
+        self.failed = Counter(
+            "connectorsync_failed_sync_passes",
+            "Sync passes of this process that did not deliver everything (an error).",
+            registry=self.registry,
+        )
+        self.commit_latency = Histogram(
+            "connectorsync_commit_latency_seconds",
+            "Write transactions of this process's cache connection, BEGIN to end of COMMIT.",
+            unit="seconds",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.fsync_latency = Histogram(
+            "connectorsync_fsync_latency_seconds",
+            "The COMMIT statement alone: where SQLite writes the WAL and fsyncs it.",
+            unit="seconds",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        cache.on_commit = self.committed
+
+    def committed(self, whole: float, statement: float) -> None:
+        """A commit of the cache connection took ``whole`` seconds, its COMMIT ``statement``."""
+        self.commit_latency.observe(whole)
+        self.fsync_latency.observe(statement)
+
+    def passed(self, report: SyncReport) -> None:
+        """Count what a sync pass did."""
+        self.passes.inc()
+        if not report.ok:
+            self.failed.inc()
+        for stream, count in report.sent.items():
+            self.delivered.labels(stream).inc(count)
+        for stream, size in report.sent_bytes.items():
+            self.delivered_bytes.labels(stream).inc(size)
+
+    def text(self) -> str:
+        """The metrics now, as OpenMetrics text."""
+        return _openmetrics(self.registry).decode()
+
+    @property
+    def url(self) -> str | None:
+        """``http://127.0.0.1:PORT/metrics`` while served, else None."""
+        server = self._server
+        return None if server is None else f"http://{LOOPBACK}:{server.server_port}/metrics"
+
+    def serve(self, port: int | None) -> None:
+        """Serve ``/metrics`` on 127.0.0.1 at ``port`` (0: any free one), instead of where it
+        was served before; None: stop serving.
+
+        :raises ConfigurationError: the port cannot be listened on (in use, say)
+        """
+        self.close()
+        if port is None:
+            return
+        try:
+            server = make_server(
+                LOOPBACK, port, make_wsgi_app(self.registry), _Server, handler_class=_Quiet
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"metrics_port {port}: cannot listen on {LOOPBACK}:{port} ({exc.strerror}); "
+                "choose another port, or 0 for any free one"
+            ) from exc
+        # A short poll: close() waits for the loop to see the shutdown.
+        thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="connectorsync-metrics", daemon=True
+        )
+        thread.start()
+        self._server, self._thread = server, thread
+
+    def close(self) -> None:
+        """Stop serving (and free the port). Safe to call twice."""
+        server, thread, self._server, self._thread = self._server, self._thread, None, None
+        if server is not None and thread is not None:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+
+def cache_metrics(status: Status, path: str, *, openmetrics: bool) -> str:
+    """What :class:`CacheCollector` shows for ``status`` (another process's view of a cache:
+    no in-process counters or histograms), as OpenMetrics or Prometheus text."""
+    registry = CollectorRegistry()
+    registry.register(CacheCollector(lambda: status, path))
+    return (_openmetrics(registry) if openmetrics else generate_latest(registry)).decode()
+
+
+def _openmetrics(registry: CollectorRegistry) -> bytes:
+    """prometheus_client's OpenMetrics exposition (the module has no annotations)."""
+    text: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+    return text
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scraper that hangs never holds up close()
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not worth a line on stderr each."""
