@@ -259,7 +259,13 @@ class Syncer:
             deadline=deadline,
             progress=progress,
         )
-        return run_pass(cache, remote, plan)
+        report = run_pass(cache, remote, plan)
+        if report.total_sent or report.deadlettered:  # datapoints left: give their space back
+            try:
+                cache.give_back_space()
+            except ConnectorSyncError as exc:  # the pass itself went well; the next one retries
+                log.warning("cannot give free space back after the sync pass: %s", exc)
+        return report
 
     # ----------------------------------------------------------------------- background
 

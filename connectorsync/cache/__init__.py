@@ -9,6 +9,7 @@ transaction, and hands the SQL of each specialised job to its module:
 - :mod:`.commit`: group commit, so that inserts of several threads share one fsync;
 - :mod:`.schema`: the file's tables, migrations and opening (and the connectordb 0.3.5 import);
 - :mod:`.limits`: storage limits, drop-oldest and expiry, inside the caller's write;
+- :mod:`.space`: giving disk space back once datapoints have left (vacuum steps, WAL);
 - :mod:`.retime`: re-timing datapoints stamped before NTP answered;
 - :mod:`.deadletters`: the dead-letter table;
 - :mod:`.records`: the records it hands out; :mod:`.base`: errors and the rules every row keeps.
@@ -41,7 +42,7 @@ from typing import Any
 import apsw
 
 from ..errors import CacheError, CacheFullError
-from . import deadletters, retime, schema
+from . import deadletters, retime, schema, space
 from .base import (
     AT_REST,
     INSERT,
@@ -59,6 +60,7 @@ from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
 from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
 from .schema import MIGRATIONS, SCHEMA_VERSION
+from .space import SpaceReport
 
 __all__ = [
     "MIGRATIONS",
@@ -68,6 +70,7 @@ __all__ = [
     "DeadLetter",
     "Limits",
     "Row",
+    "SpaceReport",
     "StreamRow",
     "StreamStats",
     "TooOldError",
@@ -329,6 +332,29 @@ class Cache(Delivering):
                 with self.transaction("drop the oldest datapoints") as conn:
                     if not drop_one_percent(conn):
                         raise
+
+    def give_back_space(self, max_steps: int = space.MAX_STEPS) -> SpaceReport:
+        """Return free pages to the file system in at most ``max_steps`` steps of
+        :data:`~.space.STEP_PAGES` pages, each its own short write transaction (other
+        connections' inserts go in between), then checkpoint the WAL and cut it to 0 bytes if
+        no reader or writer is busy (else the next call does). Call it after deleting many
+        datapoints; cheap when nothing is free (``test_space.py``).
+
+        :raises CacheError: a step failed (what the earlier steps gave back stays given)
+        """
+        freed = steps = 0
+        while steps < max_steps:
+            with self.transaction("give free pages back") as conn:
+                pages = space.vacuum_step(conn)
+            if not pages:
+                break
+            freed, steps = freed + pages, steps + 1
+        with self._lock, wrapped("checkpoint the cache's WAL"):
+            left = space.free_pages(self._conn)
+            truncated = space.checkpoint(self._conn, schema.BUSY_TIMEOUT_MS)
+        report = SpaceReport(freed, steps, left, truncated)
+        space.log.debug("cache %s: gave space back: %s", self.path, report)
+        return report
 
     # tests/test_limits.py measures the pages in use through this name.
     _used_bytes = staticmethod(used_bytes)

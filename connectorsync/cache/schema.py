@@ -23,6 +23,9 @@ Guarantees (each proved by the test named):
   refused and the file left unchanged
   (``test_migration.py::test_migrate_refuses_while_the_connectordb_program_runs_then_backs_up_and_migrates``,
   ``test_migration.py::test_logger_backs_up_a_connectordb_cache_before_migrating_and_logs_where``).
+- New files return free pages on request (``auto_vacuum=INCREMENTAL``); an older cache is
+  converted once when opened read-write, or left as it is with a warning when that cannot
+  run now (:mod:`.space`, ``test_space.py``).
 - A read-only open never writes the file: no migration, no setting; an older or connectordb
   cache is refused with how to migrate it
   (``test_cli.py::test_status_of_an_older_schema_says_how_to_migrate_and_changes_nothing``).
@@ -38,6 +41,7 @@ from collections.abc import Callable
 import apsw
 
 from ..errors import CacheError, ConfigurationError
+from . import space
 from .backup import holders, make_backup
 from .base import NO_TIME, NUDGE, wrapped
 
@@ -311,6 +315,9 @@ def _open(path: str, durability: str) -> tuple[apsw.Connection, bool, str | None
             conn = apsw.Connection(path)
         try:
             configure(conn, path, durability, wal=False)
+            if before.st_size == 0:  # new: free pages can be given back (see space.py)
+                with wrapped(f"open cache file {path!r}"):
+                    space.start_incremental(conn)
             with wrapped(f"open cache file {path!r}"):
                 conn.execute("BEGIN IMMEDIATE")
             try:
@@ -326,6 +333,8 @@ def _open(path: str, durability: str) -> tuple[apsw.Connection, bool, str | None
             if not created:
                 conn.execute("COMMIT")
                 configure(conn, path, durability, wal=True)
+                # Once, for a cache made before free pages were given back: never fails.
+                space.convert(conn, path, BUSY_TIMEOUT_MS)
             return conn, created, backup
         except BaseException:
             conn.close()
@@ -449,8 +458,9 @@ def connect(path: str, durability: str) -> apsw.Connection:
 
 
 def configure(conn: apsw.Connection, path: str, durability: str, *, wal: bool) -> None:
-    """Set the busy timeout, ``synchronous`` for ``durability`` and (``wal``) WAL mode on
-    ``conn``, reading each back: a setting SQLite did not take is an error.
+    """Set the busy timeout, ``synchronous`` for ``durability``, ``journal_size_limit`` (so
+    that a WAL that grew during a backlog shrinks back, see :mod:`.space`) and (``wal``) WAL
+    mode on ``conn``, reading each back: a setting SQLite did not take is an error.
 
     :raises ConfigurationError: ``durability`` is not one of :data:`DURABILITY`
     :raises CacheError: SQLite did not take a setting
@@ -472,6 +482,9 @@ def configure(conn: apsw.Connection, path: str, durability: str, *, wal: bool) -
         level = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[synchronous]
         if level != DURABILITY[durability]:
             raise CacheError(f"cache file {path!r}: synchronous is {level}")
+        limit = space.JOURNAL_SIZE_LIMIT
+        if int(next(conn.execute(f"PRAGMA journal_size_limit={limit}"))[0]) != limit:
+            raise CacheError(f"cache file {path!r}: journal_size_limit not taken")
 
 
 def remove_files(path: str) -> None:

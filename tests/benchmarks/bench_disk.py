@@ -22,26 +22,35 @@ SD card takes 1-20 ms; so each figure is measured twice: on this disk as it is, 
 fsync held ``--fsync-ms`` longer (5 ms by default) by a VFS shim, as on an SD card. Both sides
 of each ratio run under the same shim.
 
+Space: a cache filled with ``--space-count`` datapoints (insert_many in chunks), then drained
+by syncing them all to a loopback ConnectorDB server: the cache file + WAL size after the drain
+as a % of its peak (target <= 5%); and the same with the space logic switched off
+(``auto_vacuum=NONE``, no vacuum steps or checkpoint after the pass, no
+``journal_size_limit``), as connectorsync was before it.
+
 Usage: python tests/benchmarks/bench_disk.py [--seconds S] [--dir DIR] [--count N]
-                                             [--fsync-ms MS]
+                                             [--fsync-ms MS] [--space-count N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import apsw
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from connectorsync import Logger
+from connectorsync.cache import Cache, SpaceReport, space
+from connectorsync.testing import ConnectorDBServer
 
 RAW_TABLE = """
 CREATE TABLE IF NOT EXISTS datapoints (
@@ -299,12 +308,83 @@ def report(title: str, figures: tuple[float, float, float]) -> None:
     print(f"  raw apsw, {THREADS} connections     {raw:10.0f}   {many / raw:5.2f}x (Logger/raw)")
 
 
+# --------------------------------------------------------------------------- space
+
+
+def disk_size(path: str) -> int:
+    """The cache file and its WAL, as the disk holds them."""
+    wal = path + "-wal"
+    return os.path.getsize(path) + (os.path.getsize(wal) if os.path.exists(wal) else 0)
+
+
+@contextlib.contextmanager
+def space_logic_off() -> Iterator[None]:
+    """connectorsync as it was before space was given back: new files auto_vacuum=NONE,
+    nothing done after a pass, no journal_size_limit (SQLite's default, -1)."""
+    saved = space.start_incremental, Cache.give_back_space, space.JOURNAL_SIZE_LIMIT
+    space.start_incremental = lambda conn: None  # type: ignore[assignment]
+    Cache.give_back_space = lambda self, max_steps=0: SpaceReport(0, 0, 0, False)  # type: ignore[method-assign]
+    space.JOURNAL_SIZE_LIMIT = -1
+    try:
+        yield
+    finally:
+        space.start_incremental, Cache.give_back_space, space.JOURNAL_SIZE_LIMIT = saved  # type: ignore[method-assign]
+
+
+def bench_space(workdir: str, count: int, chunk: int = 10_000) -> tuple[int, int, float]:
+    """Fill ``count`` datapoints, drain them to a loopback ConnectorDB: (peak bytes, bytes
+    after, seconds the drain took)."""
+    path = os.path.join(workdir, f"space-{time.time_ns()}.db")
+    server = ConnectorDBServer()
+    server.start()
+    try:
+        apikey = server.add_device("alice", "sensor")
+
+        def init(lg: Logger) -> None:
+            lg.apikey, lg.serverurl = apikey, server.url
+            lg.addStream("temperature", {"type": "number"})
+
+        with Logger(path, on_create=init, durability="normal") as lg:
+            peak = 0
+            for start in range(0, count, chunk):
+                values = [20.0 + i % 10 for i in range(start, min(count, start + chunk))]
+                lg.insert_many("temperature", values)
+                peak = max(peak, disk_size(path))
+            began = time.perf_counter()
+            sent = 0
+            while len(lg):
+                sent += lg.sync(progress=lambda _s, _n: None).total_sent
+            took = time.perf_counter() - began
+            assert sent == count, sent
+            after = disk_size(path)
+    finally:
+        server.stop()
+    return peak, after, took
+
+
+def report_space(count: int, now: tuple[int, int, float], today: tuple[int, int, float]) -> None:
+    print(f"space, {count:,} datapoints filled then drained to a loopback ConnectorDB")
+    for title, (peak, after, took) in (("given back", now), ("today (before)", today)):
+        print(
+            f"  {title:15} peak {peak / 1e6:8.1f} MB   after {after / 1e6:8.2f} MB   "
+            f"{100 * after / peak:6.1f}% of the peak   (drain {took:5.1f} s)"
+        )
+
+
+def measure_space(workdir: str, count: int) -> None:
+    now = bench_space(workdir, count)
+    with space_logic_off():
+        today = bench_space(workdir, count)
+    report_space(count, now, today)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--dir", default=None)
     parser.add_argument("--fsync-ms", type=float, default=5.0)
     parser.add_argument("--count", type=int, default=10_000, help="write amplification")
+    parser.add_argument("--space-count", type=int, default=1_000_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as workdir:
         report_amplification(workdir, args.count)
@@ -316,6 +396,7 @@ def main() -> None:
         finally:
             shim.unregister()
         report(f"fsync + {args.fsync_ms:g} ms (an SD card)", slow)
+        measure_space(workdir, args.space_count)
 
 
 if __name__ == "__main__":
