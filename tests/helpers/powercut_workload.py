@@ -75,7 +75,9 @@ PHASES: dict[str, Phase] = {
     "sync_full": Phase("full", "insert*12 sync insert*8 sync insert*4 sync", {"batch_size": 5}),
     "sync_batched": Phase("batched", "insert*12 sync insert*8 sync", {**BATCHED, "batch_size": 5}),
     "sync_normal": Phase("normal", "insert*12 sync insert*8 sync", {"batch_size": 5}),
-    "checkpoint": Phase("full", "insert*10 checkpoint insert*10 sync checkpoint insert*5 checkpoint"),
+    "checkpoint": Phase(
+        "full", "insert*10 checkpoint insert*10 sync checkpoint insert*5 checkpoint"
+    ),
     "checkpoint_normal": Phase("normal", "insert*10 checkpoint insert*10 sync checkpoint"),
     "migrate_connectordb": Phase("full", "insert*4 sync insert*4", template=CONNECTORDB),
     "migrate_v1": Phase("full", "insert*4 sync insert*4", template=V1),
@@ -187,7 +189,7 @@ def build_template(path: str, template: str, streams: list[str]) -> None:
         conn.execute("PRAGMA user_version=1")
         for name in streams:
             conn.execute(
-                "INSERT INTO streams (name, schema) VALUES (?, '{\"type\":\"integer\"}')", (name,)
+                'INSERT INTO streams (name, schema) VALUES (?, \'{"type":"integer"}\')', (name,)
             )
         now = time.time() - 60
         for value in range(-OLD_POINTS, 0):
