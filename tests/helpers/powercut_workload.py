@@ -85,9 +85,6 @@ PHASES: dict[str, Phase] = {
         "full", "insert*45", {"max_cached": 15, "on_full": "drop_oldest"}, per_thread=1
     ),
 }
-# Phases whose inserts returned are all kept through a power cut (batched: all but the last
-# commit_interval, see tests/test_powercut.py; normal: no promise but order).
-DURABLE = ("full",)
 
 
 class Child:
