@@ -163,25 +163,26 @@ class GroupCommit:
             except apsw.Error:
                 return  # each is stored alone, and gets its own error
             hints: dict[int, float] = {}
-            for request in batch:
-                _store_in_savepoint(conn, cache.path, request, hints)
+            # Outcomes are handed out only after the COMMIT: a waiter that wakes meanwhile
+            # must not return before its datapoint is durable.
+            outcomes = [_store_in_savepoint(conn, cache.path, r, hints) for r in batch]
             try:
                 cache.commit(began)
             except apsw.Error:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                for request in batch:
-                    if isinstance(request.outcome, float):
-                        request.outcome = _ALONE
-                return
+                return  # each is stored alone (see _lead), and gets its own outcome
+            for request, outcome in zip(batch, outcomes, strict=True):
+                request.outcome = outcome
             cache._newest.update(hints)
             self.groups += 1
 
 
 def _store_in_savepoint(
     conn: apsw.Connection, path: str, request: _Request, hints: dict[int, float]
-) -> None:
-    """Store one datapoint of a group inside the open transaction, in a savepoint of its own."""
+) -> object:
+    """Store one datapoint of a group inside the open transaction, in a savepoint of its own.
+    Returns its outcome once the group is committed: the stored t, a TooOldError or _ALONE."""
     stream_id, t, data, boot, mono = request.row
     conn.execute("SAVEPOINT one")
     try:
@@ -197,8 +198,7 @@ def _store_in_savepoint(
     except Exception as exc:
         conn.execute("ROLLBACK TO one")
         conn.execute("RELEASE one")
-        request.outcome = exc if isinstance(exc, TooOldError) else _ALONE
-        return
+        return exc if isinstance(exc, TooOldError) else _ALONE
     conn.execute("RELEASE one")
     hints[stream_id] = stored
-    request.outcome = stored
+    return stored

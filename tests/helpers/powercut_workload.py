@@ -1,0 +1,238 @@
+"""The power-cut torture's child: one phase of work on a cache, until the power goes.
+
+A phase is one line of :data:`PHASES`: a durability, Logger options, which cache file it
+starts from (:data:`TEMPLATES`: a new one, a connectordb 0.3.5 one, an older connectorsync
+one), how many threads, and a script of steps (:data:`STEPS`: ``insert*N``, ``sync``,
+``checkpoint``...) that each thread runs in turn. A new phase (vacuum steps after a sync, say)
+is one more line there, plus one entry in :data:`STEPS` if it needs a step of its own.
+
+The child runs its phase under :class:`~tests.helpers.powercut.PowerCutVFS` with ``cut_at``:
+at that I/O operation the power goes (``os._exit`` inside the VFS call, every unsynced write
+lost). What happened before travels on stdout, one line each, written with ``os.write`` the
+moment it happened, so that it survives the cut (the cache does not tell it):
+
+- ``i STREAM VALUE TIME``: ``insert(STREAM, VALUE)`` returned at ``TIME`` (time.monotonic())
+- ``s TIME``: a sync pass returned
+- ``cut OPS TIME LATENCY``: the power went at I/O operation ``OPS``; ``LATENCY`` is the
+  longest recent batched commit (0 if none)
+- ``end OPS TIME LATENCY``: the phase ran to its end after ``OPS`` I/O operations; then the
+  power goes anyway (no close: whatever is unsynced is lost)
+
+Stream ``s{k}`` of thread ``t`` (``k = t * per_thread + j``) gets the values 0, 1, 2... in
+order; the templates hold older datapoints with negative values before them.
+
+Usage: python -m tests.helpers.powercut_workload CACHE PHASE CUT_AT APIKEY URL
+(CUT_AT 0: never cut; the ``end`` line then says how many operations the phase makes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from connectorsync import Logger
+from connectorsync.cache import MIGRATIONS
+
+from .powercut import PowerCutVFS
+
+# The templates: what the cache file holds before the phase starts (built by the parent).
+NEW, CONNECTORDB, V1 = "new", "connectordb-0.3.5", "v1"
+TEMPLATES = (NEW, CONNECTORDB, V1)
+OLD_POINTS = 20  # datapoints -20..-1 of s0 in an old (connectordb, v1) template
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One kind of work the power may cut (see the module docstring)."""
+
+    durability: str
+    script: str
+    options: dict[str, Any] = field(default_factory=dict)
+    threads: int = 1
+    per_thread: int = 2  # streams per thread
+    template: str = NEW
+    pace: float = 0.0  # seconds between inserts
+
+    @property
+    def streams(self) -> list[str]:
+        return [f"s{k}" for k in range(self.threads * self.per_thread)]
+
+
+BATCHED = {"commit_interval": 0.05}
+
+PHASES: dict[str, Phase] = {
+    "insert_full": Phase("full", "insert*25"),
+    "insert_normal": Phase("normal", "insert*25"),
+    "insert_batched": Phase("batched", "insert*60", BATCHED, pace=0.002),
+    "group_commit": Phase("full", "insert*15", threads=4, per_thread=1),
+    "sync_full": Phase("full", "insert*12 sync insert*8 sync insert*4 sync", {"batch_size": 5}),
+    "sync_batched": Phase("batched", "insert*12 sync insert*8 sync", {**BATCHED, "batch_size": 5}),
+    "sync_normal": Phase("normal", "insert*12 sync insert*8 sync", {"batch_size": 5}),
+    "checkpoint": Phase(
+        "full", "insert*10 checkpoint insert*10 sync checkpoint insert*5 checkpoint"
+    ),
+    "checkpoint_normal": Phase("normal", "insert*10 checkpoint insert*10 sync checkpoint"),
+    "migrate_connectordb": Phase("full", "insert*4 sync insert*4", template=CONNECTORDB),
+    "migrate_v1": Phase("full", "insert*4 sync insert*4", template=V1),
+    "drop_oldest": Phase(
+        "full", "insert*45", {"max_cached": 15, "on_full": "drop_oldest"}, per_thread=1
+    ),
+}
+
+
+class Child:
+    """The state of a running phase: its Logger, the values each stream has had, the output."""
+
+    def __init__(self, lg: Logger, path: str, phase: Phase) -> None:
+        self.lg = lg
+        self.path = path
+        self.phase = phase
+        self.next_value = dict.fromkeys(phase.streams, 0)
+        self.checkpoints = 0
+        self._out = threading.Lock()
+
+    def report(self, *words: object) -> None:
+        line = " ".join(map(str, words)) + "\n"
+        with self._out:
+            os.write(1, line.encode())
+
+    def latency(self) -> float:
+        try:
+            return self.lg._cache.commit_latency() or 0.0
+        except RuntimeError:  # its deque changed under us: the cut came mid-commit
+            return 0.0
+
+
+def insert(child: Child, streams: list[str], count: int) -> None:
+    for _ in range(count):
+        for stream in streams:
+            value = child.next_value[stream]
+            child.next_value[stream] = value + 1
+            child.lg.insert(stream, value)
+            child.report("i", stream, value, time.monotonic())
+            if child.phase.pace:
+                time.sleep(child.phase.pace)
+
+
+def sync(child: Child, streams: list[str], count: int) -> None:
+    for _ in range(count):
+        report = child.lg.sync()
+        if not report.ok:
+            raise AssertionError(f"a sync pass failed before the cut: {report.errors}")
+        child.report("s", time.monotonic())
+
+
+CHECKPOINT_MODES = ("PASSIVE", "RESTART", "TRUNCATE", "FULL")
+
+
+def checkpoint(child: Child, streams: list[str], count: int) -> None:
+    """A WAL checkpoint from a connection of its own (the modes in turn), as another program
+    or SQLite's auto-checkpoint would run it."""
+    conn = apsw.Connection(child.path)
+    try:
+        conn.setbusytimeout(10_000)
+        for _ in range(count):
+            mode = CHECKPOINT_MODES[child.checkpoints % len(CHECKPOINT_MODES)]
+            child.checkpoints += 1
+            conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+    finally:
+        conn.close()
+
+
+STEPS: dict[str, Callable[[Child, list[str], int], None]] = {
+    "insert": insert,
+    "sync": sync,
+    "checkpoint": checkpoint,
+}
+
+
+def run_script(child: Child, streams: list[str]) -> None:
+    for word in child.phase.script.split():
+        name, _, times = word.partition("*")
+        STEPS[name](child, streams, int(times or 1))
+
+
+def build_template(path: str, template: str, streams: list[str]) -> None:
+    """The cache file a phase starts from, with its streams (integers) registered."""
+    if template == NEW:
+
+        def init(lg: Logger) -> None:
+            for name in streams:
+                lg.addStream(name, {"type": "integer"})
+
+        Logger(path, on_create=init).close()
+    elif template == CONNECTORDB:
+        import connectordb.logger
+
+        def old_init(lg: Any) -> None:
+            for name in streams:
+                lg.addStream_force(name, {"type": "integer"})
+
+        old = connectordb.logger.Logger(path, on_create=old_init)
+        for value in range(-OLD_POINTS, 0):
+            old.insert("s0", value)
+        old.database.close()
+    elif template == V1:
+        conn = apsw.Connection(path)
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        MIGRATIONS[0][1](conn)
+        conn.execute("PRAGMA user_version=1")
+        for name in streams:
+            conn.execute(
+                'INSERT INTO streams (name, schema) VALUES (?, \'{"type":"integer"}\')', (name,)
+            )
+        now = time.time() - 60
+        for value in range(-OLD_POINTS, 0):
+            conn.execute(
+                "INSERT INTO datapoints (stream, t, d) VALUES (1, ?, ?)", (now + value, str(value))
+            )
+        conn.close()
+    else:
+        raise ValueError(f"unknown template {template!r}; known: {TEMPLATES}")
+    os.chmod(path, 0o600)
+
+
+def main() -> None:
+    path, name, cut_at, apikey, url = sys.argv[1:6]
+    phase = PHASES[name]
+    child: Child | None = None
+
+    def on_cut(ops: int) -> None:
+        if child is not None:
+            child.report("cut", ops, time.monotonic(), child.latency())
+        else:
+            os.write(1, f"cut {ops} {time.monotonic()} 0\n".encode())
+
+    vfs = PowerCutVFS(cut_at=int(cut_at) or None, on_cut=on_cut)
+    lg = Logger(path, apikey=apikey, serverurl=url, durability=phase.durability, **phase.options)
+    child = Child(lg, path, phase)
+    failed: list[BaseException] = []
+
+    def work(t: int) -> None:
+        mine = phase.streams[t * phase.per_thread : (t + 1) * phase.per_thread]
+        try:
+            run_script(child, mine)
+        except BaseException as exc:  # the parent reports it, with the traceback
+            failed.append(exc)
+            raise
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(phase.threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if failed:
+        os._exit(1)
+    child.report("end", vfs.ops, time.monotonic(), child.latency())
+    os._exit(0)  # the power goes at the end anyway: no close, unsynced writes are lost
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""Power-cut torture: the power goes at a random I/O operation; what was promised is kept.
+
+Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inserts with each
+durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
+WAL checkpoints, migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``) in a
+child process whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
+(xWrite/xSync/xTruncate/xDelete), N drawn from a seeded RNG over the phase's whole range (a
+run without a cut counts it first). What the child did before is read from its stdout, not
+from the cache. Then the -shm file is removed (shared memory does not survive a reboot), the
+cache is reopened by this (normal) process and:
+
+- ``PRAGMA integrity_check`` is ok;
+- per stream, cached datapoints keep insertion order with strictly increasing timestamps;
+- every datapoint whose ``insert()`` returned is there (``full``, group commits), or all but
+  those returned within the last ``commit_interval`` + the longest commit + 1 s of slack for
+  a loaded machine before the cut (``batched``); ``normal`` promises order only;
+- nothing is missing in the middle: what the cache and the server hold together is each
+  stream's values from the first on, but the oldest ones ``drop_oldest`` counted as dropped;
+- a sync of the reopened cache to the same server leaves it with every datapoint that was
+  cached or delivered before, each exactly once (ConnectorDB is "ordered"), and no dead letter.
+
+``make test`` runs :data:`CUTS` = 48 cut points; ``make soak`` (``CONNECTORSYNC_SOAK=1``) runs
+1,000; ``POWERCUT_CUTS=n`` sets any number, ``POWERCUT_SEED=s`` the seed. Each run prints a
+one-line summary (cut points by phase, datapoints checked).
+
+A new phase (vacuum steps after a sync, say) is one line of ``PHASES`` in
+tests/helpers/powercut_workload.py; the checks here need nothing new.
+
+Replaying a failure: its message names the seed, the cut's number, the phase and N, e.g.
+``POWERCUT_REPLAY=sync_full:137 pytest tests/test_powercut.py`` runs that one cut point again
+(exactly, for single-threaded phases; threads and commit timers make the others approximate),
+and ``POWERCUT_SEED=s POWERCUT_CUTS=n`` replays the whole sequence.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import itertools
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from connectorsync import Logger
+from connectorsync.testing import ConnectorDBServer
+
+from .conftest import PYTHON, ROOT, child_env, wait_for
+from .helpers.powercut import CUT_EXIT
+from .helpers.powercut_workload import NEW, OLD_POINTS, PHASES, Phase, build_template
+
+SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
+CUTS = int(os.environ.get("POWERCUT_CUTS", "1000" if SOAK else "48"))
+SEED = int(os.environ.get("POWERCUT_SEED", "20261124"))
+REPLAY = os.environ.get("POWERCUT_REPLAY")  # "PHASE:N": that one cut point only
+SLACK = 1.0  # seconds of scheduling delay on a loaded machine, for the batched bound
+MAX_FAILURES = 5  # stop after this many failed cut points: the first ones tell the story
+
+
+@dataclass
+class Outcome:
+    """What the child reported before its power went."""
+
+    returned: dict[str, list[tuple[int, float]]] = field(
+        default_factory=lambda: collections.defaultdict(list)
+    )
+    syncs: int = 0
+    ops: int = 0  # the operation the power went at, or how many the phase made in all
+    at: float = 0.0  # when (the child's time.monotonic())
+    latency: float = 0.0  # the longest recent batched commit
+    cut: bool = False  # False: the phase ended first (and the power went after it)
+
+
+def run_child(path: str, phase: str, cut_at: int, apikey: str, url: str) -> Outcome:
+    args = [path, phase, str(cut_at), apikey, url]
+    proc = subprocess.run(
+        [PYTHON, "-m", "tests.helpers.powercut_workload", *args],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        timeout=120,
+    )
+    out = proc.stdout.decode()
+    assert proc.returncode in (0, CUT_EXIT), (
+        f"the child failed ({proc.returncode}):\n" + (proc.stderr.decode()[-3000:])
+    )
+    outcome = Outcome()
+    for line in out.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break  # a line cut short by the power: its event is not known to have happened
+        kind, *words = line.split()
+        if kind == "i":
+            outcome.returned[words[0]].append((int(words[1]), float(words[2])))
+        elif kind == "s":
+            outcome.syncs += 1
+        else:
+            assert kind in ("cut", "end"), line
+            outcome.cut = kind == "cut"
+            outcome.ops, outcome.at, outcome.latency = int(words[0]), *map(float, words[1:])
+    assert outcome.ops, f"the child said neither cut nor end:\n{out[-2000:]}"
+    assert outcome.cut == (proc.returncode == CUT_EXIT), out[-2000:]
+    return outcome
+
+
+class Torture:
+    """The server, the template caches, the phases' ranges and the running tally."""
+
+    def __init__(self, tmp: Path, server: ConnectorDBServer) -> None:
+        self.tmp = tmp
+        self.server = server
+        self.templates: dict[tuple[str, tuple[str, ...]], str] = {}
+        self.ranges: dict[str, int] = {}
+        self.devices = itertools.count()
+        self.by_phase: collections.Counter[str] = collections.Counter()
+        self.ended = 0  # cut points past the phase's end: the power went after it
+        self.checked = 0  # datapoints found on the server where they belong, over all cuts
+
+    def fresh_cache(self, phase: Phase, name: str) -> str:
+        key = (phase.template, tuple(phase.streams))
+        if key not in self.templates:
+            folder = self.tmp / f"template-{len(self.templates)}"
+            folder.mkdir()
+            self.templates[key] = str(folder / "cache.db")
+            build_template(self.templates[key], phase.template, phase.streams)
+        path = str(self.tmp / f"{name}.db")
+        for suffix in ("", "-wal", "-journal"):
+            if os.path.exists(self.templates[key] + suffix):
+                shutil.copy2(self.templates[key] + suffix, path + suffix)
+        return path
+
+    def range_of(self, name: str) -> int:
+        """How many I/O operations the phase makes when the power stays on."""
+        if name not in self.ranges:
+            self.ranges[name] = self.cut(name, 0)
+        return self.ranges[name]
+
+    def cut(self, name: str, cut_at: int) -> int:
+        """Run phase ``name`` until operation ``cut_at`` (0: its end), check what is left;
+        return how many operations the child counted."""
+        phase = PHASES[name]
+        device = f"cut{next(self.devices)}"
+        apikey = self.server.add_device("alice", device)
+        path = self.fresh_cache(phase, device)
+        outcome = run_child(path, name, cut_at, apikey, self.server.url)
+        self.check(phase, path, device, apikey, outcome)
+        for leftover in glob.glob(glob.escape(path) + "*"):  # with the migrations' backups
+            os.remove(leftover)
+        return outcome.ops
+
+    def remote(self, device: str, stream: str) -> list[tuple[float, int]]:
+        try:
+            points = self.server.datapoints(f"alice/{device}/{stream}")
+        except KeyError:
+            return []
+        return [(p["t"], p["d"]) for p in points]
+
+    def check(self, phase: Phase, path: str, device: str, apikey: str, out: Outcome) -> None:
+        if os.path.exists(path + "-shm"):
+            os.remove(path + "-shm")  # shared memory does not survive a reboot
+        conn = apsw.Connection(path)
+        try:
+            assert list(conn.execute("PRAGMA integrity_check")) == [("ok",)]
+        finally:
+            conn.close()
+        with Logger(path, apikey=apikey, serverurl=self.server.url) as lg:
+            cached = {s: [(p["t"], p["d"]) for p in lg.export(s)] for s in phase.streams}
+            dropped = lg.status().dropped
+            before = {s: self.remote(device, s) for s in phase.streams}
+            report = lg.sync()
+            assert report.ok, f"the sync after the cut failed: {report.errors}"
+            dead = [(d.stream, d.d, d.reason) for d in lg.deadletters()]
+            left = len(lg)
+        assert not dead, f"dead letters after the cut: {dead[:5]}"
+        assert left == 0, f"{left} datapoints left in the cache after a sync"
+        holes_total = 0
+        for stream in phase.streams:
+            mine, after = cached[stream], self.remote(device, stream)
+            assert_increasing(mine, f"{stream} in the cache")
+            assert_increasing(after, f"{stream} on the server")  # also: no duplicate
+            assert after[: len(before[stream])] == before[stream], f"{stream}: server lost some"
+            kept = {d for _, d in after}
+            assert {d for _, d in mine} <= kept, f"{stream}: cached, then not delivered"
+            start = -OLD_POINTS if stream == "s0" and phase.template != NEW else 0
+            holes = sorted(set(range(start, max(kept, default=start - 1) + 1)) - kept)
+            assert holes == list(range(start, start + len(holes))), (
+                f"{stream}: missing in the middle: {holes[:10]}"
+            )
+            holes_total += len(holes)
+            # Returned, not delivered, and not among the oldest that drop_oldest counted.
+            dropped_below = start + len(holes)
+            returned = out.returned.get(stream, [])
+            lost = [(v, at) for v, at in returned if v not in kept and v >= dropped_below]
+            if phase.durability == "full":
+                assert not lost, f"{stream}: returned, then lost: {lost[:5]}"
+            elif phase.durability == "batched":
+                bound = phase.options["commit_interval"] + out.latency + SLACK
+                early = [(v, at) for v, at in lost if at <= out.at - bound]
+                assert not early, (
+                    f"{stream}: lost though returned more than {bound:.3f} s before the cut "
+                    f"at {out.at}: {early[:5]}"
+                )
+            self.checked += len(after)
+        assert holes_total == dropped, f"{holes_total} missing at the start, {dropped} dropped"
+
+
+def assert_increasing(points: list[tuple[float, int]], what: str) -> None:
+    for (t0, d0), (t1, d1) in itertools.pairwise(points):
+        assert t0 < t1 and d0 < d1, f"{what}: ({t0}, {d0}) before ({t1}, {d1})"
+
+
+def schedule(rng: random.Random, cuts: int) -> list[str]:
+    """Which phase each cut point cuts: every phase in turn, in a shuffled order."""
+    names = list(itertools.islice(itertools.cycle(sorted(PHASES)), cuts))
+    rng.shuffle(names)
+    return names
+
+
+def test_power_cuts_keep_what_was_promised(tmp_path: Path) -> None:
+    server = ConnectorDBServer().start()
+    torture = Torture(tmp_path, server)
+    started = time.monotonic()
+    failures: list[str] = []
+    try:
+        if REPLAY:
+            name, _, n = REPLAY.partition(":")
+            plan = [(name, int(n))]
+        else:
+            rng = random.Random(SEED)
+            plan = [(name, rng.randint(1, torture.range_of(name))) for name in schedule(rng, CUTS)]
+        for number, (name, n) in enumerate(plan):
+            try:
+                ops = torture.cut(name, n)
+            except AssertionError as exc:
+                failures.append(
+                    f"seed {SEED}, cut point #{number}: phase {name}, power cut at I/O "
+                    f"operation {n} (replay: POWERCUT_REPLAY={name}:{n}): {exc}"
+                )
+                if len(failures) >= MAX_FAILURES:
+                    break
+                continue
+            torture.by_phase[name] += 1
+            torture.ended += ops < n
+    finally:
+        server.close()
+    phases = ", ".join(f"{name} {count}" for name, count in sorted(torture.by_phase.items()))
+    print(
+        f"\npower cuts: {sum(torture.by_phase.values())} cut points (seed {SEED}; {phases}; "
+        f"{torture.ended} after the phase's end), {torture.checked} datapoints checked, "
+        f"{len(failures)} failed, in {time.monotonic() - started:.0f} s"
+    )
+    assert not failures, "\n".join(failures)
+
+
+class _HoldSync(apsw.VFS):
+    """The process's default VFS while a test runs: holds the WAL's next fsync when armed."""
+
+    def __init__(self) -> None:
+        self.base = apsw.vfs_names()[0]
+        super().__init__("holdsync-powercut", base=self.base, makedefault=True)
+        self.hold: threading.Event | None = None
+        self.holding = threading.Event()
+
+    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
+        if flags[0] & apsw.SQLITE_OPEN_WAL:
+            return _HeldSyncFile(self, name, flags)
+        return super().xOpen(name, flags)
+
+
+class _HeldSyncFile(apsw.VFSFile):
+    def __init__(self, vfs: _HoldSync, name: Any, flags: list[int]):
+        super().__init__(vfs.base, name, flags)
+        self.vfs = vfs
+
+    def xSync(self, flags: int) -> None:
+        if self.vfs.hold is not None:
+            held, self.vfs.hold = self.vfs.hold, None
+            self.vfs.holding.set()
+            assert held.wait(10), "the held fsync was never released"
+        super().xSync(flags)
+
+
+def test_a_group_commit_returns_no_insert_before_its_commit_is_durable(cache_path: str) -> None:
+    """Found by the power-cut torture (phase group_commit): a thread whose datapoint is in a
+    group returned from insert() while the group's COMMIT was still waiting for its fsync, so
+    a power cut then lost a datapoint whose insert had returned. The leader wrote each
+    waiter's result before the COMMIT; a waiter that wakes meanwhile (as one woken by the
+    previous leader's notify_all does when another thread takes the lead first) saw it and
+    returned. Here the group's fsync is held and the waiters are woken."""
+    vfs = _HoldSync()
+    first, second = threading.Event(), threading.Event()
+    lg = Logger(cache_path, on_create=lambda lg: lg.addStream("n", {"type": "integer"}))
+    try:
+        group = lg._cache._group
+        assert group is not None
+        returned: list[int] = []
+        lg.insert("n", -1)  # the first insert of a stream may commit more than once
+
+        def insert(value: int) -> None:
+            lg.insert("n", value)
+            returned.append(value)
+
+        vfs.hold = first
+        threads = [threading.Thread(target=insert, args=(0,))]
+        threads[0].start()
+        wait_for(vfs.holding.is_set, what="the first commit's fsync")
+        threads += [threading.Thread(target=insert, args=(v,)) for v in (1, 2)]
+        for thread in threads[1:]:
+            thread.start()
+        wait_for(lambda: group.waiting() == 2, what="two inserts waiting behind the first")
+        vfs.holding.clear()
+        vfs.hold = second
+        first.set()
+        wait_for(vfs.holding.is_set, what="the group's fsync")
+        wait_for(lambda: 0 in returned, what="the first insert to return")
+        cond = group._cond
+        with cond:
+            cond.notify_all()  # the follower wakes while its group's fsync is held
+        # It either returns (its datapoint not durable yet) or waits again.
+        wait_for(lambda: len(returned) > 1 or len(cond._waiters) == 1, what="the follower")  # type: ignore[attr-defined]
+        assert returned == [0], "insert() returned before its group's commit was durable"
+        second.set()
+        for thread in threads:
+            thread.join(10)
+        assert sorted(returned) == [0, 1, 2]
+    finally:
+        first.set()
+        second.set()
+        lg.close()
+        del vfs
