@@ -491,7 +491,10 @@ class Syncer:
         if self._closed:
             raise ClosedError("the syncer is closed")
         if self._cache is None:
-            self._cache = Cache.connect(self._path, self._options.durability)
+            # Always "full": a pass's in-flight marks and deletions are fsynced at each batch
+            # (one fsync per batch), so a power cut never brings back delivered datapoints,
+            # whatever durability the inserts use.
+            self._cache = Cache.connect(self._path, "full")
         return self._cache
 
     def _close_connection(self) -> None:

@@ -185,3 +185,44 @@ def test_inserting_while_another_process_syncs(cache_path: str, server) -> None:
     for n in range(2):
         mine = [v for v in stored if v // 10**6 == n]
         assert mine == sorted(mine)
+
+
+SYNC_THEN_CUT = """
+import os, sys
+from tests.helpers.powercut import PowerCutVFS
+from connectorsync import Logger
+from connectorsync.cache import Cache
+# The power goes right after the pass's last acknowledgement, before the checkpoint that
+# gives space back (which would make everything durable anyway).
+Cache.give_back_space = lambda self, *args, **kwargs: None
+path, url, apikey = sys.argv[1:4]
+vfs = PowerCutVFS()
+lg = Logger(path, durability="normal", apikey=apikey, serverurl=url)
+for i in range(20):
+    lg.insert("n", i)
+lg._cache._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()  # the inserts are durable
+print(lg.sync().sent, flush=True)
+os._exit(0)  # the power goes: whatever was not fsynced is lost
+"""
+
+
+def test_a_power_cut_after_a_sync_brings_back_nothing_delivered(cache_path: str, server) -> None:
+    """With ``durability="normal"`` inserts are not fsynced, but a sync pass's deletions and
+    in-flight marks are (its connection is always "full"): after a power cut, the datapoints
+    the server acknowledged are not back in the cache, to be refused as dead letters."""
+    Logger(cache_path, on_create=lambda lg: lg.addStream("n", {"type": "integer"})).close()
+    result = subprocess.run(
+        [PYTHON, "-c", SYNC_THEN_CUT, cache_path, server.url, server.apikey],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "{'n': 20}", result.stderr
+    if os.path.exists(cache_path + "-shm"):
+        os.remove(cache_path + "-shm")
+    with Logger(cache_path) as lg:
+        assert len(lg) == 0
+        assert lg.sync().ok and not lg.deadletters()
+    assert [p["d"] for p in server.datapoints("alice/sensor/n")] == list(range(20))
