@@ -20,7 +20,7 @@ def read_status(cache: Any) -> Status:
     """``Logger.status()`` of a cache opened with ``cli.look_into``, as another process sees it:
     read only, nothing recorded (not even this boot)."""
     from .clock import Anchor, Clock
-    from .status import Status
+    from .status import Status, bytes_sent
     from .syncer import SyncLock
 
     settings = cache.settings()
@@ -41,8 +41,9 @@ def read_status(cache: Any) -> Status:
         elsewhere = f"pid {state.get('pid')} on {state.get('host')}"
         next_attempt, paused = state.get("next_attempt"), bool(state.get("paused"))
     anchor = clock.anchor
+    streams = cache.stream_stats()
     return Status(
-        streams=cache.stream_stats(),
+        streams=streams,
         last_sync=settings.get("lastsynctime", 0) or None,
         last_error=last_error,
         next_attempt=next_attempt,
@@ -54,6 +55,7 @@ def read_status(cache: Any) -> Status:
         untrusted=untrusted,
         syncer=elsewhere,
         remote=settings.get("remote"),
+        bytes_sent=bytes_sent(cache, streams),
     )
 
 
@@ -95,6 +97,16 @@ def age(seconds: float) -> str:
     return f"in {text}" if ahead else f"{text} ago"
 
 
+def size(count: int) -> str:
+    """Bytes, short: ``950 B``, ``12.3 kB``, ``4.6 MB`` (powers of 1000)."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:,.1f} TB"
+
+
 def table(rows: list[list[str]], out: TextIO) -> None:
     """Print rows as left-aligned columns, the first row a header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -127,6 +139,7 @@ def write_status_json(status: Status, path: str, out: TextIO) -> None:
         "expired": status.expired,
         "clock_offset": status.clock_offset,
         "untrusted": status.untrusted,
+        "bytes_sent": status.bytes_sent,
     }
     out.write(json.dumps(data, indent=2) + "\n")
 
@@ -136,10 +149,11 @@ def write_status_text(status: Status, path: str, out: TextIO) -> None:
     now = time.time()
     out.write(f"{path}: {status.cached:,} datapoints cached in {len(status.streams)} streams\n\n")
     if status.streams:
-        rows = [["stream", "cached", "oldest", "dead letters"]]
+        rows = [["stream", "cached", "oldest", "dead letters", "sent (bytes on the wire)"]]
         for name, s in sorted(status.streams.items()):
             oldest = age(now - s.oldest) if s.oldest is not None else "-"
-            rows.append([name, f"{s.cached:,}", oldest, f"{s.deadletters:,}"])
+            sent = size(status.bytes_sent.get(name, 0))
+            rows.append([name, f"{s.cached:,}", oldest, f"{s.deadletters:,}", sent])
         table(rows, out)
         out.write("\n")
     out.write(f"remote:        {remote or '-'}\n")

@@ -30,6 +30,10 @@ Guarantees (each proved by the test named, in ``tests/``):
 
   ``ordered``: the remote's newest timestamp says what arrived; the rest is resent.
   ``idempotent`` and ``at_least_once``: the whole batch is resent; nothing is inferred.
+- The bytes a :class:`~connectorsync.remotes.base.Metered` remote put on the wire for a
+  stream are added to the stream's counter in the cache, in the transaction that deletes the
+  acknowledged batch; those of requests never acknowledged (refused, or no answer) when the
+  stream's turn ends (``test_compression.py::test_status_shows_bytes_sent_per_stream``).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from .errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .remotes.base import DeliveryKind, Preparable, Remote, ensure_stream
+from .remotes.base import DeliveryKind, Metered, Preparable, Remote, ensure_stream
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -239,6 +243,9 @@ class _Turn:
         # answer (0: none). They are sent again from the first, and stay immutable (marked)
         # until a send of them is acknowledged: whether they arrived cannot be known before.
         self._unknown_upto = 0
+        # Bytes the pushes of this turn put on the wire and not yet counted in the cache.
+        # Only the pass's thread touches it (an acknowledged batch's delete gets its share).
+        self._uncounted = 0
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------- opening
@@ -319,7 +326,7 @@ class _Turn:
                 job.start()
         self._unsettled += 1
         try:
-            self.remote.push(self.row.name, batch)
+            self._push(batch)
         except RejectedError as exc:
             _finish(ahead, behind)
             self._bisect_settled(batch, exc)
@@ -339,7 +346,7 @@ class _Turn:
         # Stored. Should the previous delete fail now, this batch stays unsettled: its mark
         # stays, and the next pass resolves it before sending anything of the stream.
         _finish(ahead, behind)
-        return _InThread(self._acknowledged, batch)
+        return _InThread(self._acknowledged, batch, self._take_uncounted())
 
     def _bisect_settled(self, batch: list[Row], exc: RejectedError) -> None:
         try:
@@ -380,17 +387,36 @@ class _Turn:
         middle = len(batch) // 2
         for half in (batch[:middle], batch[middle:]):
             try:
-                self.remote.push(self.row.name, half)
+                self._push(half)
             except RejectedError as refused:
                 self._bisect(half, refused)
             else:
-                self.cache.ack(self.row.id, half[0][0], half[-1][0])
+                sent = self._take_uncounted()
+                self.cache.ack(
+                    self.row.id, half[0][0], half[-1][0], stream=self.row.name, sent=sent
+                )
                 self._count_sent(len(half), half)
 
-    def _acknowledged(self, batch: list[Row]) -> None:
-        """The remote stored ``batch``: delete it from the cache, and count it sent. If the
-        delete fails, the batch stays unsettled: the next pass resolves it."""
-        self.cache.ack(self.row.id, batch[0][0], batch[-1][0])
+    def _push(self, batch: list[Row]) -> None:
+        """``remote.push``, keeping what it put on the wire (a :class:`Metered` remote)."""
+        if not isinstance(self.remote, Metered):
+            self.remote.push(self.row.name, batch)
+            return
+        before = self.remote.bytes_sent()
+        try:
+            self.remote.push(self.row.name, batch)
+        finally:
+            self._uncounted += max(0, self.remote.bytes_sent() - before)
+
+    def _take_uncounted(self) -> int:
+        sent, self._uncounted = self._uncounted, 0
+        return sent
+
+    def _acknowledged(self, batch: list[Row], sent: int) -> None:
+        """The remote stored ``batch``, putting ``sent`` bytes on the wire: delete it from the
+        cache and count it sent. If the delete fails, the batch stays unsettled (the next pass
+        resolves it) and its bytes go uncounted."""
+        self.cache.ack(self.row.id, batch[0][0], batch[-1][0], stream=self.row.name, sent=sent)
         self._count_sent(len(batch), batch)
         self._settled()
         self._covered(batch[-1][0])
@@ -442,6 +468,8 @@ class _Turn:
         if self._ahead is not None:
             self._ahead.wait()
             self._ahead = None
+        with contextlib.suppress(ConnectorSyncError):
+            self.cache.count_bytes_sent(self.row.name, self._take_uncounted())
         if self._unsettled == 0 and self._unknown_upto == 0:
             with contextlib.suppress(ConnectorSyncError):
                 self.cache.release_inflight(self.row.id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .cache import Cache, StreamStats
 from .devicetime import DeviceTime
@@ -34,6 +34,11 @@ class Status:
     :ivar remote: where this cache's datapoints go, as recorded in the cache by the last
         Logger given a remote or the last sync pass (the remote's repr, which shows no
         credentials), or None before either
+    :ivar bytes_sent: per registered stream, the bytes of request bodies its datapoints took
+        on the wire, ever (after compression; headers not counted; retries and refused
+        requests included): what the link costs. Kept in the cache file; 0 for a stream
+        never sent, or sent to a remote that does not count
+        (:class:`~connectorsync.remotes.base.Metered`)
     """
 
     streams: dict[str, StreamStats]
@@ -49,6 +54,7 @@ class Status:
     syncer: str | None = None
     remote: str | None = None
     commit_latency: float | None = None
+    bytes_sent: dict[str, int] = field(default_factory=dict)
 
     @property
     def cached(self) -> int:
@@ -56,12 +62,19 @@ class Status:
         return sum(s.cached for s in self.streams.values())
 
 
+def bytes_sent(cache: Cache, streams: dict[str, StreamStats]) -> dict[str, int]:
+    """:attr:`Status.bytes_sent`: the cache's counters of the registered ``streams``."""
+    counted = cache.bytes_sent()
+    return {name: counted.get(name, 0) for name in streams}
+
+
 def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
     """``Logger.status()``: the cache's counts, the syncer's state and the clock's."""
     counters = cache.statistics()
     anchor = time.clock.anchor
+    streams = cache.stream_stats()
     return Status(
-        streams=cache.stream_stats(),
+        streams=streams,
         last_sync=cache.get_setting("lastsynctime", 0) or None,
         last_error=sync.last_error,
         next_attempt=sync.next_attempt,
@@ -74,4 +87,5 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
         syncer=sync.elsewhere,
         remote=cache.get_setting("remote"),
         commit_latency=cache.commit_latency(),
+        bytes_sent=bytes_sent(cache, streams),
     )

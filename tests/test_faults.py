@@ -333,10 +333,12 @@ def test_a_delivered_batch_is_deleted_while_the_next_is_sent(
     overlapped: list[bool] = []
     ack = Cache.ack
 
-    def waiting_ack(self: Cache, stream_id: int, first_id: int, last_id: int) -> int:
+    def waiting_ack(
+        self: Cache, stream_id: int, first_id: int, last_id: int, **sent: str | int
+    ) -> int:
         if first_id == 1:
             overlapped.append(second_sent.wait(5))
-        return ack(self, stream_id, first_id, last_id)
+        return ack(self, stream_id, first_id, last_id, **sent)
 
     monkeypatch.setattr(Cache, "ack", waiting_ack)
     remote = NotingRemote(server, lambda first: first == 3 and second_sent.set())
@@ -376,11 +378,13 @@ def test_a_failed_delete_of_a_delivered_batch_is_reconciled(
     ack = Cache.ack
     failed: list[int] = []
 
-    def failing_ack(self: Cache, stream_id: int, first_id: int, last_id: int) -> int:
+    def failing_ack(
+        self: Cache, stream_id: int, first_id: int, last_id: int, **sent: str | int
+    ) -> int:
         if first_id == 1 and not failed:
             failed.append(first_id)
             raise CacheError("disk I/O error (injected)")
-        return ack(self, stream_id, first_id, last_id)
+        return ack(self, stream_id, first_id, last_id, **sent)
 
     monkeypatch.setattr(Cache, "ack", failing_ack)
     remote = ConnectorDBRemote(server.url, server.apikey)

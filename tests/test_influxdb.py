@@ -592,7 +592,7 @@ def test_v2_write_and_reconcile_request_shape() -> None:
             sent = receiver.requests[-1]
             assert sent.path == "/api/v2/write?org=my+org&bucket=sensors&precision=ns"
             assert sent.headers["authorization"] == "Token SECRET"
-            assert sent.body.decode() == (
+            assert sent.content.decode() == (  # gzip, decompressed
                 "room\\ temp,site=a\\ b value=21.5 1700000000000000000\n"
                 'room\\ temp,site=a\\ b x="y" 1700000001000000000'
             )

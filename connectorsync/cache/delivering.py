@@ -14,19 +14,40 @@ from __future__ import annotations
 import apsw
 
 from . import retime
-from .base import BATCH, BATCH_END, BATCH_SIZE, delete
+from .base import BATCH, BATCH_END, BATCH_SIZE, bump, delete
 from .connection import Connection
 from .records import BatchRequest, Row
+
+#: The counter setting of a stream's bytes sent is this and the stream's name.
+BYTES_SENT = "stats.bytes_sent."
 
 
 class Delivering(Connection):
     """The statements a sync pass runs on the cache."""
 
-    def ack(self, stream_id: int, first_id: int, last_id: int) -> int:
+    def ack(
+        self, stream_id: int, first_id: int, last_id: int, *, stream: str = "", sent: int = 0
+    ) -> int:
         """Delete the stream's datapoints with ids in ``[first_id, last_id]`` (the remote stored
-        them) in one transaction, and clear the batch in flight. Returns how many."""
+        them) in one transaction, and clear the batch in flight; in the same transaction add
+        ``sent`` to the bytes sent of ``stream`` (its name). Returns how many."""
         with self.transaction("delete delivered datapoints") as conn:
+            bump(conn, BYTES_SENT + stream, sent)
             return self._delete_delivered(conn, stream_id, first_id, last_id)
+
+    def count_bytes_sent(self, stream: str, sent: int) -> None:
+        """Add ``sent`` to the bytes sent of ``stream`` (sent, but not acknowledged)."""
+        if sent:
+            with self.transaction("count bytes sent") as conn:
+                bump(conn, BYTES_SENT + stream, sent)
+
+    def bytes_sent(self) -> dict[str, int]:
+        """Bytes of request bodies sent per stream name, as counted by sync passes; ever."""
+        rows = self._read(
+            "SELECT substr(key, ?), value FROM settings WHERE substr(key, 1, ?) = ?",
+            (len(BYTES_SENT) + 1, len(BYTES_SENT), BYTES_SENT),
+        )
+        return {name: int(value) for name, value in rows}
 
     @staticmethod
     def _delete_delivered(

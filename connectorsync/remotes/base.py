@@ -21,6 +21,10 @@ Optionally, a remote has ``prepare(stream, batch)``: the syncer calls it, in a s
 with the next batch while the current one is on the wire, so that building a request body
 overlaps waiting for the remote (:class:`Preparable`). The built-in remotes speak HTTP
 through :mod:`connectorsync.remotes._http`, which keeps such bodies for ``push``.
+
+Optionally, a remote has ``bytes_sent()`` (:class:`Metered`): what its requests put on the
+wire so far. The sync pass reads it around each ``push`` and keeps the difference per stream
+in the cache (``Logger.status().bytes_sent``). A remote without it is simply not counted.
 """
 
 from __future__ import annotations
@@ -120,6 +124,21 @@ class Preparable(Protocol):
     def prepare(self, stream: str, batch: Sequence[Datapoint]) -> None:
         """Make the body of ``batch`` now, in the caller's (a second) thread. Never raises:
         whatever went wrong, ``push`` meets again when it makes the body itself."""
+        ...
+
+
+@runtime_checkable
+class Metered(Protocol):
+    """A remote that counts the bytes its requests put on the wire."""
+
+    def bytes_sent(self) -> int:
+        """Bytes of request bodies sent so far by this remote object, all streams and calls
+        together, as they went on the wire (after compression). Request headers, TCP/TLS
+        framing and answers are not counted. A request counts once it may have reached the
+        remote (an error answer, or none, too; a failure to connect not). Never decreases;
+        thread-safe. The pass calls it right before and after ``push``, in the thread that
+        pushes, so the difference is that push's bytes (its retries inside ``push``
+        included)."""
         ...
 
 

@@ -26,6 +26,7 @@ from ._http import (
     MAX_BODY_BYTES,
     Client,
     Prepared,
+    compression_setting,
     hide_in_logs,
     hide_password,
     statuses,
@@ -67,6 +68,11 @@ class HTTPRemote:
     :param secrets: strings to mask wherever the url is shown (tokens inside the url)
     :param timeout: seconds for connecting and for each read
     :param verify: TLS verification: True, False, or a CA bundle path
+    :param compression: None (``"none"``, the default: not every endpoint reads compressed
+        bodies) or ``"gzip"``: each batch is sent with ``Content-Encoding: gzip``. The body
+        limit counts the body before compression.
+    :raises ConfigurationError: a url that is not http(s), credentials in it, a bad timeout,
+        an unknown compression
     """
 
     delivery_kind = DeliveryKind.AT_LEAST_ONCE
@@ -81,6 +87,7 @@ class HTTPRemote:
         secrets: Iterable[str] = (),
         timeout: float = 30.0,
         verify: bool | str = True,
+        compression: str | None = None,
     ):
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         for name, value in (("url", url), ("ping_url", ping_url)):
@@ -100,20 +107,21 @@ class HTTPRemote:
             raise ConfigurationError(
                 f"HTTPRemote timeout must be a positive number; got {timeout!r}"
             )
+        self.compression = compression_setting("HTTPRemote", compression)
         self.url = url
         self.ping_url = ping_url
         # What to_config() gives (credentials too, for the cache file); an encode function
         # cannot be recorded, but thingsboard()'s: the preset records itself.
         self._config: dict[str, Any] = {"kind": "http", "url": url, "headers": dict(headers or {})}
         self._config.update(ping_url=ping_url, secrets=list(self._secrets))
-        self._config.update(timeout=timeout, verify=verify)
+        self._config.update(timeout=timeout, verify=verify, compression=self.compression)
         hide_in_logs(self, self._secrets)
         self.timeout = float(timeout)
         self._encode = encode
         self._http = Client(STATUSES, timeout=self.timeout, verify=verify, mask=self._mask)
         self._http.session.headers["Content-Type"] = "application/json"
         self._http.session.headers.update(headers or {})
-        self._bodies = Prepared(self._checked_body)
+        self._bodies = Prepared(self._checked_body, self.compression)
 
     def __repr__(self) -> str:
         return f"HTTPRemote({self._mask(self.url)!r})"
@@ -163,12 +171,16 @@ class HTTPRemote:
             return
         data = self._bodies.body(stream, batch)
         url = self.url.replace("{stream}", quote(stream, safe="/"))
-        self._http.request("POST", url, data=data, write=True)
+        self._http.send("POST", url, data, encoding=self._bodies.encoding)
 
     def reconcile(self, stream: str) -> float | None:
         """None: a plain HTTP sink cannot say what it stored, so a batch whose answer was lost
         is sent again (at least once)."""
         return None
+
+    def bytes_sent(self) -> int:
+        """Bytes of request bodies sent, as on the wire (:class:`.base.Metered`)."""
+        return self._http.bytes_sent
 
     def close(self) -> None:
         self._http.close()
@@ -217,7 +229,9 @@ def thingsboard(url: str, token: str, **kwargs: Any) -> HTTPRemote:
 
     :param url: the ThingsBoard server, e.g. ``"https://thingsboard.example.com"``
     :param token: the device's access token
-    :param kwargs: more :class:`HTTPRemote` options (``timeout``, ``verify``, ``headers``)
+    :param kwargs: more :class:`HTTPRemote` options (``timeout``, ``verify``, ``headers``,
+        ``compression``: off by default; turn it on only where the server, or a proxy in
+        front of it, reads ``Content-Encoding: gzip``)
     """
     if not token:
         raise ConfigurationError("thingsboard() needs the device's access token")
@@ -230,6 +244,7 @@ def thingsboard(url: str, token: str, **kwargs: Any) -> HTTPRemote:
     if config.pop("encode", thingsboard_encode) is thingsboard_encode:  # else one of your own
         if "secrets" in config:
             config["secrets"] = sorted(config["secrets"])  # JSON has no set
+        config["compression"] = remote.compression
         remote._config = config
     return remote
 

@@ -34,7 +34,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, RejectedError, RemoteError
-from ._http import Client, Prepared, hide_password, statuses, within_limit
+from ._http import (
+    Client,
+    Prepared,
+    compression_setting,
+    hide_password,
+    statuses,
+    within_limit,
+)
 from .base import Datapoint, DeliveryKind
 from .line_protocol import (
     MAX_NS,
@@ -85,7 +92,11 @@ class InfluxDBRemote:
         :class:`~connectorsync.errors.ConfigurationError`
     :param timeout: seconds for connecting and for each read
     :param verify: TLS verification: True, False, or a CA bundle path
-    :raises ConfigurationError: neither or both modes, a missing part of one, bad tags
+    :param compression: ``"gzip"`` (the default: InfluxDB 1.x and 2.x take
+        ``Content-Encoding: gzip`` on writes; line protocol shrinks some 5-12x) or None
+        (``"none"``) for plain bodies. The 8 MiB body limit counts the body before compression.
+    :raises ConfigurationError: neither or both modes, a missing part of one, bad tags, an
+        unknown compression
     """
 
     delivery_kind = DeliveryKind.IDEMPOTENT
@@ -104,6 +115,7 @@ class InfluxDBRemote:
         create_database: bool = False,
         timeout: float = 30.0,
         verify: bool | str = True,
+        compression: str | None = "gzip",
     ):
         parts = urlsplit(url or "")
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -152,11 +164,13 @@ class InfluxDBRemote:
             raise ConfigurationError(
                 f"InfluxDBRemote timeout must be a positive number; got {timeout!r}"
             )
+        self.compression = compression_setting("InfluxDBRemote", compression)
         # What to_config() gives: the arguments as given (credentials too, for the cache file).
         self._config: dict[str, Any] = {"kind": "influxdb", "url": url, "database": database}
         self._config.update(org=org, bucket=bucket, token=token, username=username)
         self._config.update(password=password, tags=dict(tags or {}))
         self._config.update(create_database=create_database, timeout=timeout, verify=verify)
+        self._config.update(compression=self.compression)
         self.url = url.rstrip("/")
         self.database = database
         self.org = org
@@ -170,7 +184,7 @@ class InfluxDBRemote:
             self._http.session.auth = (username, password or "")
         elif token is not None:
             self._http.session.headers["Authorization"] = f"Token {token}"
-        self._bodies = Prepared(self._checked_body)
+        self._bodies = Prepared(self._checked_body, self.compression)
         self._credentials = username is not None or token is not None
         if database is not None:
             self._write_url = self.url + "/write"
@@ -243,8 +257,12 @@ class InfluxDBRemote:
         data = self._bodies.body(stream, batch)
         for attempt in (1, 2):
             try:
-                self._http.request(
-                    "POST", self._write_url, params=self._write_params, data=data, write=True
+                self._http.send(
+                    "POST",
+                    self._write_url,
+                    data,
+                    encoding=self._bodies.encoding,
+                    params=self._write_params,
                 )
                 return
             except _MissingTarget as exc:
@@ -272,6 +290,10 @@ class InfluxDBRemote:
         measurement(stream)  # refuse a name no point could have
         newest = self._newest_ns(stream)
         return None if newest is None else ns_to_seconds(newest)
+
+    def bytes_sent(self) -> int:
+        """Bytes of request bodies sent, as on the wire (:class:`.base.Metered`)."""
+        return self._http.bytes_sent
 
     def close(self) -> None:
         self._http.close()

@@ -9,6 +9,9 @@ Guarantees:
   errors are JSON ``{"code", "msg", "ref"}`` with the same status.
 * A request body is read completely (or, past 10 MiB, discarded) before
   anything else, so a refused request never leaves bytes on the connection.
+* A body sent with ``Content-Encoding: gzip`` is decompressed, and the 10 MiB limit applies
+  to what it decompresses to as well: a larger one (a gzip bomb) is refused with 413 having
+  decompressed no more than 10 MiB (:func:`._encoding.decoded`); other encodings get 415.
 * Injected faults apply to the next matching requests in arrival order; each
   request consumes at most one fault of each kind.
 """
@@ -28,6 +31,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import _crud
 from ._accounts import Access
+from ._encoding import decoded
 from ._httpd import Drop as _Drop
 from ._httpd import LoopbackHandler
 from ._store import ApiError, Batch, Store
@@ -83,6 +87,7 @@ class _Handler(LoopbackHandler):
         try:
             try:
                 body = self._read_body(MAX_BODY, ApiError)
+                body = decoded(body, self.headers.get("Content-Encoding"), MAX_BODY, ApiError)
                 seconds = faults.take_delay()
                 # stop() cuts the wait short; the request then dies with the server.
                 if seconds > 0 and app._stopping.wait(seconds):

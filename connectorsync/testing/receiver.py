@@ -11,12 +11,15 @@ Guarantees:
 * It binds 127.0.0.1 only; :meth:`HTTPReceiver.start` returns once the socket listens.
 * A body is recorded all or nothing, and only when it was accepted (2xx) or dropped after
   commit (:meth:`HTTPReceiver.drop_after_commit`).
+* A body sent with ``Content-Encoding: gzip`` is decompressed before it is read as JSON,
+  at most ``MAX_BODY`` bytes of it (more: 413); :attr:`Received.body` keeps it as it arrived.
 * :meth:`HTTPReceiver.stop` closes the listening socket and every open connection and waits
   for their threads; ``start`` afterwards listens on the same port and keeps what it recorded.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ._encoding import decoded
 from ._faults import Faults as _Faults
 from ._httpd import Drop as _Drop
 from ._httpd import LoopbackHandler, LoopbackHTTPServer
@@ -41,12 +45,19 @@ MAX_BODY = 16 * 1024 * 1024
 @dataclass(frozen=True)
 class Received:
     """One request as it arrived: method, path (with its query), headers (names in lower
-    case), raw body."""
+    case), raw body (compressed, when it was sent so)."""
 
     method: str
     path: str
     headers: dict[str, str]
     body: bytes
+
+    @property
+    def content(self) -> bytes:
+        """The body decompressed (``Content-Encoding: gzip``), else as it arrived."""
+        if self.headers.get("content-encoding", "").lower() == "gzip":
+            return gzip.decompress(self.body)
+        return self.body
 
 
 class _Refused(Exception):
@@ -84,13 +95,14 @@ class _Handler(LoopbackHandler):
         try:
             try:
                 body = self._read_body(MAX_BODY, _Refused)
+                content = decoded(body, self.headers.get("Content-Encoding"), MAX_BODY, _Refused)
             except _Refused as refused:
                 self._send(refused.status, {"error": refused.message})
                 return
             headers = {key.lower(): value for key, value in self.headers.items()}
             request = Received(self.command, self.path, headers, body)
             app._log(request)
-            status, payload, extra = app._handle(request)
+            status, payload, extra = app._handle(request, content)
             self._send(status, payload, extra)
         except _Drop:
             self._abort()
@@ -231,7 +243,7 @@ class HTTPReceiver(LoopbackService):
         with self._data_lock:
             self._received.append(request)
 
-    def _handle(self, request: Received) -> tuple[int, Any, dict[str, str] | None]:
+    def _handle(self, request: Received, content: bytes) -> tuple[int, Any, dict[str, str] | None]:
         time.sleep(self._faults.take_delay())
         raw_path = urlsplit(request.path).path
         path = unquote(raw_path)
@@ -255,9 +267,9 @@ class HTTPReceiver(LoopbackService):
             raise _Drop
         content_type = request.headers.get("content-type", "")
         body: Any = None
-        if request.body and "json" in content_type.lower():
+        if content and "json" in content_type.lower():
             try:
-                body = json.loads(request.body)
+                body = json.loads(content)
             except ValueError:
                 return 400, {"error": "the body is not valid JSON"}, None
             reject = self._faults.reject
