@@ -319,7 +319,7 @@ def test_a_group_commit_returns_no_insert_before_its_commit_is_durable(cache_pat
         first.set()
         wait_for(vfs.holding.is_set, what="the group's fsync")
         wait_for(lambda: 0 in returned, what="the first insert to return")
-        cond = group._cond
+        cond = group._done
         with cond:
             cond.notify_all()  # the follower wakes while its group's fsync is held
         # It either returns (its datapoint not durable yet) or waits again.
