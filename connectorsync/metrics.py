@@ -90,6 +90,15 @@ class CacheCollector(Collector):
             if stream.oldest is not None:
                 oldest.add_metric([name], max(0.0, now - stream.oldest))
         yield from (cached, oldest, dead)
+        sent = CounterMetricFamily(
+            "connectorsync_sent_bytes",
+            "Bytes of request bodies put on the wire to the remote (after compression), ever.",
+            labels=["stream"],
+            unit="bytes",
+        )
+        for name, count in sorted(status.bytes_sent.items()):
+            sent.add_metric([name], count)
+        yield sent
         yield CounterMetricFamily(
             "connectorsync_dropped_datapoints",
             "Datapoints dropped to make room (on_full='drop_oldest'), ever.",

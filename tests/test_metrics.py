@@ -86,6 +86,10 @@ def test_a_scrape_shows_the_workload(served: Logger, server: ConnectorDBServer) 
     assert one(found, "connectorsync_delivered_datapoints_total", stream="temperature") == 3
     # Bytes of the values delivered, as their JSON text: "1.5", "2.5", "3.5".
     assert one(found, "connectorsync_delivered_bytes_total", stream="temperature") == 9
+    # The request bodies on the wire, as status() keeps them in the cache.
+    sent = lg.status().bytes_sent["temperature"]
+    assert sent > 9
+    assert one(found, "connectorsync_sent_bytes_total", stream="temperature") == sent
     assert one(found, "connectorsync_sync_passes_total") == 2
     assert one(found, "connectorsync_failed_sync_passes_total") == 1
     assert one(found, "connectorsync_last_sync_timestamp_seconds") == pytest.approx(lg.lastsynctime)
