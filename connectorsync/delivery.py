@@ -57,6 +57,7 @@ from .errors import (
     RemoteError,
     TransientRemoteError,
 )
+from .lanes import Lanes, OutOfTimeError, Pacer
 from .remotes.base import DeliveryKind, Metered, Preparable, Remote, ensure_stream
 
 T = TypeVar("T")
@@ -84,6 +85,8 @@ class SyncReport:
     sent: dict[str, int] = field(default_factory=dict)
     deadlettered: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    more: bool = field(default=False, repr=False)
+    upto: int = field(default=0, repr=False, compare=False)
     exception: ConnectorSyncError | None = field(default=None, repr=False, compare=False)
     sent_bytes: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -128,6 +131,13 @@ class PassPlan:
     :ivar hold: datapoints to hold back until the clock is trusted (see :class:`BatchRequest`)
     :ivar deadline: a ``time.monotonic()`` after which no new batch starts (close's drain)
     :ivar progress: called with ``(stream, count)`` after each delivered batch
+    :ivar live_after: the newest id when the previous pass began: newer ones are the live
+        lane, sent first when the remote does not need order (None: no lane)
+    :ivar pacer: ``max_rate``, the Logger's pace for the backlog (None: as fast as the
+        remote takes)
+    :ivar budget: seconds the backlog may take in this pass, when the remote does not need
+        order (None: no limit)
+    :ivar pause: ``pause(seconds)`` waits, returning False at once when syncing stops
     """
 
     batch_size: int
@@ -135,15 +145,17 @@ class PassPlan:
     hold: Untrusted | None = None
     deadline: float | None = None
     progress: Progress | None = None
-
-
-class OutOfTimeError(ConnectorSyncError):
-    """The pass's deadline passed; what is left waits in the cache."""
+    live_after: int | None = None
+    pacer: Pacer | None = None
+    budget: float | None = None
+    pause: Callable[[float], bool] | None = None
 
 
 def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
     """One bounded pass over every stream; see the module docstring for its guarantees."""
     report = SyncReport()
+    # Before anything can fail: the next pass's live lane starts after what is here now.
+    report.upto = upto = cache.max_id()
     try:
         remote.ping()
     except ConnectorSyncError as exc:
@@ -153,7 +165,7 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
         log.exception("the remote's ping failed unexpectedly")
         report.fail("*", ConnectorSyncError(f"unexpected {type(exc).__name__}: {exc}"))
         return report
-    request = BatchRequest(cache.max_id(), plan.batch_size, plan.max_batch_bytes, plan.hold)
+    request = BatchRequest(upto, plan.batch_size, plan.max_batch_bytes, plan.hold)
     context = _Context(cache, remote, request, report, plan.progress)
     turns = []
     for row in cache.streams().values():
@@ -168,17 +180,22 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
         cache.reanchor_leftovers()
     except ConnectorSyncError as exc:
         log.warning("re-timing datapoints left untrusted while in flight: %s", exc)
-    _take_turns(turns, plan.deadline, report)
+    lanes = Lanes(plan, upto, ordered=remote.delivery_kind is DeliveryKind.ORDERED)
+    for phase, backlog in lanes.phases(turns):
+        _take_turns(phase, plan.deadline, report, lanes if backlog else None)
+    report.more = lanes.more
     return report
 
 
-def _take_turns(turns: list[_Turn], deadline: float | None, report: SyncReport) -> None:
+def _take_turns(
+    turns: list[_Turn], deadline: float | None, report: SyncReport, lanes: Lanes | None = None
+) -> None:
     """One batch per stream in turn until every stream is done, failed, or time is up.
 
     While one batch is on the wire, the next turn's batch is read (and recorded in flight)
     and the previous delivered batch is deleted, each in a thread of its own
     (:class:`_InThread`), so the remote is rarely idle; every one of them is finished before
-    the pass returns.
+    the pass returns. ``lanes`` (the backlog): paced by ``max_rate``, ended by the budget.
     """
     active = [turn for turn in turns if not turn.done]
     behind: _InThread[None] | None = None
@@ -190,7 +207,9 @@ def _take_turns(turns: list[_Turn], deadline: float | None, report: SyncReport) 
                 for late in active:
                     late.fail(OutOfTimeError("out of time (close); the rest waits in the cache"))
                 return
-            batch = turn.guard(turn.next_batch)
+            if lanes is not None and lanes.out_of_budget():
+                return  # the rest waits for the next pass, which takes the live lane first
+            batch = _paced(turn, lanes, turn.guard(turn.next_batch))
             if batch:
                 following = active[(index + 1) % len(active)]
                 ahead = following.read_ahead()
@@ -210,6 +229,16 @@ def _take_turns(turns: list[_Turn], deadline: float | None, report: SyncReport) 
                 behind.result()  # the last delete (it runs here if it never started)
         for turn in turns:
             turn.close()
+
+
+def _paced(turn: _Turn, lanes: Lanes | None, batch: list[Row] | None) -> list[Row] | None:
+    """``batch``, once ``max_rate`` lets it go; nothing if the wait failed the turn (syncing
+    stopped, or out of time: the batch waits in the cache)."""
+    if batch and lanes is not None:
+        turn.guard(lanes.pace, batch[0][0], len(batch))
+        if turn.failed:
+            return []
+    return batch
 
 
 @dataclass(frozen=True)
@@ -234,7 +263,7 @@ class _Turn:
             context.progress,
         )
         self.after = 0  # the last id read: everything up to it is in flight or resolved
-        self.done = False
+        self.done = self.failed = False
         self._ahead: _InThread[list[Row]] | None = None
         # Batches sent whose outcome is not settled yet (pushed and not yet deleted, or no
         # answer): while any is, the in-flight mark stays for the next pass to resolve.
@@ -279,6 +308,16 @@ class _Turn:
             )
         self._count_sent(delivered)
         self._settled(reset=True)
+
+    def can_go_live(self) -> bool:
+        """Whether this stream may send its live lane first: nothing of it is unsettled (a
+        batch without answer is sent again from the oldest first)."""
+        return not self.done and self._unsettled == 0 and self._unknown_upto == 0
+
+    def begin(self, after: int, request: BatchRequest) -> None:
+        """Start a lane: the batches after id ``after``, as ``request`` bounds them."""
+        self.after, self.request = after, request
+        self.done = self.failed
 
     # -------------------------------------------------------------- batches
 
@@ -460,7 +499,7 @@ class _Turn:
 
     def fail(self, exc: ConnectorSyncError) -> None:
         self.report.fail(self.row.name, exc)
-        self.done = True
+        self.done = self.failed = True
 
     def close(self) -> None:
         """At the end of the pass: finish reading ahead, and clear the in-flight mark unless

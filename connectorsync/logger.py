@@ -229,6 +229,8 @@ class Logger:
     sync_threshold = _option("sync_threshold")
     sync_jitter = _option("sync_jitter")
     http_timeout = _option("http_timeout")
+    live_first = _option("live_first")
+    max_rate = _option("max_rate")
     max_cached = _option("max_cached")
     max_cache_bytes = _option("max_cache_bytes")
     min_free_disk = _option("min_free_disk")

@@ -117,6 +117,17 @@ OPTIONS: dict[str, tuple[Any, Check, str]] = {
         "syncperiod; 0: none)",
     ),
     "http_timeout": (30.0, positive_number, "seconds to connect, and to wait for each answer"),
+    "live_first": (
+        True,
+        boolean,
+        "a pass sends what was inserted since the previous pass before the backlog, when the"
+        " remote does not need order",
+    ),
+    "max_rate": (
+        None,
+        optional(positive_number),
+        "most datapoints per second the backlog drains at (never the live lane; None: no limit)",
+    ),
     "max_cached": (None, optional(positive_int), "most datapoints the cache may hold"),
     "max_cache_bytes": (None, optional(positive_int), "most bytes the cached data may use"),
     "min_free_disk": (
@@ -172,6 +183,8 @@ class Options:
     sync_threshold: int | None
     sync_jitter: float | None
     http_timeout: float
+    live_first: bool
+    max_rate: float | None
     max_cached: int | None
     max_cache_bytes: int | None
     min_free_disk: int | None

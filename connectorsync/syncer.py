@@ -58,6 +58,7 @@ import tenacity
 from .cache import Cache, Untrusted
 from .delivery import PassPlan, Progress, SyncReport, retryable, run_pass
 from .errors import AuthError, ClosedError, ConnectorSyncError
+from .lanes import Pacer
 from .options import Options
 from .remotes.base import Remote
 
@@ -179,6 +180,8 @@ class Syncer:
         self._callback = threading.local()  # .active: this thread runs on_pass now
         self._credentials = 0  # bumped by resume(): new credentials to try
         self._pending = 0  # inserts since the last pass (this process), for sync_threshold
+        self._live_after: int | None = None  # the newest id when the last pass began
+        self._pacer: Pacer | None = None
         self.last_error: str | None = None
         self.next_attempt: float | None = None
         self.paused: str | None = None  # why syncing is paused, or None
@@ -195,11 +198,19 @@ class Syncer:
         """True in a thread that runs ``on_pass`` right now."""
         return bool(getattr(self._callback, "active", False))
 
-    def sync(self, deadline: float | None = None, progress: Progress | None = None) -> SyncReport:
+    def sync(
+        self,
+        deadline: float | None = None,
+        progress: Progress | None = None,
+        *,
+        background: bool = False,
+    ) -> SyncReport:
         """One pass over every stream, then ``on_pass(report)`` outside every lock.
 
         :param deadline: a ``time.monotonic()`` after which no new batch is started
         :param progress: called with ``(stream, count)`` after each delivered batch
+        :param background: a pass of the background thread: its backlog gets ``syncperiod``
+            seconds at most (see :mod:`connectorsync.lanes`), and its pacing ends at stop()
         :raises CallbackError: called from inside ``on_pass``
         :raises ClosedError: the syncer is closed
         """
@@ -208,7 +219,7 @@ class Syncer:
                 "sync() cannot run inside onsync/onsyncfail (the pass that called them has "
                 "just ended); return from the callback, the next pass follows"
             )
-        report = self._locked_pass(deadline, progress)
+        report = self._locked_pass(deadline, progress, background)
         if not self._closed:
             self._callback.active = True
             try:
@@ -217,7 +228,9 @@ class Syncer:
                 self._callback.active = False
         return report
 
-    def _locked_pass(self, deadline: float | None, progress: Progress | None) -> SyncReport:
+    def _locked_pass(
+        self, deadline: float | None, progress: Progress | None, background: bool
+    ) -> SyncReport:
         with self._pass_lock:
             cache = self._connection()
             report = SyncReport()
@@ -232,7 +245,7 @@ class Syncer:
                 )
                 return report
             try:
-                report = self._run_pass(cache, deadline, progress)
+                report = self._run_pass(cache, deadline, progress, background)
             finally:
                 if not holds:
                     self._lock.release()
@@ -244,7 +257,7 @@ class Syncer:
             return report
 
     def _run_pass(
-        self, cache: Cache, deadline: float | None, progress: Progress | None
+        self, cache: Cache, deadline: float | None, progress: Progress | None, background: bool
     ) -> SyncReport:
         try:
             self._hooks.before(cache)
@@ -252,14 +265,20 @@ class Syncer:
             log.warning("before the sync pass: %s", exc)
         remote = self._remote
         _record_remote(cache, remote)
+        options = self._options
         plan = PassPlan(
-            batch_size=self._options.batch_size,
-            max_batch_bytes=self._options.max_batch_bytes,
+            batch_size=options.batch_size,
+            max_batch_bytes=options.max_batch_bytes,
             hold=self._hooks.hold(),
             deadline=deadline,
             progress=progress,
+            live_after=self._live_after if options.live_first else None,
+            pacer=self._pacer_for(options.max_rate),
+            budget=options.syncperiod if background else None,
+            pause=self._pause if background else None,
         )
         report = run_pass(cache, remote, plan)
+        self._live_after = report.upto
         if report.total_sent or report.deadlettered:  # datapoints left: give their space back
             try:
                 cache.give_back_space()
@@ -401,11 +420,13 @@ class Syncer:
             try:
                 for attempt in retrying:
                     with attempt:
-                        report = self.sync()
+                        report = self.sync(background=True)
                         if retryable(report.exception):
                             raise report.exception  # type: ignore[misc]
             except ConnectorSyncError:
                 return  # stopped while retrying: the data waits in the cache
+            if report.more and report.ok and not self._stop.is_set():
+                continue  # the backlog's time was up: on at once, live data first
             if not isinstance(report.exception, AuthError) or self._stop.is_set():
                 return
             if credentials != self._credentials:
@@ -414,6 +435,18 @@ class Syncer:
             log.error("syncing paused until the credentials change: %s", report.exception)
             self._publish_quietly()
             return
+
+    def _pacer_for(self, rate: float | None) -> Pacer | None:
+        """The pace of ``max_rate``, kept across passes (a new one when the rate changes)."""
+        if rate is None:
+            self._pacer = None
+        elif self._pacer is None or self._pacer.rate != rate:
+            self._pacer = Pacer(rate)
+        return self._pacer
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` (``max_rate``); False at once when the syncer stops."""
+        return not self._stop.wait(seconds)
 
     def _backoff(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -1,0 +1,200 @@
+"""Live data first (``connectorsync/lanes.py``): for remotes that do not need order a pass
+sends what came since the previous pass began before the backlog; ``ordered`` remotes keep
+strict order; ``max_rate`` paces the backlog, never the live lane; a background pass gives
+the backlog ``syncperiod`` seconds, then the next pass starts at once, live data first."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from connectorsync import HTTPRemote, Logger
+from connectorsync.delivery import PassPlan, run_pass
+from connectorsync.lanes import Pacer
+from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing.receiver import HTTPReceiver
+
+from .conftest import wait_for
+
+PATH = "/ingest/s"
+
+
+@pytest.fixture
+def receiver() -> Iterator[HTTPReceiver]:
+    rcv = HTTPReceiver().start()
+    try:
+        yield rcv
+    finally:
+        rcv.stop()
+
+
+def _http_logger(path: str, receiver: HTTPReceiver, **options: Any) -> Logger:
+    remote = HTTPRemote(receiver.url + "/ingest/{stream}", timeout=5)
+    options.setdefault("batch_size", 10)
+    lg = Logger(path, remote=remote, **options)
+    lg.addStream_force("s", {"type": "integer"})
+    return lg
+
+
+def _sent_in_order(receiver: HTTPReceiver) -> list[list[int]]:
+    """The values of each request, in arrival order."""
+    return [[item["d"] for item in body] for body in receiver.bodies(PATH)]
+
+
+def _backlog_then_live(lg: Logger, receiver: HTTPReceiver, backlog: int, live: int) -> None:
+    """``backlog`` datapoints that a failed pass saw, then ``live`` new ones."""
+    for i in range(backlog):
+        lg.insert("s", i)
+    receiver.fail_next(1, 503)
+    assert not lg.sync().ok  # a pass began: what is cached now is the backlog
+    for i in range(backlog, backlog + live):
+        lg.insert("s", i)
+
+
+def test_a_pass_sends_what_is_new_before_the_backlog(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    with _http_logger(cache_path, receiver) as lg:
+        _backlog_then_live(lg, receiver, backlog=30, live=5)
+        report = lg.sync()
+        assert report.ok and report.sent == {"s": 35}
+    assert _sent_in_order(receiver) == [
+        [30, 31, 32, 33, 34],
+        list(range(0, 10)),
+        list(range(10, 20)),
+        list(range(20, 30)),
+    ]
+
+
+def test_live_first_false_keeps_strict_order(cache_path: str, receiver: HTTPReceiver) -> None:
+    with _http_logger(cache_path, receiver, live_first=False) as lg:
+        _backlog_then_live(lg, receiver, backlog=15, live=5)
+        assert lg.sync().ok
+    assert _sent_in_order(receiver) == [list(range(0, 10)), list(range(10, 20))]
+
+
+def test_an_ordered_remote_keeps_strict_order(cache_path: str, server: ConnectorDBServer) -> None:
+    with Logger(cache_path, apikey=server.apikey, serverurl=server.url, batch_size=10) as lg:  # type: ignore[attr-defined]
+        lg.addStream("s", {"type": "integer"})
+        for i in range(30):
+            lg.insert("s", i)
+        server.fail_next(1, 503)
+        assert not lg.sync().ok
+        for i in range(30, 35):
+            lg.insert("s", i)
+        assert lg.sync().ok
+    # ConnectorDB refuses an older timestamp after a newer one: everything in order.
+    assert [p["d"] for p in server.datapoints("alice/sensor/s")] == list(range(35))
+
+
+def test_a_stream_with_a_batch_without_answer_is_resent_oldest_first(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """A batch whose answer was lost is sent again from the oldest (at least once): the
+    stream takes no live lane until it is settled."""
+    with _http_logger(cache_path, receiver) as lg:
+        for i in range(20):
+            lg.insert("s", i)
+        receiver.drop_after_commit(1)  # the first batch arrives; its answer is lost
+        assert not lg.sync().ok
+        for i in range(20, 25):
+            lg.insert("s", i)
+        assert lg.sync().ok
+    sent = _sent_in_order(receiver)
+    assert sent[0] == list(range(10))  # the one whose answer was lost
+    assert sent[1] == list(range(10))  # sent again, first
+    assert sent[2:] == [list(range(10, 20)), list(range(20, 25))]
+
+
+def test_max_rate_paces_the_backlog_never_the_live_lane(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """With ``max_rate`` 10/s, backlog batches hold at most 10 datapoints and wait for their
+    tokens; the live batch goes first and waits for nothing."""
+    with _http_logger(cache_path, receiver, batch_size=100) as lg:
+        _backlog_then_live(lg, receiver, backlog=40, live=7)
+        cache = lg._syncer._connection()
+        pauses: list[tuple[float, int]] = []
+
+        def pause(seconds: float) -> bool:
+            pauses.append((seconds, len(receiver.bodies(PATH))))
+            return True
+
+        plan = PassPlan(
+            batch_size=100,
+            max_batch_bytes=1 << 20,
+            live_after=lg._syncer._live_after,
+            pacer=Pacer(10.0),
+            pause=pause,
+        )
+        report = run_pass(cache, lg.remote, plan)
+        assert report.ok and report.sent == {"s": 47}
+    sent = _sent_in_order(receiver)
+    assert sent[0] == list(range(40, 47))  # live, whole, before any wait
+    assert sent[1:] == [list(range(k, k + 10)) for k in range(0, 40, 10)]
+    # A bucket of one second (10 tokens) lets the first backlog batch go at once; each of
+    # the other three waits for about a second of tokens, after the live batch was sent.
+    assert len(pauses) == 3, pauses
+    assert all(0.5 < seconds <= 1.0 and before >= 2 for seconds, before in pauses), pauses
+
+
+def test_a_pass_out_of_budget_leaves_the_backlog_for_the_next(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    with _http_logger(cache_path, receiver) as lg:
+        _backlog_then_live(lg, receiver, backlog=30, live=5)
+        plan = PassPlan(
+            batch_size=10, max_batch_bytes=1 << 20, live_after=lg._syncer._live_after, budget=0
+        )
+        report = run_pass(lg._syncer._connection(), lg.remote, plan)
+        assert report.ok and report.more and report.sent == {"s": 5}
+        assert len(lg) == 30
+
+
+@pytest.mark.parametrize("live_first", [True, False])
+def test_new_datapoints_arrive_while_the_backlog_drains(
+    cache_path: str, receiver: HTTPReceiver, live_first: bool
+) -> None:
+    """A stream with a backlog drained at ``max_rate`` by the background syncer, in passes
+    of ``syncperiod`` seconds, while a sensor loop goes on inserting into it: each pass
+    begins with what came meanwhile, so new datapoints reach the remote long before the
+    backlog is through. With ``live_first=False`` they all wait for the backlog."""
+    backlog = 800
+    with _http_logger(cache_path, receiver, batch_size=50, live_first=live_first) as lg:
+        lg.insert_many("s", list(range(backlog)))
+        lg.max_rate = 200.0  # a four-second drain, in batches of 50
+        lg.syncperiod = 0.5
+        lg.sync_jitter = 0
+        done = threading.Event()
+
+        def sensor() -> None:
+            value = backlog
+            while not done.wait(0.05):
+                lg.insert("s", value)
+                value += 1
+
+        loop = threading.Thread(target=sensor)
+        lg.start()
+        loop.start()
+        try:
+            wait_for(lambda: _has(receiver, backlog - 1), timeout=60, what="the backlog drained")
+        finally:
+            done.set()
+            loop.join()
+        wait_for(lambda: len(lg) == 0, timeout=30, what="everything delivered")
+    requests = _sent_in_order(receiver)
+    last_backlog = max(i for i, values in enumerate(requests) if backlog - 1 in values)
+    new_before = [i for i, values in enumerate(requests[:last_backlog]) if max(values) >= backlog]
+    if live_first:
+        assert len(new_before) >= 3, " ".join(f"{v[0]}+{len(v)}" for v in requests)
+    else:
+        assert new_before == [], requests
+    delivered = sorted(v for values in requests for v in values)
+    assert delivered == list(range(len(delivered)))  # each once (no answer was lost)
+
+
+def _has(receiver: HTTPReceiver, value: int) -> bool:
+    return any(item["d"] == value for item in receiver.items(PATH))
