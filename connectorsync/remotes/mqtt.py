@@ -65,6 +65,7 @@ _CONNACK_AUTH = {0x86, 0x87, 0x8A, 0x8C}  # bad credentials, not authorized, ban
 _CONNACK_TRANSIENT = {0x88, 0x89, 0x97, 0x9F}  # unavailable, busy, quota, connection rate
 _PUBACK_AUTH = 0x87
 _PUBACK_TRANSIENT = {0x97}  # quota exceeded: later
+_MEMO = 1_000_000  # datapoints remembered as acknowledged during failed pushes, at most
 
 
 def _paho() -> Any:
@@ -222,7 +223,9 @@ class MQTTRemote:
                     if session.lost or session.stalled:
                         self._drop()
                     raise
-            self._delivered.get(stream, {}).clear()
+            memo = self._delivered.get(stream)
+            for point in batch if memo else ():
+                memo.pop(point[0], None)  # type: ignore[union-attr]  # acknowledged: settled
 
     def reconcile(self, stream: str) -> float | None:
         """None: a broker cannot say what it stored, so a batch without its PUBACKs is sent
@@ -248,9 +251,12 @@ class MQTTRemote:
         memo = self._delivered.get(stream)
         if not memo:
             return list(batch)
-        if not any(point[0] in memo for point in batch):
-            memo.clear()  # the pass moved on: those are settled
-            return list(batch)
+        # A pass sends a stream in id order and never goes back below what it has not
+        # settled: what lies below this batch was acknowledged or dead-lettered meanwhile.
+        # (Forgetting too much costs a duplicate, never a loss.)
+        first = batch[0][0]
+        for stale in [i for i in memo if i < first] if len(memo) < _MEMO else list(memo):
+            del memo[stale]
         return [p for p in batch if memo.get(p[0]) != (p[1], p[2])]
 
     def _publish(self, session: _Session, stream: str, topic: str, todo: list[Datapoint]) -> None:

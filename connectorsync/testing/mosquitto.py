@@ -24,11 +24,19 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ._service import LoopbackService
 
-__all__ = ["MQTTFaultProxy", "MosquittoBroker", "MosquittoStartError", "find_mosquitto"]
+__all__ = [
+    "MQTTFaultProxy",
+    "MQTTSubscriber",
+    "MosquittoBroker",
+    "MosquittoStartError",
+    "find_mosquitto",
+]
 
 _FALLBACK_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
 
@@ -201,6 +209,86 @@ class MosquittoBroker(LoopbackService):
 def _passwd_binary() -> str:
     found = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     return found
+
+
+# ----------------------------------------------------------------------------- a subscriber
+
+
+class MQTTSubscriber:
+    """A paho-mqtt client of the test's that subscribes to ``topics`` (QoS 1) and keeps every
+    message, in arrival order. Its session is persistent (a fixed client id, no clean
+    session) and the broker persists it, so a broker restart loses it nothing; it reconnects
+    and subscribes again by itself. :meth:`flush` waits until every message the broker
+    acknowledged before the call has arrived here.
+    """
+
+    def __init__(
+        self, broker: MosquittoBroker, topics: str = "#", *, auth: tuple[str, str] | None = None
+    ) -> None:
+        # The mqtt extra (the tests install it).
+        from paho.mqtt.client import Client
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        self._lock = threading.Condition()
+        self._messages: list[tuple[str, bytes]] = []
+        self._subscribed = False
+        self._marker = f"connectorsync-flush/{uuid.uuid4().hex}"
+        self._client = Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"subscriber-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+            protocol=MQTTProtocolVersion.MQTTv311,
+        )
+        self._topics = [(topics, 1), (self._marker, 1)]
+        if auth is not None:
+            self._client.username_pw_set(*auth)
+        self._client.reconnect_delay_set(1, 1)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", broker.port)
+        self._client.loop_start()
+        self._wait(lambda: self._subscribed, "the subscription")
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
+        client.subscribe(self._topics)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        with self._lock:
+            self._subscribed = True
+            self._lock.notify_all()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
+        with self._lock:
+            self._subscribed = False
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self._lock:
+            self._messages.append((message.topic, bytes(message.payload)))
+            self._lock.notify_all()
+
+    def _wait(self, condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+        with self._lock:
+            if not self._lock.wait_for(condition, timeout):
+                raise TimeoutError(f"MQTTSubscriber: no {what} within {timeout} s")
+
+    def flush(self) -> None:
+        """Wait until every message the broker acknowledged before this call has arrived."""
+        self._wait(lambda: self._subscribed, "subscription (after a restart?)")
+        token = uuid.uuid4().hex.encode()
+        self._client.publish(self._marker, token, qos=1)
+        self._wait(lambda: (self._marker, token) in self._messages, "flush marker")
+
+    def messages(self, topic: str | None = None) -> list[tuple[str, bytes]]:
+        """``(topic, payload)`` of every message so far (``topic``'s only, if given)."""
+        with self._lock:
+            found = [m for m in self._messages if m[0] != self._marker]
+        return [m for m in found if topic is None or m[0] == topic]
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
 
 
 # ----------------------------------------------------------------------------- the proxy
