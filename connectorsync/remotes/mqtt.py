@@ -36,6 +36,7 @@ import socket
 import ssl
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -344,11 +345,13 @@ class MQTTRemote:
         try:
             client.connect(self.host, self.port, keepalive=self.keepalive, **extra)
         except ssl.SSLCertVerificationError as exc:
+            _close_sockets(exc)
             raise TransientRemoteError(
                 f"{where}: TLS certificate verification failed ({exc.verify_message}); "
                 "give the broker's CA file as verify="
             ) from None
         except (OSError, ssl.SSLError) as exc:
+            _close_sockets(exc)
             raise TransientRemoteError(f"{where}: cannot connect: {_reason(exc)}") from None
         except ValueError as exc:  # paho's own checks (a client id too long for 3.1.1)
             raise ConfigurationError(f"{where}: {exc}") from None
@@ -493,6 +496,16 @@ def _thingsboard_item(name: str, point: Datapoint) -> str:
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigurationError(f"MQTTRemote {name} must be one of {choices}; got {value!r}")
+
+
+def _close_sockets(exc: BaseException) -> None:
+    """Close the socket a failed ``connect`` leaves open: paho does not close it when the
+    TLS handshake fails, and only its frames (in the traceback) still hold it."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, socket.socket):
+                with contextlib.suppress(OSError):
+                    value.close()
 
 
 def _reason(exc: BaseException) -> str:
