@@ -4,10 +4,10 @@ A backlog of N datapoints of one number stream waits in a cache file (``durabili
 and one ``Logger.sync()`` drains it through an :class:`MQTTRemote` (one message per datapoint,
 QoS 1, MQTT 5) into a local mosquitto (:class:`connectorsync.testing.mosquitto.MosquittoBroker`,
 its own process on 127.0.0.1). The ceiling: a plain paho-mqtt 2.x client with its network
-thread (``loop_start``) publishing the very same payloads to the same topic with QoS 1 and the
-same window of messages in flight (a semaphore), until the broker acknowledged the last one; no cache
-behind it. The window is ``max_inflight`` lowered to the broker's Receive Maximum (mosquitto's
-default: 20), for both. The two run ``--rounds`` times (3), alternating; the median counts.
+thread (``loop_start``) publishing the very same payloads to the same topic with QoS 1 and
+the same window of messages in flight (a semaphore), until the broker acknowledged the last
+one; no cache behind it. The window is ``max_inflight`` lowered to the broker's Receive
+Maximum (mosquitto's default: 20), for both. The two run ``--rounds`` times (3), alternating; the median counts.
 
 Targets (issue 12): connectorsync >= 0.7x the plain loop, and >= 10,000 datapoints/s.
 
