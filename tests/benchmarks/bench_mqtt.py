@@ -7,7 +7,8 @@ its own process on 127.0.0.1). The ceiling: a plain paho-mqtt 2.x client with it
 thread (``loop_start``) publishing the very same payloads to the same topic with QoS 1 and
 the same window of messages in flight (a semaphore), until the broker acknowledged the last
 one; no cache behind it. The window is ``max_inflight`` lowered to the broker's Receive
-Maximum (mosquitto's default: 20), for both. The two run ``--rounds`` times (3), alternating; the median counts.
+Maximum (mosquitto's default: 20), for both. The two run ``--rounds`` times (3),
+alternating; the median counts.
 
 Targets (issue 12): connectorsync >= 0.7x the plain loop, and >= 10,000 datapoints/s.
 
