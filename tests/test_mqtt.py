@@ -117,7 +117,7 @@ def test_wrong_credentials_pause_syncing(tmp_path: Path, cache_path: str) -> Non
     broker = start_mosquitto(tmp_path / "mosquitto", users={"device": "right"})
     try:
         remote = MQTTRemote(broker.url, username="device", password="WRONG-PW-123", timeout=5)
-        with logger(cache_path, remote) as lg:
+        with logger(cache_path, remote, sync_jitter=0) as lg:  # the first pass at once
             lg.insert("temperature", 1.0)
             report = lg.sync()
             assert isinstance(report.exception, AuthError)
