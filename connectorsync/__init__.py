@@ -45,6 +45,7 @@ from .remotes import (
     Remote,
     thingsboard,
 )
+from .remotes.mqtt import MQTTRemote, thingsboard_mqtt
 from .status import Status
 
 __version__ = "0.1.0"
@@ -67,6 +68,7 @@ __all__ = [
     "HTTPRemote",
     "InfluxDBRemote",
     "Logger",
+    "MQTTRemote",
     "RejectedError",
     "Remote",
     "RemoteError",
@@ -81,4 +83,5 @@ __all__ = [
     "ValidationError",
     "__version__",
     "thingsboard",
+    "thingsboard_mqtt",
 ]

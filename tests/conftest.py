@@ -21,6 +21,7 @@ from connectorsync import Logger
 from connectorsync import syncer as syncer_module
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer, InfluxDBStartError, find_influxd
+from connectorsync.testing.mosquitto import MosquittoBroker, MosquittoStartError, find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -149,6 +150,33 @@ def require_systemd_analyze() -> str:
     if os.environ.get(REQUIRE_SYSTEMD) == "1" or os.environ.get("CI") == "true":
         pytest.fail(f"{message} ({REQUIRE_SYSTEMD}=1 or CI=true requires it)")
     pytest.skip(message)
+
+
+REQUIRE_MOSQUITTO = "CONNECTORSYNC_REQUIRE_MOSQUITTO"
+
+
+def require_mosquitto() -> None:
+    """The one place that decides for a test needing an MQTT broker when there is none: skip,
+    saying how to install it, or fail under CONNECTORSYNC_REQUIRE_MOSQUITTO=1 (which .ci/run
+    sets after installing it) or CI=true, so that CI never skips the MQTT tests."""
+    if find_mosquitto() is not None:
+        return
+    message = "mosquitto is not installed: `apt-get install mosquitto` to run the MQTT tests"
+    if os.environ.get(REQUIRE_MOSQUITTO) == "1" or os.environ.get("CI") == "true":
+        pytest.fail(f"{message} ({REQUIRE_MOSQUITTO}=1 or CI=true requires them)")
+    pytest.skip(message)
+
+
+def start_mosquitto(directory: Path, **kwargs: Any) -> MosquittoBroker:
+    """A started mosquitto of its own (see :class:`MosquittoBroker` for ``kwargs``), for a
+    fixture or a test; skipped or failed by :func:`require_mosquitto` when there is none."""
+    require_mosquitto()
+    broker = MosquittoBroker(directory, **kwargs)
+    try:
+        broker.start()
+    except MosquittoStartError as exc:
+        pytest.fail(f"mosquitto is installed but did not start: {exc}")
+    return broker
 
 
 @pytest.fixture

@@ -5,12 +5,16 @@ loopback ConnectorDBServer, InfluxDBRemote against a real influxd (skipped witho
 ``test_influxdb.start_influxd``), HTTPRemote and the ThingsBoard preset against HTTPReceiver.
 Faults are real too: the fake servers inject them; influxd is stopped for an outage, refuses
 a string in a float field by itself, and loses an answer through a loopback proxy that lets
-the write through and cuts the connection before the answer.
+the write through and cuts the connection before the answer. MQTTRemote and the
+thingsboard_mqtt preset publish to a real mosquitto (skipped without one, see
+``conftest.require_mosquitto``), read back by a subscriber; mosquitto is stopped for an
+outage, and an MQTT-aware loopback proxy refuses a message (PUBACK 0x99) or loses a PUBACK.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import uuid
@@ -25,11 +29,13 @@ from connectorsync.remotes.base import Remote
 from connectorsync.remotes.http import HTTPRemote, thingsboard
 from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.remotes.line_protocol import ns_to_seconds
+from connectorsync.remotes.mqtt import THINGSBOARD_TOPIC, MQTTRemote, thingsboard_mqtt
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
+from connectorsync.testing.mosquitto import MosquittoBroker, MQTTFaultProxy, MQTTSubscriber
 from connectorsync.testing.receiver import HTTPReceiver
 
-from .conftest import wait_for
+from .conftest import start_mosquitto, wait_for
 
 STREAM = "temperature"
 T0 = 1_700_000_000.0
@@ -58,6 +64,8 @@ class Backend:
 
     name = ""
     exactly_once = True
+    #: Each message carries an id that lets a consumer drop a duplicate (:meth:`unique`).
+    message_ids = False
     retry_after: float | None = 7.0
 
     def __init__(self) -> None:
@@ -73,6 +81,10 @@ class Backend:
 
     def stored(self) -> list[tuple[float, Any]]:
         """``(t, value)`` of every datapoint the server holds for STREAM, in stored order."""
+        raise NotImplementedError
+
+    def unique(self) -> list[tuple[float, Any]]:
+        """:meth:`stored` with the duplicates a consumer drops by the messages' ids."""
         raise NotImplementedError
 
     def refuse(self, value: Any) -> None:
@@ -256,6 +268,114 @@ class InfluxDBBackend(Backend):
         self.proxy.lose_next_answers(1)
 
 
+class MQTTBackend(Backend):
+    """MQTTRemote, one message per datapoint, with a username and password."""
+
+    name = "mqtt"
+    exactly_once = False
+    message_ids = True
+    retry_after = None
+    USER, PASSWORD = "device", "good-password"
+
+    def __init__(self, directory: Any) -> None:
+        super().__init__()
+        users = {self.USER: self.PASSWORD, "reader": "reader-password"}
+        self.broker: MosquittoBroker = self.closing(
+            _BrokerStopper(start_mosquitto(directory, users=users))
+        ).broker
+        self.subscriber = self.closing(
+            MQTTSubscriber(self.broker, auth=("reader", "reader-password"))
+        )
+        self.proxy: MQTTFaultProxy | None = None
+
+    @property
+    def url(self) -> str:
+        return self.broker.url if self.proxy is None else self.proxy.url
+
+    def _remote(self, password: str) -> Remote:
+        return self.closing(
+            MQTTRemote(
+                self.url, topic="sensors/{stream}", username=self.USER, password=password, timeout=5
+            )
+        )
+
+    def remote(self) -> Remote:
+        return self._remote(self.PASSWORD)
+
+    def bad_remote(self) -> Remote:
+        return self._remote("wrong-password")
+
+    def items(self) -> list[dict[str, Any]]:
+        self.subscriber.flush()
+        found = []
+        for _, payload in self.subscriber.messages(f"sensors/{STREAM}"):
+            body = json.loads(payload)
+            found += body if isinstance(body, list) else [body]
+        return found
+
+    def stored(self) -> list[tuple[float, Any]]:
+        return [(item["t"], item["d"]) for item in self.items()]
+
+    def unique(self) -> list[tuple[float, Any]]:
+        seen: dict[tuple[str, int], tuple[float, Any]] = {}
+        for item in self.items():
+            seen.setdefault((item["stream"], item["id"]), (item["t"], item["d"]))
+        return list(seen.values())
+
+    def _proxy(self) -> MQTTFaultProxy:
+        if self.proxy is None:
+            self.proxy = self.closing(MQTTFaultProxy(self.broker.port))
+        return self.proxy
+
+    def refuse(self, value: Any) -> None:
+        self._proxy().refuse(lambda payload: json.dumps(value).encode() in payload)
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        self.broker.stop()
+        try:
+            yield
+        finally:
+            self.broker.start()
+
+    def lose_next_answer(self) -> None:
+        self._proxy().lose_next_answers(1)
+
+
+class ThingsBoardMQTTBackend(MQTTBackend):
+    """thingsboard_mqtt: the token as the username, ThingsBoard's topic and payload."""
+
+    name = "thingsboard_mqtt"
+    TOKEN = "DEVICE-TOKEN-123"
+
+    # mosquitto wants a password of every user in its password file; ThingsBoard takes a
+    # token alone (or, with "MQTT Basic" credentials, a password too: that is sent here).
+    USER = TOKEN
+
+    def _remote(self, password: str) -> Remote:
+        token = self.TOKEN if password == self.PASSWORD else "WRONG-TOKEN"
+        return self.closing(thingsboard_mqtt(self.url, token, password=self.PASSWORD, timeout=5))
+
+    def items(self) -> list[dict[str, Any]]:
+        self.subscriber.flush()
+        return [json.loads(p) for _, p in self.subscriber.messages(THINGSBOARD_TOPIC)]
+
+    def stored(self) -> list[tuple[float, Any]]:
+        return [(item["ts"] / 1000, item["values"][STREAM]) for item in self.items()]
+
+    def unique(self) -> list[tuple[float, Any]]:
+        # ThingsBoard keeps one value per key and ts: the ts is the id.
+        return list({pair[0]: pair for pair in self.stored()}.values())
+
+
+class _BrokerStopper:
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self.broker = broker
+
+    def close(self) -> None:
+        self.broker.stop()
+
+
 class _Stopper:
     def __init__(self, receiver: HTTPReceiver) -> None:
         self.receiver = receiver
@@ -347,7 +467,9 @@ class AnswerDroppingProxy:
             sock.close()
 
 
-@pytest.fixture(params=["connectordb", "influxdb", "http", "thingsboard"])
+@pytest.fixture(
+    params=["connectordb", "influxdb", "http", "thingsboard", "mqtt", "thingsboard_mqtt"]
+)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     made: Backend
     if request.param == "connectordb":
@@ -356,6 +478,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         made = InfluxDBBackend(request.getfixturevalue("influxd"))
     elif request.param == "http":
         made = HTTPBackend()
+    elif request.param == "mqtt":
+        made = MQTTBackend(request.getfixturevalue("tmp_path") / "mosquitto")
+    elif request.param == "thingsboard_mqtt":
+        made = ThingsBoardMQTTBackend(request.getfixturevalue("tmp_path") / "mosquitto")
     else:
         made = ThingsBoardBackend()
     try:
@@ -465,6 +591,12 @@ def test_a_lost_answer_loses_nothing(backend: Backend, cache_path: str) -> None:
     stored = backend.stored()
     if backend.exactly_once:
         assert stored == pairs(first + second)
+    elif backend.message_ids:
+        # Sent again, but what the broker acknowledged before the drop: the message whose
+        # PUBACK was lost came twice (at least once), and its id lets a consumer drop it.
+        assert set(stored) == set(pairs(first + second))
+        assert len(stored) > len(first + second)
+        assert backend.unique() == pairs(first + second)
     else:
         assert stored == pairs(first + first + second)  # sent again: nothing lost
         assert set(stored) == set(pairs(first + second))

@@ -7,7 +7,7 @@ constructor's arguments, credentials included (``to_config()`` of each built-in 
 elsewhere. Credentials are kept only in the cache file, which is owner-only (0600); no
 command, log line, error message or repr shows them.
 
-A remote of your own (any class but the built-in three, a subclass of one included, or an
+A remote of your own (any class but the built-in four, a subclass of one included, or an
 :class:`HTTPRemote` with an ``encode`` function of your own) cannot be built in another process:
 it is recorded as ``{"kind": "custom", "what": ...}``, and ``connectorsync sync`` refuses it
 (exit 2), naming it. Sync such a cache from its program (``Logger.sync()``).
@@ -26,11 +26,12 @@ from .base import Remote
 from .connectordb import ConnectorDBRemote
 from .http import HTTPRemote, thingsboard
 from .influxdb import InfluxDBRemote
+from .mqtt import MQTTRemote, thingsboard_mqtt
 
 #: The cache setting beside ``remote``: ``{"remote": repr, "config": config}``, or null for
 #: the Logger's default remote (the ConnectorDB server its settings describe).
 CONFIG_SETTING = "remote.config"
-_BUILT_IN = (ConnectorDBRemote, HTTPRemote, InfluxDBRemote)
+_BUILT_IN = (ConnectorDBRemote, HTTPRemote, InfluxDBRemote, MQTTRemote)
 
 
 def remote_config(remote: Remote) -> dict[str, Any]:
@@ -63,6 +64,8 @@ def remote_from_config(config: Mapping[str, Any]) -> Remote:
         "influxdb": InfluxDBRemote,
         "http": HTTPRemote,
         "thingsboard": thingsboard,
+        "mqtt": MQTTRemote,
+        "thingsboard_mqtt": thingsboard_mqtt,
     }.get(kind)
     if build is None:
         raise ConfigurationError(

@@ -1,0 +1,439 @@
+"""A real MQTT broker (Debian's ``mosquitto``) in a temporary directory, and a fault proxy.
+
+:class:`MosquittoBroker` writes a config file of its own under ``tmpdir`` (a listener on
+127.0.0.1 only, anonymous access or a password file made with ``mosquitto_passwd -b``, TLS
+with a given certificate, persistence in ``tmpdir``), starts ``mosquitto -c <file>`` and
+waits until the port accepts connections. :meth:`MosquittoBroker.stop` sends SIGTERM to the
+pid (SIGKILL after ``timeout``) and reaps it; :meth:`~MosquittoBroker.restart` keeps the
+port and the persisted sessions. It never touches the system service.
+
+:class:`MQTTFaultProxy` sits between a client and the broker and injects what a broker does
+not do on demand: it refuses chosen PUBLISHes itself (an MQTT 5 PUBACK with reason 0x99,
+payload format invalid), or lets a PUBLISH through and cuts the connection when its PUBACK
+comes back (a lost acknowledgement).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._service import LoopbackService
+
+__all__ = [
+    "MQTTFaultProxy",
+    "MQTTSubscriber",
+    "MosquittoBroker",
+    "MosquittoStartError",
+    "find_mosquitto",
+]
+
+_FALLBACK_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
+
+
+class MosquittoStartError(RuntimeError):
+    """mosquitto did not start or did not listen in time; the message ends with its log."""
+
+
+def find_mosquitto() -> str | None:
+    """The path of the ``mosquitto`` binary (Debian puts it in /usr/sbin), or None."""
+    for path in (shutil.which("mosquitto"), *_FALLBACK_PATHS):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MosquittoBroker(LoopbackService):
+    """A ``mosquitto`` of its own on 127.0.0.1, keeping its files under ``tmpdir``.
+
+    :param users: ``{username: password}``: anonymous access is off and only these log in
+    :param tls: ``(certfile, keyfile)``: the listener speaks TLS with them (``mqtts://``)
+    """
+
+    _noun = "broker"
+
+    def __init__(
+        self,
+        tmpdir: str | os.PathLike[str],
+        port: int = 0,
+        *,
+        users: Mapping[str, str] | None = None,
+        tls: tuple[str, str] | None = None,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.dir = os.fspath(tmpdir)
+        self.users = dict(users or {})
+        self.tls = tls
+        self.start_timeout = start_timeout
+        self._port = port
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``mqtt://127.0.0.1:<port>`` (``mqtts://`` with TLS)."""
+        if self._port == 0:
+            raise RuntimeError("the broker has not been started yet")
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self._port}"
+
+    def start(self) -> MosquittoBroker:
+        """Start mosquitto and wait until it listens; a no-op if it runs. Returns self.
+
+        :raises MosquittoStartError: no mosquitto, it exited, or it did not listen in time
+        """
+        if self.running:
+            return self
+        binary = find_mosquitto()
+        if binary is None:
+            raise MosquittoStartError("mosquitto not found: `apt-get install mosquitto`")
+        os.makedirs(self.dir, exist_ok=True)
+        chosen = self._port == 0
+        for attempt in range(3):
+            if self._port == 0:
+                self._port = _free_port()
+            try:
+                self._spawn(binary)
+                return self
+            except MosquittoStartError as exc:
+                if not (chosen and "Address already in use" in str(exc) and attempt < 2):
+                    raise
+                self._port = 0
+        return self
+
+    def _spawn(self, binary: str) -> None:
+        config = os.path.join(self.dir, "mosquitto.conf")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(self._config())
+        with open(self._log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                [binary, "-c", config],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self._proc.poll() is not None:
+                code, self._proc = self._proc.returncode, None
+                raise MosquittoStartError(f"mosquitto exited with {code}:\n{self._log_tail()}")
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self._port), timeout=1).close()
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise MosquittoStartError(f"mosquitto did not listen:\n{self._log_tail()}")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM by pid (mosquitto saves its sessions), SIGKILL after ``timeout``; reaps it.
+        Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def restart(self) -> MosquittoBroker:
+        """Stop and start again, on the same port, with the sessions it saved."""
+        self.stop()
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self.running else None
+
+    @property
+    def _log_path(self) -> str:
+        return os.path.join(self.dir, "mosquitto.log")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self._log_path, encoding="utf-8", errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _config(self) -> str:
+        lines = [
+            f"listener {self._port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {self.dir}/",
+            # Run as root, mosquitto would become user "mosquitto" and could not write here.
+            f"user {getpass.getuser()}",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "max_queued_messages 0",  # keep all for a persistent subscriber while it is away
+            f"allow_anonymous {'false' if self.users else 'true'}",
+        ]
+        if self.users:
+            path = os.path.join(self.dir, "passwords")
+            open(path, "w").close()
+            for user, password in self.users.items():
+                subprocess.run(
+                    [_passwd_binary(), "-b", path, user, password], check=True, timeout=30
+                )
+            lines.append(f"password_file {path}")
+        if self.tls:
+            lines += [f"certfile {self.tls[0]}", f"keyfile {self.tls[1]}"]
+        return "\n".join(lines) + "\n"
+
+
+def _passwd_binary() -> str:
+    found = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    return found
+
+
+# ----------------------------------------------------------------------------- a subscriber
+
+
+class MQTTSubscriber:
+    """A paho-mqtt client of the test's that subscribes to ``topics`` (QoS 1) and keeps every
+    message, in arrival order. Its session is persistent (a fixed client id, no clean
+    session) and the broker persists it, so a broker restart loses it nothing; it reconnects
+    and subscribes again by itself. :meth:`flush` waits until every message the broker
+    acknowledged before the call has arrived here.
+    """
+
+    def __init__(
+        self, broker: MosquittoBroker, topics: str = "#", *, auth: tuple[str, str] | None = None
+    ) -> None:
+        # The mqtt extra (the tests install it).
+        from paho.mqtt.client import Client
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        self._lock = threading.Condition()
+        self._messages: list[tuple[str, bytes]] = []
+        self._subscribed = False
+        self._marker = f"connectorsync-flush/{uuid.uuid4().hex}"
+        self._client = Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"subscriber-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+            protocol=MQTTProtocolVersion.MQTTv311,
+        )
+        self._topics = [(topics, 1), (self._marker, 1)]
+        if auth is not None:
+            self._client.username_pw_set(*auth)
+        self._client.reconnect_delay_set(1, 1)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", broker.port)
+        self._client.loop_start()
+        self._wait(lambda: self._subscribed, "the subscription")
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
+        client.subscribe(self._topics)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        with self._lock:
+            self._subscribed = True
+            self._lock.notify_all()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
+        with self._lock:
+            self._subscribed = False
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self._lock:
+            self._messages.append((message.topic, bytes(message.payload)))
+            self._lock.notify_all()
+
+    def _wait(self, condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+        with self._lock:
+            if not self._lock.wait_for(condition, timeout):
+                raise TimeoutError(f"MQTTSubscriber: no {what} within {timeout} s")
+
+    def flush(self) -> None:
+        """Wait until every message the broker acknowledged before this call has arrived."""
+        self._wait(lambda: self._subscribed, "subscription (after a restart?)")
+        token = uuid.uuid4().hex.encode()
+        self._client.publish(self._marker, token, qos=1)
+        self._wait(lambda: (self._marker, token) in self._messages, "flush marker")
+
+    def messages(self, topic: str | None = None) -> list[tuple[str, bytes]]:
+        """``(topic, payload)`` of every message so far (``topic``'s only, if given)."""
+        with self._lock:
+            found = [m for m in self._messages if m[0] != self._marker]
+        return [m for m in found if topic is None or m[0] == topic]
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+# ----------------------------------------------------------------------------- the proxy
+
+_PUBLISH, _PUBACK, _CONNECT = 3, 4, 1
+
+
+def _read_packet(sock: socket.socket, buffer: bytearray) -> bytes | None:
+    """One whole MQTT packet from ``sock`` (``buffer`` keeps what came beyond it), or None
+    at the end of the stream."""
+    while True:
+        if len(buffer) >= 2:
+            length, shift, i = 0, 0, 1
+            while i < len(buffer) and i <= 4:
+                length |= (buffer[i] & 0x7F) << shift
+                shift += 7
+                i += 1
+                if not buffer[i - 1] & 0x80:
+                    if len(buffer) >= i + length:
+                        packet = bytes(buffer[: i + length])
+                        del buffer[: i + length]
+                        return packet
+                    break
+        data = sock.recv(1 << 16)
+        if not data:
+            return None
+        buffer += data
+
+
+def _body(packet: bytes) -> bytes:
+    i = 1
+    while packet[i] & 0x80:
+        i += 1
+    return packet[i + 1 :]
+
+
+class MQTTFaultProxy:
+    """A loopback TCP proxy to the broker at ``127.0.0.1:port`` that understands MQTT framing.
+
+    - :meth:`refuse`: a PUBLISH whose payload satisfies ``predicate(payload)`` is not
+      forwarded; the proxy answers it with PUBACK reason 0x99 (MQTT 5 clients only).
+    - :meth:`lose_next_answers`: the next ``n`` PUBLISHes are forwarded (the broker stores
+      them), and when the broker's PUBACK of one comes back the connection is cut instead.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._refuse: Callable[[bytes], bool] | None = None
+        self._lose = 0
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)  # so the accept loop sees close() promptly
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self._acceptor = threading.Thread(target=self._accept, name="mqtt-proxy", daemon=True)
+        self._acceptor.start()
+
+    def refuse(self, predicate: Callable[[bytes], bool]) -> None:
+        self._refuse = predicate
+
+    def lose_next_answers(self, n: int = 1) -> None:
+        with self._lock:
+            self._lose += n
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            state = {"v5": False, "cut": set(), "lock": threading.Lock()}
+            for target in (self._from_client, self._from_broker):
+                threading.Thread(target=target, args=(client, upstream, state), daemon=True).start()
+
+    def _from_client(self, client: socket.socket, broker: socket.socket, state: dict) -> None:  # type: ignore[type-arg]
+        buffer = bytearray()
+        try:
+            while (packet := _read_packet(client, buffer)) is not None:
+                kind, body = packet[0] >> 4, _body(packet)
+                if kind == _CONNECT:
+                    name_len = int.from_bytes(body[:2], "big")
+                    state["v5"] = body[2 + name_len] == 5
+                elif kind == _PUBLISH and (packet[0] >> 1) & 3:
+                    topic_len = int.from_bytes(body[:2], "big")
+                    mid = body[2 + topic_len : 4 + topic_len]
+                    payload = body[4 + topic_len :]
+                    if state["v5"]:
+                        props_len, i = 0, 0
+                        while True:
+                            props_len |= (payload[i] & 0x7F) << (7 * i)
+                            i += 1
+                            if not payload[i - 1] & 0x80:
+                                break
+                        payload = payload[i + props_len :]
+                    refuse = self._refuse
+                    if refuse is not None and state["v5"] and refuse(payload):
+                        with state["lock"]:
+                            client.sendall(bytes([_PUBACK << 4, 3]) + mid + b"\x99")
+                        continue
+                    with self._lock:
+                        if self._lose > 0:
+                            self._lose -= 1
+                            state["cut"].add(mid)
+                broker.sendall(packet)
+        except OSError:
+            pass
+        finally:
+            _shut(client, broker)
+
+    def _from_broker(self, client: socket.socket, broker: socket.socket, state: dict) -> None:  # type: ignore[type-arg]
+        buffer = bytearray()
+        try:
+            while (packet := _read_packet(broker, buffer)) is not None:
+                if packet[0] >> 4 == _PUBACK and _body(packet)[:2] in state["cut"]:
+                    break  # stored; the client never hears of it
+                with state["lock"]:
+                    client.sendall(packet)
+        except OSError:
+            pass
+        finally:
+            _shut(client, broker)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._acceptor.join()
+        self._listener.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        _shut(*sockets)
+        for sock in sockets:
+            sock.close()
+
+
+def _shut(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
