@@ -166,6 +166,8 @@ def test_service_stops_on_sigterm_losing_nothing(
         wait_for(lambda: len(delivered(server)) >= 5, 30, "readings synced")
         if not server_answers:
             server.delay(10)  # every request from now on hangs, longer than the close timeout
+            # A pass under way may still deliver everything: wait for a reading it cannot.
+            wait_for(lambda: len(cached_times(cache)) >= 2, 30, "readings waiting in the cache")
         code, journal = stop_service(proc)
     finally:
         proc.kill()
