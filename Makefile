@@ -38,6 +38,7 @@ demo: $(DEMO_STAMP)
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_insert.py
 	$(PY) tests/benchmarks/bench_sync.py
+	$(PY) tests/benchmarks/bench_fleet.py
 
 # Long runs of the delivery model (tests/test_model.py: thousands of steps per delivery kind,
 # shrunk to a minimal example on failure; CONNECTORSYNC_SOAK_EXAMPLES=n per kind) and of the

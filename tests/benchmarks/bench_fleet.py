@@ -24,7 +24,16 @@ syncperiod) or, monkeypatched in the children (bench only), the same exponential
 without the jitter. The server counts every request it reads
 (:meth:`ConnectorDBServer.request_times`); a request refused during the outage never reaches
 it. A pass makes two requests (``GET ?q=this``, then one ``POST .../data``: a pass's backlog
-here is one batch).
+here is one batch). After an outage a Logger makes three or four: the retry that succeeds,
+then at once the next periodic pass, whose time went by while it retried (a ``GET`` to
+reconcile comes first if a batch was on the wire when the server stopped).
+
+Reading the figures: a busiest second is bounded by what this machine serves (the server and
+the children share its cores), so a burst that asks for more (every Logger at once) shows as
+the machine's capacity spread over the next seconds; the per-second series after the outage is
+printed below the table for that reason. ``sync_jitter`` spreads passes over at most 10% of
+the period, so a fleet started together stays bunched in steady state too: compare the steady
+state's busiest second with its mean.
 
 Why a syncperiod of 5 s: what matters is the outage and the backoff cap measured in periods
 (60 s = 12 periods: the backoff reaches its cap, syncperiod, after 3 attempts, as a long
