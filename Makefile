@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_wire.py
 	$(PY) tests/benchmarks/bench_mqtt.py
 	$(PY) tests/benchmarks/bench_live.py
+	$(PY) tests/benchmarks/bench_fleet.py
 
 # Long runs of the delivery model (tests/test_model.py: thousands of steps per delivery kind,
 # shrunk to a minimal example on failure; CONNECTORSYNC_SOAK_EXAMPLES=n per kind) and of the

@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -88,6 +89,7 @@ class ConnectorDBServer(LoopbackService):
         self._stopping = threading.Event()  # set while stopping, to cut injected delays short
         self._faults = _Faults()
         self._log: list[tuple[str, str]] = []
+        self._times: list[float] = []  # time.monotonic() of each request in _log
         self._log_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------
@@ -154,9 +156,17 @@ class ConnectorDBServer(LoopbackService):
         with self._log_lock:
             return list(self._log)
 
+    def request_times(self) -> list[float]:
+        """The ``time.monotonic()`` at which each request of :attr:`requests` arrived, in the
+        same order: per-second request rates for benchmarks (``bench_fleet.py``). Linux's
+        monotonic clock is system-wide, so other processes' ``time.monotonic()`` compare."""
+        with self._log_lock:
+            return list(self._times)
+
     def _record(self, method: str, path: str) -> None:
         with self._log_lock:
             self._log.append((method, path))
+            self._times.append(time.monotonic())
 
     # -- fault injection ----------------------------------------------------------
 

@@ -1,0 +1,28 @@
+"""The fleet benchmark runs end to end at a tiny size: it completes (which includes its own
+check that the server holds every datapoint and every cache is empty) and prints its table.
+The figures themselves are the benchmark's business, never asserted here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent / "benchmarks" / "bench_fleet.py"
+
+
+@pytest.mark.slow
+def test_the_fleet_benchmark_completes_and_prints_its_table() -> None:
+    tiny = ["--loggers", "8", "--processes", "2", "--outage", "3", "--syncperiod", "1"]
+    tiny += ["--steady", "1", "--after", "2", "--configs", "defaults,no-jitter"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH), *tiny], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("| configuration | sync_jitter | backoff |") for line in lines)
+    assert any(line.startswith("| defaults | 0.1 s (default) | full jitter |") for line in lines)
+    assert any(line.startswith("| no-jitter | 0 | no jitter |") for line in lines)
+    assert "requests per second after the server returned (first 2 s):" in lines
