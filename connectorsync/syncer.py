@@ -181,6 +181,7 @@ class Syncer:
         self._credentials = 0  # bumped by resume(): new credentials to try
         self._pending = 0  # inserts since the last pass (this process), for sync_threshold
         self._live_after: int | None = None  # the newest id when the last pass began
+        self._began = 0.0  # when the background thread's last pass began (monotonic)
         self._pacer: Pacer | None = None
         self.last_error: str | None = None
         self.next_attempt: float | None = None
@@ -394,6 +395,10 @@ class Syncer:
                 self.last_error = f"unexpected {type(exc).__name__}: {exc}"
                 log.exception("background sync failed unexpectedly: %s", exc)
                 self._publish_quietly()
+            # Retries that outlast the period (an outage) end with a pass: the next one is a
+            # period after that pass began, not at once (a fleet back after an outage would
+            # otherwise hit the server twice in a row).
+            due = max(due, self._began + jittered(self._options.syncperiod, self._options.jitter()))
 
     def _retire(self) -> None:
         """Under the state lock, as the background thread ends: give up the sync lock (and,
@@ -420,6 +425,7 @@ class Syncer:
             try:
                 for attempt in retrying:
                     with attempt:
+                        self._began = time.monotonic()
                         report = self.sync(background=True)
                         if retryable(report.exception):
                             raise report.exception  # type: ignore[misc]

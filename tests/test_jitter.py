@@ -229,3 +229,27 @@ def test_retries_are_not_delayed_by_sync_jitter(
         wait_for(lambda: values(server) == [1.0, 2.0, 3.0], what="delivery after retries")
     finally:
         lg.close()
+
+
+def test_after_an_outage_the_next_pass_is_a_period_after_the_one_that_got_through(
+    tmp_path: Path, server: ConnectorDBServer, fast_backoff: None
+) -> None:
+    """Retries that outlast ``syncperiod`` end with a pass that gets through; the next
+    periodic pass comes a period after it began, not at once (found by bench_fleet.py: a
+    fleet back after an outage hit the server twice in a row)."""
+    passes: list[float] = []
+    lg = connected(tmp_path / "outage.db", server, syncperiod=1.5, sync_jitter=0)
+    lg.onsync = lambda: passes.append(time.monotonic())
+    try:
+        server.stop()
+        lg.start()
+        lg.insert("temperature", 1.0)
+        time.sleep(2.0)  # an outage longer than the period: the syncer keeps retrying
+        server.start()
+        wait_for(lambda: passes, what="a pass after the server came back")
+        time.sleep(0.75)  # half a period: a pass here would be the one too many
+        assert len(passes) == 1, passes
+        wait_for(lambda: len(passes) == 2, what="the next periodic pass")
+        assert passes[1] - passes[0] > 1.0
+    finally:
+        lg.close()
