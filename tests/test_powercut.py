@@ -2,7 +2,8 @@
 
 Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inserts with each
 durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
-WAL checkpoints, migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``) in a
+WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after a sync,
+migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``) in a
 child process whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
 (xWrite/xSync/xTruncate/xDelete), N drawn from a seeded RNG over the phase's whole range (a
 run without a cut counts it first). What the child did before is read from its stdout, not
@@ -23,8 +24,8 @@ cache is reopened by this (normal) process and:
 1,000; ``POWERCUT_CUTS=n`` sets any number, ``POWERCUT_SEED=s`` the seed. Each run prints a
 one-line summary (cut points by phase, datapoints checked).
 
-A new phase (vacuum steps after a sync, say) is one line of ``PHASES`` in
-tests/helpers/powercut_workload.py; the checks here need nothing new.
+A new phase is one line of ``PHASES`` in tests/helpers/powercut_workload.py; the checks here
+need nothing new.
 
 Replaying a failure: its message names the seed, the cut's number, the phase and N, e.g.
 ``POWERCUT_REPLAY=sync_full:137 pytest tests/test_powercut.py`` runs that one cut point again

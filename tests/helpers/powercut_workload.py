@@ -3,8 +3,8 @@
 A phase is one line of :data:`PHASES`: a durability, Logger options, which cache file it
 starts from (:data:`TEMPLATES`: a new one, a connectordb 0.3.5 one, an older connectorsync
 one), how many threads, and a script of steps (:data:`STEPS`: ``insert*N``, ``sync``,
-``checkpoint``...) that each thread runs in turn. A new phase (vacuum steps after a sync, say)
-is one more line there, plus one entry in :data:`STEPS` if it needs a step of its own.
+``checkpoint``, ``fill*N`` for ``insert_many``...) that each thread runs in turn. A new phase is
+one more line there, plus one entry in :data:`STEPS` if it needs a step of its own.
 
 The child runs its phase under :class:`~tests.helpers.powercut.PowerCutVFS` with ``cut_at``:
 at that I/O operation the power goes (``os._exit`` inside the VFS call, every unsynced write
@@ -81,6 +81,8 @@ PHASES: dict[str, Phase] = {
     "checkpoint_normal": Phase("normal", "insert*10 checkpoint insert*10 sync checkpoint"),
     "migrate_connectordb": Phase("full", "insert*4 sync insert*4", template=CONNECTORDB),
     "migrate_v1": Phase("full", "insert*4 sync insert*4", template=V1),
+    # A sync that empties pages: vacuum steps and a TRUNCATE checkpoint give them back.
+    "vacuum": Phase("full", "fill*1500 sync insert*3 sync", {"batch_size": 500}),
     "drop_oldest": Phase(
         "full", "insert*45", {"max_cached": 15, "on_full": "drop_oldest"}, per_thread=1
     ),
@@ -121,6 +123,18 @@ def insert(child: Child, streams: list[str], count: int) -> None:
                 time.sleep(child.phase.pace)
 
 
+def fill(child: Child, streams: list[str], count: int) -> None:
+    """``insert_many`` of ``count`` values per stream, in one transaction: pages enough
+    that the sync after it leaves free pages for the vacuum steps to give back."""
+    for stream in streams:
+        first = child.next_value[stream]
+        child.next_value[stream] = first + count
+        child.lg.insert_many(stream, list(range(first, first + count)))
+        now = time.monotonic()
+        for value in range(first, first + count):
+            child.report("i", stream, value, now)
+
+
 def sync(child: Child, streams: list[str], count: int) -> None:
     for _ in range(count):
         report = child.lg.sync()
@@ -148,6 +162,7 @@ def checkpoint(child: Child, streams: list[str], count: int) -> None:
 
 STEPS: dict[str, Callable[[Child, list[str], int], None]] = {
     "insert": insert,
+    "fill": fill,
     "sync": sync,
     "checkpoint": checkpoint,
 }
