@@ -312,6 +312,7 @@ class Syncer:
             self._wake.clear()
             if self._threshold_reached():
                 self._wake.set()
+            self._mark_live_start()
             self._thread = threading.Thread(
                 target=self._run,
                 name=f"connectorsync-syncer:{os.path.basename(self._path)}",
@@ -441,6 +442,21 @@ class Syncer:
             log.error("syncing paused until the credentials change: %s", report.exception)
             self._publish_quietly()
             return
+
+    def _mark_live_start(self) -> None:
+        """At start(), before any pass: what is cached now is the backlog, what comes after
+        start() is live (the first pass's live lane)."""
+        if self._live_after is not None:
+            return
+        try:
+            # A connection of its own: a pass may hold the syncer's, and start() must not wait.
+            cache = Cache.connect(self._path, "full")
+            try:
+                self._live_after = cache.max_id()
+            finally:
+                cache.close()
+        except ConnectorSyncError as exc:  # the first pass will say it again
+            log.warning("cannot read the cache before the first pass: %s", exc)
 
     def _pacer_for(self, rate: float | None) -> Pacer | None:
         """The pace of ``max_rate``, kept across passes (a new one when the rate changes)."""

@@ -5,21 +5,27 @@ the backlog ``syncperiod`` seconds, then the next pass starts at once, live data
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connectorsync import HTTPRemote, Logger
+from connectorsync import HTTPRemote, InfluxDBRemote, Logger
 from connectorsync.delivery import PassPlan, run_pass
 from connectorsync.lanes import Pacer
 from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.receiver import HTTPReceiver
 
 from .conftest import wait_for
 
 PATH = "/ingest/s"
+T0 = 1_600_000_000.0  # a backlog's first timestamp: long before now
 
 
 @pytest.fixture
@@ -198,3 +204,46 @@ def test_new_datapoints_arrive_while_the_backlog_drains(
 
 def _has(receiver: HTTPReceiver, value: int) -> bool:
     return any(item["d"] == value for item in receiver.items(PATH))
+
+
+BIG_BACKLOG = 1_000_000 if os.environ.get("CONNECTORSYNC_SOAK") == "1" else 100_000
+
+
+def test_a_live_stream_stays_current_while_a_large_backlog_drains_into_influxd(
+    tmp_path: Path, influxd: InfluxDBServer
+) -> None:
+    """A stream with a backlog of 100,000 datapoints (1,000,000 in ``make soak``) drains at
+    ``max_rate`` into a real influxd while a sensor loop goes on inserting into it: the new
+    datapoints are there, one after the other, long before the backlog is through."""
+    assert influxd.admin is not None
+    user, password = influxd.admin
+    db = "lanes_" + uuid.uuid4().hex[:8]
+    influxd.create_database(db)
+    remote = InfluxDBRemote(influxd.url, db, username=user, password=password, timeout=10)
+    path = str(tmp_path / "big.db")
+    with Logger(path, durability="normal") as lg:  # a device offline for days
+        lg.addStream_force("temperature", {"type": "number"})
+        for start in range(0, BIG_BACKLOG, 100_000):
+            lg.insert_many(
+                "temperature", [{"t": T0 + (start + i) * 1e-3, "d": 1.0} for i in range(100_000)]
+            )
+    with Logger(path, remote=remote, durability="normal") as lg:  # ... restarted, online
+        rate = BIG_BACKLOG / 4  # a four-second drain, whatever the size
+        lg.max_rate, lg.syncperiod, lg.sync_jitter = rate, 0.5, 0
+        lg.start()
+        arrived_while_draining = 0
+        for k in range(40):
+            t = time.time()
+            lg.insert("temperature", 2.0, t)
+            wait_for(lambda t=t: _in_influx(influxd, db, t), timeout=30, what=f"new datapoint {k}")
+            if len(lg) <= 1:
+                break  # the backlog is through
+            arrived_while_draining += 1
+    assert arrived_while_draining >= 3
+
+
+def _in_influx(influxd: InfluxDBServer, db: str, t: float) -> bool:
+    answer = influxd.query(
+        f"SELECT value FROM temperature WHERE time >= {int((t - 1e-3) * 1e9)}", db
+    )
+    return bool(answer["results"][0].get("series"))
