@@ -15,7 +15,8 @@ Then the same backlog goes into a real InfluxDB 1.x (``influxd``, started on 127
 temporary directory by :class:`connectorsync.testing.influx.InfluxDBServer`; skipped with a
 message when it is not installed):
 
-- connectorsync ``Logger.sync`` with an ``InfluxDBRemote``, ``"normal"`` and ``"full"``;
+- connectorsync ``Logger.sync`` with an ``InfluxDBRemote``, ``"normal"`` and ``"full"``, with
+  plain bodies as the loop sends them, and ``"normal"`` with gzip (the remote's default);
 - the ceiling: a plain loop over the same points that builds the same line protocol and POSTs
   it in batches of the same size with one ``requests.Session``, with no cache behind it.
 
@@ -73,6 +74,7 @@ CONTENDERS = {
     "cdb": ("connectordb 0.3.5 Logger.sync", "its own (rollback journal, FULL)"),
     "influx-normal": ("connectorsync Logger.sync, InfluxDBRemote", "normal"),
     "influx-full": ("connectorsync Logger.sync, InfluxDBRemote", "full"),
+    "influx-gzip-normal": ("connectorsync Logger.sync, InfluxDBRemote, gzip", "normal"),
     "influx-requests": ("plain requests loop, line protocol", "(no cache)"),
 }
 
@@ -148,7 +150,9 @@ def open_connectorsync(args: argparse.Namespace) -> Steps:
 
     remote = None
     if args.contender.startswith("influx-"):
-        remote = InfluxDBRemote(args.url, args.db)
+        # Plain bodies, as the requests loop sends them; gzip (the default) has a row of its own.
+        gzip = "gzip" if "-gzip-" in args.contender else None
+        remote = InfluxDBRemote(args.url, args.db, compression=gzip)
     lg = Logger(args.path, durability=durability_of(args.contender), remote=remote)
 
     def run() -> None:
@@ -430,7 +434,7 @@ def measure_influx(
     return finish(contender, result, problems)
 
 
-INFLUX_CONTENDERS = ["influx-requests", "influx-normal", "influx-full"]
+INFLUX_CONTENDERS = ["influx-requests", "influx-normal", "influx-full", "influx-gzip-normal"]
 
 
 def measure_influx_rounds(
