@@ -74,7 +74,43 @@ class _State(enum.Enum):
     CLOSED = 2
 
 
-class Logger:
+class _Attributes:
+    """The settings and options as read/write attributes of :class:`Logger`, each stored in
+    the cache file when set (``metrics_port`` excepted); :mod:`connectorsync.options` declares
+    and checks them."""
+
+    apikey = _setting("apikey", "The apikey the default remote uses; stored in the cache file.")
+    serverurl = _setting("serverurl", "The ConnectorDB server the default remote talks to.")
+    syncperiod = _setting("syncperiod", "Seconds between background sync attempts (600).")
+    lastsynctime = _setting("lastsynctime", "When the last complete sync ended (0: never).")
+    data = _setting("data", "Your own settings, anything JSON, kept in the cache file.")
+    durability = _option("durability")
+    commit_interval = _option("commit_interval")
+    batch_size = _option("batch_size")
+    max_batch_bytes = _option("max_batch_bytes")
+    sync_threshold = _option("sync_threshold")
+    sync_jitter = _option("sync_jitter")
+    http_timeout = _option("http_timeout")
+    live_first = _option("live_first")
+    max_rate = _option("max_rate")
+    max_cached = _option("max_cached")
+    max_cache_bytes = _option("max_cache_bytes")
+    min_free_disk = _option("min_free_disk")
+    on_full = _option("on_full")
+    max_age = _option("max_age")
+    ntp_server = _option("ntp_server")
+    hold_unsynced = _option("hold_unsynced")
+    max_hold = _option("max_hold")
+    archive_dir = _option("archive_dir")
+    archive_format = _option("archive_format")
+    metrics_port = _setting(
+        "metrics_port",
+        "Serve /metrics on 127.0.0.1 at this port (0: any free one, see metrics_url; None, the "
+        "default: not served). This process only: not stored in the cache file.",
+    )
+
+
+class Logger(_Attributes):
     """An offline-first logger: every datapoint is on disk before ``insert`` returns, and the
     syncer delivers it to the remote later, deleting it only once the remote acknowledged it.
 
@@ -216,36 +252,6 @@ class Logger:
     def __repr__(self) -> str:
         state = "closed" if self._state is _State.CLOSED else f"{len(self._streams)} streams"
         return f"<Logger {self.path!r} {state}>"
-
-    apikey = _setting("apikey", "The apikey the default remote uses; stored in the cache file.")
-    serverurl = _setting("serverurl", "The ConnectorDB server the default remote talks to.")
-    syncperiod = _setting("syncperiod", "Seconds between background sync attempts (600).")
-    lastsynctime = _setting("lastsynctime", "When the last complete sync ended (0: never).")
-    data = _setting("data", "Your own settings, anything JSON, kept in the cache file.")
-    durability = _option("durability")
-    commit_interval = _option("commit_interval")
-    batch_size = _option("batch_size")
-    max_batch_bytes = _option("max_batch_bytes")
-    sync_threshold = _option("sync_threshold")
-    sync_jitter = _option("sync_jitter")
-    http_timeout = _option("http_timeout")
-    live_first = _option("live_first")
-    max_rate = _option("max_rate")
-    max_cached = _option("max_cached")
-    max_cache_bytes = _option("max_cache_bytes")
-    min_free_disk = _option("min_free_disk")
-    on_full = _option("on_full")
-    max_age = _option("max_age")
-    ntp_server = _option("ntp_server")
-    hold_unsynced = _option("hold_unsynced")
-    max_hold = _option("max_hold")
-    archive_dir = _option("archive_dir")
-    archive_format = _option("archive_format")
-    metrics_port = _setting(
-        "metrics_port",
-        "Serve /metrics on 127.0.0.1 at this port (0: any free one, see metrics_url; None, the "
-        "default: not served). This process only: not stored in the cache file.",
-    )
 
     def _changed(self, name: str) -> None:
         """Setting ``name`` changed: rebuild what depends on it."""
