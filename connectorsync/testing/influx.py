@@ -25,17 +25,14 @@ import functools
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
 from typing import Any
 
-from ._service import LoopbackService
+from ._process import ChildProcess, free_port
 
 __all__ = ["InfluxDBServer", "InfluxDBStartError", "find_influxd"]
 
@@ -70,13 +67,7 @@ def find_influxd() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class InfluxDBServer(LoopbackService):
+class InfluxDBServer(ChildProcess):
     """An ``influxd`` of its own, on 127.0.0.1, keeping its files under ``tmpdir``.
 
     :param tmpdir: a directory for the config, the data and the log (created if missing)
@@ -88,6 +79,8 @@ class InfluxDBServer(LoopbackService):
 
     Usable as a context manager (start on enter, stop on exit).
     """
+
+    _program = "influxd"
 
     def __init__(
         self,
@@ -104,8 +97,9 @@ class InfluxDBServer(LoopbackService):
         self._binary = binary
         self._port = port
         self._rpc_port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
         self._admin_created = False
+        self._log_file = os.path.join(self.dir, "influxd.log")
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -127,11 +121,11 @@ class InfluxDBServer(LoopbackService):
         chosen = self._port == 0
         for attempt in range(3):
             if self._port == 0:
-                self._port = _free_port()
+                self._port = free_port()
             if self._rpc_port == 0:
-                self._rpc_port = _free_port()
+                self._rpc_port = free_port()
             try:
-                self._spawn(binary)
+                self._launch(binary)
                 break
             except InfluxDBStartError as exc:
                 if not (chosen and "address already in use" in str(exc) and attempt < 2):
@@ -148,76 +142,14 @@ class InfluxDBServer(LoopbackService):
             self._admin_created = True
         return self
 
-    def _spawn(self, binary: str) -> None:
+    def _launch(self, binary: str) -> None:
         config = os.path.join(self.dir, "influxdb.conf")
         with open(config, "w", encoding="utf-8") as f:
             f.write(self._config())
-        log_path = os.path.join(self.dir, "influxd.log")
-        with open(log_path, "ab") as log:
-            # In the caller's process group, so a Ctrl-C or a kill of the group ends it too
-            # when the caller gets no chance to call stop().
-            self._proc = subprocess.Popen(
-                [binary, "run", "-config", config],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-            )
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
-                raise InfluxDBStartError(f"influxd exited with {code}:\n{self._log_tail()}")
-            if self._ping():
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise InfluxDBStartError(
-                    f"influxd did not answer /ping within {self.start_timeout} s:\n"
-                    f"{self._log_tail()}"
-                )
-            time.sleep(0.02)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM by pid, SIGKILL after ``timeout`` seconds, and reap it. Idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, no shutdown. The data survives as far as influxd's WAL keeps it."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def restart(self) -> InfluxDBServer:
-        """Stop and start again, on the same ports, with the same data."""
-        self.stop()
-        return self.start()
+        argv = [binary, "run", "-config", config]
+        self._spawn(argv, self.dir, self._log_file, self._ping, InfluxDBStartError)
 
     # -- facts -------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """influxd's pid while it runs, else None."""
-        return self._proc.pid if self.running and self._proc is not None else None
 
     @property
     def admin(self) -> tuple[str, str] | None:
@@ -288,15 +220,6 @@ class InfluxDBServer(LoopbackService):
             return False
         except OSError:
             return False
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(
-                os.path.join(self.dir, "influxd.log"), encoding="utf-8", errors="replace"
-            ) as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
     def _config(self) -> str:
         d = self.dir.replace("\\", "\\\\").replace('"', '\\"')

@@ -19,16 +19,14 @@ import contextlib
 import getpass
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._service import LoopbackService
+from ._process import ChildProcess, free_port
 
 __all__ = [
     "MQTTFaultProxy",
@@ -53,13 +51,7 @@ def find_mosquitto() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class MosquittoBroker(LoopbackService):
+class MosquittoBroker(ChildProcess):
     """A ``mosquitto`` of its own on 127.0.0.1, keeping its files under ``tmpdir``.
 
     :param users: ``{username: password}``: anonymous access is off and only these log in
@@ -67,6 +59,7 @@ class MosquittoBroker(LoopbackService):
     """
 
     _noun = "broker"
+    _program = "mosquitto"
 
     def __init__(
         self,
@@ -82,7 +75,8 @@ class MosquittoBroker(LoopbackService):
         self.tls = tls
         self.start_timeout = start_timeout
         self._port = port
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
+        self._log_file = os.path.join(self.dir, "mosquitto.log")
 
     @property
     def url(self) -> str:
@@ -105,9 +99,9 @@ class MosquittoBroker(LoopbackService):
         chosen = self._port == 0
         for attempt in range(3):
             if self._port == 0:
-                self._port = _free_port()
+                self._port = free_port()
             try:
-                self._spawn(binary)
+                self._launch(binary)
                 return self
             except MosquittoStartError as exc:
                 if not (chosen and "Address already in use" in str(exc) and attempt < 2):
@@ -115,69 +109,19 @@ class MosquittoBroker(LoopbackService):
                 self._port = 0
         return self
 
-    def _spawn(self, binary: str) -> None:
+    def _launch(self, binary: str) -> None:
         config = os.path.join(self.dir, "mosquitto.conf")
         with open(config, "w", encoding="utf-8") as f:
             f.write(self._config())
-        with open(self._log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [binary, "-c", config],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-            )
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                code, self._proc = self._proc.returncode, None
-                raise MosquittoStartError(f"mosquitto exited with {code}:\n{self._log_tail()}")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self._port), timeout=1).close()
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise MosquittoStartError(f"mosquitto did not listen:\n{self._log_tail()}")
-            time.sleep(0.02)
+        self._spawn(
+            [binary, "-c", config], self.dir, self._log_file, self._listens, MosquittoStartError
+        )
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM by pid (mosquitto saves its sessions), SIGKILL after ``timeout``; reaps it.
-        Idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def restart(self) -> MosquittoBroker:
-        """Stop and start again, on the same port, with the sessions it saved."""
-        self.stop()
-        return self.start()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self.running else None
-
-    @property
-    def _log_path(self) -> str:
-        return os.path.join(self.dir, "mosquitto.log")
-
-    def _log_tail(self, lines: int = 20) -> str:
-        try:
-            with open(self._log_path, encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    def _listens(self) -> bool:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", self._port), timeout=1).close()
+            return True
+        return False
 
     def _config(self) -> str:
         lines = [
