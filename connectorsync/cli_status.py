@@ -21,7 +21,7 @@ def read_status(cache: Any) -> Status:
     read only, nothing recorded (not even this boot)."""
     from .clock import Anchor, Clock
     from .status import Status, bytes_sent
-    from .syncer import SyncLock
+    from .synclock import SyncLock
 
     settings = cache.settings()
     clock = Clock(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .cache import Cache, StreamStats
 from .devicetime import DeviceTime
-from .syncer import SyncState
+from .synclock import SyncState
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ Guarantees (each proved by the test named, in ``tests/``):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import random
@@ -61,6 +60,7 @@ from .errors import AuthError, ClosedError, ConnectorSyncError
 from .lanes import Pacer
 from .options import Options
 from .remotes.base import Remote
+from .synclock import SyncLock, SyncState, describe_holder
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +68,6 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE = 1.0
 #: A ``Retry-After`` longer than this is not believed.
 MAX_RETRY_AFTER = 3600.0
-
-
-@dataclass(frozen=True)
-class SyncState:
-    """How syncing goes, for ``status()``.
-
-    :ivar last_error: why the last pass failed (or why syncing is paused), or None
-    :ivar next_attempt: when the background syncer tries next, or None when none runs
-    :ivar paused: credentials were refused: waiting for new ones or the next period
-    :ivar elsewhere: who syncs, when another process does (``"pid N on host"``), else None
-    """
-
-    last_error: str | None
-    next_attempt: float | None
-    paused: bool
-    elsewhere: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,49 +81,6 @@ class PassHooks:
 
     before: Callable[[Cache], object] = lambda cache: None
     hold: Callable[[], Untrusted | None] = lambda: None
-
-
-class SyncLock:
-    """An exclusive, non-blocking ``flock`` for one cache file, whatever path names it.
-
-    The lock file sits beside the cache file's real path and is named after its device and
-    inode, so a symlink, a relative path or a hard link in the same directory all meet the
-    same lock. The kernel releases it when the process dies, so a killed syncer never blocks
-    the next; flock locks belong to the open file, so a second Logger in the same process is
-    refused too. (The cache file itself is never opened here: closing a second descriptor of
-    it would drop SQLite's POSIX locks.)
-    """
-
-    def __init__(self, cache_path: str):
-        real = os.path.realpath(cache_path)
-        st = os.stat(real)
-        self.path = os.path.join(
-            os.path.dirname(real), f".{os.path.basename(real)}.{st.st_dev:x}-{st.st_ino}.sync-lock"
-        )
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self) -> bool:
-        """Take the lock if free; True if this object holds it now."""
-        if self._fd is not None:
-            return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
 
 class CallbackError(ConnectorSyncError):
@@ -240,7 +181,7 @@ class Syncer:
                 report.fail(
                     "*",
                     ConnectorSyncError(
-                        f"another process syncs this cache ({_describe(self.state())}); "
+                        f"another process syncs this cache ({describe_holder(self.state())}); "
                         "it inserts freely but only one syncs"
                     ),
                 )
@@ -526,7 +467,7 @@ class Syncer:
                 state.get("paused") or state.get("last_error"),
                 state.get("next_attempt"),
                 bool(state.get("paused")),
-                _describe(state),
+                describe_holder(state),
             )
         return SyncState(self.paused or self.last_error, None, bool(self.paused))
 
@@ -615,9 +556,3 @@ def _record_remote(cache: Cache, remote: Remote) -> None:
     with contextlib.suppress(ConnectorSyncError):
         if description != cache.get_setting("remote"):
             cache.set_setting("remote", description)
-
-
-def _describe(state: dict[str, Any]) -> str:
-    if not state:
-        return "holder unknown"
-    return f"pid {state.get('pid')} on {state.get('host')}"
