@@ -31,6 +31,7 @@ from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.remotes.line_protocol import ns_to_seconds
 from connectorsync.remotes.mqtt import THINGSBOARD_TOPIC, MQTTRemote, thingsboard_mqtt
 from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing._proxy import LoopbackProxy, shut
 from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.mosquitto import MosquittoBroker, MQTTFaultProxy, MQTTSubscriber
 from connectorsync.testing.receiver import HTTPReceiver
@@ -384,24 +385,15 @@ class _Stopper:
         self.receiver.stop()
 
 
-class AnswerDroppingProxy:
+class AnswerDroppingProxy(LoopbackProxy):
     """A loopback TCP proxy to ``127.0.0.1:port``. Armed, it lets the next request that starts
     with ``prefix`` through, waits for the server's answer (the write is stored by then),
     and cuts the client's connection instead of relaying it: a lost acknowledgement."""
 
     def __init__(self, port: int, prefix: bytes = b"POST /write") -> None:
-        self._port = port
         self._prefix = prefix
         self._armed = 0
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)  # so the accept loop sees close() promptly
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._acceptor = threading.Thread(target=self._accept, name="proxy", daemon=True)
-        self._acceptor.start()
+        super().__init__(port)
 
     def lose_next_answers(self, n: int = 1) -> None:
         with self._lock:
@@ -414,26 +406,10 @@ class AnswerDroppingProxy:
                 return True
             return False
 
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            client.settimeout(None)
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self._port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            drop = threading.Event()
-            with self._lock:
-                self._sockets += [client, upstream]
-                for args in ((client, upstream, drop, True), (upstream, client, drop, False)):
-                    thread = threading.Thread(target=self._pump, args=args, daemon=True)
-                    self._threads.append(thread)
-                    thread.start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        drop = threading.Event()
+        self._thread(self._pump, client, upstream, drop, True)
+        self._thread(self._pump, upstream, client, drop, False)
 
     def _pump(
         self, src: socket.socket, dst: socket.socket, drop: threading.Event, from_client: bool
@@ -448,23 +424,7 @@ class AnswerDroppingProxy:
         except OSError:
             pass
         finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._acceptor.join()
-        self._listener.close()
-        with self._lock:
-            sockets, threads = list(self._sockets), list(self._threads)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in threads:
-            thread.join(5)
-        for sock in sockets:
-            sock.close()
+            shut(src, dst)
 
 
 @pytest.fixture(

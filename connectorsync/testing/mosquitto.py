@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._process import ChildProcess, free_port
+from ._proxy import LoopbackProxy, shut
 
 __all__ = [
     "MQTTFaultProxy",
@@ -269,7 +270,7 @@ def _body(packet: bytes) -> bytes:
     return packet[i + 1 :]
 
 
-class MQTTFaultProxy:
+class MQTTFaultProxy(LoopbackProxy):
     """A loopback TCP proxy to the broker at ``127.0.0.1:port`` that understands MQTT framing.
 
     - :meth:`refuse`: a PUBLISH whose payload satisfies ``predicate(payload)`` is not
@@ -279,18 +280,9 @@ class MQTTFaultProxy:
     """
 
     def __init__(self, port: int) -> None:
-        self._port = port
         self._refuse: Callable[[bytes], bool] | None = None
         self._lose = 0
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)  # so the accept loop sees close() promptly
-        self.port = int(self._listener.getsockname()[1])
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        self._acceptor = threading.Thread(target=self._accept, name="mqtt-proxy", daemon=True)
-        self._acceptor.start()
+        super().__init__(port, "mqtt")
 
     def refuse(self, predicate: Callable[[bytes], bool]) -> None:
         self._refuse = predicate
@@ -299,24 +291,10 @@ class MQTTFaultProxy:
         with self._lock:
             self._lose += n
 
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            client.settimeout(None)
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self._port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            state = {"v5": False, "cut": set(), "lock": threading.Lock()}
-            for target in (self._from_client, self._from_broker):
-                threading.Thread(target=target, args=(client, upstream, state), daemon=True).start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        state = {"v5": False, "cut": set(), "lock": threading.Lock()}
+        for target in (self._from_client, self._from_broker):
+            self._thread(target, client, upstream, state)
 
     def _from_client(self, client: socket.socket, broker: socket.socket, state: dict) -> None:  # type: ignore[type-arg]
         buffer = bytearray()
@@ -351,7 +329,7 @@ class MQTTFaultProxy:
         except OSError:
             pass
         finally:
-            _shut(client, broker)
+            shut(client, broker)
 
     def _from_broker(self, client: socket.socket, broker: socket.socket, state: dict) -> None:  # type: ignore[type-arg]
         buffer = bytearray()
@@ -364,20 +342,4 @@ class MQTTFaultProxy:
         except OSError:
             pass
         finally:
-            _shut(client, broker)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._acceptor.join()
-        self._listener.close()
-        with self._lock:
-            sockets = list(self._sockets)
-        _shut(*sockets)
-        for sock in sockets:
-            sock.close()
-
-
-def _shut(*sockets: socket.socket) -> None:
-    for sock in sockets:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            shut(client, broker)
