@@ -163,11 +163,12 @@ def test_changing_apikey_and_serverurl_takes_effect(cache_path: str, server) -> 
 
 
 def test_full_stream_paths_and_data_as_sent(logger: Logger, server) -> None:
-    server.add_device("alice", "other")
-    logger.addStream("alice/other/pressure", {"type": "integer"})
-    logger.insert("alice/other/pressure", 1013, timestamp=1.7e9)
+    # The logger's own device: as in ConnectorDB, another device's stream takes datapoints
+    # from its own device only (or, for a downlink stream, into its downlink substream).
+    logger.addStream("alice/sensor/pressure", {"type": "integer"})
+    logger.insert("alice/sensor/pressure", 1013, timestamp=1.7e9)
     assert logger.sync().ok
-    assert server.datapoints("alice/other/pressure") == [{"t": 1.7e9, "d": 1013}]
+    assert server.datapoints("alice/sensor/pressure") == [{"t": 1.7e9, "d": 1013}]
 
 
 def test_sync_leaves_nothing_in_memory_it_should_not(logger: Logger, server) -> None:

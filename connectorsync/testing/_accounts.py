@@ -12,6 +12,8 @@ Guarantees:
   user device) anything; a user (its "user" device, or a device of role "user") its own user,
   devices and streams; any other device reads its user and that user's devices (apikeys
   excepted), edits itself, and creates, reads, writes and deletes its user's streams.
+  Who writes a stream's datapoints is decided by the stream (``Store.insert``): its own
+  device or an admin, and anyone who may read it when it is a downlink stream.
 """
 
 from __future__ import annotations
@@ -268,11 +270,11 @@ class Accounts:
             self._db.execute("DELETE FROM devices WHERE user=?", (name,))
             self._db.execute("DELETE FROM users WHERE name=?", (name,))
 
-    def list_users(self, only: str | None) -> list[dict[str, Any]]:
-        """Every user, or only the user ``only``."""
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every user, by name."""
         with self._lock:
             rows = self._all("SELECT name FROM users ORDER BY name")
-            return [self._user_json(r[0]) for r in rows if only is None or r[0] == only]
+            return [self._user_json(r[0]) for r in rows]
 
     def count(self, what: str) -> int:
         """How many users, devices or streams (downlink substreams not counted) there are."""

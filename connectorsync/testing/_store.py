@@ -13,6 +13,16 @@ Guarantees:
 * With a file path, data survives a process restart (WAL,
   ``synchronous=NORMAL``: a committed insert survives a process crash, and an
   OS crash can lose only the last commits, never corrupt the file).
+* A schema is stored, and so read back, as ConnectorDB v0.3 stores it: minified (the
+  whitespace between JSON tokens removed, everything else exactly as sent; "" is "{}").
+  ConnectorDB runs every schema through ``tdewolff/minify``'s JSON minifier when a stream
+  is created or updated (``minifyAndValidateSchema`` in its ``users/stream.go``), and the
+  0.3.5 client's own tests expect ``'{"type": "string"}'`` to read back as
+  ``'{"type":"string"}'`` (``tests/test_server_clientsuite.py``).
+* Only the stream's own device (or an admin: ConnectorDB gives admins full access) writes
+  into a stream; any other device of the user writes only into a downlink stream, and then
+  into its downlink substream, as ConnectorDB's ``InsertStreamByID`` decides
+  (``tests/test_server_clientsuite.py``).
 """
 
 from __future__ import annotations
@@ -20,11 +30,12 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 import threading
 from collections.abc import Iterable
 from itertools import islice, repeat
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, Literal
 
 import apsw
 from jsonschema import Draft4Validator
@@ -35,8 +46,16 @@ from ._errors import ApiError as ApiError
 from ._errors import valid_name
 
 SCHEMA_MSG = "At least one datapoint did not conform to the stream's schema"
+# No word of this message may be one the ConnectorDB remote reads as a refusal of the data
+# ("conform", "schema", ...): it is about who writes, so a Logger keeps the datapoints cached
+# (an access error) instead of dead-lettering them.
+WRITE_DENIED_MSG = "Write access to stream data denied: only {owner} writes into {path}"
 UNORDERED_MSG = "Timestamps are not ordered!"
 OLDER_MSG = "Greater timestamp already exists for the stream. Insert Failed."
+
+#: Who sends an insert, as far as the stream is concerned: its own device, an admin, or another
+#: device (of the stream's user: only those may read it at all).
+Writer = Literal["own device", "admin", "other"]
 
 _NUMBER = frozenset((int, float))
 # JSON Schema (Draft 4) type names -> the Python types json.loads produces for
@@ -75,12 +94,24 @@ _TABLES = (
 )
 
 
+# A JSON string literal (escapes included), or a run of JSON's insignificant whitespace.
+_STRING_OR_SPACE = re.compile(r'"(?:[^"\\]|\\.)*"|[ \t\n\r]+')
+
+
+def minify_json(text: str) -> str:
+    """Valid JSON ``text`` without the whitespace between its tokens, as ``tdewolff/minify``
+    (which ConnectorDB uses) writes it: strings, numbers and key order stay as they are."""
+    return _STRING_OR_SPACE.sub(lambda m: m[0] if m[0][0] == '"' else "", text)
+
+
 def parse_schema(value: Any) -> str:
-    """Check a stream schema given as JSON text (or a dict); return its text."""
+    """Check a stream schema given as JSON text (or a dict); return it as stored (minified)."""
     if isinstance(value, dict):
         value = json.dumps(value)
     if not isinstance(value, str):
         raise ApiError(400, "The schema must be a JSON string")
+    if value == "":  # ConnectorDB reads an empty schema as the empty one
+        value = "{}"
     try:
         schema = json.loads(value)
     except ValueError:
@@ -91,7 +122,7 @@ def parse_schema(value: Any) -> str:
         Draft4Validator.check_schema(schema)
     except SchemaError as e:
         raise ApiError(400, "Invalid JSON schema: " + e.message) from None
-    return value
+    return minify_json(value)
 
 
 class _Checker:
@@ -295,21 +326,31 @@ class Store(Accounts):
     # -- datapoints --------------------------------------------------------------
 
     def insert(
-        self, path: str, batch: Batch, restamp: bool, rejected: bool = False, owner: bool = True
+        self,
+        path: str,
+        batch: Batch,
+        restamp: bool,
+        rejected: bool = False,
+        writer: Writer = "own device",
     ) -> None:
         """Append a batch to a stream, or raise ApiError without storing anything.
 
         ``rejected`` says an injected fault refused a datapoint; it fails like
         a schema violation, once the stream is known to exist. As in ConnectorDB, a
-        batch for an ephemeral stream is checked but not stored, and one from a device
-        other than the stream's own (``owner`` False) for a downlink stream goes to its
-        downlink substream.
+        batch for an ephemeral stream is checked but not stored; one from a ``writer`` other
+        than the stream's own device goes to the downlink substream of a downlink stream, and
+        for any other stream is refused (403) unless it comes from an admin (who writes into
+        the stream itself).
         """
         with self._lock:
             row = self._stream_row(path)
             if row is None:
                 raise ApiError(403, f"Stream {path} does not exist")
             schema, props = row[1], json.loads(row[2])
+            downlink = writer != "own device" and bool(props.get("downlink"))
+            if writer == "other" and not downlink:
+                device = path.rsplit("/", 1)[0]
+                raise ApiError(403, WRITE_DENIED_MSG.format(owner=device, path=path))
             checker = self._checkers.get(schema)
             if checker is None:
                 checker = self._checkers[schema] = _Checker(schema)
@@ -320,7 +361,7 @@ class Store(Accounts):
             if props.get("ephemeral"):
                 return
             with self._db:  # a new downlink substream is kept only with its points
-                if props.get("downlink") and not owner:
+                if downlink:
                     row = self._downlink_row(path, schema)
                 self._append(row, batch, restamp)
 

@@ -66,12 +66,15 @@ class ConnectorDBServer(LoopbackService):
     (create with email and password, read, update, delete with everything they own),
     devices at ``crud/USER/DEVICE`` (their ``apikey`` shown to their user, an admin and
     themselves; ``"apikey": ""`` makes a new one), streams and their data; ``?q=ls`` for
-    users, a user's devices and a device's streams, ``?q=streams`` for a user's streams;
-    ``?q=countusers|countdevices|countstreams`` (admins only); ``meta/version``,
-    ``meta/transforms`` and ``meta/interpolators`` (none: transforms are refused). A
-    datapoint without ``t`` gets the time it arrives; a batch for an ephemeral stream
-    is checked but not stored; one from any device other than its own for a downlink
-    stream goes to its downlink substream (read with ``?downlink=true``).
+    users (admins only), a user's devices and a device's streams, ``?q=streams`` for a
+    user's streams; ``?q=countusers|countdevices|countstreams`` (admins only); ``meta/version``,
+    ``meta/transforms`` (none: transforms are refused) and ``meta/interpolators``
+    (ConnectorDB's built-in ones; merge and dataset queries answer 501). Schemas are
+    stored and read back minified, as ConnectorDB stores them. A datapoint without ``t``
+    gets the time it arrives; a batch for an ephemeral stream is checked but not stored;
+    one from any device other than its own for a downlink stream goes to its downlink
+    substream (read with ``?downlink=true``), and for any other stream is refused (403),
+    unless an admin sends it.
     """
 
     def __init__(
