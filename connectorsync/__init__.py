@@ -21,6 +21,7 @@ from .cache import DeadLetter, StreamStats
 from .delivery import SyncReport
 from .errors import (
     AmbiguousRemoteError,
+    ArgumentTypeError,
     AuthError,
     CacheError,
     CacheFullError,
@@ -31,7 +32,9 @@ from .errors import (
     RemoteError,
     SchemaError,
     StreamError,
+    StreamTypeError,
     TimestampError,
+    TimestampTypeError,
     TransientRemoteError,
     UnknownStreamError,
     ValidationError,
@@ -56,6 +59,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AmbiguousRemoteError",
+    "ArgumentTypeError",
     "AuthError",
     "CacheError",
     "CacheFullError",
@@ -76,8 +80,10 @@ __all__ = [
     "Status",
     "StreamError",
     "StreamStats",
+    "StreamTypeError",
     "SyncReport",
     "TimestampError",
+    "TimestampTypeError",
     "TransientRemoteError",
     "UnknownStreamError",
     "ValidationError",

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import ConfigurationError
+from .errors import ArgumentTypeError, ConfigurationError
+from .remotes._http import hide_password
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +282,40 @@ def _anything(name: str, value: Any) -> Any:
     return value
 
 
+def server_url(name: str, value: Any) -> str:
+    """``value`` if it is an http(s) url with a host (and a port that is a number): a url
+    without its scheme (``localhost:8123``) would otherwise fail only at the first sync, as
+    an SSL or connection error naming no host. The message echoes the url with its password
+    masked (invariant 14).
+    (``test_validation.py::test_a_serverurl_without_scheme_or_host_is_refused``)
+    """
+    if not isinstance(value, str):
+        raise ArgumentTypeError(
+            f"{name} must be a string url such as 'https://cdb.example.com'; "
+            f"got {type(value).__name__}"
+        )
+    shown = hide_password(value)
+    example = "such as 'http://localhost:3124' or 'https://cdb.example.com'"
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{name} {shown!r} is not a url ({exc}); give one {example}"
+        ) from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"{name} {shown!r} must start with http:// or https:// ({example})"
+        )
+    if not parts.hostname:
+        raise ConfigurationError(f"{name} {shown!r} names no host; give one {example}")
+    return value
+
+
 #: ConnectorDB's settings, kept in the cache file like the options: (default, check).
 CONNECTORDB_SETTINGS: dict[str, tuple[Any, Check]] = {
     "apikey": ("", _apikey),
-    "serverurl": ("http://localhost:3124", text),
+    "serverurl": ("http://localhost:3124", server_url),
     "syncperiod": (600.0, positive_number),
     "lastsynctime": (0, _anything),
     "data": ({}, _anything),
