@@ -17,6 +17,7 @@ remote acknowledged it. It is a drop-in successor of ``connectordb.logger.Logger
 
 import logging
 
+from ._checks import TEXT, TOKEN, checked
 from .cache import DeadLetter, StreamStats
 from .delivery import SyncReport
 from .errors import (
@@ -50,6 +51,10 @@ from .remotes import (
 )
 from .remotes.mqtt import MQTTRemote, thingsboard_mqtt
 from .status import Status
+
+# The top-level functions check their arguments' types as Logger's methods do (invariant 15).
+thingsboard = checked(url=TEXT, token=TOKEN)(thingsboard)
+thingsboard_mqtt = checked(host=TEXT, token=TOKEN)(thingsboard_mqtt)
 
 __version__ = "0.1.0"
 

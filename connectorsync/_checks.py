@@ -76,6 +76,7 @@ OPTIONAL_STREAM = of_type(_optional(_is_str), "a stream name (a str) or None", S
 TEXT = of_type(_is_str, "a str")
 OPTIONAL_TEXT = of_type(_optional(_is_str), "a str or None")
 SECRET = of_type(_optional(_is_str), "a str or None", secret=True)
+TOKEN = of_type(_is_str, "a str", secret=True)
 NUMBER = of_type(_number, "a number of seconds (int or float)")
 OPTIONAL_PORT = of_type(_optional(lambda v: type(v) is int), "a port number (int) or None")
 BOOL = of_type(lambda v: isinstance(v, bool), "True or False")

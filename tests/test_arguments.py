@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import connectorsync
 from connectorsync import (
     ArgumentTypeError,
     ConfigurationError,
@@ -23,6 +24,7 @@ from connectorsync import (
     TimestampError,
     ValidationError,
 )
+from connectorsync.options import CONNECTORDB_SETTINGS, OPTIONS
 
 from .conftest import dump
 
@@ -211,3 +213,58 @@ def check_signature(method: Callable[..., Any]) -> None:
 def test_checked_methods_keep_their_signatures() -> None:
     for name in GOOD:
         check_signature(getattr(Logger, name))
+
+
+#: The functions at the top of connectorsync: a good value for each argument.
+FUNCTIONS: dict[str, dict[str, Any]] = {
+    "thingsboard": {"url": "https://thingsboard.example", "token": "TOKEN"},
+    "thingsboard_mqtt": {"host": "thingsboard.example", "token": "TOKEN"},
+}
+
+
+def top_level_functions() -> list[str]:
+    return [
+        name for name in connectorsync.__all__ if inspect.isfunction(getattr(connectorsync, name))
+    ]
+
+
+def test_every_top_level_function_has_a_row() -> None:
+    assert set(top_level_functions()) == set(FUNCTIONS)
+
+
+@pytest.mark.parametrize(
+    ("function", "argument"),
+    [(f, a) for f in top_level_functions() for a in FUNCTIONS.get(f, {"?": None})],
+)
+def test_every_top_level_function_refuses_a_wrong_typed_argument(
+    function: str, argument: str
+) -> None:
+    arguments = {**FUNCTIONS[function], argument: b"s3cr3t"}
+    with pytest.raises(ArgumentTypeError) as raised:
+        getattr(connectorsync, function)(**arguments)
+    message = str(raised.value)
+    assert isinstance(raised.value, TypeError)
+    assert f"{function}()" in message and argument in message and "bytes" in message, message
+    assert "s3cr3t" not in message or argument != "token", message
+
+
+def typed_settings() -> list[str]:
+    """Every option, and ConnectorDB's settings that have a type (``data`` and
+    ``lastsynctime`` hold anything JSON)."""
+    return [*OPTIONS, *(set(CONNECTORDB_SETTINGS) - {"data", "lastsynctime"})]
+
+
+@pytest.mark.parametrize("name", sorted(typed_settings()))
+def test_every_option_refuses_a_wrong_type_as_attribute_and_keyword(
+    name: str, lg: Logger, tmp_path: Path
+) -> None:
+    before = dump(lg.path)
+    with pytest.raises(ArgumentTypeError) as raised:
+        setattr(lg, name, WRONG)
+    assert isinstance(raised.value, TypeError) and name in str(raised.value)
+    assert dump(lg.path) == before
+    if name == "apikey":
+        return  # a parameter of Logger(), checked in the table above
+    with pytest.raises(ArgumentTypeError, match=name):
+        Logger(str(tmp_path / "new.db"), **{name: WRONG})
+    assert not (tmp_path / "new.db").exists()
