@@ -21,7 +21,7 @@ Guarantees (each proved by the test named):
 - A new file is created without a word in the log; before migrating an existing one, a
   backup copy is made next to the file (owner-only, never over an existing file), its path
   logged at WARNING and kept in the file for ``status().migration_backup``
-  (``test_migration.py::test_a_new_cache_logs_no_migration_and_a_migrated_one_names_its_backup``);
+  (``test_migration_log.py``);
   while another process has the file open, the migration is
   refused and the file left unchanged
   (``test_migration.py::test_migrate_refuses_while_the_connectordb_program_runs_then_backs_up_and_migrates``,
