@@ -161,3 +161,15 @@ def checked(**checks: Check) -> Callable[[Callable[P, R]], Callable[P, R]]:
         return wrapper
 
     return decorate
+
+
+#: The checks of ``Logger(...)``'s arguments (its options are checked by options.py).
+logger_arguments = checked(
+    path=PATH,
+    on_create=OPTIONAL_CALLABLE,
+    apikey=SECRET,
+    onsync=OPTIONAL_CALLABLE,
+    onsyncfail=OPTIONAL_CALLABLE,
+    syncraise=BOOL,
+    remote=remote,
+)

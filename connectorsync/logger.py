@@ -130,15 +130,7 @@ class Logger(_Attributes):
         that cannot be opened
     """
 
-    @check.checked(
-        path=check.PATH,
-        on_create=check.OPTIONAL_CALLABLE,
-        apikey=check.SECRET,
-        onsync=check.OPTIONAL_CALLABLE,
-        onsyncfail=check.OPTIONAL_CALLABLE,
-        syncraise=check.BOOL,
-        remote=check.remote,
-    )
+    @check.logger_arguments
     def __init__(  # noqa: PLR0913 - ConnectorDB's signature, kept for the drop-in
         self,
         path: str,
