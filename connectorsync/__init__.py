@@ -17,10 +17,12 @@ remote acknowledged it. It is a drop-in successor of ``connectordb.logger.Logger
 
 import logging
 
+from ._checks import TEXT, TOKEN, checked
 from .cache import DeadLetter, StreamStats
 from .delivery import SyncReport
 from .errors import (
     AmbiguousRemoteError,
+    ArgumentTypeError,
     AuthError,
     CacheError,
     CacheFullError,
@@ -31,7 +33,9 @@ from .errors import (
     RemoteError,
     SchemaError,
     StreamError,
+    StreamTypeError,
     TimestampError,
+    TimestampTypeError,
     TransientRemoteError,
     UnknownStreamError,
     ValidationError,
@@ -48,6 +52,10 @@ from .remotes import (
 from .remotes.mqtt import MQTTRemote, thingsboard_mqtt
 from .status import Status
 
+# The top-level functions check their arguments' types as Logger's methods do (invariant 15).
+thingsboard = checked(url=TEXT, token=TOKEN)(thingsboard)
+thingsboard_mqtt = checked(host=TEXT, token=TOKEN)(thingsboard_mqtt)
+
 __version__ = "0.1.0"
 
 # A library configures no logging: without the application's own configuration nothing of
@@ -56,6 +64,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AmbiguousRemoteError",
+    "ArgumentTypeError",
     "AuthError",
     "CacheError",
     "CacheFullError",
@@ -76,8 +85,10 @@ __all__ = [
     "Status",
     "StreamError",
     "StreamStats",
+    "StreamTypeError",
     "SyncReport",
     "TimestampError",
+    "TimestampTypeError",
     "TransientRemoteError",
     "UnknownStreamError",
     "ValidationError",

@@ -8,11 +8,14 @@ is still there as ``__cause__`` for debugging.
 
     ConnectorSyncError
       ConfigurationError        a bad option, a foreign cache file, no remote configured
+        ArgumentTypeError       an argument of the wrong type (also a TypeError)
       StreamError               a bad stream name
+        StreamTypeError         a stream name that is not a string (also a TypeError)
         UnknownStreamError      the stream is not registered (or not on the server)
         SchemaError             the stream's JSON schema is not a valid schema
       ValidationError           a value does not match the stream's schema, or is not JSON
       TimestampError            not a finite number, or older than the stream's newest
+        TimestampTypeError      not a number or a datetime at all (also a TypeError)
       CacheError                the SQLite cache failed (wraps apsw errors)
         CacheFullError          the disk or the cache is full: nothing was written
       RemoteError               the remote failed; .status and .body say how
@@ -34,8 +37,17 @@ class ConfigurationError(ConnectorSyncError):
     """An option, a setting or a cache file is not usable as given."""
 
 
+class ArgumentTypeError(ConfigurationError, TypeError):
+    """An argument of a public function has the wrong type; the message names the function,
+    the argument, what it got and what it expects (invariant 15)."""
+
+
 class StreamError(ConnectorSyncError):
     """A stream name or definition is not acceptable."""
+
+
+class StreamTypeError(StreamError, ArgumentTypeError):
+    """A stream name that is not a string (a :class:`StreamError` and a ``TypeError``)."""
 
 
 class UnknownStreamError(StreamError):
@@ -63,6 +75,10 @@ class ValidationError(ConnectorSyncError):
 
 class TimestampError(ConnectorSyncError):
     """A timestamp is not a finite number, or would break the stream's increasing order."""
+
+
+class TimestampTypeError(TimestampError, ArgumentTypeError):
+    """A timestamp that is neither a number nor a datetime (also a ``TypeError``)."""
 
 
 class CacheError(ConnectorSyncError):

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from . import _checks as check
 from .archive import reconfigured
 from .cache import Cache, DeadLetter, Limits
 from .delivery import SyncReport
@@ -33,7 +34,7 @@ from .errors import (
 from .metrics import LoggerMetrics
 from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings
 from .remotes._http import hide_password
-from .remotes.base import DeliveryKind, Remote
+from .remotes.base import Remote
 from .remotes.config import record_config, record_remote
 from .remotes.connectordb import ConnectorDBRemote
 from .status import Status, collect_status
@@ -129,6 +130,7 @@ class Logger(_Attributes):
         that cannot be opened
     """
 
+    @check.logger_arguments
     def __init__(  # noqa: PLR0913 - ConnectorDB's signature, kept for the drop-in
         self,
         path: str,
@@ -218,6 +220,7 @@ class Logger(_Attributes):
         """Stop the background syncer at once, even in a backoff or a hung request."""
         self._syncer.stop(timeout=STOP_WAIT)
 
+    @check.checked(timeout=check.NUMBER)
     def close(self, timeout: float = 10.0) -> None:
         """Stop syncing and close the file, within ``timeout`` seconds whatever the remote
         does; a running syncer first makes one last pass in that time. Everything inserted
@@ -300,6 +303,7 @@ class Logger(_Attributes):
         """``"temperature" in logger``: is the stream registered?"""
         return stream in self._streams
 
+    @check.checked(name=check.STREAM, out_of_order=check.TEXT)
     def add_stream(
         self, name: str, schema: Any = None, *, out_of_order: str = "reject", **properties: Any
     ) -> None:
@@ -320,6 +324,7 @@ class Logger(_Attributes):
 
     addStream = add_stream
 
+    @check.checked(name=check.STREAM, out_of_order=check.TEXT)
     def addStream_force(
         self, name: str, schema: Any = None, *, out_of_order: str = "reject", **properties: Any
     ) -> None:
@@ -337,6 +342,7 @@ class Logger(_Attributes):
             was stored (an unknown stream, a value or timestamp refused, a limit reached)
         """
         self._check_open()
+        check.insert_arguments(stream, timestamp)
         self._writer.insert(stream, value, timestamp)
         if self._options.max_age is not None:
             self._time.expire_now_and_then()
@@ -348,6 +354,7 @@ class Logger(_Attributes):
         ConnectorDB's ``insert_many({stream: [datapoints], ...})`` works too. A ``values``
         that is not a collection of items is a TypeError."""
         self._check_open()
+        check.insert_many_arguments(stream, values)
         count = self._writer.insert_many(stream, values)
         self._syncer.inserted(count)
         return count
@@ -360,6 +367,7 @@ class Logger(_Attributes):
         log.warning("cleardata(): deleted %d cached datapoints without syncing them", cleared)
         return cleared
 
+    @check.checked(stream=check.OPTIONAL_STREAM)
     def export(self, stream: str | None = None) -> Iterator[dict[str, Any]]:
         """The cached datapoints (of one stream, or all), oldest first, as ``{"stream", "t",
         "d"}``; read in pages, so a large cache needs little memory."""
@@ -371,6 +379,7 @@ class Logger(_Attributes):
         self._check_open()
         return self._cache.count()
 
+    @check.checked(stream=check.STREAM)
     def latest(self, stream: str) -> dict[str, Any] | None:
         """The newest datapoint inserted in ``stream``, ``{"t": ..., "d": ...}``, or None;
         also once it left the cache, and after a restart."""
@@ -378,6 +387,7 @@ class Logger(_Attributes):
         found = self._cache.latest(self._streams.get(stream).id)
         return None if found is None else {"t": found[0], "d": json.loads(found[1])}
 
+    @check.checked(stream=check.STREAM, callback=check.CALLABLE)
     def subscribe(self, stream: str, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback({"t": ..., "d": ...})`` after each insert into ``stream`` by this
         Logger, outside every lock (errors are logged). Returns the unsubscribe function."""
@@ -385,6 +395,7 @@ class Logger(_Attributes):
         self._streams.get(stream)
         return self._subscribers.add(stream, callback)
 
+    @check.checked(server=check.OPTIONAL_TEXT, port=check.OPTIONAL_PORT, timeout=check.NUMBER)
     def sync_clock(
         self, server: str | None = None, port: int | None = None, timeout: float = 5.0
     ) -> float:
@@ -398,6 +409,7 @@ class Logger(_Attributes):
             self._syncer.wake()  # held datapoints may go now
         return synced.offset
 
+    @check.checked(progress=check.OPTIONAL_CALLABLE)
     def sync(self, progress: Callable[[str, int], object] | None = None) -> SyncReport:
         """One pass: deliver what is cached now, streams taking turns; a refused datapoint
         becomes a dead letter. Then ``lastsynctime`` and ``onsync()``, or ``onsyncfail(error)``
@@ -434,6 +446,7 @@ class Logger(_Attributes):
         if self.onsyncfail is not None:
             self._verdict.reraise = bool(self.onsyncfail(error))
 
+    @check.checked(stream=check.OPTIONAL_STREAM)
     def deadletters(self, stream: str | None = None) -> list[DeadLetter]:
         """The datapoints the remote refused (all streams, or one), oldest first."""
         self._check_open()
@@ -477,13 +490,7 @@ class _RemoteHolder:
     they change)."""
 
     def __init__(self, given: Remote | None):
-        if given is not None and not isinstance(
-            getattr(given, "delivery_kind", None), DeliveryKind
-        ):
-            raise ConfigurationError(
-                f"remote {given!r} declares no delivery_kind (a connectorsync.DeliveryKind): "
-                "say how it stores a batch (see docs/remotes.rst)"
-            )
+        check.remote("Logger()", "remote", given)  # checked already: for other callers
         self._given = given
         self._built: ConnectorDBRemote | None = None
         self._client: Any = None  # connectordb.ConnectorDB, built by client()

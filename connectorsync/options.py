@@ -12,24 +12,39 @@ from __future__ import annotations
 
 import logging
 import math
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import ConfigurationError
+from .errors import ArgumentTypeError, ConfigurationError
+from .remotes._http import hide_password
 
 log = logging.getLogger(__name__)
 
 Check = Callable[[str, Any], Any]
 
 
+def _wrong_type(name: str, value: Any, expected: str) -> ArgumentTypeError:
+    """A value of the wrong type for option ``name``: also a TypeError (invariant 15)."""
+    return ArgumentTypeError(f"{name} must be {expected}; got {value!r} ({type(value).__name__})")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def positive_int(name: str, value: Any) -> int:
-    if type(value) is not int or value < 1:
+    if type(value) is not int:
+        raise _wrong_type(name, value, "a whole number >= 1")
+    if value < 1:
         raise ConfigurationError(f"{name} must be a whole number >= 1; got {value!r}")
     return value
 
 
 def positive_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if not _is_number(value):
+        raise _wrong_type(name, value, "a number > 0")
+    if not value > 0:
         raise ConfigurationError(f"{name} must be a number > 0; got {value!r}")
     if not math.isfinite(value):
         raise ConfigurationError(f"{name} must be finite; got {value!r}")
@@ -37,7 +52,9 @@ def positive_number(name: str, value: Any) -> float:
 
 
 def non_negative_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    if not _is_number(value):
+        raise _wrong_type(name, value, "a number >= 0")
+    if not value >= 0:
         raise ConfigurationError(f"{name} must be a number >= 0; got {value!r}")
     if not math.isfinite(value):
         raise ConfigurationError(f"{name} must be finite; got {value!r}")
@@ -46,18 +63,22 @@ def non_negative_number(name: str, value: Any) -> float:
 
 def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False; got {value!r}")
+        raise _wrong_type(name, value, "True or False")
     return value
 
 
 def text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
+        raise _wrong_type(name, value, "a non-empty string")
+    if not value:
         raise ConfigurationError(f"{name} must be a non-empty string; got {value!r}")
     return value
 
 
 def one_of(*choices: str) -> Check:
     def check(name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _wrong_type(name, value, f"one of {', '.join(map(repr, choices))}")
         if value not in choices:
             raise ConfigurationError(
                 f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
@@ -68,7 +89,9 @@ def one_of(*choices: str) -> Check:
 
 
 def port(name: str, value: Any) -> int:
-    if type(value) is not int or not 0 <= value <= 65535:
+    if type(value) is not int:
+        raise _wrong_type(name, value, "a TCP port, 0 to 65535 (0: any free one)")
+    if not 0 <= value <= 65535:
         raise ConfigurationError(
             f"{name} must be a TCP port, 0 to 65535 (0: any free one); got {value!r}"
         )
@@ -265,8 +288,8 @@ def check_together(options: dict[str, Any]) -> None:
 
 
 def _apikey(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string")
+    if not isinstance(value, str):  # the message never shows the key (invariant 14)
+        raise ArgumentTypeError(f"{name} must be a string; got a {type(value).__name__}")
     try:
         value.encode("latin-1")
     except UnicodeEncodeError:  # the message never shows the key (invariant 14)
@@ -280,10 +303,40 @@ def _anything(name: str, value: Any) -> Any:
     return value
 
 
+def server_url(name: str, value: Any) -> str:
+    """``value`` if it is an http(s) url with a host (and a port that is a number): a url
+    without its scheme (``localhost:8123``) would otherwise fail only at the first sync, as
+    an SSL or connection error naming no host. The message echoes the url with its password
+    masked (invariant 14).
+    (``test_validation.py::test_a_serverurl_without_scheme_or_host_is_refused``)
+    """
+    if not isinstance(value, str):
+        raise ArgumentTypeError(
+            f"{name} must be a string url such as 'https://cdb.example.com'; "
+            f"got {type(value).__name__}"
+        )
+    shown = hide_password(value)
+    example = "such as 'http://localhost:3124' or 'https://cdb.example.com'"
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{name} {shown!r} is not a url ({exc}); give one {example}"
+        ) from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"{name} {shown!r} must start with http:// or https:// ({example})"
+        )
+    if not parts.hostname:
+        raise ConfigurationError(f"{name} {shown!r} names no host; give one {example}")
+    return value
+
+
 #: ConnectorDB's settings, kept in the cache file like the options: (default, check).
 CONNECTORDB_SETTINGS: dict[str, tuple[Any, Check]] = {
     "apikey": ("", _apikey),
-    "serverurl": ("http://localhost:3124", text),
+    "serverurl": ("http://localhost:3124", server_url),
     "syncperiod": (600.0, positive_number),
     "lastsynctime": (0, _anything),
     "data": ({}, _anything),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .cache import Cache, StreamStats
+from .cache.schema import BACKUP_SETTING
 from .devicetime import DeviceTime
 from .synclock import SyncState
 
@@ -39,6 +40,9 @@ class Status:
         requests included): what the link costs. Kept in the cache file; 0 for a stream
         never sent, or sent to a remote that does not count
         (:class:`~connectorsync.remotes.base.Metered`)
+    :ivar migration_backup: where the copy of this cache file made before it was last
+        migrated (from an older connectorsync, or from connectordb 0.3.5) is, or None when it
+        never was: delete it once the migrated cache works
     """
 
     streams: dict[str, StreamStats]
@@ -55,6 +59,7 @@ class Status:
     remote: str | None = None
     commit_latency: float | None = None
     bytes_sent: dict[str, int] = field(default_factory=dict)
+    migration_backup: str | None = None
 
     @property
     def cached(self) -> int:
@@ -88,4 +93,5 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
         remote=cache.get_setting("remote"),
         commit_latency=cache.commit_latency(),
         bytes_sent=bytes_sent(cache, streams),
+        migration_backup=cache.get_setting(BACKUP_SETTING),
     )

@@ -60,7 +60,7 @@ from .errors import AuthError, ClosedError, ConnectorSyncError
 from .lanes import Pacer
 from .options import Options
 from .remotes.base import Remote
-from .synclock import SyncLock, SyncState, describe_holder
+from .synclock import SyncLock, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +178,7 @@ class Syncer:
             report = SyncReport()
             holds = self._lock.held
             if not holds and not self._lock.acquire():
-                report.fail(
-                    "*",
-                    ConnectorSyncError(
-                        f"another process syncs this cache ({describe_holder(self.state())}); "
-                        "it inserts freely but only one syncs"
-                    ),
-                )
+                report.fail("*", ConnectorSyncError(self._lock.refusal(self.state())))
                 return report
             try:
                 report = self._run_pass(cache, deadline, progress, background)
@@ -467,7 +461,7 @@ class Syncer:
                 state.get("paused") or state.get("last_error"),
                 state.get("next_attempt"),
                 bool(state.get("paused")),
-                describe_holder(state),
+                self._lock.holder(state),
             )
         return SyncState(self.paused or self.last_error, None, bool(self.paused))
 
@@ -524,6 +518,7 @@ class Syncer:
         soon as the pass under way ends. Safe to call twice; never waits for the network."""
         with self._state_lock:
             self._closed = True
+        self._lock.closing(self._options.http_timeout)  # a Logger opened meanwhile is told
         self.stop(timeout=0)
         if self._pass_lock.acquire(blocking=False):
             try:

@@ -11,8 +11,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
+
+# The SyncLock of this process holding each lock file, by lock path: flock locks belong to
+# an open file, so a second Logger of this process on the same cache is refused like another
+# process; this says it was one of ours, and whether it is only a closed Logger's request
+# still ending.
+_holders: dict[str, SyncLock] = {}
+_holders_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -49,10 +58,50 @@ class SyncLock:
             os.path.dirname(real), f".{os.path.basename(real)}.{st.st_dev:x}-{st.st_ino}.sync-lock"
         )
         self._fd: int | None = None
+        self._ends_by: float | None = None  # closed: a pass still under way ends by then
 
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+    def closing(self, within: float) -> None:
+        """Its owner was closed: a pass still holding the lock (a hung request) ends within
+        ``within`` seconds (``http_timeout``); a Logger opened meanwhile is told so."""
+        self._ends_by = time.monotonic() + within
+
+    def refusal(self, state: dict[str, Any]) -> str:
+        """Why :meth:`acquire` failed, and what to do: ``state`` is the one the holder
+        recorded in the cache (the lease) (``test_lifecycle.py::
+        test_a_logger_reopened_while_a_closed_ones_request_hangs_says_so``)."""
+        with _holders_lock:
+            holder = _holders.get(self.path)
+        if holder is None or holder is self:
+            return (
+                f"another process syncs this cache ({describe_holder(state)}); "
+                "it inserts freely but only one syncs"
+            )
+        if holder._ends_by is not None:
+            left = max(0.0, holder._ends_by - time.monotonic())
+            return (
+                "a request of an earlier Logger of this process on this cache is still "
+                f"ending (it was closed while the request hung); it ends within {left:.0f} s "
+                "(http_timeout): sync again then; inserts are kept meanwhile"
+            )
+        return (
+            "another Logger of this process syncs this cache (close it first, or use one "
+            "Logger per cache file); this one inserts freely but only one syncs"
+        )
+
+    def holder(self, state: dict[str, Any]) -> str:
+        """Who holds the lock, for ``status().syncer``: another process (``"pid N on
+        host"``), or this one."""
+        with _holders_lock:
+            holder = _holders.get(self.path)
+        if holder is None or holder is self:
+            return describe_holder(state)
+        if holder._ends_by is not None:
+            return "this process: a closed Logger's request still ending (within http_timeout)"
+        return "this process: another Logger on this cache"
 
     def acquire(self) -> bool:
         """Take the lock if free; True if this object holds it now."""
@@ -65,10 +114,15 @@ class SyncLock:
             os.close(fd)
             return False
         self._fd = fd
+        with _holders_lock:
+            _holders[self.path] = self
         return True
 
     def release(self) -> None:
         if self._fd is not None:
+            with _holders_lock:
+                if _holders.get(self.path) is self:
+                    del _holders[self.path]
             fd, self._fd = self._fd, None
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from connectorsync import cli
+from connectorsync.options import CONNECTORDB_SETTINGS, DEFAULT_JITTER
 from connectorsync.testing import ConnectorDBServer
 
 from .conftest import PYTHON, ROOT, child_env, require_systemd_analyze, wait_for
+from .test_packaging import NETWORK_SIGNS, NOT_SOURCE
 
 UNITS = ROOT / "examples" / "systemd"
 SERVICE = UNITS / "connectorsync-sensor.service"
@@ -185,3 +188,109 @@ def test_service_stops_on_sigterm_losing_nothing(
     else:
         assert cached, "the hung server acknowledged nothing, yet the cache is empty"
     assert os.stat(cache).st_mode & 0o777 == 0o600
+
+
+# ----------------------------------------------------------------------------- installing
+
+DOC = ROOT / "docs" / "deployment.rst"
+#: The steps of docs/deployment.rst's "Installing", as written there (on the device, as root,
+#: in the directory holding the wheel and examples/).
+BUILD = "python3 -m pip wheel --no-deps -w dist ."
+INSTALL_STEPS = [
+    "python3 -m venv /opt/connectorsync",
+    "/opt/connectorsync/bin/pip install connectorsync-*.whl",
+    "/opt/connectorsync/bin/connectorsync --help",
+    "install -m 0644 examples/sensor_service.py /opt/connectorsync/sensor_service.py",
+    "cp examples/systemd/connectorsync-sensor* /etc/systemd/system/",
+    "systemd-analyze verify /etc/systemd/system/connectorsync-sensor*",
+]
+
+
+def step(argv: list[str | Path], what: str, cwd: Path) -> str:
+    """Run one documented step outside this tree's environment; returns its stdout. Not
+    reaching the package index skips (fails under CI=true), as in test_packaging.py."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=120, env=env, cwd=cwd
+    )
+    said = done.stdout + done.stderr
+    if done.returncode != 0:
+        if any(sign in said for sign in NETWORK_SIGNS) and os.environ.get("CI") != "true":
+            pytest.skip(f"{what}: the package index is unreachable (CI=true fails instead)")
+        pytest.fail(f"{what} failed (exit {done.returncode}):\n{said[-3000:]}")
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_documented_install_works_into_a_fresh_root(tmp_path: Path) -> None:
+    """docs/deployment.rst's "Installing", step by step, with a temporary directory for /:
+    a wheel built from the checkout (connectorsync is not on PyPI), a fresh venv at
+    /opt/connectorsync with it installed, its connectorsync command, the example program run
+    by the venv's Python, and the shipped units verified where they are copied."""
+    doc = DOC.read_text()
+    for command in [BUILD, *INSTALL_STEPS]:
+        assert command in doc, f"docs/deployment.rst no longer says: {command}"
+    assert "pip install connectorsync\n" not in doc  # not on PyPI: it cannot work
+    analyze = require_systemd_analyze()
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT, checkout, ignore=NOT_SOURCE)
+    step([sys.executable, *BUILD.split()[1:]], "building the wheel", checkout)
+    device = tmp_path / "device"  # what is copied to the device: the wheel and examples/
+    device.mkdir()
+    (wheel,) = (checkout / "dist").glob("connectorsync-*.whl")
+    shutil.copy(wheel, device)
+    shutil.copytree(checkout / "examples", device / "examples")
+
+    root = tmp_path / "root"
+    venv = root / "opt" / "connectorsync"
+    step([sys.executable, "-m", "venv", venv], "python3 -m venv", device)
+    (found,) = device.glob("connectorsync-*.whl")
+    step([venv / "bin" / "pip", "install", "--disable-pip-version-check", found],
+         "pip install the wheel", device)  # fmt: skip
+    assert "status" in step([venv / "bin" / "connectorsync", "--help"], "--help", device)
+    program = venv / "sensor_service.py"
+    shutil.copy(device / "examples" / "sensor_service.py", program)
+    program.chmod(0o644)
+    units = root / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    for unit in sorted((device / "examples" / "systemd").glob("connectorsync-sensor*")):
+        # The units name /opt/connectorsync: here it is under the temporary root.
+        (units / unit.name).write_text(unit.read_text().replace(VENV, str(venv)))
+    copied = sorted(units.iterdir())
+    assert {u.suffix for u in copied} == {".service", ".timer"}
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", *map(str, copied)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = result.stdout + result.stderr
+    about_ours = [line for line in said.splitlines() if any(u.name in line for u in copied)]
+    assert result.returncode == 0 and about_ours == [], said
+
+    # The program the unit runs, bare (its demo mode): the installed package, not this tree.
+    out = step([venv / "bin" / "python", program], "sensor_service.py", tmp_path)
+    assert str(ROOT) not in out
+    show = "import connectorsync; print(connectorsync.__file__)"
+    where = step([venv / "bin" / "python", "-c", show], "import connectorsync", tmp_path)
+    assert Path(where.strip()).is_relative_to(venv), where
+
+
+def test_the_readme_says_where_the_command_is_and_when_start_syncs() -> None:
+    """After ``make demo`` a bare ``connectorsync`` was "command not found": the README says
+    where the command is (the venv the Makefile makes), and, next to ``start()``, the default
+    syncperiod and the first pass's jitter, as the options declare them."""
+    readme = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    venv = re.search(r"^VENV\s*:?=\s*(\S+)", makefile, re.MULTILINE)
+    assert venv, "the Makefile no longer names its venv"
+    assert f"{venv.group(1)}/bin/connectorsync" in readme
+    assert f". {venv.group(1)}/bin/activate" in readme
+    start = readme.index("l.start()")
+    near = readme[start : readme.index("\n", readme.index("l.insert(", start))]
+    period = CONNECTORDB_SETTINGS["syncperiod"][0]
+    assert f"{period:.0f} s by" in near, near
+    assert f"{DEFAULT_JITTER:.0%} of" in near and "sync_jitter" in near, near
+    assert f"up to {DEFAULT_JITTER * period:.0f} s" in near, near

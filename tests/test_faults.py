@@ -295,7 +295,7 @@ def test_second_logger_in_one_process_does_not_sync_concurrently(logger: Logger,
     wait_for(lambda: logger.lastsynctime > 0, what="the first pass")
     with Logger(logger.path) as second:
         second.insert("temperature", 1.0)
-        assert "another process syncs" in second.sync().errors["*"]
+        assert "another Logger of this process syncs" in second.sync().errors["*"]
     logger.stop()
     with Logger(logger.path) as second:
         assert second.sync().sent == {"temperature": 1}

@@ -93,7 +93,8 @@ def test_a_symlink_in_the_same_process_gives_no_second_syncer(
         with Logger(str(link)) as second:
             second.insert("temperature", 1.0)
             report = second.sync()
-            assert "another process syncs" in report.errors.get("*", ""), report
+            said = report.errors.get("*", "")
+            assert "another Logger of this process syncs" in said, report  # not "process"
             assert len(second) == 1 and values(server) == []
         first.stop()
     with Logger(str(link)) as second:
@@ -314,6 +315,34 @@ def test_close_returns_in_its_timeout_while_a_request_hangs(
     with Logger(path) as again:
         assert again.sync().ok
     assert values(server) == [1.0, 2.0, 3.0, 4.0]  # nothing lost, nothing twice
+
+
+def test_a_logger_reopened_while_a_closed_ones_request_hangs_says_so(
+    tmp_path: Path, server: ConnectorDBServer
+) -> None:
+    """Issue 16: close(timeout) left a request hanging (it ends within http_timeout); a new
+    Logger on the cache in this process said "another process syncs this cache (pid <its
+    own pid>)". It says a request of this process is still ending, then syncs."""
+    path = own_cache(tmp_path)
+    lg = hang_mid_request(path, server)
+    within(30, lg.close, 1, what="close(timeout=1)")
+    try:
+        with Logger(path) as again:
+            again.insert("temperature", 5.0)
+            report = within(PROMPT, again.sync, what="a sync while the old request hangs")
+            said = report.errors.get("*", "")
+            assert "another process" not in said, said
+            assert "this process" in said and "still ending" in said, said
+            assert "http_timeout" in said, said
+            syncer = again.status().syncer or ""
+            assert "this process" in syncer and "pid" not in syncer, syncer
+            assert len(again) == 5  # the four of the held request, and this one
+    finally:
+        release(server, path)
+    with Logger(path) as again:
+        assert within(PROMPT, again.sync, what="a sync once the request ended").ok
+        assert again.status().syncer is None
+    assert values(server) == [1.0, 2.0, 3.0, 4.0, 5.0]  # nothing lost, nothing twice
 
 
 def test_stop_returns_promptly_while_a_request_hangs(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import socket
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from connectorsync import (
     ConnectorDBRemote,
     DeliveryKind,
     Logger,
+    RemoteError,
     SchemaError,
     TimestampError,
     UnknownStreamError,
@@ -254,3 +256,58 @@ def test_the_background_syncer_says_why_an_unexpected_error_stopped_a_pass(cache
         )
         assert "RuntimeError" in (lg.status().last_error or "")
         remote.broken = False
+
+
+# Issue 16: a serverurl without its scheme failed only at the first sync, as an SSL error
+# naming no host.
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("localhost:8123", ["'localhost:8123'", "http://", "https://"]),
+        ("cdb.example.com", ["'cdb.example.com'", "http://"]),
+        ("ftp://cdb.example.com", ["'ftp://cdb.example.com'", "http://"]),
+        ("http://", ["'http://'", "no host"]),
+        ("http://localhost:port", ["'http://localhost:port'", "not a url"]),
+        ("htp://alice:hunter2@cdb.example.com", ["alice:***@cdb.example.com", "http://"]),
+    ],
+)
+def test_a_serverurl_without_scheme_or_host_is_refused(cache_path, url, words) -> None:
+    with Logger(cache_path) as lg:
+        before = dump(cache_path)
+        with pytest.raises(ConfigurationError) as info:
+            lg.serverurl = url
+        message = str(info.value)
+        assert all(word in message for word in words), message
+        assert "hunter2" not in message
+        assert lg.serverurl == "http://localhost:3124"
+        assert dump(cache_path) == before
+    with pytest.raises(ConfigurationError) as info:
+        Logger(cache_path, serverurl=url)
+    assert all(word in str(info.value) for word in words), info.value
+    with Logger(cache_path) as lg:
+        assert lg.serverurl == "http://localhost:3124"
+
+
+def test_a_serverurl_of_the_wrong_type_is_a_type_error(cache_path) -> None:
+    with Logger(cache_path) as lg, pytest.raises(TypeError, match="serverurl") as info:
+        lg.serverurl = 8123
+    assert isinstance(info.value, ConfigurationError)
+
+
+def test_a_server_that_cannot_be_reached_is_named_host_and_port(cache_path) -> None:
+    """A refused connection says which server: the url's host and port."""
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Logger(cache_path, serverurl=f"http://127.0.0.1:{port}", apikey="k") as lg:
+        lg.addStream_force("temperature", {"type": "number"})
+        lg.insert("temperature", 1.0)
+        report = lg.sync()
+        assert not report.ok
+        message = " ".join(report.errors.values())
+        assert f"127.0.0.1:{port}" in message, message
+        assert "connection failed" in message, message
+        with pytest.raises(RemoteError, match=f"127.0.0.1:{port}"):
+            lg.ping()

@@ -9,11 +9,17 @@ Commits are timed here, in :meth:`Connection.commit`, for the metrics: ``on_comm
 statement)`` gets the seconds of the whole write transaction (from ``BEGIN IMMEDIATE``, so
 waiting for the write lock counts) and of the ``COMMIT`` statement alone, which is where
 SQLite writes the WAL and, with ``synchronous=FULL``, fsyncs it.
+
+Before SQLite opens a file, :func:`check_openable` says in plain words what would only come
+out of it as ``unable to open database file`` or ``disk I/O error``: a directory given as the
+cache path, a file or a directory this user may not write (SQLite creates the ``-wal`` and
+``-shm`` files beside the cache file) (``test_open_errors.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,11 +27,65 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from ..errors import CacheError
 from .base import wrapped
 
 if TYPE_CHECKING:
     from .batched import CommitQueue
     from .commit import GroupCommit
+
+
+def check_openable(path: str, *, write: bool = True) -> None:
+    """Raise a :class:`~connectorsync.CacheError` that says what to do when ``path`` cannot
+    be a cache file this process opens (``write``: for reading and writing; else to read):
+    it is a directory, its directory is missing, or this user may not read or write it, or
+    create the ``-wal``/``-shm`` files beside it. Says nothing when the file can be opened
+    (SQLite's own errors are still wrapped when it then fails for another reason).
+    """
+    if os.path.isdir(path):
+        raise CacheError(
+            f"cache path {path!r} is a directory, not a file: give a file path such as "
+            f"{os.path.join(path, 'cache.db')!r}"
+        )
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CacheError(
+            f"cannot open cache file {path!r}: its directory {directory!r} does not exist; "
+            "create it first"
+        )
+    user = f"this user (uid {os.getuid()})"
+    if os.path.exists(path):
+        wanted = os.R_OK | os.W_OK if write else os.R_OK
+        if not os.access(path, wanted):
+            st = os.stat(path)
+            how = "read and write" if write else "read"
+            raise CacheError(
+                f"permission denied: {user} may not {how} cache file {path!r} (owner uid "
+                f"{st.st_uid}, mode {st.st_mode & 0o777:o}): run as its owner, or give this "
+                "user access to it"
+            )
+    elif write and not os.access(directory, os.W_OK | os.X_OK):
+        raise CacheError(
+            f"permission denied: {user} may not create cache file {path!r}: directory "
+            f"{directory!r} is not writable; make it writable for this user, or put the cache "
+            "in a directory that is"
+        )
+    if not write:
+        return
+    for suffix in ("-wal", "-shm"):
+        beside = path + suffix
+        if os.path.exists(beside):
+            if not os.access(beside, os.R_OK | os.W_OK):
+                raise CacheError(
+                    f"permission denied: {user} may not read and write {beside!r}, which "
+                    f"SQLite keeps beside the cache file {path!r}: give this user access to it"
+                )
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            raise CacheError(
+                f"directory {directory!r} is not writable for {user}: SQLite creates "
+                f"{os.path.basename(beside)!r} there beside the cache file {path!r}; make the "
+                "directory writable for this user, or move the cache to one that is"
+            )
 
 
 class Connection:

@@ -18,8 +18,11 @@ Guarantees (each proved by the test named):
 - Every connection uses WAL and the durability asked for
   (``test_durability.py::test_durability_pragmas_are_applied``,
   ``test_migration.py::test_migrated_cache_uses_wal``).
-- Before migrating, a backup copy is made next to the file (owner-only, never over an
-  existing file) and logged; while another process has the file open, the migration is
+- A new file is created without a word in the log; before migrating an existing one, a
+  backup copy is made next to the file (owner-only, never over an existing file), its path
+  logged at WARNING and kept in the file for ``status().migration_backup``
+  (``test_migration_log.py``);
+  while another process has the file open, the migration is
   refused and the file left unchanged
   (``test_migration.py::test_migrate_refuses_while_the_connectordb_program_runs_then_backs_up_and_migrates``,
   ``test_migration.py::test_logger_backs_up_a_connectordb_cache_before_migrating_and_logs_where``).
@@ -44,6 +47,7 @@ from ..errors import CacheError, ConfigurationError
 from . import space
 from .backup import holders, make_backup
 from .base import NO_TIME, NUDGE, wrapped
+from .connection import check_openable
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,10 @@ MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
     ("v4_stream_properties", _migrate_v4),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: The setting that keeps where the backup copy made before the last migration is
+#: (``Status.migration_backup``).
+BACKUP_SETTING = "migration.backup"
 
 # The tables of a connectordb 0.3.5 Logger cache (its user_version is 0).
 _CONNECTORDB_TABLES = {"cache", "streams", "metadata"}
@@ -301,6 +309,7 @@ def migrate(path: str) -> str | None:
 
 def _open(path: str, durability: str) -> tuple[apsw.Connection, bool, str | None]:
     """:func:`open_file`, also returning where the backup made before migrating is."""
+    check_openable(path)
     for _ in range(5):
         try:
             # Owner-only from the first byte: the file will hold the apikey. SQLite gives
@@ -382,9 +391,14 @@ def _prepare(conn: apsw.Connection, path: str) -> tuple[bool, str | None]:
         version = 1
     for number in range(version, SCHEMA_VERSION):
         name, step = MIGRATIONS[number]
-        log.info("cache %s: migration %s", path, name)
+        if kind != NEW:  # a new file is created, not migrated: nothing to tell
+            log.info("cache %s: migration %s", path, name)
         step(conn)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}").fetchall()
+    if backup is not None:  # for status(), in the migration's own transaction
+        conn.execute(
+            "INSERT OR REPLACE INTO settings VALUES (?, ?)", (BACKUP_SETTING, json.dumps(backup))
+        )
     if kind != NEW:
         _owner_only(path)
     return kind == NEW, backup
@@ -421,6 +435,7 @@ def open_readonly(path: str, *, refuse_older: bool = True) -> apsw.Connection:
         connectordb 0.3.5 cache (the message says how to migrate it), or not a cache
     :raises CacheError: the file cannot be opened
     """
+    check_openable(path, write=False)
     with wrapped(f"open cache file {path!r}"):
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
@@ -451,6 +466,7 @@ def open_readonly(path: str, *, refuse_older: bool = True) -> apsw.Connection:
 
 def connect(path: str, durability: str) -> apsw.Connection:
     """A further read-write connection to an existing, current cache file."""
+    check_openable(path)
     with wrapped(f"open cache file {path!r}"):
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
     configure(conn, path, durability, wal=True)

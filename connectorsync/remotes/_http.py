@@ -25,6 +25,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -183,14 +184,16 @@ class Client:
                 method, url, timeout=self.timeout, allow_redirects=False, **kwargs
             )
         except requests.exceptions.ConnectTimeout as exc:
-            raise TransientRemoteError(f"{what}: connection timed out") from exc
+            raise TransientRemoteError(f"{what}: connection timed out ({host_port(url)})") from exc
         except requests.exceptions.ConnectionError as exc:
             # "Failed to establish" means nothing was sent; a dropped connection may be either.
             never_sent = _never_sent(exc)
             if not never_sent:
                 self._count(size)
             cls = AmbiguousRemoteError if write and not never_sent else TransientRemoteError
-            raise cls(f"{what}: connection failed: {self._mask(_reason(exc))}") from exc
+            raise cls(
+                f"{what}: connection failed ({host_port(url)}): {self._mask(_reason(exc))}"
+            ) from exc
         except requests.exceptions.Timeout as exc:
             self._count(size)
             cls = AmbiguousRemoteError if write else TransientRemoteError
@@ -231,6 +234,19 @@ def parse_retry_after(value: str | None) -> float | None:
 def _never_sent(exc: Exception) -> bool:
     text = str(exc)
     return "Failed to establish a new connection" in text or "NameResolutionError" in text
+
+
+def host_port(url: str) -> str:
+    """``host:port`` of ``url`` (the scheme's port when it names none), for messages: which
+    server could not be reached (no credentials: those sit before the host)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return "?"
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{port}"
 
 
 def _reason(exc: Exception) -> str:
