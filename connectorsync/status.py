@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .cache import Cache, StreamStats
 from .devicetime import DeviceTime
+from .remotes._http import hide_password
 from .synclock import SyncState
 
 
@@ -76,7 +77,7 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
     return Status(
         streams=streams,
         last_sync=cache.get_setting("lastsynctime", 0) or None,
-        last_error=sync.last_error,
+        last_error=None if sync.last_error is None else hide_password(sync.last_error),
         next_attempt=sync.next_attempt,
         paused=sync.paused,
         dropped=counters["dropped"],
@@ -85,7 +86,8 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
         clock_measured=None if anchor is None else anchor.true_time,
         untrusted=time.untrusted_count(),
         syncer=sync.elsewhere,
-        remote=cache.get_setting("remote"),
+        # An older connectorsync recorded some passwords unhidden: hide them as shown.
+        remote=None if (remote := cache.get_setting("remote")) is None else hide_password(remote),
         commit_latency=cache.commit_latency(),
         bytes_sent=bytes_sent(cache, streams),
     )

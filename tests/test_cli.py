@@ -516,3 +516,53 @@ def test_sync_shows_a_progress_bar_on_a_terminal_only(cache: str, server) -> Non
     code, err = sync_with_stderr_on(cache, terminal=False)
     assert code == 1 and "datapoints/s" not in err and "5/5" not in err and "1/1" not in err
     assert err.startswith("connectorsync.delivery: WARNING: stream 'temperature'")
+
+
+# A password that holds each character a hand-made url may hold; the parts around it are
+# checked separately, so no piece of it may show.
+HOSTILE = ("'", "@", ":", "/", "%40", "é☃", "?#")
+
+
+@pytest.mark.parametrize("char", HOSTILE)
+def test_hostile_passwords_in_urls_are_never_shown(
+    cache: str, server: ConnectorDBServer, char: str, capsys, caplog
+) -> None:
+    import logging
+
+    password = f"Kq7Z{char}Wv9X"
+    secret_url = server.url.replace("http://", f"http://alice:{password}@")
+    shown: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        with Logger(cache) as lg:
+            lg.serverurl = secret_url
+            report = lg.sync()  # refused or not: whatever it says is shown
+            assert lg.serverurl == secret_url  # kept as given
+            shown += [repr(lg.remote), str(lg.status().remote), str(lg.status().last_error)]
+            shown += list(report.errors.values())
+            assert repr(lg.remote).startswith("ConnectorDBRemote('http://alice:***@")
+        for argv in (["status", cache], ["status", cache, "--json"], ["sync", cache]):
+            shown.append(run(*argv)[1])
+            shown.append(capsys.readouterr().err)
+    shown += [r.getMessage() for r in caplog.records]
+    text = "\n".join(shown)
+    assert "alice:***@" in text
+    for piece in ("Kq7Z", "Wv9X", password):
+        assert piece not in text, piece
+
+
+@pytest.mark.parametrize("char", HOSTILE)
+def test_a_hostile_password_recorded_unhidden_is_hidden_when_shown(cache: str, char) -> None:
+    """An older connectorsync recorded the remote's repr with such a password in it."""
+    import apsw
+
+    url = f"http://alice:Kq7Z{char}Wv9X@127.0.0.1:9"
+    conn = apsw.Connection(cache)
+    recorded = json.dumps(f"ConnectorDBRemote({url!r})")
+    conn.execute("INSERT OR REPLACE INTO settings VALUES ('remote', ?)", (recorded,))
+    conn.close()
+    with Logger(cache) as lg:
+        remote = str(lg.status().remote)
+    code, out = run("status", cache)
+    assert code == 0 and "alice:***@127.0.0.1:9" in out and "alice:***@127.0.0.1:9" in remote
+    for piece in ("Kq7Z", "Wv9X"):
+        assert piece not in out + remote
