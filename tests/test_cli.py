@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 
@@ -566,3 +567,70 @@ def test_a_hostile_password_recorded_unhidden_is_hidden_when_shown(cache: str, c
     assert code == 0 and "alice:***@127.0.0.1:9" in out and "alice:***@127.0.0.1:9" in remote
     for piece in ("Kq7Z", "Wv9X"):
         assert piece not in out + remote
+
+
+ADMIN_PASSWORD = "Adm1n-S3CRET-pw"
+
+
+def serve(*argv: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PYTHON, "-m", "connectorsync", "serve", *argv],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.umask(0o022),  # the usual umask, which leaves files 0644
+    )
+
+
+@pytest.mark.parametrize("how", ["env", "file"])
+def test_serve_keeps_secrets_off_argv_and_its_file_owner_only(tmp_path, how: str) -> None:
+    import stat
+
+    import connectordb
+
+    path = tmp_path / "server.db"
+    env = child_env()
+    argv = ["--device", "a/b", "--path", str(path), "--admin", "root"]
+    if how == "env":
+        env["CONNECTORSYNC_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+    else:
+        secret = tmp_path / "admin-password"
+        secret.write_text(ADMIN_PASSWORD + "\n")
+        argv += ["--admin-password-file", str(secret)]
+    proc = serve(*argv, env=env)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr and proc.stderr.read()
+        proc.stdout.readline()  # the device's apikey
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            cmdline = f.read().decode()
+        assert "root" in cmdline and ADMIN_PASSWORD not in cmdline
+        db = connectordb.ConnectorDB("root", ADMIN_PASSWORD, url=url)  # the password works
+        assert db.path == "root/user"
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{path}{suffix}"):
+                assert stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode) == 0o600, suffix
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_serve_refuses_a_password_on_the_command_line(tmp_path) -> None:
+    env = child_env()
+    env.pop("CONNECTORSYNC_ADMIN_PASSWORD", None)
+    for argv, says in (
+        (["--admin", f"root:{ADMIN_PASSWORD}"], "--admin takes the NAME only"),
+        (["--admin", "root"], "no password"),  # no terminal to ask on, nothing given
+    ):
+        proc = serve(*argv, env=env)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 2 and says in err, err
+        assert ADMIN_PASSWORD not in out + err
