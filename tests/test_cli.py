@@ -634,3 +634,53 @@ def test_serve_refuses_a_password_on_the_command_line(tmp_path) -> None:
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 2 and says in err, err
         assert ADMIN_PASSWORD not in out + err
+
+
+def test_ctrl_c_in_sync_says_one_line_and_exits_130(
+    cache_path: str, server: ConnectorDBServer
+) -> None:
+    import threading
+
+    values = [float(i) for i in range(200)]
+    with Logger(cache_path, apikey=server.apikey, batch_size=20) as lg:  # 10 requests
+        lg.serverurl = server.url
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert_many("temperature", [{"t": 1.7e9 + i, "d": v} for i, v in enumerate(values)])
+    server.delay(1.0)  # each request: a slow server
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "connectorsync", "sync", cache_path],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        inserts = threading.Event()
+
+        def two_inserts_arrived() -> bool:
+            return sum(path.endswith("/data") for _, path in server.requests) >= 2
+
+        for _ in range(600):  # up to 60 s: the child starts, then sends its first batches
+            if two_inserts_arrived() or proc.poll() is not None:
+                break
+            inserts.wait(0.1)
+        assert two_inserts_arrived(), "the sync never sent its batches"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("connectorsync sync: interrupted: sent ")
+    assert "still cached" in lines[0]
+    sent = int(lines[0].split("sent ")[1].split()[0].replace(",", ""))
+    cached = int(lines[0].split(", ")[1].split()[0].replace(",", ""))
+    assert cached > 0 and sent + cached <= len(values)  # a batch may be acked meanwhile
+    server.delay(0)
+    # Nothing lost, nothing twice: the next sync sends the rest, the batch in flight settled.
+    assert run("sync", cache_path)[0] == 0
+    stored = server.datapoints("alice/sensor/temperature")
+    assert [p["d"] for p in stored] == values
