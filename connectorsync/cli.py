@@ -29,10 +29,13 @@ from typing import Any, TextIO
 
 from . import __version__
 from .cli_status import (
+    connectordb_cache,
+    migrate_hint,
     read_status,
     table,
     when,
     write_check,
+    write_connectordb_status,
     write_status_json,
     write_status_text,
 )
@@ -130,6 +133,13 @@ def look_into(path: str) -> Iterator[Any]:
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if args.max_lag is not None and not args.check:
         raise UsageError("--max-lag goes with --check")
+    legacy = connectordb_cache(args.cache)
+    if legacy is not None and args.check:
+        out.write(f"connectordb 0.3.5 cache, {migrate_hint(args.cache)}\n")
+        return 1
+    if legacy is not None:
+        write_connectordb_status(legacy, args.cache, out, as_json=args.json)
+        return 0
     with look_into(args.cache) as cache:
         status = read_status(cache)
     if args.check:

@@ -156,27 +156,45 @@ def test_migrated_connectordb_cache_is_owner_only(
     assert stat.S_IMODE(os.stat(cache_path).st_mode) == 0o600
 
 
-def test_status_leaves_a_connectordb_cache_alone_while_its_program_runs(
+def test_status_shows_a_connectordb_cache_and_leaves_it_alone(
     cache_path: str, server: ConnectorDBServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """``status`` shows a connectordb 0.3.5 cache's streams and counts while the old program
+    keeps inserting, never changes the file, and says how to migrate; the other commands that
+    only look refuse it, saying so."""
     from connectorsync.cli import main
 
-    rows = make_connectordb_cache(cache_path, server.apikey, server.url)
+    secret_url = server.url.replace("http://", "http://alice:S3C'R@ET@")
+    rows = make_connectordb_cache(cache_path, server.apikey, secret_url)
     old = connectordb.logger.Logger(cache_path)  # the 0.3.5 program, still running
     try:
-        with open(cache_path, "rb") as f:
-            before = f.read(), os.stat(cache_path).st_mtime_ns
-        for argv in (["status", cache_path], ["export", cache_path]):
+        for inserted in range(3):
+            os.utime(cache_path, ns=(1_000_000_000, 1_000_000_000))  # any write would move it
+            before = snapshot(cache_path)
             out = io.StringIO()
-            assert main(argv, out=out) != 0
+            assert main(["status", cache_path], out=out) == 0
+            text = out.getvalue()
+            assert snapshot(cache_path) == before
+            assert f"{len(rows) + inserted} datapoints cached in 2 streams" in text
+            lines = {line.split()[0]: line.split() for line in text.splitlines() if line}
+            assert lines["temperature"][1] == str(50 + inserted) and lines["status"][1] == "1"
+            assert f"connectorsync migrate {cache_path}" in text
+            assert "alice:***@127.0.0.1" in text
+            old.insert("temperature", 99.5 + inserted)  # it still works on its file
+        data = json.loads(run("status", cache_path, "--json")[1])
+        assert data["streams"]["temperature"]["cached"] == 53 and data["cached"] == 54
+        assert data["format"] == "connectordb 0.3.5" and "connectorsync migrate" in data["migrate"]
+        code, out_text = run("status", cache_path, "--check")
+        assert code == 1 and "connectorsync migrate" in out_text
+        shown = json.dumps(data) + out_text + capsys.readouterr().err
+        for argv in (["export", cache_path], ["deadletters", cache_path, "list"]):
+            code, out_text = run(*argv)
             err = capsys.readouterr().err
-            assert "connectordb 0.3.5" in err and "connectorsync.Logger" in err
-            assert "stop the old program first" in err
-            assert server.apikey not in out.getvalue() + err
-        with open(cache_path, "rb") as f:
-            assert (f.read(), os.stat(cache_path).st_mtime_ns) == before
-        old.insert("temperature", 99.5)  # it still works on its file
-        assert len(old) == len(rows) + 1
+            assert code == 2 and out_text == ""
+            assert "connectordb 0.3.5" in err and "stop the old program first" in err
+            shown += err
+        assert server.apikey not in shown and "S3C" not in shown
+        assert len(old) == len(rows) + 3
     finally:
         old.database.close()
 
