@@ -416,3 +416,64 @@ def test_a_v3_cache_migrates_to_v4_with_empty_stream_properties(
     }
     conn.close()
     assert server.datapoints("alice/sensor/temperature")[0]["d"] == 21.5
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system of 4 MiB (tmpfs), so that a disk fills for real."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("room", [0.5, 2.0])  # free space left, times the cache's size
+def test_migrate_on_a_nearly_full_disk_changes_nothing_and_says_so(
+    small_disk: Path, room: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from connectorsync.errors import CacheError
+
+    path = str(small_disk / "cache.db")
+
+    def init(lg: connectordb.logger.Logger) -> None:
+        lg.apikey = "K3Y"
+        lg.serverurl = "http://127.0.0.1:9"
+        lg.addStream_force("note", {"type": "string"})
+
+    old = connectordb.logger.Logger(path, on_create=init)
+    for i in range(1500):
+        old.insert("note", f"{i:05d}" + "x" * 200)
+    old.database.close()
+    size = os.path.getsize(path)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (shutil.disk_usage(small_disk).free - int(room * size)))
+    before = snapshot(path)
+    code, out = run("migrate", path)  # no apsw error escapes: a message and exit 1
+    err = capsys.readouterr().err
+    assert code == 1 and out == "", err
+    assert "nothing was changed" in err and "free some space" in err
+    with pytest.raises(CacheError, match="nothing was changed"):
+        Logger(path)  # opening it would migrate it too
+    assert snapshot(path) == before
+    assert sorted(os.listdir(small_disk)) == ["cache.db", "filler"]  # no backup, no journal
+
+    filler.unlink()  # room again: the backup is the file as it was, byte for byte
+    code, out = run("migrate", path)
+    assert code == 0, capsys.readouterr().err
+    (backup,) = backups(path)
+    with open(backup, "rb") as f:
+        assert f.read() == before[0]
+    with Logger(path) as lg:
+        assert len(lg) == 1500

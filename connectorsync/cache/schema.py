@@ -42,7 +42,7 @@ import apsw
 
 from ..errors import CacheError, ConfigurationError
 from . import space
-from .backup import holders, make_backup
+from .backup import holders, make_backup, remove_backup
 from .base import NO_TIME, NUDGE, wrapped
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,13 @@ def _open(path: str, durability: str) -> tuple[apsw.Connection, bool, str | None
                 continue
             created, backup = _prepare(conn, path)
             if not created:
-                conn.execute("COMMIT")
+                try:
+                    with wrapped(f"migrate cache file {path!r} (nothing was changed)"):
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if backup is not None:
+                        remove_backup(backup)  # the file rolls back to what it copied
+                    raise
                 configure(conn, path, durability, wal=True)
                 # Once, for a cache made before free pages were given back: never fails.
                 space.convert(conn, path, BUSY_TIMEOUT_MS)
@@ -377,14 +383,22 @@ def _prepare(conn: apsw.Connection, path: str) -> tuple[bool, str | None]:
     backup = None
     if kind != NEW:
         backup = _before_migrating(conn, path, kind, version)
-    if kind == CONNECTORDB:
-        _import_connectordb(conn)  # leaves a v1 schema; later steps follow below
-        version = 1
-    for number in range(version, SCHEMA_VERSION):
-        name, step = MIGRATIONS[number]
-        log.info("cache %s: migration %s", path, name)
-        step(conn)
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}").fetchall()
+    try:
+        # One transaction: a failure (a full disk) rolls it all back, and the backup of a
+        # file left unchanged goes too; the error is ours, never apsw's.
+        with wrapped(f"migrate cache file {path!r} (nothing was changed)"):
+            if kind == CONNECTORDB:
+                _import_connectordb(conn)  # leaves a v1 schema; later steps follow below
+                version = 1
+            for number in range(version, SCHEMA_VERSION):
+                name, step = MIGRATIONS[number]
+                log.info("cache %s: migration %s", path, name)
+                step(conn)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}").fetchall()
+    except BaseException:
+        if backup is not None:
+            remove_backup(backup)
+        raise
     if kind != NEW:
         _owner_only(path)
     return kind == NEW, backup
