@@ -4,11 +4,12 @@ For the person operating a device: what waits in a cache, what failed and why, a
 to act on it. Subcommands mirror Logger methods (``status``, ``sync``, ``export``,
 ``deadletters``, ``metrics``). Exit codes: 0 done; 1 the work failed (a sync error, say, or
 ``status --check`` found something wrong); 2 bad usage, or a cache file that is missing or
-not a connectorsync cache. The commands that only look (``status``, ``metrics``, ``export``,
-``deadletters list``) open the cache read-only: they never write to it nor migrate it (an
-older one exits 2, saying how to migrate); ``migrate`` does, after a backup copy. No output
-shows a password in a url. The library installs no signal handlers; the commands that run
-until stopped handle SIGTERM/SIGINT themselves.
+not a connectorsync cache; 130 stopped by Ctrl-C (one line, no traceback). The commands
+that only look (``status``, ``metrics``, ``export``, ``deadletters list``) open the cache
+read-only: they never write to it nor migrate it (an older one exits 2, saying how to
+migrate); ``migrate`` does, after a backup copy. No output shows a password in a url. The
+library installs no signal handlers; the commands that run until stopped handle
+SIGTERM/SIGINT themselves.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ from typing import Any, TextIO
 
 from . import __version__
 from .cli_status import (
+    connectordb_cache,
+    migrate_hint,
     read_status,
     table,
     when,
     write_check,
+    write_connectordb_status,
     write_status_json,
     write_status_text,
 )
+from .cli_sync import INTERRUPTED, sync_until_interrupted
 from .errors import ConnectorSyncError
 from .remotes._http import hide_password
 
@@ -95,14 +100,7 @@ def said_here(function: str) -> Iterator[None]:
 def open_cache(path: str, remote: Any = None) -> Iterator[Any]:
     """A Logger on an existing cache file (syncing to ``remote``, if given); never creates
     one."""
-    from .logger import Logger
-
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such cache file")
-    try:
-        logger = Logger(path, remote=remote)
-    except ConnectorSyncError as exc:
-        raise UsageError(f"{path}: {exc}") from exc
+    logger = open_logger(path, remote)
     try:
         yield logger
     finally:
@@ -135,6 +133,13 @@ def look_into(path: str) -> Iterator[Any]:
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if args.max_lag is not None and not args.check:
         raise UsageError("--max-lag goes with --check")
+    legacy = connectordb_cache(args.cache)
+    if legacy is not None and args.check:
+        out.write(f"connectordb 0.3.5 cache, {migrate_hint(args.cache)}\n")
+        return 1
+    if legacy is not None:
+        write_connectordb_status(legacy, args.cache, out, as_json=args.json)
+        return 0
     with look_into(args.cache) as cache:
         status = read_status(cache)
     if args.check:
@@ -157,14 +162,22 @@ def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
     remote = recorded_remote(args.cache)  # None: the ConnectorDB server in the settings
+    stopped = False
     try:
-        with open_cache(args.cache, remote) as logger:
+        logger = open_logger(args.cache, remote)
+        try:
             if remote is None:
                 refuse_another_remote(args.cache, logger)
             logging.getLogger(__name__).info("syncing %s to %r", args.cache, logger.remote)
-            report = sync_showing_progress(logger)
+            report = sync_until_interrupted(logger)
+            if report is None:  # Ctrl-C
+                stopped = True
+                return INTERRUPTED
+        finally:
+            if not stopped:  # else the pass still runs: the process ends under it
+                logger.close(timeout=0)
     finally:
-        if remote is not None:
+        if remote is not None and not stopped:
             remote.close()
     sent = sum(report.sent.values())
     dead = sum(report.deadlettered.values())
@@ -177,6 +190,19 @@ def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"error: {where}{hide_password(message)}\n")
     # A refused datapoint was not delivered either: a pass that dead-lettered one failed.
     return 0 if report.ok and not dead else 1
+
+
+def open_logger(path: str, remote: Any) -> Any:
+    """A Logger on an existing cache file (syncing to ``remote``, if given); never creates
+    one. The caller closes it."""
+    from .logger import Logger
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such cache file")
+    try:
+        return Logger(path, remote=remote)
+    except ConnectorSyncError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
 
 
 def recorded_remote(path: str) -> Any:
@@ -225,17 +251,6 @@ def refuse_another_remote(path: str, logger: Any) -> None:
             "program (Logger.sync()), or open the cache once with this version's Logger "
             "given that remote: it records the configuration"
         )
-
-
-def sync_showing_progress(logger: Any) -> Any:
-    """One pass, with a progress bar (delivered of cached, rate, ETA) on stderr when it is
-    a terminal (``disable=None``); log lines go around the bar, not through it."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    bar = tqdm(total=len(logger), unit=" datapoints", disable=None, file=sys.stderr)
-    with bar, logging_redirect_tqdm([logging.getLogger("connectorsync")], tqdm_class=tqdm):
-        return logger.sync(progress=lambda stream, count: bar.update(count))
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
@@ -546,6 +561,9 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         return code
     except BrokenPipeError:
         return reader_gone(out)
+    except KeyboardInterrupt:  # Ctrl-C outside a sync pass: nothing was under way
+        print(f"connectorsync {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except UsageError as exc:
         print(f"connectorsync {args.command}: {hide_password(str(exc))}", file=sys.stderr)
         return 2

@@ -10,9 +10,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .errors import ConnectorSyncError
 from .remotes._http import hide_password
 
 if TYPE_CHECKING:
+    from .cache.legacy import ConnectorDBSnapshot
     from .status import Status
 
 
@@ -201,3 +203,64 @@ def problems(status: Status, path: str, max_lag: float | None, now: float) -> li
         lag = age(now - t).removesuffix(" ago")
         found.append(f"oldest cached datapoint ({name}, {lag} old) more than {max_lag:g} s old")
     return found
+
+
+def migrate_hint(path: str) -> str:
+    return (
+        f"not migrated yet: to sync it with connectorsync, stop the connectordb program, then "
+        f"run `connectorsync migrate {path}` (a backup copy is kept)"
+    )
+
+
+def write_connectordb_status(
+    snapshot: ConnectorDBSnapshot, path: str, out: TextIO, *, as_json: bool
+) -> None:
+    """``status`` of a connectordb 0.3.5 cache: its streams and cached counts, where it
+    syncs, and how to migrate it; read as it is, the file left alone
+    (:func:`connectorsync.cache.legacy.connectordb_snapshot`)."""
+    remote = None if snapshot.serverurl is None else hide_password(snapshot.serverurl)
+    if as_json:
+        data = {
+            "cache": path,
+            "format": "connectordb 0.3.5",
+            "cached": snapshot.cached,
+            "streams": {
+                name: {"cached": s.cached, "oldest": s.oldest, "newest": s.newest}
+                for name, s in snapshot.streams.items()
+            },
+            "last_sync": snapshot.lastsynctime,
+            "syncperiod": snapshot.syncperiod,
+            "remote": remote,
+            "migrate": migrate_hint(path),
+        }
+        out.write(json.dumps(data, indent=2) + "\n")
+        return
+    now = time.time()
+    out.write(
+        f"{path}: a connectordb 0.3.5 cache, {snapshot.cached:,} datapoints cached in "
+        f"{len(snapshot.streams)} streams\n\n"
+    )
+    if snapshot.streams:
+        rows = [["stream", "cached", "oldest", "newest"]]
+        for name, s in snapshot.streams.items():
+            oldest = age(now - s.oldest) if s.oldest is not None else "-"
+            newest = age(now - s.newest) if s.newest is not None else "-"
+            rows.append([name, f"{s.cached:,}", oldest, newest])
+        table(rows, out)
+        out.write("\n")
+    out.write(f"remote:        {remote or '-'}\n")
+    out.write(f"last sync:     {when(snapshot.lastsynctime, now)}\n")
+    out.write(f"\n{migrate_hint(path)}\n")
+
+
+def connectordb_cache(path: str) -> Any:
+    """What a connectordb 0.3.5 cache at ``path`` holds, read as it is; None for any other
+    file (:func:`look_into` says what it is)."""
+    from .cache.legacy import connectordb_snapshot
+
+    if not os.path.exists(path):
+        return None
+    try:
+        return connectordb_snapshot(path)
+    except ConnectorSyncError:
+        return None

@@ -11,7 +11,8 @@ Logger (never the process-wide default one: two Loggers in one process each have
   datapoints and bytes delivered, sync passes and failed ones (counted from each pass's
   :class:`~connectorsync.delivery.SyncReport`), and the commit and fsync latency histograms
   (timed by :meth:`connectorsync.cache.connection.Connection.commit`). It serves ``/metrics``
-  on 127.0.0.1 only, when ``metrics_port`` is set.
+  on 127.0.0.1 only, when ``metrics_port`` is set (:mod:`connectorsync.metrics_server`:
+  bounded threads and timeouts, nothing left after ``close()``).
 
 Every metric is listed in ``docs/metrics.rst``. Guarantees (``tests/test_metrics.py``):
 
@@ -25,12 +26,9 @@ Every metric is listed in ``docs/metrics.rst``. Guarantees (``tests/test_metrics
 from __future__ import annotations
 
 import os
-import socketserver
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -38,7 +36,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
-from .errors import ConfigurationError
+from .metrics_server import MetricsServer
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -51,8 +49,6 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-#: The only address the metrics server listens on: the metrics say what a device holds.
-LOOPBACK = "127.0.0.1"
 
 
 class CacheCollector(Collector):
@@ -183,8 +179,7 @@ class LoggerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: MetricsServer | None = None
         cache.on_commit = self.committed
 
     def committed(self, whole: float, statement: float) -> None:
@@ -210,40 +205,25 @@ class LoggerMetrics:
     def url(self) -> str | None:
         """``http://127.0.0.1:PORT/metrics`` while served, else None."""
         server = self._server
-        return None if server is None else f"http://{LOOPBACK}:{server.server_port}/metrics"
+        return None if server is None else server.url
 
     def serve(self, port: int | None) -> None:
         """Serve ``/metrics`` on 127.0.0.1 at ``port`` (0: any free one), instead of where it
-        was served before; None: stop serving.
+        was served before; None: stop serving (:mod:`connectorsync.metrics_server`).
 
         :raises ConfigurationError: the port cannot be listened on (in use, say)
         """
         self.close()
         if port is None:
             return
-        try:
-            server = make_server(
-                LOOPBACK, port, make_wsgi_app(self.registry), _Server, handler_class=_Quiet
-            )
-        except OSError as exc:
-            raise ConfigurationError(
-                f"metrics_port {port}: cannot listen on {LOOPBACK}:{port} ({exc.strerror}); "
-                "choose another port, or 0 for any free one"
-            ) from exc
-        # A short poll: close() waits for the loop to see the shutdown.
-        thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="connectorsync-metrics", daemon=True
-        )
-        thread.start()
-        self._server, self._thread = server, thread
+        self._server = MetricsServer(port, make_wsgi_app(self.registry))
 
     def close(self) -> None:
-        """Stop serving (and free the port). Safe to call twice."""
-        server, thread, self._server, self._thread = self._server, self._thread, None, None
-        if server is not None and thread is not None:
-            server.shutdown()
-            server.server_close()
-            thread.join()
+        """Stop serving (and free the port): no thread and no connection is left. Safe to
+        call twice."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
 
 
 def cache_metrics(status: Status, path: str, *, openmetrics: bool) -> str:
@@ -258,12 +238,3 @@ def _openmetrics(registry: CollectorRegistry) -> bytes:
     """prometheus_client's OpenMetrics exposition (the module has no annotations)."""
     text: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
     return text
-
-
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a scraper that hangs never holds up close()
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        """Scrapes are not worth a line on stderr each."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .cache import Cache, StreamStats
 from .cache.schema import BACKUP_SETTING
 from .devicetime import DeviceTime
+from .remotes._http import hide_password
 from .synclock import SyncState
 
 
@@ -81,7 +82,7 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
     return Status(
         streams=streams,
         last_sync=cache.get_setting("lastsynctime", 0) or None,
-        last_error=sync.last_error,
+        last_error=None if sync.last_error is None else hide_password(sync.last_error),
         next_attempt=sync.next_attempt,
         paused=sync.paused,
         dropped=counters["dropped"],
@@ -90,7 +91,8 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
         clock_measured=None if anchor is None else anchor.true_time,
         untrusted=time.untrusted_count(),
         syncer=sync.elsewhere,
-        remote=cache.get_setting("remote"),
+        # An older connectorsync recorded some passwords unhidden: hide them as shown.
+        remote=None if (remote := cache.get_setting("remote")) is None else hide_password(remote),
         commit_latency=cache.commit_latency(),
         bytes_sent=bytes_sent(cache, streams),
         migration_backup=cache.get_setting(BACKUP_SETTING),

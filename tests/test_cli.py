@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 
@@ -516,3 +517,170 @@ def test_sync_shows_a_progress_bar_on_a_terminal_only(cache: str, server) -> Non
     code, err = sync_with_stderr_on(cache, terminal=False)
     assert code == 1 and "datapoints/s" not in err and "5/5" not in err and "1/1" not in err
     assert err.startswith("connectorsync.delivery: WARNING: stream 'temperature'")
+
+
+# A password that holds each character a hand-made url may hold; the parts around it are
+# checked separately, so no piece of it may show.
+HOSTILE = ("'", "@", ":", "/", "%40", "é☃", "?#")
+
+
+@pytest.mark.parametrize("char", HOSTILE)
+def test_hostile_passwords_in_urls_are_never_shown(
+    cache: str, server: ConnectorDBServer, char: str, capsys, caplog
+) -> None:
+    import logging
+
+    password = f"Kq7Z{char}Wv9X"
+    secret_url = server.url.replace("http://", f"http://alice:{password}@")
+    shown: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        with Logger(cache) as lg:
+            lg.serverurl = secret_url
+            report = lg.sync()  # refused or not: whatever it says is shown
+            assert lg.serverurl == secret_url  # kept as given
+            shown += [repr(lg.remote), str(lg.status().remote), str(lg.status().last_error)]
+            shown += list(report.errors.values())
+            assert repr(lg.remote).startswith("ConnectorDBRemote('http://alice:***@")
+        for argv in (["status", cache], ["status", cache, "--json"], ["sync", cache]):
+            shown.append(run(*argv)[1])
+            shown.append(capsys.readouterr().err)
+    shown += [r.getMessage() for r in caplog.records]
+    text = "\n".join(shown)
+    assert "alice:***@" in text
+    for piece in ("Kq7Z", "Wv9X", password):
+        assert piece not in text, piece
+
+
+@pytest.mark.parametrize("char", HOSTILE)
+def test_a_hostile_password_recorded_unhidden_is_hidden_when_shown(cache: str, char) -> None:
+    """An older connectorsync recorded the remote's repr with such a password in it."""
+    import apsw
+
+    url = f"http://alice:Kq7Z{char}Wv9X@127.0.0.1:9"
+    conn = apsw.Connection(cache)
+    recorded = json.dumps(f"ConnectorDBRemote({url!r})")
+    conn.execute("INSERT OR REPLACE INTO settings VALUES ('remote', ?)", (recorded,))
+    conn.close()
+    with Logger(cache) as lg:
+        remote = str(lg.status().remote)
+    code, out = run("status", cache)
+    assert code == 0 and "alice:***@127.0.0.1:9" in out and "alice:***@127.0.0.1:9" in remote
+    for piece in ("Kq7Z", "Wv9X"):
+        assert piece not in out + remote
+
+
+ADMIN_PASSWORD = "Adm1n-S3CRET-pw"
+
+
+def serve(*argv: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PYTHON, "-m", "connectorsync", "serve", *argv],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.umask(0o022),  # the usual umask, which leaves files 0644
+    )
+
+
+@pytest.mark.parametrize("how", ["env", "file"])
+def test_serve_keeps_secrets_off_argv_and_its_file_owner_only(tmp_path, how: str) -> None:
+    import stat
+
+    import connectordb
+
+    path = tmp_path / "server.db"
+    env = child_env()
+    argv = ["--device", "a/b", "--path", str(path), "--admin", "root"]
+    if how == "env":
+        env["CONNECTORSYNC_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+    else:
+        secret = tmp_path / "admin-password"
+        secret.write_text(ADMIN_PASSWORD + "\n")
+        argv += ["--admin-password-file", str(secret)]
+    proc = serve(*argv, env=env)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr and proc.stderr.read()
+        proc.stdout.readline()  # the device's apikey
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            cmdline = f.read().decode()
+        assert "root" in cmdline and ADMIN_PASSWORD not in cmdline
+        db = connectordb.ConnectorDB("root", ADMIN_PASSWORD, url=url)  # the password works
+        assert db.path == "root/user"
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{path}{suffix}"):
+                assert stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode) == 0o600, suffix
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_serve_refuses_a_password_on_the_command_line(tmp_path) -> None:
+    env = child_env()
+    env.pop("CONNECTORSYNC_ADMIN_PASSWORD", None)
+    for argv, says in (
+        (["--admin", f"root:{ADMIN_PASSWORD}"], "--admin takes the NAME only"),
+        (["--admin", "root"], "no password"),  # no terminal to ask on, nothing given
+    ):
+        proc = serve(*argv, env=env)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 2 and says in err, err
+        assert ADMIN_PASSWORD not in out + err
+
+
+def test_ctrl_c_in_sync_says_one_line_and_exits_130(
+    cache_path: str, server: ConnectorDBServer
+) -> None:
+    import threading
+
+    values = [float(i) for i in range(200)]
+    with Logger(cache_path, apikey=server.apikey, batch_size=20) as lg:  # 10 requests
+        lg.serverurl = server.url
+        lg.addStream("temperature", {"type": "number"})
+        lg.insert_many("temperature", [{"t": 1.7e9 + i, "d": v} for i, v in enumerate(values)])
+    server.delay(1.0)  # each request: a slow server
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "connectorsync", "sync", cache_path],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        inserts = threading.Event()
+
+        def two_inserts_arrived() -> bool:
+            return sum(path.endswith("/data") for _, path in server.requests) >= 2
+
+        for _ in range(600):  # up to 60 s: the child starts, then sends its first batches
+            if two_inserts_arrived() or proc.poll() is not None:
+                break
+            inserts.wait(0.1)
+        assert two_inserts_arrived(), "the sync never sent its batches"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("connectorsync sync: interrupted: sent ")
+    assert "still cached" in lines[0]
+    sent = int(lines[0].split("sent ")[1].split()[0].replace(",", ""))
+    cached = int(lines[0].split(", ")[1].split()[0].replace(",", ""))
+    assert cached > 0 and sent + cached <= len(values)  # a batch may be acked meanwhile
+    server.delay(0)
+    # Nothing lost, nothing twice: the next sync sends the rest, the batch in flight settled.
+    assert run("sync", cache_path)[0] == 0
+    stored = server.datapoints("alice/sensor/temperature")
+    assert [p["d"] for p in stored] == values

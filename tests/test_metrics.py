@@ -4,6 +4,7 @@ against a real workload synced to the loopback ConnectorDB server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -307,3 +308,103 @@ def test_last_sync_appears_after_a_good_pass(served: Logger) -> None:
         served.lastsynctime
     )
     assert one(found, "connectorsync_cached_datapoints", stream="temperature") == 0
+
+
+def metrics_threads() -> list[str]:
+    """The threads serving /metrics connections (ours are named; socketserver's say
+    ``process_request_thread``)."""
+    import threading
+
+    return [
+        t.name
+        for t in threading.enumerate()
+        if "process_request_thread" in t.name or t.name.startswith("connectorsync-metrics")
+    ]
+
+
+def open_sockets() -> int:
+    """Sockets this process has open now."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def wait_for(condition: Any, seconds: float = 30.0) -> bool:
+    import threading
+
+    tick = threading.Event()
+    for _ in range(int(seconds * 20)):
+        if condition():
+            return True
+        tick.wait(0.05)
+    return bool(condition())
+
+
+def ended(client: socket.socket, seconds: float = 30.0) -> bool:
+    """The server ended this connection: end of file, or reset (it had unread bytes)."""
+    client.settimeout(seconds)
+    try:
+        return client.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_are_bounded_and_gone_after_close(
+    cache_path: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from connectorsync.metrics_server import MAX_CONNECTIONS
+
+    sockets_before = open_sockets()
+    lg = Logger(cache_path, metrics_port=0)
+    url = lg.metrics_url
+    assert url is not None
+    port = int(url.split(":")[2].split("/")[0])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(20)]
+    try:
+        idle[0].sendall(b"GET /metr")  # half a request line, then nothing
+        # Served at once: MAX_CONNECTIONS; the others were closed, without a thread.
+        assert wait_for(lambda: len(metrics_threads()) == 1 + MAX_CONNECTIONS)
+        lg.close()
+        assert metrics_threads() == []
+        for client in idle:  # every connection was ended by the server
+            assert ended(client)
+    finally:
+        for client in idle:
+            client.close()
+    assert open_sockets() == sockets_before
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_slow_client_does_not_block_a_scrape_and_is_cut(
+    cache_path: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    from connectorsync.metrics_server import REQUEST_DEADLINE
+
+    with Logger(cache_path, metrics_port=0) as lg:
+        url = lg.metrics_url
+        assert url is not None
+        port = int(url.split(":")[2].split("/")[0])
+        slow = socket.create_connection(("127.0.0.1", port), timeout=30)
+        cut = threading.Event()
+
+        def trickle() -> None:  # a header byte every 0.2 s: no single read ever times out
+            with contextlib.suppress(OSError):
+                slow.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+                while not cut.wait(0.2):
+                    slow.sendall(b"a")
+
+        sender = threading.Thread(target=trickle, daemon=True)
+        sender.start()
+        try:
+            assert "connectorsync_" in scrape(url)  # not held up by the slow one
+            assert ended(slow, REQUEST_DEADLINE * 6)  # cut by the server, its deadline past
+        finally:
+            cut.set()
+            sender.join(30)
+            slow.close()
+        assert "connectorsync_" in scrape(url)
+    assert "Traceback" not in capfd.readouterr().err

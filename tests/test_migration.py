@@ -156,27 +156,45 @@ def test_migrated_connectordb_cache_is_owner_only(
     assert stat.S_IMODE(os.stat(cache_path).st_mode) == 0o600
 
 
-def test_status_leaves_a_connectordb_cache_alone_while_its_program_runs(
+def test_status_shows_a_connectordb_cache_and_leaves_it_alone(
     cache_path: str, server: ConnectorDBServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """``status`` shows a connectordb 0.3.5 cache's streams and counts while the old program
+    keeps inserting, never changes the file, and says how to migrate; the other commands that
+    only look refuse it, saying so."""
     from connectorsync.cli import main
 
-    rows = make_connectordb_cache(cache_path, server.apikey, server.url)
+    secret_url = server.url.replace("http://", "http://alice:S3C'R@ET@")
+    rows = make_connectordb_cache(cache_path, server.apikey, secret_url)
     old = connectordb.logger.Logger(cache_path)  # the 0.3.5 program, still running
     try:
-        with open(cache_path, "rb") as f:
-            before = f.read(), os.stat(cache_path).st_mtime_ns
-        for argv in (["status", cache_path], ["export", cache_path]):
+        for inserted in range(3):
+            os.utime(cache_path, ns=(1_000_000_000, 1_000_000_000))  # any write would move it
+            before = snapshot(cache_path)
             out = io.StringIO()
-            assert main(argv, out=out) != 0
+            assert main(["status", cache_path], out=out) == 0
+            text = out.getvalue()
+            assert snapshot(cache_path) == before
+            assert f"{len(rows) + inserted} datapoints cached in 2 streams" in text
+            lines = {line.split()[0]: line.split() for line in text.splitlines() if line}
+            assert lines["temperature"][1] == str(50 + inserted) and lines["status"][1] == "1"
+            assert f"connectorsync migrate {cache_path}" in text
+            assert "alice:***@127.0.0.1" in text
+            old.insert("temperature", 99.5 + inserted)  # it still works on its file
+        data = json.loads(run("status", cache_path, "--json")[1])
+        assert data["streams"]["temperature"]["cached"] == 53 and data["cached"] == 54
+        assert data["format"] == "connectordb 0.3.5" and "connectorsync migrate" in data["migrate"]
+        code, out_text = run("status", cache_path, "--check")
+        assert code == 1 and "connectorsync migrate" in out_text
+        shown = json.dumps(data) + out_text + capsys.readouterr().err
+        for argv in (["export", cache_path], ["deadletters", cache_path, "list"]):
+            code, out_text = run(*argv)
             err = capsys.readouterr().err
-            assert "connectordb 0.3.5" in err and "connectorsync.Logger" in err
-            assert "stop the old program first" in err
-            assert server.apikey not in out.getvalue() + err
-        with open(cache_path, "rb") as f:
-            assert (f.read(), os.stat(cache_path).st_mtime_ns) == before
-        old.insert("temperature", 99.5)  # it still works on its file
-        assert len(old) == len(rows) + 1
+            assert code == 2 and out_text == ""
+            assert "connectordb 0.3.5" in err and "stop the old program first" in err
+            shown += err
+        assert server.apikey not in shown and "S3C" not in shown
+        assert len(old) == len(rows) + 3
     finally:
         old.database.close()
 
@@ -398,3 +416,64 @@ def test_a_v3_cache_migrates_to_v4_with_empty_stream_properties(
     }
     conn.close()
     assert server.datapoints("alice/sensor/temperature")[0]["d"] == 21.5
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system of 4 MiB (tmpfs), so that a disk fills for real."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("room", [0.5, 2.0])  # free space left, times the cache's size
+def test_migrate_on_a_nearly_full_disk_changes_nothing_and_says_so(
+    small_disk: Path, room: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from connectorsync.errors import CacheError
+
+    path = str(small_disk / "cache.db")
+
+    def init(lg: connectordb.logger.Logger) -> None:
+        lg.apikey = "K3Y"
+        lg.serverurl = "http://127.0.0.1:9"
+        lg.addStream_force("note", {"type": "string"})
+
+    old = connectordb.logger.Logger(path, on_create=init)
+    for i in range(1500):
+        old.insert("note", f"{i:05d}" + "x" * 200)
+    old.database.close()
+    size = os.path.getsize(path)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (shutil.disk_usage(small_disk).free - int(room * size)))
+    before = snapshot(path)
+    code, out = run("migrate", path)  # no apsw error escapes: a message and exit 1
+    err = capsys.readouterr().err
+    assert code == 1 and out == "", err
+    assert "nothing was changed" in err and "free some space" in err
+    with pytest.raises(CacheError, match="nothing was changed"):
+        Logger(path)  # opening it would migrate it too
+    assert snapshot(path) == before
+    assert sorted(os.listdir(small_disk)) == ["cache.db", "filler"]  # no backup, no journal
+
+    filler.unlink()  # room again: the backup is the file as it was, byte for byte
+    code, out = run("migrate", path)
+    assert code == 0, capsys.readouterr().err
+    (backup,) = backups(path)
+    with open(backup, "rb") as f:
+        assert f.read() == before[0]
+    with Logger(path) as lg:
+        assert len(lg) == 1500

@@ -326,7 +326,8 @@ def test_serve_admin_via_the_cli() -> None:
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     )
-    cmd = [sys.executable, "-m", "connectorsync", "serve", "--admin", "root:s3cret:x"]
+    env["CONNECTORSYNC_ADMIN_PASSWORD"] = "s3cret:x"  # never on the command line
+    cmd = [sys.executable, "-m", "connectorsync", "serve", "--admin", "root"]
     with subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
@@ -354,14 +355,26 @@ def test_serve_admin_via_the_cli() -> None:
                 proc.wait()
 
 
-def test_serve_refuses_a_malformed_admin(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_a_malformed_admin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from connectorsync.testing.server import main
 
-    for bad in ("nopassword", "name:", "bad name:pw"):
+    monkeypatch.delenv("CONNECTORSYNC_ADMIN_PASSWORD", raising=False)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for argv, says in (
+        (["--admin", "root:pw"], "--admin takes the NAME only"),
+        (["--admin", "name:"], "--admin takes the NAME only"),
+        (["--admin", "bad name"], "not a valid user name"),
+        (["--admin", "nopassword"], "no password"),  # no terminal to ask on
+        (["--admin", "root", "--admin-password-file", str(empty)], "is empty"),
+        (["--admin-password-file", str(empty)], "goes with --admin NAME"),
+    ):
         with pytest.raises(SystemExit) as exc:
-            main(["--admin", bad])
+            main(argv)
         assert exc.value.code == 2
-        assert "--admin must be NAME:PASSWORD" in capsys.readouterr().err
+        assert says in capsys.readouterr().err
 
 
 def test_raw_user_and_device_json(srv: ConnectorDBServer) -> None:

@@ -11,19 +11,29 @@ Guarantees (each proved by the test named, in ``test_migration.py``):
   never over an existing file (``test_migrate_never_overwrites_an_existing_backup``): the
   bytes as they were for a rollback-journal file (connectordb 0.3.5's), a consistent copy
   through SQLite for a WAL file (an older connectorsync's).
+- A backup is whole or not there: it is started only when the file system has room for it
+  and for the migration after it (:func:`check_room`); it is written to the end (a short
+  write goes on, a full disk fails), fsynced with its folder, then checked (its size, and
+  SQLite's ``quick_check``) before it is called a copy of the file as it was; any failure
+  removes it and raises :class:`~connectorsync.CacheError`, the file unchanged
+  (``test_migrate_on_a_nearly_full_disk_changes_nothing_and_says_so``).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 
 import apsw
 
-from ..errors import CacheError
+from ..errors import CacheError, CacheFullError
 from .base import wrapped
+
+log = logging.getLogger(__name__)
 
 # The journal files a program with the cache open may hold open too.
 _HELD_SUFFIXES = ("", "-journal", "-wal", "-shm")
@@ -92,6 +102,7 @@ def make_backup(conn: apsw.Connection, path: str, label: str) -> str:
     :raises CacheError: the copy cannot be made (then no partial copy is left)
     """
     wal = str(next(conn.execute("PRAGMA journal_mode"))[0]).lower() == "wal"
+    check_room(path)
     name, fd = _create_new(f"{path}.{label}-backup")
     try:
         if wal:
@@ -100,26 +111,90 @@ def make_backup(conn: apsw.Connection, path: str, label: str) -> str:
         else:
             with os.fdopen(fd, "wb") as target:
                 _copy_bytes(path, target.fileno())
+        _sync_folder(name)
+        _check_copy(path, name)
     except BaseException:
-        for suffix in _HELD_SUFFIXES:
-            try:
-                os.remove(name + suffix)
-            except FileNotFoundError:
-                pass
+        remove_backup(name)
         raise
-    _sync_folder(name)
     return name
 
 
+def remove_backup(name: str) -> None:
+    """Remove a backup (and any file SQLite made beside it): it is not a whole copy, or the
+    migration it was made for changed nothing."""
+    for suffix in _HELD_SUFFIXES:
+        try:
+            os.remove(name + suffix)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s: %s", name + suffix, exc)
+    _sync_folder(name)
+
+
+#: Room kept free beyond what a migration is reckoned to need: SQLite's own files, the log.
+MARGIN = 1 << 20
+
+
+def check_room(path: str) -> None:
+    """Refuse to start when the file system of ``path`` has no room for its backup copy and
+    the migration after it. A migration rewrites every datapoint into new tables inside one
+    transaction (the file grows by about its size) and the rollback journal keeps the pages it
+    changes (up to its size again): with the copy, about three times the file, plus a margin.
+
+    :raises CacheFullError: not that much free space; nothing was written
+    """
+    try:
+        size = sum(os.path.getsize(path + s) for s in ("", "-wal") if os.path.exists(path + s))
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError as exc:
+        raise CacheError(f"cannot back up {path!r}: {exc}; nothing was changed") from exc
+    needed = 3 * size + MARGIN
+    if free < needed:
+        raise CacheFullError(
+            f"cannot migrate {path!r}: it needs about {needed:,} bytes free for a backup copy "
+            f"and the migration ({size:,} bytes now), and its file system has {free:,}; free "
+            "some space and try again; nothing was changed"
+        )
+
+
 def _copy_bytes(path: str, fd: int) -> None:
-    """The file as it is: without a WAL, the file alone is the whole database."""
+    """The file as it is: without a WAL, the file alone is the whole database. Every byte is
+    written (``os.write`` may write less than it is given) and fsynced."""
     try:
         with open(path, "rb") as source:
             while chunk := source.read(1 << 20):
-                os.write(fd, chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
         os.fsync(fd)
     except OSError as exc:
-        raise CacheError(f"cannot back up {path!r}: {exc}") from exc
+        raise CacheError(f"cannot back up {path!r}: {exc}; nothing was changed") from exc
+
+
+def _check_copy(path: str, name: str) -> None:
+    """Before the copy is called the file as it was: as long as the database (for a copy of
+    the bytes: as long as the file), and whole by SQLite's ``quick_check``.
+
+    :raises CacheError: it is not
+    """
+    with wrapped(f"check the backup {name!r} of {path!r}"):
+        copy = apsw.Connection(name, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            pages, page_size = (
+                int(next(copy.execute(f"PRAGMA {pragma}"))[0])
+                for pragma in ("page_count", "page_size")
+            )
+            verdict = [str(row[0]) for row in copy.execute("PRAGMA quick_check")]
+        finally:
+            copy.close()
+    size = os.path.getsize(name)
+    if verdict != ["ok"] or size < pages * page_size:
+        raise CacheError(
+            f"the backup {name!r} of {path!r} is not a whole copy ({size:,} bytes, "
+            f"{pages * page_size:,} expected; check: {'; '.join(verdict)[:200]}); it was "
+            "removed and nothing was changed"
+        )
 
 
 def _copy_through_sqlite(path: str, name: str) -> None:

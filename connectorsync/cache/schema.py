@@ -45,7 +45,7 @@ import apsw
 
 from ..errors import CacheError, ConfigurationError
 from . import space
-from .backup import holders, make_backup
+from .backup import holders, make_backup, remove_backup
 from .base import NO_TIME, NUDGE, wrapped
 from .connection import check_openable
 
@@ -340,7 +340,13 @@ def _open(path: str, durability: str) -> tuple[apsw.Connection, bool, str | None
                 continue
             created, backup = _prepare(conn, path)
             if not created:
-                conn.execute("COMMIT")
+                try:
+                    with wrapped(f"migrate cache file {path!r} (nothing was changed)"):
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if backup is not None:
+                        remove_backup(backup)  # the file rolls back to what it copied
+                    raise
                 configure(conn, path, durability, wal=True)
                 # Once, for a cache made before free pages were given back: never fails.
                 space.convert(conn, path, BUSY_TIMEOUT_MS)
@@ -386,19 +392,28 @@ def _prepare(conn: apsw.Connection, path: str) -> tuple[bool, str | None]:
     backup = None
     if kind != NEW:
         backup = _before_migrating(conn, path, kind, version)
-    if kind == CONNECTORDB:
-        _import_connectordb(conn)  # leaves a v1 schema; later steps follow below
-        version = 1
-    for number in range(version, SCHEMA_VERSION):
-        name, step = MIGRATIONS[number]
-        if kind != NEW:  # a new file is created, not migrated: nothing to tell
-            log.info("cache %s: migration %s", path, name)
-        step(conn)
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}").fetchall()
-    if backup is not None:  # for status(), in the migration's own transaction
-        conn.execute(
-            "INSERT OR REPLACE INTO settings VALUES (?, ?)", (BACKUP_SETTING, json.dumps(backup))
-        )
+    try:
+        # One transaction: a failure (a full disk) rolls it all back, and the backup of a
+        # file left unchanged goes too; the error is ours, never apsw's.
+        with wrapped(f"migrate cache file {path!r} (nothing was changed)"):
+            if kind == CONNECTORDB:
+                _import_connectordb(conn)  # leaves a v1 schema; later steps follow below
+                version = 1
+            for number in range(version, SCHEMA_VERSION):
+                name, step = MIGRATIONS[number]
+                if kind != NEW:  # a new file is created, not migrated: nothing to tell
+                    log.info("cache %s: migration %s", path, name)
+                step(conn)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}").fetchall()
+            if backup is not None:  # for status(), in the migration's own transaction
+                conn.execute(
+                    "INSERT OR REPLACE INTO settings VALUES (?, ?)",
+                    (BACKUP_SETTING, json.dumps(backup)),
+                )
+    except BaseException:
+        if backup is not None:
+            remove_backup(backup)
+        raise
     if kind != NEW:
         _owner_only(path)
     return kind == NEW, backup

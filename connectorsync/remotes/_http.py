@@ -7,7 +7,8 @@
   retrying" is decided once, here.
 - :func:`within_limit`, :class:`Prepared`: request bodies, capped, made ahead and
   compressed (:func:`compression_setting`, :func:`compress`).
-- :func:`hide_password`, :func:`hide_in_logs`, :func:`short_reason`: what is shown.
+- :func:`mask_url`, :func:`hide_password`, :func:`hide_in_logs`, :func:`short_reason`:
+  what is shown.
 
 The rule that matters for delivery: a write whose request may have reached the server before
 the failure (a dropped connection, no answer in time) is ambiguous, so the syncer asks the
@@ -142,7 +143,8 @@ class Client:
         self.statuses = statuses
         self.timeout = timeout
         self._base = base
-        self._mask: Mask = lambda text: hide_password(mask(text))
+        secrets = url_secrets(base)
+        self._mask: Mask = lambda text: hide_password(_replace(mask(text), secrets))
         self._sent = 0
         self._sent_lock = threading.Lock()
 
@@ -403,15 +405,78 @@ class _SecretsFilter(logging.Filter):
 
 _FILTER = _SecretsFilter()
 
-# scheme://user:password@ -> scheme://user:***@ (a password may hold anything but "@" and "/").
-_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*):[^@/\s'\"]*@")
+#: What stands for a hidden password.
+HIDDEN = "***"
+# A url's scheme: a letter, then letters, digits, "+", "-", "." (RFC 3986 3.1).
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, the user kept: ``http://user:***@host``.
+
+    The one function that decides how a url is shown (reprs, status, the CLI, log lines,
+    error messages); :func:`hide_password` applies it to each url inside a text. The url is
+    split as requests splits it (``urllib.parse.urlsplit``: scheme, then the authority after
+    ``//``) and its password, between the first ``:`` of the user part and its last ``@``,
+    may hold anything: ``'``, ``:``, ``@``, ``%40``, non-ASCII letters. urllib ends the
+    authority at the first ``/``, ``?`` or ``#``, but a password typed with one of those goes
+    on past it, so the url's last ``@`` is taken as the end: when in doubt, more is hidden,
+    never less (``tests/test_cli.py::test_hostile_passwords_in_urls_are_never_shown``).
+    """
+    try:
+        netloc = urllib.parse.urlsplit(url).netloc
+    except ValueError:  # a malformed url (an unclosed "[" of an IPv6 host): show no part
+        return f"{url.partition('://')[0]}://{HIDDEN}" if "://" in url else HIDDEN
+    if not netloc:
+        return url  # no authority ("mailto:", a bare path): no password to hide
+    start = url.find("//") + 2
+    end = url.rfind("@")
+    colon = url.find(":", start, end) if end > start else -1
+    if colon < 0:
+        return url  # no user part, or a user name alone: no secret
+    return f"{url[: colon + 1]}{HIDDEN}{url[end:]}"
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """What of ``url``'s password a message may quote without the url around it: the
+    password, as typed and decoded, and, for one typed with a bare ``/``, ``?`` or ``#``, its
+    pieces (urllib3 says "'alice:pa' is not a valid host or port" for ``alice:pa/ss@host``).
+    Pieces under 3 characters are left: hiding every "a" of a message would say nothing."""
+    masked = mask_url(url)
+    if masked == url:
+        return ()
+    start = masked.index(HIDDEN)
+    password = url[start : len(url) - (len(masked) - start - len(HIDDEN))]
+    found = {password, urllib.parse.unquote(password)}
+    for sep in "/?#":
+        found.update(p for part in list(found) for p in part.split(sep) if len(p) >= 3)
+    return tuple(sorted(found, key=len, reverse=True))  # a longer one first: it holds others
+
+
+def _replace(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, HIDDEN)
+    return text
 
 
 def hide_password(text: str) -> str:
-    """``text`` with the password of every url in it replaced by ``***``, the user kept:
-    ``http://user:***@host``. For reprs, messages and command line output; a url stays usable
-    only where it is kept, never where it is shown."""
-    return _USERINFO.sub(r"\1:***@", text)
+    """``text`` with the password of every url in it hidden by :func:`mask_url`. For reprs,
+    messages and command line output; a url stays usable only where it is kept, never where
+    it is shown. A url in a text runs from its scheme to the next white space."""
+    out: list[str] = []
+    done = 0
+    while (mark := text.find("://", done)) >= 0:
+        begin = mark
+        while begin > done and text[begin - 1] in _SCHEME_CHARS:
+            begin -= 1
+        finish = mark + 3
+        while finish < len(text) and not text[finish].isspace():
+            finish += 1
+        out.append(text[done:begin])
+        out.append(mask_url(text[begin:finish]) if begin < mark else text[begin:finish])
+        done = finish
+    out.append(text[done:])
+    return "".join(out)
 
 
 def hide_in_logs(owner: object, secrets: Iterable[str]) -> None:

@@ -19,15 +19,17 @@ Guarantees:
   devices and streams.
 
 Run ``python -m connectorsync.testing.server [--port P] [--path FILE]
-[--device user/device] [--admin NAME:PASSWORD]`` to serve until SIGTERM or SIGINT: it
-prints the url, then the device's apikey, one line each.
+[--device user/device] [--admin NAME [--admin-password-file FILE]]`` to serve until
+SIGTERM or SIGINT: it prints the url, then the device's apikey, one line each.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -209,20 +211,40 @@ class ConnectorDBServer(LoopbackService):
         self._faults.clear()
 
 
+#: The environment variable ``serve --admin NAME`` reads the admin's password from.
+ADMIN_PASSWORD_ENV = "CONNECTORSYNC_ADMIN_PASSWORD"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; print the url, then the device's apikey if --device."""
+    """Serve until SIGTERM/SIGINT; print the url, then the device's apikey if --device.
+
+    Secrets stay off the command line (anyone on the machine reads ``/proc/PID/cmdline``)
+    and out of other users' reach: ``--admin NAME`` takes the password from
+    ``--admin-password-file``, else :data:`ADMIN_PASSWORD_ENV`, else a prompt on a terminal;
+    a ``--path`` file is created owner-only (0600) from its first byte, and one that exists
+    is made owner-only (it holds apikeys and passwords)
+    (``tests/test_cli.py::test_serve_keeps_secrets_off_argv_and_its_file_owner_only``).
+    """
     parser = argparse.ArgumentParser(
         prog="connectorsync serve", description="Serve a test ConnectorDB v0.3 API on 127.0.0.1."
     )
     parser.add_argument(
         "--port", type=int, default=0, help="port to listen on (default: a free one)"
     )
-    parser.add_argument("--path", help="SQLite file to keep the data in (default: memory)")
+    parser.add_argument(
+        "--path", help="SQLite file to keep the data in, owner-only (default: memory)"
+    )
     parser.add_argument("--device", help="create this user/device and print its apikey")
     parser.add_argument(
         "--admin",
-        metavar="NAME:PASSWORD",
-        help="make sure this admin user exists, with this password",
+        metavar="NAME",
+        help="make sure this admin user exists; its password comes from "
+        f"--admin-password-file, else ${ADMIN_PASSWORD_ENV}, else a prompt on a terminal",
+    )
+    parser.add_argument(
+        "--admin-password-file",
+        metavar="FILE",
+        help="read the --admin password from this file (its first line)",
     )
     args = parser.parse_args(argv)
     device = args.device.split("/") if args.device else None
@@ -230,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device must be user/device")
     admin = None
     if args.admin is not None:
-        name, colon, password = args.admin.partition(":")
-        if not (colon and valid_name(name) and password):
-            parser.error("--admin must be NAME:PASSWORD, with a valid name and a password")
-        admin = (name, password)
+        admin = (args.admin, admin_password(parser, args))
+    elif args.admin_password_file is not None:
+        parser.error("--admin-password-file goes with --admin NAME")
+    if args.path is not None:
+        owner_only(parser, args.path)
 
     # Block the signals before any thread starts (threads inherit the mask), then
     # wait for them synchronously: no handler can race with the wait.
@@ -250,6 +273,52 @@ def main(argv: list[str] | None = None) -> int:
         srv.close()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return 0
+
+
+def admin_password(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The password of ``--admin NAME``: from the file, the environment or a prompt; never
+    from the command line (``NAME:PASSWORD`` is refused, saying where it goes)."""
+    name = args.admin
+    if ":" in name:
+        parser.error(
+            "--admin takes the NAME only: a password on the command line is in every "
+            f"process listing; put it in --admin-password-file FILE or ${ADMIN_PASSWORD_ENV}"
+        )
+    if not valid_name(name):
+        parser.error(f"--admin {name!r}: not a valid user name (a letter, then letters, digits)")
+    if args.admin_password_file is not None:
+        try:
+            with open(args.admin_password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"--admin-password-file {args.admin_password_file!r}: {exc}")
+        where = f"--admin-password-file {args.admin_password_file!r}"
+    elif os.environ.get(ADMIN_PASSWORD_ENV):
+        password, where = os.environ[ADMIN_PASSWORD_ENV], f"${ADMIN_PASSWORD_ENV}"
+    elif sys.stdin.isatty():
+        password, where = getpass.getpass(f"password of the admin {name!r}: "), "the prompt"
+    else:
+        parser.error(
+            f"--admin {name}: no password: give --admin-password-file FILE or "
+            f"${ADMIN_PASSWORD_ENV} (no terminal to ask on)"
+        )
+    if not password:
+        parser.error(f"--admin {name}: the password from {where} is empty")
+    return password
+
+
+def owner_only(parser: argparse.ArgumentParser, path: str) -> None:
+    """Create ``path`` owner-only (0600) from its first byte, whatever the umask (SQLite
+    gives its -wal and -shm files the same mode); an existing one is made owner-only."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        parser.error(f"--path {path!r}: {exc.strerror}")
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)  # an existing file, made before with a wider mode
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":
