@@ -320,9 +320,12 @@ def server_url(name: str, value: Any) -> str:
     try:
         parts = urllib.parse.urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
+    except ValueError:
+        # Not the ValueError's text: it quotes the "port", which may be a piece of a password
+        # holding a raw '/', '?' or '#' (where the url's host part ends).
         raise ConfigurationError(
-            f"{name} {shown!r} is not a url ({exc}); give one {example}"
+            f"{name} {shown!r} is not a url: its port is not a number (a password holding "
+            f"'/', '?', '#' or '@' must be percent-encoded); give one {example}"
         ) from None
     if parts.scheme not in ("http", "https"):
         raise ConfigurationError(
