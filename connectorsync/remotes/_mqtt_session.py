@@ -1,6 +1,7 @@
 """What :class:`~connectorsync.remotes.mqtt.MQTTRemote` needs of paho-mqtt and of MQTT itself:
-loading paho, one connection driven in the caller's thread (:class:`Session`), and the size a
-PUBLISH takes on the wire.
+loading paho, one connection driven in the caller's thread (:class:`Session`), the size a
+PUBLISH takes on the wire, and what a broker answered of each datapoint (:class:`Outcome`,
+:class:`Refusals`).
 
 Guarantees:
 
@@ -20,10 +21,11 @@ import contextlib
 import socket
 import time
 import traceback
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ConfigurationError
+from .base import Datapoint
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client
@@ -62,6 +64,43 @@ def publish_size(topic: bytes, payload: int, *, v5: bool) -> int:
     return 1 + length_bytes + remaining
 
 
+class Outcome(NamedTuple):
+    """What the broker said of one datapoint: acknowledged (``code`` under 0x80) or refused
+    (``reason``); ``t`` and ``d`` tell it from another datapoint of the same id."""
+
+    t: float
+    d: str
+    code: int
+    reason: str
+
+
+class Refusals:
+    """The messages refused during one push: ``(reason code, reason)`` each, and the ids of
+    their datapoints."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, str]] = []
+        self.ids: set[int] = set()
+
+    def add(self, code: int, reason: str, points: Sequence[Datapoint]) -> None:
+        self.items.append((code, reason))
+        self.ids.update(p[0] for p in points)
+
+    def unsettled(self, batch: Sequence[Datapoint], memo: dict[int, Outcome]) -> list[Datapoint]:
+        """What of ``batch`` the broker has not answered yet (refused nor acknowledged);
+        refusals remembered from earlier pushes are taken into this one's."""
+        todo = []
+        for point in batch:
+            if point[0] in self.ids:
+                continue
+            known = memo.get(point[0])
+            if known is None or (known.t, known.d) != (point[1], point[2]):
+                todo.append(point)
+            elif known.code >= 0x80:
+                self.add(known.code, known.reason, [point])
+        return todo
+
+
 class Session:
     """One connection of a paho client, driven in the caller's thread: the callbacks only
     note what arrived, for the caller to read."""
@@ -74,6 +113,8 @@ class Session:
         self.maximum_packet_size: int | None = None
         self.lost = False
         self.stalled = False
+        #: PUBACKs received on this connection, ever
+        self.answered = 0
         self._acks: list[tuple[int, int]] = []
         self._codes: dict[int, str] = {}
         client.on_connect = self._on_connect
@@ -95,6 +136,7 @@ class Session:
         if value >= 0x80:
             self._codes[value] = str(code)
         self._acks.append((mid, value))
+        self.answered += 1
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
         self.lost = True

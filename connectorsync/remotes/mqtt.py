@@ -56,7 +56,7 @@ import ssl
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -70,6 +70,8 @@ from ..errors import (
 from ._mqtt_session import (
     PACKET_TOO_LARGE,
     PROTOCOL_MAX_PACKET,
+    Outcome,
+    Refusals,
     Session,
     close_sockets,
     describe,
@@ -94,16 +96,6 @@ CAVEAT_311 = (
     "size limit refuses and discards it, and the datapoint is then deleted as delivered; "
     'use protocol="5" to have refusals kept as dead letters'
 )
-
-
-class _Outcome(NamedTuple):
-    """What the broker said of one datapoint: acknowledged (``code`` under 0x80) or refused
-    (``reason``); ``t`` and ``d`` tell it from another datapoint of the same id."""
-
-    t: float
-    d: str
-    code: int
-    reason: str
 
 
 class MQTTRemote:
@@ -232,10 +224,12 @@ class MQTTRemote:
             self._config["max_packet_size"] = max_packet_size
         self._lock = threading.Lock()  # held by a push; close() does not wait for it
         self._session: Session | None = None
+        self._aborted = False  # close() ended the push under way: it must not reconnect
+        self._cautious: set[str] = set()  # streams whose last push had a drop (_rounds)
         # Per stream, what the broker said of datapoints during a push that failed: None for
         # acknowledged, the reason for refused (a message of its own). The same batch sent
         # again (after a drop, or bisected after a refusal) publishes neither twice.
-        self._outcomes: dict[str, dict[int, _Outcome]] = {}
+        self._outcomes: dict[str, dict[int, Outcome]] = {}
 
     def __repr__(self) -> str:
         if self.caveat is None:
@@ -286,33 +280,19 @@ class MQTTRemote:
         if not batch:
             return
         with self._lock:
+            self._aborted = False
             memo = self._memo(stream, batch[0][0])
-            todo: list[Datapoint] = []
-            refusals: list[tuple[int, str]] = []
-            for point in batch:
-                known = memo.get(point[0])
-                if known is None or (known.t, known.d) != (point[1], point[2]):
-                    todo.append(point)
-                elif known.code >= 0x80:
-                    refusals.append((known.code, known.reason))
-            if todo:
-                topic = self.topic.replace("{stream}", stream)
-                session = self._connected()
-                try:
-                    refusals += self._publish(session, stream, topic, todo, memo)
-                except RemoteError:
-                    if session.lost or session.stalled:
-                        self._drop()
-                    raise
-            if not refusals:
+            refused = Refusals()
+            self._rounds(stream, batch, memo, refused)
+            if not refused.items:
                 for point in batch:
                     memo.pop(point[0], None)  # acknowledged: settled
                 return
             if len(batch) == 1:
                 memo.pop(batch[0][0], None)  # refused alone: a dead letter now, settled
-            code, reason = refusals[0]
+            code, reason = refused.items[0]
             raise RejectedError(
-                f"MQTT {self.url}, stream {stream!r}: {len(refusals)} message(s) refused; "
+                f"MQTT {self.url}, stream {stream!r}: {len(refused.items)} message(s) refused; "
                 f"the first: {reason}",
                 status=code,
                 body=reason,
@@ -333,12 +313,57 @@ class MQTTRemote:
                 self._lock.release()
             return
         session = self._session
+        self._aborted = True
         if session is not None:
             session.abort()
 
     # ----------------------------------------------------------------------- plumbing
 
-    def _memo(self, stream: str, first: int) -> dict[int, _Outcome]:
+    def _rounds(
+        self,
+        stream: str,
+        batch: Sequence[Datapoint],
+        memo: dict[int, Outcome],
+        refused: Refusals,
+    ) -> None:
+        """Publish what of ``batch`` the broker has not answered, connecting again after a
+        drop as long as each connection got answers: each round settles at least one
+        message, so this ends; a connection without any answer (or a ``close()``) ends it
+        with :class:`AmbiguousRemoteError`."""
+        topic = self.topic.replace("{stream}", stream)
+        dropped: AmbiguousRemoteError | None = None
+        # After a drop, one message at a time: a broker that closes the connection right
+        # after refusing a message (mosquitto 2.0 does, after a PUBACK 0x87; a 3.1.1 broker
+        # may instead of a PUBACK) closes it with messages unread behind it, and the reset
+        # that follows can take the PUBACK with it; one message in flight leaves nothing
+        # unread. Until a push of the stream goes through without a drop.
+        cautious = stream in self._cautious
+        while todo := refused.unsettled(batch, memo):
+            try:
+                session = self._connected()
+            except RemoteError:
+                if dropped is not None:  # what was in flight may have been stored
+                    raise dropped from None
+                raise
+            try:
+                self._publish(session, stream, topic, todo, memo, refused, cautious=cautious)
+                break
+            except AmbiguousRemoteError as exc:
+                self._drop()
+                cautious = True
+                self._cautious.add(stream)
+                if not (session.lost and session.answered and not self._aborted):
+                    raise
+                dropped = exc
+                log.debug("%s; connecting again to go on", exc)
+            except RemoteError:
+                if session.lost or session.stalled:
+                    self._drop()
+                raise
+        if dropped is None:
+            self._cautious.discard(stream)
+
+    def _memo(self, stream: str, first: int) -> dict[int, Outcome]:
         """What the broker said of ``stream``'s datapoints in earlier pushes, those below
         ``first`` forgotten."""
         memo = self._outcomes.setdefault(stream, {})
@@ -355,21 +380,23 @@ class MQTTRemote:
         limits = [PROTOCOL_MAX_PACKET, self.max_packet_size, session.maximum_packet_size]
         return min(limit for limit in limits if limit is not None)
 
-    def _publish(
+    def _publish(  # noqa: PLR0913 - one push's state, handed down
         self,
         session: Session,
         stream: str,
         topic: str,
         todo: list[Datapoint],
-        memo: dict[int, _Outcome],
-    ) -> list[tuple[int, str]]:
+        memo: dict[int, Outcome],
+        refused: Refusals,
+        *,
+        cautious: bool = False,
+    ) -> None:
         """Publish ``todo`` and wait for every PUBACK, noting each outcome of a message of
-        one datapoint in ``memo``. Returns ``(reason code, reason)`` of each message refused:
-        by its PUBACK, or, too large, not sent."""
+        one datapoint in ``memo``, and each message refused (by its PUBACK, or too large to
+        be sent) in ``refused``. ``cautious``: one message in flight at a time."""
         limit = self._packet_limit(session)
         wire_topic, v5 = topic.encode(), self._protocol == "5"
         messages: list[tuple[bytes, list[Datapoint]]] = []
-        refusals: list[tuple[int, str]] = []
         for body, points in self._messages(stream, todo):
             size = publish_size(wire_topic, len(body), v5=v5)
             if size <= limit:
@@ -377,30 +404,28 @@ class MQTTRemote:
                 continue
             # A broker closes the connection on a packet over its maximum: sent, it would be
             # a lost answer on every pass, and the stream behind it blocked for ever.
-            refusals.append(
-                (
-                    PACKET_TOO_LARGE,
-                    f"not sent: the message to topic {topic!r} would be a packet of {size} "
-                    f"bytes, over the broker's maximum packet size of {limit} bytes",
-                )
+            reason = (
+                f"not sent: the message to topic {topic!r} would be a packet of {size} bytes, "
+                f"over the broker's maximum packet size of {limit} bytes"
             )
-        window = min(self.max_inflight, session.receive_maximum)
+            refused.add(PACKET_TOO_LARGE, reason, points)
+        window = 1 if cautious else min(self.max_inflight, session.receive_maximum)
         pending: dict[int, list[Datapoint]] = {}
         sent = 0
         while True:
             for mid, code in session.take_acks():
                 points = pending.pop(mid, [])
                 if code < 0x80:
-                    memo.update((p[0], _Outcome(p[1], p[2], code, "")) for p in points)
+                    memo.update((p[0], Outcome(p[1], p[2], code, "")) for p in points)
                     continue
                 reason = (
                     f"the broker refused the message to topic {topic!r}: PUBACK {code:#04x} "
                     f"{session.reason_text(code)}"
                 )
-                refusals.append((code, reason))
+                refused.add(code, reason, points)
                 if len(points) == 1:  # a message of its own: the refusal is this datapoint's
                     point = points[0]
-                    memo[point[0]] = _Outcome(point[1], point[2], code, reason)
+                    memo[point[0]] = Outcome(point[1], point[2], code, reason)
             while sent < len(messages) and len(pending) < window and not session.lost:
                 body, points = messages[sent]
                 info = session.client.publish(topic, body, qos=1)
@@ -410,7 +435,7 @@ class MQTTRemote:
                 pending[info.mid] = points
                 sent += 1
             if not pending and sent == len(messages):
-                return refusals
+                return
             if session.lost or not session.pump(self.timeout):
                 unacked = sum(map(len, pending.values())) + sum(len(m[1]) for m in messages[sent:])
                 why = "the connection dropped" if session.lost else f"no PUBACK in {self.timeout} s"

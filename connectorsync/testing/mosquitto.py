@@ -29,6 +29,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ._process import ChildProcess, free_port
@@ -39,6 +40,7 @@ __all__ = [
     "MQTTSubscriber",
     "MosquittoBroker",
     "MosquittoStartError",
+    "Publish",
     "find_mosquitto",
 ]
 
@@ -263,6 +265,16 @@ class MQTTSubscriber:
 _PUBLISH, _PUBACK, _CONNECT = 3, 4, 1
 
 
+@dataclass(frozen=True)
+class Publish:
+    """A PUBLISH packet a client sent: its topic, its payload, and its whole size in bytes
+    (fixed header, topic, packet id, properties, payload)."""
+
+    topic: str
+    payload: bytes
+    size: int
+
+
 def _read_packet(sock: socket.socket, buffer: bytearray) -> bytes | None:
     """One whole MQTT packet from ``sock`` (``buffer`` keeps what came beyond it), or None
     at the end of the stream."""
@@ -298,6 +310,7 @@ class MQTTFaultProxy(LoopbackProxy):
     - :meth:`refuse`: a PUBLISH whose payload satisfies ``predicate(payload)`` is not
       forwarded; the proxy answers it with PUBACK reason 0x99 (MQTT 5), or with a plain
       PUBACK (MQTT 3.1.1: what a broker does with a message its ACL refuses).
+    - :meth:`published`: every PUBLISH a client sent, with its size on the wire.
     - :meth:`lose_next_answers`: the next ``n`` PUBLISHes are forwarded (the broker stores
       them), and when the broker's PUBACK of one comes back the connection is cut instead.
     """
@@ -305,7 +318,15 @@ class MQTTFaultProxy(LoopbackProxy):
     def __init__(self, port: int) -> None:
         self._refuse: Callable[[bytes], bool] | None = None
         self._lose = 0
+        self._published: list[Publish] = []
         super().__init__(port, "mqtt")
+
+    def published(self, topic: str | None = None) -> list[Publish]:
+        """Every QoS 1/2 PUBLISH a client sent through the proxy (``topic``'s only, if
+        given), in order, whether forwarded or refused: what went on the wire, duplicates
+        included."""
+        with self._lock:
+            return [p for p in self._published if topic is None or p.topic == topic]
 
     def refuse(self, predicate: Callable[[bytes], bool]) -> None:
         self._refuse = predicate
@@ -329,6 +350,7 @@ class MQTTFaultProxy(LoopbackProxy):
                     state["v5"] = body[2 + name_len] == 5
                 elif kind == _PUBLISH and (packet[0] >> 1) & 3:
                     topic_len = int.from_bytes(body[:2], "big")
+                    topic = body[2 : 2 + topic_len].decode("utf-8", "replace")
                     mid = body[2 + topic_len : 4 + topic_len]
                     payload = body[4 + topic_len :]
                     if state["v5"]:
@@ -339,6 +361,8 @@ class MQTTFaultProxy(LoopbackProxy):
                             if not payload[i - 1] & 0x80:
                                 break
                         payload = payload[i + props_len :]
+                    with self._lock:
+                        self._published.append(Publish(topic, bytes(payload), len(packet)))
                     refuse = self._refuse
                     if refuse is not None and refuse(payload):
                         puback = bytes([_PUBACK << 4, 3]) + mid + b"\x99"
