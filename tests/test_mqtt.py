@@ -374,6 +374,28 @@ def test_an_oversized_datapoint_is_a_dead_letter_before_it_is_sent(
         broker.stop()
 
 
+def test_a_batch_message_over_the_maximum_packet_size_is_split_not_dead_lettered(
+    tmp_path: Path, cache_path: str
+) -> None:
+    """``payload="batch"``: a batch whose one message would exceed the broker's maximum is
+    bisected into messages that fit; every datapoint arrives once, none is a dead letter."""
+    broker = start_mosquitto(tmp_path / "mosquitto", max_packet_size=400)
+    subscriber = MQTTSubscriber(broker)
+    try:
+        remote = MQTTRemote(broker.url, topic="s/{stream}", payload="batch", timeout=5)
+        with logger(cache_path, remote) as lg:
+            lg.insert_many("temperature", [{"t": T0 + i, "d": i} for i in range(20)])
+            report = lg.sync()
+            assert report.ok, report.errors
+            assert report.sent == {"temperature": 20} and lg.deadletters() == []
+        batches = received(subscriber, "s/temperature")
+        assert len(batches) > 1
+        assert [m["d"] for b in batches for m in b] == list(range(20))
+    finally:
+        subscriber.close()
+        broker.stop()
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_datapoint_of_exactly_the_maximum_packet_size_is_delivered(
     tmp_path: Path, protocol: str
