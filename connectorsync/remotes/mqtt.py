@@ -345,6 +345,7 @@ class MQTTRemote:
                 if dropped is not None:  # what was in flight may have been stored
                     raise dropped from None
                 raise
+            answered = session.answered  # the connection may have served earlier pushes
             try:
                 self._publish(session, stream, topic, todo, memo, refused, cautious=cautious)
                 break
@@ -352,7 +353,7 @@ class MQTTRemote:
                 self._drop()
                 cautious = True
                 self._cautious.add(stream)
-                if not (session.lost and session.answered and not self._aborted):
+                if not (session.lost and session.answered > answered and not self._aborted):
                     raise
                 dropped = exc
                 log.debug("%s; connecting again to go on", exc)
