@@ -7,10 +7,9 @@ Faults are real too: the fake servers inject them; influxd is stopped for an out
 a string in a float field by itself, and loses an answer through a loopback proxy that lets
 the write through and cuts the connection before the answer. MQTTRemote and the
 thingsboard_mqtt preset publish to a real mosquitto (skipped without one, see
-``conftest.require_mosquitto``), read back by a subscriber, MQTTRemote in both protocol
-versions; mosquitto is stopped for an outage, and an MQTT-aware loopback proxy refuses a
-message (MQTT 5: PUBACK 0x99; 3.1.1: a plain PUBACK, the message dropped, as a 3.1.1 broker
-does) or loses a PUBACK.
+``conftest.require_mosquitto``), read back by a subscriber, in both protocol versions;
+mosquitto is stopped for an outage, and an MQTT-aware loopback proxy refuses a message (MQTT 5:
+PUBACK 0x99; 3.1.1: a plain PUBACK, the message dropped, as brokers do) or loses a PUBACK.
 """
 
 from __future__ import annotations
@@ -281,6 +280,7 @@ class MQTTBackend(Backend):
     message_ids = True
     retry_after = None
     USER, PASSWORD = "device", "good-password"
+    protocol = "5"
 
     def __init__(self, directory: Any) -> None:
         super().__init__()
@@ -300,7 +300,12 @@ class MQTTBackend(Backend):
     def _remote(self, password: str) -> Remote:
         return self.closing(
             MQTTRemote(
-                self.url, topic="sensors/{stream}", username=self.USER, password=password, timeout=5
+                self.url,
+                topic="sensors/{stream}",
+                username=self.USER,
+                password=password,
+                timeout=5,
+                protocol=self.protocol,
             )
         )
 
@@ -352,18 +357,7 @@ class MQTT311Backend(MQTTBackend):
 
     name = "mqtt311"
     refusals_seen = False
-
-    def _remote(self, password: str) -> Remote:
-        return self.closing(
-            MQTTRemote(
-                self.url,
-                topic="sensors/{stream}",
-                username=self.USER,
-                password=password,
-                timeout=5,
-                protocol="3.1.1",
-            )
-        )
+    protocol = "3.1.1"
 
 
 class ThingsBoardMQTTBackend(MQTTBackend):
@@ -461,10 +455,9 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         made = InfluxDBBackend(request.getfixturevalue("influxd"))
     elif request.param == "http":
         made = HTTPBackend()
-    elif request.param == "mqtt":
-        made = MQTTBackend(request.getfixturevalue("tmp_path") / "mosquitto")
-    elif request.param == "mqtt311":
-        made = MQTT311Backend(request.getfixturevalue("tmp_path") / "mosquitto")
+    elif request.param in ("mqtt", "mqtt311"):
+        kind = MQTTBackend if request.param == "mqtt" else MQTT311Backend
+        made = kind(request.getfixturevalue("tmp_path") / "mosquitto")
     elif request.param == "thingsboard_mqtt":
         made = ThingsBoardMQTTBackend(request.getfixturevalue("tmp_path") / "mosquitto")
     else:
@@ -520,8 +513,7 @@ def test_a_refused_datapoint_is_isolated(backend: Backend, cache_path: str) -> N
     report = lg.sync()
     assert report.ok, report.errors
     if not backend.refusals_seen:
-        # MQTT 3.1.1's documented limit: the broker acknowledges what it refuses, so the
-        # refused datapoint is deleted as delivered, and status() says that it cannot tell.
+        # MQTT 3.1.1's documented limit (said in status): a refusal looks like a delivery.
         assert report.sent == {STREAM: 10} and lg.deadletters() == []
         assert backend.stored() == [p for p in pairs(sent) if p[1] != POISON]
         assert "cannot tell a refused message" in (lg.status().remote or "")
