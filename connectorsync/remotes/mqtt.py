@@ -8,38 +8,55 @@ and the pass sends the batch again. Each message carries the datapoint's cache i
 never reused within a cache file), so a consumer drops a duplicate by ``(stream, id)``; what
 the broker did acknowledge before the drop is remembered and not sent again, so duplicates
 are only the messages whose PUBACK was lost (``tests/test_mqtt.py::
-test_a_broker_restart_in_the_middle_of_a_sync_loses_nothing``).
+test_a_broker_restart_in_the_middle_of_a_sync_loses_nothing``,
+``test_a_lost_puback_is_sent_again_and_nothing_is_lost``).
 
-paho-mqtt (the ``mqtt`` extra: ``pip install 'connectorsync[mqtt]'``) is driven
+What the broker did not take is never deleted as delivered, as far as the protocol lets a
+client see it:
+
+- MQTT 5 (the default): a PUBACK with a reason code of 0x80 or more (0x87 not authorized by
+  the ACL, 0x97 quota exceeded, 0x99 payload format invalid, ...) refuses that message: the
+  push raises :class:`~connectorsync.errors.RejectedError` with the broker's reason, the
+  pass bisects the batch and dead-letters exactly the refused datapoints
+  (``test_mqtt.py::test_mqtt5_a_publish_the_acl_refuses_is_a_dead_letter_with_the_reason``).
+  A refused message is remembered, so bisecting does not publish it again.
+- MQTT 3.1.1 cannot tell: a broker acknowledges a message it then discards (mosquitto does so
+  for an ACL refusal or ``message_size_limit``). The remote's ``repr`` (shown as
+  ``Logger.status().remote`` and by ``connectorsync status``) and :attr:`MQTTRemote.caveat`
+  say so (``test_mqtt.py::test_mqtt311_cannot_see_a_refusal_and_status_says_so``).
+- A message whose PUBLISH packet (fixed header, topic, packet id, properties, payload) would
+  exceed the broker's maximum packet size (MQTT 5: CONNACK's Maximum Packet Size; either
+  version: ``max_packet_size=``) is never sent, as a broker closes the connection on it: it
+  is refused like a PUBACK 0x95 would, so the datapoint becomes a dead letter before it is
+  sent, nothing behind it waits, and nothing before it is sent twice
+  (``test_mqtt.py::test_an_oversized_datapoint_is_a_dead_letter_before_it_is_sent``).
+
+paho-mqtt (the ``mqtt`` extra: ``pip install 'connectorsync[mqtt]'``) is needed to build the
+remote (:class:`~connectorsync.errors.ConfigurationError` without it). It is driven
 synchronously, in the caller's thread: no network thread of paho's, no reconnecting behind
 the syncer's back, and no resending by a session (the cache is the session: a client starts
 clean, and what was not acknowledged is resent by the pass). Every call ends within
 ``timeout`` seconds of silence from the broker; :meth:`MQTTRemote.close` from another thread
 ends a push under way at once (its batch is then ambiguous, and resent).
 
-Errors: credentials refused at connect (CONNACK 0x86, 0x87, 0x8A, 0x8C) and a publish
-refused as not authorized (PUBACK 0x87) raise :class:`~connectorsync.errors.AuthError`; a
-broker that cannot be reached, refuses, is busy or unavailable, or whose certificate fails
-verification, :class:`~connectorsync.errors.TransientRemoteError`; a PUBACK with another
-failure code (MQTT 5: payload format invalid, packet too large, ...)
-:class:`~connectorsync.errors.RejectedError`, so the syncer bisects the batch. The
-username and password are never shown: not in the repr, a message or a log line.
+Errors: credentials refused at connect (CONNACK 0x86, 0x87, 0x8A, 0x8C) raise
+:class:`~connectorsync.errors.AuthError`; a broker that cannot be reached, refuses, is busy
+or unavailable, or whose certificate fails verification,
+:class:`~connectorsync.errors.TransientRemoteError`; a refused message (above),
+:class:`~connectorsync.errors.RejectedError`. The username and password are never shown: not
+in the repr, a message or a log line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
-import socket
 import ssl
 import threading
-import time
-import traceback
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -50,10 +67,18 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
+from ._mqtt_session import (
+    PACKET_TOO_LARGE,
+    PROTOCOL_MAX_PACKET,
+    Outcome,
+    Refusals,
+    Session,
+    close_sockets,
+    describe,
+    load_paho,
+    publish_size,
+)
 from .base import Datapoint, DeliveryKind
-
-if TYPE_CHECKING:
-    from paho.mqtt.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +89,13 @@ _PROTOCOLS = ("5", "3.1.1")
 # CONNACK reason codes (MQTT 5; paho maps 3.1.1's 4 and 5 onto 0x86 and 0x87).
 _CONNACK_AUTH = {0x86, 0x87, 0x8A, 0x8C}  # bad credentials, not authorized, banned, auth method
 _CONNACK_TRANSIENT = {0x88, 0x89, 0x97, 0x9F}  # unavailable, busy, quota, connection rate
-_PUBACK_AUTH = 0x87
-_PUBACK_TRANSIENT = {0x97}  # quota exceeded: later
-_MEMO = 1_000_000  # datapoints remembered as acknowledged during failed pushes, at most
-
-
-def _paho() -> Any:
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError:
-        raise ConfigurationError(
-            "MQTTRemote needs paho-mqtt 2.x: pip install 'connectorsync[mqtt]'"
-        ) from None
-    return mqtt
+_MEMO = 1_000_000  # datapoints whose outcome is remembered during failed pushes, at most
+#: :attr:`MQTTRemote.caveat` of an MQTT 3.1.1 remote.
+CAVEAT_311 = (
+    "MQTT 3.1.1 cannot tell a refused message: a broker acknowledges a message its ACL or "
+    "size limit refuses and discards it, and the datapoint is then deleted as delivered; "
+    'use protocol="5" to have refusals kept as dead letters'
+)
 
 
 class MQTTRemote:
@@ -104,8 +123,16 @@ class MQTTRemote:
     :param keepalive: seconds between the keepalive pings MQTT asks for
     :param verify: for ``mqtts://``: True (verify against the system's CAs), a CA file path
         (a private CA or a self-signed broker), or False (no verification: testing only)
-    :param protocol: ``"5"`` (refusals of single messages are told apart by their PUBACK)
-        or ``"3.1.1"``
+    :param protocol: ``"5"`` (a refused message is told apart by its PUBACK's reason code
+        and becomes a dead letter) or ``"3.1.1"`` (a broker may acknowledge a message and
+        discard it: :attr:`caveat`)
+    :param max_packet_size: the largest PUBLISH packet the broker takes, in bytes (whole
+        packet: fixed header, topic, properties, payload); a datapoint whose message would be
+        larger becomes a dead letter without being sent. MQTT 5 brokers say theirs in
+        CONNACK (the smaller of the two counts); give it for 3.1.1, where a broker closes
+        the connection on a bigger packet and a datapoint would block its stream
+    :raises ConfigurationError: a bad argument (named, with the value), or paho-mqtt is not
+        installed (``pip install 'connectorsync[mqtt]'``)
     """
 
     delivery_kind = DeliveryKind.AT_LEAST_ONCE
@@ -125,12 +152,25 @@ class MQTTRemote:
         keepalive: int = 60,
         verify: bool | str = True,
         protocol: str = "5",
+        max_packet_size: int | None = None,
     ):
-        parts = urlsplit(url)
+        # Refused here rather than at the first push: without paho a device would log for
+        # ever and never deliver.
+        self._mqtt = load_paho()
+        if not isinstance(url, str):
+            raise ConfigurationError(
+                f"MQTTRemote url must be a str, mqtt://host[:port] or mqtts://host[:port]; "
+                f"got {type(url).__name__}"
+            )
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - parsed lazily: a bad port raises here
+        except ValueError:
+            parts = urlsplit("")
         if parts.scheme not in _PORTS or not parts.hostname:
             raise ConfigurationError(
                 f"MQTTRemote url must be mqtt://host[:port] or mqtts://host[:port]; "
-                f"got {parts.scheme or '?'}://{parts.hostname or '?'}"
+                f"got {_shown_url(url)!r}"
             )
         if parts.username is not None or parts.password is not None:
             raise ConfigurationError("MQTTRemote: put credentials in username=/password=")
@@ -144,6 +184,15 @@ class MQTTRemote:
                 raise ConfigurationError(f"MQTTRemote {name} must be 1..65535; got {value!r}")
         if not (isinstance(timeout, int | float) and timeout > 0):
             raise ConfigurationError(f"MQTTRemote timeout must be positive; got {timeout!r}")
+        if max_packet_size is not None and not (
+            isinstance(max_packet_size, int)
+            and not isinstance(max_packet_size, bool)
+            and 0 < max_packet_size <= PROTOCOL_MAX_PACKET
+        ):
+            raise ConfigurationError(
+                f"MQTTRemote max_packet_size must be None or bytes, 1..{PROTOCOL_MAX_PACKET}; "
+                f"got {max_packet_size!r}"
+            )
         self.url = f"{parts.scheme}://{parts.hostname}:{parts.port or _PORTS[parts.scheme]}"
         self.host, self.port = parts.hostname, parts.port or _PORTS[parts.scheme]
         self.tls = parts.scheme == "mqtts"
@@ -152,6 +201,10 @@ class MQTTRemote:
         self.max_inflight, self.timeout, self.keepalive = max_inflight, float(timeout), keepalive
         self._username, self._password, self._verify = username, password, verify
         self._protocol = protocol
+        self.max_packet_size = max_packet_size
+        #: What this remote cannot promise, in words (None: nothing beyond at least once).
+        #: Shown in its ``repr``, so in ``Logger.status().remote`` and ``connectorsync status``.
+        self.caveat: str | None = CAVEAT_311 if protocol == "3.1.1" else None
         self._config: dict[str, Any] = {
             "kind": "mqtt",
             "url": url,
@@ -167,14 +220,24 @@ class MQTTRemote:
             "verify": verify,
             "protocol": protocol,
         }
+        if max_packet_size is not None:
+            self._config["max_packet_size"] = max_packet_size
         self._lock = threading.Lock()  # held by a push; close() does not wait for it
-        self._session: _Session | None = None
-        # Per stream, datapoints the broker acknowledged during a push that failed: the same
-        # batch sent again (after a refusal or a drop) does not publish them twice.
-        self._delivered: dict[str, dict[int, tuple[float, str]]] = {}
+        self._session: Session | None = None
+        self._aborted = False  # close() ended the push under way: it must not reconnect
+        self._cautious: set[str] = set()  # streams whose last push had a drop (_rounds)
+        # Per stream, what the broker said of datapoints during a push that failed: None for
+        # acknowledged, the reason for refused (a message of its own). The same batch sent
+        # again (after a drop, or bisected after a refusal) publishes neither twice.
+        self._outcomes: dict[str, dict[int, Outcome]] = {}
 
     def __repr__(self) -> str:
-        return f"MQTTRemote({self.url!r}, topic={self.topic!r})"
+        if self.caveat is None:
+            return f"MQTTRemote({self.url!r}, topic={self.topic!r})"
+        return (
+            f"MQTTRemote({self.url!r}, topic={self.topic!r}, protocol={self._protocol!r})"
+            f" [{self.caveat}]"
+        )
 
     def to_config(self) -> dict[str, Any]:
         """How to build this remote again (:func:`~connectorsync.remotes.remote_from_config`):
@@ -203,30 +266,37 @@ class MQTTRemote:
 
     def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
         """Publish ``batch`` with QoS 1, at most ``max_inflight`` messages unacknowledged;
-        return once every message was acknowledged (PUBACK).
+        return once every message was acknowledged (PUBACK). A message too large for the
+        broker is not sent (the rest is); a datapoint the broker acknowledged or refused
+        during an earlier push of the same datapoints is not published again.
 
         :raises AmbiguousRemoteError: the connection dropped, or the broker fell silent for
             ``timeout`` seconds, with messages unacknowledged (the batch is sent again)
         :raises TransientRemoteError: the broker could not be reached; nothing was sent
-        :raises AuthError: credentials or topic refused (CONNACK or PUBACK not authorized)
-        :raises RejectedError: a PUBACK refused a message (MQTT 5); the rest were delivered
+        :raises AuthError: credentials refused at connect (CONNACK); nothing was sent
+        :raises RejectedError: a message was refused (an MQTT 5 PUBACK of 0x80 or more, or
+            too large to send); ``body`` is the reason, the rest were delivered
         """
         if not batch:
             return
         with self._lock:
-            todo = self._undelivered(stream, batch)
-            if todo:
-                topic = self.topic.replace("{stream}", stream)
-                session = self._connected()
-                try:
-                    self._publish(session, stream, topic, todo)
-                except RemoteError:
-                    if session.lost or session.stalled:
-                        self._drop()
-                    raise
-            memo = self._delivered.get(stream)
-            for point in batch if memo else ():
-                memo.pop(point[0], None)  # type: ignore[union-attr]  # acknowledged: settled
+            self._aborted = False
+            memo = self._memo(stream, batch[0][0])
+            refused = Refusals()
+            self._rounds(stream, batch, memo, refused)
+            if not refused.items:
+                for point in batch:
+                    memo.pop(point[0], None)  # acknowledged: settled
+                return
+            if len(batch) == 1:
+                memo.pop(batch[0][0], None)  # refused alone: a dead letter now, settled
+            code, reason = refused.items[0]
+            raise RejectedError(
+                f"MQTT {self.url}, stream {stream!r}: {len(refused.items)} message(s) refused; "
+                f"the first: {reason}",
+                status=code,
+                body=reason,
+            )
 
     def reconcile(self, stream: str) -> float | None:
         """None: a broker cannot say what it stored, so a batch without its PUBACKs is sent
@@ -243,37 +313,120 @@ class MQTTRemote:
                 self._lock.release()
             return
         session = self._session
+        self._aborted = True
         if session is not None:
             session.abort()
 
     # ----------------------------------------------------------------------- plumbing
 
-    def _undelivered(self, stream: str, batch: Sequence[Datapoint]) -> list[Datapoint]:
-        memo = self._delivered.get(stream)
-        if not memo:
-            return list(batch)
+    def _rounds(
+        self,
+        stream: str,
+        batch: Sequence[Datapoint],
+        memo: dict[int, Outcome],
+        refused: Refusals,
+    ) -> None:
+        """Publish what of ``batch`` the broker has not answered, connecting again after a
+        drop as long as each connection got answers: each round settles at least one
+        message, so this ends; a connection without any answer (or a ``close()``) ends it
+        with :class:`AmbiguousRemoteError`."""
+        topic = self.topic.replace("{stream}", stream)
+        dropped: AmbiguousRemoteError | None = None
+        # After a drop, one message at a time: a broker that closes the connection right
+        # after refusing a message (mosquitto 2.0 does, after a PUBACK 0x87; a 3.1.1 broker
+        # may instead of a PUBACK) closes it with messages unread behind it, and the reset
+        # that follows can take the PUBACK with it; one message in flight leaves nothing
+        # unread. Until a push of the stream goes through without a drop.
+        cautious = stream in self._cautious
+        while todo := refused.unsettled(batch, memo):
+            try:
+                session = self._connected()
+            except RemoteError:
+                if dropped is not None:  # what was in flight may have been stored
+                    raise dropped from None
+                raise
+            answered = session.answered  # the connection may have served earlier pushes
+            try:
+                self._publish(session, stream, topic, todo, memo, refused, cautious=cautious)
+                break
+            except AmbiguousRemoteError as exc:
+                self._drop()
+                cautious = True
+                self._cautious.add(stream)
+                if not (session.lost and session.answered > answered and not self._aborted):
+                    raise
+                dropped = exc
+                log.debug("%s; connecting again to go on", exc)
+            except RemoteError:
+                if session.lost or session.stalled:
+                    self._drop()
+                raise
+        if dropped is None:
+            self._cautious.discard(stream)
+
+    def _memo(self, stream: str, first: int) -> dict[int, Outcome]:
+        """What the broker said of ``stream``'s datapoints in earlier pushes, those below
+        ``first`` forgotten."""
+        memo = self._outcomes.setdefault(stream, {})
         # A pass sends a stream in id order and never goes back below what it has not
         # settled: what lies below this batch was acknowledged or dead-lettered meanwhile.
         # (Forgetting too much costs a duplicate, never a loss.)
-        first = batch[0][0]
-        for stale in [i for i in memo if i < first] if len(memo) < _MEMO else list(memo):
-            del memo[stale]
-        return [p for p in batch if memo.get(p[0]) != (p[1], p[2])]
+        if memo:
+            for stale in [i for i in memo if i < first] if len(memo) < _MEMO else list(memo):
+                del memo[stale]
+        return memo
 
-    def _publish(self, session: _Session, stream: str, topic: str, todo: list[Datapoint]) -> None:
-        memo = self._delivered.setdefault(stream, {})
-        messages = self._messages(stream, todo)
-        window = min(self.max_inflight, session.receive_maximum)
+    def _packet_limit(self, session: Session) -> int:
+        """The largest PUBLISH the broker takes: its CONNACK's and ``max_packet_size``'s."""
+        limits = [PROTOCOL_MAX_PACKET, self.max_packet_size, session.maximum_packet_size]
+        return min(limit for limit in limits if limit is not None)
+
+    def _publish(  # noqa: PLR0913 - one push's state, handed down
+        self,
+        session: Session,
+        stream: str,
+        topic: str,
+        todo: list[Datapoint],
+        memo: dict[int, Outcome],
+        refused: Refusals,
+        *,
+        cautious: bool = False,
+    ) -> None:
+        """Publish ``todo`` and wait for every PUBACK, noting each outcome of a message of
+        one datapoint in ``memo``, and each message refused (by its PUBACK, or too large to
+        be sent) in ``refused``. ``cautious``: one message in flight at a time."""
+        limit = self._packet_limit(session)
+        wire_topic, v5 = topic.encode(), self._protocol == "5"
+        messages: list[tuple[bytes, list[Datapoint]]] = []
+        for body, points in self._messages(stream, todo):
+            size = publish_size(wire_topic, len(body), v5=v5)
+            if size <= limit:
+                messages.append((body, points))
+                continue
+            # A broker closes the connection on a packet over its maximum: sent, it would be
+            # a lost answer on every pass, and the stream behind it blocked for ever.
+            reason = (
+                f"not sent: the message to topic {topic!r} would be a packet of {size} bytes, "
+                f"over the broker's maximum packet size of {limit} bytes"
+            )
+            refused.add(PACKET_TOO_LARGE, reason, points)
+        window = 1 if cautious else min(self.max_inflight, session.receive_maximum)
         pending: dict[int, list[Datapoint]] = {}
-        refused: tuple[int, str] | None = None
         sent = 0
         while True:
             for mid, code in session.take_acks():
                 points = pending.pop(mid, [])
                 if code < 0x80:
-                    memo.update((p[0], (p[1], p[2])) for p in points)
-                elif refused is None or code == _PUBACK_AUTH:
-                    refused = (code, session.reason_text(code))
+                    memo.update((p[0], Outcome(p[1], p[2], code, "")) for p in points)
+                    continue
+                reason = (
+                    f"the broker refused the message to topic {topic!r}: PUBACK {code:#04x} "
+                    f"{session.reason_text(code)}"
+                )
+                refused.add(code, reason, points)
+                if len(points) == 1:  # a message of its own: the refusal is this datapoint's
+                    point = points[0]
+                    memo[point[0]] = Outcome(point[1], point[2], code, reason)
             while sent < len(messages) and len(pending) < window and not session.lost:
                 body, points = messages[sent]
                 info = session.client.publish(topic, body, qos=1)
@@ -283,7 +436,7 @@ class MQTTRemote:
                 pending[info.mid] = points
                 sent += 1
             if not pending and sent == len(messages):
-                break
+                return
             if session.lost or not session.pump(self.timeout):
                 unacked = sum(map(len, pending.values())) + sum(len(m[1]) for m in messages[sent:])
                 why = "the connection dropped" if session.lost else f"no PUBACK in {self.timeout} s"
@@ -291,13 +444,6 @@ class MQTTRemote:
                     f"MQTT {self.url}, stream {stream!r}: {why} with {unacked} datapoint(s) "
                     "unacknowledged; they are sent again"
                 )
-        if refused is not None:
-            code, text = refused
-            message = f"MQTT {self.url}: the broker refused a message of stream {stream!r}"
-            if code == _PUBACK_AUTH:
-                raise AuthError(f"{message}: not authorized (check the credentials and ACL)")
-            cls = TransientRemoteError if code in _PUBACK_TRANSIENT else RejectedError
-            raise cls(f"{message}: {code:#04x} {text}", status=code, body=text)
 
     def _messages(
         self, stream: str, points: list[Datapoint]
@@ -309,7 +455,7 @@ class MQTTRemote:
             return [(body.encode(), points)]
         return [(item(name, p).encode(), [p]) for p in points]
 
-    def _connected(self) -> _Session:
+    def _connected(self) -> Session:
         """The live session, or a new one. Reading what is waiting first tells a connection the
         broker closed (it restarted) from a live one, so that the push reconnects instead of
         publishing into a dead socket."""
@@ -320,8 +466,8 @@ class MQTTRemote:
         self._session = self._connect()
         return self._session
 
-    def _connect(self) -> _Session:
-        mqtt = _paho()
+    def _connect(self) -> Session:
+        mqtt = self._mqtt
         version = mqtt.MQTTv5 if self._protocol == "5" else mqtt.MQTTv311
         kwargs: dict[str, Any] = {"client_id": self.client_id, "protocol": version}
         if version == mqtt.MQTTv311:
@@ -339,20 +485,20 @@ class MQTTRemote:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
             client.tls_set_context(context)
-        session = _Session(client)
+        session = Session(client)
         where = f"MQTT {self.url}"
         extra = {"clean_start": True} if version == mqtt.MQTTv5 else {}
         try:
             client.connect(self.host, self.port, keepalive=self.keepalive, **extra)
         except ssl.SSLCertVerificationError as exc:
-            _close_sockets(exc)
+            close_sockets(exc)
             raise TransientRemoteError(
                 f"{where}: TLS certificate verification failed ({exc.verify_message}); "
                 "give the broker's CA file as verify="
             ) from None
         except (OSError, ssl.SSLError) as exc:
-            _close_sockets(exc)
-            raise TransientRemoteError(f"{where}: cannot connect: {_reason(exc)}") from None
+            close_sockets(exc)
+            raise TransientRemoteError(f"{where}: cannot connect: {describe(exc)}") from None
         except ValueError as exc:  # paho's own checks (a client id too long for 3.1.1)
             raise ConfigurationError(f"{where}: {exc}") from None
         if not session.pump(self.timeout, until=lambda: session.connack is not None):
@@ -375,86 +521,6 @@ class MQTTRemote:
         session, self._session = self._session, None
         if session is not None:
             session.close(polite=polite)
-
-
-class _Session:
-    """One connection of a paho client, driven in the caller's thread: the callbacks only
-    note what arrived, for the caller to read."""
-
-    def __init__(self, client: Client):
-        self.client = client
-        self.connack: int | None = None
-        self.receive_maximum = 65535
-        self.lost = False
-        self.stalled = False
-        self._acks: list[tuple[int, int]] = []
-        self._codes: dict[int, str] = {}
-        client.on_connect = self._on_connect
-        client.on_publish = self._on_publish
-        client.on_disconnect = self._on_disconnect
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
-        self.connack = int(code.value)
-        self._codes[self.connack] = str(code)
-        maximum = getattr(props, "ReceiveMaximum", None)
-        if maximum:
-            self.receive_maximum = int(maximum)
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, code: Any, props: Any) -> None:
-        value = int(code.value)
-        if value >= 0x80:
-            self._codes[value] = str(code)
-        self._acks.append((mid, value))
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
-        self.lost = True
-
-    def take_acks(self) -> list[tuple[int, int]]:
-        acks, self._acks = self._acks, []
-        return acks
-
-    def reason_text(self, code: int) -> str:
-        return self._codes.get(code, "")
-
-    def pump(self, timeout: float, until: Any = None) -> bool:
-        """Run the network until ``until()`` (default: an acknowledgement came); False when
-        the connection is lost or nothing came for ``timeout`` seconds."""
-        done = until or (lambda: bool(self._acks))
-        deadline = time.monotonic() + timeout
-        while not done():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.stalled = True
-                return False
-            if self.client.loop(timeout=min(remaining, 1.0)) != 0:
-                self.lost = True
-            if self.lost:
-                return done()
-        return True
-
-    def alive(self) -> bool:
-        """Still connected: whatever the broker sent meanwhile (a close) is read first."""
-        if self.lost or self.stalled:
-            return False
-        if self.client.loop(timeout=0) != 0:
-            self.lost = True
-        return not self.lost
-
-    def abort(self) -> None:
-        """From another thread: end the connection, so that a push waiting on it ends now."""
-        sock = self.client.socket()
-        if isinstance(sock, socket.socket):  # ssl.SSLSocket too
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self, *, polite: bool = False) -> None:
-        with contextlib.suppress(Exception):  # closing: whatever state paho is in
-            if polite and not self.lost:
-                self.client.disconnect()
-        with contextlib.suppress(Exception):
-            sock = self.client.socket()
-            if sock is not None:
-                sock.close()
 
 
 def thingsboard_mqtt(host: str, token: str, **kwargs: Any) -> MQTTRemote:
@@ -498,15 +564,6 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ConfigurationError(f"MQTTRemote {name} must be one of {choices}; got {value!r}")
 
 
-def _close_sockets(exc: BaseException) -> None:
-    """Close the socket a failed ``connect`` leaves open: paho does not close it when the
-    TLS handshake fails, and only its frames (in the traceback) still hold it."""
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        for value in list(frame.f_locals.values()):
-            if isinstance(value, socket.socket):
-                with contextlib.suppress(OSError):
-                    value.close()
-
-
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _shown_url(url: str) -> str:
+    """``url`` for an error message: whatever stands before an ``@`` (credentials) masked."""
+    return f"***@{url.rsplit('@', 1)[1]}" if "@" in url else url

@@ -3,14 +3,19 @@
 :class:`MosquittoBroker` writes a config file of its own under ``tmpdir`` (a listener on
 127.0.0.1 only, anonymous access or a password file made with ``mosquitto_passwd -b``, TLS
 with a given certificate, persistence in ``tmpdir``), starts ``mosquitto -c <file>`` and
-waits until the port accepts connections. :meth:`MosquittoBroker.stop` sends SIGTERM to the
-pid (SIGKILL after ``timeout``) and reaps it; :meth:`~MosquittoBroker.restart` keeps the
-port and the persisted sessions. It never touches the system service.
+waits until the port accepts connections. ``acl=`` gives it an ACL file (mosquitto refuses a
+publish to a topic the file does not allow: under MQTT 5 with PUBACK 0x87, under 3.1.1 with a
+plain PUBACK, the message dropped), ``max_packet_size=`` a limit on whole packets (told to
+MQTT 5 clients in CONNACK; a bigger packet gets the connection closed).
+:meth:`MosquittoBroker.stop` sends SIGTERM to the pid (SIGKILL after ``timeout``) and reaps
+it; :meth:`~MosquittoBroker.restart` keeps the port and the persisted sessions. It never
+touches the system service.
 
 :class:`MQTTFaultProxy` sits between a client and the broker and injects what a broker does
-not do on demand: it refuses chosen PUBLISHes itself (an MQTT 5 PUBACK with reason 0x99,
-payload format invalid), or lets a PUBLISH through and cuts the connection when its PUBACK
-comes back (a lost acknowledgement).
+not do on demand: it refuses chosen PUBLISHes itself (MQTT 5: a PUBACK with reason 0x99,
+payload format invalid; MQTT 3.1.1: a plain PUBACK, the message dropped, as a 3.1.1 broker
+refuses), or lets a PUBLISH through and cuts the connection when its PUBACK comes back (a
+lost acknowledgement).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ._process import ChildProcess, free_port
@@ -34,6 +40,7 @@ __all__ = [
     "MQTTSubscriber",
     "MosquittoBroker",
     "MosquittoStartError",
+    "Publish",
     "find_mosquitto",
 ]
 
@@ -57,23 +64,33 @@ class MosquittoBroker(ChildProcess):
 
     :param users: ``{username: password}``: anonymous access is off and only these log in
     :param tls: ``(certfile, keyfile)``: the listener speaks TLS with them (``mqtts://``)
+    :param acl: the text of an ACL file (mosquitto's ``acl_file`` format: ``user NAME`` then
+        ``topic [read|write|readwrite] TOPIC`` lines; lines before the first ``user`` are
+        the anonymous clients'). An :class:`MQTTSubscriber` needs read access to what it
+        counts and write access to ``connectorsync-flush/#`` (its flush markers).
+    :param max_packet_size: the broker's ``max_packet_size``: the largest whole packet
+        (fixed header, topic, properties, payload) it takes, in bytes
     """
 
     _noun = "broker"
     _program = "mosquitto"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - a broker's settings, keyword-only past the port
         self,
         tmpdir: str | os.PathLike[str],
         port: int = 0,
         *,
         users: Mapping[str, str] | None = None,
         tls: tuple[str, str] | None = None,
+        acl: str | None = None,
+        max_packet_size: int | None = None,
         start_timeout: float = 15.0,
     ) -> None:
         self.dir = os.fspath(tmpdir)
         self.users = dict(users or {})
         self.tls = tls
+        self.acl = acl
+        self.max_packet_size = max_packet_size
         self.start_timeout = start_timeout
         self._port = port
         self._proc = None
@@ -148,6 +165,13 @@ class MosquittoBroker(ChildProcess):
             lines.append(f"password_file {path}")
         if self.tls:
             lines += [f"certfile {self.tls[0]}", f"keyfile {self.tls[1]}"]
+        if self.acl is not None:
+            path = os.path.join(self.dir, "acl")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.acl)
+            lines.append(f"acl_file {path}")
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {self.max_packet_size}")
         return "\n".join(lines) + "\n"
 
 
@@ -241,6 +265,16 @@ class MQTTSubscriber:
 _PUBLISH, _PUBACK, _CONNECT = 3, 4, 1
 
 
+@dataclass(frozen=True)
+class Publish:
+    """A PUBLISH packet a client sent: its topic, its payload, and its whole size in bytes
+    (fixed header, topic, packet id, properties, payload)."""
+
+    topic: str
+    payload: bytes
+    size: int
+
+
 def _read_packet(sock: socket.socket, buffer: bytearray) -> bytes | None:
     """One whole MQTT packet from ``sock`` (``buffer`` keeps what came beyond it), or None
     at the end of the stream."""
@@ -274,7 +308,9 @@ class MQTTFaultProxy(LoopbackProxy):
     """A loopback TCP proxy to the broker at ``127.0.0.1:port`` that understands MQTT framing.
 
     - :meth:`refuse`: a PUBLISH whose payload satisfies ``predicate(payload)`` is not
-      forwarded; the proxy answers it with PUBACK reason 0x99 (MQTT 5 clients only).
+      forwarded; the proxy answers it with PUBACK reason 0x99 (MQTT 5), or with a plain
+      PUBACK (MQTT 3.1.1: what a broker does with a message its ACL refuses).
+    - :meth:`published`: every PUBLISH a client sent, with its size on the wire.
     - :meth:`lose_next_answers`: the next ``n`` PUBLISHes are forwarded (the broker stores
       them), and when the broker's PUBACK of one comes back the connection is cut instead.
     """
@@ -282,7 +318,15 @@ class MQTTFaultProxy(LoopbackProxy):
     def __init__(self, port: int) -> None:
         self._refuse: Callable[[bytes], bool] | None = None
         self._lose = 0
+        self._published: list[Publish] = []
         super().__init__(port, "mqtt")
+
+    def published(self, topic: str | None = None) -> list[Publish]:
+        """Every QoS 1/2 PUBLISH a client sent through the proxy (``topic``'s only, if
+        given), in order, whether forwarded or refused: what went on the wire, duplicates
+        included."""
+        with self._lock:
+            return [p for p in self._published if topic is None or p.topic == topic]
 
     def refuse(self, predicate: Callable[[bytes], bool]) -> None:
         self._refuse = predicate
@@ -306,6 +350,7 @@ class MQTTFaultProxy(LoopbackProxy):
                     state["v5"] = body[2 + name_len] == 5
                 elif kind == _PUBLISH and (packet[0] >> 1) & 3:
                     topic_len = int.from_bytes(body[:2], "big")
+                    topic = body[2 : 2 + topic_len].decode("utf-8", "replace")
                     mid = body[2 + topic_len : 4 + topic_len]
                     payload = body[4 + topic_len :]
                     if state["v5"]:
@@ -316,10 +361,15 @@ class MQTTFaultProxy(LoopbackProxy):
                             if not payload[i - 1] & 0x80:
                                 break
                         payload = payload[i + props_len :]
+                    with self._lock:
+                        self._published.append(Publish(topic, bytes(payload), len(packet)))
                     refuse = self._refuse
-                    if refuse is not None and state["v5"] and refuse(payload):
+                    if refuse is not None and refuse(payload):
+                        puback = bytes([_PUBACK << 4, 3]) + mid + b"\x99"
+                        if not state["v5"]:  # no reason code in 3.1.1: "got it"
+                            puback = bytes([_PUBACK << 4, 2]) + mid
                         with state["lock"]:
-                            client.sendall(bytes([_PUBACK << 4, 3]) + mid + b"\x99")
+                            client.sendall(puback)
                         continue
                     with self._lock:
                         if self._lose > 0:
