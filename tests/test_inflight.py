@@ -316,6 +316,23 @@ def test_reanchor_leaves_rows_in_flight_alone_and_retimes_them_once_resolved(
     assert cache.reanchor_leftovers() == 0
 
 
+def test_reanchor_retimes_the_backlog_below_a_batch_in_flight_and_leaves_the_batch(
+    cache: Cache,
+) -> None:
+    """A live batch (13, 14) on the wire above an unsent backlog (10..12): NTP re-times the
+    backlog and what is above, never the batch; once resolved it is re-timed too, and the
+    stream is in order. On b064757 the mark held every id up to 14: only 15 was re-timed."""
+    stream, boot = untrusted_rows(cache, [10, 11, 12, 13, 14, 15])
+    ids = [i for i, _, _ in cache.batch(stream, 0, 100)]
+    cache.take_batch(stream, ids[2], BatchRequest(upto_id=ids[4], limit=10, max_bytes=10**9))
+    assert cache.reanchor(boot, true_now=5020.0, boot_clock_now=20.0) == 4
+    assert times(cache, stream) == pytest.approx([5010, 5011, 5012, 1013, 1014, 5015])
+    assert cache.ack_reconciled(stream, remote_newest=None) == 0  # nothing arrived
+    after = times(cache, stream)
+    assert after == pytest.approx([5010, 5011, 5012, 5013, 5014, 5015])
+    assert all(a < b for a, b in itertools.pairwise(after))
+
+
 def test_retimed_leftovers_keep_the_stream_in_order(cache: Cache) -> None:
     """The wall clock was ahead (true time 500 s behind it): rows re-timed while others are in
     flight go just after those; the leftovers, re-timed later, after the delivered ones; and
