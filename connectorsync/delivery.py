@@ -136,9 +136,11 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
         _take_turns(phase, plan.deadline, report, lanes, backlog=backlog)
         if stops_the_remote(report.exception):
             assert report.exception is not None
-            for turn in turns:
+            # The whole remote waits: the streams a later lane would have sent say so (the
+            # backlog's lane is the last one).
+            for turn in turns if not backlog else ():
                 if not turn.failed:
-                    turn.fail(report.exception)  # the whole remote waits, every stream
+                    turn.fail(report.exception)
             break
     report.more = lanes.more
     for turn in turns:
