@@ -44,82 +44,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from .cache import BatchRequest, Cache, Row, StreamRow, Untrusted
 from .cache.properties import stream_properties
 from .errors import (
     AmbiguousRemoteError,
-    AuthError,
     ConnectorSyncError,
     RejectedError,
     RemoteError,
-    TransientRemoteError,
 )
-from .lanes import Lanes, OutOfTimeError, Pacer
+from .lanes import Lanes, OutOfTimeError, Pacer, Rotation
 from .remotes.base import DeliveryKind, Metered, Preparable, Remote, ensure_stream
+from .report import SyncReport as SyncReport  # re-exported: it was defined here
+from .report import add_count, stops_the_remote
+from .synclock import PassGate
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], object]
-
-
-@dataclass
-class SyncReport:
-    """What one sync pass did.
-
-    :ivar sent: datapoints delivered (and removed from the cache), per stream
-    :ivar deadlettered: datapoints moved to the dead-letter table, per stream
-    :ivar errors: the error message per stream that could not be fully synced; the key
-        ``"*"`` when the pass could not start (remote unreachable, credentials refused,
-        another process syncing)
-    :ivar exception: the first exception met (a retryable one is preferred), for
-        ``onsyncfail`` and ``syncraise``
-    :ivar sent_bytes: bytes of the values (JSON text, UTF-8) of the batches acknowledged, per
-        stream (the metrics' ``connectorsync_delivered_bytes_total``); datapoints found
-        delivered by reconciliation after a lost answer are in ``sent`` only
-    """
-
-    sent: dict[str, int] = field(default_factory=dict)
-    deadlettered: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    more: bool = field(default=False, repr=False)
-    upto: int = field(default=0, repr=False, compare=False)
-    exception: ConnectorSyncError | None = field(default=None, repr=False, compare=False)
-    sent_bytes: dict[str, int] = field(default_factory=dict, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        """True when every stream was synced completely."""
-        return not self.errors
-
-    @property
-    def total_sent(self) -> int:
-        """Datapoints delivered, all streams together."""
-        return sum(self.sent.values())
-
-    @property
-    def message(self) -> str | None:
-        """The errors on one line (None after a complete pass)."""
-        if self.ok:
-            return None
-        return "; ".join(
-            text if stream == "*" else f"stream {stream!r}: {text}"
-            for stream, text in self.errors.items()
-        )
-
-    def fail(self, stream: str, exc: ConnectorSyncError) -> None:
-        """Record that ``stream`` (``"*"``: the whole pass) failed with ``exc``."""
-        self.errors[stream] = str(exc)
-        if self.exception is None or (retryable(exc) and not retryable(self.exception)):
-            self.exception = exc
-
-
-def retryable(exc: BaseException | None) -> bool:
-    """Whether a failed pass is worth trying again soon (with backoff)."""
-    return isinstance(exc, (TransientRemoteError, AmbiguousRemoteError))
 
 
 @dataclass(frozen=True)
@@ -138,6 +83,10 @@ class PassPlan:
     :ivar budget: seconds the backlog may take in this pass, when the remote does not need
         order (None: no limit)
     :ivar pause: ``pause(seconds)`` waits, returning False at once when syncing stops
+    :ivar rotation: where the rounds over the streams begin, kept across passes (None: at
+        the first stream)
+    :ivar gate: every deletion runs through it, so that none happens once the Logger has
+        closed (None: no such check)
     """
 
     batch_size: int
@@ -149,6 +98,8 @@ class PassPlan:
     pacer: Pacer | None = None
     budget: float | None = None
     pause: Callable[[float], bool] | None = None
+    rotation: Rotation | None = None
+    gate: PassGate | None = None
 
 
 def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
@@ -166,14 +117,14 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
         report.fail("*", ConnectorSyncError(f"unexpected {type(exc).__name__}: {exc}"))
         return report
     request = BatchRequest(upto, plan.batch_size, plan.max_batch_bytes, plan.hold)
-    context = _Context(cache, remote, request, report, plan.progress)
+    context = _Context(cache, remote, request, report, plan.progress, plan.gate or PassGate())
     turns = []
     for row in cache.streams().values():
         turn = _Turn(context, row)
         turns.append(turn)
         turn.guard(turn.open)
-        if isinstance(report.exception, AuthError):
-            return report  # the same credentials for every stream: no point asking again
+        if stops_the_remote(report.exception):
+            return report  # the same credentials for every stream, or asked to wait: stop
     try:
         # NTP may have answered while batches were in flight: what they carried and was not
         # delivered gets its true time now, before anything of it is sent again.
@@ -182,20 +133,32 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
         log.warning("re-timing datapoints left untrusted while in flight: %s", exc)
     lanes = Lanes(plan, upto, ordered=remote.delivery_kind is DeliveryKind.ORDERED)
     for phase, backlog in lanes.phases(turns):
-        _take_turns(phase, plan.deadline, report, lanes if backlog else None)
+        _take_turns(phase, plan.deadline, report, lanes, backlog=backlog)
+        if stops_the_remote(report.exception):
+            assert report.exception is not None
+            # The whole remote waits: the streams a later lane would have sent say so (the
+            # backlog's lane is the last one).
+            for turn in turns if not backlog else ():
+                if not turn.failed:
+                    turn.fail(report.exception)
+            break
     report.more = lanes.more
+    for turn in turns:
+        turn.report_refusals()
     return report
 
 
 def _take_turns(
-    turns: list[_Turn], deadline: float | None, report: SyncReport, lanes: Lanes | None = None
+    turns: list[_Turn], deadline: float | None, report: SyncReport, lanes: Lanes, *, backlog: bool
 ) -> None:
     """One batch per stream in turn until every stream is done, failed, or time is up.
 
     While one batch is on the wire, the next turn's batch is read (and recorded in flight)
     and the previous delivered batch is deleted, each in a thread of its own
     (:class:`_InThread`), so the remote is rarely idle; every one of them is finished before
-    the pass returns. ``lanes`` (the backlog): paced by ``max_rate``, ended by the budget.
+    the pass returns. ``backlog``: paced by ``max_rate``, ended by the budget. A turn cut
+    off by the budget or the deadline is where the next pass begins (``lanes.rotation``).
+    An error that holds for the whole remote (credentials, ``Retry-After``) ends every turn.
     """
     active = [turn for turn in turns if not turn.done]
     behind: _InThread[None] | None = None
@@ -204,12 +167,14 @@ def _take_turns(
         while active:
             turn = active[index % len(active)]
             if deadline is not None and time.monotonic() > deadline:
+                lanes.rotation.cut_at(turn.name)
                 for late in active:
                     late.fail(OutOfTimeError("out of time (close); the rest waits in the cache"))
                 return
-            if lanes is not None and lanes.out_of_budget():
+            if backlog and lanes.out_of_budget():
+                lanes.rotation.cut_at(turn.name)
                 return  # the rest waits for the next pass, which takes the live lane first
-            batch = _paced(turn, lanes, turn.guard(turn.next_batch))
+            batch = _paced(turn, lanes if backlog else None, turn.guard(turn.next_batch))
             if batch:
                 following = active[(index + 1) % len(active)]
                 ahead = following.read_ahead()
@@ -219,9 +184,12 @@ def _take_turns(
                 active.remove(turn)  # the next stream moves into this index
             else:
                 index += 1
-            if isinstance(report.exception, AuthError):
+            if stops_the_remote(report.exception):
+                assert report.exception is not None
                 for other in active:
-                    other.fail(report.exception)  # the same credentials: no point asking
+                    if not other.failed:
+                        # The same credentials, or the remote asked to be left alone a while.
+                        other.fail(report.exception)
                 return
     finally:
         if behind is not None:
@@ -250,6 +218,7 @@ class _Context:
     request: BatchRequest
     report: SyncReport
     progress: Progress | None
+    gate: PassGate
 
 
 class _Turn:
@@ -257,10 +226,11 @@ class _Turn:
 
     def __init__(self, context: _Context, row: StreamRow):
         self.cache, self.remote, self.row = context.cache, context.remote, row
-        self.request, self.report, self.progress = (
+        self.request, self.report, self.progress, self.gate = (
             context.request,
             context.report,
             context.progress,
+            context.gate,
         )
         self.after = 0  # the last id read: everything up to it is in flight or resolved
         self.done = self.failed = False
@@ -275,7 +245,18 @@ class _Turn:
         # Bytes the pushes of this turn put on the wire and not yet counted in the cache.
         # Only the pass's thread touches it (an acknowledged batch's delete gets its share).
         self._uncounted = 0
+        # The rows of a batch whose answer was lost, to send again first (idempotent and
+        # at-least-once remotes): the mark found in the cache at the start of the pass.
+        self._resend: tuple[int, int] | None = None
+        self._resending = False
+        # Refusals of this pass: one warning per stream per pass, each datapoint at DEBUG.
+        self._refused = 0
+        self._first_reason = ""
         self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.row.name
 
     # -------------------------------------------------------------- opening
 
@@ -293,13 +274,15 @@ class _Turn:
             self._reconcile()
         else:
             # An idempotent remote may have stored any part of it, an at-least-once one
-            # cannot say: send it all again. Never infer delivery from timestamps.
+            # cannot say: send it all again, first. Never infer delivery from timestamps.
             self._unknown_upto = row.inflight
+            self._resend = (row.inflight_lo, row.inflight)
 
     def _reconcile(self) -> None:
         """An ordered remote's newest timestamp says what of the batch in flight arrived."""
         newest = self.remote.reconcile(self.row.name)
-        delivered = self.cache.ack_reconciled(self.row.id, newest)
+        with self.gate.deleting(f"stream {self.row.name!r}'s batch without answer"):
+            delivered = self.cache.ack_reconciled(self.row.id, newest)
         if delivered:
             log.info(
                 "stream %r: %d datapoints had arrived despite a lost answer",
@@ -312,12 +295,23 @@ class _Turn:
     def can_go_live(self) -> bool:
         """Whether this stream may send its live lane first: nothing of it is unsettled (a
         batch without answer is sent again from the oldest first)."""
-        return not self.done and self._unsettled == 0 and self._unknown_upto == 0
+        return not self.failed and self._unsettled == 0 and self._unknown_upto == 0
 
     def begin(self, after: int, request: BatchRequest) -> None:
         """Start a lane: the batches after id ``after``, as ``request`` bounds them."""
         self.after, self.request = after, request
         self.done = self.failed
+        self._resending = False
+
+    def begin_resend(self) -> bool:
+        """Start the lane that sends again exactly the rows of a batch whose answer was lost
+        (the mark found at the start of the pass); False when there is none."""
+        if self._resend is None or self.failed:
+            return False
+        first, last = self._resend
+        self.begin(first - 1, replace(self.request, upto_id=last))
+        self._resending = True
+        return True
 
     # -------------------------------------------------------------- batches
 
@@ -348,6 +342,11 @@ class _Turn:
             batch = self._read(self.after)
         if batch:
             self.after = batch[-1][0]
+        elif self._resending and self.request.hold is None:
+            # Everything of the batch without answer was sent again and acknowledged (or
+            # is gone): the stream may take its other lanes now.
+            with self._lock:
+                self._unknown_upto = 0
         return batch
 
     def deliver(
@@ -372,7 +371,7 @@ class _Turn:
             return None
         except AmbiguousRemoteError:
             _finish(ahead, behind)
-            self._after_no_answer()
+            self._after_no_answer(batch)
             raise
         except ConnectorSyncError:
             self._settled()  # an answer came: nothing of the batch was stored
@@ -391,7 +390,7 @@ class _Turn:
         try:
             self._bisect(batch, exc)
         except AmbiguousRemoteError:
-            self._after_no_answer()
+            self._after_no_answer(batch)
             raise
         except ConnectorSyncError:
             self._settled()
@@ -399,11 +398,14 @@ class _Turn:
         self._settled()
         self._covered(batch[-1][0])
 
-    def _after_no_answer(self) -> None:
+    def _after_no_answer(self, batch: list[Row]) -> None:
         """Sent, no answer. An ordered remote is asked at once what arrived (if that fails
         too, the mark stays and the next pass asks first); for the other kinds the batch
-        stays unsettled, marked, and the next pass sends it again."""
+        stays unsettled, marked, and the next pass sends it again. The rows after it that
+        were read ahead were never sent: their mark goes, so that it holds this batch only."""
         if self.remote.delivery_kind is not DeliveryKind.ORDERED:
+            with contextlib.suppress(ConnectorSyncError):  # a wider mark only waits longer
+                self.cache.narrow_inflight(self.row.id, batch[-1][0])
             return
         try:
             self._reconcile()
@@ -417,11 +419,14 @@ class _Turn:
         dead-letter each of them with the remote's reason."""
         if len(batch) == 1:
             reason = exc.body or str(exc)
-            self.cache.deadletter(self.row.id, self.row.name, batch[0], reason, time.time())
-            log.warning(
+            with self.gate.deleting(f"stream {self.row.name!r}'s refused datapoint"):
+                self.cache.deadletter(self.row.id, self.row.name, batch[0], reason, time.time())
+            log.debug(
                 "stream %r: datapoint at t=%r refused: %s", self.row.name, batch[0][1], reason
             )
-            _count(self.report.deadlettered, self.row.name, 1)
+            self._refused += 1
+            self._first_reason = self._first_reason or reason
+            add_count(self.report.deadlettered, self.row.name, 1)
             return
         middle = len(batch) // 2
         for half in (batch[:middle], batch[middle:]):
@@ -431,9 +436,10 @@ class _Turn:
                 self._bisect(half, refused)
             else:
                 sent = self._take_uncounted()
-                self.cache.ack(
-                    self.row.id, half[0][0], half[-1][0], stream=self.row.name, sent=sent
-                )
+                with self.gate.deleting(f"stream {self.row.name!r}'s delivered batch"):
+                    self.cache.ack(
+                        self.row.id, half[0][0], half[-1][0], stream=self.row.name, sent=sent
+                    )
                 self._count_sent(len(half), half)
 
     def _push(self, batch: list[Row]) -> None:
@@ -455,7 +461,8 @@ class _Turn:
         """The remote stored ``batch``, putting ``sent`` bytes on the wire: delete it from the
         cache and count it sent. If the delete fails, the batch stays unsettled (the next pass
         resolves it) and its bytes go uncounted."""
-        self.cache.ack(self.row.id, batch[0][0], batch[-1][0], stream=self.row.name, sent=sent)
+        with self.gate.deleting(f"stream {self.row.name!r}'s delivered batch"):
+            self.cache.ack(self.row.id, batch[0][0], batch[-1][0], stream=self.row.name, sent=sent)
         self._count_sent(len(batch), batch)
         self._settled()
         self._covered(batch[-1][0])
@@ -471,8 +478,8 @@ class _Turn:
                 self._unknown_upto = 0
 
     def _count_sent(self, count: int, batch: Sequence[Row] = ()) -> None:
-        _count(self.report.sent, self.row.name, count)
-        _count(self.report.sent_bytes, self.row.name, sum(len(r[2].encode()) for r in batch))
+        add_count(self.report.sent, self.row.name, count)
+        add_count(self.report.sent_bytes, self.row.name, sum(len(r[2].encode()) for r in batch))
         if count and self.progress is not None:
             self.progress(self.row.name, count)
 
@@ -496,6 +503,19 @@ class _Turn:
             log.exception("sync of stream %r failed unexpectedly", self.row.name)
             self.fail(ConnectorSyncError(f"unexpected {type(exc).__name__}: {exc}"))
         return None
+
+    def report_refusals(self) -> None:
+        """One warning for the datapoints the remote refused in this pass (each one is at
+        DEBUG, and in the dead letters with its reason)."""
+        if self._refused:
+            log.warning(
+                "stream %r: %d datapoint(s) refused by the remote, now dead letters "
+                "(deadletters() lists each); the first because: %s",
+                self.row.name,
+                self._refused,
+                self._first_reason,
+            )
+            self._refused = 0
 
     def fail(self, exc: ConnectorSyncError) -> None:
         self.report.fail(self.row.name, exc)
@@ -521,11 +541,6 @@ def _finish(ahead: _InThread[list[Row]] | None, behind: _InThread[None] | None) 
         ahead.wait()
     if behind is not None:
         behind.result()
-
-
-def _count(counts: dict[str, int], stream: str, n: int) -> None:
-    if n:
-        counts[stream] = counts.get(stream, 0) + n
 
 
 class _InThread(Generic[T]):

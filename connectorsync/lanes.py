@@ -1,19 +1,44 @@
-"""The order of a sync pass: live data first, then the backlog, paced and time-boxed.
+"""The order of a sync pass: batches without answer, then live data, then the backlog,
+paced and time-boxed, streams taking turns across passes.
 
 After a week offline a device has a backlog; sent oldest first, nothing current reaches a
 dashboard until all of it is through. So, for remotes that do not need order (``idempotent``,
-``at_least_once``), a pass first sends what was inserted since the previous pass began (the
-*live lane*), then the backlog oldest first; the backlog gets at most ``budget`` seconds of
-the pass, then the pass ends with ``more`` set and the background syncer starts the next one
-at once, which again begins with the live lane. ``ordered`` remotes (ConnectorDB) refuse an
-older timestamp after a newer one: they keep strict order, with no lane and no budget.
+``at_least_once``), a pass:
+
+1. first sends again, exactly, the rows of a batch whose answer was lost (its in-flight mark,
+   ``streams.inflight_lo`` to ``inflight``); a stream whose resend fails takes no other lane;
+2. then what was inserted since the previous pass began (the *live lane*);
+3. then the backlog oldest first, for at most ``budget`` seconds counted from the moment the
+   backlog begins, so that the backlog gets its share of every pass however long the live
+   lane took; then the pass ends with ``more`` set and the background syncer starts the next
+   one at once, which again begins with the live lane.
+
+``ordered`` remotes (ConnectorDB) refuse an older timestamp after a newer one: they keep
+strict order, with no lane and no budget (a batch without answer is reconciled instead).
+
+Streams take turns across passes (:class:`Rotation`): a pass that its budget (or close's
+deadline) cuts short remembers the stream whose turn was next, and the next pass begins
+its rounds there, so a stream late in the list is not starved when the time box is
+shorter than one round.
 
 ``max_rate`` paces the backlog (datapoints per second, a token bucket holding one second's
-worth), never the live lane; a ``Retry-After`` from the remote still stops the pass.
+worth), never the live lane nor a resend (paid for when first sent); its waits end at once
+when syncing stops or the Logger closes.
 
-Guarantees (``tests/test_lanes.py``): a stream with an unsettled batch (no answer yet) takes
-no lane: it is sent again oldest first, as the delivery kinds require; within each lane a
-stream's batches go in insertion order, so the in-flight marks keep their meaning.
+What is live: ids after ``live_after``, the newest id when the previous pass began; the
+syncer moves it to the newest id at ``start()``, so what was cached while it was stopped is
+backlog.
+
+Guarantees (``tests/test_lanes.py``):
+
+- within each lane a stream's batches go in insertion order, one lane after the other, so
+  the in-flight mark is one range that holds exactly the batches on the wire
+  (``test_a_live_batch_without_answer_holds_only_its_own_rows`` in ``test_inflight.py``);
+- the backlog gets its share however long the live lane takes
+  (``test_the_backlog_gets_its_share_when_the_live_lane_takes_the_whole_period``);
+- a short time box does not starve the last stream
+  (``test_streams_take_turns_across_passes_cut_short``);
+- pacing ends at close (``test_close_stops_a_paced_manual_sync``).
 """
 
 from __future__ import annotations
@@ -39,13 +64,40 @@ class LaneTurn(Protocol):
 
     request: BatchRequest
     failed: bool
+    done: bool
+
+    @property
+    def name(self) -> str: ...
 
     def can_go_live(self) -> bool: ...
 
     def begin(self, after: int, request: BatchRequest) -> None: ...
 
+    def begin_resend(self) -> bool: ...
+
 
 T = TypeVar("T", bound=LaneTurn)
+
+
+class Rotation:
+    """Where the next pass begins its rounds over the streams: the stream whose turn was
+    next when the last pass was cut short. One per Logger, kept in memory across passes (a
+    restart begins at the first stream again: at most one round is repeated)."""
+
+    def __init__(self) -> None:
+        self.first: str | None = None
+
+    def order(self, turns: list[T]) -> list[T]:
+        """``turns`` rotated to begin at :attr:`first` (as they are if it is not there)."""
+        names = [turn.name for turn in turns]
+        if self.first not in names:
+            return turns
+        k = names.index(self.first)
+        return turns[k:] + turns[:k]
+
+    def cut_at(self, name: str) -> None:
+        """The pass ended before ``name``'s turn: the next one begins there."""
+        self.first = name
 
 
 class Lanes:
@@ -56,9 +108,10 @@ class Lanes:
         live_after = plan.live_after
         self.live_after = live_after if live_after is not None and live_after < upto else None
         self.two_lanes = self.live_after is not None and not ordered
-        now = time.monotonic()
-        self.budget_end = None if ordered or plan.budget is None else now + plan.budget
+        self.budget = None if ordered else plan.budget
+        self.budget_end: float | None = None  # set when the backlog begins
         self.pacer = plan.pacer
+        self.rotation = plan.rotation or Rotation()
         #: the pass ended at its budget with a backlog left
         self.more = False
 
@@ -67,7 +120,11 @@ class Lanes:
         asking for the next."""
         if not turns:
             return
+        turns = self.rotation.order(turns)
         request = turns[0].request
+        resend = [turn for turn in turns if turn.begin_resend()]
+        if resend:
+            yield resend, False
         paced = request
         if self.pacer is not None:
             # A second's worth at most, so that the pace is even rather than in bursts.
@@ -75,6 +132,7 @@ class Lanes:
         if not self.two_lanes or self.live_after is None:
             for turn in turns:
                 turn.begin(0, paced)
+            self._start_budget()
             yield turns, True
             return
         live = [turn for turn in turns if turn.can_go_live()]
@@ -84,7 +142,14 @@ class Lanes:
         backlog = replace(paced, upto_id=self.live_after)
         for turn in turns:
             turn.begin(0, backlog if turn in live else paced)
+        self._start_budget()
         yield [turn for turn in turns if not turn.failed], True
+
+    def _start_budget(self) -> None:
+        # The backlog's time counts from here, not from the start of the pass: a live lane
+        # that took the whole period must not leave the backlog nothing.
+        if self.budget is not None:
+            self.budget_end = time.monotonic() + self.budget
 
     def pace(self, first_id: int, count: int) -> None:
         """Before a backlog batch of ``count`` datapoints from id ``first_id`` goes: wait as

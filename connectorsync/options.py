@@ -51,6 +51,27 @@ def positive_number(name: str, value: Any) -> float:
     return float(value)
 
 
+#: The slowest ``max_rate``: one datapoint in about 32 years. A slower one would ask for waits
+#: longer than a thread can wait (``threading.TIMEOUT_MAX``), and every pass would fail.
+MIN_RATE = 1e-9
+
+
+def rate(name: str, value: Any) -> float:
+    """Datapoints per second that a wait can be computed for: a finite number of at least
+    :data:`MIN_RATE` (``test_lanes.py::test_a_max_rate_that_cannot_work_is_refused``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"{name} must be a number of datapoints per second (int or float); "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if not math.isfinite(value) or not value >= MIN_RATE:
+        raise ConfigurationError(
+            f"{name} must be a finite number of datapoints per second, at least {MIN_RATE:g} "
+            f"(None: no limit); got {value!r}"
+        )
+    return float(value)
+
+
 def non_negative_number(name: str, value: Any) -> float:
     if not _is_number(value):
         raise _wrong_type(name, value, "a number >= 0")
@@ -148,7 +169,7 @@ OPTIONS: dict[str, tuple[Any, Check, str]] = {
     ),
     "max_rate": (
         None,
-        optional(positive_number),
+        optional(rate),
         "most datapoints per second the backlog drains at (never the live lane; None: no limit)",
     ),
     "max_cached": (None, optional(positive_int), "most datapoints the cache may hold"),

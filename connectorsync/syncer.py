@@ -22,6 +22,16 @@ Guarantees (each proved by the test named, in ``tests/``):
 - Transient failures back off exponentially with full jitter (capped at ``syncperiod``),
   honour ``Retry-After``, and every wait ends at once on :meth:`stop`
   (``test_faults.py::test_stop_returns_at_once_during_a_long_backoff``).
+- A ``Retry-After`` pauses the whole remote: every stream of the pass that got it stops
+  (``test_lanes.py::test_retry_after_pauses_every_stream_of_the_remote``), and the
+  background syncer's next pass waits until it expires; a ``sync()`` asked for by hand
+  goes at once (it was asked for).
+- Every wait of a pass (``max_rate`` included) ends on :meth:`stop` or :meth:`close`, and no
+  datapoint is deleted once :meth:`close` has returned, also by a ``sync()`` running in
+  another thread (``test_lanes.py::test_close_stops_a_paced_manual_sync``).
+- What was cached while the background syncer was stopped is backlog when it starts again
+  (paced by ``max_rate``), not live data
+  (``test_lanes.py::test_what_was_cached_while_stopped_is_backlog_after_start``).
 - Refused credentials pause syncing until they change or the next period; credentials
   changed while the failing pass ran (or by ``onsyncfail``) are tried at once instead
   (``test_faults.py::test_auth_failure_pauses``,
@@ -55,12 +65,13 @@ from typing import Any
 import tenacity
 
 from .cache import Cache, Untrusted
-from .delivery import PassPlan, Progress, SyncReport, retryable, run_pass
+from .delivery import PassPlan, Progress, run_pass
 from .errors import AuthError, ClosedError, ConnectorSyncError
-from .lanes import Pacer
+from .lanes import Pacer, Rotation
 from .options import Options
 from .remotes.base import Remote
-from .synclock import SyncLock, SyncState
+from .report import SyncReport, retry_after, retryable
+from .synclock import PassGate, SyncLock, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +135,8 @@ class Syncer:
         self._live_after: int | None = None  # the newest id when the last pass began
         self._began = 0.0  # when the background thread's last pass began (monotonic)
         self._pacer: Pacer | None = None
+        self._rotation = Rotation()  # where the next pass's rounds begin
+        self._gate = PassGate()  # no deletion after close(); waits end at stop()/close()
         self.last_error: str | None = None
         self.next_attempt: float | None = None
         self.paused: str | None = None  # why syncing is paused, or None
@@ -211,10 +224,14 @@ class Syncer:
             live_after=self._live_after if options.live_first else None,
             pacer=self._pacer_for(options.max_rate),
             budget=options.syncperiod if background else None,
-            pause=self._pause if background else None,
+            pause=self._pause if background else self._gate.waiter(),
+            rotation=self._rotation,
+            gate=self._gate,
         )
         report = run_pass(cache, remote, plan)
-        self._live_after = report.upto
+        # Never back: start() may have moved it past a pass that was under way then.
+        self._live_after = max(report.upto, self._live_after or 0)
+
         if report.total_sent or report.deadlettered:  # datapoints left: give their space back
             try:
                 cache.give_back_space()
@@ -239,6 +256,9 @@ class Syncer:
             if self._closed:
                 raise ClosedError("the syncer is closed")
             self._stop.clear()
+            # What was cached while stopped is backlog (paced), not live: the live lane
+            # starts at what is cached now.
+            self._mark_live_start()
             if self._thread is not None and self._thread.is_alive():
                 self._wake.set()
                 return
@@ -247,7 +267,6 @@ class Syncer:
             self._wake.clear()
             if self._threshold_reached():
                 self._wake.set()
-            self._mark_live_start()
             self._thread = threading.Thread(
                 target=self._run,
                 name=f"connectorsync-syncer:{os.path.basename(self._path)}",
@@ -265,6 +284,7 @@ class Syncer:
             self._stop.set()
             self._wake.set()
             thread = self._thread
+        self._gate.interrupt()  # a sync() pacing in another thread stops waiting too
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self.next_attempt = None
@@ -379,15 +399,13 @@ class Syncer:
             return
 
     def _mark_live_start(self) -> None:
-        """At start(), before any pass: what is cached now is the backlog, what comes after
-        start() is live (the first pass's live lane)."""
-        if self._live_after is not None:
-            return
+        """At start(): what is cached now is the backlog (also what came while the syncer
+        was stopped), what comes after start() is live (the next pass's live lane)."""
         try:
             # A connection of its own: a pass may hold the syncer's, and start() must not wait.
             cache = Cache.connect(self._path, "full")
             try:
-                self._live_after = cache.max_id()
+                self._live_after = max(cache.max_id(), self._live_after or 0)
             finally:
                 cache.close()
         except ConnectorSyncError as exc:  # the first pass will say it again
@@ -407,9 +425,9 @@ class Syncer:
 
     def _backoff(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            return min(float(retry_after), MAX_RETRY_AFTER)
+        asked = retry_after(exc)
+        if asked is not None:  # for the whole remote: every stream of the pass stopped
+            return min(float(asked), MAX_RETRY_AFTER)
         cap = max(BACKOFF_BASE, self._options.syncperiod)
         # Full jitter: uniform between 0 and the exponential ceiling.
         return float(tenacity.wait_random_exponential(multiplier=BACKOFF_BASE, max=cap)(state))
@@ -519,6 +537,7 @@ class Syncer:
         with self._state_lock:
             self._closed = True
         self._lock.closing(self._options.http_timeout)  # a Logger opened meanwhile is told
+        self._gate.close()  # from here on no pass deletes anything, and every wait ends
         self.stop(timeout=0)
         if self._pass_lock.acquire(blocking=False):
             try:

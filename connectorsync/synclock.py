@@ -5,16 +5,22 @@ exclusive ``flock`` on a lock file named after the cache file's device and inode
 the kernel when its process dies (``test_faults.py::test_one_syncer_per_cache_file``,
 ``test_lifecycle.py::test_a_symlink_to_the_cache_gives_no_second_syncer``).
 :class:`SyncState` is how syncing goes, as ``status()`` shows it, whichever process syncs.
+:class:`PassGate` is what a pass may still do once the Logger closes (no deletion), and
+ends its waits at ``stop()``/``close()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import ClosedError
 
 # The SyncLock of this process holding each lock file, by lock path: flock locks belong to
 # an open file, so a second Logger of this process on the same cache is refused like another
@@ -133,3 +139,64 @@ def describe_holder(state: dict[str, Any]) -> str:
     if not state:
         return "holder unknown"
     return f"pid {state.get('pid')} on {state.get('host')}"
+
+
+class PassGate:
+    """What a pass may still do once the Logger closes: nothing that deletes.
+
+    Every deletion of a pass (an acknowledged batch, dead letters, a reconciliation) runs
+    inside :meth:`deleting`; :meth:`close` takes the same lock, so once it returns no
+    deletion runs and none starts (``test_lanes.py::test_close_stops_a_paced_manual_sync``).
+    A batch the remote stored but the pass could not delete keeps its in-flight mark, and
+    the next pass resolves it by the remote's delivery kind, as after a crash. Waits of a
+    pass (:meth:`wait`) end at once on :meth:`close` or :meth:`interrupt` (``stop()``).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._interruptions = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @contextlib.contextmanager
+    def deleting(self, what: str) -> Iterator[None]:
+        """Run a deletion, unless closed.
+
+        :raises ClosedError: the Logger closed; nothing is deleted
+        """
+        with self._lock:
+            if self._closed:
+                raise ClosedError(
+                    f"closed while the pass ran: {what} stays cached, marked in flight; "
+                    "the next pass resolves it"
+                )
+            yield
+
+    def close(self) -> None:
+        """No deletion after this returns; every wait ends."""
+        with self._lock:
+            self._closed = True
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """End every wait under way (``stop()``); later waits are not affected."""
+        with self._changed:
+            self._interruptions += 1
+            self._changed.notify_all()
+
+    def waiter(self) -> Callable[[float], bool]:
+        """A ``pause(seconds)`` for one pass: waits, returning False at once (and for the
+        rest of the pass) when :meth:`close` or :meth:`interrupt` is called after this."""
+        seen = self._interruptions
+
+        def pause(seconds: float) -> bool:
+            with self._changed:
+                return not self._changed.wait_for(
+                    lambda: self._closed or self._interruptions != seen, seconds
+                )
+
+        return pause

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +19,13 @@ from typing import Any
 import apsw
 import pytest
 
-from connectorsync import Logger
+from connectorsync import HTTPRemote, Logger
 from connectorsync.cache import BatchRequest, Cache, Limits
+from connectorsync.cache.schema import MIGRATIONS
 from connectorsync.delivery import SyncReport
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.ntp import NTPServer
+from connectorsync.testing.receiver import HTTPReceiver
 
 
 def mark_in_flight(cache: Cache, stream: int, last_id: int) -> None:
@@ -313,6 +316,23 @@ def test_reanchor_leaves_rows_in_flight_alone_and_retimes_them_once_resolved(
     assert cache.reanchor_leftovers() == 0
 
 
+def test_reanchor_retimes_the_backlog_below_a_batch_in_flight_and_leaves_the_batch(
+    cache: Cache,
+) -> None:
+    """A live batch (13, 14) on the wire above an unsent backlog (10..12): NTP re-times the
+    backlog and what is above, never the batch; once resolved it is re-timed too, and the
+    stream is in order. On b064757 the mark held every id up to 14: only 15 was re-timed."""
+    stream, boot = untrusted_rows(cache, [10, 11, 12, 13, 14, 15])
+    ids = [i for i, _, _ in cache.batch(stream, 0, 100)]
+    cache.take_batch(stream, ids[2], BatchRequest(upto_id=ids[4], limit=10, max_bytes=10**9))
+    assert cache.reanchor(boot, true_now=5020.0, boot_clock_now=20.0) == 4
+    assert times(cache, stream) == pytest.approx([5010, 5011, 5012, 1013, 1014, 5015])
+    assert cache.ack_reconciled(stream, remote_newest=None) == 0  # nothing arrived
+    after = times(cache, stream)
+    assert after == pytest.approx([5010, 5011, 5012, 5013, 5014, 5015])
+    assert all(a < b for a, b in itertools.pairwise(after))
+
+
 def test_retimed_leftovers_keep_the_stream_in_order(cache: Cache) -> None:
     """The wall clock was ahead (true time 500 s behind it): rows re-timed while others are in
     flight go just after those; the leftovers, re-timed later, after the delivered ones; and
@@ -411,3 +431,98 @@ def test_ntp_answering_while_a_batch_is_unresolved_sends_nothing_twice(
     assert abs(points[-1]["t"] - (now + OFFSET)) < 60
     if not stored:  # sent again after the reconcile: every one in true time
         assert all(abs(p["t"] - (now + OFFSET)) < 60 for p in points)
+
+
+# ------------------------------------------------- issue 16: a mark holds only its own rows
+
+
+@pytest.fixture
+def receiver() -> Iterator[HTTPReceiver]:
+    rcv = HTTPReceiver().start()
+    try:
+        yield rcv
+    finally:
+        rcv.stop()
+
+
+def _live_batch_without_answer(path: str, receiver: HTTPReceiver) -> Logger:
+    """A Logger whose stream "s" holds a backlog of 90 old datapoints (0..89, never sent)
+    and, above it, a live batch of 10 (90..99) that went out and whose answer was lost."""
+    remote = HTTPRemote(receiver.url + "/ingest/{stream}", timeout=5)
+    lg = Logger(path, remote=remote, batch_size=10, durability="normal")
+    lg.addStream_force("s", {"type": "integer"})
+    old = time.time() - 10_000
+    lg.insert_many("s", [{"t": old + i, "d": i} for i in range(90)])
+    receiver.fail_next(1, 503)
+    assert not lg.sync().ok  # a pass began: what is cached now is the backlog
+    lg.insert_many("s", list(range(90, 100)))
+    receiver.drop_after_commit(1)  # the live batch arrives; its answer is lost
+    report = lg.sync()
+    assert not report.ok and not report.sent
+    assert [item["d"] for item in receiver.items("/ingest/s")] == list(range(90, 100))
+    return lg
+
+
+def test_a_live_batch_without_answer_holds_only_its_own_rows(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """The in-flight mark is exactly the batch's rows: ``drop_oldest`` drops the unsent
+    backlog below it first, then the oldest new readings, and keeps the batch. On b064757
+    the mark covered every id up to the batch's last, backlog included: 295 of the 300
+    new readings were dropped and the 90 old, never-sent ones kept."""
+    with _live_batch_without_answer(cache_path, receiver) as lg:
+        lg.max_cached, lg.on_full = 100, "drop_oldest"
+        for value in range(100, 400):
+            lg.insert("s", value)
+        assert cached(cache_path, "s") == list(range(90, 100)) + list(range(310, 400))
+        assert lg.status().dropped == 300
+        report = lg.sync()  # the batch without answer first, then the rest
+        assert report.ok and report.sent == {"s": 100} and len(lg) == 0
+    sent = [item["d"] for item in receiver.items("/ingest/s")]
+    assert sent[10:20] == list(range(90, 100))  # sent again first (at least once)
+    assert sorted(sent[10:]) == list(range(90, 100)) + list(range(310, 400))
+
+
+@pytest.mark.parametrize("how", ["cleardata", "max_age"])
+def test_cleardata_and_max_age_pass_by_only_the_batch_without_answer(
+    cache_path: str, receiver: HTTPReceiver, how: str
+) -> None:
+    """``cleardata()`` and ``max_age`` leave the live batch without answer alone and act on
+    the backlog below it (on b064757 they skipped that backlog too: nothing was cleared
+    or expired)."""
+    with _live_batch_without_answer(cache_path, receiver) as lg:
+        if how == "cleardata":
+            assert lg.cleardata() == 90
+        else:
+            lg.max_age = 1000
+            lg.insert("s", 100)  # inserts expire now and then: the first one at once
+            assert lg.status().expired == 90
+        assert cached(cache_path, "s")[:10] == list(range(90, 100))
+        assert len(lg) == (10 if how == "cleardata" else 11)
+        assert lg.sync().ok and len(lg) == 0
+
+
+def test_a_mark_of_an_older_cache_keeps_its_meaning_after_the_migration(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """A v4 cache's mark meant every id up to it: after the migration (backup first) those
+    rows are still in flight, sent again first; what is above is at rest."""
+    conn = apsw.Connection(cache_path)
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    for _, step in MIGRATIONS[:4]:
+        step(conn)
+    conn.execute("PRAGMA user_version=4")
+    conn.execute(
+        "INSERT INTO streams (name, schema, remote_created, inflight) "
+        "VALUES ('s', '{\"type\":\"integer\"}', 1, 3)"
+    )
+    for i in range(6):
+        conn.execute("INSERT INTO datapoints (stream, t, d) VALUES (1, ?, ?)", (1.7e9 + i, str(i)))
+    conn.close()
+    os.chmod(cache_path, 0o600)
+    remote = HTTPRemote(receiver.url + "/ingest/{stream}", timeout=5)
+    with Logger(cache_path, remote=remote, batch_size=2) as lg:
+        assert os.path.exists(cache_path + ".v4-backup")
+        assert lg.cleardata() == 3  # 3, 4, 5: 0, 1, 2 are in flight
+        assert lg.sync().sent == {"s": 3}
+    assert [item["d"] for item in receiver.items("/ingest/s")] == [0, 1, 2]

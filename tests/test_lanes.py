@@ -5,6 +5,7 @@ the backlog ``syncperiod`` seconds, then the next pass starts at once, live data
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -15,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from connectorsync import HTTPRemote, InfluxDBRemote, Logger
+from connectorsync import ConfigurationError, HTTPRemote, InfluxDBRemote, Logger
+from connectorsync.cache import Cache
 from connectorsync.delivery import PassPlan, run_pass
 from connectorsync.lanes import Pacer
 from connectorsync.testing import ConnectorDBServer
@@ -96,11 +98,12 @@ def test_an_ordered_remote_keeps_strict_order(cache_path: str, server: Connector
     assert [p["d"] for p in server.datapoints("alice/sensor/s")] == list(range(35))
 
 
-def test_a_stream_with_a_batch_without_answer_is_resent_oldest_first(
+def test_a_batch_without_answer_is_sent_again_first_then_the_live_lane(
     cache_path: str, receiver: HTTPReceiver
 ) -> None:
-    """A batch whose answer was lost is sent again from the oldest (at least once): the
-    stream takes no live lane until it is settled."""
+    """A batch whose answer was lost is sent again first, exactly its rows (at least once);
+    once settled, the stream takes its live lane, then the backlog. The batch read ahead
+    while it was on the wire (10..19) was never sent: it is backlog, not sent again first."""
     with _http_logger(cache_path, receiver) as lg:
         for i in range(20):
             lg.insert("s", i)
@@ -112,7 +115,7 @@ def test_a_stream_with_a_batch_without_answer_is_resent_oldest_first(
     sent = _sent_in_order(receiver)
     assert sent[0] == list(range(10))  # the one whose answer was lost
     assert sent[1] == list(range(10))  # sent again, first
-    assert sent[2:] == [list(range(10, 20)), list(range(20, 25))]
+    assert sent[2:] == [list(range(20, 25)), list(range(10, 20))]
 
 
 def test_max_rate_paces_the_backlog_never_the_live_lane(
@@ -247,3 +250,163 @@ def _in_influx(influxd: InfluxDBServer, db: str, t: float) -> bool:
         f"SELECT value FROM temperature WHERE time >= {int((t - 1e-3) * 1e9)}", db
     )
     return bool(answer["results"][0].get("series"))
+
+
+# ----------------------------------------------------------------- issue 16: lanes hold
+
+
+def _values_of(receiver: HTTPReceiver, path: str = PATH) -> list[int]:
+    return [item["d"] for item in receiver.items(path)]
+
+
+def test_the_backlog_gets_its_share_when_the_live_lane_takes_the_whole_period(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """The backlog's budget counts from when the backlog begins: a live lane slower than
+    the whole budget (two requests of 0.6 s against a budget of 0.5 s) still leaves the
+    backlog its first batch in that pass. (On b064757 the budget began with the pass, so
+    no backlog batch went while the live lane took the period.)"""
+    with _http_logger(cache_path, receiver) as lg:
+        for i in range(30):
+            lg.insert("s", i)
+        receiver.fail_next(1, 503)
+        first = lg.sync()  # what is cached now is the backlog
+        assert not first.ok
+        lg.insert_many("s", list(range(30, 50)))  # the live lane: two batches
+        receiver.delay(0.6)
+        cache = Cache.connect(cache_path, "full")
+        try:
+            plan = PassPlan(
+                batch_size=10, max_batch_bytes=1 << 20, live_after=first.upto, budget=0.5
+            )
+            report = run_pass(cache, lg.remote, plan)
+        finally:
+            cache.close()
+            receiver.delay(0)
+    assert report.ok and report.more
+    sent = _sent_in_order(receiver)
+    assert sent[:2] == [list(range(30, 40)), list(range(40, 50))]  # live first
+    assert sent[2:] == [list(range(0, 10))], sent  # then the backlog's share
+
+
+def test_streams_take_turns_across_passes_cut_short(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """When a pass's time box is shorter than one request, each background pass sends one
+    batch; the next pass goes on with the next stream, so every stream drains, also the
+    last one (``live_first=False``). On b064757 each pass began again at the first stream:
+    the first four requests all went to stream "a"."""
+    remote = HTTPRemote(receiver.url + "/ingest/{stream}", timeout=10)
+    with Logger(cache_path, remote=remote, batch_size=10, live_first=False) as lg:
+        for name in ("a", "b", "c"):
+            lg.addStream_force(name, {"type": "integer"})
+            lg.insert_many(name, list(range(50)))  # five batches each
+        lg.syncperiod, lg.sync_jitter = 0.1, 0
+        receiver.delay(0.3)  # each request outlasts the pass's time box
+        lg.start()
+        wait_for(lambda: len(receiver.requests) >= 4, timeout=60, what="four requests")
+        lg.stop()
+        receiver.delay(0)
+    paths = [request.path for request in receiver.requests[:4]]
+    assert paths == ["/ingest/a", "/ingest/b", "/ingest/c", "/ingest/a"], paths
+
+
+def test_what_was_cached_while_stopped_is_backlog_after_start(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """After stop() and start(), what was cached while stopped is backlog: paced by
+    ``max_rate`` (batches of at most a second's worth, 10), not sent as one live batch
+    (as on b064757: one request of 30)."""
+    with _http_logger(cache_path, receiver, batch_size=100) as lg:
+        lg.max_rate, lg.sync_jitter = 10.0, 0
+        lg.start()
+        lg.stop()
+        lg.insert_many("s", list(range(30)))  # cached while stopped
+        lg.start()
+        wait_for(lambda: len(lg) == 0, timeout=60, what="everything delivered")
+    sent = _sent_in_order(receiver)
+    assert sorted(v for values in sent for v in values) == list(range(30))
+    assert all(len(values) <= 10 for values in sent), sent
+
+
+def test_retry_after_pauses_every_stream_of_the_remote(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """A ``Retry-After`` met by one stream holds for the whole remote: the other streams of
+    the pass are not sent, and the pass reports the Retry-After (the background syncer
+    waits for it). On b064757 only the stream that got it stopped; the others went on."""
+    remote = HTTPRemote(receiver.url + "/ingest/{stream}", timeout=5)
+    with Logger(cache_path, remote=remote) as lg:
+        for name in ("a", "b"):
+            lg.addStream_force(name, {"type": "integer"})
+            lg.insert_many(name, [1, 2, 3])
+        receiver.fail_next(1, 429, retry_after=120, path="/ingest/a")
+        report = lg.sync()
+        assert set(report.errors) == {"a", "b"} and not report.sent, report
+        assert report.exception is not None
+        assert getattr(report.exception, "retry_after", None) == 120
+        assert len(lg) == 6
+    assert receiver.bodies("/ingest/b") == [] and receiver.bodies("/ingest/a") == []
+
+
+def test_close_stops_a_paced_manual_sync(cache_path: str, receiver: HTTPReceiver) -> None:
+    """A ``sync()`` paced by ``max_rate`` in another thread ends when ``close()`` is called,
+    and once ``close()`` has returned nothing more is deleted from the cache. On b064757
+    the pass slept on through close() and went on deleting afterwards."""
+    with _http_logger(cache_path, receiver, batch_size=100) as lg:
+        lg.max_rate = 2.0  # batches of two, one second apart
+        lg.insert_many("s", list(range(40)))
+        reports: list[Any] = []
+        sync = threading.Thread(target=lambda: reports.append(lg.sync()), daemon=True)
+        sync.start()
+        wait_for(lambda: len(receiver.requests) >= 2, timeout=30, what="pacing under way")
+        lg.close()
+        left_at_close = _cached_count(cache_path)
+        sync.join(60)
+        assert not sync.is_alive(), "the paced sync went on after close()"
+    assert _cached_count(cache_path) == left_at_close > 0
+    assert reports and not reports[0].ok
+
+
+def _cached_count(path: str) -> int:
+    cache = Cache.connect(path, "full")
+    try:
+        return cache.count()
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), 1e-10, True, "fast"])
+def test_a_max_rate_that_cannot_work_is_refused(
+    cache_path: str, receiver: HTTPReceiver, bad: object
+) -> None:
+    """Refused when set (keyword or attribute), naming the value and what is expected, and
+    nothing changes. On b064757 ``max_rate=1e-10`` was taken, then every pass failed with an
+    OverflowError traceback."""
+    with pytest.raises(ConfigurationError, match="max_rate") as info:
+        _http_logger(cache_path, receiver, max_rate=bad).close()
+    assert repr(bad) in str(info.value)
+    with _http_logger(cache_path, receiver, max_rate=5.0) as lg:
+        with pytest.raises(ConfigurationError, match="datapoints per second"):
+            lg.max_rate = bad
+        assert lg.max_rate == 5.0
+        lg.insert("s", 1)
+        assert lg.sync().ok
+
+
+def test_refusals_give_one_warning_per_stream_and_pass(
+    cache_path: str, receiver: HTTPReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """98 refused datapoints: one WARNING for the stream (how many, the first reason), each
+    datapoint at DEBUG (on b064757: 98 WARNING lines)."""
+    receiver.reject(lambda path, item: item["d"] % 2 == 1)
+    with _http_logger(cache_path, receiver, batch_size=200) as lg:
+        lg.insert_many("s", list(range(196)))
+        with caplog.at_level(logging.DEBUG, logger="connectorsync"):
+            report = lg.sync()
+    assert report.deadlettered == {"s": 98} and report.sent == {"s": 98}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "98" in warnings[0].getMessage() and "'s'" in warnings[0].getMessage()
+    refused = [r for r in caplog.records if r.levelno == logging.DEBUG and "refused" in r.msg]
+    assert len(refused) == 98

@@ -19,10 +19,10 @@ Guarantees (each proved by the test named):
 - A write method returns only after its transaction committed (``test_durability.py``).
 - A failed call changes nothing: each write is one transaction
   (``test_limits.py::test_a_full_disk_raises_keeps_everything_and_recovers``).
-- A batch in flight (a stream's datapoints with id <= ``streams.inflight``) is immutable:
-  ``drop_oldest``, expiry, :meth:`Cache.clear` and re-anchoring leave it alone until its
-  outcome is resolved, so each datapoint is counted in exactly one place: delivered, cached,
-  dead-lettered, dropped, expired or cleared (``test_inflight.py``).
+- A batch in flight (a stream's datapoints with ids ``streams.inflight_lo`` to ``inflight``)
+  is immutable: ``drop_oldest``, expiry, :meth:`Cache.clear` and re-anchoring leave it alone
+  until its outcome is resolved, so each datapoint is counted in exactly one place:
+  delivered, cached, dead-lettered, dropped, expired or cleared (``test_inflight.py``).
 - Clearing the cache puts a dead letter queued again back at rest
   (``test_inflight.py::test_cleardata_puts_a_requeued_dead_letter_back``).
 
@@ -196,9 +196,10 @@ class Cache(Delivering):
     def streams(self) -> dict[str, StreamRow]:
         """Every registered stream by name."""
         rows = self._read(
-            "SELECT id, name, schema, remote_created, inflight, out_of_order FROM streams"
+            "SELECT id, name, schema, remote_created, inflight, out_of_order, inflight_lo "
+            "FROM streams"
         )
-        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows}
+        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows}
 
     def put_stream(self, name: str, schema_text: str, out_of_order: str = "reject") -> StreamRow:
         """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays."""
@@ -210,12 +211,13 @@ class Cache(Delivering):
                 "remote_created = remote_created AND schema = excluded.schema",
                 (name, schema_text, out_of_order),
             )
-            sid, created, inflight = next(
+            sid, created, inflight, lo = next(
                 conn.execute(
-                    "SELECT id, remote_created, inflight FROM streams WHERE name = ?", (name,)
+                    "SELECT id, remote_created, inflight, inflight_lo FROM streams WHERE name = ?",
+                    (name,),
                 )
             )
-        return StreamRow(sid, name, schema_text, bool(created), inflight, out_of_order)
+        return StreamRow(sid, name, schema_text, bool(created), inflight, out_of_order, lo)
 
     def set_remote_created(self, name: str, created: bool = True) -> None:
         """Remember whether the stream is known to exist on the remote."""

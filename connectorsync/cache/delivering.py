@@ -56,10 +56,12 @@ class Delivering(Connection):
         delivered = delete(
             conn, "stream = ? AND id BETWEEN ? AND ?", (stream_id, first_id, last_id)
         )
-        # Clear the record of the batch in flight, unless it is already the next batch's
-        # (the syncer records that one before this ack is done, see Syncer._deliver).
+        # Clear the record of the batch in flight, unless it also holds the next batch's rows
+        # (a pass records that one before this ack is done, see delivery._Turn.deliver);
+        # batches of one lane follow each other, so the mark stays one range.
         conn.execute(
-            "UPDATE streams SET inflight = 0 WHERE id = ? AND inflight <= ?", (stream_id, last_id)
+            "UPDATE streams SET inflight = 0, inflight_lo = 0 WHERE id = ? AND inflight <= ?",
+            (stream_id, last_id),
         )
         return delivered
 
@@ -73,11 +75,14 @@ class Delivering(Connection):
         of that boot stamped by an untrusted clock at boot-clock time ``since`` or later (it
         waits for NTP; the stream's order forbids skipping it).
 
-        The stream's in-flight mark is raised to the batch's last id before the rows are
-        handed out, so from the moment they are read they are immutable: not dropped, expired,
+        The stream's in-flight mark is widened to the batch's ids before the rows are handed
+        out, so from the moment they are read they are immutable: not dropped, expired,
         re-timed or cleared until :meth:`ack`, :meth:`ack_reconciled` or
         :meth:`release_inflight` resolves them (and a crash leaves the mark for the next
-        pass to resolve).
+        pass to resolve). The mark is one range, ``inflight_lo`` to ``inflight``: a pass
+        takes a stream's batches one after the other within a lane, and takes a new lane only
+        once the mark is cleared, so the range holds the batches in flight and nothing else
+        (``test_inflight.py::test_a_live_batch_without_answer_holds_only_its_own_rows``).
         """
         bounds = (stream_id, after_id, request.upto_id, request.limit)
         with self.transaction("read the next batch") as conn:
@@ -93,16 +98,29 @@ class Delivering(Connection):
                     return []
             batch: list[Row] = list(conn.execute(BATCH, (stream_id, after_id, last)))
             conn.execute(
-                "UPDATE streams SET inflight = ?1 WHERE id = ?2 AND inflight < ?1",
-                (last, stream_id),
+                "UPDATE streams SET inflight_lo = CASE WHEN inflight = 0 THEN ?1 "
+                "ELSE min(inflight_lo, ?1) END, inflight = max(inflight, ?2) WHERE id = ?3",
+                (batch[0][0], last, stream_id),
             )
         return batch
+
+    def narrow_inflight(self, stream_id: int, last_id: int) -> None:
+        """The batch ending at ``last_id`` went out without answer: the rows after it that a
+        read-ahead marked were never sent, so they go back to rest."""
+        with self.transaction("narrow the batch in flight") as conn:
+            conn.execute(
+                "UPDATE streams SET inflight = ?1 WHERE id = ?2 AND inflight > ?1 "
+                "AND inflight_lo <= ?1",
+                (last_id, stream_id),
+            )
 
     def release_inflight(self, stream_id: int) -> None:
         """Clear the stream's in-flight mark: nothing of it is on the wire, and whatever was
         is resolved (stored and acked, or known not stored, or to be sent again)."""
         with self.transaction("clear the batch in flight") as conn:
-            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+            conn.execute(
+                "UPDATE streams SET inflight = 0, inflight_lo = 0 WHERE id = ?", (stream_id,)
+            )
 
     def max_id(self) -> int:
         """The id of the newest cached datapoint (0: none): a pass delivers up to here."""
@@ -113,19 +131,23 @@ class Delivering(Connection):
         newest timestamp the remote holds) were delivered and are deleted; the rest stay to be
         sent again. Only datapoints that were in flight are considered. Returns how many."""
         with self.transaction("reconcile the batch in flight") as conn:
-            upto = next(conn.execute("SELECT inflight FROM streams WHERE id = ?", (stream_id,)))[0]
+            lo, upto = next(
+                conn.execute("SELECT inflight_lo, inflight FROM streams WHERE id = ?", (stream_id,))
+            )
             delivered = 0
             if upto and remote_newest is not None:
                 first, last = next(
                     conn.execute(
                         "SELECT min(id), max(id) FROM datapoints "
-                        "WHERE stream = ? AND id <= ? AND t <= ?",
-                        (stream_id, upto, remote_newest),
+                        "WHERE stream = ? AND id BETWEEN ? AND ? AND t <= ?",
+                        (stream_id, lo, upto, remote_newest),
                     )
                 )
                 if first is not None:
                     delivered = self._delete_delivered(conn, stream_id, first, last)
-            conn.execute("UPDATE streams SET inflight = 0 WHERE id = ?", (stream_id,))
+            conn.execute(
+                "UPDATE streams SET inflight = 0, inflight_lo = 0 WHERE id = ?", (stream_id,)
+            )
             # What was left untrusted while in flight (NTP answered meanwhile) and was not
             # delivered gets its true time now, before it is sent again.
             if retime.retime_leftovers(conn):

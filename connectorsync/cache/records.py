@@ -18,6 +18,8 @@ class StreamRow:
     remote_created: bool
     inflight: int = 0
     out_of_order: str = "reject"
+    #: the first id of the rows in flight, whose last is :attr:`inflight` (0: none)
+    inflight_lo: int = 0
 
 
 #: Where a datapoint's time came from when it was not trusted yet: (boots row, boot clock).

@@ -71,9 +71,10 @@ def _retime_recorded(conn: apsw.Connection, anchors: dict[str, list[float]]) -> 
 
 def _retime(conn: apsw.Connection, boot: int, true_now: float, boot_clock_now: float) -> int:
     """Re-time ``boot``'s untrusted datapoints not in flight."""
-    # Per stream, the re-timed datapoints are all after the ones in flight (ids above
-    # streams.inflight), so walking on from the first of them, nudging forward any time not
-    # after the one before, keeps the order and never touches a datapoint in flight.
+    # Per stream, walking on from the first re-timed datapoint, nudging forward any time not
+    # after the one before, keeps the order. The walk steps over a batch in flight (its ids
+    # may lie between re-timed ones when new data went first): it is never touched, and
+    # its own leftovers are re-timed, and walked, once it is resolved.
     firsts = list(
         conn.execute(
             f"SELECT stream, min(id) FROM datapoints WHERE boot = ? AND {AT_REST} GROUP BY stream",
@@ -96,7 +97,7 @@ def _retime(conn: apsw.Connection, boot: int, true_now: float, boot_clock_now: f
         ) or next(conn.execute("SELECT last_t FROM streams WHERE id = ?", (stream_id,)))
         prev = before[0]
         rows = conn.execute(
-            "SELECT id, t FROM datapoints WHERE stream = ? AND id >= ? ORDER BY id",
+            f"SELECT id, t FROM datapoints WHERE stream = ? AND id >= ? AND {AT_REST} ORDER BY id",
             (stream_id, first_id),
         )
         for point_id, t in list(rows):

@@ -145,12 +145,28 @@ def _migrate_v4(conn: apsw.Connection) -> None:
     conn.execute("ALTER TABLE streams ADD COLUMN properties TEXT NOT NULL DEFAULT '{}';").fetchall()
 
 
+def _migrate_v5(conn: apsw.Connection) -> None:
+    """v5: a batch in flight marks exactly its own rows.
+
+    ``streams.inflight_lo``: the first datapoint id of the rows in flight, whose last is
+    ``streams.inflight`` (0 and 0: none). Before, a mark meant every id up to ``inflight``, so
+    a batch of new datapoints without answer held the whole unsent backlog below it. A mark
+    left by an older version keeps that meaning (``inflight_lo`` 1): what it covers may have
+    been sent, and it is sent again first.
+    """
+    conn.execute(
+        "ALTER TABLE streams ADD COLUMN inflight_lo INTEGER NOT NULL DEFAULT 0;"
+        "UPDATE streams SET inflight_lo = 1 WHERE inflight > 0;"
+    ).fetchall()
+
+
 # Named, versioned steps: MIGRATIONS[i] takes a file from user_version i to i + 1.
 MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
     ("v1_initial", _migrate_v1),
     ("v2_inflight_and_retries", _migrate_v2),
     ("v3_device_time", _migrate_v3),
     ("v4_stream_properties", _migrate_v4),
+    ("v5_inflight_range", _migrate_v5),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,95 @@
+"""What one sync pass did: :class:`SyncReport`, the one value a pass hands back.
+
+A pass (:func:`connectorsync.delivery.run_pass`) fills it in; the syncer, ``Logger.sync()``
+and the callbacks read it. Kept apart from the pass so that readers need not import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import AmbiguousRemoteError, AuthError, ConnectorSyncError, TransientRemoteError
+
+
+@dataclass
+class SyncReport:
+    """What one sync pass did.
+
+    :ivar sent: datapoints delivered (and removed from the cache), per stream
+    :ivar deadlettered: datapoints moved to the dead-letter table, per stream
+    :ivar errors: the error message per stream that could not be fully synced; the key
+        ``"*"`` when the pass could not start (remote unreachable, credentials refused,
+        another process syncing)
+    :ivar exception: the first exception met (one with a ``Retry-After`` is preferred, then a
+        retryable one), for ``onsyncfail``, ``syncraise`` and the syncer's backoff
+    :ivar sent_bytes: bytes of the values (JSON text, UTF-8) of the batches acknowledged, per
+        stream (the metrics' ``connectorsync_delivered_bytes_total``); datapoints found
+        delivered by reconciliation after a lost answer are in ``sent`` only
+    """
+
+    sent: dict[str, int] = field(default_factory=dict)
+    deadlettered: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    more: bool = field(default=False, repr=False)
+    upto: int = field(default=0, repr=False, compare=False)
+    exception: ConnectorSyncError | None = field(default=None, repr=False, compare=False)
+    sent_bytes: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when every stream was synced completely."""
+        return not self.errors
+
+    @property
+    def total_sent(self) -> int:
+        """Datapoints delivered, all streams together."""
+        return sum(self.sent.values())
+
+    @property
+    def message(self) -> str | None:
+        """The errors on one line (None after a complete pass)."""
+        if self.ok:
+            return None
+        return "; ".join(
+            text if stream == "*" else f"stream {stream!r}: {text}"
+            for stream, text in self.errors.items()
+        )
+
+    def fail(self, stream: str, exc: ConnectorSyncError) -> None:
+        """Record that ``stream`` (``"*"``: the whole pass) failed with ``exc``."""
+        self.errors[stream] = str(exc)
+        if self.exception is None or _rank(exc) > _rank(self.exception):
+            self.exception = exc
+
+
+def retryable(exc: BaseException | None) -> bool:
+    """Whether a failed pass is worth trying again soon (with backoff)."""
+    return isinstance(exc, (TransientRemoteError, AmbiguousRemoteError))
+
+
+def stops_the_remote(exc: BaseException | None) -> bool:
+    """Whether ``exc``, met by one stream, holds for every stream of the remote: refused
+    credentials (the same for all), or a ``Retry-After`` (the remote asks to be left alone
+    until then, whatever the stream)."""
+    return isinstance(exc, AuthError) or retry_after(exc) is not None
+
+
+def retry_after(exc: BaseException | None) -> float | None:
+    """The seconds a transient failure asked to wait (``Retry-After``), or None."""
+    if isinstance(exc, TransientRemoteError):
+        return exc.retry_after
+    return None
+
+
+def _rank(exc: ConnectorSyncError) -> int:
+    """Which error of a pass it reports: a ``Retry-After`` first (the wait it asks for holds
+    for the whole remote), then a retryable one."""
+    if retry_after(exc) is not None:
+        return 2
+    return 1 if retryable(exc) else 0
+
+
+def add_count(counts: dict[str, int], stream: str, n: int) -> None:
+    """Add ``n`` to ``counts[stream]`` (a stream with nothing stays out)."""
+    if n:
+        counts[stream] = counts.get(stream, 0) + n
