@@ -8,6 +8,7 @@ is still there as ``__cause__`` for debugging.
 
     ConnectorSyncError
       ConfigurationError        a bad option, a foreign cache file, no remote configured
+        ArgumentTypeError       an argument of the wrong type (also a TypeError), named
       StreamError               a bad stream name
         UnknownStreamError      the stream is not registered (or not on the server)
         SchemaError             the stream's JSON schema is not a valid schema
@@ -32,6 +33,11 @@ class ConnectorSyncError(Exception):
 
 class ConfigurationError(ConnectorSyncError):
     """An option, a setting or a cache file is not usable as given."""
+
+
+class ArgumentTypeError(ConfigurationError, TypeError):
+    """An argument of a public function has the wrong type; the message names it, the value
+    and what was expected. Also a :class:`TypeError`."""
 
 
 class StreamError(ConnectorSyncError):
