@@ -9,6 +9,7 @@ it, so the group they form is certain, not a matter of scheduling.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -215,3 +216,38 @@ def test_an_interrupt_in_the_leader_loses_and_doubles_nothing(
         expected += [(f"s{i}", i) for i in interrupted]
     expected += [(f"s{i}", 100 + i) for i in range(1, 8)]
     assert stored == sorted(expected)
+
+
+def test_an_insert_interrupted_while_it_waits_is_never_stored(
+    cache_path: str, vfs: _HoldFirstSync
+) -> None:
+    """A real SIGINT in the main thread while its insert waits behind a commit: the insert
+    raises KeyboardInterrupt and its datapoint is never stored (b064757 stored it with the
+    next group); the others go on."""
+    with _logger(cache_path) as lg:
+        probe = GroupCommitProbe(lg)
+        release, first = _hold_first_commit(lg, vfs)
+        main = threading.main_thread().ident
+        assert main == threading.get_ident()
+
+        def interrupt() -> None:
+            wait_for(lambda: probe.waiting() == 1, what="the main thread's insert waiting")
+            signal.pthread_kill(main, signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt)
+        interrupter.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                lg.insert("s1", 1)
+        finally:
+            interrupter.join(10)
+            release.set()
+            first.join(10)
+        assert probe.waiting() == 0
+        threads, outcomes = _insert_in_threads(lg, [(f"s{i}", i, None) for i in range(2, 5)])
+        for thread in threads:
+            thread.join(10)
+        assert outcomes == ["stored"] * 3
+    with Logger(cache_path) as reopened:
+        stored = sorted((dp["stream"], dp["d"]) for dp in reopened.export())
+    assert stored == [("s0", -2), ("s0", -1), ("s2", 2), ("s3", 3), ("s4", 4)]

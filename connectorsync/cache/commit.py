@@ -103,10 +103,10 @@ class GroupCommit:
         """Store ``row`` durably, sharing a commit with the inserts waiting at the same time."""
         request = _Request(row, restamp, limits)
         with self._done:
-            self._queue.append(request)
-            if self._gathering:
-                self._arrived.notify()
             try:
+                self._queue.append(request)
+                if self._gathering:
+                    self._arrived.notify()
                 while request.outcome is _PENDING:
                     if self._leading:
                         self._done.wait()
