@@ -22,8 +22,11 @@ Guarantees (each proved by the test named, in ``tests/test_deadletters.py``):
   is at rest (``test_connectordb_keeps_an_older_letter_with_the_reason``).
 - A letter the remote refuses stays, with the remote's reason and one more attempt; a
   refused batch is bisected so that the others go (``test_a_refused_letter_stays_with_the_reason``).
-- A transient, ambiguous or credentials failure stops the retry and is raised; what was not
-  settled stays as it was (nothing is lost, nothing deleted unacknowledged).
+- An ordered remote's lost answer is settled by its newest timestamp: the letter's own means
+  delivered (``test_a_lost_answer_is_settled_by_connectordb_newest``); a transient,
+  ambiguous or credentials failure otherwise stops the retry and is raised, and what was not
+  settled stays as it was
+  (``test_an_unreachable_remote_fails_the_retry_and_changes_nothing``).
 - Memory is O(``batch_size``): letters are read by keyset pages.
 """
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectorsync import CacheFullError, ConnectorSyncError, Logger
+from connectorsync import CacheFullError, ConnectorSyncError, Logger, RemoteError
 from connectorsync.cli import main
 from connectorsync.remotes.connectordb import ConnectorDBRemote
 from connectorsync.remotes.influxdb import InfluxDBRemote
@@ -116,6 +116,39 @@ def test_a_refused_letter_stays_with_the_reason(logger: Logger, server: Connecto
     assert (letter.d, letter.attempts) == (-1.0, 2)
     assert "newer datapoints" in letter.reason
     assert stored(server) == [(T0 + 1, -2.0)]
+
+
+def test_a_lost_answer_is_settled_by_connectordb_newest(
+    logger: Logger, server: ConnectorDBServer
+) -> None:
+    """The letter's request is stored but its answer lost: ConnectorDB's newest timestamp is
+    the letter's, so it was delivered (exactly once; no copy sent again)."""
+    refuse_negatives(server)
+    logger.insert_many("temperature", [{"t": T0, "d": 1.0}, {"t": T0 + 1, "d": -1.0}])
+    logger.sync()
+    server.reject(None)
+    server.drop_after_commit()
+    assert logger.retry_deadletters() == 1
+    assert logger.deadletters() == []
+    logger.retry_deadletters()
+    assert stored(server) == [(T0, 1.0), (T0 + 1, -1.0)]
+
+
+def test_an_unreachable_remote_fails_the_retry_and_changes_nothing(
+    logger: Logger, server: ConnectorDBServer
+) -> None:
+    refuse_negatives(server)
+    logger.insert_many("temperature", [{"t": T0, "d": 1.0}, {"t": T0 + 1, "d": -1.0}])
+    logger.sync()
+    server.reject(None)
+    (before,) = logger.deadletters()
+    server.fail_next(5, status=503)
+    with pytest.raises(RemoteError):
+        logger.retry_deadletters()
+    assert logger.deadletters() == [before]
+    server.clear_faults()
+    assert logger.retry_deadletters() == 1
+    assert stored(server) == [(T0, 1.0), (T0 + 1, -1.0)]
 
 
 # ----------------------------------------------------------------------------- InfluxDB
