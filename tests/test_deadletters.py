@@ -13,6 +13,7 @@ import io
 import uuid
 from collections.abc import Iterator
 
+import apsw
 import pytest
 
 from connectorsync import CacheFullError, ConnectorSyncError, Logger, RemoteError
@@ -21,6 +22,8 @@ from connectorsync.remotes.connectordb import ConnectorDBRemote
 from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
+
+from .test_migration import make_connectordb_cache
 
 STREAM = "alice/sensor/temperature"
 T0 = 1_700_000_000.0
@@ -149,6 +152,32 @@ def test_an_unreachable_remote_fails_the_retry_and_changes_nothing(
     server.clear_faults()
     assert logger.retry_deadletters() == 1
     assert stored(server) == [(T0, 1.0), (T0 + 1, -1.0)]
+
+
+def test_a_letter_newer_than_cached_datapoints_waits_for_them(
+    cache_path: str, server: ConnectorDBServer
+) -> None:
+    """A connectordb 0.3.5 cache migrates with a row that is not JSON, newer than the rows
+    still cached, as a dead letter. Sent first, it would get those rows refused by
+    ConnectorDB: it stays, saying so, until they are delivered; then it is sent (and here
+    refused by the schema, with that reason)."""
+    rows = make_connectordb_cache(cache_path, server.apikey, server.url)  # type: ignore[attr-defined]
+    conn = apsw.Connection(cache_path)
+    conn.execute("INSERT INTO cache VALUES ('temperature', ?, 'not json')", (rows[-1][1] + 10,))
+    conn.close()
+    with Logger(cache_path) as lg:
+        (letter,) = lg.deadletters()
+        assert lg.retry_deadletters() == 0
+        (kept,) = lg.deadletters()
+        assert "cached datapoints older than it" in kept.reason
+        assert kept.attempts == letter.attempts  # not attempted
+        assert lg.sync().sent == {"temperature": 50, "status": 1}
+        assert lg.retry_deadletters() == 0
+        (refused,) = lg.deadletters()
+        assert (refused.id, refused.t) == (letter.id, letter.t)
+        assert refused.attempts == letter.attempts + 1
+        assert "did not conform" in refused.reason
+    assert len(stored(server)) == 50
 
 
 # ----------------------------------------------------------------------------- InfluxDB
