@@ -173,7 +173,9 @@ class _Stream:
 
     def _push(self, letters: list[DeadLetter]) -> None:
         """Send ``letters`` as one batch; a refused batch is bisected, a refused letter kept."""
-        batch = [(d.id, d.t, json.dumps(d.d, allow_nan=False)) for d in letters]
+        # A letter goes out under minus its letter id: never the id of another datapoint
+        # (a consumer that drops repeated ids, as MQTT's may, keeps it), the same each retry.
+        batch = [(-d.id, d.t, json.dumps(d.d, allow_nan=False)) for d in letters]
         try:
             self.remote.push(self.row.name, batch)
         except RejectedError as exc:
