@@ -335,9 +335,18 @@ def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
     if ids is None and not args.all:
         raise UsageError(f"deadletters {args.action}: give ids, or --all")
     with open_cache(args.cache) as logger:
-        if args.action == "retry":
+        if args.action == "retry" and args.restamp:
+            count = logger.retry_deadletters(ids, restamp=True)
+            out.write(f"queued {count:,} dead letters to be sent again, with new timestamps\n")
+        elif args.action == "retry":
             count = logger.retry_deadletters(ids)
-            out.write(f"queued {count:,} dead letters to be sent again\n")
+            out.write(f"sent {count:,} dead letters again, with their own timestamps\n")
+            stay = [d for d in logger.deadletters() if ids is None or d.id in ids]
+            if stay:
+                out.write(
+                    f"{len(stay):,} stay, with the reason"
+                    f" (see: connectorsync deadletters {args.cache} list)\n"
+                )
         else:
             with said_here("purge_deadletters"):
                 count = logger.purge_deadletters(ids)
@@ -486,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("ids", nargs="*", type=int, help="dead letter ids (retry, purge)")
     p.add_argument("--all", action="store_true", help="every dead letter (retry, purge)")
+    p.add_argument(
+        "--restamp",
+        action="store_true",
+        help="retry: queue them with new timestamps (after the stream's newest) instead of"
+        " sending them with their own; a second copy where one had arrived",
+    )
     p.add_argument("--stream", help="only this stream (list)")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.set_defaults(run=cmd_deadletters)

@@ -37,6 +37,7 @@ from .remotes._http import hide_password
 from .remotes.base import Remote
 from .remotes.config import record_config, record_remote
 from .remotes.connectordb import ConnectorDBRemote
+from .resend import letter_ids, resend
 from .status import Status, collect_status
 from .streams import StreamRegistry, Subscriber, Subscribers
 from .syncer import PassHooks, Syncer
@@ -452,19 +453,35 @@ class Logger(_Attributes):
         self._check_open()
         return self._cache.deadletters(stream)
 
-    def retry_deadletters(self, ids: Iterable[int] | None = None) -> int:
-        """Queue dead letters (all, or these ids) to be sent again, after the stream's newest
-        datapoint; refused again, one returns with one more attempt. Returns how many."""
+    @check.checked(restamp=check.BOOL)
+    def retry_deadletters(self, ids: Iterable[int] | None = None, *, restamp: bool = False) -> int:
+        """Send dead letters (all, or these ids) again with their own time, now, each stream's
+        in time order as batches of their own (:mod:`~connectorsync.resend`). Those the remote
+        cannot take (ConnectorDB refuses times older than its newest) or refuses again stay,
+        saying why. ``restamp=True`` queues them instead with new times, after the stream's
+        newest, within the storage limits: they are delivered, at the risk of a second copy
+        where one had arrived. Returns how many were sent (queued, with ``restamp``).
+
+        :raises ArgumentTypeError: ``ids`` is not a list of ids; nothing changed
+        :raises CacheFullError: ``restamp``, and a limit is reached; nothing changed
+        :raises RemoteError: the remote could not be asked; the letters not sent stay
+        """
         self._check_open()
-        chosen = None if ids is None else list(ids)
-        queued = self._cache.retry_deadletters(chosen, self._streams.ids())
-        self._syncer.inserted(queued)
-        return queued
+        chosen = letter_ids(ids, "retry_deadletters()")
+        if restamp:
+            queued = self._cache.retry_deadletters(chosen, self._streams.ids(), self._writer.limits)
+            self._syncer.inserted(queued)
+            return queued
+        streams = self._cache.streams()
+        return resend(self._cache, self.remote, streams, chosen, self.batch_size).sent
 
     def purge_deadletters(self, ids: Iterable[int] | None = None) -> int:
-        """Delete dead letters (all, or these ids) for good. Returns how many."""
+        """Delete dead letters (all, or these ids) for good. Returns how many.
+
+        :raises ArgumentTypeError: ``ids`` is not a list of ids; nothing changed
+        """
         self._check_open()
-        purged = self._cache.purge_deadletters(None if ids is None else list(ids))
+        purged = self._cache.purge_deadletters(letter_ids(ids, "purge_deadletters()"))
         log.warning("purged %d dead letters", purged)
         return purged
 

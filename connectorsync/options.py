@@ -60,7 +60,7 @@ def rate(name: str, value: Any) -> float:
     """Datapoints per second that a wait can be computed for: a finite number of at least
     :data:`MIN_RATE` (``test_lanes.py::test_a_max_rate_that_cannot_work_is_refused``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(
+        raise ArgumentTypeError(
             f"{name} must be a number of datapoints per second (int or float); "
             f"got {value!r} ({type(value).__name__})"
         )

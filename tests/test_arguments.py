@@ -53,7 +53,7 @@ GOOD: dict[str, dict[str, Any]] = {
     "sync_clock": {"server": "127.0.0.1", "port": 9, "timeout": 0.1},
     "sync": {"progress": None},
     "deadletters": {"stream": "temperature"},
-    "retry_deadletters": {"ids": [1]},
+    "retry_deadletters": {"ids": [1], "restamp": False},
     "purge_deadletters": {"ids": [1]},
     "close": {"timeout": 1.0},
 }
@@ -80,9 +80,6 @@ ALSO: dict[str, type[ConnectorSyncError]] = {
     "name": StreamError,
     "timestamp": TimestampError,
 }
-#: Methods another branch of issue 16 (h2) gives their checks: expected to fail here until
-#: it is merged; the lead empties this set then (xfail strict: it says when).
-PENDING = {"retry_deadletters", "purge_deadletters"}
 
 
 def public_methods() -> list[str]:
@@ -107,11 +104,8 @@ def cases() -> list[Any]:
         for param in list(signature.parameters.values())[1:]:
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 continue  # options and stream properties: checked by name (test_validation)
-            marks = []
-            if method in PENDING:
-                marks.append(pytest.mark.xfail(strict=True, reason="h2's branch checks these"))
             found.append(
-                pytest.param(method, param.name, id=f"{method}-{param.name}", marks=marks)
+                pytest.param(method, param.name, id=f"{method}-{param.name}")
                 if good is not None and param.name in good
                 else pytest.param(method, f"missing:{param.name}", id=f"{method}-{param.name}")
             )

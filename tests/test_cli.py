@@ -110,8 +110,8 @@ def test_deadletters_list_retry_purge(cache: str, server: ConnectorDBServer) -> 
     assert sorted(d["d"] for d in letters) == [21.0, 51.0]
     assert run("deadletters", cache, "retry")[0] == 2  # neither ids nor --all
     server.reject(None)
-    code, out = run("deadletters", cache, "retry", str(letters[0]["id"]))
-    assert (code, out) == (0, "queued 1 dead letters to be sent again\n")
+    code, out = run("deadletters", cache, "retry", str(letters[0]["id"]), "--restamp")
+    assert (code, out) == (0, "queued 1 dead letters to be sent again, with new timestamps\n")
     assert run("sync", cache)[0] == 0
     code, out = run("deadletters", cache, "purge", "--all")
     assert (code, out) == (0, "purged 1 dead letters\n")
@@ -366,7 +366,7 @@ def test_verbose_and_quiet_flags_set_what_is_logged(tmp_path, cache: str, server
     assert result.returncode == 1 and result.stderr == ""  # the refusal is a WARNING
     server.reject(None)
     with Logger(cache) as lg:
-        lg.retry_deadletters()
+        lg.retry_deadletters(restamp=True)
     server.reject(lambda stream, point: True)
     result = cli("sync", cache)
     assert (
@@ -425,7 +425,7 @@ def test_deadletters_takes_action_and_cache_in_either_order(
         0,
         "purged 1 dead letters\n",
     )
-    assert run("deadletters", cache, "retry", "--all")[1].startswith("queued 1 ")
+    assert run("deadletters", cache, "retry", "--all", "--restamp")[1].startswith("queued 1 ")
     capsys.readouterr()
     assert run("deadletters", cache, cache) == (2, "")
     assert "list, retry or purge" in capsys.readouterr().err
@@ -516,7 +516,7 @@ def test_sync_shows_a_progress_bar_on_a_terminal_only(cache: str, server) -> Non
     refused = [line for line in err.splitlines() if "refused" in line]
     assert len(refused) == 1 and refused[0].lstrip("\r").startswith("connectorsync.delivery")
     with Logger(cache) as lg:
-        lg.retry_deadletters()
+        lg.retry_deadletters(restamp=True)
     code, err = sync_with_stderr_on(cache, terminal=False)
     assert code == 1 and "datapoints/s" not in err and "5/5" not in err and "1/1" not in err
     assert err.startswith("connectorsync.delivery: WARNING: stream 'temperature'")

@@ -9,6 +9,7 @@ it, so the group they form is certain, not a matter of scheduling.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 import apsw
 import pytest
 
-from connectorsync import CacheFullError, Logger, TimestampError
+from connectorsync import CacheFullError, ConfigurationError, Logger, TimestampError
+from connectorsync.testing.groupcommit import GroupCommitProbe
 
 from .conftest import power_cut_run, wait_for
 
@@ -74,7 +76,8 @@ def _logger(path: str, **options: Any) -> Logger:
 def _insert_in_threads(
     lg: Logger, calls: list[tuple[str, int, float | None]]
 ) -> tuple[list[threading.Thread], list[Any]]:
-    """Run each (stream, value, timestamp) insert in its own thread; their outcomes, in order."""
+    """Run each (stream, value, timestamp) insert in its own thread; their outcomes, in order
+    ("stored", or what the insert raised, KeyboardInterrupt included)."""
     outcomes: list[Any] = [None] * len(calls)
 
     def run(i: int) -> None:
@@ -82,7 +85,7 @@ def _insert_in_threads(
         try:
             lg.insert(stream, value, t)
             outcomes[i] = "stored"
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt too: the test looks at each outcome
             outcomes[i] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
@@ -106,8 +109,7 @@ def test_threads_waiting_behind_a_commit_share_the_next_one(
     cache_path: str, vfs: _HoldFirstSync
 ) -> None:
     with _logger(cache_path) as lg:
-        group = lg._cache._group
-        assert group is not None
+        group = GroupCommitProbe(lg)
         release, first = _hold_first_commit(lg, vfs)
         syncs_before = vfs.wal_syncs
         threads, outcomes = _insert_in_threads(lg, [(f"s{i}", i, None) for i in range(1, 8)])
@@ -126,8 +128,7 @@ def test_threads_waiting_behind_a_commit_share_the_next_one(
 def test_a_refused_datapoint_fails_alone_in_its_group(cache_path: str, vfs: _HoldFirstSync) -> None:
     with _logger(cache_path) as lg:
         lg.insert("s1", 0, 2_000_000_000.0)
-        group = lg._cache._group
-        assert group is not None
+        group = GroupCommitProbe(lg)
         release, first = _hold_first_commit(lg, vfs)
         calls = [("s2", 1, None), ("s1", 2, 1_000_000_000.0), ("s3", 3, None)]
         threads, outcomes = _insert_in_threads(lg, calls)
@@ -146,8 +147,7 @@ def test_a_datapoint_over_a_limit_fails_alone_in_its_group(
     cache_path: str, vfs: _HoldFirstSync
 ) -> None:
     with _logger(cache_path, max_cached=4) as lg:
-        group = lg._cache._group
-        assert group is not None
+        group = GroupCommitProbe(lg)
         release, first = _hold_first_commit(lg, vfs)
         threads, outcomes = _insert_in_threads(lg, [(f"s{i}", i, None) for i in range(1, 4)])
         wait_for(lambda: group.waiting() == 3, what="three inserts waiting")
@@ -163,9 +163,10 @@ def test_a_datapoint_over_a_limit_fails_alone_in_its_group(
 def test_normal_durability_does_not_group(cache_path: str) -> None:
     with _logger(cache_path) as lg:
         lg.durability = "normal"
-        assert lg._cache._group is None
+        with pytest.raises(ConfigurationError, match="durability='full'"):
+            GroupCommitProbe(lg)
         lg.durability = "full"
-        assert lg._cache._group is not None
+        assert GroupCommitProbe(lg).groups == 0
 
 
 def test_threads_lose_nothing_returned_in_a_power_cut(tmp_path: Any) -> None:
@@ -179,3 +180,74 @@ def test_threads_lose_nothing_returned_in_a_power_cut(tmp_path: Any) -> None:
     with Logger(path) as lg:
         stored = {(dp["stream"], dp["d"]) for dp in lg.export()}
     assert set(returned) <= stored
+
+
+@pytest.mark.parametrize("at", ["gather", "before_commit", "after_commit"])
+def test_an_interrupt_in_the_leader_loses_and_doubles_nothing(
+    cache_path: str, vfs: _HoldFirstSync, at: str
+) -> None:
+    """A KeyboardInterrupt in the thread leading a group of seven, before it takes the queue,
+    before its COMMIT or just after it: the six others return and are stored exactly once,
+    the interrupted one is stored only if its COMMIT was done, and later inserts are
+    committed (read back through a fresh connection after close)."""
+    with _logger(cache_path) as lg:
+        probe = GroupCommitProbe(lg)
+        release, first = _hold_first_commit(lg, vfs)
+        probe.interrupt_next_group(at)
+        threads, outcomes = _insert_in_threads(lg, [(f"s{i}", i, None) for i in range(1, 8)])
+        wait_for(lambda: probe.waiting() == 7, what="seven inserts waiting")
+        release.set()
+        for thread in [first, *threads]:
+            thread.join(10)
+        assert probe.interrupted.is_set()
+        interrupted = [i + 1 for i, o in enumerate(outcomes) if isinstance(o, KeyboardInterrupt)]
+        assert len(interrupted) == 1, outcomes
+        assert outcomes.count("stored") == 6, outcomes
+        # Inserting goes on, grouped or alone, and is committed.
+        threads, later = _insert_in_threads(lg, [(f"s{i}", 100 + i, None) for i in range(1, 8)])
+        for thread in threads:
+            thread.join(10)
+        assert later == ["stored"] * 7
+    with Logger(cache_path) as reopened:
+        stored = sorted((dp["stream"], dp["d"]) for dp in reopened.export())
+    expected = [("s0", -2), ("s0", -1)]
+    expected += [(f"s{i}", i) for i in range(1, 8) if i not in interrupted]
+    if at == "after_commit":  # its COMMIT was done: stored, once
+        expected += [(f"s{i}", i) for i in interrupted]
+    expected += [(f"s{i}", 100 + i) for i in range(1, 8)]
+    assert stored == sorted(expected)
+
+
+def test_an_insert_interrupted_while_it_waits_is_never_stored(
+    cache_path: str, vfs: _HoldFirstSync
+) -> None:
+    """A real SIGINT in the main thread while its insert waits behind a commit: the insert
+    raises KeyboardInterrupt and its datapoint is never stored (b064757 stored it with the
+    next group); the others go on."""
+    with _logger(cache_path) as lg:
+        probe = GroupCommitProbe(lg)
+        release, first = _hold_first_commit(lg, vfs)
+        main = threading.main_thread().ident
+        assert main == threading.get_ident()
+
+        def interrupt() -> None:
+            wait_for(lambda: probe.waiting() == 1, what="the main thread's insert waiting")
+            signal.pthread_kill(main, signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt)
+        interrupter.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                lg.insert("s1", 1)
+        finally:
+            interrupter.join(10)
+            release.set()
+            first.join(10)
+        assert probe.waiting() == 0
+        threads, outcomes = _insert_in_threads(lg, [(f"s{i}", i, None) for i in range(2, 5)])
+        for thread in threads:
+            thread.join(10)
+        assert outcomes == ["stored"] * 3
+    with Logger(cache_path) as reopened:
+        stored = sorted((dp["stream"], dp["d"]) for dp in reopened.export())
+    assert stored == [("s0", -2), ("s0", -1), ("s2", 2), ("s3", 3), ("s4", 4)]

@@ -42,7 +42,7 @@ from typing import Any
 import apsw
 
 from ..errors import CacheError, CacheFullError
-from . import deadletters, retime, schema, space
+from . import retime, schema, space
 from .base import (
     AT_REST,
     INSERT,
@@ -56,6 +56,7 @@ from .base import (
 )
 from .batched import CommitQueue
 from .commit import AppendRow, GroupCommit, Point
+from .deadletters import DeadLetters
 from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
 from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
@@ -80,7 +81,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Cache(Delivering):
+class Cache(Delivering, DeadLetters):
     """One connection to a cache file.
 
     Use :meth:`open` to open (creating or migrating) a cache, and :meth:`connect` for a
@@ -505,43 +506,6 @@ class Cache(Delivering):
         """How many cached datapoints of ``boot`` wait for a trusted clock."""
         self.flush()
         return int(self._read("SELECT count(*) FROM datapoints WHERE boot = ?", (boot,))[0][0])
-
-    # ----------------------------------------------------------------------- dead letters
-
-    def deadletter(self, stream_id: int, name: str, row: Row, reason: str, now: float) -> None:
-        """Move one datapoint the remote refused to the dead-letter table, in one transaction.
-
-        A datapoint that was a dead letter queued again keeps its letter, with one more attempt.
-        """
-        with self.transaction("move a datapoint to the dead letters") as conn:
-            deadletters.move_in(conn, name, row, reason, now)
-
-    def deadletters(self, stream: str | None = None) -> list[DeadLetter]:
-        """Dead letters at rest (not queued again), of all streams or one, oldest first."""
-        sql = (
-            "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters "
-            "WHERE retry_id IS NULL"
-        )
-        if stream is None:
-            rows = self._read(sql + " ORDER BY id")
-        else:
-            rows = self._read(sql + " AND stream = ? ORDER BY id", (stream,))
-        return [DeadLetter.from_row(row) for row in rows]
-
-    def retry_deadletters(self, ids: Sequence[int] | None, streams: dict[str, int]) -> int:
-        """Queue dead letters (all, or those of ``ids``) again as new datapoints, in one
-        transaction. A letter older than its stream's newest timestamp is queued at newest +
-        1 µs (the stream's order must hold). Letters of unregistered streams stay. Returns how
-        many were queued."""
-        with self.transaction("queue dead letters again") as conn:
-            queued = deadletters.requeue(conn, ids, streams)
-        self._newest.update(queued)
-        return len(queued)
-
-    def purge_deadletters(self, ids: Sequence[int] | None) -> int:
-        """Delete dead letters at rest (all, or those of ``ids``). Returns how many."""
-        with self.transaction("purge dead letters") as conn:
-            return deadletters.purge(conn, ids)
 
     def clear(self) -> int:
         """Delete every cached datapoint (connectordb's ``cleardata``) but those of a batch in

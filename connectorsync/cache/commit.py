@@ -12,6 +12,14 @@ Guarantees (``tests/test_group_commit.py``):
   a group runs in a savepoint; anything but a refused timestamp, and a failed commit, sends the
   datapoint back to its own thread to be stored alone, which gives it its own outcome.
 - A lone insert costs what it did before: a group of one is stored by the plain path.
+- An exception of any kind in the leader (``KeyboardInterrupt`` included) leaves no
+  transaction open and hands every waiter its true outcome: before the ``COMMIT`` the group
+  is rolled back and each waiter stores its datapoint alone; once the ``COMMIT`` is done each
+  waiter gets its stored ``t``. The interrupted call raises; its own datapoint is stored once
+  if the ``COMMIT`` was done, else not at all; a caller interrupted while its datapoint was
+  still queued is taken out of the queue (never stored). Nothing acknowledged is lost,
+  nothing is stored twice
+  (``test_group_commit.py::test_an_interrupt_in_the_leader_loses_and_doubles_nothing``).
 
 Without more, two groups would alternate, each about half the threads: the threads of the
 group just committed are on their way back with their next insert while the others already
@@ -22,6 +30,8 @@ commit. So a leader first waits a moment (at most a fifth of the last commit's t
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +45,8 @@ from .records import Untrusted
 
 if TYPE_CHECKING:
     from . import Cache
+
+log = logging.getLogger(__name__)
 
 #: What :meth:`Cache.append` stores: (stream id, t, data, boot, mono).
 AppendRow = tuple[int, float, str, int | None, float | None]
@@ -59,11 +71,20 @@ class _Request:
         self.outcome: object = _PENDING  # a stored t, a TooOldError, or _ALONE
 
 
+#: The places where :attr:`GroupCommit.fault` is called, in the leader of a group.
+FAULT_POINTS = ("gather", "before_commit", "after_commit")
+
+
 class GroupCommit:
     """Leader/follower group commit over one :class:`Cache`.
 
     ``alone`` stores one row by the cache's plain path: ``alone(row, restamp, limits) -> t``.
     """
+
+    #: For tests (``connectorsync.testing.groupcommit``): ``fault(point, size)`` is called by
+    #: the leader of a group of ``size`` inserts at each of :data:`FAULT_POINTS`; whatever it
+    #: raises is raised there, as a Ctrl-C landing at that moment would be.
+    fault: Callable[[str, int], object] | None = None
 
     def __init__(self, cache: Cache, alone: Callable[[AppendRow, bool, Limits | None], float]):
         self._cache, self._alone = cache, alone
@@ -82,14 +103,22 @@ class GroupCommit:
         """Store ``row`` durably, sharing a commit with the inserts waiting at the same time."""
         request = _Request(row, restamp, limits)
         with self._done:
-            self._queue.append(request)
-            if self._gathering:
-                self._arrived.notify()
-            while request.outcome is _PENDING:
-                if self._leading:
-                    self._done.wait()
-                else:
-                    self._lead()
+            try:
+                self._queue.append(request)
+                if self._gathering:
+                    self._arrived.notify()
+                while request.outcome is _PENDING:
+                    if self._leading:
+                        self._done.wait()
+                    else:
+                        self._lead()
+            except BaseException:
+                # Interrupted (the lock is held again here): a datapoint no leader took yet
+                # must not be stored after its call raised. One a leader took gets the
+                # group's outcome: stored once if its COMMIT is done, else not at all.
+                if request in self._queue:
+                    self._queue.remove(request)
+                raise
         outcome = request.outcome
         if outcome is _ALONE:
             return self._alone(row, restamp, limits)
@@ -106,25 +135,46 @@ class GroupCommit:
     def _lead(self) -> None:
         """Commit everything queued; called and returns with the lock held."""
         self._leading = True
-        self._gather()
-        batch, self._queue = self._queue, []
-        self._done.release()
+        batch: list[_Request] = []
+        released = False
         started = time.monotonic()
         try:
-            if len(batch) == 1:
-                self._store_one(batch[0])
-            else:
-                self._store_group(batch)
+            self._fault("gather", len(self._queue))
+            self._gather()
+            batch, self._queue = self._queue, []
+            # In this order: an interrupt lands only after a call returns, so ``released``
+            # says whether the lock is still held whenever one lands.
+            released = True
+            self._done.release()
+            try:
+                if len(batch) == 1:
+                    self._store_one(batch[0])
+                elif batch:
+                    self._store_group(batch)
+            except Exception:
+                # Not an interrupt: the group is rolled back or committed as it says, and
+                # those it did not store store theirs alone, the leader too, each hearing
+                # its own error (a raw apsw error must not reach the leader's caller).
+                log.warning("group commit failed; its inserts are stored one by one", exc_info=True)
         finally:
-            for request in batch:  # a leader interrupted half way leaves no one waiting
+            # Whatever was raised, no one is left waiting: a datapoint the group did not
+            # store (rolled back, or never reached) is stored alone by its own thread; if
+            # the queue was not taken, the others choose a new leader.
+            for request in batch:
                 if request.outcome is _PENDING:
                     request.outcome = _ALONE
+            if released:
+                self._done.acquire()
             self._last_commit = time.monotonic() - started
-            self._done.acquire()
-            threads = {request.thread for request in batch}
-            self._active, self._previous = threads | self._previous, threads
+            if batch:
+                threads = {request.thread for request in batch}
+                self._active, self._previous = threads | self._previous, threads
             self._leading = False
             self._done.notify_all()
+
+    def _fault(self, point: str, size: int) -> None:
+        if self.fault is not None:
+            self.fault(point, size)
 
     def _gather(self) -> None:
         """Wait a moment for the threads of the last two groups not queued yet (see above)."""
@@ -163,19 +213,50 @@ class GroupCommit:
             except apsw.Error:
                 return  # each is stored alone, and gets its own error
             hints: dict[int, float] = {}
-            # Outcomes are handed out only after the COMMIT: a waiter that wakes meanwhile
-            # must not return before its datapoint is durable.
-            outcomes = [_store_in_savepoint(conn, cache.path, r, hints) for r in batch]
+            outcomes: list[object] = []
+            committing: float | None = None
             try:
-                cache.commit(began)
-            except apsw.Error:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                return  # each is stored alone (see _lead), and gets its own outcome
-            for request, outcome in zip(batch, outcomes, strict=True):
-                request.outcome = outcome
-            cache._newest.update(hints)
-            self.groups += 1
+                # Outcomes are handed out only after the COMMIT: a waiter that wakes
+                # meanwhile must not return before its datapoint is durable.
+                outcomes = [_store_in_savepoint(conn, cache.path, r, hints) for r in batch]
+                self._fault("before_commit", len(batch))
+                committing = time.perf_counter()
+                try:
+                    conn.execute("COMMIT")
+                except apsw.Error:
+                    _roll_back(conn)
+                    return  # each is stored alone (see _lead), and gets its own outcome
+                self._fault("after_commit", len(batch))
+            except BaseException:
+                # Of any kind, KeyboardInterrupt included. A COMMIT was done exactly when
+                # it was begun and no transaction is open any more (an interrupt that
+                # lands during COMMIT is raised just after it returns): then the group is
+                # durable and each waiter gets its t, else it is rolled back and each
+                # waiter stores its datapoint alone. Never left open: later inserts would
+                # seem to commit and be lost at close().
+                if committing is not None and not conn.in_transaction:
+                    self._handed(batch, outcomes, hints)
+                else:
+                    _roll_back(conn)
+                raise
+            self._handed(batch, outcomes, hints)
+            cache.timed(began, committing)
+
+    def _handed(
+        self, batch: list[_Request], outcomes: list[object], hints: dict[int, float]
+    ) -> None:
+        """The group is committed: give each waiter its outcome."""
+        for request, outcome in zip(batch, outcomes, strict=True):
+            request.outcome = outcome
+        self._cache._newest.update(hints)
+        self.groups += 1
+
+
+def _roll_back(conn: apsw.Connection) -> None:
+    """End the open transaction, if one is, changing nothing."""
+    if conn.in_transaction:
+        with contextlib.suppress(apsw.Error):
+            conn.execute("ROLLBACK")
 
 
 def _store_in_savepoint(

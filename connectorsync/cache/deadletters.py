@@ -1,5 +1,6 @@
-"""The dead-letter table: datapoints the remote refused, kept with the reason, queued again or
-purged on request. Each function takes the apsw connection of an open write transaction.
+"""The dead-letter table: datapoints the remote refused, kept with the reason, sent or queued
+again or purged on request. Each function takes the apsw connection of an open transaction;
+:class:`DeadLetters`, a base of :class:`~connectorsync.cache.Cache`, wraps them in one.
 
 Guarantees (each proved by the test named):
 
@@ -7,20 +8,27 @@ Guarantees (each proved by the test named):
   (``test_remote_contract.py::test_a_refused_datapoint_is_isolated``); one that was a letter
   queued again keeps its letter, with one more attempt, and is counted once
   (``test_inflight.py::test_a_requeued_dead_letter_dropped_is_counted_once``).
-- Letters are queued again, or purged, all or by id; only letters at rest (not queued
-  again) are listed or purged (``test_faults.py::test_dead_letters_retry_and_purge``).
-- A letter queued again goes after its stream's newest timestamp, so the stream's order
-  holds; letters of streams no longer registered stay.
+- Letters are sent again with their own time (read at rest by :func:`at_rest`, then
+  :func:`delivered` or :func:`kept` with the reason), or queued again with a new time, or
+  purged, all or by id; only letters at rest (not queued again) are listed, sent, queued or
+  purged (``test_deadletters.py``, ``test_faults.py::test_dead_letters_retry_and_purge``).
+- A letter queued again (``restamp``) goes after its stream's newest timestamp, so the
+  stream's order holds, and within the storage limits like an insert
+  (``test_deadletters.py::test_restamped_letters_respect_max_cached``); letters of streams no
+  longer registered stay.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import apsw
 
-from .base import INSERT, NEWEST, delete, place
-from .records import Row
+from .base import INSERT, NEWEST, delete, place, wrapped
+from .connection import Connection
+from .limits import Limits, make_room
+from .records import DeadLetter, Row
 
 
 def move_in(conn: apsw.Connection, name: str, row: Row, reason: str, now: float) -> None:
@@ -41,12 +49,69 @@ def move_in(conn: apsw.Connection, name: str, row: Row, reason: str, now: float)
     delete(conn, "id = ?", (point_id,))
 
 
+LETTER = "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters"
+
+# SQLite's default limit of variables in one statement is far above this.
+_CHUNK = 500
+
+
+def at_rest(
+    conn: apsw.Connection,
+    stream: str,
+    ids: Sequence[int] | None,
+    after: tuple[float, int],
+    limit: int,
+) -> list[tuple[Any, ...]]:
+    """Up to ``limit`` letters at rest of ``stream`` (of ``ids`` only, if given) after
+    ``after`` = (t, id) in time order: keyset paging, O(limit) memory. Rows as
+    :meth:`DeadLetter.from_row` takes them."""
+    sql = f"{LETTER} WHERE stream = ? AND retry_id IS NULL AND (t, id) > (?, ?)"
+    if ids is None:
+        return list(conn.execute(sql + " ORDER BY t, id LIMIT ?", (stream, *after, limit)))
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows += conn.execute(f"{sql} AND id IN ({marks})", (stream, *after, *chunk))
+    rows.sort(key=lambda row: (row[2], row[0]))
+    return rows[:limit]
+
+
+def streams_with_letters(conn: apsw.Connection) -> list[str]:
+    """The names of the streams with letters at rest."""
+    return [
+        r[0] for r in conn.execute("SELECT DISTINCT stream FROM deadletters WHERE retry_id IS NULL")
+    ]
+
+
+def delivered(conn: apsw.Connection, ids: Sequence[int]) -> int:
+    """The remote took these letters (sent again with their own time): they are done."""
+    done = 0
+    for letter_id in ids:
+        conn.execute("DELETE FROM deadletters WHERE id = ? AND retry_id IS NULL", (letter_id,))
+        done += conn.changes()
+    return done
+
+
+def kept(
+    conn: apsw.Connection, ids: Sequence[int], reason: str, now: float, *, refused: bool
+) -> None:
+    """These letters stay at rest, saying ``reason``; one more attempt each if the remote
+    ``refused`` them (not if they were kept without asking it)."""
+    for letter_id in ids:
+        conn.execute(
+            "UPDATE deadletters SET reason = ?, failed_at = ?, attempts = attempts + ? "
+            "WHERE id = ? AND retry_id IS NULL",
+            (reason, now, int(refused), letter_id),
+        )
+
+
 def requeue(
     conn: apsw.Connection, ids: Sequence[int] | None, streams: dict[str, int]
 ) -> list[tuple[int, float]]:
     """Queue letters at rest (all, or those of ``ids``) again as datapoints of their streams
-    (``streams``: id by name), each after its stream's newest timestamp. Returns the
-    ``(stream id, t)`` of each datapoint queued, in order."""
+    (``streams``: id by name), each after its stream's newest timestamp (a new time).
+    Returns the ``(stream id, t)`` of each datapoint queued, in order."""
     letters = list(
         conn.execute("SELECT id, stream, t, d FROM deadletters WHERE retry_id IS NULL ORDER BY id")
     )
@@ -67,6 +132,20 @@ def requeue(
     return queued
 
 
+def count_requeueable(
+    conn: apsw.Connection, ids: Sequence[int] | None, streams: dict[str, int]
+) -> int:
+    """How many letters :func:`requeue` would queue (for the storage limits, checked first)."""
+    wanted = None if ids is None else set(ids)
+    return sum(
+        1
+        for letter_id, name in conn.execute(
+            "SELECT id, stream FROM deadletters WHERE retry_id IS NULL"
+        )
+        if (wanted is None or letter_id in wanted) and name in streams
+    )
+
+
 def purge(conn: apsw.Connection, ids: Sequence[int] | None) -> int:
     """Delete letters at rest (all, or those of ``ids``). Returns how many."""
     if ids is None:
@@ -77,3 +156,89 @@ def purge(conn: apsw.Connection, ids: Sequence[int] | None) -> int:
         conn.execute("DELETE FROM deadletters WHERE id = ? AND retry_id IS NULL", (letter_id,))
         purged += conn.changes()
     return purged
+
+
+class DeadLetters(Connection):
+    """The dead-letter methods of :class:`~connectorsync.cache.Cache`, each one transaction."""
+
+    def deadletter(self, stream_id: int, name: str, row: Row, reason: str, now: float) -> None:
+        """Move one datapoint the remote refused to the dead-letter table, in one transaction.
+
+        A datapoint that was a dead letter queued again keeps its letter, with one more attempt.
+        """
+        with self.transaction("move a datapoint to the dead letters") as conn:
+            move_in(conn, name, row, reason, now)
+
+    def deadletters(self, stream: str | None = None) -> list[DeadLetter]:
+        """Dead letters at rest (not queued again), of all streams or one, oldest first."""
+        sql = (
+            "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters "
+            "WHERE retry_id IS NULL"
+        )
+        if stream is None:
+            rows = self._read(sql + " ORDER BY id")
+        else:
+            rows = self._read(sql + " AND stream = ? ORDER BY id", (stream,))
+        return [DeadLetter.from_row(row) for row in rows]
+
+    def retry_deadletters(
+        self, ids: Sequence[int] | None, streams: dict[str, int], limits: Limits | None = None
+    ) -> int:
+        """Queue dead letters (all, or those of ``ids``) again as new datapoints with a new
+        time (``restamp``), in one transaction: each goes at its stream's newest timestamp + 1
+        µs (the stream's order must hold). Within ``limits`` as an insert of that many: a
+        limit reached refuses all and changes nothing, or drops the oldest (counted). Letters
+        of unregistered streams stay. Returns how many were queued.
+
+        :raises CacheFullError: a limit is reached (and ``limits.drop_oldest`` is off)
+        """
+        if self._batched is not None:
+            self._batched.flush()
+        with self.transaction("queue dead letters again") as conn:
+            if limits is not None and limits.active:
+                incoming = count_requeueable(conn, ids, streams)
+                if incoming:
+                    make_room(conn, self.path, incoming, limits)
+            queued = requeue(conn, ids, streams)
+        self._newest.update(queued)
+        if self._batched is not None:
+            self._batched.forget_newest()
+        return len(queued)
+
+    def streams_with_letters(self) -> list[str]:
+        """The names of the streams that have dead letters at rest."""
+        with self._lock, wrapped("read the dead letters"):
+            return streams_with_letters(self._conn)
+
+    def letters_at_rest(
+        self, stream: str, ids: Sequence[int] | None, after: tuple[float, int], limit: int
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters at rest of ``stream`` (of ``ids`` only, if given),
+        after ``after`` = (t, id), in time order (keyset paging: O(limit) memory)."""
+        with self._lock, wrapped("read the dead letters"):
+            rows = at_rest(self._conn, stream, ids, after, limit)
+        return [DeadLetter.from_row(row) for row in rows]
+
+    def letters_delivered(self, ids: Sequence[int]) -> int:
+        """The remote took these dead letters (sent again): they are done. Returns how many."""
+        with self.transaction("settle dead letters sent again") as conn:
+            return delivered(conn, ids)
+
+    def letters_kept(self, ids: Sequence[int], reason: str, now: float, *, refused: bool) -> None:
+        """These dead letters stay, with ``reason`` (and one more attempt if ``refused``)."""
+        with self.transaction("keep dead letters") as conn:
+            kept(conn, ids, reason, now, refused=refused)
+
+    def oldest_cached(self, stream_id: int) -> float | None:
+        """The time of the stream's oldest cached datapoint (the next to send), or None."""
+        if self._batched is not None:
+            self._batched.flush()
+        rows = self._read(
+            "SELECT t FROM datapoints WHERE stream = ? ORDER BY id LIMIT 1", (stream_id,)
+        )
+        return float(rows[0][0]) if rows else None
+
+    def purge_deadletters(self, ids: Sequence[int] | None) -> int:
+        """Delete dead letters at rest (all, or those of ``ids``). Returns how many."""
+        with self.transaction("purge dead letters") as conn:
+            return purge(conn, ids)

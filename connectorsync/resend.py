@@ -1,0 +1,197 @@
+"""Dead letters sent again with their own time: ``Logger.retry_deadletters()``.
+
+A dead letter's time is when its reading was taken; sending it again under a new one would
+make it a different reading (and, where it had arrived after all, a second copy). But the
+cache cannot queue it again with its own time: per stream, cached timestamps strictly
+increase (invariant 4), and a letter is older than what its stream cached or sent since. So
+:func:`resend` sends letters of each stream, in time order, as batches of their own, straight
+to the remote, ahead of whatever the stream has cached, and settles each by the remote's
+answer. The caller asks for the other way explicitly (``restamp=True``:
+:meth:`~connectorsync.cache.Cache.retry_deadletters` queues them with new times).
+
+Guarantees (each proved by the test named, in ``tests/test_deadletters.py``):
+
+- A letter the remote takes is sent with its own ``t`` and value, then leaves the dead
+  letters (``test_a_retried_letter_keeps_its_time_on_influxdb``,
+  ``test_a_retried_letter_keeps_its_time_on_connectordb``).
+- An ``ordered`` remote (ConnectorDB) is asked first for the stream's newest timestamp: a
+  letter older than it stays a dead letter saying so and what to do (restamp), and is not
+  sent; one at exactly that time is taken as delivered already (exactly once, as
+  reconciliation does); a letter newer than a datapoint the stream still has cached stays
+  too, for sending it first would get that datapoint refused. Nothing loops: a letter kept
+  is at rest (``test_connectordb_keeps_an_older_letter_with_the_reason``).
+- A letter the remote refuses stays, with the remote's reason and one more attempt; a
+  refused batch is bisected so that the others go (``test_a_refused_letter_stays_with_the_reason``).
+- An ordered remote's lost answer is settled by its newest timestamp: the letter's own means
+  delivered (``test_a_lost_answer_is_settled_by_connectordb_newest``); a transient,
+  ambiguous or credentials failure otherwise stops the retry and is raised, and what was not
+  settled stays as it was
+  (``test_an_unreachable_remote_fails_the_retry_and_changes_nothing``).
+- Memory is O(``batch_size``): letters are read by keyset pages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .cache import Cache, DeadLetter, StreamRow
+from .cache.properties import stream_properties
+from .errors import AmbiguousRemoteError, ArgumentTypeError, RejectedError
+from .remotes.base import DeliveryKind, Remote, ensure_stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResendReport:
+    """What :func:`resend` did.
+
+    :ivar sent: letters the remote took (or, ordered, held already): they left the dead letters
+    :ivar kept: letters that stay dead letters (refused, or not sendable in order)
+    """
+
+    sent: int
+    kept: int
+
+
+def letter_ids(ids: object, method: str) -> list[int] | None:
+    """``ids`` of ``retry_deadletters``/``purge_deadletters`` as a list, or None for all.
+
+    :raises ArgumentTypeError: not None nor an iterable of integer ids (nothing is changed)
+    """
+    if ids is None:
+        return None
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise ArgumentTypeError(
+            f"{method}: ids must be dead letter ids (a list of int, see deadletters()) or None"
+            f" for all; got {ids!r} ({type(ids).__name__})"
+        )
+    chosen = list(ids)
+    for one in chosen:
+        if isinstance(one, bool) or not isinstance(one, int):
+            raise ArgumentTypeError(
+                f"{method}: ids must be dead letter ids (int, see deadletters()); got"
+                f" {one!r} ({type(one).__name__}) among them"
+            )
+    return chosen
+
+
+def resend(
+    cache: Cache,
+    remote: Remote,
+    streams: dict[str, StreamRow],
+    ids: Sequence[int] | None,
+    batch_size: int,
+) -> ResendReport:
+    """Send the dead letters at rest (all, or those of ``ids``) of the registered ``streams``
+    again, each with its own time (see the module's docstring). Letters of streams not
+    registered stay as they are.
+
+    :raises TransientRemoteError, AmbiguousRemoteError, AuthError: the remote could not be
+        asked; the letters not settled yet stay as they were
+    """
+    sent = kept = 0
+    for name in cache.streams_with_letters():
+        row = streams.get(name)
+        if row is None:
+            continue
+        stream = _Stream(cache, remote, row)
+        after = (float("-inf"), 0)
+        while letters := cache.letters_at_rest(name, ids, after, batch_size):
+            after = (letters[-1].t, letters[-1].id)
+            stream.send(letters)
+        sent, kept = sent + stream.sent, kept + stream.kept
+    return ResendReport(sent, kept)
+
+
+class _Stream:
+    """The letters of one stream, sent page by page in time order."""
+
+    def __init__(self, cache: Cache, remote: Remote, row: StreamRow):
+        self.cache, self.remote, self.row = cache, remote, row
+        self.ordered = remote.delivery_kind is DeliveryKind.ORDERED
+        self.sent = self.kept = 0
+        self._ready = False
+        self._newest: float | None = None  # ordered: the remote's newest timestamp
+
+    def send(self, letters: list[DeadLetter]) -> None:
+        if not self._ready:
+            self._prepare()
+        if self.ordered:
+            letters = self._in_order(letters)
+        if letters:
+            self._push(letters)
+
+    def _prepare(self) -> None:
+        row = self.row
+        if not row.remote_created:
+            properties = stream_properties(self.cache, row.name)
+            ensure_stream(self.remote, row.name, json.loads(row.schema), properties)
+            self.cache.set_remote_created(row.name)
+        if self.ordered:
+            self._newest = self.remote.reconcile(row.name)
+        self._ready = True
+
+    def _in_order(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        """Of ``letters`` (in time order), those an ordered remote can take now; the others
+        are settled here: held already (delivered), or kept saying why."""
+        name, newest = self.row.name, self._newest
+        oldest_cached = self.cache.oldest_cached(self.row.id)
+        there = [d.id for d in letters if newest is not None and d.t == newest]
+        older = [d for d in letters if newest is not None and d.t < newest]
+        behind = [d for d in letters if oldest_cached is not None and d.t > oldest_cached]
+        if there:
+            # Strictly increasing per stream: a datapoint at its very time is this one,
+            # delivered before (its answer lost): exactly once, as reconciliation decides.
+            self.sent += self.cache.letters_delivered(there)
+        if older:
+            assert newest is not None
+            self._keep(
+                older,
+                f"not sent again: the remote already holds newer datapoints of {name!r} (newest"
+                f" t={newest!r}) and refuses older ones; to send it anyway, retry it with"
+                " restamp=True (a new time; a second copy if it had arrived)",
+            )
+        if behind:
+            assert oldest_cached is not None
+            self._keep(
+                behind,
+                f"not sent again yet: {name!r} has cached datapoints older than it (from"
+                f" t={oldest_cached!r}) to send first, and the remote takes a stream in time"
+                " order; retry once they are delivered, or with restamp=True (a new time)",
+            )
+        settled = set(there) | {d.id for d in older} | {d.id for d in behind}
+        return [d for d in letters if d.id not in settled]
+
+    def _keep(self, letters: Sequence[DeadLetter], reason: str, *, refused: bool = False) -> None:
+        self.cache.letters_kept([d.id for d in letters], reason, time.time(), refused=refused)
+        self.kept += len(letters)
+
+    def _push(self, letters: list[DeadLetter]) -> None:
+        """Send ``letters`` as one batch; a refused batch is bisected, a refused letter kept."""
+        # A letter goes out under minus its letter id: never the id of another datapoint
+        # (a consumer that drops repeated ids, as MQTT's may, keeps it), the same each retry.
+        batch = [(-d.id, d.t, json.dumps(d.d, allow_nan=False)) for d in letters]
+        try:
+            self.remote.push(self.row.name, batch)
+        except RejectedError as exc:
+            if len(letters) == 1:
+                self._keep(letters, str(exc), refused=True)
+                return
+            half = len(letters) // 2
+            self._push(letters[:half])
+            self._push(letters[half:])
+            return
+        except AmbiguousRemoteError:
+            if self.ordered and self.remote.reconcile(self.row.name) == letters[-1].t:
+                pass  # all or nothing, and its last one is the remote's newest: delivered
+            else:
+                raise
+        self.sent += self.cache.letters_delivered([d.id for d in letters])
+        if self.ordered:
+            self._newest = letters[-1].t
+        log.info("stream %r: %d dead letters sent again", self.row.name, len(letters))
