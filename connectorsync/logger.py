@@ -473,7 +473,10 @@ class Logger(_Attributes):
             self._syncer.inserted(queued)
             return queued
         streams = self._cache.streams()
-        return resend(self._cache, self.remote, streams, chosen, self.batch_size).sent
+        batch_size = self.batch_size
+        return self._syncer.exclusive(
+            lambda remote: resend(self._cache, remote, streams, chosen, batch_size)
+        ).sent
 
     def purge_deadletters(self, ids: Iterable[int] | None = None) -> int:
         """Delete dead letters (all, or these ids) for good. Returns how many.

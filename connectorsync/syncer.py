@@ -60,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import tenacity
 
@@ -74,6 +74,8 @@ from .report import SyncReport, retry_after, retryable
 from .synclock import PassGate, SyncLock, SyncState
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: First backoff ceiling in seconds; it doubles per failed attempt up to ``syncperiod``.
 BACKOFF_BASE = 1.0
@@ -204,6 +206,23 @@ class Syncer:
             if self._closed:
                 self._close_connection()  # closed while this pass ran (close's drain ran late)
             return report
+
+    def exclusive(self, job: Callable[[Remote], T]) -> T:
+        """``job(remote)`` run as a pass runs: under this process's pass lock and the file's
+        sync lock, so no pass of this or another process sends meanwhile, and two of them
+        never send the same dead letters twice (``retry_deadletters``).
+
+        :raises ConnectorSyncError: another process (or Logger) syncs this cache
+        """
+        with self._pass_lock:
+            holds = self._lock.held
+            if not holds and not self._lock.acquire():
+                raise ConnectorSyncError(self._lock.refusal(self.state()))
+            try:
+                return job(self._remote)
+            finally:
+                if not holds:
+                    self._lock.release()
 
     def _run_pass(
         self, cache: Cache, deadline: float | None, progress: Progress | None, background: bool

@@ -55,6 +55,40 @@ def test_a_retried_letter_keeps_its_time_on_connectordb(
     assert len(logger) == 0
 
 
+def test_two_retries_at_once_send_each_letter_once(
+    logger: Logger, server: ConnectorDBServer
+) -> None:
+    """Retries run one at a time, as passes do (under the pass lock and the file's sync
+    lock): two threads that both asked the remote's newest before either sent would each
+    send the letter, and ConnectorDB takes a second copy at an equal time."""
+    import threading
+
+    refuse_negatives(server)
+    logger.insert_many("temperature", [{"t": T0, "d": 1.0}, {"t": T0 + 1, "d": -1.0}])
+    assert logger.sync().deadlettered == {"temperature": 1}
+    server.reject(None)
+    server.delay(0.3)  # each request takes a while: the two retries overlap
+    start = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def retry() -> None:
+        start.wait()
+        try:
+            outcomes.append(logger.retry_deadletters())
+        except ConnectorSyncError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=retry) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    server.delay(0)
+    assert sorted(o for o in outcomes if isinstance(o, int)) == [0, 1], outcomes
+    assert stored(server) == [(T0, 1.0), (T0 + 1, -1.0)]
+    assert logger.deadletters() == []
+
+
 def test_connectordb_keeps_an_older_letter_with_the_reason(
     logger: Logger, server: ConnectorDBServer
 ) -> None:
