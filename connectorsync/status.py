@@ -31,6 +31,12 @@ class Status:
     :ivar commit_latency: with ``durability="batched"``, the longest of the recent commits of
         the queue (seconds): what a power cut can lose is the datapoints of the last
         ``commit_interval`` plus this; None otherwise
+    :ivar commit_error: with ``durability="batched"``, why commits fail, while they do (an
+        I/O error, a read-only or full disk): ``insert()`` then raises ``CacheError`` and
+        stores nothing, until a commit succeeds again; None when they work
+    :ivar uncommitted: with ``durability="batched"``, datapoints ``insert()`` accepted that
+        wait in memory for their commit: what a crash now would lose (0 otherwise). While
+        commits fail they are not in ``streams``
     :ivar remote: where this cache's datapoints go, as recorded in the cache by the last
         Logger given a remote or the last sync pass (the remote's repr, which shows no
         credentials), or None before either
@@ -54,6 +60,8 @@ class Status:
     syncer: str | None = None
     remote: str | None = None
     commit_latency: float | None = None
+    commit_error: str | None = None
+    uncommitted: int = 0
     bytes_sent: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -87,5 +95,7 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
         syncer=sync.elsewhere,
         remote=cache.get_setting("remote"),
         commit_latency=cache.commit_latency(),
+        commit_error=cache.commit_error(),
+        uncommitted=cache.uncommitted(),
         bytes_sent=bytes_sent(cache, streams),
     )
