@@ -27,7 +27,8 @@ def _logger(path: str, **options: Any) -> Logger:
         lg.addStream("n", {"type": "integer"})
 
     options.setdefault("commit_interval", 3600.0)
-    return Logger(path, on_create=init, durability="batched", **options)
+    options.setdefault("durability", "batched")
+    return Logger(path, on_create=init, **options)
 
 
 def _committed(path: str) -> int:
@@ -289,3 +290,34 @@ def test_a_kill_while_commits_fail_loses_only_what_was_queued_before(
     assert stored == acked[: len(stored)]  # in order, no gaps, nothing unacknowledged
     lost = acked[len(stored) :]
     assert len(lost) == waiting, (lost, waiting)
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_the_committing_modes_raise_at_once_while_writes_fail(
+    cache_path: str, disk: PowerCutVFS, durability: str
+) -> None:
+    """For comparison (docs/guarantees.rst): "full" and "normal" commit before returning, so
+    an insert on a failing disk raises at once, stores nothing, and the next one after the
+    disk recovers works."""
+    with _logger(cache_path, durability=durability) as lg:
+        lg.insert("n", 1)
+        disk.failing = "eio"
+        with pytest.raises(CacheError):
+            lg.insert("n", 2)
+        disk.failing = None
+        lg.insert("n", 3)
+        assert [dp["d"] for dp in lg.export("n")] == [1, 3]
+
+
+def test_close_while_commits_fail_says_how_many_it_loses(
+    cache_path: str, disk: PowerCutVFS
+) -> None:
+    lg = _logger(cache_path)
+    for value in range(3):
+        lg.insert("n", value)  # accepted: no commit has failed yet
+    disk.failing = "readonly"
+    with pytest.raises(CacheError, match="3 datapoints accepted by insert"):
+        lg.close()
+    disk.failing = None
+    with Logger(cache_path) as again:  # the file is sound; the 3 were never committed
+        assert len(again) == 0

@@ -22,6 +22,7 @@ saying to open a new Logger there; closing it in the child changes nothing on di
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -48,6 +49,8 @@ class _Process:
     def forked(self) -> None:
         self.pid = os.getpid()
 
+
+log = logging.getLogger(__name__)
 
 _PROCESS = _Process()
 os.register_at_fork(after_in_child=_PROCESS.forked)
@@ -107,7 +110,13 @@ class Connection:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._conn.close()
+                try:
+                    self._conn.close()
+                except apsw.Error as exc:
+                    # Closing checkpoints the WAL; on a failing disk that fails, and what was
+                    # committed stays in the WAL for the next open. Closed all the same.
+                    log.warning("closing the cache %s: %s (committed data kept)", self.path, exc)
+                    self._conn.close(force=True)
 
     @contextlib.contextmanager
     def transaction(self, action: str) -> Iterator[apsw.Connection]:
