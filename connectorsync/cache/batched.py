@@ -14,7 +14,8 @@ Guarantees (``tests/test_batched.py``):
   is queued, so an explicit timestamp that is too old is refused then, and nothing is stored.
 - Memory is bounded: a queue of :data:`MAX_QUEUED` datapoints is committed by the inserting
   thread itself (back-pressure) before its datapoint is queued; if that commit fails, the
-  caller hears it and its datapoint is not queued (``test_a_full_queue_that_cannot_commit``).
+  caller hears it and its datapoint is not queued, so a retry stores it once
+  (``test_a_full_queue_that_cannot_commit_refuses_and_never_stores_the_refused``).
 - Nothing is acknowledged that cannot be kept: once a commit failed (an I/O error, a file
   system gone read-only, a lock never granted), :meth:`CommitQueue.put` raises
   :class:`~connectorsync.CacheError` and queues nothing, until a commit succeeds again. The
