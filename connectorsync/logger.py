@@ -224,10 +224,14 @@ class Logger(_Attributes):
         """Stop syncing and close the file, within ``timeout`` seconds whatever the remote
         does; a running syncer first makes one last pass in that time. Everything inserted
         is already on disk (``batched``: committed here first): closing loses nothing. Safe
-        to call twice, and from a callback."""
+        to call twice, and from a callback. In a child forked after the Logger was opened,
+        it only marks it closed: the file, the syncer and its lock are the parent's."""
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        if self._cache.inherited:  # a forked child: touch nothing (tests/test_fork.py)
+            self._cache.close()
+            return
         deadline = time.monotonic() + timeout
         self._metrics.close()
         with contextlib.suppress(CacheError):
@@ -250,6 +254,7 @@ class Logger(_Attributes):
     def _check_open(self) -> None:
         if self._state is _State.CLOSED:
             raise ClosedError(f"Logger({self.path!r}) is closed")
+        self._cache.check_process()  # a forked child: raise before any lock (test_fork.py)
 
     def __repr__(self) -> str:
         state = "closed" if self._state is _State.CLOSED else f"{len(self._streams)} streams"

@@ -10,9 +10,11 @@ Logger (never the process-wide default one: two Loggers in one process each have
 - :class:`LoggerMetrics` adds what happens in this process and exists only in its memory:
   datapoints and bytes delivered, sync passes and failed ones (counted from each pass's
   :class:`~connectorsync.delivery.SyncReport`), and the commit and fsync latency histograms
-  (timed by :meth:`connectorsync.cache.connection.Connection.commit`). It serves ``/metrics``
-  on 127.0.0.1 only, when ``metrics_port`` is set (:mod:`connectorsync.metrics_server`:
-  bounded threads and timeouts, nothing left after ``close()``).
+  (timed by :meth:`connectorsync.cache.connection.Connection.commit`); and, from
+  :class:`QueueCollector`, whether ``durability="batched"`` can commit and what waits. It
+  serves ``/metrics`` on 127.0.0.1 only, when ``metrics_port`` is set
+  (:mod:`connectorsync.metrics_server`: bounded threads and timeouts, nothing left after
+  ``close()``).
 
 Every metric is listed in ``docs/metrics.rst``. Guarantees (``tests/test_metrics.py``):
 
@@ -133,6 +135,32 @@ class CacheCollector(Collector):
             yield GaugeMetricFamily(name, meaning, value=size, unit="bytes")
 
 
+class QueueCollector(Collector):
+    """Whether ``durability="batched"`` can commit, and what waits in memory: state of this
+    process only (the CLI, another process, cannot see it), read on each scrape.
+
+    :param cache: the Logger's cache connection (its queue)
+    """
+
+    def __init__(self, cache: Cache):
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        error = self._cache.commit_error()
+        failing = GaugeMetricFamily(
+            "connectorsync_commit_failing",
+            "1 while durability='batched' cannot commit (inserts are refused); why: reason.",
+            labels=["reason"],
+        )
+        failing.add_metric([error or ""], 0 if error is None else 1)
+        yield failing
+        yield GaugeMetricFamily(
+            "connectorsync_uncommitted_datapoints",
+            "Datapoints accepted by durability='batched' that wait in memory for their commit.",
+            value=self._cache.uncommitted(),
+        )
+
+
 class LoggerMetrics:
     """The metrics of one Logger: its own registry, the in-process counters and histograms,
     and the ``/metrics`` server while ``metrics_port`` is set.
@@ -144,6 +172,7 @@ class LoggerMetrics:
     def __init__(self, cache: Cache, status: Callable[[], Status]):
         self.registry = CollectorRegistry()
         self.registry.register(CacheCollector(status, cache.path))
+        self.registry.register(QueueCollector(cache))
         self.delivered = Counter(
             "connectorsync_delivered_datapoints",
             "Datapoints this process delivered (acknowledged by the remote).",

@@ -33,6 +33,12 @@ class Status:
     :ivar commit_latency: with ``durability="batched"``, the longest of the recent commits of
         the queue (seconds): what a power cut can lose is the datapoints of the last
         ``commit_interval`` plus this; None otherwise
+    :ivar commit_error: with ``durability="batched"``, why commits fail, while they do (an
+        I/O error, a read-only or full disk): ``insert()`` then raises ``CacheError`` and
+        stores nothing, until a commit succeeds again; None when they work
+    :ivar uncommitted: with ``durability="batched"``, datapoints ``insert()`` accepted that
+        wait in memory for their commit: what a crash now would lose (0 otherwise). While
+        commits fail they are not in ``streams``
     :ivar remote: where this cache's datapoints go, as recorded in the cache by the last
         Logger given a remote or the last sync pass (the remote's repr, which shows no
         credentials), or None before either
@@ -59,6 +65,8 @@ class Status:
     syncer: str | None = None
     remote: str | None = None
     commit_latency: float | None = None
+    commit_error: str | None = None
+    uncommitted: int = 0
     bytes_sent: dict[str, int] = field(default_factory=dict)
     migration_backup: str | None = None
 
@@ -94,6 +102,8 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
         # An older connectorsync recorded some passwords unhidden: hide them as shown.
         remote=None if (remote := cache.get_setting("remote")) is None else hide_password(remote),
         commit_latency=cache.commit_latency(),
+        commit_error=cache.commit_error(),
+        uncommitted=cache.uncommitted(),
         bytes_sent=bytes_sent(cache, streams),
         migration_backup=cache.get_setting(BACKUP_SETTING),
     )

@@ -25,6 +25,9 @@ Guarantees (each proved by the test named):
   delivered, cached, dead-lettered, dropped, expired or cleared (``test_inflight.py``).
 - Clearing the cache puts a dead letter queued again back at rest
   (``test_inflight.py::test_cleardata_puts_a_requeued_dead_letter_back``).
+- In a child forked after it was opened, every method raises a :class:`CacheError` saying
+  to open a new Logger there, and :meth:`Cache.close` changes nothing on disk
+  (``test_fork.py``; :mod:`.connection` says why).
 
 Each thread that needs the database opens its own :class:`Cache` (apsw gives no concurrency
 from a shared connection); within one :class:`Cache`, a lock keeps transactions whole.
@@ -126,6 +129,7 @@ class Cache(Delivering, DeadLetters):
 
     def set_durability(self, durability: str) -> None:
         """Apply ``durability`` to this connection (at once, or when creation commits)."""
+        self.check_process()
         if not self._conn.in_transaction:
             schema.configure(self._conn, self.path, durability, wal=True)
             self._group_commits(durability)
@@ -148,6 +152,11 @@ class Cache(Delivering, DeadLetters):
         :raises CacheError: the queued datapoints could not be committed (they are lost)
         """
         queue, self._batched = self._batched, None
+        if self.inherited:  # a forked child: the queue and the file are the parent's
+            if queue is not None:
+                queue.abandon()
+            super().close()
+            return
         try:
             if queue is not None:
                 queue.close()
@@ -247,32 +256,40 @@ class Cache(Delivering, DeadLetters):
         :raises CacheFullError: a limit is reached (and ``limits.drop_oldest`` is off), or
             the disk is full; nothing was stored
         """
+        self.check_process()  # first: a lock held at a fork stays held in the child
         row = (stream_id, t, data, *(untrusted or (None, None)))
         if self._group is not None:
             return self._group.append(row, restamp, limits)
         if self._batched is not None:
-            return self._append_batched(self._batched, row, restamp, limits)
+            return self._batched.append(row, restamp, limits, self._append_alone)
         return self._append_alone(row, restamp, limits)
-
-    def _append_batched(
-        self, queue: CommitQueue, row: AppendRow, restamp: bool, limits: Limits | None
-    ) -> float:
-        if queue.full is None:
-            return queue.put(row, restamp, limits)
-        # The last commit found no room: store this one at once, so that its caller hears.
-        queue.flush()
-        stored = self._append_alone(row, restamp, limits)
-        queue.full = None
-        queue.forget_newest()
-        return stored
 
     def flush(self) -> None:
         """Commit the datapoints queued by ``durability="batched"`` now (else nothing to do).
 
         :raises CacheError: the commit failed; they stay queued
         """
+        self.check_process()
         if self._batched is not None:
             self._batched.flush()
+
+    def _flush_to_look(self) -> None:
+        """:meth:`flush` for what must work while commits fail (``status()``): then what
+        is committed is shown, and :meth:`commit_error` and :meth:`uncommitted` say the rest."""
+        try:
+            self.flush()
+        except CacheError:
+            if self._batched is None or self._batched.failure is None:
+                raise
+
+    def commit_error(self) -> str | None:
+        """Why ``batched`` commits fail, while they do (inserts are refused); else None."""
+        failure = None if self._batched is None else self._batched.failure
+        return None if failure is None else str(failure)
+
+    def uncommitted(self) -> int:
+        """Accepted datapoints waiting in memory for a ``batched`` commit (else 0)."""
+        return 0 if self._batched is None else self._batched.queued
 
     def set_commit_interval(self, seconds: float) -> None:
         """``commit_interval``: how long ``batched`` inserts may wait in memory."""
@@ -504,7 +521,7 @@ class Cache(Delivering, DeadLetters):
 
     def untrusted_count(self, boot: int) -> int:
         """How many cached datapoints of ``boot`` wait for a trusted clock."""
-        self.flush()
+        self._flush_to_look()
         return int(self._read("SELECT count(*) FROM datapoints WHERE boot = ?", (boot,))[0][0])
 
     def clear(self) -> int:
@@ -522,8 +539,10 @@ class Cache(Delivering, DeadLetters):
             return delete(conn, AT_REST, ()) - letters
 
     def stream_stats(self) -> dict[str, StreamStats]:
-        """Cached count, oldest and newest cached t, and dead letters, per registered stream."""
-        self.flush()
+        """Cached count, oldest and newest cached t, and dead letters, per registered stream.
+        While ``batched`` commits fail, the committed ones (:meth:`uncommitted` counts the
+        rest)."""
+        self._flush_to_look()
         cached = {
             r[0]: r[1:]
             for r in self._read(

@@ -13,7 +13,17 @@ Guarantees (``tests/test_batched.py``):
 - Order is kept: each datapoint is placed after its stream's newest, cached or queued, when it
   is queued, so an explicit timestamp that is too old is refused then, and nothing is stored.
 - Memory is bounded: a queue of :data:`MAX_QUEUED` datapoints is committed by the inserting
-  thread itself (back-pressure), and an error of that commit reaches that caller.
+  thread itself (back-pressure) before its datapoint is queued; if that commit fails, the
+  caller hears it and its datapoint is not queued, so a retry stores it once
+  (``test_a_full_queue_that_cannot_commit_refuses_and_never_stores_the_refused``).
+- Nothing is acknowledged that cannot be kept: once a commit failed (an I/O error, a file
+  system gone read-only, a lock never granted), :meth:`CommitQueue.put` raises
+  :class:`~connectorsync.CacheError` and queues nothing, until a commit succeeds again. The
+  writer keeps trying every ``interval``; :attr:`CommitQueue.failure` says why meanwhile
+  (``status().commit_error``). Inserts so start raising at most ``interval`` plus one commit
+  attempt after the disk failed, and the datapoints a crash can lose are those queued then:
+  no more than before (``test_inserts_raise_while_commits_fail_and_work_again``,
+  ``test_a_kill_while_commits_fail_loses_only_what_was_queued_before``).
 - :meth:`CommitQueue.flush` commits the queue at once; the cache calls it before every read
   of the datapoints, before re-timing and clearing them, and on close.
 - A commit that fails keeps its datapoints queued for the next one. One refused for want of
@@ -26,12 +36,14 @@ Guarantees (``tests/test_batched.py``):
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import CacheFullError
+from ..errors import CacheError, CacheFullError
 from .base import NEWEST, bump, place
 from .commit import AppendRow, Point
 from .limits import Limits
@@ -60,32 +72,89 @@ class CommitQueue:
         self._closing = False
         #: set when a commit found no room: inserts then commit one at a time (see above)
         self.full: CacheFullError | None = None
+        #: set while commits fail (not for want of room): inserts raise it (see above)
+        self.failure: CacheError | None = None
         #: how long the recent commits took, seconds
         self.latencies: collections.deque[float] = collections.deque(maxlen=100)
         self._thread = threading.Thread(target=self._run, name="connectorsync-commit", daemon=True)
         self._thread.start()
 
+    def append(
+        self,
+        row: AppendRow,
+        restamp: bool,
+        limits: Limits | None,
+        alone: Callable[[AppendRow, bool, Limits | None], float],
+    ) -> float:
+        """``Cache.append`` in this mode: :meth:`put`; after a commit found no room, commit
+        the queue and store ``row`` at once with ``alone``, so that its caller hears."""
+        if self.full is None:
+            return self.put(row, restamp, limits)
+        self.flush()
+        stored = alone(row, restamp, limits)
+        self.full = None
+        self.forget_newest()
+        return stored
+
     def put(self, row: AppendRow, restamp: bool, limits: Limits | None) -> float:
         """Queue ``row`` after its stream's newest; returns the ``t`` it will be stored with.
 
         :raises TooOldError: an explicit ``t`` older than the stream's newest (not queued)
+        :raises CacheError: commits fail (:attr:`failure`), or the queue was full and its
+            commit failed: ``row`` was not queued
         """
         stream_id, t, data, boot, mono = row
-        with self._cond:
-            newest = self._newest.get(stream_id)
-            if newest is None:
-                newest = self._cache._read(NEWEST, (stream_id,))[0][0]
-            stored = place(t, newest, restamp)
-            self._newest[stream_id] = stored
-            if not self._rows:
-                self._queued_at = time.monotonic()
-                self._cond.notify()
-            self._rows.append((stream_id, stored, data, boot, mono))
-            self._limits = limits
-            overfull = len(self._rows) >= MAX_QUEUED
-        if overfull:
-            self.flush()
+        while True:
+            with self._cond:
+                if self.failure is not None:
+                    raise self._refused(self.failure)
+                if len(self._rows) < MAX_QUEUED:
+                    return self._queue(stream_id, t, data, boot, mono, restamp, limits)
+            # Back-pressure: this thread commits the full queue before adding to it, so that
+            # an error reaches the caller whose datapoint then was not queued.
+            try:
+                self.flush()
+            except CacheError as exc:
+                raise self._refused(exc) from exc
+
+    def _queue(  # noqa: PLR0913 - the fields of one row, not worth a record per insert
+        self,
+        stream_id: int,
+        t: float,
+        data: str,
+        boot: int | None,
+        mono: float | None,
+        restamp: bool,
+        limits: Limits | None,
+    ) -> float:
+        """Append the row (the caller holds ``_cond``); returns its ``t``."""
+        newest = self._newest.get(stream_id)
+        if newest is None:
+            newest = self._cache._read(NEWEST, (stream_id,))[0][0]
+        stored = place(t, newest, restamp)
+        self._newest[stream_id] = stored
+        if not self._rows:
+            self._queued_at = time.monotonic()
+            self._cond.notify()
+        self._rows.append((stream_id, stored, data, boot, mono))
+        self._limits = limits
         return stored
+
+    def _refused(self, cause: CacheError) -> CacheError:
+        """The error of an insert refused because the queue cannot be committed."""
+        error = CacheError(
+            f"cannot commit to the cache {self._cache.path!r}: {cause}; this datapoint was not "
+            f"stored (durability='batched' acknowledges only what it can commit; "
+            f"{len(self._rows)} accepted earlier wait in memory, committed once writes work "
+            "again)"
+        )
+        error.__cause__ = cause
+        return error
+
+    @property
+    def queued(self) -> int:
+        """How many accepted datapoints wait in memory for their commit."""
+        return len(self._rows)
 
     def forget_newest(self) -> None:
         """The cached timestamps changed under the queue (re-timed): look them up again."""
@@ -93,7 +162,8 @@ class CommitQueue:
             self._newest.clear()
 
     def flush(self) -> None:
-        """Commit everything queued, now. On an error the datapoints stay queued.
+        """Commit everything queued, now. On an error the datapoints stay queued, and
+        :attr:`failure` is set until a commit succeeds.
 
         :raises CacheError: the commit failed (the datapoints wait for the next one)
         """
@@ -108,15 +178,41 @@ class CommitQueue:
                 (sid, t, True, data, _untrusted(boot, mono)) for sid, t, data, boot, mono in rows
             ]
             try:
-                self._cache._append_many(points, limits)
-            except CacheFullError as exc:
-                self._store_what_fits(points, limits, exc)
-            except BaseException:
+                try:
+                    self._cache._append_many(points, limits)
+                except CacheFullError as exc:
+                    self._store_what_fits(points, limits, exc)
+            except BaseException as exc:
+                # Back in front of the queue: all of them, or (a full disk that could not
+                # even count its drops) those _store_what_fits left in ``points``.
+                back = [(sid, t, data, *(u or (None, None))) for sid, t, _, data, u in points]
                 with self._cond:
-                    self._rows[:0] = rows
+                    self._rows[:0] = back
                     self._queued_at = started
+                    if isinstance(exc, Exception):  # not an interrupt of the committing thread
+                        self._failed(exc)
                 raise
+            if self.failure is not None:
+                log.warning("cache %s: commits work again; inserts accepted", self._cache.path)
+                self.failure = None
             self.latencies.append(time.monotonic() - started)
+
+    def _failed(self, exc: Exception) -> None:
+        """A commit failed (the caller holds ``_cond``): refuse inserts until one succeeds."""
+        if self.failure is None:
+            log.error(
+                "cache %s: cannot commit %d queued datapoints (%s); refusing inserts until "
+                "a commit succeeds, trying again every %s s",
+                self._cache.path,
+                len(self._rows),
+                exc,
+                self.interval,
+            )
+        if isinstance(exc, CacheError):
+            self.failure = exc
+        else:
+            self.failure = CacheError(f"commit failed: {exc!r}")
+            self.failure.__cause__ = exc
 
     def close(self) -> None:
         """Stop the writer and commit what is queued.
@@ -128,22 +224,42 @@ class CommitQueue:
             self._closing = True
             self._cond.notify()
         self._thread.join()
-        self.flush()
+        try:
+            self.flush()
+        except CacheError as exc:
+            lost = self.queued
+            raise CacheError(
+                f"closing the cache {self._cache.path!r}: {lost} datapoints accepted by "
+                f"insert() could not be committed and are lost: {exc}"
+            ) from exc
+
+    def abandon(self) -> None:
+        """In a forked child: forget the queue. Its datapoints are the parent's, which
+        commits them; its writer thread does not exist here."""
+        self._rows = []
 
     def _store_what_fits(
         self, points: list[Point], limits: Limits | None, exc: CacheFullError
     ) -> None:
-        """A commit without room: store one by one what fits, count the rest as dropped."""
-        dropped = 0
+        """A commit without room: store one by one what fits, count the rest as dropped.
+
+        :raises CacheError: the count itself could not be written: then the points not
+            stored are queued again (``flush`` does it), none lost without a count
+        """
+        left: list[Point] = []
         for point in points:
             try:
                 self._cache._append_many([point], limits)
             except CacheFullError:
-                dropped += 1
-        if dropped:
-            with self._cache.transaction("count dropped datapoints") as conn:
-                bump(conn, "stats.dropped", dropped)
-            log.error("cache full: %d queued datapoints could not be stored: %s", dropped, exc)
+                left.append(point)
+        if left:
+            try:
+                with self._cache.transaction("count dropped datapoints") as conn:
+                    bump(conn, "stats.dropped", len(left))
+            except CacheError:
+                points[:] = left  # what flush puts back in the queue is only these
+                raise
+            log.error("cache full: %d queued datapoints could not be stored: %s", len(left), exc)
         self.full = exc
 
     def _run(self) -> None:
@@ -158,11 +274,10 @@ class CommitQueue:
                     if wait <= 0:
                         break
                     self._cond.wait(wait)
-            try:
+            # A failure is kept queued, logged once (flush) and tried again after an interval,
+            # and by the next flush(); inserts are refused meanwhile.
+            with contextlib.suppress(Exception):
                 self.flush()
-            except Exception:
-                # Kept queued; tried again after an interval, and by the next flush().
-                log.exception("could not commit the queued datapoints; trying again")
 
 
 def _untrusted(boot: int | None, mono: float | None) -> tuple[int, float] | None:

@@ -14,11 +14,20 @@ Before SQLite opens a file, :func:`check_openable` says in plain words what woul
 out of it as ``unable to open database file`` or ``disk I/O error``: a directory given as the
 cache path, a file or a directory this user may not write (SQLite creates the ``-wal`` and
 ``-shm`` files beside the cache file) (``test_open_errors.py``).
+
+Fork: a connection belongs to the process that opened it. SQLite forbids using a connection
+in a child forked after it was opened (its locks are not the child's), and a ``batched``
+queue copied into the child holds datapoints the parent commits. So in a forked child every
+use of an inherited connection raises :class:`~connectorsync.CacheError` at once, before any
+lock is taken (a lock held by another thread at the fork stays held in the child for ever),
+saying to open a new Logger there; closing it in the child changes nothing on disk
+(``tests/test_fork.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -88,6 +97,27 @@ def check_openable(path: str, *, write: bool = True) -> None:
             )
 
 
+class _Process:
+    """The pid of this process, kept current by an at-fork hook: checking it on every call
+    is then a comparison, not a system call."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def forked(self) -> None:
+        self.pid = os.getpid()
+
+
+log = logging.getLogger(__name__)
+
+_PROCESS = _Process()
+os.register_at_fork(after_in_child=_PROCESS.forked)
+
+# Connections a forked child inherited and closed: kept referenced, never closed by SQLite in
+# the child (closing may take locks and checkpoint a WAL the parent still writes).
+_INHERITED: list[apsw.Connection] = []
+
+
 class Connection:
     """An apsw connection to the cache file ``path``, used by one thread at a time (the
     lock keeps each transaction whole)."""
@@ -97,6 +127,7 @@ class Connection:
         self.path = path
         self._lock = threading.RLock()
         self._closed = False
+        self._pid = _PROCESS.pid  # the process that opened it: the only one that may use it
         # Each stream's newest timestamp as this connection last saw it: a hint that saves a
         # query per insert. The trigger catches it when another connection wrote since.
         self._newest: dict[int, float] = {}
@@ -108,18 +139,52 @@ class Connection:
         #: ``f(transaction seconds, COMMIT seconds)`` after each timed commit, or None
         self.on_commit: Callable[[float, float], object] | None = None
 
+    def check_process(self) -> None:
+        """Raise if this process is a child forked after the connection was opened.
+
+        :raises CacheError: a forked child: the message says to open a new Logger there
+        """
+        if self._pid != _PROCESS.pid:
+            raise CacheError(
+                f"the cache {self.path!r} was opened by process {self._pid}; this is process "
+                f"{_PROCESS.pid}, forked from it: a SQLite connection must not be used across "
+                "fork(), and what that process queued is its to commit. Nothing was done: "
+                f"open a new Logger({self.path!r}) in this process"
+            )
+
+    @property
+    def inherited(self) -> bool:
+        """True in a child forked after this connection was opened (it may not be used)."""
+        return self._pid != _PROCESS.pid
+
     def close(self) -> None:
-        """Close the connection. Safe to call twice."""
+        """Close the connection. Safe to call twice. In a forked child, only forget it: the
+        file is the parent's to close (nothing is written, no lock is taken)."""
+        if self.inherited:
+            if not self._closed:
+                self._closed = True
+                _INHERITED.append(self._conn)
+            return
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._conn.close()
+                try:
+                    self._conn.close()
+                except apsw.Error as exc:
+                    # Closing checkpoints the WAL; on a failing disk that fails, and what was
+                    # committed stays in the WAL for the next open. Closed all the same.
+                    log.warning("closing the cache %s: %s (committed data kept)", self.path, exc)
+                    self._conn.close(force=True)
 
     @contextlib.contextmanager
     def transaction(self, action: str) -> Iterator[apsw.Connection]:
         """A write transaction: BEGIN IMMEDIATE (so the write lock is taken up front and the
         busy timeout applies, never "database is locked" half way), COMMIT or ROLLBACK.
-        Inside an open transaction (the creation one), a SAVEPOINT instead."""
+        Inside an open transaction (the creation one), a SAVEPOINT instead.
+
+        :raises CacheError: it failed (nothing of it is kept), or a forked child
+        """
+        self.check_process()
         with self._lock, wrapped(action):
             conn = self._conn
             if conn.in_transaction:
@@ -130,10 +195,14 @@ class Connection:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                self.commit(began)
             except BaseException:
-                conn.execute("ROLLBACK")
+                # A COMMIT that failed (an I/O error, a read-only or full disk) may leave the
+                # transaction open: the next one would then fail at BEGIN for ever.
+                if conn.in_transaction:
+                    with contextlib.suppress(apsw.Error):
+                        conn.execute("ROLLBACK")
                 raise
-            self.commit(began)
 
     def commit(self, began: float) -> None:
         """COMMIT the open write transaction begun at ``began`` (``time.perf_counter()``),
@@ -150,5 +219,6 @@ class Connection:
             self.on_commit(done - began, done - committing)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.check_process()
         with self._lock, wrapped("read the cache"):
             return list(self._conn.execute(sql, params))
