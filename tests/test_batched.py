@@ -17,6 +17,7 @@ import pytest
 
 from connectorsync import CacheError, CacheFullError, Logger, TimestampError
 from connectorsync.cache import batched
+from connectorsync.testing.interrupt import interrupt_after_next_commit
 from connectorsync.testing.powercut import FAULTS, PowerCutVFS
 
 from .conftest import ROOT, power_cut_run, wait_for
@@ -113,6 +114,39 @@ def test_a_commit_without_room_counts_what_it_drops_then_inserts_raise(cache_pat
         with pytest.raises(CacheFullError, match="max_cached"):
             lg.insert("n", 5)  # now inserts commit at once, and their callers hear
         assert len(lg) == 3
+
+
+def test_an_interrupt_after_the_commit_stores_nothing_twice(cache_path: str) -> None:
+    """A Ctrl-C landing in the thread that commits the queue just after its COMMIT: the
+    rows are stored, so none goes back in the queue to be stored a second time."""
+    with _logger(cache_path) as lg:
+        for i in range(5):
+            lg.insert("n", i)
+        fired = interrupt_after_next_commit(lg)
+        with pytest.raises(KeyboardInterrupt):
+            lg.flush()
+        assert fired.is_set()
+        lg.insert("n", 5)
+        lg.flush()
+        assert [dp["d"] for dp in lg.export("n")] == [0, 1, 2, 3, 4, 5]
+    assert _committed(cache_path) == 6
+
+
+def test_an_interrupt_while_storing_what_fits_stores_nothing_twice(cache_path: str) -> None:
+    """Without room, the queue is stored one by one: an interrupt just after one of those
+    commits queues again only the datapoints not stored yet."""
+    with _logger(cache_path, max_cached=4) as lg:
+        for i in range(6):
+            lg.insert("n", i)
+        # The queue's commit finds no room (6 > 4) and stores one by one: the first of those
+        # commits is interrupted just after it is done.
+        fired = interrupt_after_next_commit(lg)
+        with pytest.raises(KeyboardInterrupt):
+            lg.flush()
+        assert fired.is_set()
+        lg.flush()
+        assert [dp["d"] for dp in lg.export("n")] == [0, 1, 2, 3]
+        assert lg.status().dropped == 2
 
 
 def test_close_commits_the_queue(cache_path: str) -> None:

@@ -59,6 +59,7 @@ from .base import (
 )
 from .batched import CommitQueue
 from .commit import AppendRow, GroupCommit, Point
+from .connection import CommitOutcome
 from .deadletters import DeadLetters
 from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
@@ -411,11 +412,12 @@ class Cache(Delivering, DeadLetters):
         return stored
 
     def _append_many(
-        self, points: Sequence[Point], limits: Limits | None
+        self, points: Sequence[Point], limits: Limits | None, outcome: CommitOutcome | None = None
     ) -> list[tuple[int, float]]:
-        """:meth:`append_many` without committing the queue first (the queue's own commit)."""
+        """:meth:`append_many` without committing the queue first (the queue's own commit);
+        ``outcome`` as :meth:`transaction`'s."""
         rows = []
-        with self.transaction("store the datapoints") as conn:
+        with self.transaction("store the datapoints", outcome) as conn:
             if limits is not None and limits.active:
                 make_room(conn, self.path, len(points), limits)
             newest: dict[int, float] = {}

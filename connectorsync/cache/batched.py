@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 from ..errors import CacheError, CacheFullError
 from .base import NEWEST, bump, place
 from .commit import AppendRow, Point
+from .connection import CommitOutcome
 from .limits import Limits
 
 if TYPE_CHECKING:
@@ -177,14 +178,18 @@ class CommitQueue:
             points: list[Point] = [
                 (sid, t, True, data, _untrusted(boot, mono)) for sid, t, data, boot, mono in rows
             ]
+            outcome = CommitOutcome()
             try:
                 try:
-                    self._cache._append_many(points, limits)
+                    self._cache._append_many(points, limits, outcome)
                 except CacheFullError as exc:
                     self._store_what_fits(points, limits, exc)
             except BaseException as exc:
+                if outcome.done:  # an interrupt just after the COMMIT: they are stored
+                    points.clear()
                 # Back in front of the queue: all of them, or (a full disk that could not
-                # even count its drops) those _store_what_fits left in ``points``.
+                # even count its drops, or an interrupt) those _store_what_fits left in
+                # ``points``: never one stored already.
                 back = [(sid, t, data, *(u or (None, None))) for sid, t, _, data, u in points]
                 with self._cond:
                     self._rows[:0] = back
@@ -247,17 +252,23 @@ class CommitQueue:
             stored are queued again (``flush`` does it), none lost without a count
         """
         left: list[Point] = []
-        for point in points:
+        for i, point in enumerate(points):
+            outcome = CommitOutcome()
             try:
-                self._cache._append_many([point], limits)
+                self._cache._append_many([point], limits, outcome)
             except CacheFullError:
                 left.append(point)
+            except BaseException:  # an interrupt: what flush queues again is what is not stored
+                points[:] = left + points[i + (1 if outcome.done else 0) :]
+                raise
         if left:
+            outcome = CommitOutcome()
             try:
-                with self._cache.transaction("count dropped datapoints") as conn:
+                with self._cache.transaction("count dropped datapoints", outcome) as conn:
                     bump(conn, "stats.dropped", len(left))
-            except CacheError:
-                points[:] = left  # what flush puts back in the queue is only these
+            except BaseException:
+                # What flush puts back in the queue is only these, unless they are counted.
+                points[:] = [] if outcome.done else left
                 raise
             log.error("cache full: %d queued datapoints could not be stored: %s", len(left), exc)
         self.full = exc

@@ -118,6 +118,15 @@ os.register_at_fork(after_in_child=_PROCESS.forked)
 _INHERITED: list[apsw.Connection] = []
 
 
+class CommitOutcome:
+    """Whether a :meth:`Connection.transaction` that raised had committed all the same."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+
 class Connection:
     """An apsw connection to the cache file ``path``, used by one thread at a time (the
     lock keeps each transaction whole)."""
@@ -177,10 +186,16 @@ class Connection:
                     self._conn.close(force=True)
 
     @contextlib.contextmanager
-    def transaction(self, action: str) -> Iterator[apsw.Connection]:
+    def transaction(
+        self, action: str, outcome: CommitOutcome | None = None
+    ) -> Iterator[apsw.Connection]:
         """A write transaction: BEGIN IMMEDIATE (so the write lock is taken up front and the
         busy timeout applies, never "database is locked" half way), COMMIT or ROLLBACK.
         Inside an open transaction (the creation one), a SAVEPOINT instead.
+
+        An exception that ends it never leaves it open. When one (a ``KeyboardInterrupt``)
+        arrives once the COMMIT is done, ``outcome.done`` says so: the caller must then not
+        store the same rows again (``test_batched.py::test_an_interrupt_after_the_commit``).
 
         :raises CacheError: it failed (nothing of it is kept), or a forked child
         """
@@ -193,15 +208,21 @@ class Connection:
                 return
             began = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
+            committing = False
             try:
                 yield conn
+                committing = True
                 self.commit(began)
-            except BaseException:
+            except BaseException as exc:
                 # A COMMIT that failed (an I/O error, a read-only or full disk) may leave the
                 # transaction open: the next one would then fail at BEGIN for ever.
                 if conn.in_transaction:
                     with contextlib.suppress(apsw.Error):
                         conn.execute("ROLLBACK")
+                elif committing and outcome is not None and not isinstance(exc, apsw.Error):
+                    # Not the COMMIT's own error, and no transaction open: it was done (an
+                    # interrupt that lands during COMMIT is raised just after it returns).
+                    outcome.done = True
                 raise
 
     def commit(self, began: float) -> None:
