@@ -30,6 +30,17 @@ _holders: dict[str, SyncLock] = {}
 _holders_lock = threading.Lock()
 
 
+def _forget_holders_in_child() -> None:
+    """In a forked child the locks held are the parent's (``test_fork.py``): another
+    process's. The lock is new too: another thread may have held it at the fork."""
+    global _holders_lock
+    _holders.clear()
+    _holders_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_holders_in_child)
+
+
 @dataclass(frozen=True)
 class SyncState:
     """How syncing goes, for ``status()``.
