@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -537,3 +538,36 @@ def test_max_packet_size_is_checked_and_kept_in_the_config() -> None:
     again = remote_from_config(remote.to_config())
     assert isinstance(again, MQTTRemote) and again.max_packet_size == 1000
     assert repr(again) == repr(remote)
+
+
+@pytest.mark.parametrize(
+    ("topic", "why"),
+    [
+        ("s/\x00/{stream}", "U+0000"),
+        ("s/\ud800/{stream}", "UTF-8"),
+        ("t" * 65_500 + "/{stream}", "65535 bytes"),
+        ("s/+/{stream}", "wildcards"),
+        ("", "non-empty"),
+    ],
+)
+def test_a_topic_no_broker_takes_is_refused_when_the_remote_is_built(topic: str, why: str) -> None:
+    """A topic a broker (or paho) refuses at every publish: a NUL (mosquitto closes the
+    connection: every pass ambiguous, for ever), a lone surrogate (UnicodeEncodeError), more
+    than 65,535 bytes once a stream's name is in it (paho's ValueError). Each was taken,
+    and the device then never delivered; now refused at once, naming the topic."""
+    expected = f"MQTTRemote topic must be .*{re.escape(why)}"
+    with pytest.raises(ConfigurationError, match=expected) as info:
+        MQTTRemote("mqtt://127.0.0.1", topic=topic)
+    assert "long" in str(info.value) or repr(topic) in str(info.value)
+    with pytest.raises(ConfigurationError, match="MQTTRemote topic"):
+        remote_from_config({"kind": "mqtt", "url": "mqtt://127.0.0.1", "topic": topic})
+
+
+def test_a_unicode_topic_is_delivered(
+    broker: MosquittoBroker, subscriber: MQTTSubscriber, cache_path: str
+) -> None:
+    remote = MQTTRemote(broker.url, topic="capteurs/été/{stream}", timeout=5)
+    with logger(cache_path, remote) as lg:
+        lg.insert_many("temperature", [{"t": T0 + i, "d": i} for i in range(3)])
+        assert lg.sync().sent == {"temperature": 3}
+    assert [m["d"] for m in received(subscriber, "capteurs/été/temperature")] == [0, 1, 2]

@@ -89,6 +89,10 @@ _PROTOCOLS = ("5", "3.1.1")
 # CONNACK reason codes (MQTT 5; paho maps 3.1.1's 4 and 5 onto 0x86 and 0x87).
 _CONNACK_AUTH = {0x86, 0x87, 0x8A, 0x8C}  # bad credentials, not authorized, banned, auth method
 _CONNACK_TRANSIENT = {0x88, 0x89, 0x97, 0x9F}  # unavailable, busy, quota, connection rate
+# MQTT's longest topic name (UTF-8 bytes), and the longest stream name ("user/device/name",
+# each part at most 29 characters: streams.MAX_NAME_LENGTH), which a topic must leave room for.
+_MAX_TOPIC = 65_535
+_LONGEST_STREAM = 3 * 29 + 2
 _MEMO = 1_000_000  # datapoints whose outcome is remembered during failed pushes, at most
 #: :attr:`MQTTRemote.caveat` of an MQTT 3.1.1 remote.
 CAVEAT_311 = (
@@ -174,8 +178,7 @@ class MQTTRemote:
             )
         if parts.username is not None or parts.password is not None:
             raise ConfigurationError("MQTTRemote: put credentials in username=/password=")
-        if not topic or "+" in topic or "#" in topic:
-            raise ConfigurationError(f"MQTTRemote topic must be a topic name; got {topic!r}")
+        _check_topic(topic)
         _check_choice("payload", payload, ("datapoint", "batch"))
         _check_choice("fields", fields, ("plain", "thingsboard"))
         _check_choice("protocol", protocol, _PROTOCOLS)
@@ -557,6 +560,30 @@ def _thingsboard_item(name: str, point: Datapoint) -> str:
     _, t, d = point
     values = d if d.startswith("{") else f"{{{name}:{d}}}"
     return f'{{"ts":{round(t * 1000)},"values":{values}}}'
+
+
+def _check_topic(topic: object) -> None:
+    """A topic every stream's name can go in: a UTF-8 topic name (no wildcard, no U+0000)
+    of at most 65,535 bytes with the longest stream name in it. Refused here, as a broker
+    (or paho) would refuse it at every push and the streams would never deliver."""
+    problem = None
+    if not isinstance(topic, str) or not topic:
+        problem = "a non-empty str"
+    elif "+" in topic or "#" in topic:
+        problem = "a topic name, without the wildcards '+' and '#'"
+    elif "\x00" in topic:
+        problem = "a topic name, without the character U+0000"
+    else:
+        try:
+            size = len(topic.replace("{stream}", "x" * _LONGEST_STREAM).encode())
+        except UnicodeEncodeError:
+            problem = "encodable as UTF-8 (no lone surrogate)"
+        else:
+            if size > _MAX_TOPIC:
+                problem = f"at most {_MAX_TOPIC} bytes as UTF-8, with a stream's name in it"
+    if problem is not None:
+        shown = repr(topic) if len(repr(topic)) <= 80 else f"{repr(topic)[:60]}... (long)"
+        raise ConfigurationError(f"MQTTRemote topic must be {problem}; got {shown}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
