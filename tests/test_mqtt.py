@@ -322,6 +322,34 @@ def test_a_refused_message_is_published_once_while_its_batch_is_bisected(
         proxy.close()
 
 
+def test_a_batch_message_the_acl_refuses_is_dead_lettered_over_a_slow_link(
+    acl_broker: MosquittoBroker, reader: MQTTSubscriber, cache_path: str
+) -> None:
+    """``payload="batch"`` behind a proxy (the broker's close takes a moment to arrive, as
+    over any real link): mosquitto refuses the batch's message (0x87) and closes the
+    connection; the pass bisects the batch, and each half goes on a new connection, so
+    every datapoint becomes a dead letter in one pass. Before, the half went on the closing
+    connection, was lost unanswered, the pass ended ambiguous, and every pass did the same
+    (3 of 40 dead-lettered after 10 passes, the stream blocked)."""
+    proxy = MQTTFaultProxy(acl_broker.port)
+    try:
+        remote = device(proxy.url, "5", payload="batch")
+        with acl_logger(cache_path, remote) as lg:
+            lg.insert_many("temperature", [{"t": T0 + i, "d": i} for i in range(5)])
+            lg.insert_many("secret", [{"t": T0 + i, "d": 100 + i} for i in range(40)])
+            report = lg.sync()
+            assert report.ok, report.errors
+            assert (report.sent, report.deadlettered) == ({"temperature": 5}, {"secret": 40})
+            assert len(lg) == 0 and all("0x87" in x.reason for x in lg.deadletters())
+        assert [m["d"] for b in received(reader, "sensors/temperature") for m in b] == list(
+            range(5)
+        )
+        assert received(reader, "sensors/secret") == []
+        assert len(proxy.published("sensors/secret")) == 2 * 40 - 1  # bisected, each once
+    finally:
+        proxy.close()
+
+
 def test_mqtt311_cannot_see_a_refusal_and_status_says_so(
     acl_broker: MosquittoBroker, reader: MQTTSubscriber, cache_path: str
 ) -> None:

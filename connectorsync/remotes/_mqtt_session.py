@@ -113,6 +113,8 @@ class Session:
         self.maximum_packet_size: int | None = None
         self.lost = False
         self.stalled = False
+        #: the broker refused a message on this connection (a PUBACK of 0x80 or more)
+        self.refused = False
         #: PUBACKs received on this connection, ever
         self.answered = 0
         self._acks: list[tuple[int, int]] = []
@@ -135,6 +137,7 @@ class Session:
         value = int(code.value)
         if value >= 0x80:
             self._codes[value] = str(code)
+            self.refused = True
         self._acks.append((mid, value))
         self.answered += 1
 
@@ -166,8 +169,12 @@ class Session:
         return True
 
     def alive(self) -> bool:
-        """Still connected: whatever the broker sent meanwhile (a close) is read first."""
-        if self.lost or self.stalled:
+        """Still connected, and fit for another push: whatever the broker sent meanwhile (a
+        close) is read first. A connection on which the broker refused a message is not: a
+        broker may close it right after (mosquitto 2.0 does), and a close still on its way
+        (over a proxy, a slow link) would take the next push's messages with it unanswered,
+        every pass again when a bisected batch is refused as a whole."""
+        if self.lost or self.stalled or self.refused:
             return False
         if self.client.loop(timeout=0) != 0:
             self.lost = True

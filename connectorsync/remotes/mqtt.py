@@ -19,7 +19,9 @@ client see it:
   push raises :class:`~connectorsync.errors.RejectedError` with the broker's reason, the
   pass bisects the batch and dead-letters exactly the refused datapoints
   (``test_mqtt.py::test_mqtt5_a_publish_the_acl_refuses_is_a_dead_letter_with_the_reason``).
-  A refused message is remembered, so bisecting does not publish it again.
+  A refused message is remembered, so bisecting does not publish it again; a connection on
+  which a message was refused is not used for the next push (mosquitto closes it)
+  (``test_a_batch_message_the_acl_refuses_is_dead_lettered_over_a_slow_link``).
 - MQTT 3.1.1 cannot tell: a broker acknowledges a message it then discards (mosquitto does so
   for an ACL refusal or ``message_size_limit``). The remote's ``repr`` (shown as
   ``Logger.status().remote`` and by ``connectorsync status``) and :attr:`MQTTRemote.caveat`
