@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -322,34 +321,6 @@ def test_a_refused_message_is_published_once_while_its_batch_is_bisected(
         proxy.close()
 
 
-def test_a_batch_message_the_acl_refuses_is_dead_lettered_over_a_slow_link(
-    acl_broker: MosquittoBroker, reader: MQTTSubscriber, cache_path: str
-) -> None:
-    """``payload="batch"`` behind a proxy (the broker's close takes a moment to arrive, as
-    over any real link): mosquitto refuses the batch's message (0x87) and closes the
-    connection; the pass bisects the batch, and each half goes on a new connection, so
-    every datapoint becomes a dead letter in one pass. Before, the half went on the closing
-    connection, was lost unanswered, the pass ended ambiguous, and every pass did the same
-    (3 of 40 dead-lettered after 10 passes, the stream blocked)."""
-    proxy = MQTTFaultProxy(acl_broker.port)
-    try:
-        remote = device(proxy.url, "5", payload="batch")
-        with acl_logger(cache_path, remote) as lg:
-            lg.insert_many("temperature", [{"t": T0 + i, "d": i} for i in range(5)])
-            lg.insert_many("secret", [{"t": T0 + i, "d": 100 + i} for i in range(40)])
-            report = lg.sync()
-            assert report.ok, report.errors
-            assert (report.sent, report.deadlettered) == ({"temperature": 5}, {"secret": 40})
-            assert len(lg) == 0 and all("0x87" in x.reason for x in lg.deadletters())
-        assert [m["d"] for b in received(reader, "sensors/temperature") for m in b] == list(
-            range(5)
-        )
-        assert received(reader, "sensors/secret") == []
-        assert len(proxy.published("sensors/secret")) == 2 * 40 - 1  # bisected, each once
-    finally:
-        proxy.close()
-
-
 def test_mqtt311_cannot_see_a_refusal_and_status_says_so(
     acl_broker: MosquittoBroker, reader: MQTTSubscriber, cache_path: str
 ) -> None:
@@ -566,36 +537,3 @@ def test_max_packet_size_is_checked_and_kept_in_the_config() -> None:
     again = remote_from_config(remote.to_config())
     assert isinstance(again, MQTTRemote) and again.max_packet_size == 1000
     assert repr(again) == repr(remote)
-
-
-@pytest.mark.parametrize(
-    ("topic", "why"),
-    [
-        ("s/\x00/{stream}", "U+0000"),
-        ("s/\ud800/{stream}", "UTF-8"),
-        ("t" * 65_500 + "/{stream}", "65535 bytes"),
-        ("s/+/{stream}", "wildcards"),
-        ("", "non-empty"),
-    ],
-)
-def test_a_topic_no_broker_takes_is_refused_when_the_remote_is_built(topic: str, why: str) -> None:
-    """A topic a broker (or paho) refuses at every publish: a NUL (mosquitto closes the
-    connection: every pass ambiguous, for ever), a lone surrogate (UnicodeEncodeError), more
-    than 65,535 bytes once a stream's name is in it (paho's ValueError). Each was taken,
-    and the device then never delivered; now refused at once, naming the topic."""
-    expected = f"MQTTRemote topic must be .*{re.escape(why)}"
-    with pytest.raises(ConfigurationError, match=expected) as info:
-        MQTTRemote("mqtt://127.0.0.1", topic=topic)
-    assert "long" in str(info.value) or repr(topic) in str(info.value)
-    with pytest.raises(ConfigurationError, match="MQTTRemote topic"):
-        remote_from_config({"kind": "mqtt", "url": "mqtt://127.0.0.1", "topic": topic})
-
-
-def test_a_unicode_topic_is_delivered(
-    broker: MosquittoBroker, subscriber: MQTTSubscriber, cache_path: str
-) -> None:
-    remote = MQTTRemote(broker.url, topic="capteurs/été/{stream}", timeout=5)
-    with logger(cache_path, remote) as lg:
-        lg.insert_many("temperature", [{"t": T0 + i, "d": i} for i in range(3)])
-        assert lg.sync().sent == {"temperature": 3}
-    assert [m["d"] for m in received(subscriber, "capteurs/été/temperature")] == [0, 1, 2]

@@ -37,6 +37,10 @@ PROTOCOL_MAX_PACKET = 1 + 4 + 268_435_455
 # PUBLISH reason code a client gives a message it did not send because it is too large for
 # the broker (MQTT 5's "Packet too large"); used in the dead letter's reason.
 PACKET_TOO_LARGE = 0x95
+# MQTT's longest topic name (UTF-8 bytes), and the longest stream name ("user/device/name",
+# each part at most 29 characters: streams.MAX_NAME_LENGTH), which a topic must leave room for.
+_MAX_TOPIC = 65_535
+_LONGEST_STREAM = 3 * 29 + 2
 
 
 def load_paho() -> Any:
@@ -62,6 +66,30 @@ def publish_size(topic: bytes, payload: int, *, v5: bool) -> int:
     while remaining >= 128**length_bytes:
         length_bytes += 1
     return 1 + length_bytes + remaining
+
+
+def check_topic(topic: object) -> None:
+    """A topic every stream's name can go in: a UTF-8 topic name (no wildcard, no U+0000)
+    of at most 65,535 bytes with the longest stream name in it. Refused here, as a broker
+    (or paho) would refuse it at every push and the streams would never deliver."""
+    problem = None
+    if not isinstance(topic, str) or not topic:
+        problem = "a non-empty str"
+    elif "+" in topic or "#" in topic:
+        problem = "a topic name, without the wildcards '+' and '#'"
+    elif "\x00" in topic:
+        problem = "a topic name, without the character U+0000"
+    else:
+        try:
+            size = len(topic.replace("{stream}", "x" * _LONGEST_STREAM).encode())
+        except UnicodeEncodeError:
+            problem = "encodable as UTF-8 (no lone surrogate)"
+        else:
+            if size > _MAX_TOPIC:
+                problem = f"at most {_MAX_TOPIC} bytes as UTF-8, with a stream's name in it"
+    if problem is not None:
+        shown = repr(topic) if len(repr(topic)) <= 80 else f"{repr(topic)[:60]}... (long)"
+        raise ConfigurationError(f"MQTTRemote topic must be {problem}; got {shown}")
 
 
 class Outcome(NamedTuple):
@@ -143,6 +171,9 @@ class Session:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
         self.lost = True
+
+    def connacked(self) -> bool:
+        return self.connack is not None
 
     def take_acks(self) -> list[tuple[int, int]]:
         """``(message id, reason code)`` of each PUBACK since the last call (3.1.1: code 0)."""
