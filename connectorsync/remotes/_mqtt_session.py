@@ -226,6 +226,12 @@ class Session:
             sock = self.client.socket()
             if sock is not None:
                 sock.close()
+        # The callbacks are the only cycle between the client and this session: broken, the
+        # client goes (and paho closes its wake-up socket pair) now, not at the next full
+        # garbage collection; a broker that drops every connection would run the process
+        # out of file descriptors first.
+        client = self.client
+        client.on_connect = client.on_publish = client.on_disconnect = None
 
 
 def close_sockets(exc: BaseException) -> None:
