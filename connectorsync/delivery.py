@@ -171,10 +171,14 @@ def _take_turns(
                 for late in active:
                     late.fail(OutOfTimeError("out of time (close); the rest waits in the cache"))
                 return
-            if backlog and lanes.out_of_budget():
+            batch = (
+                None
+                if backlog and lanes.out_of_budget()
+                else _paced(turn, lanes if backlog else None, turn.guard(turn.next_batch))
+            )
+            if batch is None:  # the backlog's budget is up (max_rate's wait may have reached it)
                 lanes.rotation.cut_at(turn.name)
                 return  # the rest waits for the next pass, which takes the live lane first
-            batch = _paced(turn, lanes if backlog else None, turn.guard(turn.next_batch))
             if batch:
                 following = active[(index + 1) % len(active)]
                 ahead = following.read_ahead()
@@ -201,12 +205,15 @@ def _take_turns(
 
 def _paced(turn: _Turn, lanes: Lanes | None, batch: list[Row] | None) -> list[Row] | None:
     """``batch``, once ``max_rate`` lets it go; nothing if the wait failed the turn (syncing
-    stopped, or out of time: the batch waits in the cache)."""
+    stopped, or out of time: the batch waits in the cache); None if the backlog's budget
+    ended first (the batch waits for the next pass)."""
     if batch and lanes is not None:
-        turn.guard(lanes.pace, batch[0][0], len(batch))
+        go = turn.guard(lanes.pace, batch[0][0], len(batch))
         if turn.failed:
             return []
-    return batch
+        if not go:
+            return None
+    return batch or []
 
 
 @dataclass(frozen=True)

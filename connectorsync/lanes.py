@@ -23,7 +23,8 @@ shorter than one round.
 
 ``max_rate`` paces the backlog (datapoints per second, a token bucket holding one second's
 worth), never the live lane nor a resend (paid for when first sent); its waits end at once
-when syncing stops or the Logger closes.
+when syncing stops or the Logger closes, and never outlast the backlog's budget: a wait
+longer than that ends the pass (``more``), so the next pass's live lane is not held back.
 
 What is live: ids after ``live_after``, the newest id when the previous pass began; the
 syncer moves it to the newest id at ``start()``, so what was cached while it was stopped is
@@ -38,7 +39,8 @@ Guarantees (``tests/test_lanes.py``):
   (``test_the_backlog_gets_its_share_when_the_live_lane_takes_the_whole_period``);
 - a short time box does not starve the last stream
   (``test_streams_take_turns_across_passes_cut_short``);
-- pacing ends at close (``test_close_stops_a_paced_manual_sync``).
+- pacing ends at close (``test_close_stops_a_paced_manual_sync``), and at the backlog's
+  budget (``test_a_max_rate_wait_longer_than_the_period_does_not_hold_back_the_live_lane``).
 """
 
 from __future__ import annotations
@@ -151,15 +153,22 @@ class Lanes:
         if self.budget is not None:
             self.budget_end = time.monotonic() + self.budget
 
-    def pace(self, first_id: int, count: int) -> None:
+    def pace(self, first_id: int, count: int) -> bool:
         """Before a backlog batch of ``count`` datapoints from id ``first_id`` goes: wait as
-        ``max_rate`` says (the live lane, ids after ``live_after``, never waits).
+        ``max_rate`` says (the live lane, ids after ``live_after``, never waits). A wait
+        that would outlast the backlog's budget waits until the budget ends instead, and
+        returns False (then :attr:`more` is set): the pass ends, the next one sends its live
+        lane first, and the time waited counts towards the batch's turn.
 
         :raises OutOfTimeError: syncing stops, or the pass's deadline comes first
         """
         if self.pacer is None or (self.live_after is not None and first_id > self.live_after):
-            return
-        self.pacer.take(count, self.plan.deadline, self.plan.pause or _sleep)
+            return True
+        pause = self.plan.pause or _sleep
+        if self.pacer.take(count, self.plan.deadline, pause, until=self.budget_end):
+            return True
+        self.more = True
+        return False
 
     def out_of_budget(self) -> bool:
         """Whether the backlog's time in this pass is up (then :attr:`more` is set)."""
@@ -178,27 +187,43 @@ class Pacer:
         self.rate = rate
         self.tokens, self.filled = rate, time.monotonic()
 
-    def take(self, count: int, deadline: float | None, pause: Callable[[float], bool]) -> None:
-        """Wait until ``count`` datapoints may go; ``pause(seconds)`` waits, False when
-        syncing stops.
+    def take(
+        self,
+        count: int,
+        deadline: float | None,
+        pause: Callable[[float], bool],
+        *,
+        until: float | None = None,
+    ) -> bool:
+        """Wait until ``count`` datapoints may go (True); ``pause(seconds)`` waits, False
+        when syncing stops. A wait that would end after ``until`` (monotonic: the backlog's
+        budget) waits until then only and returns False: the tokens that came meanwhile are
+        kept for the next call (the bucket holds at least ``count``).
 
         :raises OutOfTimeError: syncing stops, or ``deadline`` (monotonic) comes first
         """
         now = time.monotonic()
         refill = max(0.0, now - self.filled) * self.rate
-        self.tokens = min(self.rate, self.tokens + refill) - count
+        # Never less than one batch: a rate under one per second still lets its one go.
+        self.tokens = min(max(self.rate, count), self.tokens + refill) - count
         self.filled = max(now, self.filled)
         if self.tokens >= 0:
-            return
+            return True
         wait = -self.tokens / self.rate
         if deadline is not None and now + wait > deadline:
             self.tokens += count  # not sent: not paid
             raise OutOfTimeError("out of time (close); the rest waits in the cache")
+        if until is not None and now + wait > until:
+            self.tokens += count  # not sent: not paid; the wait until then fills the bucket
+            if not pause(max(0.0, until - now)):
+                raise OutOfTimeError("syncing stopped; the rest waits in the cache")
+            return False
         if not pause(wait):
             self.tokens += count
             raise OutOfTimeError("syncing stopped; the rest waits in the cache")
         # The wait paid for these datapoints: the bucket is empty as of its end.
         self.tokens, self.filled = 0.0, now + wait
+        return True
 
 
 def _sleep(seconds: float) -> bool:

@@ -24,8 +24,9 @@ Guarantees (each proved by the test named, in ``tests/``):
   (``test_faults.py::test_stop_returns_at_once_during_a_long_backoff``).
 - A ``Retry-After`` pauses the whole remote: every stream of the pass that got it stops
   (``test_lanes.py::test_retry_after_pauses_every_stream_of_the_remote``), and the
-  background syncer's next pass waits until it expires; a ``sync()`` asked for by hand
-  goes at once (it was asked for).
+  background syncer's next pass waits until it expires, also when a ``sync()`` asked for
+  by hand met it (``test_lanes.py::test_a_retry_after_met_by_a_manual_sync_holds_the_
+  background_syncer``); a ``sync()`` asked for by hand goes at once (it was asked for).
 - Every wait of a pass (``max_rate`` included) ends on :meth:`stop` or :meth:`close`, and no
   datapoint is deleted once :meth:`close` has returned, also by a ``sync()`` running in
   another thread (``test_lanes.py::test_close_stops_a_paced_manual_sync``).
@@ -66,7 +67,7 @@ import tenacity
 
 from .cache import Cache, Untrusted
 from .delivery import PassPlan, Progress, run_pass
-from .errors import AuthError, ClosedError, ConnectorSyncError
+from .errors import AuthError, ClosedError, ConnectorSyncError, TransientRemoteError
 from .lanes import Pacer, Rotation
 from .options import Options
 from .remotes.base import Remote
@@ -81,6 +82,7 @@ T = TypeVar("T")
 BACKOFF_BASE = 1.0
 #: A ``Retry-After`` longer than this is not believed.
 MAX_RETRY_AFTER = 3600.0
+_QUIET = "the remote asked to be left alone (Retry-After); the background syncer waits"
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class Syncer:
         self._pending = 0  # inserts since the last pass (this process), for sync_threshold
         self._live_after: int | None = None  # the newest id when the last pass began
         self._began = 0.0  # when the background thread's last pass began (monotonic)
+        self._quiet_until = 0.0  # a Retry-After met by any pass: no background pass before
         self._pacer: Pacer | None = None
         self._rotation = Rotation()  # where the next pass's rounds begin
         self._gate = PassGate()  # no deletion after close(); waits end at stop()/close()
@@ -191,6 +194,10 @@ class Syncer:
         with self._pass_lock:
             cache = self._connection()
             report = SyncReport()
+            quiet = self._quiet_until - time.monotonic()
+            if background and quiet > 0:  # a manual sync() met a Retry-After meanwhile
+                report.fail("*", TransientRemoteError(_QUIET, retry_after=quiet))
+                return report
             holds = self._lock.held
             if not holds and not self._lock.acquire():
                 report.fail("*", ConnectorSyncError(self._lock.refusal(self.state())))
@@ -202,6 +209,10 @@ class Syncer:
                     self._lock.release()
             self._pending = 0
             self.last_error = report.message
+            asked = retry_after(report.exception)
+            if asked is not None:  # also one met by a sync() asked for by hand
+                self._quiet_until = time.monotonic() + min(float(asked), MAX_RETRY_AFTER)
+                self._wake.set()  # the background thread reads it now (and says when next)
             self._publish_quietly()
             if self._closed:
                 self._close_connection()  # closed while this pass ran (close's drain ran late)
@@ -358,6 +369,11 @@ class Syncer:
                 continue
             if woken and self.paused:
                 continue  # paused: only the period or new credentials try again
+            if self._quiet_until > time.monotonic():
+                # The remote asked to be left alone (Retry-After): for the whole remote,
+                # whichever pass met it; a wake (sync_threshold) does not end it either.
+                due = max(due, self._quiet_until)
+                continue
             due = time.monotonic() + jittered(self._options.syncperiod, self._options.jitter())
             self.paused = None
             with self._pass_lock:

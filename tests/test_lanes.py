@@ -410,3 +410,56 @@ def test_refusals_give_one_warning_per_stream_and_pass(
     assert "98" in warnings[0].getMessage() and "'s'" in warnings[0].getMessage()
     refused = [r for r in caplog.records if r.levelno == logging.DEBUG and "refused" in r.msg]
     assert len(refused) == 98
+
+
+def test_a_max_rate_wait_longer_than_the_period_does_not_hold_back_the_live_lane(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """``max_rate`` so slow that the backlog's first batch waits for days: a background pass
+    waits until the end of its backlog's budget (``syncperiod``) at most, and the next pass
+    sends the live lane first, so a new datapoint arrives, and the backlog still waits its
+    turn. (Before, the pass slept through the whole wait, days, holding the live lane, and
+    every ``sync()`` behind it.)"""
+    with _http_logger(cache_path, receiver, batch_size=10) as lg:
+        _backlog_then_live(lg, receiver, backlog=20, live=0)
+        lg.max_rate, lg.sync_jitter, lg.syncperiod = 1e-6, 0, 0.2  # one per 11 days
+        lg.start()
+        lg.insert("s", 1000)
+        wait_for(lambda: _sent_in_order(receiver) == [[1000]], timeout=30, what="live data")
+        lg.insert("s", 1001)
+        wait_for(lambda: len(_sent_in_order(receiver)) == 2, timeout=30, what="more live data")
+        lg.stop()
+        assert _sent_in_order(receiver) == [[1000], [1001]]
+        assert len(lg) == 20  # the backlog waits for its tokens
+
+
+def test_a_retry_after_met_by_a_manual_sync_holds_the_background_syncer(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """A ``Retry-After`` holds for the whole remote, whichever pass met it: after a
+    ``sync()`` asked for by hand got one of an hour, the background syncer (a period of
+    0.1 s) says its next attempt is an hour away and sends nothing, however many inserts
+    wake it. (Before, it went on every period: the remote got requests at once.)"""
+    with _http_logger(cache_path, receiver) as lg:
+        lg.syncperiod, lg.sync_jitter, lg.sync_threshold = 0.1, 0, 1
+        lg.start()
+        receiver.fail_next(1, 429, retry_after=3600)
+        lg.insert("s", 1)
+        report = lg.sync()
+        if report.ok:  # the background pass took the 429 first: ask again by hand
+            receiver.fail_next(1, 429, retry_after=3600)
+            lg.insert("s", 1)
+            report = lg.sync()
+        assert getattr(report.exception, "retry_after", None) == 3600
+        before = len(receiver.requests)
+
+        def next_attempt() -> float:
+            return lg.status().next_attempt or 0.0
+
+        wait_for(lambda: next_attempt() > time.time() + 3000, what="the Retry-After's end")
+        for i in range(5):
+            lg.insert("s", 10 + i)  # each wakes the syncer (sync_threshold=1)
+        time.sleep(1.0)
+        assert len(receiver.requests) == before
+        assert next_attempt() > time.time() + 3000
+        lg.stop()

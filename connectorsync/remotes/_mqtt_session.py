@@ -37,6 +37,10 @@ PROTOCOL_MAX_PACKET = 1 + 4 + 268_435_455
 # PUBLISH reason code a client gives a message it did not send because it is too large for
 # the broker (MQTT 5's "Packet too large"); used in the dead letter's reason.
 PACKET_TOO_LARGE = 0x95
+# MQTT's longest topic name (UTF-8 bytes), and the longest stream name ("user/device/name",
+# each part at most 29 characters: streams.MAX_NAME_LENGTH), which a topic must leave room for.
+_MAX_TOPIC = 65_535
+_LONGEST_STREAM = 3 * 29 + 2
 
 
 def load_paho() -> Any:
@@ -62,6 +66,30 @@ def publish_size(topic: bytes, payload: int, *, v5: bool) -> int:
     while remaining >= 128**length_bytes:
         length_bytes += 1
     return 1 + length_bytes + remaining
+
+
+def check_topic(topic: object) -> None:
+    """A topic every stream's name can go in: a UTF-8 topic name (no wildcard, no U+0000)
+    of at most 65,535 bytes with the longest stream name in it. Refused here, as a broker
+    (or paho) would refuse it at every push and the streams would never deliver."""
+    problem = None
+    if not isinstance(topic, str) or not topic:
+        problem = "a non-empty str"
+    elif "+" in topic or "#" in topic:
+        problem = "a topic name, without the wildcards '+' and '#'"
+    elif "\x00" in topic:
+        problem = "a topic name, without the character U+0000"
+    else:
+        try:
+            size = len(topic.replace("{stream}", "x" * _LONGEST_STREAM).encode())
+        except UnicodeEncodeError:
+            problem = "encodable as UTF-8 (no lone surrogate)"
+        else:
+            if size > _MAX_TOPIC:
+                problem = f"at most {_MAX_TOPIC} bytes as UTF-8, with a stream's name in it"
+    if problem is not None:
+        shown = repr(topic) if len(repr(topic)) <= 80 else f"{repr(topic)[:60]}... (long)"
+        raise ConfigurationError(f"MQTTRemote topic must be {problem}; got {shown}")
 
 
 class Outcome(NamedTuple):
@@ -113,6 +141,8 @@ class Session:
         self.maximum_packet_size: int | None = None
         self.lost = False
         self.stalled = False
+        #: the broker refused a message on this connection (a PUBACK of 0x80 or more)
+        self.refused = False
         #: PUBACKs received on this connection, ever
         self.answered = 0
         self._acks: list[tuple[int, int]] = []
@@ -135,11 +165,15 @@ class Session:
         value = int(code.value)
         if value >= 0x80:
             self._codes[value] = str(code)
+            self.refused = True
         self._acks.append((mid, value))
         self.answered += 1
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
         self.lost = True
+
+    def connacked(self) -> bool:
+        return self.connack is not None
 
     def take_acks(self) -> list[tuple[int, int]]:
         """``(message id, reason code)`` of each PUBACK since the last call (3.1.1: code 0)."""
@@ -166,8 +200,12 @@ class Session:
         return True
 
     def alive(self) -> bool:
-        """Still connected: whatever the broker sent meanwhile (a close) is read first."""
-        if self.lost or self.stalled:
+        """Still connected, and fit for another push: whatever the broker sent meanwhile (a
+        close) is read first. A connection on which the broker refused a message is not: a
+        broker may close it right after (mosquitto 2.0 does), and a close still on its way
+        (over a proxy, a slow link) would take the next push's messages with it unanswered,
+        every pass again when a bisected batch is refused as a whole."""
+        if self.lost or self.stalled or self.refused:
             return False
         if self.client.loop(timeout=0) != 0:
             self.lost = True
@@ -188,6 +226,12 @@ class Session:
             sock = self.client.socket()
             if sock is not None:
                 sock.close()
+        # The callbacks are the only cycle between the client and this session: broken, the
+        # client goes (and paho closes its wake-up socket pair) now, not at the next full
+        # garbage collection; a broker that drops every connection would run the process
+        # out of file descriptors first.
+        client = self.client
+        client.on_connect = client.on_publish = client.on_disconnect = None
 
 
 def close_sockets(exc: BaseException) -> None:

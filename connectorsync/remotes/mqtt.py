@@ -19,7 +19,9 @@ client see it:
   push raises :class:`~connectorsync.errors.RejectedError` with the broker's reason, the
   pass bisects the batch and dead-letters exactly the refused datapoints
   (``test_mqtt.py::test_mqtt5_a_publish_the_acl_refuses_is_a_dead_letter_with_the_reason``).
-  A refused message is remembered, so bisecting does not publish it again.
+  A refused message is remembered, so bisecting does not publish it again; a connection on
+  which a message was refused is not used for the next push (mosquitto closes it)
+  (``test_mqtt_hostile.py::test_a_batch_message_the_acl_refuses_is_dead_lettered_over_a_slow_link``).
 - MQTT 3.1.1 cannot tell: a broker acknowledges a message it then discards (mosquitto does so
   for an ACL refusal or ``message_size_limit``). The remote's ``repr`` (shown as
   ``Logger.status().remote`` and by ``connectorsync status``) and :attr:`MQTTRemote.caveat`
@@ -37,7 +39,9 @@ synchronously, in the caller's thread: no network thread of paho's, no reconnect
 the syncer's back, and no resending by a session (the cache is the session: a client starts
 clean, and what was not acknowledged is resent by the pass). Every call ends within
 ``timeout`` seconds of silence from the broker; :meth:`MQTTRemote.close` from another thread
-ends a push under way at once (its batch is then ambiguous, and resent).
+ends a push under way at once, also one waiting for the broker's CONNACK (its batch is then
+ambiguous, and resent) (``test_mqtt_hostile.py::
+test_close_ends_a_push_waiting_for_the_brokers_connack``).
 
 Errors: credentials refused at connect (CONNACK 0x86, 0x87, 0x8A, 0x8C) raise
 :class:`~connectorsync.errors.AuthError`; a broker that cannot be reached, refuses, is busy
@@ -73,6 +77,7 @@ from ._mqtt_session import (
     Outcome,
     Refusals,
     Session,
+    check_topic,
     close_sockets,
     describe,
     load_paho,
@@ -174,8 +179,7 @@ class MQTTRemote:
             )
         if parts.username is not None or parts.password is not None:
             raise ConfigurationError("MQTTRemote: put credentials in username=/password=")
-        if not topic or "+" in topic or "#" in topic:
-            raise ConfigurationError(f"MQTTRemote topic must be a topic name; got {topic!r}")
+        check_topic(topic)
         _check_choice("payload", payload, ("datapoint", "batch"))
         _check_choice("fields", fields, ("plain", "thingsboard"))
         _check_choice("protocol", protocol, _PROTOCOLS)
@@ -251,6 +255,7 @@ class MQTTRemote:
     def ping(self) -> str:
         """Connect (if not connected) and return ``client_id@host:port``."""
         with self._lock:
+            self._aborted = False
             self._connected()
         return f"{self.client_id}@{self.host}:{self.port}"
 
@@ -312,8 +317,8 @@ class MQTTRemote:
             finally:
                 self._lock.release()
             return
-        session = self._session
-        self._aborted = True
+        self._aborted = True  # before reading the session: a push connecting checks it after
+        session = self._session  # setting its session
         if session is not None:
             session.abort()
 
@@ -463,8 +468,11 @@ class MQTTRemote:
         if session is not None and session.alive():
             return session
         self._drop()
-        self._session = self._connect()
-        return self._session
+        try:
+            return self._connect()
+        except BaseException:
+            self._session = None
+            raise
 
     def _connect(self) -> Session:
         mqtt = self._mqtt
@@ -485,7 +493,8 @@ class MQTTRemote:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
             client.tls_set_context(context)
-        session = Session(client)
+        # Set before connecting, so that close() from another thread can end the wait.
+        self._session = session = Session(client)
         where = f"MQTT {self.url}"
         extra = {"clean_start": True} if version == mqtt.MQTTv5 else {}
         try:
@@ -501,9 +510,11 @@ class MQTTRemote:
             raise TransientRemoteError(f"{where}: cannot connect: {describe(exc)}") from None
         except ValueError as exc:  # paho's own checks (a client id too long for 3.1.1)
             raise ConfigurationError(f"{where}: {exc}") from None
-        if not session.pump(self.timeout, until=lambda: session.connack is not None):
-            client.disconnect()
+        if self._aborted or not session.pump(self.timeout, until=session.connacked):
+            session.close()
             why = "closed the connection" if session.lost else f"did not answer in {self.timeout} s"
+            if self._aborted:
+                raise TransientRemoteError(f"{where}: close() ended the connecting; nothing sent")
             raise TransientRemoteError(f"{where}: the broker {why} (no CONNACK)")
         code = session.connack or 0
         if code >= 0x80:
