@@ -55,7 +55,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -72,6 +71,7 @@ from .lanes import Pacer, Rotation
 from .options import Options
 from .remotes.base import Remote
 from .report import SyncReport, retry_after, retryable
+from .schedule import jittered
 from .synclock import PassGate, SyncLock, SyncState
 
 log = logging.getLogger(__name__)
@@ -581,21 +581,6 @@ class Syncer:
                     self._close_connection()
             finally:
                 self._pass_lock.release()
-
-
-def jittered(
-    base: float, jitter: float, uniform: Callable[[float, float], float] = random.uniform
-) -> float:
-    """``base`` plus a uniform random ``[0, jitter]`` seconds (exactly ``base`` when ``jitter``
-    is 0): the wait before a periodic pass (``base`` is ``syncperiod``, or 0 for the first).
-
-    Added rather than centred on ``base`` so that ``syncperiod`` stays a floor between periodic
-    passes (a metered link or a server quota sized for it holds); the mean period is
-    ``syncperiod + jitter / 2``, 5% longer with the default jitter.
-
-    :param uniform: the random source, ``uniform(a, b)`` as :func:`random.uniform`
-    """
-    return (base + uniform(0.0, jitter)) if jitter > 0 else base
 
 
 def _record_remote(cache: Cache, remote: Remote) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from connectorsync import ConfigurationError, Logger
 from connectorsync.options import Options
-from connectorsync.syncer import jittered
+from connectorsync.schedule import jittered
 from connectorsync.testing import ConnectorDBServer
 
 from .conftest import wait_for, within
