@@ -7,7 +7,10 @@ Like an OS page cache, what is held is shared by every connection of the process
 held of it along. :class:`PowerCutVFS` can also cut the power itself: at the ``cut_at``-th I/O
 operation (``xWrite``, ``xSync``, ``xTruncate``, ``xDelete`` of those files, counted across
 the process) it calls ``on_cut`` and ends the process at once with ``os._exit(CUT_EXIT)``,
-before the operation happens (tests/helpers/powercut_workload.py uses that).
+before the operation happens (tests/helpers/powercut_workload.py uses that). And it can
+fail: while :attr:`PowerCutVFS.failing` is ``"eio"`` or ``"readonly"``, every write, truncate
+and fsync of those files raises (SQLITE_IOERR, SQLITE_READONLY) after it was counted, as a
+dying card or a file system remounted read-only would, until it is set back to None.
 
 As a program, the process inserts COUNT values in each of THREADS threads (default 1; thread
 k into stream ``counter``, or ``counter{k}`` when there are several), PACE seconds apart
@@ -62,11 +65,13 @@ class PowerCutFile(apsw.VFSFile):
 
     def xWrite(self, data, offset: int) -> None:
         self.vfs.tick()
+        self.vfs.check()
         with self.held.lock:
             self.held.ops.append(("w", offset, bytes(data)))
 
     def xTruncate(self, newsize: int) -> None:
         self.vfs.tick()
+        self.vfs.check()
         with self.held.lock:
             self.held.ops.append(("t", newsize, b""))
 
@@ -99,6 +104,7 @@ class PowerCutFile(apsw.VFSFile):
 
     def xSync(self, flags: int) -> None:
         self.vfs.tick()
+        self.vfs.check()
         with self.held.lock:
             for op, at, data in self.held.ops:
                 if op == "w":
@@ -121,6 +127,7 @@ class PowerCutVFS(apsw.VFS):
         self.cut_at = cut_at
         self.on_cut = on_cut
         self.ops = 0  # I/O operations counted so far
+        self.failing: str | None = None  # "eio" or "readonly": writes and fsyncs raise
         self._count = threading.Lock()
         self._held: dict[str, Held] = {}
         super().__init__("powercut", base=self.base, makedefault=True)
@@ -138,6 +145,14 @@ class PowerCutVFS(apsw.VFS):
             if self.on_cut is not None:
                 self.on_cut(self.ops)
             os._exit(CUT_EXIT)  # here and now: no unwinding, no flush, no atexit
+
+    def check(self) -> None:
+        """Raise as the failing disk would (see :attr:`failing`)."""
+        failing = self.failing
+        if failing == "eio":
+            raise apsw.IOError("injected EIO")
+        if failing == "readonly":
+            raise apsw.ReadOnlyError("injected read-only file system")
 
     def xOpen(self, name, flags):
         if flags[0] & _HELD:
