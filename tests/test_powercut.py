@@ -20,7 +20,7 @@ cache is reopened by this (normal) process and:
 - a sync of the reopened cache to the same server leaves it with every datapoint that was
   cached or delivered before, each exactly once (ConnectorDB is "ordered"), and no dead letter.
 
-``make test`` runs :data:`CUTS` = 66 cut points (three per phase); ``make soak``
+``make test`` runs :data:`CUTS` = 48 cut points; ``make soak``
 (``CONNECTORSYNC_SOAK=1``) runs 1,000; ``POWERCUT_CUTS=n`` sets any number, ``POWERCUT_SEED=s``
 the seed. Each run prints a one-line summary (cut points by phase, datapoints checked).
 
@@ -71,7 +71,7 @@ _ENABLE = {w.strip() for w in os.environ.get("POWERCUT_ENABLE", "").split(",")}
 ENABLED = sorted(
     name for name in PHASES if name not in KNOWN_BROKEN or name in _ENABLE or "all" in _ENABLE
 )
-CUTS = int(os.environ.get("POWERCUT_CUTS", "1000" if SOAK else "66"))
+CUTS = int(os.environ.get("POWERCUT_CUTS", "1000" if SOAK else "48"))
 SEED = int(os.environ.get("POWERCUT_SEED", "20261124"))
 REPLAY = os.environ.get("POWERCUT_REPLAY")  # "PHASE:N": that one cut point only
 SLACK = 1.0  # seconds of scheduling delay on a loaded machine, for the batched bound

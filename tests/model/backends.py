@@ -49,6 +49,7 @@ class Backend:
     name = ""
     refuses_always = False  # influxd refuses a string in a float field by itself
     max_payload: int | None = None  # a datapoint bigger than this is refused (MQTT)
+    restarts = False  # "fail" and "drop_before" restart the server (answers may be lost)
 
     def observe(self) -> None:
         """Wait until what the server stored so far can be read (a subscriber's flush)."""

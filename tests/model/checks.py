@@ -54,6 +54,9 @@ def check(model: DeliveryModel) -> None:
         twice = sorted(n for n, k in s_count.items() if k > 1)
         assert not twice, f"stored more than once on an {kind} remote: {twice}"
         assert not s & d, f"stored and a dead letter at once: {sorted(s & d)}"
+    if kind == "at_least_once" and not model.may_duplicate:
+        twice = sorted(n for n, k in s_count.items() if k > 1)
+        assert not twice, f"stored twice, though no answer was lost: {twice}"
     if kind == "ordered" and not model.unresolved:
         assert not c & s, f"stored yet still cached after reconciliation: {sorted(c & s)}"
 

@@ -36,7 +36,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from connectorsync import Logger
+from connectorsync import Logger, SyncReport
 from connectorsync.errors import ConnectorSyncError
 from connectorsync.testing.ntp import NTPServer
 
@@ -96,6 +96,8 @@ class DeliveryModel(RuleBasedStateMachine):
         # A lost answer whose reconciliation failed was armed: stored-and-cached may last.
         # Sticky, since an armed fault may wait passes for a write to hit.
         self.unresolved = False
+        # A lost answer may have happened: at_least_once may store a datapoint twice.
+        self.may_duplicate = False
         self.ntp_mode = False
         self.clean_pass: bool | None = None  # set by a sync step: report.ok
 
@@ -162,9 +164,20 @@ class DeliveryModel(RuleBasedStateMachine):
         self.logger.insert_many(stream, [self.value(stream, p) for p in poisons])
 
     def pass_(self) -> None:
-        self.clean_pass = self.logger.sync().ok
+        self.clean_pass = self.seen(self.logger.sync()).ok
+
+    def seen(self, report: SyncReport) -> SyncReport:
+        """A pass that reported an error may have lost an answer (a timeout): at least once
+        may then store a datapoint twice."""
+        if not report.ok:
+            self.may_duplicate = True
+        return report
 
     def arm_fault(self, fault: str, n: int, status: int, retry_after: str | None) -> None:
+        if fault in ("lose_answer", "lose_answer_unreconciled") or (
+            fault in ("fail", "drop_before") and self.backend.restarts
+        ):
+            self.may_duplicate = True
         if fault == "fail":
             self.backend.fail(n, status, retry_after)
         elif fault == "drop_before":
@@ -317,7 +330,9 @@ class DeliveryModel(RuleBasedStateMachine):
         before = self.backend.writes()
         self.backend.delay(DELAY)
         result: list[Any] = []
-        thread = threading.Thread(target=lambda: result.append(lg.sync()), name="model-pass")
+        thread = threading.Thread(
+            target=lambda: result.append(self.seen(lg.sync())), name="model-pass"
+        )
         thread.start()
         try:
             deadline = time.monotonic() + 5
@@ -468,6 +483,7 @@ class DeliveryModel(RuleBasedStateMachine):
         for _ in range(2):
             lg.insert(stream, self.value(stream, False))
         self.backend.lose_answer()
+        self.may_duplicate = True
         self.pass_()
         self.clean_pass = None
         self.cleardata()
@@ -481,7 +497,7 @@ class DeliveryModel(RuleBasedStateMachine):
         self.backend.delay(0)
         errors: dict[str, str] = {}
         for _ in range(4):
-            report = self.logger.sync()
+            report = self.seen(self.logger.sync())
             errors = report.errors
             if report.ok and len(self.logger) == 0:
                 break

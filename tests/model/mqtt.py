@@ -47,6 +47,7 @@ class MQTTBackend(Backend):
     kind = "at_least_once"
     name = "mqtt"
     max_payload = MAX_PACKET
+    restarts = True
 
     def __init__(self, directory: Path) -> None:
         require_mosquitto()
@@ -57,6 +58,9 @@ class MQTTBackend(Backend):
 
     def new_example(self) -> None:
         self.prefix = "model/" + uuid.uuid4().hex[:10]
+        # A new proxy: a lost PUBACK armed and not used up stays with the old one.
+        self.proxy.close()
+        self.proxy = MQTTFaultProxy(self.broker.port)
 
     def logger(self, path: str, **options: Any) -> Logger:
         remote = MQTTRemote(

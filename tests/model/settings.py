@@ -1,10 +1,10 @@
 """How long the model runs, and which of its rules wait for a known defect's fix.
 
 ``make test`` runs a few derandomized examples per variant; ``make soak`` sets
-``CONNECTORSYNC_SOAK=1`` and runs at least :data:`SOAK_MIN_STEPS` steps per variant
-(``CONNECTORSYNC_SOAK_EXAMPLES`` and ``CONNECTORSYNC_SOAK_STEPS`` set examples per variant
-and steps per example; ``CONNECTORSYNC_MODEL_EXAMPLES`` / ``CONNECTORSYNC_MODEL_STEPS`` do
-the same for the bounded run).
+``CONNECTORSYNC_SOAK=1`` and runs rounds of examples until each variant made at least
+:data:`SOAK_MIN_STEPS` steps (``CONNECTORSYNC_SOAK_EXAMPLES`` and ``CONNECTORSYNC_SOAK_STEPS``
+set examples per round and steps per example; ``CONNECTORSYNC_MODEL_EXAMPLES`` and
+``CONNECTORSYNC_MODEL_STEPS`` do the same for the bounded run).
 """
 
 from __future__ import annotations
@@ -51,9 +51,8 @@ _HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much]
 
 if SOAK:
     STEPS = int(os.environ.get("CONNECTORSYNC_SOAK_STEPS", "40"))
-    # Enough examples that the steps of one variant reach SOAK_MIN_STEPS even when
-    # hypothesis ends some examples early (it draws each example's length).
-    EXAMPLES = int(os.environ.get("CONNECTORSYNC_SOAK_EXAMPLES", str(2 * SOAK_MIN_STEPS // STEPS)))
+    # Per round: tests/test_model.py runs rounds until a variant made SOAK_MIN_STEPS steps.
+    EXAMPLES = int(os.environ.get("CONNECTORSYNC_SOAK_EXAMPLES", "100"))
     SETTINGS = settings(
         max_examples=EXAMPLES,
         stateful_step_count=STEPS,
@@ -63,7 +62,7 @@ if SOAK:
     )
 else:  # `make test`: bounded and the same every run, so CI is stable
     SETTINGS = settings(
-        max_examples=int(os.environ.get("CONNECTORSYNC_MODEL_EXAMPLES", "10")),
+        max_examples=int(os.environ.get("CONNECTORSYNC_MODEL_EXAMPLES", "8")),
         stateful_step_count=int(os.environ.get("CONNECTORSYNC_MODEL_STEPS", "20")),
         deadline=None,
         derandomize=True,
