@@ -239,7 +239,11 @@ class Torture:
                 if v not in raised and v not in unknown
             ]
             holes = [v for v in expected if v not in present]
-            assert holes == expected[: len(holes)], f"{stream}: missing in the middle: {holes[:10]}"
+            returned_values = {v for v, _ in out.returned.get(stream, [])}
+            assert holes == expected[: len(holes)], (
+                f"{stream}: missing in the middle: {holes[:10]} (of them, insert() returned "
+                f"for {sorted(returned_values & set(holes))[:10]})"
+            )
             holes_total += len(holes)
             # Returned, not delivered, and not among the oldest that drop_oldest counted.
             gone = set(holes)

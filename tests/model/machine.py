@@ -270,14 +270,17 @@ class DeliveryModel(RuleBasedStateMachine):
         ids = [d.id for d in chosen] if some else None
         cap = self.options.get("max_cached")
         within = cap is not None and lg.status().cached <= cap
-        if keep_t and enabled("retry_keeps_t"):
-            lg.retry_deadletters(ids, restamp=False)  # type: ignore[call-arg]
-            self.kept_t |= {ident(d.d) for d in chosen}
-            cached = {ident(p["d"]): p["t"] for p in lg.export()}
-            moved = [(ident(d.d), d.t, cached[ident(d.d)]) for d in chosen if ident(d.d) in cached]
-            assert all(t == now for _, t, now in moved), f"restamp=False changed t: {moved}"
+        if enabled("retry_keeps_t"):
+            lg.retry_deadletters(ids, restamp=not keep_t)  # type: ignore[call-arg]
+            if keep_t:
+                self.kept_t |= {ident(d.d) for d in chosen}
+                cached: dict[int, float | None] = collections.defaultdict(lambda: None)
+                cached.update((ident(p["d"]), p["t"]) for p in lg.export())
+                moved = [(ident(d.d), d.t, cached[ident(d.d)]) for d in chosen]
+                changed = [m for m in moved if m[2] is not None and m[1] != m[2]]
+                assert not changed, f"restamp=False changed t (value, was, now): {changed}"
         else:
-            lg.retry_deadletters(ids)
+            lg.retry_deadletters(ids)  # b064757: always new timestamps
         self.retried |= {ident(d.d) for d in chosen}
         if within and enabled("retry_within_limits"):
             assert lg.status().cached <= cap, (
@@ -447,9 +450,12 @@ class DeliveryModel(RuleBasedStateMachine):
     @precondition(lambda self: self.backend.max_payload is not None and enabled("mqtt_oversized"))
     @rule(stream=st.sampled_from(STREAMS))
     def insert_oversized(self, stream: str) -> None:
-        """A datapoint bigger than the broker takes: a dead letter, never a blocked stream."""
+        """A datapoint bigger than the broker takes, and one after it: the big one becomes a
+        dead letter, the stream is not blocked (a drain settles both)."""
         assert self.backend.max_payload is not None
         self.logger.insert(stream, self.value(stream, True, pad=self.backend.max_payload + 100))
+        self.logger.insert(stream, self.value(stream, False))
+        self.drain()
 
     @precondition(lambda self: self.options.get("max_cached") is not None)
     @rule(stream=st.sampled_from(STREAMS))
