@@ -68,8 +68,13 @@ SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
 #:   transaction open; the inserts of every thread then hang or return uncommitted (h2)
 KNOWN_BROKEN: set[str] = {"eio_batched", "readonly_batched", "group_commit_interrupt"}
 _ENABLE = {w.strip() for w in os.environ.get("POWERCUT_ENABLE", "").split(",")}
+#: ``POWERCUT_PHASES=name,name``: cut only these phases (a fix's own phases, run long).
+_ONLY = {w.strip() for w in os.environ.get("POWERCUT_PHASES", "").split(",") if w.strip()}
 ENABLED = sorted(
-    name for name in PHASES if name not in KNOWN_BROKEN or name in _ENABLE or "all" in _ENABLE
+    name
+    for name in PHASES
+    if (name not in KNOWN_BROKEN or name in _ENABLE or "all" in _ENABLE or name in _ONLY)
+    and (not _ONLY or name in _ONLY)
 )
 CUTS = int(os.environ.get("POWERCUT_CUTS", "1000" if SOAK else "48"))
 SEED = int(os.environ.get("POWERCUT_SEED", "20261124"))

@@ -219,8 +219,21 @@ def failing(mode: str) -> Callable[[Child, list[str], int], None]:
 
 
 def recover(child: Child, streams: list[str], count: int) -> None:
+    """The disk works again; flush() until a commit succeeded (inserts may raise until the
+    writer has committed again), then everything returned so far is durable."""
     child.vfs.failing = None
     child.report("R", time.monotonic())
+    deadline = time.monotonic() + FAIL_WITHIN
+    while True:
+        try:
+            child.lg.flush()
+        except ConnectorSyncError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        child.report("f", time.monotonic())
+        return
 
 
 def flush(child: Child, streams: list[str], count: int) -> None:
