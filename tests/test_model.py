@@ -165,3 +165,25 @@ def test_the_model_sees_a_lost_datapoint(ordered: Backend, tmp_path: Path) -> No
             machine.every_datapoint_is_in_exactly_one_place()
     finally:
         machine.lg.close()
+
+
+def test_the_model_sees_a_stored_datapoint_whose_insert_raised(
+    ordered: Backend, tmp_path: Path
+) -> None:
+    """The failing-disk rules are not vacuous: a datapoint stored though its insert raised
+    fails the invariant."""
+    ordered.new_example()
+    path = str(tmp_path / "probe.db")
+    machine = type(
+        "Probe", (DeliveryModel,), {"backend": ordered, "tmpdir": tmp_path, "ntp": None}
+    )()
+    machine.options = {"batch_size": 2}
+    machine.lg = ordered.logger(path, **machine.options)
+    try:
+        machine.insert("a", False)
+        machine.every_datapoint_is_in_exactly_one_place()
+        machine.failed(machine.counter)  # as if that insert had raised
+        with pytest.raises(AssertionError, match="insert\\(\\) raised, yet"):
+            machine.every_datapoint_is_in_exactly_one_place()
+    finally:
+        machine.lg.close()

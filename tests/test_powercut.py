@@ -430,3 +430,18 @@ def test_a_group_commit_returns_no_insert_before_its_commit_is_durable(cache_pat
         second.set()
         lg.close()
         del vfs
+
+
+def test_the_batched_bound_excuses_only_what_it_may() -> None:
+    """The batched check is not vacuous: a loss is excused within the bound of the cut or of
+    a disk failure that was not over, never before a flush() that returned."""
+    out = Outcome(at=100.0, flushed=50.0)
+    assert not batched_may_lose(out, 49.0, 1.0)  # before a flush that returned
+    assert batched_may_lose(out, 99.5, 1.0)  # within the bound of the cut
+    assert not batched_may_lose(out, 90.0, 1.0)
+    out.failing = [(80.0, float("inf"))]  # failing at the cut: commits since 80 failed
+    assert batched_may_lose(out, 90.0, 1.0)
+    assert batched_may_lose(out, 79.5, 1.0)
+    assert not batched_may_lose(out, 70.0, 1.0)
+    out.failing = [(80.0, 85.0)]  # recovered long before the cut: committed since
+    assert not batched_may_lose(out, 90.0, 1.0)
