@@ -422,6 +422,8 @@ class DeliveryModel(RuleBasedStateMachine):
                     answer = b"ok"
                 except ConnectorSyncError:
                     answer = b"raised"
+                except BaseException as exc:  # said to the parent, which fails on it
+                    answer = b"crash: " + repr(exc).encode()[:300]
                 os.write(write_end, answer)
                 time.sleep(FORK_WITHIN)
             finally:
@@ -429,7 +431,7 @@ class DeliveryModel(RuleBasedStateMachine):
         os.close(write_end)
         try:
             ready, _, _ = select.select([read_end], [], [], FORK_WITHIN)
-            answer = os.read(read_end, 64) if ready else b""
+            answer = os.read(read_end, 512) if ready else b""
             assert answer, f"a forked child's insert did not return within {FORK_WITHIN} s"
             assert answer in (b"ok", b"raised"), f"a forked child's insert failed: {answer!r}"
             if answer == b"raised":

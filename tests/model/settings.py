@@ -26,7 +26,8 @@ SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
 #: - ``batched_fork``: a child forked from a process with an open batched Logger inserts
 #:   through it; its insert returns and is never committed (h1); with "full" it always runs
 #: - ``retry_keeps_t``: ``retry_deadletters(ids, restamp=False)`` (h2)
-#: - ``retry_within_limits``: a retried dead letter passes ``max_cached`` (h2)
+#: - ``retry_within_limits``: retried dead letters pass ``max_cached`` (h2; at h2 327ea8f
+#:   still so for letters of two streams retried with restamp=True into max_cached=1)
 #: - ``inflight_exact``: after a live batch's answer was lost, the in-flight mark covers the
 #:   whole backlog below it, which cleardata() (and drop_oldest, max_age) then skip (h4)
 #: - ``mqtt_oversized``: a datapoint over the broker's packet limit blocks its stream (h3)
