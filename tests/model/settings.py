@@ -2,9 +2,10 @@
 
 ``make test`` runs a few derandomized examples per variant; ``make soak`` sets
 ``CONNECTORSYNC_SOAK=1`` and runs rounds of examples until each variant made at least
-:data:`SOAK_MIN_STEPS` steps (``CONNECTORSYNC_SOAK_EXAMPLES`` and ``CONNECTORSYNC_SOAK_STEPS``
-set examples per round and steps per example; ``CONNECTORSYNC_MODEL_EXAMPLES`` and
-``CONNECTORSYNC_MODEL_STEPS`` do the same for the bounded run).
+:data:`SOAK_MIN_STEPS` steps. Knobs: ``CONNECTORSYNC_SOAK_MIN_STEPS`` (default 5,000),
+``CONNECTORSYNC_SOAK_EXAMPLES`` (examples per round) and ``CONNECTORSYNC_SOAK_STEPS`` (steps
+per example); ``CONNECTORSYNC_MODEL_EXAMPLES`` and ``CONNECTORSYNC_MODEL_STEPS`` for the
+bounded run.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def enabled(name: str) -> bool:
     return name not in KNOWN_BROKEN or name in wanted or "all" in wanted
 
 
-SOAK_MIN_STEPS = 5000
+SOAK_MIN_STEPS = int(os.environ.get("CONNECTORSYNC_SOAK_MIN_STEPS", "5000"))
 _HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much]
 
 if SOAK:
