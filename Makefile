@@ -44,13 +44,16 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_live.py
 	$(PY) tests/benchmarks/bench_fleet.py
 
-# Long runs of the delivery model (tests/test_model.py: thousands of steps per delivery kind,
-# shrunk to a minimal example on failure; CONNECTORSYNC_SOAK_EXAMPLES=n per kind) and of the
-# kill -9 crash test under several seeds (it has no iteration knob: a seed is a new schedule),
-# 1,000 power cuts (tests/test_powercut.py; POWERCUT_CUTS=n, POWERCUT_SEED=s), and a live
-# stream kept current while a 1,000,000-point backlog drains into influxd (tests/test_lanes.py).
+# Long runs of the delivery model (tests/test_model.py: at least 5,000 steps per variant:
+# ordered, idempotent, at_least_once, MQTT, batched, lanes; shrunk to a minimal example on
+# failure; tests/model/settings.py has the knobs; influxd and mosquitto are required, not
+# skipped) and of the kill -9 crash test under several seeds (it has no iteration knob: a seed
+# is a new schedule), 1,000 power cuts (tests/test_powercut.py; POWERCUT_CUTS=n,
+# POWERCUT_SEED=s), and a live stream kept current while a 1,000,000-point backlog drains
+# into influxd (tests/test_lanes.py).
 soak: $(STAMP)
-	CONNECTORSYNC_SOAK=1 $(PY) -m pytest -s --timeout=3600 tests/test_model.py; status=$$?; \
+	CONNECTORSYNC_SOAK=1 CONNECTORSYNC_REQUIRE_INFLUXDB=1 CONNECTORSYNC_REQUIRE_MOSQUITTO=1 \
+		$(PY) -m pytest -s --timeout=3600 tests/test_model.py; status=$$?; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest -s --timeout=3600 tests/test_powercut.py || status=1; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=900 tests/test_lanes.py -k influxd || status=1; \
 	for seed in 1 2 3 4 5 6; do \

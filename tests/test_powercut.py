@@ -20,9 +20,9 @@ cache is reopened by this (normal) process and:
 - a sync of the reopened cache to the same server leaves it with every datapoint that was
   cached or delivered before, each exactly once (ConnectorDB is "ordered"), and no dead letter.
 
-``make test`` runs :data:`CUTS` = 48 cut points; ``make soak`` (``CONNECTORSYNC_SOAK=1``) runs
-1,000; ``POWERCUT_CUTS=n`` sets any number, ``POWERCUT_SEED=s`` the seed. Each run prints a
-one-line summary (cut points by phase, datapoints checked).
+``make test`` runs :data:`CUTS` = 48 cut points; ``make soak``
+(``CONNECTORSYNC_SOAK=1``) runs 1,000; ``POWERCUT_CUTS=n`` sets any number, ``POWERCUT_SEED=s``
+the seed. Each run prints a one-line summary (cut points by phase, datapoints checked).
 
 A new phase is one line of ``PHASES`` in tests/helpers/powercut_workload.py; the checks here
 need nothing new.
@@ -55,9 +55,27 @@ from connectorsync.testing import ConnectorDBServer
 
 from .conftest import PYTHON, ROOT, child_env, wait_for
 from .helpers.powercut import CUT_EXIT
-from .helpers.powercut_workload import NEW, OLD_POINTS, PHASES, Phase, build_template
+from .helpers.powercut_workload import NEW, OLD_POINTS, PHASES, REFUSE, Phase, build_template
 
 SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
+#: Phases that find a defect of b064757 being fixed on another branch (issue 16): left out of
+#: the schedule while named here. The lead empties this set once the fixes are merged;
+#: ``POWERCUT_ENABLE=name,name`` (or ``all``) puts phases back without editing it.
+#:
+#: - ``eio_batched``, ``readonly_batched``: batched inserts go on returning while every commit
+#:   fails, and what they acknowledged is lost to a cut (h1)
+#: - ``group_commit_interrupt``: a KeyboardInterrupt in a group commit's leader leaves its
+#:   transaction open; the inserts of every thread then hang or return uncommitted (h2)
+KNOWN_BROKEN: set[str] = {"eio_batched", "readonly_batched", "group_commit_interrupt"}
+_ENABLE = {w.strip() for w in os.environ.get("POWERCUT_ENABLE", "").split(",")}
+#: ``POWERCUT_PHASES=name,name``: cut only these phases (a fix's own phases, run long).
+_ONLY = {w.strip() for w in os.environ.get("POWERCUT_PHASES", "").split(",") if w.strip()}
+ENABLED = sorted(
+    name
+    for name in PHASES
+    if (name not in KNOWN_BROKEN or name in _ENABLE or "all" in _ENABLE or name in _ONLY)
+    and (not _ONLY or name in _ONLY)
+)
 CUTS = int(os.environ.get("POWERCUT_CUTS", "1000" if SOAK else "48"))
 SEED = int(os.environ.get("POWERCUT_SEED", "20261124"))
 REPLAY = os.environ.get("POWERCUT_REPLAY")  # "PHASE:N": that one cut point only
@@ -73,6 +91,10 @@ class Outcome:
         default_factory=lambda: collections.defaultdict(list)
     )
     syncs: int = 0
+    raised: dict[str, set[int]] = field(default_factory=lambda: collections.defaultdict(set))
+    unknown: dict[str, set[int]] = field(default_factory=lambda: collections.defaultdict(set))
+    failing: list[tuple[float, float]] = field(default_factory=list)  # (F, R or inf)
+    flushed: float = float("-inf")  # the last flush() that returned
     ops: int = 0  # the operation the power went at, or how many the phase made in all
     at: float = 0.0  # when (the child's time.monotonic())
     latency: float = 0.0  # the longest recent batched commit
@@ -101,6 +123,18 @@ def run_child(path: str, phase: str, cut_at: int, apikey: str, url: str) -> Outc
             outcome.returned[words[0]].append((int(words[1]), float(words[2])))
         elif kind == "s":
             outcome.syncs += 1
+        elif kind == "x":
+            outcome.raised[words[0]].add(int(words[1]))
+        elif kind == "u":
+            outcome.unknown[words[0]].add(int(words[1]))
+        elif kind == "F":
+            outcome.failing.append((float(words[0]), float("inf")))
+        elif kind == "R":
+            outcome.failing[-1] = (outcome.failing[-1][0], float(words[0]))
+        elif kind == "f":
+            outcome.flushed = float(words[0])
+        elif kind == "r":
+            pass
         else:
             assert kind in ("cut", "end"), line
             outcome.cut = kind == "cut"
@@ -146,7 +180,7 @@ class Torture:
         """Run phase ``name`` until operation ``cut_at`` (0: its end), check what is left;
         return how many operations the child counted."""
         phase = PHASES[name]
-        device = f"cut{next(self.devices)}"
+        device = f"{'dl' if phase.refuse else 'cut'}{next(self.devices)}"
         apikey = self.server.add_device("alice", device)
         path = self.fresh_cache(phase, device)
         outcome = run_child(path, name, cut_at, apikey, self.server.url)
@@ -178,37 +212,81 @@ class Torture:
             assert report.ok, f"the sync after the cut failed: {report.errors}"
             dead = [(d.stream, d.d, d.reason) for d in lg.deadletters()]
             left = len(lg)
-        assert not dead, f"dead letters after the cut: {dead[:5]}"
+        if not phase.refuse:
+            assert not dead, f"dead letters after the cut: {dead[:5]}"
+        refused = [d for _, d, _ in dead if d % REFUSE != 2]
+        assert not refused, f"dead letters the server never refused: {refused[:5]}"
         assert left == 0, f"{left} datapoints left in the cache after a sync"
         holes_total = 0
         for stream in phase.streams:
             mine, after = cached[stream], self.remote(device, stream)
-            assert_increasing(mine, f"{stream} in the cache")
-            assert_increasing(after, f"{stream} on the server")  # also: no duplicate
+            letters = {d for s, d, _ in dead if s == stream}
+            if phase.refuse:  # a retried dead letter goes after the newest: t order only
+                assert_times(mine, f"{stream} in the cache")
+                assert_times(after, f"{stream} on the server")
+            else:
+                assert_increasing(mine, f"{stream} in the cache")
+                assert_increasing(after, f"{stream} on the server")  # also: no duplicate
             assert after[: len(before[stream])] == before[stream], f"{stream}: server lost some"
             kept = {d for _, d in after}
-            assert {d for _, d in mine} <= kept, f"{stream}: cached, then not delivered"
+            assert not kept & letters, f"{stream}: delivered and a dead letter: {kept & letters}"
+            present = kept | letters
+            assert {d for _, d in mine} <= present, f"{stream}: cached, then not delivered"
+            raised, unknown = out.raised.get(stream, set()), out.unknown.get(stream, set())
+            assert not raised & present, f"{stream}: insert() raised, yet stored: {raised}"
             start = -OLD_POINTS if stream == "s0" and phase.template != NEW else 0
-            holes = sorted(set(range(start, max(kept, default=start - 1) + 1)) - kept)
-            assert holes == list(range(start, start + len(holes))), (
-                f"{stream}: missing in the middle: {holes[:10]}"
+            # Each stream's values from the first on, but those whose insert raised (never
+            # stored) or was interrupted (either way): only the oldest may be missing, the
+            # ones drop_oldest counted.
+            expected = [
+                v
+                for v in range(start, max(present, default=start - 1) + 1)
+                if v not in raised and v not in unknown
+            ]
+            holes = [v for v in expected if v not in present]
+            returned_values = {v for v, _ in out.returned.get(stream, [])}
+            assert holes == expected[: len(holes)], (
+                f"{stream}: missing in the middle: {holes[:10]} (of them, insert() returned "
+                f"for {sorted(returned_values & set(holes))[:10]})"
             )
             holes_total += len(holes)
             # Returned, not delivered, and not among the oldest that drop_oldest counted.
-            dropped_below = start + len(holes)
+            gone = set(holes)
             returned = out.returned.get(stream, [])
-            lost = [(v, at) for v, at in returned if v not in kept and v >= dropped_below]
+            lost = [(v, at) for v, at in returned if v not in present and v not in gone]
             if phase.durability == "full":
                 assert not lost, f"{stream}: returned, then lost: {lost[:5]}"
             elif phase.durability == "batched":
                 bound = phase.options["commit_interval"] + out.latency + SLACK
-                early = [(v, at) for v, at in lost if at <= out.at - bound]
+                early = [(v, at) for v, at in lost if not batched_may_lose(out, at, bound)]
                 assert not early, (
                     f"{stream}: lost though returned more than {bound:.3f} s before the cut "
-                    f"at {out.at}: {early[:5]}"
+                    f"at {out.at} (or before a flush() that returned, at {out.flushed}; disk "
+                    f"failing {out.failing}): {early[:5]}"
                 )
             self.checked += len(after)
         assert holes_total == dropped, f"{holes_total} missing at the start, {dropped} dropped"
+
+
+def batched_may_lose(out: Outcome, at: float, bound: float) -> bool:
+    """Whether a batched datapoint whose insert() returned at ``at`` may be lost by the cut:
+    never once a later flush() returned; else if it returned within ``bound`` of the cut,
+    or of the start of a disk failure that had not been over for ``bound`` at the cut (its
+    commits failed: it is durable once a later commit succeeds)."""
+    if at <= out.flushed:
+        return False
+    if at > out.at - bound:
+        return True
+    return any(
+        began <= out.at < ended + bound and at > began - bound for began, ended in out.failing
+    )
+
+
+def assert_times(points: list[tuple[float, int]], what: str) -> None:
+    for (t0, d0), (t1, d1) in itertools.pairwise(points):
+        assert t0 < t1, f"{what}: ({t0}, {d0}) before ({t1}, {d1})"
+    values = [d for _, d in points]
+    assert len(values) == len(set(values)), f"{what}: a value twice: {sorted(values)}"
 
 
 def assert_increasing(points: list[tuple[float, int]], what: str) -> None:
@@ -218,13 +296,19 @@ def assert_increasing(points: list[tuple[float, int]], what: str) -> None:
 
 def schedule(rng: random.Random, cuts: int) -> list[str]:
     """Which phase each cut point cuts: every phase in turn, in a shuffled order."""
-    names = list(itertools.islice(itertools.cycle(sorted(PHASES)), cuts))
+    names = list(itertools.islice(itertools.cycle(ENABLED), cuts))
     rng.shuffle(names)
     return names
 
 
 def test_power_cuts_keep_what_was_promised(tmp_path: Path) -> None:
     server = ConnectorDBServer().start()
+    # The devices of the refuse phases (dl<n>) refuse v % REFUSE == 2: dead letters.
+    server.reject(
+        lambda path, point: (
+            path.split("/")[1].startswith("dl") and point["d"] >= 0 and point["d"] % REFUSE == 2
+        )
+    )
     torture = Torture(tmp_path, server)
     started = time.monotonic()
     failures: list[str] = []
@@ -234,7 +318,18 @@ def test_power_cuts_keep_what_was_promised(tmp_path: Path) -> None:
             plan = [(name, int(n))]
         else:
             rng = random.Random(SEED)
-            plan = [(name, rng.randint(1, torture.range_of(name))) for name in schedule(rng, CUTS)]
+            plan, broken = [], set()
+            for name in schedule(rng, CUTS):
+                if name in broken:
+                    continue
+                try:  # a phase that fails even without a cut is reported once, then left out
+                    plan.append((name, rng.randint(1, torture.range_of(name))))
+                except AssertionError as exc:
+                    broken.add(name)
+                    failures.append(
+                        f"seed {SEED}: phase {name} fails without a power cut "
+                        f"(replay: POWERCUT_REPLAY={name}:0): {exc}"
+                    )
         for number, (name, n) in enumerate(plan):
             try:
                 ops = torture.cut(name, n)
@@ -335,3 +430,18 @@ def test_a_group_commit_returns_no_insert_before_its_commit_is_durable(cache_pat
         second.set()
         lg.close()
         del vfs
+
+
+def test_the_batched_bound_excuses_only_what_it_may() -> None:
+    """The batched check is not vacuous: a loss is excused within the bound of the cut or of
+    a disk failure that was not over, never before a flush() that returned."""
+    out = Outcome(at=100.0, flushed=50.0)
+    assert not batched_may_lose(out, 49.0, 1.0)  # before a flush that returned
+    assert batched_may_lose(out, 99.5, 1.0)  # within the bound of the cut
+    assert not batched_may_lose(out, 90.0, 1.0)
+    out.failing = [(80.0, float("inf"))]  # failing at the cut: commits since 80 failed
+    assert batched_may_lose(out, 90.0, 1.0)
+    assert batched_may_lose(out, 79.5, 1.0)
+    assert not batched_may_lose(out, 70.0, 1.0)
+    out.failing = [(80.0, 85.0)]  # recovered long before the cut: committed since
+    assert not batched_may_lose(out, 90.0, 1.0)

@@ -13,6 +13,14 @@ moment it happened, so that it survives the cut (the cache does not tell it):
 
 - ``i STREAM VALUE TIME``: ``insert(STREAM, VALUE)`` returned at ``TIME`` (time.monotonic())
 - ``s TIME``: a sync pass returned
+- ``x STREAM VALUE``: ``insert(STREAM, VALUE)`` raised a ``ConnectorSyncError`` (the disk
+  was failing): it must never be stored
+- ``u STREAM VALUE``: a ``KeyboardInterrupt`` landed while inserting VALUE: its fate is
+  unknown (stored or not, once)
+- ``F TIME`` / ``R TIME``: the disk started failing (``fail_eio``, ``fail_readonly``) /
+  works again (``recover``)
+- ``f TIME``: ``flush()`` returned: everything returned before it is durable
+- ``r TIME``: ``retry_deadletters()`` returned
 - ``cut OPS TIME LATENCY``: the power went at I/O operation ``OPS``; ``LATENCY`` is the
   longest recent batched commit (0 if none)
 - ``end OPS TIME LATENCY``: the phase ran to its end after ``OPS`` I/O operations; then the
@@ -27,6 +35,7 @@ Usage: python -m tests.helpers.powercut_workload CACHE PHASE CUT_AT APIKEY URL
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 import threading
@@ -39,6 +48,7 @@ import apsw
 
 from connectorsync import Logger
 from connectorsync.cache import MIGRATIONS
+from connectorsync.errors import ConnectorSyncError
 
 from .powercut import PowerCutVFS
 
@@ -59,6 +69,10 @@ class Phase:
     per_thread: int = 2  # streams per thread
     template: str = NEW
     pace: float = 0.0  # seconds between inserts
+    #: KeyboardInterrupts land in the main thread (thread 0) while it inserts
+    interrupt: bool = False
+    #: the server refuses this phase's values v with v % REFUSE == 2 (dead letters)
+    refuse: bool = False
 
     @property
     def streams(self) -> list[str]:
@@ -66,6 +80,12 @@ class Phase:
 
 
 BATCHED = {"commit_interval": 0.05}
+REFUSE = 5  # refuse phases: the server refuses v % REFUSE == 2
+#: While the disk fails, inserts go on until this many raised; they must start raising
+#: within commit_interval + one commit attempt; FAIL_WITHIN bounds a hang, not a speed.
+FAIL_RAISES = 3
+FAIL_WITHIN = 10.0
+HANG = 30.0  # a phase that has not ended by then hangs: the child says so and fails
 
 PHASES: dict[str, Phase] = {
     "insert_full": Phase("full", "insert*25"),
@@ -86,14 +106,38 @@ PHASES: dict[str, Phase] = {
     "drop_oldest": Phase(
         "full", "insert*45", {"max_cached": 15, "on_full": "drop_oldest"}, per_thread=1
     ),
+    # A fan of durations: commits rarer than inserts, and commits as often as inserts.
+    "batched_slow": Phase("batched", "insert*30", {"commit_interval": 0.3}, pace=0.01),
+    "batched_fast": Phase("batched", "insert*60", {"commit_interval": 0.005}),
+    "batched_flush": Phase("batched", "insert*10 flush insert*10 flush insert*5", BATCHED),
+    # A failing disk, then recovery: inserts raise (and store nothing), and work again.
+    "eio_full": Phase("full", "insert*8 fail_eio recover insert*8 sync insert*4"),
+    "readonly_full": Phase("full", "insert*8 fail_readonly recover insert*8"),
+    "eio_batched": Phase(
+        "batched", "insert*10 fail_eio recover insert*10 flush insert*5", BATCHED, pace=0.002
+    ),
+    "readonly_batched": Phase(
+        "batched", "insert*10 fail_readonly recover insert*10 flush insert*5", BATCHED
+    ),
+    # Ctrl-C in the thread leading a group commit (thread 0 runs in the main thread).
+    "group_commit_interrupt": Phase("full", "insert*20", threads=3, per_thread=1, interrupt=True),
+    # Dead letters, retried (and refused again) while the power may go.
+    "deadletter_retry": Phase(
+        "full",
+        "insert*10 sync retry sync insert*5 retry sync",
+        {"batch_size": 4},
+        refuse=True,
+    ),
 }
 
 
 class Child:
     """The state of a running phase: its Logger, the values each stream has had, the output."""
 
-    def __init__(self, lg: Logger, path: str, phase: Phase) -> None:
+    def __init__(self, lg: Logger, path: str, phase: Phase, vfs: PowerCutVFS) -> None:
         self.lg = lg
+        self.vfs = vfs
+        self.interruptible = threading.Event()
         self.path = path
         self.phase = phase
         self.next_value = dict.fromkeys(phase.streams, 0)
@@ -113,14 +157,93 @@ class Child:
 
 
 def insert(child: Child, streams: list[str], count: int) -> None:
+    interruptible = child.phase.interrupt and threading.current_thread() is threading.main_thread()
     for _ in range(count):
         for stream in streams:
             value = child.next_value[stream]
             child.next_value[stream] = value + 1
+            if interruptible:
+                insert_interrupted(child, stream, value)
+                continue
             child.lg.insert(stream, value)
             child.report("i", stream, value, time.monotonic())
             if child.phase.pace:
                 time.sleep(child.phase.pace)
+
+
+def insert_interrupted(child: Child, stream: str, value: int) -> None:
+    """One insert while the interrupter may raise KeyboardInterrupt in this (main) thread."""
+    try:
+        child.interruptible.set()
+        try:
+            child.lg.insert(stream, value)
+        finally:
+            child.interruptible.clear()
+        child.report("i", stream, value, time.monotonic())
+    except KeyboardInterrupt:
+        child.report("u", stream, value)
+
+
+def interrupter(child: Child, done: threading.Event) -> None:
+    """Ctrl-C, over and over, while the main thread inserts (it may lead a group commit)."""
+    while not done.wait(0.003):
+        if child.interruptible.is_set():
+            _thread.interrupt_main()
+
+
+def failing(mode: str) -> Callable[[Child, list[str], int], None]:
+    def step(child: Child, streams: list[str], count: int) -> None:
+        """The disk fails (``mode``); insert until FAIL_RAISES inserts raised."""
+        child.vfs.failing = mode
+        child.report("F", time.monotonic())
+        raised, deadline = 0, time.monotonic() + FAIL_WITHIN
+        while raised < FAIL_RAISES:
+            for stream in streams:
+                value = child.next_value[stream]
+                child.next_value[stream] = value + 1
+                try:
+                    child.lg.insert(stream, value)
+                except ConnectorSyncError:
+                    child.report("x", stream, value)
+                    raised += 1
+                    continue
+                child.report("i", stream, value, time.monotonic())
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"inserts kept returning for {FAIL_WITHIN} s while the disk failed "
+                        f"({mode}, durability={child.phase.durability!r})"
+                    )
+                time.sleep(0.005)
+
+    return step
+
+
+def recover(child: Child, streams: list[str], count: int) -> None:
+    """The disk works again; flush() until a commit succeeded (inserts may raise until the
+    writer has committed again), then everything returned so far is durable."""
+    child.vfs.failing = None
+    child.report("R", time.monotonic())
+    deadline = time.monotonic() + FAIL_WITHIN
+    while True:
+        try:
+            child.lg.flush()
+        except ConnectorSyncError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        child.report("f", time.monotonic())
+        return
+
+
+def flush(child: Child, streams: list[str], count: int) -> None:
+    child.lg.flush()
+    child.report("f", time.monotonic())
+
+
+def retry(child: Child, streams: list[str], count: int) -> None:
+    child.lg.retry_deadletters()
+    child.report("r", time.monotonic())
 
 
 def fill(child: Child, streams: list[str], count: int) -> None:
@@ -165,6 +288,11 @@ STEPS: dict[str, Callable[[Child, list[str], int], None]] = {
     "fill": fill,
     "sync": sync,
     "checkpoint": checkpoint,
+    "fail_eio": failing("eio"),
+    "fail_readonly": failing("readonly"),
+    "recover": recover,
+    "flush": flush,
+    "retry": retry,
 }
 
 
@@ -227,7 +355,7 @@ def main() -> None:
 
     vfs = PowerCutVFS(cut_at=int(cut_at) or None, on_cut=on_cut)
     lg = Logger(path, apikey=apikey, serverurl=url, durability=phase.durability, **phase.options)
-    child = Child(lg, path, phase)
+    child = Child(lg, path, phase, vfs)
     failed: list[BaseException] = []
 
     def work(t: int) -> None:
@@ -238,9 +366,28 @@ def main() -> None:
             failed.append(exc)
             raise
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(phase.threads)]
+    def watchdog() -> None:
+        time.sleep(HANG)
+        os.write(2, f"the phase hangs: not ended after {HANG} s\n".encode())
+        os._exit(3)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    # With interrupts, thread 0 is the main thread: KeyboardInterrupt lands only there.
+    first = 1 if phase.interrupt else 0
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(first, phase.threads)]
+    done = threading.Event()
     for worker in workers:
         worker.start()
+    if phase.interrupt:
+        ctrl_c = threading.Thread(target=interrupter, args=(child, done), daemon=True)
+        ctrl_c.start()
+        try:
+            work(0)
+        except BaseException:  # reported through `failed` already
+            pass
+        finally:
+            done.set()
+            ctrl_c.join()
     for worker in workers:
         worker.join()
     if failed:

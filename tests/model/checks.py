@@ -1,0 +1,97 @@
+"""The model's invariant: every datapoint in exactly one place, counted once, in order.
+
+After every step the observations (``export()``, ``deadletters()``, ``status()`` counters and
+what the server stored) must show each inserted datapoint in exactly one place: cached,
+delivered, dead-lettered, or counted once as dropped, expired, cleared or purged; stored once
+on ``ordered`` and ``idempotent`` remotes, none missing on ``at_least_once`` ones, and in
+insertion order per stream. A datapoint whose ``insert()`` raised is nowhere, ever.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from .backends import STREAMS, ident
+
+if TYPE_CHECKING:
+    from .machine import DeliveryModel
+
+
+def check(model: DeliveryModel) -> None:
+    lg, kind = model.logger, model.backend.kind
+    model.backend.observe()
+    # Batched: commit the queue first, so that status() and export() see the same cache
+    # (a commit may drop the oldest under max_cached, and count it).
+    lg.flush()
+    status = lg.status()
+    cached: dict[str, list[tuple[int, float]]] = {s: [] for s in STREAMS}
+    for point in lg.export():
+        cached[point["stream"]].append((ident(point["d"]), point["t"]))
+    letters = [ident(d.d) for d in lg.deadletters()]
+    stored = {s: [ident(v) for v in model.backend.stored(s)] for s in STREAMS}
+
+    c = {n for points in cached.values() for n, _ in points}
+    d = set(letters)
+    s_count = Counter(n for values in stored.values() for n in values)
+    s = set(s_count)
+    inserted = set(model.stream_of)
+
+    # An insert that raised stored nothing, anywhere, ever.
+    raised = sorted((c | d | s) & model.raised)
+    assert not raised, f"insert() raised, yet the datapoint was stored: {raised}"
+    # Each place holds only what was inserted, in its own stream, once.
+    assert s <= inserted, f"the remote holds values never inserted: {sorted(s - inserted)}"
+    for stream in STREAMS:
+        assert all(model.stream_of[n] == stream for n in stored[stream]), "wrong stream"
+        assert all(model.stream_of[n] == stream for n, _ in cached[stream]), "wrong stream"
+    assert len(letters) == len(d), f"a dead letter twice: {sorted(letters)}"
+    assert sum(len(p) for p in cached.values()) == len(c), "a datapoint cached twice"
+    assert status.cached == len(c), f"status().cached {status.cached} != exported {len(c)}"
+    assert not c & d, f"cached and a dead letter at once: {sorted(c & d)}"
+    assert d <= model.poison, f"dead letters the remote never refused: {sorted(d - model.poison)}"
+    if kind in ("ordered", "idempotent"):
+        twice = sorted(n for n, k in s_count.items() if k > 1)
+        assert not twice, f"stored more than once on an {kind} remote: {twice}"
+        assert not s & d, f"stored and a dead letter at once: {sorted(s & d)}"
+    if kind == "at_least_once" and not model.may_duplicate:
+        twice = sorted(n for n, k in s_count.items() if k > 1)
+        assert not twice, f"stored twice, though no answer was lost: {twice}"
+    if kind == "ordered" and not model.unresolved:
+        assert not c & s, f"stored yet still cached after reconciliation: {sorted(c & s)}"
+
+    # Counted once: what left every place is exactly what the counters say left.
+    now = c | d | s
+    came_back = sorted(now & model.gone)
+    assert not came_back, f"counted dropped/expired/cleared/purged, yet present: {came_back}"
+    vanished = (model.present | (inserted - model.present - model.gone)) - now
+    # At least once, a refused resend of a delivered datapoint is a dead letter too:
+    # purging that letter leaves the delivered copy.
+    sunk = model.sunk - (len(model.purged & s) if kind == "at_least_once" else 0)
+    counted = (status.dropped - model.dropped) + (status.expired - model.expired) + sunk
+    assert len(vanished) == counted, (
+        f"{len(vanished)} datapoints left every place ({sorted(vanished)}) but "
+        f"{counted} were counted (dropped +{status.dropped - model.dropped}, "
+        f"expired +{status.expired - model.expired}, cleared or purged {sunk})"
+    )
+    model.gone |= vanished
+    model.present = now
+    model.dropped, model.expired, model.sunk = status.dropped, status.expired, 0
+    model.purged = set()
+
+    # Order: per stream, cached timestamps strictly increase, and what was not requeued
+    # out of order is cached and stored in insertion order. (A dead letter retried with its
+    # own timestamp goes back in place of its t, not after the newest: left out here.)
+    for stream in STREAMS:
+        times = [t for n, t in cached[stream] if n not in model.kept_t]
+        assert times == sorted(set(times)), f"stream {stream!r}: cached t not increasing"
+        in_order = [n for n, _ in cached[stream] if n not in model.retried]
+        assert in_order == sorted(in_order), f"stream {stream!r}: cache out of order"
+        if not model.lanes:
+            firsts = [n for n in dict.fromkeys(stored[stream]) if n not in model.retried]
+            assert firsts == sorted(firsts), f"stream {stream!r}: stored out of order {firsts}"
+
+    # A pass that reported no error delivered everything cached when it began.
+    if model.clean_pass:
+        assert not c, f"a clean pass left datapoints cached: {sorted(c)}"
+    model.clean_pass = None
