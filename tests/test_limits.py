@@ -62,6 +62,23 @@ def test_drop_oldest_keeps_the_newest_and_counts(lg: Logger) -> None:
     assert lg.status().dropped == 80
 
 
+@pytest.mark.parametrize("on_full", ["reject", "drop_oldest"])
+def test_more_at_once_than_max_cached_is_refused_whole(lg: Logger, on_full: str) -> None:
+    """More datapoints in one insert_many (or one restamped retry of dead letters) than
+    max_cached can never fit, whatever is dropped: refused, nothing changed (on b064757
+    drop_oldest stored them all, over the cap)."""
+    lg.max_cached = 3
+    lg.on_full = on_full
+    lg.insert("n", 0)
+    before = dump(lg.path)
+    with pytest.raises(CacheFullError, match="4 datapoints at once can never fit max_cached=3"):
+        lg.insert_many("n", [1, 2, 3, 4])
+    assert dump(lg.path) == before
+    if on_full == "drop_oldest":
+        lg.insert_many("n", [1, 2, 3])  # as many as the cap: the oldest makes room
+        assert values(lg) == [1, 2, 3] and lg.status().dropped == 1
+
+
 def test_limits_count_every_stream_and_every_process(cache_path: str) -> None:
     with Logger(cache_path, max_cached=5) as one, Logger(cache_path) as two:
         one.addStream_force("a", {})

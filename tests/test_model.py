@@ -11,8 +11,7 @@ VFS shim (tests/helpers/failing_vfs.py) that the ``failing_commits`` rule arms.
 
 ``make test`` runs a few derandomized examples per variant; ``make soak`` sets
 ``CONNECTORSYNC_SOAK=1`` and asserts at least 5,000 steps per variant
-(tests/model/settings.py has the knobs and :data:`~tests.model.settings.KNOWN_BROKEN`, the
-rules that wait for a fix).
+(tests/model/settings.py has the knobs).
 """
 
 from __future__ import annotations

@@ -58,24 +58,9 @@ from .helpers.powercut import CUT_EXIT
 from .helpers.powercut_workload import NEW, OLD_POINTS, PHASES, REFUSE, Phase, build_template
 
 SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
-#: Phases that find a defect of b064757 being fixed on another branch (issue 16): left out of
-#: the schedule while named here. The lead empties this set once the fixes are merged;
-#: ``POWERCUT_ENABLE=name,name`` (or ``all``) puts phases back without editing it.
-#:
-#: - ``eio_batched``, ``readonly_batched``: batched inserts go on returning while every commit
-#:   fails, and what they acknowledged is lost to a cut (h1)
-#: - ``group_commit_interrupt``: a KeyboardInterrupt in a group commit's leader leaves its
-#:   transaction open; the inserts of every thread then hang or return uncommitted (h2)
-KNOWN_BROKEN: set[str] = {"eio_batched", "readonly_batched", "group_commit_interrupt"}
-_ENABLE = {w.strip() for w in os.environ.get("POWERCUT_ENABLE", "").split(",")}
 #: ``POWERCUT_PHASES=name,name``: cut only these phases (a fix's own phases, run long).
 _ONLY = {w.strip() for w in os.environ.get("POWERCUT_PHASES", "").split(",") if w.strip()}
-ENABLED = sorted(
-    name
-    for name in PHASES
-    if (name not in KNOWN_BROKEN or name in _ENABLE or "all" in _ENABLE or name in _ONLY)
-    and (not _ONLY or name in _ONLY)
-)
+ENABLED = sorted(name for name in PHASES if not _ONLY or name in _ONLY)
 CUTS = int(os.environ.get("POWERCUT_CUTS", "1000" if SOAK else "48"))
 SEED = int(os.environ.get("POWERCUT_SEED", "20261124"))
 REPLAY = os.environ.get("POWERCUT_REPLAY")  # "PHASE:N": that one cut point only

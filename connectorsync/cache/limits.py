@@ -73,7 +73,14 @@ def make_room(conn: apsw.Connection, path: str, incoming: int, limits: Limits) -
 
 
 def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, *, drop: bool) -> int:
-    """``max_cached``: drop (when ``drop``) or refuse what goes over it."""
+    """``max_cached``: drop (when ``drop``) or refuse what goes over it. More at once than
+    ``max_cached`` can never fit, whatever is dropped: refused in either mode
+    (``test_limits.py::test_more_at_once_than_max_cached_is_refused_whole``)."""
+    if incoming > max_cached:
+        raise CacheFullError(
+            f"{incoming} datapoints at once can never fit max_cached={max_cached}: nothing was"
+            " stored (store fewer at a time, or raise max_cached)"
+        )
     lowest, highest = next(conn.execute("SELECT min(id), max(id) FROM datapoints"))
     # Ids are never reused, so the id span bounds the count from above: only when it
     # reaches the limit is the exact (O(n)) count needed.
