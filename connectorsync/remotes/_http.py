@@ -462,21 +462,33 @@ def _replace(text: str, secrets: Iterable[str]) -> str:
 def hide_password(text: str) -> str:
     """``text`` with the password of every url in it hidden by :func:`mask_url`. For reprs,
     messages and command line output; a url stays usable only where it is kept, never where
-    it is shown. A url in a text runs from its scheme to the next white space."""
+    it is shown. A url in a text runs from its scheme to the next white space, or, when a
+    ``:`` follows its ``//`` with no ``@`` yet, past white space to the next ``@`` of its
+    line: a password may hold a space (requests sends it as ``%20``), and when in doubt more
+    is hidden, never less."""
     out: list[str] = []
     done = 0
     while (mark := text.find("://", done)) >= 0:
         begin = mark
         while begin > done and text[begin - 1] in _SCHEME_CHARS:
             begin -= 1
-        finish = mark + 3
-        while finish < len(text) and not text[finish].isspace():
-            finish += 1
+        finish = _word_end(text, mark + 3)
+        if ":" in text[mark + 3 : finish] and "@" not in text[mark + 3 : finish]:
+            line_end = text.find("\n", finish)
+            at = text.rfind("@", finish, len(text) if line_end < 0 else line_end)
+            if at >= 0:
+                finish = _word_end(text, at)
         out.append(text[done:begin])
         out.append(mask_url(text[begin:finish]) if begin < mark else text[begin:finish])
         done = finish
     out.append(text[done:])
     return "".join(out)
+
+
+def _word_end(text: str, start: int) -> int:
+    while start < len(text) and not text[start].isspace():
+        start += 1
+    return start
 
 
 def hide_in_logs(owner: object, secrets: Iterable[str]) -> None:
