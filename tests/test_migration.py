@@ -477,3 +477,44 @@ def test_migrate_on_a_nearly_full_disk_changes_nothing_and_says_so(
         assert f.read() == before[0]
     with Logger(path) as lg:
         assert len(lg) == 1500
+
+
+def test_a_kill_during_the_backup_leaves_no_partial_copy_under_a_backup_name(
+    cache_path: str,
+) -> None:
+    """``migrate`` killed (-9) while it copies the file: whatever is left under a backup's
+    name is a whole copy of the file as it was (the copy used to be written in place, so a
+    kill left a truncated file named like a good backup); then a reopen migrates it."""
+    import signal
+    import time
+
+    make_connectordb_cache(cache_path, "k", "http://127.0.0.1:9")
+    conn = apsw.Connection(cache_path)  # made big at once: a copy that takes a while
+    with conn:
+        conn.executemany(
+            "INSERT INTO cache (stream, timestamp, jsondata) VALUES ('status', ?, ?)",
+            ((2e9 + i, json.dumps({"pad": f"{i:06d}" + "p" * 1000})) for i in range(30000)),
+        )
+    conn.close()
+    with open(cache_path, "rb") as f:
+        original = f.read()
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "connectorsync", "migrate", cache_path],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while proc.poll() is None and not backups(cache_path):  # the copy has begun
+            time.sleep(0.0005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    for backup in backups(cache_path):
+        if backup.endswith("-backup") or backup.split("-backup-")[-1].replace("-", "").isdigit():
+            with open(backup, "rb") as f:
+                assert f.read() == original, f"{backup} is not a whole copy"
+    with Logger(cache_path) as lg:  # the file itself: as it was, or migrated
+        assert len(lg) == 30051
+    assert not [b for b in backups(cache_path) if b.endswith(".partial")]
