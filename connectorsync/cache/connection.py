@@ -13,7 +13,8 @@ SQLite writes the WAL and, with ``synchronous=FULL``, fsyncs it.
 Before SQLite opens a file, :func:`check_openable` says in plain words what would only come
 out of it as ``unable to open database file`` or ``disk I/O error``: a directory given as the
 cache path, a file or a directory this user may not write (SQLite creates the ``-wal`` and
-``-shm`` files beside the cache file) (``test_open_errors.py``).
+``-shm`` files beside the cache file), a file system mounted read-only
+(``test_open_errors.py``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def check_openable(path: str, *, write: bool = True) -> None:
             f"cannot open cache file {path!r}: its directory {directory!r} does not exist; "
             "create it first"
         )
+    if write and read_only_file_system(directory):
+        raise CacheError(
+            f"cannot open cache file {path!r} to write: the file system holding {directory!r} "
+            "is mounted read-only (an SD card remounts itself so after I/O errors: check it); "
+            "remount it read-write, or put the cache on one that is"
+        )
     user = f"this user (uid {os.getuid()})"
     if os.path.exists(path):
         wanted = os.R_OK | os.W_OK if write else os.R_OK
@@ -86,6 +93,15 @@ def check_openable(path: str, *, write: bool = True) -> None:
                 f"{os.path.basename(beside)!r} there beside the cache file {path!r}; make the "
                 "directory writable for this user, or move the cache to one that is"
             )
+
+
+def read_only_file_system(directory: str) -> bool:
+    """Whether the file system holding ``directory`` is mounted read-only (where nobody, not
+    even root, may write: not a matter of permissions). False when it cannot be told."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 class Connection:

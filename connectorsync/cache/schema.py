@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Callable
 
 import apsw
@@ -47,7 +48,7 @@ from ..errors import CacheError, ConfigurationError
 from . import space
 from .backup import holders, make_backup, remove_backup
 from .base import NO_TIME, NUDGE, wrapped
-from .connection import check_openable
+from .connection import check_openable, read_only_file_system
 
 log = logging.getLogger(__name__)
 
@@ -467,8 +468,16 @@ def open_readonly(path: str, *, refuse_older: bool = True) -> apsw.Connection:
     :raises CacheError: the file cannot be opened
     """
     check_openable(path, write=False)
+    flags, name = apsw.SQLITE_OPEN_READONLY, path
+    if read_only_file_system(os.path.dirname(os.path.abspath(path))) and not os.path.exists(
+        path + "-wal"
+    ):
+        # SQLite could not create the -shm file a WAL reader needs: the file cannot change
+        # on a read-only file system, and without a -wal it is the whole database.
+        flags |= apsw.SQLITE_OPEN_URI
+        name = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?immutable=1"
     with wrapped(f"open cache file {path!r}"):
-        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        conn = apsw.Connection(name, flags=flags)
     try:
         with wrapped(f"open cache file {path!r}"):
             conn.setbusytimeout(BUSY_TIMEOUT_MS)
