@@ -43,7 +43,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint
+from .base import MAX_SECONDS, Datapoint
 
 # ----------------------------------------------------------------------------- statuses
 
@@ -306,6 +306,24 @@ def compression_setting(owner: str, value: object) -> str | None:
         return "gzip"
     raise ConfigurationError(
         f"{owner} compression must be 'gzip' or None (or 'none'); got {value!r}"
+    )
+
+
+def timeout_setting(owner: str, value: object) -> float:
+    """A remote's ``timeout=`` argument, checked: seconds, a number > 0 and at most
+    :data:`~connectorsync.remotes.base.MAX_SECONDS`.
+
+    :raises ConfigurationError: anything else (the message names ``owner`` and the value)
+    """
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 < value <= MAX_SECONDS  # NaN and infinity too fail this
+    ):
+        return float(value)
+    raise ConfigurationError(
+        f"{owner} timeout must be a number of seconds > 0 and at most {MAX_SECONDS:g}; "
+        f"got {value!r}"
     )
 
 
