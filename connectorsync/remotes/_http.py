@@ -327,6 +327,29 @@ def timeout_setting(owner: str, value: object) -> float:
     )
 
 
+def header_safe(owner: str, what: str, value: object) -> None:
+    """Refuse a credential or header that HTTP cannot send: a header (HTTP Basic auth too)
+    carries latin-1 only and no line break; each failed every pass, with an error that
+    quoted the secret (requests' "Invalid ... in header value: 'Token ...'") or a character
+    of it. The message never shows the value
+    (``test_http_remote.py::test_a_secret_http_cannot_send_is_refused_when_built``).
+
+    :raises ConfigurationError: ``value`` (a str; None and other types are left alone) has a
+        character outside latin-1, or a line break (it would end the header)
+    """
+    if not isinstance(value, str):
+        return
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        problem = "a character outside latin-1, which an HTTP header cannot carry"
+    else:
+        if "\r" not in value and "\n" not in value:
+            return
+        problem = "a line break, which would end its HTTP header (read from a file? strip it)"
+    raise ConfigurationError(f"{owner} {what} has {problem} (not shown)")
+
+
 def compress(data: bytes, compression: str | None) -> bytes:
     """``data`` as it goes on the wire with ``compression`` (a :func:`compression_setting`)."""
     if compression is None:

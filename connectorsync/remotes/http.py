@@ -27,6 +27,7 @@ from ._http import (
     Client,
     Prepared,
     compression_setting,
+    header_safe,
     hide_in_logs,
     hide_password,
     statuses,
@@ -105,6 +106,9 @@ class HTTPRemote:
                     f"HTTPRemote {name}: put credentials in headers=, not in the url"
                 )
         timeout = timeout_setting("HTTPRemote", timeout)
+        for header, value in (headers or {}).items():
+            header_safe("HTTPRemote", "header name", header)
+            header_safe("HTTPRemote", f"header {header!r}", value)
         self.compression = compression_setting("HTTPRemote", compression)
         self.url = url
         self.ping_url = ping_url

@@ -38,6 +38,7 @@ from ._http import (
     Client,
     Prepared,
     compression_setting,
+    header_safe,
     hide_password,
     statuses,
     timeout_setting,
@@ -162,6 +163,8 @@ class InfluxDBRemote:
             if wrong:
                 raise ConfigurationError(f"InfluxDBRemote: {message}")
         timeout = timeout_setting("InfluxDBRemote", timeout)
+        for what, secret in (("token", token), ("username", username), ("password", password)):
+            header_safe("InfluxDBRemote", what, secret)
         self.compression = compression_setting("InfluxDBRemote", compression)
         # What to_config() gives: the arguments as given (credentials too, for the cache file).
         self._config: dict[str, Any] = {"kind": "influxdb", "url": url, "database": database}
