@@ -469,11 +469,12 @@ def open_readonly(path: str, *, refuse_older: bool = True) -> apsw.Connection:
     """
     check_openable(path, write=False)
     flags, name = apsw.SQLITE_OPEN_READONLY, path
-    if read_only_file_system(os.path.dirname(os.path.abspath(path))) and not os.path.exists(
-        path + "-wal"
+    if read_only_file_system(os.path.dirname(os.path.abspath(path))) and not any(
+        os.path.exists(path + suffix) for suffix in ("-wal", "-journal")
     ):
         # SQLite could not create the -shm file a WAL reader needs: the file cannot change
-        # on a read-only file system, and without a -wal it is the whole database.
+        # on a read-only file system, and without a -wal (or a hot -journal to roll back)
+        # it is the whole database.
         flags |= apsw.SQLITE_OPEN_URI
         name = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?immutable=1"
     with wrapped(f"open cache file {path!r}"):
