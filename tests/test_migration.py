@@ -199,23 +199,18 @@ def test_status_shows_a_connectordb_cache_and_leaves_it_alone(
         old.database.close()
 
 
-def test_status_never_makes_the_old_program_fail_an_insert(cache_path: str) -> None:
-    """The connectordb 0.3.5 program sets no busy timeout: a reader's lock held while it
-    commits fails its insert at once ("database is locked"). ``status`` run again and again
-    while it inserts 1,500 datapoints made it fail about one insert per run (71 of 72)."""
-    from connectorsync.cli import main
-
-    rows = make_connectordb_cache(cache_path, "k", "http://127.0.0.1:9")
+def inserting_connectordb_program(path: str, count: int) -> subprocess.Popen[str]:
+    """The connectordb 0.3.5 program inserting ``count`` datapoints into its cache at
+    ``path``, then printing ``failed N``: how many of its inserts raised."""
     code = (
-        "import sys\n"
         "from connectordb.logger import Logger\n"
-        f"lg = Logger({cache_path!r})\n"
+        f"lg = Logger({path!r})\n"
         "print('open', flush=True)\n"
         "failed = 0\n"
-        "for i in range(1500):\n"
+        f"for i in range({count}):\n"
         "    try:\n"
         "        lg.insert('temperature', float(i))\n"
-        "    except Exception as exc:\n"
+        "    except Exception:\n"
         "        failed += 1\n"
         "print('failed', failed, flush=True)\n"
     )
@@ -223,6 +218,18 @@ def test_status_never_makes_the_old_program_fail_an_insert(cache_path: str) -> N
         [PYTHON, "-c", code], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdout.readline() == "open\n"
+    return proc
+
+
+def test_status_never_makes_the_old_program_fail_an_insert(cache_path: str) -> None:
+    """The connectordb 0.3.5 program sets no busy timeout: a reader's lock held while it
+    commits fails its insert at once ("database is locked"). ``status`` run again and again
+    while it inserts 1,500 datapoints made it fail 59 of them (in 76 runs)."""
+    from connectorsync.cli import main
+
+    rows = make_connectordb_cache(cache_path, "k", "http://127.0.0.1:9")
+    proc = inserting_connectordb_program(cache_path, 1500)
+    assert proc.stdout is not None
     runs = 0
     while proc.poll() is None:
         out = io.StringIO()
@@ -231,6 +238,37 @@ def test_status_never_makes_the_old_program_fail_an_insert(cache_path: str) -> N
         runs += 1
     assert proc.stdout.read().split() == ["failed", "0"], f"after {runs} status runs"
     proc.stdout.close()
+    assert json.loads(run("status", cache_path, "--json")[1])["cached"] == len(rows) + 1500
+
+
+@pytest.mark.parametrize("how", ["migrate", "Logger"])
+def test_a_refused_migration_never_makes_the_old_program_fail_an_insert(
+    cache_path: str, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``migrate`` (or opening a Logger) while the old program runs is refused; it took the
+    write lock first, then looked through /proc for who has the file open: the old program,
+    which sets no busy timeout, failed its inserts meanwhile (934 in 51 runs of migrate)."""
+    rows = make_connectordb_cache(cache_path, "k", "http://127.0.0.1:9")
+    before = snapshot(cache_path)[0]
+    proc = inserting_connectordb_program(cache_path, 1500)
+    assert proc.stdout is not None
+    runs = 0
+    while proc.poll() is None:
+        if how == "migrate":
+            code, _ = run("migrate", cache_path)
+            err = capsys.readouterr().err
+            refused = code != 0 and "stop the old program first" in err
+        else:
+            try:
+                Logger(cache_path).close()
+                err, refused = "migrated", False
+            except ConfigurationError as exc:
+                err, refused = str(exc), "stop the old program first" in str(exc)
+        assert refused or proc.poll() is not None, err  # (unless it just ended)
+        runs += 1
+    assert proc.stdout.read().split() == ["failed", "0"], f"after {runs} refusals"
+    proc.stdout.close()
+    assert backups(cache_path) == [] or snapshot(cache_path)[0] != before
     assert json.loads(run("status", cache_path, "--json")[1])["cached"] == len(rows) + 1500
 
 

@@ -307,6 +307,7 @@ def migrate(path: str) -> str | None:
         (stop the old program first)
     :raises CacheError: the file cannot be opened, or not backed up
     """
+    _refuse_if_held_before_locking(path)
     conn = open_readonly(path, refuse_older=False)
     try:
         current = _user_version(conn) == SCHEMA_VERSION
@@ -327,6 +328,7 @@ def migrate(path: str) -> str | None:
 def _open(path: str, durability: str) -> tuple[apsw.Connection, bool, str | None]:
     """:func:`open_file`, also returning where the backup made before migrating is."""
     check_openable(path)
+    _refuse_if_held_before_locking(path)
     for _ in range(5):
         try:
             # Owner-only from the first byte: the file will hold the apikey. SQLite gives
@@ -436,10 +438,28 @@ def _prepare(conn: apsw.Connection, path: str) -> tuple[bool, str | None]:
     return kind == NEW, backup
 
 
-def _before_migrating(conn: apsw.Connection, path: str, kind: str, version: int) -> str:
-    """Refuse while another process has the file open (it would go on writing the old
-    tables), else back the file up; returns where the backup is."""
-    what = "a connectordb 0.3.5 cache" if kind == CONNECTORDB else f"schema version {version}"
+def _refuse_if_held_before_locking(path: str) -> None:
+    """Before any lock is taken: refuse a file that needs migrating (its header says so) while
+    another process has it open. The connectordb 0.3.5 program sets no busy timeout: each of
+    its inserts while we held the write lock (looking through /proc for holders) failed with
+    "database is locked" (``test_migration.py::
+    test_a_refused_migration_never_makes_the_old_program_fail_an_insert``). Checked again
+    under the lock (:func:`_before_migrating`)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return  # SQLite says why when it opens it
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return  # new or empty: nothing to migrate
+    version = int.from_bytes(header[60:64], "big")  # the user_version
+    if version < SCHEMA_VERSION:
+        _refuse_if_held(
+            path, "a connectordb 0.3.5 cache" if version == 0 else f"schema version {version}"
+        )
+
+
+def _refuse_if_held(path: str, what: str) -> None:
     others = holders(path)
     if others:
         pids = ", ".join(f"pid {pid}" for pid in others)
@@ -447,6 +467,13 @@ def _before_migrating(conn: apsw.Connection, path: str, kind: str, version: int)
             f"cache file {path!r} ({what}) needs migrating, but another process has it open "
             f"({pids}): stop the old program first, then try again; nothing was changed"
         )
+
+
+def _before_migrating(conn: apsw.Connection, path: str, kind: str, version: int) -> str:
+    """Refuse while another process has the file open (it would go on writing the old
+    tables), else back the file up; returns where the backup is."""
+    what = "a connectordb 0.3.5 cache" if kind == CONNECTORDB else f"schema version {version}"
+    _refuse_if_held(path, what)
     backup = make_backup(conn, path, "connectordb" if kind == CONNECTORDB else f"v{version}")
     log.warning(
         "cache %s (%s) is being migrated to schema version %d; a backup copy of it as it "
