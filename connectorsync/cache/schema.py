@@ -45,7 +45,7 @@ from collections.abc import Callable
 import apsw
 
 from ..errors import CacheError, ConfigurationError
-from . import space
+from . import lockfree, space
 from .backup import holders, make_backup, remove_backup
 from .base import NO_TIME, NUDGE, wrapped
 from .connection import check_openable, read_only_file_system
@@ -504,8 +504,14 @@ def open_readonly(path: str, *, refuse_older: bool = True) -> apsw.Connection:
         # it is the whole database.
         flags |= apsw.SQLITE_OPEN_URI
         name = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?immutable=1"
-    with wrapped(f"open cache file {path!r}"):
-        conn = apsw.Connection(name, flags=flags)
+    # A rollback-journal file is never a current cache: told without a lock, which would
+    # fail an insert of a connectordb 0.3.5 program still writing it (see lockfree.py).
+    image = lockfree.image(path) if refuse_older else None
+    if image is not None:
+        conn = lockfree.connect(image, path)
+    else:
+        with wrapped(f"open cache file {path!r}"):
+            conn = apsw.Connection(name, flags=flags)
     try:
         with wrapped(f"open cache file {path!r}"):
             conn.setbusytimeout(BUSY_TIMEOUT_MS)
@@ -529,6 +535,9 @@ def open_readonly(path: str, *, refuse_older: bool = True) -> apsw.Connection:
     except BaseException:
         conn.close()
         raise
+    if image is not None:  # current after all (just created, not yet WAL): the file itself
+        conn.close()
+        return open_readonly(path, refuse_older=False)
     return conn
 
 
