@@ -76,6 +76,10 @@ class MetricsServer:
         self._thread.start()
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self._server.server_port}/metrics"
 

@@ -429,8 +429,16 @@ class Settings:
             value = Options.check(name, value)
             if name in TOGETHER:
                 check_together({**self.options.as_dict(), **self._pending, name: value})
-            if name not in PER_PROCESS:
-                self._store.set_setting("option." + name, value)
+            if name in PER_PROCESS:  # acts only in this process: kept only if it acts
+                before = getattr(self.options, name)
+                self.options.set(name, value)
+                try:
+                    self._changed(name)
+                except BaseException:
+                    self.options.set(name, before)
+                    raise
+                return
+            self._store.set_setting("option." + name, value)
             self.options.set(name, value)
         else:
             value = CONNECTORDB_SETTINGS[name][1](name, value)

@@ -443,3 +443,20 @@ def test_close_in_a_forked_child_returns_and_the_parent_serves(cache_path: str) 
             held.close()
         assert answer.startswith(b"HTTP/1.0 200") and b"connectorsync_" in answer
         assert "connectorsync_" in scrape(url)
+
+
+def test_a_port_in_use_set_on_a_serving_logger_changes_nothing(cache_path: str) -> None:
+    """Refused, and nothing changes: the server goes on where it was, ``metrics_port`` keeps
+    its value. The old server was stopped first, then the new port refused: nothing served
+    any more, and ``metrics_port`` said the refused port."""
+    with socket.socket() as busy, Logger(cache_path, metrics_port=0) as lg:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        url = lg.metrics_url
+        assert url is not None
+        with pytest.raises(ConfigurationError, match="in use"):
+            lg.metrics_port = busy.getsockname()[1]
+        assert lg.metrics_port == 0 and lg.metrics_url == url
+        assert "connectorsync_" in scrape(url)
+        lg.metrics_port = None
+        assert lg.metrics_url is None
