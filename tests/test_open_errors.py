@@ -189,3 +189,45 @@ def test_a_read_only_file_system_says_so_and_the_looking_commands_still_look(
         out = io.StringIO()
         assert main(argv, out=out) == 0, argv
         assert shown in out.getvalue(), out.getvalue()
+
+
+def _open_with_a_bound(path: str) -> dict[str, object]:
+    """OPEN in a child (as this user): a hang fails the test instead of holding it up."""
+    result = subprocess.run(
+        [sys.executable, "-c", OPEN, path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("fifo", "not a regular file"),
+        ("device", "not a regular file"),
+        ("loop", "symbolic link"),
+        ("dangling", "symbolic link"),
+    ],
+)
+def test_a_path_that_is_no_file_says_so(tmp_path: Path, kind: str, words: str) -> None:
+    """A fifo held Logger() for ever (reading it waits for a writer), /dev/null came out as
+    an SQLite error; a symbolic link in a loop or to a missing file raised a bare OSError /
+    FileNotFoundError, a NUL in the path a bare ValueError (not connectorsync errors)."""
+    path = tmp_path / "cache.db"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "loop":
+        os.symlink(tmp_path / "other.db", path)
+        os.symlink(path, tmp_path / "other.db")
+    elif kind == "dangling":
+        os.symlink(tmp_path / "missing" / "cache.db", path)
+    where = "/dev/null" if kind == "device" else str(path)
+    refused(_open_with_a_bound(where), words, repr(where))
+    with pytest.raises(CacheError, match="NUL"):
+        Logger(str(tmp_path / "a\0b.db"))

@@ -12,6 +12,7 @@ copy, in memory (``test_migration.py::test_status_never_makes_the_old_program_fa
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 import apsw
@@ -56,6 +57,8 @@ def header(path: str) -> bytes | None:
     every commit increments; 60-63: the user_version), or None for any other file (bytes
     18-19 are 1 for a rollback journal, 2 for WAL)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # reading a fifo would wait for a writer for ever
         with open(path, "rb") as f:
             found = f.read(100)
     except OSError:

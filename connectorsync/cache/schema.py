@@ -445,6 +445,7 @@ def _refuse_if_held_before_locking(path: str) -> None:
     "database is locked" (``test_migration.py::
     test_a_refused_migration_never_makes_the_old_program_fail_an_insert``). Checked again
     under the lock (:func:`_before_migrating`)."""
+    check_openable(path, write=False)  # a fifo would hold up the read below for ever
     try:
         with open(path, "rb") as f:
             header = f.read(100)
