@@ -24,6 +24,7 @@ from typing import Any
 import ntplib
 
 from .errors import ConfigurationError, TimestampError, TransientRemoteError
+from .remotes.base import MAX_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,11 @@ class Clock:
         """
         if not server:
             raise ConfigurationError("no NTP server: set ntp_server or pass server=")
+        if not 0 < timeout <= MAX_SECONDS:  # a socket cannot wait that long (or NaN)
+            raise ConfigurationError(
+                f"NTP timeout must be a number of seconds > 0 and at most {MAX_SECONDS:g}; "
+                f"got {timeout!r}"
+            )
         try:
             answer = ntplib.NTPClient().request(server, version=3, port=port, timeout=timeout)
         except (ntplib.NTPException, OSError) as exc:

@@ -14,6 +14,7 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +34,7 @@ from .errors import (
 from .metrics import LoggerMetrics
 from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings
 from .remoteholder import RemoteHolder
-from .remotes.base import Remote
+from .remotes.base import MAX_SECONDS, Remote
 from .remotes.config import record_remote
 from .resend import letter_ids, resend
 from .status import Status, collect_status
@@ -226,6 +227,10 @@ class Logger(_Attributes):
         is already on disk (``batched``: committed here first): closing loses nothing. Safe
         to call twice, and from a callback. In a child forked after the Logger was opened,
         it only marks it closed: the file, the syncer and its lock are the parent's."""
+        if math.isnan(timeout):
+            raise ConfigurationError(f"close(): timeout must be a number of seconds; got {timeout}")
+        # Infinity (or 1e300): as long as it takes; no thread can wait longer than this.
+        timeout = min(timeout, MAX_SECONDS)
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED

@@ -240,12 +240,17 @@ class LoggerMetrics:
         """Serve ``/metrics`` on 127.0.0.1 at ``port`` (0: any free one), instead of where it
         was served before; None: stop serving (:mod:`connectorsync.metrics_server`).
 
-        :raises ConfigurationError: the port cannot be listened on (in use, say)
+        :raises ConfigurationError: the port cannot be listened on (in use, say); it goes on
+            being served where it was
+            (``test_metrics.py::test_a_port_in_use_set_on_a_serving_logger_changes_nothing``)
         """
-        self.close()
-        if port is None:
-            return
-        self._server = MetricsServer(port, make_wsgi_app(self.registry))
+        old = self._server
+        if port is None or old is None or port != old.port:
+            # The new one first: when it cannot listen, the old one goes on serving.
+            new = None if port is None else MetricsServer(port, make_wsgi_app(self.registry))
+            self._server = new
+            if old is not None:
+                old.close()
 
     def close(self) -> None:
         """Stop serving (and free the port): no thread and no connection is left. Safe to

@@ -13,6 +13,9 @@ program that logs more than a few threads, whatever a client does. Guarantees
   (``test_a_slow_client_does_not_block_a_scrape_and_is_cut``).
 - :meth:`MetricsServer.close` stops listening, cuts every open connection and joins every
   thread: nothing of it is left, no thread and no socket.
+- In a child process forked from the one serving, :meth:`MetricsServer.close` closes that
+  child's copies of the sockets and returns: the loop and the threads are the parent's, and
+  the parent goes on serving (``test_close_in_a_forked_child_returns_and_the_parent_serves``).
 - Nothing is printed: a client that goes away or times out is logged at DEBUG only, never
   a traceback on stderr.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import socket
 import socketserver
 import threading
@@ -60,6 +64,7 @@ class MetricsServer:
                 f"metrics_port {port}: cannot listen on {LOOPBACK}:{port} ({exc.strerror}); "
                 "choose another port, or 0 for any free one"
             ) from exc
+        self._pid = os.getpid()
         # A short poll: close() waits for the loop to see the shutdown, and each poll cuts
         # the connections past their deadline.
         self._thread = threading.Thread(
@@ -71,11 +76,20 @@ class MetricsServer:
         self._thread.start()
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self._server.server_port}/metrics"
 
     def close(self) -> None:
         """Stop listening, cut every connection, join every thread. Call once."""
+        if os.getpid() != self._pid:
+            # A forked child: no loop runs here to see a shutdown (it would wait for ever),
+            # and cutting a connection would end the parent's too: close our copies only.
+            self._server.forget()
+            return
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -128,6 +142,14 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that timed out or went away: not worth a traceback on stderr."""
         log.debug("metrics: a connection failed", exc_info=True)
+
+    def forget(self) -> None:
+        """In a forked child: close this process's copies of the sockets, nothing more (the
+        lock may have been held by a parent's thread at the fork: not taken)."""
+        super().server_close()
+        for sock in list(self._open):
+            sock.close()
+        self._open.clear()
 
     def server_close(self) -> None:
         super().server_close()  # the listening socket

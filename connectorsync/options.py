@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from .errors import ArgumentTypeError, ConfigurationError
 from .remotes._http import hide_password
+from .remotes.base import MAX_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,22 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _within_max(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be finite; got {value!r}")
+    if value > MAX_SECONDS:
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_SECONDS:g} seconds (about 31 years); got {value!r}"
+        )
+    return float(value)
+
+
 def positive_number(name: str, value: Any) -> float:
     if not _is_number(value):
         raise _wrong_type(name, value, "a number > 0")
     if not value > 0:
         raise ConfigurationError(f"{name} must be a number > 0; got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be finite; got {value!r}")
-    return float(value)
+    return _within_max(name, value)
 
 
 #: The slowest ``max_rate``: one datapoint in about 32 years. A slower one would ask for waits
@@ -60,10 +69,7 @@ def rate(name: str, value: Any) -> float:
     """Datapoints per second that a wait can be computed for: a finite number of at least
     :data:`MIN_RATE` (``test_lanes.py::test_a_max_rate_that_cannot_work_is_refused``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ArgumentTypeError(
-            f"{name} must be a number of datapoints per second (int or float); "
-            f"got {value!r} ({type(value).__name__})"
-        )
+        raise _wrong_type(name, value, "a number of datapoints per second (int or float)")
     if not math.isfinite(value) or not value >= MIN_RATE:
         raise ConfigurationError(
             f"{name} must be a finite number of datapoints per second, at least {MIN_RATE:g} "
@@ -77,9 +83,7 @@ def non_negative_number(name: str, value: Any) -> float:
         raise _wrong_type(name, value, "a number >= 0")
     if not value >= 0:
         raise ConfigurationError(f"{name} must be a number >= 0; got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be finite; got {value!r}")
-    return float(value)
+    return _within_max(name, value)
 
 
 def boolean(name: str, value: Any) -> bool:
@@ -425,8 +429,16 @@ class Settings:
             value = Options.check(name, value)
             if name in TOGETHER:
                 check_together({**self.options.as_dict(), **self._pending, name: value})
-            if name not in PER_PROCESS:
-                self._store.set_setting("option." + name, value)
+            if name in PER_PROCESS:  # acts only in this process: kept only if it acts
+                before = getattr(self.options, name)
+                self.options.set(name, value)
+                try:
+                    self._changed(name)
+                except BaseException:
+                    self.options.set(name, before)
+                    raise
+                return
+            self._store.set_setting("option." + name, value)
             self.options.set(name, value)
         else:
             value = CONNECTORDB_SETTINGS[name][1](name, value)

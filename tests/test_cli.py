@@ -524,7 +524,7 @@ def test_sync_shows_a_progress_bar_on_a_terminal_only(cache: str, server) -> Non
 
 # A password that holds each character a hand-made url may hold; the parts around it are
 # checked separately, so no piece of it may show.
-HOSTILE = ("'", "@", ":", "/", "%40", "é☃", "?#")
+HOSTILE = ("'", "@", ":", "/", "%40", "é☃", "?#", " ", " x@y ")
 # A raw '/', '?' or '#' ends a url's host part: such a serverurl is refused when set.
 UNPARSEABLE = ("/", "?#")
 
@@ -698,3 +698,32 @@ def test_ctrl_c_in_sync_says_one_line_and_exits_130(
     assert run("sync", cache_path)[0] == 0
     stored = server.datapoints("alice/sensor/temperature")
     assert [p["d"] for p in stored] == values
+
+
+def test_serve_makes_the_files_a_killed_server_left_owner_only(tmp_path) -> None:
+    """An older serve made ``--path`` 0644, and was killed: its -wal (apikeys in it) stayed
+    0644. The file itself was made owner-only at the next start, the -wal and -shm beside it
+    were left readable by anyone, and SQLite went on writing new apikeys into them."""
+    import stat
+
+    path = tmp_path / "server.db"
+    killed = serve("--device", "a/b", "--path", str(path), env=child_env())
+    assert killed.stdout is not None and killed.stdout.readline().startswith("http://")
+    killed.stdout.readline()  # its device's apikey: written, in the -wal
+    killed.kill()
+    killed.communicate()
+    for suffix in ("", "-wal", "-shm"):
+        assert os.path.getsize(f"{path}{suffix}") > 0, suffix  # left behind, not empty
+        os.chmod(f"{path}{suffix}", 0o644)  # as an older serve left them
+    proc = serve("--device", "c/d", "--path", str(path), env=child_env())
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("http://127.0.0.1:")
+        proc.stdout.readline()  # the device's apikey
+        for suffix in ("", "-wal", "-shm"):
+            assert stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode) == 0o600, suffix
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -428,3 +428,31 @@ def test_thingsboard_token_is_in_no_urllib3_debug_line(
     finally:
         other.close()
     assert any("/ingest/plain" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("secret", ["S3cr3t\n", "S3cr3t☃é"])
+@pytest.mark.parametrize("where", ["influx token", "influx password", "http header"])
+def test_a_secret_http_cannot_send_is_refused_when_built(
+    tmp_path: Any, where: str, secret: str
+) -> None:
+    """A credential with a line break (a token read from a file, its newline kept) or a
+    character outside latin-1 cannot go in an HTTP header. It was taken; then every pass
+    failed, and its error (in ``sync()``'s report, ``status().last_error``, the log) showed
+    the whole token ("Invalid ... in header value: 'Token S3cr3t\\n'") or a character of it
+    and its position (UnicodeEncodeError). Now refused when built, the secret not shown."""
+    from connectorsync import InfluxDBRemote
+
+    builds = {
+        "influx token": lambda: InfluxDBRemote("http://127.0.0.1:9", database="d", token=secret),
+        "influx password": lambda: InfluxDBRemote(
+            "http://127.0.0.1:9", database="d", username="u", password=secret
+        ),
+        "http header": lambda: HTTPRemote(
+            "http://127.0.0.1:9/in", headers={"Authorization": f"Bearer {secret}"}
+        ),
+    }
+    with pytest.raises(ConfigurationError) as refused:
+        builds[where]()
+    message = str(refused.value)
+    assert "S3cr3t" not in message and "☃" not in message, message
+    assert ("line break" if "\n" in secret else "latin-1") in message, message

@@ -408,3 +408,55 @@ def test_a_slow_client_does_not_block_a_scrape_and_is_cut(
             slow.close()
         assert "connectorsync_" in scrape(url)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_close_in_a_forked_child_returns_and_the_parent_serves(cache_path: str) -> None:
+    """A child forked from a Logger that serves /metrics closes it (no serve loop runs in the
+    child: close() waited for it for ever), and the parent's server and connections go on."""
+    with Logger(cache_path, metrics_port=0) as lg:
+        lg.add_stream("s", {"type": "number"})
+        url = lg.metrics_url
+        assert url is not None
+        port = int(url.split(":")[2].split("/")[0])
+        held = socket.create_connection(("127.0.0.1", port), timeout=30)
+        held.sendall(b"GET /metrics HTTP/1.0\r\n")  # a request begun before the fork
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if close() returned
+            code = 1
+            try:
+                import signal
+
+                signal.alarm(30)  # a hung close() ends the child: not the test
+                lg.insert("s", 1.0)
+                lg.close(timeout=1)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        try:
+            held.sendall(b"\r\n")  # the parent still serves the connection the child had too
+            answer = b""
+            while chunk := held.recv(65536):
+                answer += chunk
+        finally:
+            held.close()
+        assert answer.startswith(b"HTTP/1.0 200") and b"connectorsync_" in answer
+        assert "connectorsync_" in scrape(url)
+
+
+def test_a_port_in_use_set_on_a_serving_logger_changes_nothing(cache_path: str) -> None:
+    """Refused, and nothing changes: the server goes on where it was, ``metrics_port`` keeps
+    its value. The old server was stopped first, then the new port refused: nothing served
+    any more, and ``metrics_port`` said the refused port."""
+    with socket.socket() as busy, Logger(cache_path, metrics_port=0) as lg:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        url = lg.metrics_url
+        assert url is not None
+        with pytest.raises(ConfigurationError, match="in use"):
+            lg.metrics_port = busy.getsockname()[1]
+        assert lg.metrics_port == 0 and lg.metrics_url == url
+        assert "connectorsync_" in scrape(url)
+        lg.metrics_port = None
+        assert lg.metrics_url is None

@@ -142,3 +142,92 @@ def test_a_directory_that_cannot_hold_the_wal_says_so(directory: Path) -> None:
     assert "move the cache" in message
     assert path.read_bytes() == before
     assert stat.S_IMODE(directory.stat().st_mode) == 0o555
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A real file system (tmpfs) that the test remounts read-only, as an SD card remounts
+    itself after I/O errors."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_read_only_file_system_says_so_and_the_looking_commands_still_look(
+    read_only_mount: Path,
+) -> None:
+    """On a file system mounted read-only, not even root may write: the open said
+    "permission denied ... run as its owner" (to the owner), and `status` and `export` of a
+    cleanly closed cache failed with SQLite's "unable to open database file"."""
+    import io
+
+    from connectorsync.cli import main
+
+    path = read_only_mount / "cache.db"
+    with Logger(str(path)) as lg:
+        lg.add_stream("s", {"type": "number"})
+        lg.insert("s", 1.5)
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_mount)], check=True)
+    for where in (path, read_only_mount / "new.db"):
+        with pytest.raises(CacheError) as raised:
+            Logger(str(where))
+        message = str(raised.value)
+        assert "read-only" in message and repr(str(read_only_mount)) in message, message
+        assert "permission denied" not in message and "owner" not in message, message
+    for argv, shown in ((["status", str(path)], "1 datapoints"), (["export", str(path)], "1.5")):
+        out = io.StringIO()
+        assert main(argv, out=out) == 0, argv
+        assert shown in out.getvalue(), out.getvalue()
+
+
+def _open_with_a_bound(path: str) -> dict[str, object]:
+    """OPEN in a child (as this user): a hang fails the test instead of holding it up."""
+    result = subprocess.run(
+        [sys.executable, "-c", OPEN, path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("fifo", "not a regular file"),
+        ("device", "not a regular file"),
+        ("loop", "symbolic link"),
+        ("dangling", "symbolic link"),
+    ],
+)
+def test_a_path_that_is_no_file_says_so(tmp_path: Path, kind: str, words: str) -> None:
+    """A fifo held Logger() for ever (reading it waits for a writer), /dev/null came out as
+    an SQLite error; a symbolic link in a loop or to a missing file raised a bare OSError /
+    FileNotFoundError, a NUL in the path a bare ValueError (not connectorsync errors)."""
+    path = tmp_path / "cache.db"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "loop":
+        os.symlink(tmp_path / "other.db", path)
+        os.symlink(path, tmp_path / "other.db")
+    elif kind == "dangling":
+        os.symlink(tmp_path / "missing" / "cache.db", path)
+    where = "/dev/null" if kind == "device" else str(path)
+    refused(_open_with_a_bound(where), words, repr(where))
+    with pytest.raises(CacheError, match="NUL"):
+        Logger(str(tmp_path / "a\0b.db"))

@@ -11,9 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectorsync import (
+    ClosedError,
     ConfigurationError,
     ConnectorDBRemote,
     DeliveryKind,
+    HTTPRemote,
+    InfluxDBRemote,
     Logger,
     RemoteError,
     SchemaError,
@@ -21,6 +24,7 @@ from connectorsync import (
     UnknownStreamError,
     ValidationError,
 )
+from connectorsync.testing import ConnectorDBServer
 
 from .conftest import dump, wait_for
 
@@ -311,3 +315,62 @@ def test_a_server_that_cannot_be_reached_is_named_host_and_port(cache_path) -> N
         assert "connection failed" in message, message
         with pytest.raises(RemoteError, match=f"127.0.0.1:{port}"):
             lg.ping()
+
+
+SECONDS_OPTIONS = (
+    "http_timeout",
+    "syncperiod",
+    "sync_jitter",
+    "commit_interval",
+    "max_age",
+    "max_hold",
+)
+
+
+@pytest.mark.parametrize("name", SECONDS_OPTIONS)
+@pytest.mark.parametrize("value", [1e10, 1e300])
+def test_seconds_no_wait_can_last_are_refused(cache_path: str, name: str, value: float) -> None:
+    """Seconds past what a thread or a socket can wait are refused when given (keyword,
+    attribute, a remote's timeout, sync_clock's). They were taken: then ``http_timeout=1e10``
+    failed every pass with "unexpected OverflowError", ``syncperiod=1e300`` killed the
+    background syncer with a traceback, and ``sync_clock(timeout=1e300)`` raised a bare
+    OverflowError."""
+    with pytest.raises(ConfigurationError, match=name):
+        Logger(cache_path, **{name: value}).close()
+    with Logger(cache_path) as lg:
+        before = getattr(lg, name)
+        with pytest.raises(ConfigurationError, match="at most"):
+            setattr(lg, name, value)
+        assert getattr(lg, name) == before
+        with pytest.raises(ConfigurationError, match="NTP timeout"):
+            lg.sync_clock("127.0.0.1", timeout=value)
+    for build in (
+        lambda: ConnectorDBRemote("http://127.0.0.1:9", "key", timeout=value),
+        lambda: HTTPRemote("http://127.0.0.1:9/in", timeout=value),
+        lambda: InfluxDBRemote("http://127.0.0.1:9", database="db", timeout=value),
+    ):
+        with pytest.raises(ConfigurationError, match="timeout"):
+            build()
+
+
+def test_the_longest_seconds_work_and_close_takes_an_endless_timeout(
+    cache_path: str, server: ConnectorDBServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The longest accepted seconds make working passes and a syncer that waits; and
+    ``close(float("inf"))`` ("as long as it takes") closes: it raised OverflowError with the
+    Logger half closed (its syncer and file never closed, a second close() did nothing)."""
+    longest = dict.fromkeys(("http_timeout", "syncperiod", "sync_jitter"), 1e9)
+    lg = Logger(cache_path, apikey=server.apikey, serverurl=server.url, **longest)
+    lg.add_stream("s", {"type": "number"})
+    lg.insert("s", 1.0)
+    assert lg.sync().ok
+    lg.start()
+    lg.close(float("inf"))
+    with pytest.raises(ClosedError):
+        lg.insert("s", 2.0)
+    with Logger(cache_path) as again:  # the sync lock and the file were let go
+        again.insert("s", 2.0)
+        assert again.sync().ok
+        assert again.status().syncer is None
+    assert [p["d"] for p in server.datapoints("alice/sensor/s")] == [1.0, 2.0]
+    assert "Traceback" not in capfd.readouterr().err

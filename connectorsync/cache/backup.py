@@ -16,7 +16,11 @@ Guarantees (each proved by the test named, in ``test_migration.py``):
   write goes on, a full disk fails), fsynced with its folder, then checked (its size, and
   SQLite's ``quick_check``) before it is called a copy of the file as it was; any failure
   removes it and raises :class:`~connectorsync.CacheError`, the file unchanged
-  (``test_migrate_on_a_nearly_full_disk_changes_nothing_and_says_so``).
+  (``test_migrate_on_a_nearly_full_disk_changes_nothing_and_says_so``). It is made under
+  a ``.partial`` name and given its backup name only once checked, never over an existing
+  file: a kill at any moment leaves no partial copy named like a backup
+  (``test_a_kill_during_the_backup_leaves_no_partial_copy_under_a_backup_name``); a
+  ``.partial`` left by a killed migration is removed by the next one.
 """
 
 from __future__ import annotations
@@ -77,18 +81,38 @@ def _names(base: str) -> Iterator[str]:
         yield f"{base}-{stamp}-{n}"
 
 
-def _create_new(base: str) -> tuple[str, int]:
-    """Create the first free one of ``base``, ``base-TIMESTAMP``, ``base-TIMESTAMP-2``...,
-    owner-only: an existing file is never opened, let alone overwritten."""
+def _create_partial(base: str) -> tuple[str, int]:
+    """Create ``base.partial``, owner-only, where the copy is made. One left there is a
+    killed migration's (the caller holds the file's write lock, and nobody else has the
+    file open): removed first."""
+    name = base + ".partial"
+    remove_backup(name)
+    try:
+        fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise CacheError(f"cannot create the backup {name!r}: {exc}") from exc
+    os.fchmod(fd, 0o600)  # whatever the umask: it holds the apikey
+    return name, fd
+
+
+def _publish(partial: str, base: str) -> str:
+    """Give the checked copy ``partial`` the first free one of ``base``, ``base-TIMESTAMP``,
+    ``base-TIMESTAMP-2``...: an existing file is never overwritten. Returns that name."""
     for name in _names(base):
         try:
-            fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.link(partial, name)  # fails if the name is taken: never replaces a file
         except FileExistsError:
             continue
-        except OSError as exc:
-            raise CacheError(f"cannot create the backup {name!r}: {exc}") from exc
-        os.fchmod(fd, 0o600)  # whatever the umask: it holds the apikey
-        return name, fd
+        except OSError:  # a file system without hard links (FAT): checked, then renamed
+            if os.path.lexists(name):
+                continue
+            try:
+                os.rename(partial, name)
+            except OSError as exc:
+                raise CacheError(f"cannot name the backup {name!r}: {exc}") from exc
+            return name
+        os.remove(partial)
+        return name
     raise AssertionError("unreachable: the names never end")
 
 
@@ -103,19 +127,21 @@ def make_backup(conn: apsw.Connection, path: str, label: str) -> str:
     """
     wal = str(next(conn.execute("PRAGMA journal_mode"))[0]).lower() == "wal"
     check_room(path)
-    name, fd = _create_new(f"{path}.{label}-backup")
+    base = f"{path}.{label}-backup"
+    partial, fd = _create_partial(base)
     try:
         if wal:
             os.close(fd)
-            _copy_through_sqlite(path, name)
+            _copy_through_sqlite(path, partial)
         else:
             with os.fdopen(fd, "wb") as target:
                 _copy_bytes(path, target.fileno())
-        _sync_folder(name)
-        _check_copy(path, name)
+        _check_copy(path, partial)
+        name = _publish(partial, base)
     except BaseException:
-        remove_backup(name)
+        remove_backup(partial)
         raise
+    _sync_folder(name)
     return name
 
 

@@ -13,7 +13,8 @@ SQLite writes the WAL and, with ``synchronous=FULL``, fsyncs it.
 Before SQLite opens a file, :func:`check_openable` says in plain words what would only come
 out of it as ``unable to open database file`` or ``disk I/O error``: a directory given as the
 cache path, a file or a directory this user may not write (SQLite creates the ``-wal`` and
-``-shm`` files beside the cache file) (``test_open_errors.py``).
+``-shm`` files beside the cache file), a file system mounted read-only, a fifo or a
+device, a symbolic link that leads nowhere, a NUL in the path (``test_open_errors.py``).
 
 Fork: a connection belongs to the process that opened it. SQLite forbids using a connection
 in a child forked after it was opened (its locks are not the child's), and a ``batched``
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,13 +46,19 @@ if TYPE_CHECKING:
     from .commit import GroupCommit
 
 
-def check_openable(path: str, *, write: bool = True) -> None:
-    """Raise a :class:`~connectorsync.CacheError` that says what to do when ``path`` cannot
-    be a cache file this process opens (``write``: for reading and writing; else to read):
-    it is a directory, its directory is missing, or this user may not read or write it, or
-    create the ``-wal``/``-shm`` files beside it. Says nothing when the file can be opened
-    (SQLite's own errors are still wrapped when it then fails for another reason).
-    """
+def _check_what_it_is(path: str, *, write: bool) -> str:
+    """The part of :func:`check_openable` about what ``path`` names; returns its directory."""
+    if "\0" in path:
+        raise CacheError(f"cache path {path!r} holds a NUL character: no file can be named so")
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            target = repr(os.readlink(path))
+        except OSError:  # changed meanwhile
+            target = "a path"
+        raise CacheError(
+            f"cache path {path!r} is a symbolic link to {target}, which cannot be reached "
+            "(missing, or a loop of links): fix the link, or give the real path"
+        )
     if os.path.isdir(path):
         raise CacheError(
             f"cache path {path!r} is a directory, not a file: give a file path such as "
@@ -62,6 +70,29 @@ def check_openable(path: str, *, write: bool = True) -> None:
             f"cannot open cache file {path!r}: its directory {directory!r} does not exist; "
             "create it first"
         )
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        # Reading a fifo waits for a writer for ever; a device or a socket is no database.
+        raise CacheError(
+            f"cache path {path!r} is not a regular file (a fifo, a device or a socket): give "
+            "the path of a cache file, or of one to create"
+        )
+    if write and read_only_file_system(directory):
+        raise CacheError(
+            f"cannot open cache file {path!r} to write: the file system holding {directory!r} "
+            "is mounted read-only (an SD card remounts itself so after I/O errors: check it); "
+            "remount it read-write, or put the cache on one that is"
+        )
+    return directory
+
+
+def check_openable(path: str, *, write: bool = True) -> None:
+    """Raise a :class:`~connectorsync.CacheError` that says what to do when ``path`` cannot
+    be a cache file this process opens (``write``: for reading and writing; else to read):
+    it is a directory, its directory is missing, or this user may not read or write it, or
+    create the ``-wal``/``-shm`` files beside it. Says nothing when the file can be opened
+    (SQLite's own errors are still wrapped when it then fails for another reason).
+    """
+    directory = _check_what_it_is(path, write=write)
     user = f"this user (uid {os.getuid()})"
     if os.path.exists(path):
         wanted = os.R_OK | os.W_OK if write else os.R_OK
@@ -125,6 +156,15 @@ class CommitOutcome:
 
     def __init__(self) -> None:
         self.done = False
+
+
+def read_only_file_system(directory: str) -> bool:
+    """Whether the file system holding ``directory`` is mounted read-only (where nobody, not
+    even root, may write: not a matter of permissions). False when it cannot be told."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 class Connection:

@@ -39,15 +39,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Callable
 
 import apsw
 
 from ..errors import CacheError, ConfigurationError
-from . import space
+from . import lockfree, space
 from .backup import holders, make_backup, remove_backup
 from .base import NO_TIME, NUDGE, wrapped
-from .connection import check_openable
+from .connection import check_openable, read_only_file_system
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,7 @@ def migrate(path: str) -> str | None:
         (stop the old program first)
     :raises CacheError: the file cannot be opened, or not backed up
     """
+    _refuse_if_held_before_locking(path)
     conn = open_readonly(path, refuse_older=False)
     try:
         current = _user_version(conn) == SCHEMA_VERSION
@@ -326,6 +328,7 @@ def migrate(path: str) -> str | None:
 def _open(path: str, durability: str) -> tuple[apsw.Connection, bool, str | None]:
     """:func:`open_file`, also returning where the backup made before migrating is."""
     check_openable(path)
+    _refuse_if_held_before_locking(path)
     for _ in range(5):
         try:
             # Owner-only from the first byte: the file will hold the apikey. SQLite gives
@@ -435,10 +438,29 @@ def _prepare(conn: apsw.Connection, path: str) -> tuple[bool, str | None]:
     return kind == NEW, backup
 
 
-def _before_migrating(conn: apsw.Connection, path: str, kind: str, version: int) -> str:
-    """Refuse while another process has the file open (it would go on writing the old
-    tables), else back the file up; returns where the backup is."""
-    what = "a connectordb 0.3.5 cache" if kind == CONNECTORDB else f"schema version {version}"
+def _refuse_if_held_before_locking(path: str) -> None:
+    """Before any lock is taken: refuse a file that needs migrating (its header says so) while
+    another process has it open. The connectordb 0.3.5 program sets no busy timeout: each of
+    its inserts while we held the write lock (looking through /proc for holders) failed with
+    "database is locked" (``test_migration.py::
+    test_a_refused_migration_never_makes_the_old_program_fail_an_insert``). Checked again
+    under the lock (:func:`_before_migrating`)."""
+    check_openable(path, write=False)  # a fifo would hold up the read below for ever
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return  # SQLite says why when it opens it
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return  # new or empty: nothing to migrate
+    version = int.from_bytes(header[60:64], "big")  # the user_version
+    if version < SCHEMA_VERSION:
+        _refuse_if_held(
+            path, "a connectordb 0.3.5 cache" if version == 0 else f"schema version {version}"
+        )
+
+
+def _refuse_if_held(path: str, what: str) -> None:
     others = holders(path)
     if others:
         pids = ", ".join(f"pid {pid}" for pid in others)
@@ -446,6 +468,13 @@ def _before_migrating(conn: apsw.Connection, path: str, kind: str, version: int)
             f"cache file {path!r} ({what}) needs migrating, but another process has it open "
             f"({pids}): stop the old program first, then try again; nothing was changed"
         )
+
+
+def _before_migrating(conn: apsw.Connection, path: str, kind: str, version: int) -> str:
+    """Refuse while another process has the file open (it would go on writing the old
+    tables), else back the file up; returns where the backup is."""
+    what = "a connectordb 0.3.5 cache" if kind == CONNECTORDB else f"schema version {version}"
+    _refuse_if_held(path, what)
     backup = make_backup(conn, path, "connectordb" if kind == CONNECTORDB else f"v{version}")
     log.warning(
         "cache %s (%s) is being migrated to schema version %d; a backup copy of it as it "
@@ -467,8 +496,23 @@ def open_readonly(path: str, *, refuse_older: bool = True) -> apsw.Connection:
     :raises CacheError: the file cannot be opened
     """
     check_openable(path, write=False)
-    with wrapped(f"open cache file {path!r}"):
-        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    flags, name = apsw.SQLITE_OPEN_READONLY, path
+    if read_only_file_system(os.path.dirname(os.path.abspath(path))) and not any(
+        os.path.exists(path + suffix) for suffix in ("-wal", "-journal")
+    ):
+        # SQLite could not create the -shm file a WAL reader needs: the file cannot change
+        # on a read-only file system, and without a -wal (or a hot -journal to roll back)
+        # it is the whole database.
+        flags |= apsw.SQLITE_OPEN_URI
+        name = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?immutable=1"
+    # A rollback-journal file is never a current cache: told without a lock, which would
+    # fail an insert of a connectordb 0.3.5 program still writing it (see lockfree.py).
+    image = lockfree.image(path) if refuse_older else None
+    if image is not None:
+        conn = lockfree.connect(image, path)
+    else:
+        with wrapped(f"open cache file {path!r}"):
+            conn = apsw.Connection(name, flags=flags)
     try:
         with wrapped(f"open cache file {path!r}"):
             conn.setbusytimeout(BUSY_TIMEOUT_MS)
@@ -492,6 +536,9 @@ def open_readonly(path: str, *, refuse_older: bool = True) -> apsw.Connection:
     except BaseException:
         conn.close()
         raise
+    if image is not None:  # current after all (just created, not yet WAL): the file itself
+        conn.close()
+        return open_readonly(path, refuse_older=False)
     return conn
 
 

@@ -43,7 +43,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from .base import Datapoint
+from .base import MAX_SECONDS, Datapoint
 
 # ----------------------------------------------------------------------------- statuses
 
@@ -309,6 +309,47 @@ def compression_setting(owner: str, value: object) -> str | None:
     )
 
 
+def timeout_setting(owner: str, value: object) -> float:
+    """A remote's ``timeout=`` argument, checked: seconds, a number > 0 and at most
+    :data:`~connectorsync.remotes.base.MAX_SECONDS`.
+
+    :raises ConfigurationError: anything else (the message names ``owner`` and the value)
+    """
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 < value <= MAX_SECONDS  # NaN and infinity too fail this
+    ):
+        return float(value)
+    raise ConfigurationError(
+        f"{owner} timeout must be a number of seconds > 0 and at most {MAX_SECONDS:g}; "
+        f"got {value!r}"
+    )
+
+
+def header_safe(owner: str, what: str, value: object) -> None:
+    """Refuse a credential or header that HTTP cannot send: a header (HTTP Basic auth too)
+    carries latin-1 only and no line break; each failed every pass, with an error that
+    quoted the secret (requests' "Invalid ... in header value: 'Token ...'") or a character
+    of it. The message never shows the value
+    (``test_http_remote.py::test_a_secret_http_cannot_send_is_refused_when_built``).
+
+    :raises ConfigurationError: ``value`` (a str; None and other types are left alone) has a
+        character outside latin-1, or a line break (it would end the header)
+    """
+    if not isinstance(value, str):
+        return
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        problem = "a character outside latin-1, which an HTTP header cannot carry"
+    else:
+        if "\r" not in value and "\n" not in value:
+            return
+        problem = "a line break, which would end its HTTP header (read from a file? strip it)"
+    raise ConfigurationError(f"{owner} {what} has {problem} (not shown)")
+
+
 def compress(data: bytes, compression: str | None) -> bytes:
     """``data`` as it goes on the wire with ``compression`` (a :func:`compression_setting`)."""
     if compression is None:
@@ -462,21 +503,33 @@ def _replace(text: str, secrets: Iterable[str]) -> str:
 def hide_password(text: str) -> str:
     """``text`` with the password of every url in it hidden by :func:`mask_url`. For reprs,
     messages and command line output; a url stays usable only where it is kept, never where
-    it is shown. A url in a text runs from its scheme to the next white space."""
+    it is shown. A url in a text runs from its scheme to the next white space, or, when a
+    ``:`` follows its ``//`` with no ``@`` yet, past white space to the next ``@`` of its
+    line: a password may hold a space (requests sends it as ``%20``), and when in doubt more
+    is hidden, never less."""
     out: list[str] = []
     done = 0
     while (mark := text.find("://", done)) >= 0:
         begin = mark
         while begin > done and text[begin - 1] in _SCHEME_CHARS:
             begin -= 1
-        finish = mark + 3
-        while finish < len(text) and not text[finish].isspace():
-            finish += 1
+        finish = _word_end(text, mark + 3)
+        if ":" in text[mark + 3 : finish] and "@" not in text[mark + 3 : finish]:
+            line_end = text.find("\n", finish)
+            at = text.rfind("@", finish, len(text) if line_end < 0 else line_end)
+            if at >= 0:
+                finish = _word_end(text, at)
         out.append(text[done:begin])
         out.append(mask_url(text[begin:finish]) if begin < mark else text[begin:finish])
         done = finish
     out.append(text[done:])
     return "".join(out)
+
+
+def _word_end(text: str, start: int) -> int:
+    while start < len(text) and not text[start].isspace():
+        start += 1
+    return start
 
 
 def hide_in_logs(owner: object, secrets: Iterable[str]) -> None:

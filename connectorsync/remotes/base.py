@@ -38,6 +38,14 @@ from typing import Any, Protocol, runtime_checkable
 Datapoint = tuple[int, float, str]
 
 
+#: The longest span of seconds any timeout or period may give (about 31 years): longer ones
+#: are not waits a thread or a socket can make (``threading.TIMEOUT_MAX`` is about 9.2e9 s,
+#: and a socket's timeout overflows past it), so every pass would fail with an
+#: OverflowError. Options (``options.py``) and remotes' ``timeout=`` refuse them
+#: (``test_validation.py::test_seconds_no_wait_can_last_are_refused``).
+MAX_SECONDS = 1e9
+
+
 class DeliveryKind(enum.Enum):
     """How a remote stores a batch; the sync pass settles a batch sent without an answer
     (or cut short by a crash) by this and nothing else.

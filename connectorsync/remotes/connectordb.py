@@ -22,6 +22,7 @@ from ._http import (
     compression_setting,
     hide_password,
     statuses,
+    timeout_setting,
     within_limit,
 )
 from .base import Datapoint, DeliveryKind
@@ -89,6 +90,7 @@ class ConnectorDBRemote:
         # What to_config() gives: the arguments as given (the apikey too, for the cache file).
         self._config: dict[str, Any] = {"kind": "connectordb", "serverurl": serverurl}
         self._config.update(apikey=apikey, timeout=timeout, verify=verify)
+        timeout = timeout_setting("ConnectorDBRemote", timeout)
         self.compression = compression_setting("ConnectorDBRemote", compression)
         self._config.update(compression=self.compression)
         if not serverurl.startswith(("http://", "https://")):

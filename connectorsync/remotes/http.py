@@ -27,9 +27,11 @@ from ._http import (
     Client,
     Prepared,
     compression_setting,
+    header_safe,
     hide_in_logs,
     hide_password,
     statuses,
+    timeout_setting,
     within_limit,
 )
 from .base import Datapoint, DeliveryKind
@@ -103,10 +105,10 @@ class HTTPRemote:
                 raise ConfigurationError(
                     f"HTTPRemote {name}: put credentials in headers=, not in the url"
                 )
-        if not (isinstance(timeout, int | float) and timeout > 0):
-            raise ConfigurationError(
-                f"HTTPRemote timeout must be a positive number; got {timeout!r}"
-            )
+        timeout = timeout_setting("HTTPRemote", timeout)
+        for header, value in (headers or {}).items():
+            header_safe("HTTPRemote", "header name", header)
+            header_safe("HTTPRemote", f"header {header!r}", value)
         self.compression = compression_setting("HTTPRemote", compression)
         self.url = url
         self.ping_url = ping_url

@@ -38,8 +38,10 @@ from ._http import (
     Client,
     Prepared,
     compression_setting,
+    header_safe,
     hide_password,
     statuses,
+    timeout_setting,
     within_limit,
 )
 from .base import Datapoint, DeliveryKind
@@ -160,10 +162,9 @@ class InfluxDBRemote:
         for wrong, message in problems:
             if wrong:
                 raise ConfigurationError(f"InfluxDBRemote: {message}")
-        if not (isinstance(timeout, int | float) and timeout > 0):
-            raise ConfigurationError(
-                f"InfluxDBRemote timeout must be a positive number; got {timeout!r}"
-            )
+        timeout = timeout_setting("InfluxDBRemote", timeout)
+        for what, secret in (("token", token), ("username", username), ("password", password)):
+            header_safe("InfluxDBRemote", what, secret)
         self.compression = compression_setting("InfluxDBRemote", compression)
         # What to_config() gives: the arguments as given (credentials too, for the cache file).
         self._config: dict[str, Any] = {"kind": "influxdb", "url": url, "database": database}

@@ -71,6 +71,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
+from ._http import timeout_setting
 from ._mqtt_session import (
     PACKET_TOO_LARGE,
     PROTOCOL_MAX_PACKET,
@@ -186,8 +187,7 @@ class MQTTRemote:
         for name, value in (("max_inflight", max_inflight), ("keepalive", keepalive)):
             if not (isinstance(value, int) and 0 < value <= 65535):
                 raise ConfigurationError(f"MQTTRemote {name} must be 1..65535; got {value!r}")
-        if not (isinstance(timeout, int | float) and timeout > 0):
-            raise ConfigurationError(f"MQTTRemote timeout must be positive; got {timeout!r}")
+        timeout = timeout_setting("MQTTRemote", timeout)
         if max_packet_size is not None and not (
             isinstance(max_packet_size, int)
             and not isinstance(max_packet_size, bool)

@@ -309,7 +309,9 @@ def admin_password(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def owner_only(parser: argparse.ArgumentParser, path: str) -> None:
     """Create ``path`` owner-only (0600) from its first byte, whatever the umask (SQLite
-    gives its -wal and -shm files the same mode); an existing one is made owner-only."""
+    gives its -wal and -shm files the same mode); an existing one is made owner-only, and the
+    -wal, -shm and -journal files a killed server left beside it
+    (``tests/test_cli.py::test_serve_makes_the_files_a_killed_server_left_owner_only``)."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
     except OSError as exc:
@@ -319,6 +321,16 @@ def owner_only(parser: argparse.ArgumentParser, path: str) -> None:
             os.fchmod(fd, 0o600)  # an existing file, made before with a wider mode
     finally:
         os.close(fd)
+    # What SQLite left beside it (a server killed before it closed the file) holds the same
+    # secrets, and SQLite opens it with the mode it has: owner-only too.
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            if stat.S_IMODE(os.stat(path + suffix).st_mode) & 0o077:
+                os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            parser.error(f"--path {path + suffix!r}: {exc.strerror}")
 
 
 if __name__ == "__main__":
