@@ -77,7 +77,8 @@ def letter_ids(ids: object, method: str) -> list[int] | None:
                 f"{method}: ids must be dead letter ids (int, see deadletters()); got"
                 f" {one!r} ({type(one).__name__}) among them"
             )
-    return chosen
+    # No dead letter has an id SQLite cannot hold (it raised a bare OverflowError): none.
+    return [one for one in chosen if -(2**63) <= one < 2**63]
 
 
 def resend(

@@ -329,3 +329,9 @@ def test_cli_retry_keeps_the_time_and_restamp_asks_for_new_ones(
     assert (code, out) == (0, "queued 1 dead letters to be sent again, with new timestamps\n")
     assert run("sync", path)[0] == 0
     assert [d for _, d in stored(server)] == [2.0, -1.0]
+
+
+def test_an_id_no_letter_can_have_is_no_letter(logger: Logger) -> None:
+    """An id past SQLite's 64 bits raised a bare OverflowError; it names no letter."""
+    assert logger.purge_deadletters([2**70]) == 0
+    assert logger.retry_deadletters([2**70]) == 0
