@@ -182,14 +182,16 @@ def test_threads_lose_nothing_returned_in_a_power_cut(tmp_path: Any) -> None:
     assert set(returned) <= stored
 
 
-@pytest.mark.parametrize("at", ["gather", "before_commit", "after_commit"])
+@pytest.mark.parametrize("at", ["gather", "begun", "before_commit", "after_commit"])
 def test_an_interrupt_in_the_leader_loses_and_doubles_nothing(
     cache_path: str, vfs: _HoldFirstSync, at: str
 ) -> None:
     """A KeyboardInterrupt in the thread leading a group of seven, before it takes the queue,
-    before its COMMIT or just after it: the six others return and are stored exactly once,
-    the interrupted one is stored only if its COMMIT was done, and later inserts are
-    committed (read back through a fresh connection after close)."""
+    just after its BEGIN, before its COMMIT or just after it: the six others return and are
+    stored exactly once, the interrupted one is stored only if its COMMIT was done, and later
+    inserts are committed (read back through a fresh connection after close). Just after
+    BEGIN, the transaction was left open: the others stored theirs in it, returned, and were
+    lost at close, with every later insert (the power-cut torture: "s0: returned, then lost")."""
     with _logger(cache_path) as lg:
         probe = GroupCommitProbe(lg)
         release, first = _hold_first_commit(lg, vfs)
@@ -216,6 +218,38 @@ def test_an_interrupt_in_the_leader_loses_and_doubles_nothing(
         expected += [(f"s{i}", i) for i in interrupted]
     expected += [(f"s{i}", 100 + i) for i in range(1, 8)]
     assert stored == sorted(expected)
+
+
+def test_an_interrupt_that_fails_the_commit_acknowledges_nothing_rolled_back(
+    cache_path: str, vfs: _HoldFirstSync
+) -> None:
+    """A KeyboardInterrupt raised inside the leader's COMMIT (from Python code SQLite calls
+    while it commits: here a commit hook, in the power-cut torture the VFS): SQLite rolls the
+    group back, so no transaction is open any more, yet nothing was committed. The six others
+    must store theirs alone, not return the t of a rolled-back group: before the fix they
+    returned and their datapoints were gone (the torture's group_commit_interrupt phase:
+    "insert() returned for them", then missing)."""
+    with _logger(cache_path) as lg:
+        probe = GroupCommitProbe(lg)
+        release, first = _hold_first_commit(lg, vfs)
+        probe.interrupt_next_group("during_commit")
+        threads, outcomes = _insert_in_threads(lg, [(f"s{i}", i, None) for i in range(1, 8)])
+        wait_for(lambda: probe.waiting() == 7, what="seven inserts waiting")
+        release.set()
+        for thread in [first, *threads]:
+            thread.join(10)
+        assert probe.interrupted.is_set()
+        interrupted = [i + 1 for i, o in enumerate(outcomes) if isinstance(o, KeyboardInterrupt)]
+        assert len(interrupted) == 1, outcomes
+        assert outcomes.count("stored") == 6, outcomes
+        # Each insert that returned is in the cache now, before anything else commits.
+        stored_now = {(dp["stream"], dp["d"]) for dp in lg.export()}
+        returned = {(f"s{i}", i) for i in range(1, 8) if i not in interrupted}
+        assert returned <= stored_now, f"returned, not stored: {sorted(returned - stored_now)}"
+    with Logger(cache_path) as reopened:
+        stored = sorted((dp["stream"], dp["d"]) for dp in reopened.export())
+    # The interrupted one's group was rolled back and it raised: not stored.
+    assert stored == sorted([("s0", -2), ("s0", -1), *returned])
 
 
 def test_an_insert_interrupted_while_it_waits_is_never_stored(

@@ -15,10 +15,14 @@ Guarantees (``tests/test_group_commit.py``):
 - An exception of any kind in the leader (``KeyboardInterrupt`` included) leaves no
   transaction open and hands every waiter its true outcome: before the ``COMMIT`` the group
   is rolled back and each waiter stores its datapoint alone; once the ``COMMIT`` is done each
-  waiter gets its stored ``t``. The interrupted call raises; its own datapoint is stored once
-  if the ``COMMIT`` was done, else not at all; a caller interrupted while its datapoint was
-  still queued is taken out of the queue (never stored). Nothing acknowledged is lost,
-  nothing is stored twice
+  waiter gets its stored ``t``. Whether the ``COMMIT`` was done is read from the file (a row
+  of the group there or not), never inferred from the call: an exception raised from inside
+  the ``COMMIT`` (Python code SQLite calls while it commits: an apsw VFS, a hook) makes SQLite
+  roll the group back, which leaves no transaction open either
+  (``test_an_interrupt_that_fails_the_commit_acknowledges_nothing_rolled_back``). The
+  interrupted call raises; its own datapoint is stored once if the ``COMMIT`` was done, else
+  not at all; a caller interrupted while its datapoint was still queued is taken out of the
+  queue (never stored). Nothing acknowledged is lost, nothing is stored twice
   (``test_group_commit.py::test_an_interrupt_in_the_leader_loses_and_doubles_nothing``).
 
 Without more, two groups would alternate, each about half the threads: the threads of the
@@ -30,7 +34,6 @@ commit. So a leader first waits a moment (at most a fifth of the last commit's t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING
 import apsw
 
 from .base import INSERT, NEWEST, TooOldError, place
+from .connection import roll_back, shielded
 from .limits import Limits, make_room
 from .records import Untrusted
 
@@ -72,7 +76,7 @@ class _Request:
 
 
 #: The places where :attr:`GroupCommit.fault` is called, in the leader of a group.
-FAULT_POINTS = ("gather", "before_commit", "after_commit")
+FAULT_POINTS = ("gather", "begun", "before_commit", "after_commit")
 
 
 class GroupCommit:
@@ -208,68 +212,107 @@ class GroupCommit:
         with cache._lock:
             conn = cache._conn
             began = time.perf_counter()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except apsw.Error:
-                return  # each is stored alone, and gets its own error
-            hints: dict[int, float] = {}
-            outcomes: list[object] = []
+            group = _Group(batch)
             committing: float | None = None
             try:
+                # In the try: an interrupt that lands as BEGIN returns must not leave the
+                # transaction open (later inserts would go into it, return, and be lost).
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except apsw.Error:
+                    return  # each is stored alone, and gets its own error
+                self._fault("begun", len(batch))
                 # Outcomes are handed out only after the COMMIT: a waiter that wakes
                 # meanwhile must not return before its datapoint is durable.
-                outcomes = [_store_in_savepoint(conn, cache.path, r, hints) for r in batch]
+                for request in batch:
+                    group.outcomes.append(_store_in_savepoint(conn, cache.path, request, group))
                 self._fault("before_commit", len(batch))
                 committing = time.perf_counter()
-                try:
-                    conn.execute("COMMIT")
-                except apsw.Error:
-                    _roll_back(conn)
-                    return  # each is stored alone (see _lead), and gets its own outcome
+                conn.execute("COMMIT")
                 self._fault("after_commit", len(batch))
-            except BaseException:
-                # Of any kind, KeyboardInterrupt included. A COMMIT was done exactly when
-                # it was begun and no transaction is open any more (an interrupt that
-                # lands during COMMIT is raised just after it returns): then the group is
-                # durable and each waiter gets its t, else it is rolled back and each
-                # waiter stores its datapoint alone. Never left open: later inserts would
-                # seem to commit and be lost at close().
-                if committing is not None and not conn.in_transaction:
-                    self._handed(batch, outcomes, hints)
-                else:
-                    _roll_back(conn)
+            except BaseException as exc:
+                # Of any kind, KeyboardInterrupt included, and wherever it landed: in the
+                # COMMIT too, from Python code SQLite calls while it commits (an apsw VFS, a
+                # hook), which makes SQLite roll the group back. So whether the COMMIT was
+                # done is read from the file (see _settle), never guessed from the call;
+                # settled to its end even if more interrupts land meanwhile.
+                done = shielded(lambda: self._settle(conn, group, committing))
+                if committing is not None and isinstance(exc, apsw.Error):
+                    # The COMMIT's own error (an I/O error, a full disk): not raised; those
+                    # not handed their t store theirs alone (see _lead), with their own error.
+                    if done:
+                        cache.timed(began, committing)
+                    return
                 raise
-            self._handed(batch, outcomes, hints)
+            shielded(lambda: self._handed(group))
             cache.timed(began, committing)
 
-    def _handed(
-        self, batch: list[_Request], outcomes: list[object], hints: dict[int, float]
-    ) -> None:
-        """The group is committed: give each waiter its outcome."""
-        for request, outcome in zip(batch, outcomes, strict=True):
+    def _settle(self, conn: apsw.Connection, group: _Group, committing: float | None) -> bool:
+        """The group's transaction ended by an exception: leave no transaction open and, if
+        its COMMIT was done, hand each waiter its outcome. Returns whether it was done.
+
+        Idempotent (run again if an interrupt lands in it). The COMMIT was done exactly when
+        it was begun, no transaction is open, and a row the group stored is in the file:
+        a COMMIT that failed (an I/O error, an exception raised from inside it) is rolled
+        back by SQLite, which leaves no transaction open either. In WAL mode with
+        ``synchronous=FULL`` a row another statement can read is in the fsynced WAL."""
+        if committing is None or conn.in_transaction or len(group.outcomes) != len(group.batch):
+            roll_back(conn)
+            return False
+        if group.witness:
+            rowid, stream_id, t = group.witness[-1]
+            try:
+                found = conn.execute(
+                    "SELECT 1 FROM datapoints WHERE id = ? AND stream = ? AND t = ?",
+                    (rowid, stream_id, t),
+                ).fetchall()
+            except apsw.Error:
+                # Cannot tell: each stores its own alone (at worst twice, never lost).
+                log.warning("cannot tell whether a group's COMMIT was done", exc_info=True)
+                return False
+            if not found:
+                return False
+        self._handed(group)
+        return True
+
+    def _handed(self, group: _Group) -> None:
+        """The group is committed: give each waiter its outcome (idempotent)."""
+        for request, outcome in zip(group.batch, group.outcomes, strict=True):
             request.outcome = outcome
-        self._cache._newest.update(hints)
+        self._cache._newest.update(group.hints)
         self.groups += 1
 
 
-def _roll_back(conn: apsw.Connection) -> None:
-    """End the open transaction, if one is, changing nothing."""
-    if conn.in_transaction:
-        with contextlib.suppress(apsw.Error):
-            conn.execute("ROLLBACK")
+class _Group:
+    """A group being stored: its requests, their outcomes so far, the streams' newest t."""
+
+    __slots__ = ("batch", "hints", "outcomes", "witness")
+
+    def __init__(self, batch: list[_Request]):
+        self.batch = batch
+        self.outcomes: list[object] = []
+        self.hints: dict[int, float] = {}
+        #: (rowid, stream, t) of each row stored: whether one is in the file tells whether
+        #: the COMMIT was done
+        self.witness: list[tuple[int, int, float]] = []
 
 
 def _store_in_savepoint(
-    conn: apsw.Connection, path: str, request: _Request, hints: dict[int, float]
+    conn: apsw.Connection, path: str, request: _Request, group: _Group
 ) -> object:
     """Store one datapoint of a group inside the open transaction, in a savepoint of its own.
-    Returns its outcome once the group is committed: the stored t, a TooOldError or _ALONE."""
+    Returns its outcome once the group is committed: the stored t, a TooOldError or _ALONE;
+    notes a row stored in ``group.witness``."""
     stream_id, t, data, boot, mono = request.row
+    if not conn.in_transaction:
+        # SQLite rolled the group back (an error of an earlier statement): a SAVEPOINT now
+        # would begin, and its RELEASE commit, a transaction of its own.
+        raise RuntimeError("the group's transaction ended before its COMMIT")
     conn.execute("SAVEPOINT one")
     try:
         if request.limits is not None and request.limits.active:
             make_room(conn, path, 1, request.limits)
-        newest = hints.get(stream_id)
+        newest = group.hints.get(stream_id)
         if newest is None or t <= newest:
             newest = next(conn.execute(NEWEST, (stream_id,)))[0]
         stored = place(t, newest, request.restamp)
@@ -281,5 +324,6 @@ def _store_in_savepoint(
         conn.execute("RELEASE one")
         return exc if isinstance(exc, TooOldError) else _ALONE
     conn.execute("RELEASE one")
-    hints[stream_id] = stored
+    group.hints[stream_id] = stored
+    group.witness.append((conn.last_insert_rowid(), stream_id, stored))
     return stored

@@ -34,7 +34,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
 
@@ -140,6 +140,7 @@ class _Process:
 
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _PROCESS = _Process()
 os.register_at_fork(after_in_child=_PROCESS.forked)
@@ -247,9 +248,11 @@ class Connection:
                     yield conn
                 return
             began = time.perf_counter()
-            conn.execute("BEGIN IMMEDIATE")
             committing = False
             try:
+                # In the try: an interrupt that lands as BEGIN returns must not leave the
+                # transaction open (later statements would go into it and be lost).
+                conn.execute("BEGIN IMMEDIATE")
                 yield conn
                 committing = True
                 self.commit(began)
@@ -257,8 +260,7 @@ class Connection:
                 # A COMMIT that failed (an I/O error, a read-only or full disk) may leave the
                 # transaction open: the next one would then fail at BEGIN for ever.
                 if conn.in_transaction:
-                    with contextlib.suppress(apsw.Error):
-                        conn.execute("ROLLBACK")
+                    roll_back(conn)
                 elif committing and outcome is not None and not isinstance(exc, apsw.Error):
                     # Not the COMMIT's own error, and no transaction open: it was done (an
                     # interrupt that lands during COMMIT is raised just after it returns).
@@ -283,3 +285,34 @@ class Connection:
         self.check_process()
         with self._lock, wrapped("read the cache"):
             return list(self._conn.execute(sql, params))
+
+
+def shielded(step: Callable[[], _T]) -> _T:
+    """Run ``step`` (idempotent) to its end, again whenever an exception that is not an
+    ``Exception`` (a ``KeyboardInterrupt``) lands in it; the first such is raised once it has
+    run to its end. An ``Exception`` of its own is raised at once."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            result = step()
+        except Exception:
+            raise
+        except BaseException as exc:
+            pending = pending or exc
+            continue
+        if pending is not None:
+            raise pending
+        return result
+
+
+def roll_back(conn: apsw.Connection) -> None:
+    """End the open transaction, if one is, changing nothing; to its end even if interrupts
+    land meanwhile (see :func:`shielded`): a transaction left open would take in the
+    statements after it, which would seem done and be lost."""
+
+    def once() -> None:
+        if conn.in_transaction:
+            with contextlib.suppress(apsw.Error):
+                conn.execute("ROLLBACK")
+
+    shielded(once)

@@ -4,20 +4,28 @@ Tests see group commit through this module only, never through private names:
 :class:`GroupCommitProbe` counts the inserts waiting and the groups committed, and can raise
 an exception (``KeyboardInterrupt`` by default) in the thread leading the next group, at one
 of its moments (:data:`~connectorsync.cache.commit.FAULT_POINTS`): ``"gather"`` (before it
-takes the queue), ``"before_commit"`` (its rows stored, the ``COMMIT`` not yet run) or
-``"after_commit"`` (the ``COMMIT`` done, the waiters not yet told), as a Ctrl-C landing
-there would.
+takes the queue), ``"begun"`` (its ``BEGIN`` just returned), ``"before_commit"`` (its rows
+stored, the ``COMMIT`` not yet run) or ``"after_commit"`` (the ``COMMIT`` done, the waiters
+not yet told), as a Ctrl-C landing there would; or ``"during_commit"``: raised from inside
+the ``COMMIT`` itself (a commit hook), which SQLite then rolls back, as a Ctrl-C landing in
+Python code that SQLite calls while it commits (an apsw VFS in Python, a hook) does: the
+``COMMIT`` raises and no transaction is open any more, yet nothing was committed.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from ..cache.commit import FAULT_POINTS, GroupCommit
 from ..errors import ConfigurationError
 from ..logger import Logger
 
-__all__ = ["FAULT_POINTS", "GroupCommitProbe"]
+__all__ = ["FAULT_POINTS", "PROBE_POINTS", "GroupCommitProbe"]
+
+#: Where :meth:`GroupCommitProbe.interrupt_next_group` can raise: the leader's
+#: :data:`FAULT_POINTS`, and inside its ``COMMIT``.
+PROBE_POINTS = (*FAULT_POINTS, "during_commit")
 
 
 class GroupCommitProbe:
@@ -48,15 +56,39 @@ class GroupCommitProbe:
         self, at: str, exc: type[BaseException] = KeyboardInterrupt, *, min_size: int = 2
     ) -> None:
         """Raise ``exc`` once, in the leader of the next group of at least ``min_size``
-        inserts, at ``at`` (one of :data:`FAULT_POINTS`)."""
-        if at not in FAULT_POINTS:
-            raise ConfigurationError(f"at: expected one of {FAULT_POINTS}; got {at!r}")
+        inserts, at ``at`` (one of :data:`PROBE_POINTS`)."""
+        if at not in PROBE_POINTS:
+            raise ConfigurationError(f"at: expected one of {PROBE_POINTS}; got {at!r}")
+
+        def interrupt(size: int) -> None:
+            self.interrupted_thread = threading.get_ident()
+            self.interrupted.set()
+            raise exc(f"interrupted by the test at {at!r}, in a group of {size}")
 
         def fault(point: str, size: int) -> None:
-            if point == at and size >= min_size and self._group.fault is fault:
+            if size < min_size or self._group.fault is not fault:
+                return
+            if at == "during_commit" and point == "before_commit":
                 self._group.fault = None
-                self.interrupted_thread = threading.get_ident()
-                self.interrupted.set()
-                raise exc(f"interrupted by the test at {at!r}, in a group of {size}")
+                self._fail_next_commit(lambda: interrupt(size))
+            elif point == at:
+                self._group.fault = None
+                interrupt(size)
 
         self._group.fault = fault
+
+    def _fail_next_commit(self, raise_it: Callable[[], None]) -> None:
+        """The next COMMIT of the cache's connection calls ``raise_it`` from SQLite's commit
+        hook: what it raises turns the COMMIT into a ROLLBACK and is raised by the COMMIT."""
+        conn = self._group._cache._conn
+        fired = False
+
+        def hook() -> bool:
+            nonlocal fired
+            if fired:  # stays registered (apsw must not lose it while calling it): a no-op
+                return False
+            fired = True
+            raise_it()
+            return False
+
+        conn.setcommithook(hook)
