@@ -17,7 +17,10 @@ import pytest
 
 from connectorsync import CacheError, CacheFullError, Logger, TimestampError
 from connectorsync.cache import batched
-from connectorsync.testing.interrupt import interrupt_after_next_commit
+from connectorsync.testing.interrupt import (
+    interrupt_after_next_commit,
+    interrupt_inside_next_commit,
+)
 from connectorsync.testing.powercut import FAULTS, PowerCutVFS
 
 from .conftest import ROOT, power_cut_run, wait_for
@@ -130,6 +133,22 @@ def test_an_interrupt_after_the_commit_stores_nothing_twice(cache_path: str) -> 
         lg.flush()
         assert [dp["d"] for dp in lg.export("n")] == [0, 1, 2, 3, 4, 5]
     assert _committed(cache_path) == 6
+
+
+def test_an_interrupt_inside_the_commit_keeps_the_queue(cache_path: str) -> None:
+    """A Ctrl-C raised from inside the queue's COMMIT (Python code SQLite calls while it
+    commits) makes SQLite roll it back, leaving no transaction open: the rows were not
+    committed, so they stay queued, and the next commit stores them (once)."""
+    with _logger(cache_path) as lg:
+        for i in range(5):
+            lg.insert("n", i)
+        fired = interrupt_inside_next_commit(lg)
+        with pytest.raises(KeyboardInterrupt):
+            lg.flush()
+        assert fired.is_set()
+        lg.flush()
+        assert [dp["d"] for dp in lg.export("n")] == [0, 1, 2, 3, 4]
+    assert _committed(cache_path) == 5
 
 
 def test_an_interrupt_while_storing_what_fits_stores_nothing_twice(cache_path: str) -> None:

@@ -434,6 +434,8 @@ class Cache(Delivering, DeadLetters):
             if conn.total_changes() - before != len(rows):
                 raise CacheError("insert_many: the cache refused out-of-order rows; none stored")
             last_id = conn.last_insert_rowid()
+            if outcome is not None and rows:
+                outcome.witness = (last_id, rows[-1][0], rows[-1][1])
         self._newest.update(newest)
         # One statement, one writer: the ids are consecutive, ending at the last one.
         first_id = last_id - len(rows) + 1

@@ -151,12 +151,32 @@ _INHERITED: list[apsw.Connection] = []
 
 
 class CommitOutcome:
-    """Whether a :meth:`Connection.transaction` that raised had committed all the same."""
+    """Whether a :meth:`Connection.transaction` that raised had committed all the same.
 
-    __slots__ = ("done",)
+    The caller names a row the transaction stored (``witness``: id, stream id, t) before it
+    ends: "no transaction open after the COMMIT" is not proof, for an exception raised from
+    inside the COMMIT (by Python code SQLite calls, a VFS say) makes SQLite roll it back
+    too. The row read back is (in WAL mode, the fsynced WAL). Without a witness nothing is
+    taken as done: the caller then stores again (never lost; a count at worst twice).
+    """
+
+    __slots__ = ("done", "witness")
 
     def __init__(self) -> None:
         self.done = False
+        self.witness: tuple[int, int, float] | None = None
+
+    def settle(self, conn: apsw.Connection) -> None:
+        """Set :attr:`done` from the file (idempotent)."""
+        if self.witness is None:
+            return
+        try:
+            found = conn.execute(
+                "SELECT 1 FROM datapoints WHERE id = ? AND stream = ? AND t = ?", self.witness
+            ).fetchall()
+        except apsw.Error:
+            return  # cannot tell: stored again, never lost
+        self.done = bool(found)
 
 
 def read_only_file_system(directory: str) -> bool:
@@ -262,9 +282,10 @@ class Connection:
                 if conn.in_transaction:
                     roll_back(conn)
                 elif committing and outcome is not None and not isinstance(exc, apsw.Error):
-                    # Not the COMMIT's own error, and no transaction open: it was done (an
-                    # interrupt that lands during COMMIT is raised just after it returns).
-                    outcome.done = True
+                    # Not the COMMIT's own error, and no transaction open: done, if its
+                    # witness row is in the file (an interrupt raised from inside the
+                    # COMMIT rolled it back).
+                    shielded(lambda: outcome.settle(conn))
                 raise
 
     def commit(self, began: float) -> None:

@@ -3,6 +3,9 @@
 :func:`interrupt_after_next_commit` raises an exception (``KeyboardInterrupt`` by default)
 once, in the thread that commits next to a Logger's cache, just after its ``COMMIT``
 returned: the moment where a caller that stores its rows again would store them twice.
+:func:`interrupt_inside_next_commit` raises it from inside the next ``COMMIT`` (SQLite's
+commit hook), which SQLite then rolls back: no transaction is open afterwards, yet nothing
+was committed, and a caller that took that for done would lose its rows.
 Tests reach the cache through this module only, never through private names.
 """
 
@@ -12,7 +15,7 @@ import threading
 
 from ..logger import Logger
 
-__all__ = ["interrupt_after_next_commit"]
+__all__ = ["interrupt_after_next_commit", "interrupt_inside_next_commit"]
 
 
 def interrupt_after_next_commit(
@@ -33,4 +36,22 @@ def interrupt_after_next_commit(
             raise exc("interrupted by the test just after a COMMIT")
 
     cache.on_commit = on_commit
+    return fired
+
+
+def interrupt_inside_next_commit(
+    logger: Logger, exc: type[BaseException] = KeyboardInterrupt
+) -> threading.Event:
+    """Raise ``exc`` once, from inside the next COMMIT of ``logger``'s own connection (its
+    commit hook: SQLite rolls that COMMIT back); returns an event set when it was raised."""
+    conn = logger._cache._conn
+    fired = threading.Event()
+
+    def hook() -> bool:
+        if fired.is_set():  # stays registered (apsw must not lose it while calling it)
+            return False
+        fired.set()
+        raise exc("interrupted by the test inside a COMMIT")
+
+    conn.setcommithook(hook)
     return fired
