@@ -168,6 +168,56 @@ def test_an_interrupt_while_storing_what_fits_stores_nothing_twice(cache_path: s
         assert lg.status().dropped == 2
 
 
+def test_an_insert_racing_close_is_stored_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads insert (a small queue: back-pressure commits) while close() runs: each insert
+    either raised or is in the file. An insert that waited behind close()'s last commit used
+    to queue its row after it and return: acknowledged, never committed."""
+    import json
+    import threading
+
+    from connectorsync import ConnectorSyncError
+
+    monkeypatch.setattr(batched, "MAX_QUEUED", 3)
+    lost: list[int] = []
+    for trial in range(60):
+        path = str(tmp_path / f"cache{trial}.db")
+        lg = _logger(path)
+        returned: list[int] = []
+        started = threading.Barrier(4)
+
+        def work(
+            k: int,
+            lg: Logger = lg,
+            returned: list[int] = returned,
+            started: threading.Barrier = started,
+        ) -> None:
+            started.wait()
+            for i in range(100_000):
+                try:
+                    lg.insert("n", k * 1_000_000 + i)
+                except ConnectorSyncError:
+                    return
+                returned.append(k * 1_000_000 + i)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        wait_for(lambda returned=returned: len(returned) > 30, what="inserts under way")
+        lg.close()
+        for thread in threads:
+            thread.join(timeout=30)
+        other = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            stored = {json.loads(d) for (d,) in other.execute("SELECT d FROM datapoints")}
+        finally:
+            other.close()
+        lost += sorted(set(returned) - stored)
+    assert not lost, f"insert() returned, never committed: {lost[:10]}"
+
+
 def test_close_commits_the_queue(cache_path: str) -> None:
     lg = _logger(cache_path)
     lg.insert("n", 1)

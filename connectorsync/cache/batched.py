@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import CacheError, CacheFullError
+from ..errors import CacheError, CacheFullError, ClosedError
 from .base import NEWEST, bump, place
 from .commit import AppendRow, Point
 from .connection import CommitOutcome
@@ -103,10 +103,18 @@ class CommitQueue:
         :raises TooOldError: an explicit ``t`` older than the stream's newest (not queued)
         :raises CacheError: commits fail (:attr:`failure`), or the queue was full and its
             commit failed: ``row`` was not queued
+        :raises ClosedError: the queue is closing (``close()`` ran): ``row`` was not queued
         """
         stream_id, t, data, boot, mono = row
         while True:
             with self._cond:
+                if self._closing:
+                    # close() commits the queue for the last time (or has): a row queued
+                    # now would be acknowledged and never committed.
+                    raise ClosedError(
+                        f"the cache {self._cache.path!r} is closing: this datapoint was not "
+                        "stored (insert before close(), or into a new Logger)"
+                    )
                 if self.failure is not None:
                     raise self._refused(self.failure)
                 if len(self._rows) < MAX_QUEUED:
