@@ -480,10 +480,9 @@ class Logger(_Attributes):
             queued = self._cache.retry_deadletters(chosen, self._streams.ids(), self._writer.limits)
             self._syncer.inserted(queued)
             return queued
-        streams = self._cache.streams()
         batch_size = self.batch_size
         return self._syncer.exclusive(
-            lambda remote: resend(self._cache, remote, streams, chosen, batch_size)
+            lambda remote, gate: resend(self._cache, remote, chosen, batch_size, gate)
         ).sent
 
     def purge_deadletters(self, ids: Iterable[int] | None = None) -> int:

@@ -36,12 +36,14 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from .cache import Cache, DeadLetter, StreamRow
 from .cache.properties import stream_properties
 from .errors import AmbiguousRemoteError, ArgumentTypeError, RejectedError
 from .remotes.base import DeliveryKind, Remote, ensure_stream
+from .synclock import PassGate
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +86,23 @@ def letter_ids(ids: object, method: str) -> list[int] | None:
 def resend(
     cache: Cache,
     remote: Remote,
-    streams: dict[str, StreamRow],
     ids: Sequence[int] | None,
     batch_size: int,
+    gate: PassGate | None = None,
 ) -> ResendReport:
-    """Send the dead letters at rest (all, or those of ``ids``) of the registered ``streams``
-    again, each with its own time (see the module's docstring). Letters of streams not
-    registered stay as they are.
+    """Send the dead letters at rest (all, or those of ``ids``) of the cache's streams again,
+    each with its own time (see the module's docstring); deletions go through ``gate``.
 
     :raises TransientRemoteError, AmbiguousRemoteError, AuthError: the remote could not be
         asked; the letters not settled yet stay as they were
     """
     sent = kept = 0
+    streams = cache.streams()
     for name in cache.streams_with_letters():
         row = streams.get(name)
         if row is None:
             continue
-        stream = _Stream(cache, remote, row)
+        stream = _Stream(cache, remote, row, gate)
         after = (float("-inf"), 0)
         while letters := cache.letters_at_rest(name, ids, after, batch_size):
             after = (letters[-1].t, letters[-1].id)
@@ -112,8 +114,9 @@ def resend(
 class _Stream:
     """The letters of one stream, sent page by page in time order."""
 
-    def __init__(self, cache: Cache, remote: Remote, row: StreamRow):
+    def __init__(self, cache: Cache, remote: Remote, row: StreamRow, gate: PassGate | None):
         self.cache, self.remote, self.row = cache, remote, row
+        self.gate = gate
         self.ordered = remote.delivery_kind is DeliveryKind.ORDERED
         self.sent = self.kept = 0
         self._ready = False
@@ -148,7 +151,7 @@ class _Stream:
         if there:
             # Strictly increasing per stream: a datapoint at its very time is this one,
             # delivered before (its answer lost): exactly once, as reconciliation decides.
-            self.sent += self.cache.letters_delivered(there)
+            self._delivered(there)
         if older:
             assert newest is not None
             self._keep(
@@ -167,6 +170,13 @@ class _Stream:
             )
         settled = set(there) | {d.id for d in older} | {d.id for d in behind}
         return [d for d in letters if d.id not in settled]
+
+    def _delivered(self, ids: list[int]) -> None:
+        """The remote has these letters: they leave the dead letters, unless the Logger
+        closed meanwhile (nothing is deleted after close() returned; a later retry settles
+        them again, as after a lost answer)."""
+        with self.gate.deleting("dead letters sent again") if self.gate else nullcontext():
+            self.sent += self.cache.letters_delivered(ids)
 
     def _keep(self, letters: Sequence[DeadLetter], reason: str, *, refused: bool = False) -> None:
         self.cache.letters_kept([d.id for d in letters], reason, time.time(), refused=refused)
@@ -192,7 +202,7 @@ class _Stream:
                 pass  # all or nothing, and its last one is the remote's newest: delivered
             else:
                 raise
-        self.sent += self.cache.letters_delivered([d.id for d in letters])
+        self._delivered([d.id for d in letters])
         if self.ordered:
             self._newest = letters[-1].t
         log.info("stream %r: %d dead letters sent again", self.row.name, len(letters))

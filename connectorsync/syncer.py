@@ -218,19 +218,23 @@ class Syncer:
                 self._close_connection()  # closed while this pass ran (close's drain ran late)
             return report
 
-    def exclusive(self, job: Callable[[Remote], T]) -> T:
-        """``job(remote)`` run as a pass runs: under this process's pass lock and the file's
-        sync lock, so no pass of this or another process sends meanwhile, and two of them
-        never send the same dead letters twice (``retry_deadletters``).
+    def exclusive(self, job: Callable[[Remote, PassGate], T]) -> T:
+        """``job(remote, gate)`` run as a pass runs: under this process's pass lock and the
+        file's sync lock, so no pass of this or another process sends meanwhile, and two of
+        them never send the same dead letters twice (``retry_deadletters``); its deletions
+        go through ``gate``, as a pass's do, so none runs after close() returned.
 
+        :raises ClosedError: the syncer closed (while this waited for a pass to end)
         :raises ConnectorSyncError: another process (or Logger) syncs this cache
         """
         with self._pass_lock:
+            if self._closed:
+                raise ClosedError("the Logger closed while this waited for a sync pass to end")
             holds = self._lock.held
             if not holds and not self._lock.acquire():
                 raise ConnectorSyncError(self._lock.refusal(self.state()))
             try:
-                return job(self._remote)
+                return job(self._remote, self._gate)
             finally:
                 if not holds:
                     self._lock.release()

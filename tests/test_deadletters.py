@@ -335,3 +335,40 @@ def test_an_id_no_letter_can_have_is_no_letter(logger: Logger) -> None:
     """An id past SQLite's 64 bits raised a bare OverflowError; it names no letter."""
     assert logger.purge_deadletters([2**70]) == 0
     assert logger.retry_deadletters([2**70]) == 0
+
+
+def test_a_retry_waiting_behind_a_pass_when_close_comes_sends_and_deletes_nothing(
+    logger: Logger, server: ConnectorDBServer
+) -> None:
+    """retry_deadletters() waits for the pass under way; close() comes meanwhile: the retry
+    then raises ClosedError, sends nothing and deletes nothing (it went on and deleted
+    letters after close() returned)."""
+    import threading
+
+    from connectorsync import ClosedError
+
+    refuse_negatives(server)
+    logger.insert_many("temperature", [{"t": T0, "d": 1.0}, {"t": T0 + 1, "d": -1.0}])
+    assert logger.sync().deadlettered == {"temperature": 1}
+    server.reject(None)
+    logger.insert("temperature", 2.0)
+    server.delay(1.0)  # the next pass's requests take a while
+    passing = threading.Thread(target=logger.sync)
+    passing.start()
+    outcome: list[object] = []
+
+    def retry() -> None:
+        try:
+            outcome.append(logger.retry_deadletters())
+        except ConnectorSyncError as exc:
+            outcome.append(exc)
+
+    retrying = threading.Thread(target=retry)
+    retrying.start()
+    retrying.join(timeout=0.3)  # it waits for the pass
+    logger.close(timeout=0.5)
+    passing.join(timeout=30)
+    retrying.join(timeout=30)
+    server.delay(0)
+    assert len(outcome) == 1 and isinstance(outcome[0], ClosedError), outcome
+    assert (T0 + 1, -1.0) not in stored(server)
