@@ -524,7 +524,7 @@ def test_sync_shows_a_progress_bar_on_a_terminal_only(cache: str, server) -> Non
 
 # A password that holds each character a hand-made url may hold; the parts around it are
 # checked separately, so no piece of it may show.
-HOSTILE = ("'", "@", ":", "/", "%40", "é☃", "?#", " ", " x@y ")
+HOSTILE = ("'", "@", ":", "/", "%40", "é☃", "?#", " ", " x@y ", "@ ")
 # A raw '/', '?' or '#' ends a url's host part: such a serverurl is refused when set.
 UNPARSEABLE = ("/", "?#")
 

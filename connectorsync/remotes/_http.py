@@ -504,9 +504,9 @@ def hide_password(text: str) -> str:
     """``text`` with the password of every url in it hidden by :func:`mask_url`. For reprs,
     messages and command line output; a url stays usable only where it is kept, never where
     it is shown. A url in a text runs from its scheme to the next white space, or, when a
-    ``:`` follows its ``//`` with no ``@`` yet, past white space to the next ``@`` of its
-    line: a password may hold a space (requests sends it as ``%20``), and when in doubt more
-    is hidden, never less."""
+    ``:`` follows its ``//`` before any ``@``, past white space to the last ``@`` of its
+    line: a password may hold a space (requests sends it as ``%20``) and an ``@``, and when
+    in doubt more is hidden, never less."""
     out: list[str] = []
     done = 0
     while (mark := text.find("://", done)) >= 0:
@@ -514,7 +514,8 @@ def hide_password(text: str) -> str:
         while begin > done and text[begin - 1] in _SCHEME_CHARS:
             begin -= 1
         finish = _word_end(text, mark + 3)
-        if ":" in text[mark + 3 : finish] and "@" not in text[mark + 3 : finish]:
+        word = text[mark + 3 : finish]
+        if ":" in word.split("@", 1)[0]:  # a password may follow, up to the line's last @
             line_end = text.find("\n", finish)
             at = text.rfind("@", finish, len(text) if line_end < 0 else line_end)
             if at >= 0:
