@@ -36,6 +36,7 @@ Guarantees (each proved by the test named):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from ..errors import CacheError, ConfigurationError
 from . import lockfree, space
 from .backup import holders, make_backup, remove_backup
 from .base import NO_TIME, NUDGE, wrapped
-from .connection import check_openable, read_only_file_system
+from .connection import check_openable, read_only_file_system, roll_back
 
 log = logging.getLogger(__name__)
 
@@ -363,8 +364,9 @@ def _open(path: str, durability: str) -> tuple[apsw.Connection, bool, str | None
                     with wrapped(f"migrate cache file {path!r} (nothing was changed)"):
                         conn.execute("COMMIT")
                 except BaseException:
-                    if backup is not None:
-                        remove_backup(backup)  # the file rolls back to what it copied
+                    # Rolled back: the backup goes (not if an interrupt came after COMMIT).
+                    if backup is not None and not _migrated(conn):
+                        remove_backup(backup)
                     raise
                 configure(conn, path, durability, wal=True)
                 # Once, for a cache made before free pages were given back: never fails.
@@ -468,6 +470,14 @@ def _refuse_if_held(path: str, what: str) -> None:
             f"cache file {path!r} ({what}) needs migrating, but another process has it open "
             f"({pids}): stop the old program first, then try again; nothing was changed"
         )
+
+
+def _migrated(conn: apsw.Connection) -> bool:
+    """Whether the file is at :data:`SCHEMA_VERSION` (its migration committed)."""
+    roll_back(conn)
+    with contextlib.suppress(apsw.Error):
+        return bool(conn.execute("PRAGMA user_version").fetchall()[0][0] == SCHEMA_VERSION)
+    return False
 
 
 def _before_migrating(conn: apsw.Connection, path: str, kind: str, version: int) -> str:
