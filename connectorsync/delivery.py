@@ -30,6 +30,10 @@ Guarantees (each proved by the test named, in ``tests/``):
 
   ``ordered``: the remote's newest timestamp says what arrived; the rest is resent.
   ``idempotent`` and ``at_least_once``: the whole batch is resent; nothing is inferred.
+- Once the Logger closes, no new batch starts; a batch the remote stored that the pass could
+  not delete (closed, or the cache failed), in a bisection too, keeps its in-flight mark
+  (``test_faults.py::test_close_during_a_bisection_keeps_the_stored_half_marked``,
+  ``test_mqtt_hostile.py::test_a_pass_publishes_nothing_once_closed``).
 - The bytes a :class:`~connectorsync.remotes.base.Metered` remote put on the wire for a
   stream are added to the stream's counter in the cache, in the transaction that deletes the
   acknowledged batch; those of requests never acknowledged (refused, or no answer) when the
@@ -43,18 +47,20 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from .cache import BatchRequest, Cache, Row, StreamRow, Untrusted
 from .cache.properties import stream_properties
 from .errors import (
     AmbiguousRemoteError,
+    ClosedError,
     ConnectorSyncError,
     RejectedError,
     RemoteError,
 )
+from .inthread import InThread
 from .lanes import Lanes, OutOfTimeError, Pacer, Rotation
 from .remotes.base import DeliveryKind, Metered, Preparable, Remote, ensure_stream
 from .report import SyncReport as SyncReport  # re-exported: it was defined here
@@ -155,21 +161,22 @@ def _take_turns(
 
     While one batch is on the wire, the next turn's batch is read (and recorded in flight)
     and the previous delivered batch is deleted, each in a thread of its own
-    (:class:`_InThread`), so the remote is rarely idle; every one of them is finished before
+    (:class:`InThread`), so the remote is rarely idle; every one of them is finished before
     the pass returns. ``backlog``: paced by ``max_rate``, ended by the budget. A turn cut
-    off by the budget or the deadline is where the next pass begins (``lanes.rotation``).
+    off by the budget, the deadline or close() is where the next pass begins (``lanes.rotation``).
     An error that holds for the whole remote (credentials, ``Retry-After``) ends every turn.
     """
     active = [turn for turn in turns if not turn.done]
-    behind: _InThread[None] | None = None
+    behind: InThread[None] | None = None
     index = 0
     try:
         while active:
             turn = active[index % len(active)]
-            if deadline is not None and time.monotonic() > deadline:
+            stop = _stopped(deadline, lanes.plan.gate)
+            if stop is not None:  # no new batch starts: the rest waits in the cache
                 lanes.rotation.cut_at(turn.name)
                 for late in active:
-                    late.fail(OutOfTimeError("out of time (close); the rest waits in the cache"))
+                    late.fail(stop)
                 return
             batch = (
                 None
@@ -201,6 +208,15 @@ def _take_turns(
                 behind.result()  # the last delete (it runs here if it never started)
         for turn in turns:
             turn.close()
+
+
+def _stopped(deadline: float | None, gate: PassGate | None) -> ConnectorSyncError | None:
+    """Why no new batch may start (close's deadline is past, or the Logger closed), or None."""
+    if gate is not None and gate.closed:
+        return ClosedError("closed while the pass ran; the rest waits in the cache")
+    if deadline is not None and time.monotonic() > deadline:
+        return OutOfTimeError("out of time (close); the rest waits in the cache")
+    return None
 
 
 def _paced(turn: _Turn, lanes: Lanes | None, batch: list[Row] | None) -> list[Row] | None:
@@ -241,7 +257,7 @@ class _Turn:
         )
         self.after = 0  # the last id read: everything up to it is in flight or resolved
         self.done = self.failed = False
-        self._ahead: _InThread[list[Row]] | None = None
+        self._ahead: InThread[list[Row]] | None = None
         # Batches sent whose outcome is not settled yet (pushed and not yet deleted, or no
         # answer): while any is, the in-flight mark stays for the next pass to resolve.
         self._unsettled = 0
@@ -256,6 +272,8 @@ class _Turn:
         # at-least-once remotes): the mark found in the cache at the start of the pass.
         self._resend: tuple[int, int] | None = None
         self._resending = False
+        # A bisection's delete or dead letter failed: the batch is not settled.
+        self._undeleted = False
         # Refusals of this pass: one warning per stream per pass, each datapoint at DEBUG.
         self._refused = 0
         self._first_reason = ""
@@ -322,14 +340,14 @@ class _Turn:
 
     # -------------------------------------------------------------- batches
 
-    def read_ahead(self) -> _InThread[list[Row]] | None:
+    def read_ahead(self) -> InThread[list[Row]] | None:
         """A reader of this stream's next batch, not started yet (None: one is under way).
 
         Only ids after what this turn has read are taken, so it is valid whatever becomes of
         the batch on the wire."""
         if self._ahead is not None:
             return None
-        self._ahead = _InThread(self._read, self.after)
+        self._ahead = InThread(self._read, self.after)
         return self._ahead
 
     def _read(self, after: int) -> list[Row]:
@@ -357,8 +375,8 @@ class _Turn:
         return batch
 
     def deliver(
-        self, batch: list[Row], ahead: _InThread[list[Row]] | None, behind: _InThread[None] | None
-    ) -> _InThread[None] | None:
+        self, batch: list[Row], ahead: InThread[list[Row]] | None, behind: InThread[None] | None
+    ) -> InThread[None] | None:
         """Send ``batch``; bisect it if refused.
 
         ``ahead`` (the next turn's batch) is read and ``behind`` (the last delivered batch's
@@ -391,16 +409,21 @@ class _Turn:
         # Stored. Should the previous delete fail now, this batch stays unsettled: its mark
         # stays, and the next pass resolves it before sending anything of the stream.
         _finish(ahead, behind)
-        return _InThread(self._acknowledged, batch, self._take_uncounted())
+        return InThread(self._acknowledged, batch, self._take_uncounted())
 
     def _bisect_settled(self, batch: list[Row], exc: RejectedError) -> None:
+        self._undeleted = False
         try:
             self._bisect(batch, exc)
         except AmbiguousRemoteError:
             self._after_no_answer(batch)
             raise
         except ConnectorSyncError:
-            self._settled()
+            # A push's answer: nothing of that half was stored. A failed delete or dead
+            # letter (closed, or the cache): what the remote stored is still cached, so the
+            # mark stays and the next pass resolves it by the remote's delivery kind.
+            if not self._undeleted:
+                self._settled()
             raise
         self._settled()
         self._covered(batch[-1][0])
@@ -426,7 +449,7 @@ class _Turn:
         dead-letter each of them with the remote's reason."""
         if len(batch) == 1:
             reason = exc.body or str(exc)
-            with self.gate.deleting(f"stream {self.row.name!r}'s refused datapoint"):
+            with self._removing(f"stream {self.row.name!r}'s refused datapoint"):
                 self.cache.deadletter(self.row.id, self.row.name, batch[0], reason, time.time())
             log.debug(
                 "stream %r: datapoint at t=%r refused: %s", self.row.name, batch[0][1], reason
@@ -443,11 +466,22 @@ class _Turn:
                 self._bisect(half, refused)
             else:
                 sent = self._take_uncounted()
-                with self.gate.deleting(f"stream {self.row.name!r}'s delivered batch"):
+                with self._removing(f"stream {self.row.name!r}'s delivered batch"):
                     self.cache.ack(
                         self.row.id, half[0][0], half[-1][0], stream=self.row.name, sent=sent
                     )
                 self._count_sent(len(half), half)
+
+    @contextlib.contextmanager
+    def _removing(self, what: str) -> Iterator[None]:
+        """A deletion of the bisection, through the gate; if it fails, notes that the batch
+        is not settled (:meth:`_bisect_settled`)."""
+        try:
+            with self.gate.deleting(what):
+                yield
+        except ConnectorSyncError:
+            self._undeleted = True
+            raise
 
     def _push(self, batch: list[Row]) -> None:
         """``remote.push``, keeping what it put on the wire (a :class:`Metered` remote)."""
@@ -541,50 +575,10 @@ class _Turn:
                 self.cache.release_inflight(self.row.id)
 
 
-def _finish(ahead: _InThread[list[Row]] | None, behind: _InThread[None] | None) -> None:
+def _finish(ahead: InThread[list[Row]] | None, behind: InThread[None] | None) -> None:
     """Wait for the reader ahead and run (or wait for) the delete behind; raises the
     delete's error."""
     if ahead is not None:
         ahead.wait()
     if behind is not None:
         behind.result()
-
-
-class _InThread(Generic[T]):
-    """``fn(*args)`` run once: in a thread of its own when :meth:`start` is called, else by
-    the first :meth:`result`, in the caller's thread. :meth:`result` returns what it returned
-    or raises what it raised, as often as it is called."""
-
-    def __init__(self, fn: Callable[..., T], *args: Any):
-        self._fn, self._args = fn, args
-        self._value: T | None = None
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._done = False
-
-    def start(self) -> None:
-        thread = threading.Thread(target=self._run, name="connectorsync-sync", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # no thread to be had: result() runs it in the caller's thread
-            return
-        self._thread = thread
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn(*self._args)
-        except BaseException as exc:  # handed to the caller by result()
-            self._error = exc
-        self._done = True
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-        elif not self._done:
-            self._run()
-
-    def result(self) -> T:
-        self.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]

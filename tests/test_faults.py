@@ -400,3 +400,33 @@ def test_a_failed_delete_of_a_delivered_batch_is_reconciled(
         assert len(lg) == 0 and lg.deadletters() == []
     remote.close()
     assert values(server) == [1.0, 2.0, 3.0, 4.0, 5.0]  # once each
+
+
+def test_close_during_a_bisection_keeps_the_stored_half_marked(
+    logger: Logger, server: ConnectorDBServer
+) -> None:
+    """A manual sync() bisects a refused batch; close() lands while the remote stores its
+    first half, so the pass may not delete it. The half stays marked in flight and the next
+    pass reconciles it: each datapoint is on the server once and only the refused one is a
+    dead letter. Before the fix the failed delete settled the batch, its mark was released,
+    and the next pass resent the stored half, which the server refused as older than what
+    it holds: four false dead letters."""
+    closed = threading.Event()
+
+    def refuse(stream: str, point: dict) -> bool:  # type: ignore[type-arg]
+        if point["d"] == 0.0 and inserts(server) == 2 and not closed.is_set():
+            closed.set()  # the first half, on the server: the Logger closes meanwhile
+            logger.close()
+        return point["d"] == 7.0
+
+    server.reject(refuse)
+    logger.insert_many("temperature", [float(i) for i in range(10)])
+    report = logger.sync()
+    assert closed.is_set() and not report.ok
+    assert values(server) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    with Logger(logger.path) as again:
+        report = again.sync()
+        assert report.ok, report.errors
+        assert [d.d for d in again.deadletters()] == [7.0]
+        assert len(again) == 0
+    assert values(server) == [float(i) for i in range(10) if i != 7]

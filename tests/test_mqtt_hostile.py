@@ -12,11 +12,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from connectorsync import MQTTRemote
-from connectorsync.errors import ConfigurationError, TransientRemoteError
+from connectorsync import Logger, MQTTRemote
+from connectorsync.errors import ClosedError, ConfigurationError, TransientRemoteError
 from connectorsync.remotes.config import remote_from_config
 from connectorsync.testing.mosquitto import MosquittoBroker, MQTTFaultProxy, MQTTSubscriber
 
@@ -124,8 +125,9 @@ def test_a_unicode_topic_is_delivered(
 def test_close_ends_a_push_waiting_for_the_brokers_connack() -> None:
     """A broker that takes the connection and does not answer (no CONNACK): ``close()`` from
     another thread ends the push at once, as it does one waiting for PUBACKs (a
-    TransientRemoteError: nothing was sent), and the remote connects again afterwards.
-    Before, the push waited out its whole ``timeout`` (here 300 s) after ``close()``."""
+    TransientRemoteError: nothing was sent), and the remote refuses to connect again
+    (close() is final: ClosedError). Before, the push waited out its whole ``timeout``
+    (here 300 s) after ``close()``."""
     silent = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
@@ -147,10 +149,9 @@ def test_close_ends_a_push_waiting_for_the_brokers_connack() -> None:
         assert not pushing.is_alive(), "the push went on waiting after close()"
         assert [type(exc) for exc in failures] == [TransientRemoteError], failures
         assert "close()" in str(failures[0])
-        threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
-        remote.timeout = 0.5  # the next connection is tried (and times out): not refused
-        with pytest.raises(TransientRemoteError, match="did not answer"):
+        with pytest.raises(ClosedError, match="closed"):
             remote.ping()
+        assert len(accepted) == 1
     finally:
         remote.close()
         silent.close()
@@ -164,15 +165,69 @@ def test_connections_leave_no_file_descriptors_behind(broker: MosquittoBroker) -
     is given back at once, its socket and paho's wake-up socket pair, not at the next full
     garbage collection (which a quiet device may not run for hours). Before, with the
     collector off, each connection kept two descriptors open: 100 connections, 200."""
-    remote = MQTTRemote(broker.url, topic="x/{stream}", timeout=5)
     gc.collect()
     gc.disable()
     try:
         before = len(os.listdir("/proc/self/fd"))
         for n in range(100):
+            remote = MQTTRemote(broker.url, topic="x/{stream}", timeout=5)
             remote.push("temperature", [(n + 1, T0 + n, "1")])
-            remote.close()  # the next push connects again, as after a drop
+            remote.close()  # a connection per push, as after a drop
         assert len(os.listdir("/proc/self/fd")) - before < 10
     finally:
         gc.enable()
+
+
+def test_a_pass_publishes_nothing_once_closed(broker: MosquittoBroker, cache_path: str) -> None:
+    """A manual sync() over four streams; while the first stream's batch is on the wire the
+    Logger closes and then its remote: the push under way ends, no other stream's turn
+    starts, nothing more is published and the remote connects no more (push and ping raise
+    ClosedError). Before, the pass took the next turns and the push reset the abort: it
+    connected again and published, and that session was never closed (a socket and a paho
+    client leaked per Logger)."""
+    proxy = MQTTFaultProxy(broker.port)
+    remote = MQTTRemote(proxy.url, topic="x/{stream}", timeout=30)
+    streams = ["a", "b", "c", "d"]
+    lg = Logger(
+        cache_path,
+        remote=remote,
+        batch_size=2,
+        on_create=lambda made: [made.add_stream(name, {}) for name in streams],
+    )
+    closed = threading.Event()
+
+    def close_once(payload: bytes) -> bool:  # the proxy's hook on each PUBLISH: forward all
+        if not closed.is_set():
+            closed.set()
+            lg.close()
+            remote.close()
+        return False
+
+    try:
+        for name in streams:
+            lg.insert_many(name, [1, 2, 3, 4])
+        proxy.refuse(close_once)
+        reports: list[Any] = []
+        syncing = threading.Thread(target=lambda: reports.append(lg.sync()), daemon=True)
+        syncing.start()
+        syncing.join(60)
+        assert not syncing.is_alive(), "the pass went on after close()"
+        assert closed.is_set() and reports and not reports[0].ok
+        assert not reports[0].sent, reports[0]
+        # Only the batch on the wire when close() came: one topic, at most its two messages.
+        published = proxy.published()
+        assert {p.topic for p in published} == {published[0].topic}, published
+        assert len(published) <= 2, published
+        # The other streams' turns never started (no push was tried after close()).
+        first = published[0].topic.removeprefix("x/")
+        errors = reports[0].errors
+        assert all("the rest waits" in errors[name] for name in streams if name != first), errors
+        with pytest.raises(ClosedError):
+            remote.push("a", [(100, T0, "1")])
+        with pytest.raises(ClosedError):
+            remote.ping()
+        assert len(proxy.published()) == len(published)
+    finally:
+        lg.close()
         remote.close()
+        proxy.close()

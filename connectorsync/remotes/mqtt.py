@@ -66,6 +66,7 @@ from urllib.parse import urlsplit
 from ..errors import (
     AmbiguousRemoteError,
     AuthError,
+    ClosedError,
     ConfigurationError,
     RejectedError,
     RemoteError,
@@ -228,7 +229,9 @@ class MQTTRemote:
             self._config["max_packet_size"] = max_packet_size
         self._lock = threading.Lock()  # held by a push; close() does not wait for it
         self._session: Session | None = None
-        self._aborted = False  # close() ended the push under way: it must not reconnect
+        # close() is final: the push under way ends and never reconnects, and push() and
+        # ping() refuse from then on (a pass still running would open a session nobody closes)
+        self._closed = False
         self._cautious: set[str] = set()  # streams whose last push had a drop (_rounds)
         # Per stream, what the broker said of datapoints during a push that failed: None for
         # acknowledged, the reason for refused (a message of its own). The same batch sent
@@ -255,7 +258,7 @@ class MQTTRemote:
     def ping(self) -> str:
         """Connect (if not connected) and return ``client_id@host:port``."""
         with self._lock:
-            self._aborted = False
+            self._check_open()
             self._connected()
         return f"{self.client_id}@{self.host}:{self.port}"
 
@@ -285,7 +288,7 @@ class MQTTRemote:
         if not batch:
             return
         with self._lock:
-            self._aborted = False
+            self._check_open()
             memo = self._memo(stream, batch[0][0])
             refused = Refusals()
             self._rounds(stream, batch, memo, refused)
@@ -309,15 +312,17 @@ class MQTTRemote:
         return None
 
     def close(self) -> None:
-        """Disconnect. Safe to call twice, and from another thread during a push, which then
-        ends at once (ambiguous: its batch is sent again by a later pass)."""
+        """Disconnect, for good: ``push`` and ``ping`` raise :class:`ClosedError` afterwards
+        (make a new remote to connect again). Safe to call twice, and from another thread
+        during a push, which then ends at once (ambiguous: its batch is sent again by a later
+        pass) without connecting again."""
+        self._closed = True  # before reading the session: a push connecting checks it after
         if self._lock.acquire(blocking=False):
             try:
                 self._drop(polite=True)
             finally:
                 self._lock.release()
             return
-        self._aborted = True  # before reading the session: a push connecting checks it after
         session = self._session  # setting its session
         if session is not None:
             session.abort()
@@ -358,7 +363,7 @@ class MQTTRemote:
                 self._drop()
                 cautious = True
                 self._cautious.add(stream)
-                if not (session.lost and session.answered > answered and not self._aborted):
+                if not (session.lost and session.answered > answered and not self._closed):
                     raise
                 dropped = exc
                 log.debug("%s; connecting again to go on", exc)
@@ -510,10 +515,10 @@ class MQTTRemote:
             raise TransientRemoteError(f"{where}: cannot connect: {describe(exc)}") from None
         except ValueError as exc:  # paho's own checks (a client id too long for 3.1.1)
             raise ConfigurationError(f"{where}: {exc}") from None
-        if self._aborted or not session.pump(self.timeout, until=session.connacked):
+        if self._closed or not session.pump(self.timeout, until=session.connacked):
             session.close()
             why = "closed the connection" if session.lost else f"did not answer in {self.timeout} s"
-            if self._aborted:
+            if self._closed:
                 raise TransientRemoteError(f"{where}: close() ended the connecting; nothing sent")
             raise TransientRemoteError(f"{where}: the broker {why} (no CONNACK)")
         code = session.connack or 0
@@ -527,6 +532,10 @@ class MQTTRemote:
             raise cls(message, status=code)
         log.debug("connected to %s as %s", self.url, self.client_id)
         return session
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"MQTT {self.url}: this remote was closed; nothing sent")
 
     def _drop(self, *, polite: bool = False) -> None:
         session, self._session = self._session, None
