@@ -13,7 +13,8 @@ Guarantees (``tests/test_batched.py``):
 - Order is kept: each datapoint is placed after its stream's newest, cached or queued, when it
   is queued, so an explicit timestamp that is too old is refused then, and nothing is stored.
 - Memory is bounded: a queue of :data:`MAX_QUEUED` datapoints is committed by the inserting
-  thread itself (back-pressure) before its datapoint is queued; if that commit fails, the
+  thread itself (back-pressure) before its datapoint is queued (while a commit runs, up to
+  twice that wait: what it took, put back if it fails, and the new queue); if it fails, the
   caller hears it and its datapoint is not queued, so a retry stores it once
   (``test_a_full_queue_that_cannot_commit_refuses_and_never_stores_the_refused``).
 - Nothing is acknowledged that cannot be kept: once a commit failed (an I/O error, a file

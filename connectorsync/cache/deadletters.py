@@ -187,10 +187,12 @@ class DeadLetters(Connection):
         """Queue dead letters (all, or those of ``ids``) again as new datapoints with a new
         time (``restamp``), in one transaction: each goes at its stream's newest timestamp + 1
         µs (the stream's order must hold). Within ``limits`` as an insert of that many: a
-        limit reached refuses all and changes nothing, or drops the oldest (counted). Letters
-        of unregistered streams stay. Returns how many were queued.
+        limit reached refuses all and changes nothing, or drops the oldest (counted); more
+        letters than ``max_cached`` are refused in either mode. Letters of unregistered
+        streams stay. Returns how many were queued.
 
-        :raises CacheFullError: a limit is reached (and ``limits.drop_oldest`` is off)
+        :raises CacheFullError: a limit is reached (and ``limits.drop_oldest`` is off), or more
+            letters than ``max_cached``
         """
         if self._batched is not None:
             self._batched.flush()
