@@ -483,6 +483,28 @@ def test_a_live_batch_without_answer_holds_only_its_own_rows(
     assert sorted(sent[10:]) == list(range(90, 100)) + list(range(310, 400))
 
 
+def test_an_ordered_batch_without_answer_unreconciled_holds_only_its_own_rows(
+    lg: Logger, server: ConnectorDBServer
+) -> None:
+    """A lost answer whose reconciliation fails too keeps the mark of the batch sent, not
+    of the next one read ahead meanwhile (never sent): ``cleardata()`` clears that one. On
+    5740d66 an ordered remote kept the read-ahead rows marked (the model test, batched:
+    ``cleardata() left {'b': 3} cached`` with ``batch_size=2``)."""
+    lg.batch_size = 2
+    lg.insert_many("n", [0, 1, 2])
+    server.drop_after_commit(1)  # [0, 1] stored, its answer lost
+    server.fail_next(1, status=503, methods=["GET"], path="/data")  # so is the reconcile
+    report = lg.sync()
+    assert not report.ok and not report.sent
+    assert lg.cleardata() == 1  # 2 was read ahead, never sent
+    assert cached(lg.path) == [0, 1]
+    server.clear_faults()
+    report = lg.sync()  # reconciled: [0, 1] had arrived
+    assert report.ok and report.sent == {"n": 2} and len(lg) == 0
+    assert delivered(server) == [0, 1]
+    assert_counted_once(delivered(server), cached(lg.path), 3, 1)
+
+
 @pytest.mark.parametrize("how", ["cleardata", "max_age"])
 def test_cleardata_and_max_age_pass_by_only_the_batch_without_answer(
     cache_path: str, receiver: HTTPReceiver, how: str
