@@ -86,6 +86,7 @@ class DeliveryModel(RuleBasedStateMachine):
         self.kept_t: set[int] = set()  # retried with their own timestamps
         self.raised: set[int] = set()  # insert() raised: never stored anywhere
         self.present: set[int] = set()  # in the cache, a dead letter, or stored remotely
+        self.local: set[int] = set()  # in the cache or a dead letter
         self.gone: set[int] = set()  # counted dropped, expired, cleared or purged
         self.sunk = 0  # datapoints this step counted as cleared or purged
         self.purged: set[int] = set()  # dead letters purged this step
@@ -145,6 +146,11 @@ class DeliveryModel(RuleBasedStateMachine):
             self.options["commit_interval"] = COMMIT_INTERVAL
         if self.lanes:
             self.options.update(live_first=True, max_rate=500.0)
+        else:
+            # live_first is on by default: after a failed pass, what came since it began
+            # goes before the backlog (the lanes variant checks that). Here the order on the
+            # remote must be the order of insertion.
+            self.options["live_first"] = False
         if cap is not None:
             self.options["max_cached"] = cap
         if ntp:
@@ -289,8 +295,11 @@ class DeliveryModel(RuleBasedStateMachine):
             return
         except RemoteError:
             # Sent straight to the remote, which failed: what it took left the dead letters
-            # with its own time (the places are checked by the invariant), the rest stays.
-            self.kept_t |= {ident(d.d) for d in chosen} if keep_t else set()
+            # with its own time, out of order (the places are checked by the invariant), the
+            # rest stays.
+            assert keep_t, "retry_deadletters(restamp=True) asked the remote"
+            self.kept_t |= {ident(d.d) for d in chosen}
+            self.retried |= {ident(d.d) for d in chosen}
             return
         if keep_t:
             self.kept_t |= {ident(d.d) for d in chosen}
@@ -374,8 +383,16 @@ class DeliveryModel(RuleBasedStateMachine):
                 self.ntp.offset, self.ntp.silent = 30.0, False
                 lg.sync_clock(timeout=2.0)
             elif op == "retry":
-                self.retried |= {ident(d.d) for d in lg.deadletters()}
-                lg.retry_deadletters()
+                # Sent straight to the remote with their own time, ahead of the pass's
+                # batches; a failing remote (a fault armed for the pass) raises, and the
+                # letters it did not take stay (as the retry_deadletters rule).
+                letters = {ident(d.d) for d in lg.deadletters()}
+                self.retried |= letters
+                self.kept_t |= letters
+                try:
+                    lg.retry_deadletters()
+                except RemoteError:
+                    pass
             elif op == "purge":
                 self.purge(None)
         finally:
