@@ -21,7 +21,12 @@ from connectorsync import Logger
 from connectorsync import syncer as syncer_module
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer, InfluxDBStartError, find_influxd
-from connectorsync.testing.mosquitto import MosquittoBroker, MosquittoStartError, find_mosquitto
+from connectorsync.testing.mosquitto import (
+    MosquittoBroker,
+    MosquittoStartError,
+    MQTTSubscriber,
+    find_mosquitto,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -270,3 +275,50 @@ def power_cut_run(
         return [(name, value) for name, value, _ in rows]
     _, at, latency = lines[-1].split()
     return rows, {"at": float(at), "latency": float(latency)}
+
+
+# MQTT brokers and subscribers shared by test_mqtt.py and test_mqtt_hostile.py.
+ACL = """\
+user reader
+topic readwrite #
+
+user device
+topic write sensors/temperature
+"""
+USERS = {"device": "device-pw", "reader": "reader-pw"}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    made = start_mosquitto(tmp_path / "mosquitto")
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def subscriber(broker: MosquittoBroker) -> Iterator[MQTTSubscriber]:
+    made = MQTTSubscriber(broker)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    made = start_mosquitto(tmp_path / "mosquitto", users=USERS, acl=ACL)
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def reader(acl_broker: MosquittoBroker) -> Iterator[MQTTSubscriber]:
+    made = MQTTSubscriber(acl_broker, auth=("reader", USERS["reader"]))
+    try:
+        yield made
+    finally:
+        made.close()

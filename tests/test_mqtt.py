@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +28,10 @@ from connectorsync.errors import (
 from connectorsync.remotes.config import remote_from_config
 from connectorsync.testing.mosquitto import MosquittoBroker, MQTTFaultProxy, MQTTSubscriber
 
-from .conftest import ROOT, start_mosquitto, wait_for
+from .conftest import ROOT, USERS, start_mosquitto, wait_for
 
 T0 = 1_700_000_000.0
 PROTOCOLS = ["5", "3.1.1"]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    made = start_mosquitto(tmp_path / "mosquitto")
-    try:
-        yield made
-    finally:
-        made.stop()
-
-
-@pytest.fixture
-def subscriber(broker: MosquittoBroker) -> Iterator[MQTTSubscriber]:
-    made = MQTTSubscriber(broker)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def logger(path: str, remote: Any, **options: Any) -> Logger:
@@ -194,36 +175,9 @@ def test_mqtts_verifies_the_broker_by_default(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- what the broker
 # does not take: its ACL, its maximum packet size
 
+
 # The device may publish to sensors/temperature only; the reader (the test's subscriber)
 # reads everything and writes its flush markers.
-ACL = """\
-user reader
-topic readwrite #
-
-user device
-topic write sensors/temperature
-"""
-USERS = {"device": "device-pw", "reader": "reader-pw"}
-
-
-@pytest.fixture
-def acl_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    made = start_mosquitto(tmp_path / "mosquitto", users=USERS, acl=ACL)
-    try:
-        yield made
-    finally:
-        made.stop()
-
-
-@pytest.fixture
-def reader(acl_broker: MosquittoBroker) -> Iterator[MQTTSubscriber]:
-    made = MQTTSubscriber(acl_broker, auth=("reader", USERS["reader"]))
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def device(url: str, protocol: str, **kwargs: Any) -> MQTTRemote:
     return MQTTRemote(
         url,

@@ -10,8 +10,6 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,44 +19,8 @@ from connectorsync.errors import ClosedError, ConfigurationError, TransientRemot
 from connectorsync.remotes.config import remote_from_config
 from connectorsync.testing.mosquitto import MosquittoBroker, MQTTFaultProxy, MQTTSubscriber
 
-from .conftest import start_mosquitto, wait_for
-from .test_mqtt import ACL, T0, USERS, acl_logger, device, logger, received
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    made = start_mosquitto(tmp_path / "mosquitto")
-    try:
-        yield made
-    finally:
-        made.stop()
-
-
-@pytest.fixture
-def subscriber(broker: MosquittoBroker) -> Iterator[MQTTSubscriber]:
-    made = MQTTSubscriber(broker)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-@pytest.fixture
-def acl_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    made = start_mosquitto(tmp_path / "mosquitto", users=USERS, acl=ACL)
-    try:
-        yield made
-    finally:
-        made.stop()
-
-
-@pytest.fixture
-def reader(acl_broker: MosquittoBroker) -> Iterator[MQTTSubscriber]:
-    made = MQTTSubscriber(acl_broker, auth=("reader", USERS["reader"]))
-    try:
-        yield made
-    finally:
-        made.close()
+from .conftest import wait_for
+from .test_mqtt import T0, acl_logger, device, logger, received
 
 
 def test_a_batch_message_the_acl_refuses_is_dead_lettered_over_a_slow_link(
