@@ -7,6 +7,7 @@ runs it after each of its passes and ignores the answer; ``Logger.sync()`` runs 
 own pass and raises or not by the answer. Each caller applies the step to the report it holds,
 so a ``sync()`` running while the background thread passes gets the verdict of its own pass,
 never the thread's (``test_sync_policy.py::test_sync_applies_its_policy_to_its_own_pass``).
+:func:`run_sync_callbacks` is ConnectorDB's part of the step: the callbacks, and the answer.
 
 Guarantees:
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import ConnectorSyncError
 from .report import SyncReport
@@ -69,3 +70,24 @@ class AfterPass(Generic[T]):
                 "sync() cannot run inside onsync/onsyncfail (the pass that called them has "
                 "just ended); return from the callback, the next pass follows"
             )
+
+
+def run_sync_callbacks(
+    report: SyncReport,
+    onsync: Callable[[], Any] | None,
+    onsyncfail: Callable[[Exception], Any] | None,
+    *,
+    syncraise: bool,
+) -> bool:
+    """ConnectorDB's callbacks for one pass, and ``sync()``'s failure policy, as connectordb
+    0.3.5 has them: after a complete pass ``onsync()``; after a failed one
+    ``onsyncfail(error)``. Returns whether ``sync()`` raises the pass's error: ``onsyncfail``'s
+    answer, or ``syncraise`` without one; never after a complete pass."""
+    if report.ok:
+        if onsync is not None:
+            onsync()
+        return False
+    if onsyncfail is None:
+        return bool(syncraise)
+    error = report.exception or ConnectorSyncError(report.message or "sync failed")
+    return bool(onsyncfail(error))

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import _checks as check
-from .afterpass import AfterPass
+from .afterpass import AfterPass, run_sync_callbacks
 from .archive import reconfigured
 from .cache import Cache, DeadLetter, Limits
 from .delivery import SyncReport
@@ -436,27 +436,19 @@ class Logger(_Attributes):
             )
         self._after.refuse_a_pass()  # inside onsync/onsyncfail: CallbackError
         self._cache.flush()
-        report = self._syncer.sync(progress=progress)
-        # Closed while the pass ran (by another thread): no callbacks, nothing raised.
+        report = self._syncer.sync(progress=progress)  # closed meanwhile: no callbacks, no raise
         if self._state is _State.OPEN and self._after(report) and report.exception is not None:
             raise report.exception
         return report
 
     def _after_pass(self, report: SyncReport) -> bool:
         """After each pass (the background syncer's, or sync()'s), outside every lock: metrics,
-        lastsynctime and ConnectorDB's callbacks. Returns whether sync() raises the pass's
-        error: ``onsyncfail``'s answer, else ``syncraise`` (never after a complete pass)."""
+        lastsynctime, then ConnectorDB's callbacks. Returns whether sync() raises."""
         self._metrics.passed(report)
         if report.ok:
             with contextlib.suppress(ClosedError):
                 self.lastsynctime = time.time()
-            if self.onsync is not None:
-                self.onsync()
-            return False
-        if self.onsyncfail is None:
-            return bool(self.syncraise)
-        error = report.exception or ConnectorSyncError(report.message or "sync failed")
-        return bool(self.onsyncfail(error))
+        return run_sync_callbacks(report, self.onsync, self.onsyncfail, syncraise=self.syncraise)
 
     @check.checked(stream=check.OPTIONAL_STREAM)
     def deadletters(self, stream: str | None = None) -> list[DeadLetter]:

@@ -579,8 +579,7 @@ def _last_report(state: tenacity.RetryCallState) -> SyncReport:
 def _failure(state: tenacity.RetryCallState) -> ConnectorSyncError | None:
     """The error of the last attempt's report (the retries decide by the report, so an
     attempt's outcome is a report, never an exception)."""
-    report = _last_report(state)
-    return report.exception
+    return _last_report(state).exception
 
 
 def _record_remote(cache: Cache, remote: Remote) -> None:
