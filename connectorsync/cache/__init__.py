@@ -62,7 +62,7 @@ from .commit import AppendRow, GroupCommit, Point
 from .connection import CommitOutcome
 from .deadletters import DeadLetters
 from .delivering import Delivering
-from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
+from .limits import Limits, drop_expired, drop_one_percent, make_room
 from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .space import SpaceReport
@@ -376,9 +376,6 @@ class Cache(Delivering, DeadLetters):
         report = SpaceReport(freed, steps, left, truncated)
         space.log.debug("cache %s: gave space back: %s", self.path, report)
         return report
-
-    # tests/test_limits.py measures the pages in use through this name.
-    _used_bytes = staticmethod(used_bytes)
 
     def expire(self, before: float) -> int:
         """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired.
