@@ -159,6 +159,30 @@ def test_nothing_outside_reaches_a_private_name_of_the_cache_or_the_logger() -> 
     )
 
 
+#: (test file, private name of connectorsync): reaches left to the helpers who own the
+#: object (issue 17 reshapes both), each until a public knob exists.
+ALLOWED_IN_TESTS: dict[tuple[str, str], str] = {
+    ("tests/benchmarks/bench_fleet.py", "_backoff"): "swaps the Syncer's jittered backoff",
+    ("tests/benchmarks/bench_mqtt.py", "_session"): "reads an MQTTRemote's receive maximum",
+    ("tests/test_server.py", "_connection"): "connectordb's own module, not ours",
+}
+
+
+def test_tests_reach_no_private_name_of_connectorsync() -> None:
+    """Wider than the cache and the Logger: a test reaches no private name that any module of
+    connectorsync defines (a remote's, the syncer's, a source's...)."""
+    private: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        private |= _defined_names(path)
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        where = str(path.relative_to(ROOT))
+        for line, name in reaches(path.read_text(), private, where):
+            if (where, name) not in ALLOWED_IN_TESTS:
+                found.append(f"{where}:{line}: {name}")
+    assert not found, "tests reach private names of connectorsync:\n" + "\n".join(found)
+
+
 def test_tests_do_not_use_the_door_into_the_logger() -> None:
     """Tests use the hooks of connectorsync.testing, not the door they are built on."""
     users = [
