@@ -12,7 +12,8 @@ transaction, and hands the SQL of each specialised job to its module:
 - :mod:`.space`: giving disk space back once datapoints have left (vacuum steps, WAL);
 - :mod:`.retime`: re-timing datapoints stamped before NTP answered;
 - :mod:`.deadletters`: the dead-letter table;
-- :mod:`.records`: the records it hands out; :mod:`.base`: errors and the rules every row keeps.
+- :mod:`.records`: the records it hands out; :mod:`.base`: errors and the rules every row keeps;
+- :mod:`.testhooks`: what :mod:`connectorsync.testing` may reach on a live connection (only it).
 
 Guarantees (each proved by the test named):
 

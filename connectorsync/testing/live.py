@@ -5,7 +5,7 @@ exists only in the running Logger: a pragma of the very connection its inserts c
 a full disk for that connection, the latency of its ``batched`` commits, whether its
 background syncer has taken a wake in hand. Each is named for what it does, and none is
 for production use. Tests use them instead of private names
-(``tests/test_private_names.py``).
+(``tests/test_private_names.py``); ``tests/test_probe.py`` proves each.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ a second, read-only apsw connection and answers what they ask (the rows of a str
 their ids and times, a batch in flight, the dead letters, the settings, pragmas, the pages
 in use, the integrity check). It never writes, never migrates, and sees what is committed
 (in WAL mode, a snapshot per call), whoever else has the file open meanwhile. Tests use it
-instead of a Logger's or a cache's private names (``tests/test_private_names.py``).
+instead of a Logger's or a cache's private names (``tests/test_private_names.py``);
+``tests/test_probe.py`` proves what each method says, and that probing writes nothing.
 
 What exists only in a running Logger (a pragma of its own connection, a full disk for it)
 is in :mod:`.live`.
