@@ -101,8 +101,7 @@ class Logger(Configurable):
                 self.apikey = apikey
             if created and on_create is not None:
                 self._create(on_create)
-            self._cache.set_commit_interval(self._options.commit_interval)
-            self._cache.finish_opening(created, self._options.durability)
+            self._parts.finish_opening(created)
         except BaseException:
             self._abandon(created)
             raise

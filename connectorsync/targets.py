@@ -56,6 +56,12 @@ class Parts:
         durability follows when it has finished opening)."""
         self.apply(Target.LIMITS, Target.ARCHIVE, Target.CLOCK)
 
+    def finish_opening(self, created: bool) -> None:
+        """The Logger is built (and a new file filled by ``on_create``): the cache commits
+        with the options' durability and ``commit_interval`` from now on."""
+        self.cache.set_commit_interval(self.options.commit_interval)
+        self.cache.finish_opening(created, self.options.durability)
+
 
 def _durability(parts: Parts) -> None:
     # The interval first: "batched" builds its queue with it.
