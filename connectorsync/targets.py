@@ -3,10 +3,11 @@ to the parts of one Logger.
 
 An option names its targets (:attr:`Option.acts <connectorsync.options.Option.acts>`); when
 it changes, :meth:`Parts.apply` does what each says, after the value was checked and stored
-(:class:`~connectorsync.options.Settings`). Each action rebuilds its part from the current
-:class:`~connectorsync.options.Options`, whichever of its options changed, so applying one
-twice is harmless. Options that name no target are read by the part that uses them, when it
-uses them. ``tests/test_options.py`` checks that every target has an action here.
+(:class:`~connectorsync.options.Settings`). Each action works from the current
+:class:`~connectorsync.options.Options`, not from the change: whichever of a part's options
+changed, the part is brought in line with all of them. Options that name no target are read
+by the part that uses them, when it uses them. ``tests/test_options.py`` checks that every
+target has an action here.
 """
 
 from __future__ import annotations
