@@ -44,6 +44,7 @@ from typing import Any
 
 import apsw
 
+from ..batch import Batch, Datapoint, as_datapoint
 from ..errors import CacheError, CacheFullError
 from . import retime, schema, space
 from .base import (
@@ -63,18 +64,19 @@ from .connection import CommitOutcome
 from .deadletters import DeadLetters
 from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
-from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
+from .records import BatchRequest, DeadLetter, StreamRow, StreamStats, Untrusted
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .space import SpaceReport
 
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "Batch",
     "BatchRequest",
     "Cache",
+    "Datapoint",
     "DeadLetter",
     "Limits",
-    "Row",
     "SpaceReport",
     "StreamRow",
     "StreamStats",
@@ -469,15 +471,16 @@ class Cache(Delivering, DeadLetters):
             name: int(self.get_setting("stats." + name, 0) or 0) for name in ("dropped", "expired")
         }
 
-    def batch(self, stream_id: int, after_id: int, limit: int) -> list[Row]:
+    def batch(self, stream_id: int, after_id: int, limit: int) -> list[Datapoint]:
         """Up to ``limit`` cached datapoints of the stream with id > ``after_id``, oldest first.
         Keyset paging: memory is O(limit) whatever the backlog. Marks nothing in flight: for
         looking (export, ``Logger.datapoints``), not for delivery (:meth:`take_batch`)."""
         self.flush()
-        return self._read(
+        rows = self._read(
             "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
             (stream_id, after_id, limit),
         )
+        return list(map(as_datapoint, rows))
 
     # ----------------------------------------------------------------------- device time
 

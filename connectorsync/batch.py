@@ -1,0 +1,127 @@
+"""What crosses a module border when datapoints leave the cache: :class:`Datapoint` and
+:class:`Batch`.
+
+The cache hands a sync pass a :class:`Batch` (``Cache.take_batch``), the pass hands it to the
+remote (``Remote.push(stream, batch)``), and the cache takes it back to delete it once the
+remote acknowledged it (``Cache.ack``). Dead letters sent again go out as batches too
+(:mod:`connectorsync.resend`). Nothing on that way is a bare tuple indexed by position.
+
+This module imports nothing of connectorsync, so that every layer may use it: ``cache/`` and
+``remotes/`` (the lower layers) as well as the pass above them
+(``tests/test_layers.py::test_lower_layers_never_import_upper_ones``).
+
+Guarantees (``tests/test_batch.py``):
+
+- A :class:`Datapoint` is a tuple ``(id, t, d)``: a remote written for the contract before
+  it had names (``for id, t, d in batch``, ``point[1]``) keeps working, and a plain tuple
+  pushed to a remote by hand still does
+  (``test_a_datapoint_is_the_tuple_remotes_always_had``).
+- A :class:`Batch` is a read-only ``Sequence[Datapoint]`` in id order; its halves are batches
+  of the same stream (``test_halves_keep_the_stream_and_every_datapoint_once``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property, partial
+from typing import NamedTuple, overload
+
+
+class Datapoint(NamedTuple):
+    """One datapoint on its way out of the cache: what a remote receives.
+
+    A named tuple, so it unpacks as ``id, t, d`` and indexes as before it had names.
+
+    :ivar id: the cache's id of the datapoint: unique in the cache file, increasing in
+        insertion order, never reused. A dead letter sent again goes out under minus its letter
+        id, never the id of another datapoint.
+    :ivar t: its timestamp, in seconds since the epoch
+    :ivar d: its value as JSON text, exactly as cached (``json.loads`` gives the value):
+        remotes that speak JSON put it in their body as it is, without decoding it
+    """
+
+    id: int
+    t: float
+    d: str
+
+
+#: ``Datapoint`` from a row ``(id, t, d)`` of the cache, at C speed: the sync pass makes one
+#: per datapoint it sends (``NamedTuple._make`` is a Python function, and slower).
+as_datapoint = partial(tuple.__new__, Datapoint)
+
+
+@dataclass(frozen=True, eq=False)
+class Batch(Sequence[Datapoint]):
+    """Datapoints of one stream that travel together: read by one statement, sent by one
+    request, deleted by one transaction.
+
+    A read-only ``Sequence[Datapoint]`` in id order (indexing, ``len``, iteration, slicing), so
+    a remote written for ``push(stream, batch: Sequence[Datapoint])`` takes it as it is. Equal
+    only to itself: a remote that prepares a body ahead (``Preparable``) recognises the very
+    batch it prepared.
+
+    :ivar stream: the stream's name, as given to ``Remote.push``
+    :ivar stream_id: the cache's id of the stream (0 when the batch is not of the cache's
+        datapoints table)
+    :ivar points: the datapoints, in the order they go
+    """
+
+    stream: str
+    stream_id: int
+    points: tuple[Datapoint, ...]
+
+    @classmethod
+    def of_rows(cls, stream: str, stream_id: int, rows: Iterable[tuple[int, float, str]]) -> Batch:
+        """A batch of the cache's rows ``(id, t, d)``, in the order given."""
+        return cls(stream, stream_id, tuple(map(as_datapoint, rows)))
+
+    @property
+    def first_id(self) -> int:
+        """The id of the first datapoint (IndexError when the batch is empty)."""
+        return self.points[0].id
+
+    @property
+    def last_id(self) -> int:
+        """The id of the last datapoint (IndexError when the batch is empty)."""
+        return self.points[-1].id
+
+    @cached_property
+    def nbytes(self) -> int:
+        """Bytes of the values as UTF-8 JSON text (what ``max_batch_bytes`` counts)."""
+        return sum(len(point.d.encode()) for point in self.points)
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """The first half and the rest (the larger half when the count is odd), each a batch of
+        the same stream; together they hold every datapoint once, in order."""
+        middle = len(self.points) // 2
+        return self[:middle], self[middle:]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __iter__(self) -> Iterator[Datapoint]:
+        return iter(self.points)
+
+    def __bool__(self) -> bool:
+        return bool(self.points)
+
+    @overload
+    def __getitem__(self, index: int) -> Datapoint: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Batch: ...
+
+    def __getitem__(self, index: int | slice) -> Datapoint | Batch:
+        if isinstance(index, slice):
+            return Batch(self.stream, self.stream_id, self.points[index])
+        return self.points[index]
+
+    def __repr__(self) -> str:
+        # Never the values: a batch may be large, and a log line should stay one line.
+        if not self.points:
+            return f"Batch({self.stream!r}, empty)"
+        return (
+            f"Batch({self.stream!r}, {len(self.points)} datapoints,"
+            f" ids {self.first_id}..{self.last_id})"
+        )
