@@ -94,6 +94,12 @@ class Cache(Delivering, DeadLetters):
     further connection to a cache that exists (the syncer thread's, say).
     """
 
+    # Declared here, not in Connection: commit.py and batched.py build on connection.py.
+    # With durability "full", inserts of several threads share commits (fsyncs).
+    _group: GroupCommit | None = None
+    # With durability "batched", inserts are queued and committed every commit_interval.
+    _batched: CommitQueue | None = None
+
     # ----------------------------------------------------------------------- opening
 
     @classmethod
@@ -147,7 +153,7 @@ class Cache(Delivering, DeadLetters):
                 queue, self._batched = self._batched, None
                 queue.close()
             else:
-                self._batched = CommitQueue(self, self._commit_interval)
+                self._batched = CommitQueue(self, self._append_many, self._commit_interval)
 
     def close(self) -> None:
         """Commit what ``batched`` queued, and close the connection. Safe to call twice.

@@ -36,23 +36,13 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from ._api import Predicate, _Handler
+from ._api import Predicate, _HTTPServer
 from ._errors import valid_name
 from ._faults import Faults as _Faults
-from ._httpd import LoopbackHTTPServer
 from ._service import LoopbackService
 from ._store import Store
 
 __all__ = ["ConnectorDBServer", "main"]
-
-
-class _HTTPServer(LoopbackHTTPServer):
-    """The ConnectorDB API's server: its handler reaches the app and the store through it."""
-
-    def __init__(self, app: ConnectorDBServer, store: Store, port: int) -> None:
-        self.app = app
-        self.store = store
-        super().__init__(port, _Handler, "connectordb-conn")
 
 
 class ConnectorDBServer(LoopbackService):
