@@ -16,8 +16,10 @@ Guarantees (``tests/test_batch.py``):
   it had names (``for id, t, d in batch``, ``point[1]``) keeps working, and a plain tuple
   pushed to a remote by hand still does
   (``test_a_datapoint_is_the_tuple_remotes_always_had``).
-- A :class:`Batch` is a read-only ``Sequence[Datapoint]`` in id order; its halves are batches
-  of the same stream (``test_halves_keep_the_stream_and_every_datapoint_once``).
+- A :class:`Batch` is a read-only ``Sequence[Datapoint]``; its halves are batches of the same
+  stream that hold every datapoint once, in order
+  (``test_halves_keep_the_stream_and_every_datapoint_once``). The remote is handed the very
+  batch the cache gave out (``test_the_remote_is_handed_named_batches_of_its_stream``).
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class Batch(Sequence[Datapoint]):
     """Datapoints of one stream that travel together: read by one statement, sent by one
     request, deleted by one transaction.
 
-    A read-only ``Sequence[Datapoint]`` in id order (indexing, ``len``, iteration, slicing), so
-    a remote written for ``push(stream, batch: Sequence[Datapoint])`` takes it as it is. Equal
+    A read-only ``Sequence[Datapoint]`` (indexing, ``len``, iteration, slicing), so a remote
+    written for ``push(stream, batch: Sequence[Datapoint])`` takes it as it is. From the
+    cache its datapoints come in id order; dead letters sent again, in time order. Equal
     only to itself: a remote that prepares a body ahead (``Preparable``) recognises the very
     batch it prepared.
 
