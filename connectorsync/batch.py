@@ -25,8 +25,7 @@ Guarantees (``tests/test_batch.py``):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import partial
 from typing import NamedTuple, overload
 
 
@@ -53,7 +52,6 @@ class Datapoint(NamedTuple):
 as_datapoint = partial(tuple.__new__, Datapoint)
 
 
-@dataclass(frozen=True, eq=False)
 class Batch(Sequence[Datapoint]):
     """Datapoints of one stream that travel together: read by one statement, sent by one
     request, deleted by one transaction.
@@ -62,52 +60,74 @@ class Batch(Sequence[Datapoint]):
     written for ``push(stream, batch: Sequence[Datapoint])`` takes it as it is. From the
     cache its datapoints come in id order; dead letters sent again, in time order. Equal
     only to itself: a remote that prepares a body ahead (``Preparable``) recognises the very
-    batch it prepared.
+    batch it prepared. Treat its attributes as read-only.
+
+    It keeps its datapoints as the cache read them, plain ``(id, t, d)`` tuples
+    (:attr:`rows`), and hands each out as a :class:`Datapoint` when it is asked for. Why:
+    CPython's garbage collector stops tracking a plain tuple of numbers and strings, never
+    a tuple subclass, so batches of 5,000 named tuples held through a pass made every
+    collection scan them: 15% more CPU for a sync (``tests/benchmarks/bench_sync.py``).
+    Named tuples made one at a time, for a loop that unpacks them, cost a fraction of that.
 
     :ivar stream: the stream's name, as given to ``Remote.push``
     :ivar stream_id: the cache's id of the stream (0 when the batch is not of the cache's
         datapoints table)
-    :ivar points: the datapoints, in the order they go
+    :ivar rows: the datapoints as plain ``(id, t, d)`` tuples, in the order they go (a
+        remote's hot loop may read them: the same values, without the names)
     """
 
-    stream: str
-    stream_id: int
-    points: tuple[Datapoint, ...]
+    __slots__ = ("_nbytes", "rows", "stream", "stream_id")
 
-    @classmethod
-    def of_rows(cls, stream: str, stream_id: int, rows: Iterable[tuple[int, float, str]]) -> Batch:
-        """A batch of the cache's rows ``(id, t, d)``, in the order given."""
-        return cls(stream, stream_id, tuple(map(as_datapoint, rows)))
+    def __init__(
+        self,
+        stream: str,
+        stream_id: int,
+        rows: Iterable[tuple[int, float, str]] = (),
+        *,
+        nbytes: int | None = None,
+    ):
+        """``nbytes``: the bytes of the values, when the caller knows them already (else they
+        are counted when first asked for)."""
+        self.stream, self.stream_id = stream, stream_id
+        self.rows: tuple[tuple[int, float, str], ...] = tuple(rows)
+        self._nbytes = nbytes
+
+    @property
+    def points(self) -> tuple[Datapoint, ...]:
+        """The datapoints, in the order they go, made now."""
+        return tuple(map(as_datapoint, self.rows))
 
     @property
     def first_id(self) -> int:
         """The id of the first datapoint (IndexError when the batch is empty)."""
-        return self.points[0].id
+        return self.rows[0][0]
 
     @property
     def last_id(self) -> int:
         """The id of the last datapoint (IndexError when the batch is empty)."""
-        return self.points[-1].id
+        return self.rows[-1][0]
 
-    @cached_property
+    @property
     def nbytes(self) -> int:
         """Bytes of the values as UTF-8 JSON text (what ``max_batch_bytes`` counts)."""
-        return sum(len(point.d.encode()) for point in self.points)
+        if self._nbytes is None:
+            self._nbytes = sum(len(row[2].encode()) for row in self.rows)
+        return self._nbytes
 
     def halves(self) -> tuple[Batch, Batch]:
         """The first half and the rest (the larger half when the count is odd), each a batch of
         the same stream; together they hold every datapoint once, in order."""
-        middle = len(self.points) // 2
+        middle = len(self.rows) // 2
         return self[:middle], self[middle:]
 
     def __len__(self) -> int:
-        return len(self.points)
+        return len(self.rows)
 
     def __iter__(self) -> Iterator[Datapoint]:
-        return iter(self.points)
+        return map(as_datapoint, self.rows)
 
     def __bool__(self) -> bool:
-        return bool(self.points)
+        return bool(self.rows)
 
     @overload
     def __getitem__(self, index: int) -> Datapoint: ...
@@ -117,14 +137,14 @@ class Batch(Sequence[Datapoint]):
 
     def __getitem__(self, index: int | slice) -> Datapoint | Batch:
         if isinstance(index, slice):
-            return Batch(self.stream, self.stream_id, self.points[index])
-        return self.points[index]
+            return Batch(self.stream, self.stream_id, self.rows[index])
+        return as_datapoint(self.rows[index])
 
     def __repr__(self) -> str:
         # Never the values: a batch may be large, and a log line should stay one line.
-        if not self.points:
+        if not self.rows:
             return f"Batch({self.stream!r}, empty)"
         return (
-            f"Batch({self.stream!r}, {len(self.points)} datapoints,"
+            f"Batch({self.stream!r}, {len(self.rows)} datapoints,"
             f" ids {self.first_id}..{self.last_id})"
         )

@@ -74,13 +74,15 @@ def test_halves_keep_the_stream_and_every_datapoint_once() -> None:
     assert (*first, *rest) == points
     assert (first.first_id, first.last_id, rest.first_id, rest.last_id) == (1, 2, 3, 5)
     assert isinstance(batch[1:], Batch) and batch[-1] == points[-1]
+    assert isinstance(batch[0], Datapoint) and batch.points == points
     assert list(batch) == list(points) and len(batch) == 5 and batch
     assert not Batch("temperature", 3, ())
 
 
 def test_nbytes_counts_the_values_as_utf8_and_repr_shows_none_of_them() -> None:
-    batch = Batch("s", 1, (Datapoint(1, T0, '"é"'), Datapoint(2, T0 + 1, "12")))
+    batch = Batch("s", 1, [(1, T0, '"é"'), (2, T0 + 1, "12")])
     assert batch.nbytes == len('"é"'.encode()) + 2 == 6
+    assert batch.first_id == 1 and all(isinstance(point, Datapoint) for point in batch)
     assert repr(batch) == "Batch('s', 2 datapoints, ids 1..2)"
     assert repr(Batch("s", 1, ())) == "Batch('s', empty)"
 
@@ -112,6 +114,7 @@ def test_the_remote_is_handed_named_batches_of_its_stream(cache_path: str) -> No
         ids = [point.id for point in batch]
         assert ids == sorted(ids) and (batch.first_id, batch.last_id) == (ids[0], ids[-1])
         assert all(isinstance(point, Datapoint) for point in batch)
+        assert batch.nbytes == sum(len(point.d.encode()) for point in batch)  # as the cache said
     sizes = [len(batch) for stream, batch in remote.batches if stream == "a"]
     assert sizes == [4, 2, 2, 1, 1, 2]  # refused: halves, then the refused one alone
     (b_batch,) = [batch for stream, batch in remote.batches if stream == "b"]

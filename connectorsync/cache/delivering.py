@@ -100,9 +100,9 @@ class Delivering(Connection):
                 last = next(conn.execute(BATCH_END, (*bounds, *hold, request.max_bytes)))[0]
                 if last is None:
                     return nothing
-            batch = Batch.of_rows(
-                stream.name, stream.id, conn.execute(BATCH, (stream.id, after_id, last))
-            )
+                size = None  # cut short: its values' bytes are counted when asked for
+            rows = conn.execute(BATCH, (stream.id, after_id, last))
+            batch = Batch(stream.name, stream.id, rows, nbytes=size)
             conn.execute(
                 "UPDATE streams SET inflight_lo = CASE WHEN inflight = 0 THEN ?1 "
                 "ELSE min(inflight_lo, ?1) END, inflight = max(inflight, ?2) WHERE id = ?3",
