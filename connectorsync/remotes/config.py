@@ -92,9 +92,9 @@ def remote_from_config(config: Mapping[str, Any], *, module: str | None = None) 
             f"{config.get('what', 'a remote of your own')}, which connectorsync cannot build "
             "in another process"
         )
-    if kind not in registered_remotes() and module is not None:
+    if isinstance(kind, str) and kind not in registered_remotes() and module is not None:
         _import(module, kind)
-    cls = registered_remotes().get(kind)  # type: ignore[arg-type]
+    cls = registered_remotes().get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ConfigurationError(
             f"unknown remote kind {kind!r} (recorded by a newer connectorsync, or a remote "
@@ -111,9 +111,12 @@ def _import(module: str, kind: object) -> None:
     try:
         importlib.import_module(module)
     except Exception as exc:  # the module's own code: whatever it raises, the kind is unknown
+        # An ImportError says which module is missing; another error's text is the user's
+        # code's and might hold anything: only its type is said.
+        why = f"{type(exc).__name__}: {exc}" if isinstance(exc, ImportError) else type(exc).__name__
         raise ConfigurationError(
             f"remote kind {kind!r} is registered by module {module!r}, which cannot be "
-            f"imported here ({type(exc).__name__}: {exc})"
+            f"imported here ({why})"
         ) from None
 
 
