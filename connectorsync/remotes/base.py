@@ -168,8 +168,8 @@ class Metered(Protocol):
 class Describable(Remote, Protocol):
     """A remote that describes itself as data, so that another process builds it again.
 
-    Part of the remote contract for every remote connectorsync ships (conformance is checked
-    where each is written, and ``tests/test_remote_contract.py::
+    Part of the remote contract for every remote connectorsync ships (mypy checks each class
+    where it is written, at :func:`register_remote`; ``tests/test_remote_contract.py::
     test_every_registered_remote_describes_itself`` round-trips each). A remote of your own
     has it when it should be synced by ``connectorsync sync CACHE`` too: give its class
     these members and decorate it with :func:`register_remote`.
@@ -235,6 +235,8 @@ def register_remote(cls: _D) -> _D:
     from_config = inspect.getattr_static(cls, "from_config", None)
     if not (callable(getattr(cls, "to_config", None)) and isinstance(from_config, classmethod)):
         raise ConfigurationError(f"{name} needs to_config() and a classmethod from_config()")
+    if not isinstance(presets, tuple):
+        raise ConfigurationError(f"{name}: presets must be a tuple of kinds; got {presets!r}")
     for each in (kind, *presets):
         if not isinstance(each, str) or not _KIND.fullmatch(each) or each == "custom":
             raise ConfigurationError(
