@@ -35,6 +35,7 @@ from connectorsync.errors import (
 )
 from connectorsync.remotes import register_remote, registered_remotes, remote_from_config
 from connectorsync.remotes.base import Describable, Remote
+from connectorsync.remotes.config import remote_config
 from connectorsync.remotes.http import HTTPRemote, thingsboard
 from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.remotes.line_protocol import ns_to_seconds
@@ -774,3 +775,19 @@ def test_a_class_of_your_own_joins_the_registry() -> None:
     with pytest.raises(ArgumentTypeError, match=r"register_remote\(\): cls must be a remote class"):
         register_remote("influxdb")  # type: ignore[type-var]
     assert "tests.half" not in registered_remotes()
+
+
+def test_a_subclass_registered_under_a_kind_of_its_own_is_built_as_itself() -> None:
+    """A shipped remote's subclass that registers gives its own kind, and comes back as
+    itself; unregistered, it would be recorded as a remote of your own."""
+
+    @register_remote
+    class SiteInflux(InfluxDBRemote):
+        kind: ClassVar[str] = "tests.site_influx"
+
+    config = remote_config(SiteInflux("http://127.0.0.1:9", "db", tags={"site": "a"}))
+    assert config["kind"] == "tests.site_influx" and config["tags"] == {"site": "a"}
+    again = remote_from_config(config)
+    assert type(again) is SiteInflux and again.to_config() == config  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match=r"builds the kinds 'tests\.site_influx'; got"):
+        SiteInflux.from_config({**config, "kind": "influxdb"})

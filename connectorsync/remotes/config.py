@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import ArgumentTypeError, ConfigurationError, ConnectorSyncError
 from ._http import hide_password
-from .base import Remote, registered_remotes
+from .base import Describable, Remote, registered_remotes
 
 #: The cache setting beside ``remote``: ``{"remote": repr, "config": config}`` (and
 #: ``"module"``), or null for the Logger's default remote (the ConnectorDB server its
@@ -51,12 +51,12 @@ def remote_config(remote: Remote) -> dict[str, Any]:
     that gives; else ``{"kind": "custom", "what": ...}``, which names it. Never raises."""
     cls: type = type(remote)
     what = f"a remote of your own ({cls.__module__}.{cls.__qualname__})"
-    if cls not in registered_remotes().values():
+    if cls not in registered_remotes().values() or not isinstance(remote, Describable):
         return {"kind": "custom", "what": what}
     if cls.__module__ == "__main__":  # another process cannot import the program's script
         return {"kind": "custom", "what": f"{what}, defined in the program's script"}
     try:
-        config = json.loads(json.dumps(remote.to_config(), allow_nan=False))  # type: ignore[attr-defined]
+        config = json.loads(json.dumps(remote.to_config(), allow_nan=False))
     except (TypeError, ValueError):  # an argument that is not data (a PathLike verify=)
         return {"kind": "custom", "what": f"{remote!r}, whose settings are not all JSON"}
     except Exception as exc:  # a to_config of your own failed: the pass goes on all the same
@@ -66,7 +66,8 @@ def remote_config(remote: Remote) -> dict[str, Any]:
         }
     if not isinstance(config, dict):
         return {"kind": "custom", "what": f"{what}, whose to_config() is not a dict"}
-    if config.get("kind") != "custom" and registered_remotes().get(config.get("kind")) is not cls:  # type: ignore[arg-type]
+    kind = config.get("kind")
+    if kind != "custom" and registered_remotes().get(str(kind)) is not cls:
         return {"kind": "custom", "what": f"{what}, whose to_config() gives another kind"}
     return config
 
