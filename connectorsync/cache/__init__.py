@@ -63,8 +63,8 @@ from .connection import CommitOutcome
 from .deadletters import DeadLetters
 from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
+from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
-from .schema import MIGRATIONS, SCHEMA_VERSION
 from .space import SpaceReport
 
 __all__ = [
