@@ -45,7 +45,7 @@ from typing import Any
 import apsw
 
 from ..errors import CacheError, CacheFullError
-from . import retime, schema, space
+from . import outbox, retime, schema, space
 from .base import (
     AT_REST,
     INSERT,
@@ -205,35 +205,43 @@ class Cache(Delivering, DeadLetters):
     # ----------------------------------------------------------------------- streams
 
     def streams(self) -> dict[str, StreamRow]:
-        """Every registered stream by name."""
+        """Every registered stream by name, with the ``default`` remote's state of it."""
         rows = self._read(
-            "SELECT id, name, schema, remote_created, inflight, out_of_order, inflight_lo "
-            "FROM streams"
+            "SELECT s.id, s.name, s.schema, coalesce(p.remote_created, 0), "
+            "coalesce(p.inflight, 0), s.out_of_order, coalesce(p.inflight_lo, 0) "
+            "FROM streams AS s LEFT JOIN positions AS p ON p.stream = s.id AND p.remote = ?",
+            (outbox.DEFAULT,),
         )
         return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows}
 
     def put_stream(self, name: str, schema_text: str, out_of_order: str = "reject") -> StreamRow:
-        """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays."""
+        """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays.
+        Every remote whose filter matches it routes it; a changed schema is created on the
+        remotes again."""
         with self.transaction(f"register stream {name!r}") as conn:
+            conn.execute(
+                "UPDATE positions SET remote_created = 0 WHERE stream = "
+                "(SELECT id FROM streams WHERE name = ? AND schema != ?)",
+                (name, schema_text),
+            )
             conn.execute(
                 "INSERT INTO streams (name, schema, out_of_order) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, "
-                "out_of_order = excluded.out_of_order, "
-                "remote_created = remote_created AND schema = excluded.schema",
+                "out_of_order = excluded.out_of_order",
                 (name, schema_text, out_of_order),
             )
-            sid, created, inflight, lo = next(
-                conn.execute(
-                    "SELECT id, remote_created, inflight, inflight_lo FROM streams WHERE name = ?",
-                    (name,),
-                )
-            )
-        return StreamRow(sid, name, schema_text, bool(created), inflight, out_of_order, lo)
+            sid = next(conn.execute("SELECT id FROM streams WHERE name = ?", (name,)))[0]
+            outbox.route_stream(conn, sid, name)
+        return self.streams()[name]
 
     def set_remote_created(self, name: str, created: bool = True) -> None:
         """Remember whether the stream is known to exist on the remote."""
         with self.transaction(f"update stream {name!r}") as conn:
-            conn.execute("UPDATE streams SET remote_created = ? WHERE name = ?", (created, name))
+            conn.execute(
+                "UPDATE positions SET remote_created = ? WHERE remote = ? AND stream = "
+                "(SELECT id FROM streams WHERE name = ?)",
+                (created, outbox.DEFAULT, name),
+            )
 
     # ----------------------------------------------------------------------- datapoints
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import apsw
 
-from .base import INSERT, NEWEST, delete, place, wrapped
+from . import outbox
+from .base import INSERT, NEWEST, place, wrapped
 from .connection import Connection
 from .limits import Limits, make_room
 from .records import DeadLetter, Row
@@ -46,7 +47,9 @@ def move_in(conn: apsw.Connection, name: str, row: Row, reason: str, now: float)
             "VALUES (?, ?, ?, ?, 1, ?)",
             (name, t, data, reason, now),
         )
-    delete(conn, "id = ?", (point_id,))
+    stream = next(conn.execute("SELECT stream FROM datapoints WHERE id = ?", (point_id,)), None)
+    if stream is not None:  # the remote took it as a letter: it leaves once no other holds it
+        outbox.take(conn, outbox.DEFAULT, stream[0], point_id, point_id)
 
 
 LETTER = "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters"

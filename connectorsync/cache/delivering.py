@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import apsw
 
-from . import retime
-from .base import BATCH, BATCH_END, BATCH_SIZE, bump, delete
+from . import outbox, retime
+from .base import BATCH, BATCH_END, BATCH_SIZE, bump
 from .connection import Connection
 from .records import BatchRequest, Row
 
@@ -53,15 +53,14 @@ class Delivering(Connection):
     def _delete_delivered(
         conn: apsw.Connection, stream_id: int, first_id: int, last_id: int
     ) -> int:
-        delivered = delete(
-            conn, "stream = ? AND id BETWEEN ? AND ?", (stream_id, first_id, last_id)
-        )
+        delivered = outbox.take(conn, outbox.DEFAULT, stream_id, first_id, last_id)
         # Clear the record of the batch in flight, unless it also holds the next batch's rows
         # (a pass records that one before this ack is done, see delivery._Turn.deliver);
         # batches of one lane follow each other, so the mark stays one range.
         conn.execute(
-            "UPDATE streams SET inflight = 0, inflight_lo = 0 WHERE id = ? AND inflight <= ?",
-            (stream_id, last_id),
+            "UPDATE positions SET inflight = 0, inflight_lo = 0 "
+            "WHERE remote = ? AND stream = ? AND inflight <= ?",
+            (outbox.DEFAULT, stream_id, last_id),
         )
         return delivered
 
@@ -84,24 +83,42 @@ class Delivering(Connection):
         once the mark is cleared, so the range holds the batches in flight and nothing else
         (``test_inflight.py::test_a_live_batch_without_answer_holds_only_its_own_rows``).
         """
-        bounds = (stream_id, after_id, request.upto_id, request.limit)
         with self.transaction("read the next batch") as conn:
-            # The sizes first, without loading the values: a batch of large values is cut
-            # where its bytes run out before any of it is read.
-            size, last = next(conn.execute(BATCH_SIZE, bounds))
+            pos = outbox.position(conn, outbox.DEFAULT, stream_id)
+            span = None if pos is None else pos.span_after(after_id)
+            # The remote holds the stream's ids in runs (what it took out of order, the live
+            # lane's batches, lies between): a batch is cut from the first run with rows.
+            while span is not None and span[0] < request.upto_id:
+                batch = self._take(conn, stream_id, span, request)
+                if batch:
+                    return batch
+                assert pos is not None
+                span = pos.span_after(span[1])
+        return []
+
+    @staticmethod
+    def _take(
+        conn: apsw.Connection, stream_id: int, span: tuple[int, int], request: BatchRequest
+    ) -> list[Row]:
+        after_id, upto_id = span[0], min(span[1], request.upto_id)
+        bounds = (stream_id, after_id, upto_id, request.limit)
+        # The sizes first, without loading the values: a batch of large values is cut
+        # where its bytes run out before any of it is read.
+        size, last = next(conn.execute(BATCH_SIZE, bounds))
+        if last is None:
+            return []
+        if size > request.max_bytes or request.hold is not None:
+            hold = request.hold or (None, None)
+            last = next(conn.execute(BATCH_END, (*bounds, *hold, request.max_bytes)))[0]
             if last is None:
                 return []
-            if size > request.max_bytes or request.hold is not None:
-                hold = request.hold or (None, None)
-                last = next(conn.execute(BATCH_END, (*bounds, *hold, request.max_bytes)))[0]
-                if last is None:
-                    return []
-            batch: list[Row] = list(conn.execute(BATCH, (stream_id, after_id, last)))
-            conn.execute(
-                "UPDATE streams SET inflight_lo = CASE WHEN inflight = 0 THEN ?1 "
-                "ELSE min(inflight_lo, ?1) END, inflight = max(inflight, ?2) WHERE id = ?3",
-                (batch[0][0], last, stream_id),
-            )
+        batch: list[Row] = list(conn.execute(BATCH, (stream_id, after_id, last)))
+        conn.execute(
+            "UPDATE positions SET inflight_lo = CASE WHEN inflight = 0 THEN ?1 "
+            "ELSE min(inflight_lo, ?1) END, inflight = max(inflight, ?2) "
+            "WHERE remote = ?3 AND stream = ?4",
+            (batch[0][0], last, outbox.DEFAULT, stream_id),
+        )
         return batch
 
     def narrow_inflight(self, stream_id: int, last_id: int) -> None:
@@ -109,9 +126,9 @@ class Delivering(Connection):
         read-ahead marked were never sent, so they go back to rest."""
         with self.transaction("narrow the batch in flight") as conn:
             conn.execute(
-                "UPDATE streams SET inflight = ?1 WHERE id = ?2 AND inflight > ?1 "
-                "AND inflight_lo <= ?1",
-                (last_id, stream_id),
+                "UPDATE positions SET inflight = ?1 WHERE remote = ?3 AND stream = ?2 "
+                "AND inflight > ?1 AND inflight_lo <= ?1",
+                (last_id, stream_id, outbox.DEFAULT),
             )
 
     def release_inflight(self, stream_id: int) -> None:
@@ -119,7 +136,9 @@ class Delivering(Connection):
         is resolved (stored and acked, or known not stored, or to be sent again)."""
         with self.transaction("clear the batch in flight") as conn:
             conn.execute(
-                "UPDATE streams SET inflight = 0, inflight_lo = 0 WHERE id = ?", (stream_id,)
+                "UPDATE positions SET inflight = 0, inflight_lo = 0 "
+                "WHERE remote = ? AND stream = ?",
+                (outbox.DEFAULT, stream_id),
             )
 
     def max_id(self) -> int:
@@ -132,7 +151,11 @@ class Delivering(Connection):
         sent again. Only datapoints that were in flight are considered. Returns how many."""
         with self.transaction("reconcile the batch in flight") as conn:
             lo, upto = next(
-                conn.execute("SELECT inflight_lo, inflight FROM streams WHERE id = ?", (stream_id,))
+                conn.execute(
+                    "SELECT inflight_lo, inflight FROM positions WHERE remote = ? AND stream = ?",
+                    (outbox.DEFAULT, stream_id),
+                ),
+                (0, 0),
             )
             delivered = 0
             if upto and remote_newest is not None:
@@ -146,7 +169,9 @@ class Delivering(Connection):
                 if first is not None:
                     delivered = self._delete_delivered(conn, stream_id, first, last)
             conn.execute(
-                "UPDATE streams SET inflight = 0, inflight_lo = 0 WHERE id = ?", (stream_id,)
+                "UPDATE positions SET inflight = 0, inflight_lo = 0 "
+                "WHERE remote = ? AND stream = ?",
+                (outbox.DEFAULT, stream_id),
             )
             # What was left untrusted while in flight (NTP answered meanwhile) and was not
             # delivered gets its true time now, before it is sent again.

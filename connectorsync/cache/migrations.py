@@ -120,6 +120,65 @@ def _migrate_v5(conn: apsw.Connection) -> None:
     ).fetchall()
 
 
+_V6 = """
+CREATE TABLE remotes (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    config TEXT,
+    streams TEXT,
+    give_up_after REAL,
+    fallback TEXT,
+    failing_since REAL
+);
+CREATE TABLE positions (
+    remote INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    upto INTEGER,
+    inflight_lo INTEGER NOT NULL DEFAULT 0,
+    inflight INTEGER NOT NULL DEFAULT 0,
+    remote_created INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (remote, stream)
+) WITHOUT ROWID;
+CREATE INDEX positions_by_stream ON positions(stream);
+CREATE TABLE taken (
+    remote INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    PRIMARY KEY (remote, stream, lo)
+) WITHOUT ROWID;
+ALTER TABLE deadletters ADD COLUMN remote TEXT NOT NULL DEFAULT 'default';
+INSERT INTO remotes (id, name) VALUES (1, 'default');
+INSERT INTO positions (remote, stream, inflight_lo, inflight, remote_created)
+    SELECT 1, id, inflight_lo, inflight, remote_created FROM streams;
+ALTER TABLE streams DROP COLUMN inflight;
+ALTER TABLE streams DROP COLUMN inflight_lo;
+ALTER TABLE streams DROP COLUMN remote_created;
+"""
+
+
+def _migrate_v6(conn: apsw.Connection) -> None:
+    """v6: several remotes per cache, each with its own position per stream.
+
+    ``remotes``: one row per named remote (``config``: its ``to_config()`` as JSON, NULL for
+    the one the Logger builds from its settings; ``streams``: a JSON list of names and glob
+    patterns it routes, NULL for every stream; ``give_up_after``, ``fallback`` by name;
+    ``failing_since``: when its passes began to fail, NULL while they succeed).
+
+    ``positions``: a row per remote and stream it routes. The remote *holds* the stream's
+    datapoints with ids above ``done`` (and at most ``upto``, when set: a fallback holds
+    only what was handed to it), except the ranges in ``taken`` (acknowledged out of order:
+    the live lane). The batch in flight to it is ``inflight_lo`` to ``inflight``. A datapoint
+    leaves the cache once no remote that routes its stream holds it (:mod:`.outbox`).
+
+    An existing cache's remote becomes ``default`` (id 1) and keeps its batch in flight,
+    what it knows of the streams on the remote (``remote_created``) and its dead letters
+    (``deadletters.remote``); those columns of ``streams`` go.
+    """
+    conn.execute(_V6).fetchall()
+
+
 # Named, versioned steps: MIGRATIONS[i] takes a file from user_version i to i + 1.
 MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
     ("v1_initial", _migrate_v1),
@@ -127,6 +186,7 @@ MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
     ("v3_device_time", _migrate_v3),
     ("v4_stream_properties", _migrate_v4),
     ("v5_inflight_range", _migrate_v5),
+    ("v6_remotes_and_positions", _migrate_v6),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
