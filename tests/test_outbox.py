@@ -13,7 +13,7 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from connectorsync.cache import outbox
+from connectorsync.cache import outbox, routing
 from connectorsync.cache.base import delete
 from connectorsync.cache.migrations import MIGRATIONS
 
@@ -48,10 +48,10 @@ class Positions(RuleBasedStateMachine):
             with self.conn:
                 self.conn.execute("INSERT INTO streams (name, schema) VALUES (?, '{}')", (name,))
                 sid = self.conn.last_insert_rowid()
-                outbox.route_stream(self.conn, sid, name)
+                routing.route_stream(self.conn, sid, name)
             self.sid[name] = sid
             for r, patterns in self.filters.items():
-                if outbox.routes(patterns, name):
+                if routing.routes(patterns, name):
                     self.routed[r].add(name)
 
     # ------------------------------------------------------------------- the model's rules
@@ -75,7 +75,7 @@ class Positions(RuleBasedStateMachine):
             self.next_id = i
             self.present[i] = stream
             for r, patterns in self.filters.items():
-                if outbox.routes(patterns, stream):
+                if routing.routes(patterns, stream):
                     self.held[r].add(i)
 
     @precondition(lambda self: self.remotes and self.next_id)
@@ -135,9 +135,11 @@ class Positions(RuleBasedStateMachine):
         if name in self.remotes.values():
             return
         with self.conn:
-            r = outbox.add_remote(self.conn, name, patterns, backfill=backfill)
+            r = routing.add(
+                self.conn, routing.RemoteRow(0, name, streams=patterns), backfill=backfill
+            ).id
         self.remotes[r], self.filters[r] = name, patterns
-        self.routed[r] = {s for s in STREAMS if outbox.routes(patterns, s)}
+        self.routed[r] = {s for s in STREAMS if routing.routes(patterns, s)}
         self.held[r] = {i for i, s in self.present.items() if backfill and s in self.routed[r]}
 
     @precondition(lambda self: self.remotes)
@@ -145,7 +147,7 @@ class Positions(RuleBasedStateMachine):
     def remove_remote(self, data: st.DataObject) -> None:
         r = data.draw(st.sampled_from(sorted(self.remotes)))
         with self.conn:
-            outbox.remove_remote(self.conn, r)
+            routing.remove(self.conn, self.remotes[r])
         routed = self.routed.pop(r)
         del self.remotes[r], self.filters[r], self.held[r]
         for stream in routed:

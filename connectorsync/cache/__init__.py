@@ -45,7 +45,7 @@ from typing import Any
 import apsw
 
 from ..errors import CacheError, CacheFullError
-from . import outbox, retime, schema, space
+from . import outbox, retime, routing, schema, space
 from .base import (
     AT_REST,
     INSERT,
@@ -231,7 +231,7 @@ class Cache(Delivering, DeadLetters):
                 (name, schema_text, out_of_order),
             )
             sid = next(conn.execute("SELECT id FROM streams WHERE name = ?", (name,)))[0]
-            outbox.route_stream(conn, sid, name)
+            routing.route_stream(conn, sid, name)
         return self.streams()[name]
 
     def set_remote_created(self, name: str, created: bool = True) -> None:

@@ -13,8 +13,6 @@ Guarantees (each proved by ``test_outbox.py``, against a model of sets):
 - A datapoint leaves the cache exactly when no remote that routes its stream holds it any
   more; a stream that no remote routes keeps its datapoints (for the next remote added).
 - Taking a range changes no other remote's holding, and nothing outside the range.
-- A remote added with ``backfill`` holds every cached datapoint of the streams it routes;
-  without it, only what comes after. Removing a remote releases what only it held.
 - Handing a remote's oldest datapoints to its fallback moves exactly what it held: after
   it, each of them is held by the fallback, not by it (nothing reaches both).
 - Positions stay small: ranges taken out of order merge into ``done`` as soon as nothing
@@ -23,9 +21,7 @@ Guarantees (each proved by ``test_outbox.py``, against a model of sets):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 import apsw
 
@@ -236,56 +232,3 @@ def hand_over(
 def _complement(held: Ranges) -> Ranges:
     """The not-held ranges (from 0 to END) of the held ranges ``held``."""
     return subtract([(0, END)], held) or [(0, 0)]
-
-
-# --------------------------------------------------------------------------- routing
-
-
-def routes(patterns: list[str] | None, stream: str) -> bool:
-    """Whether a remote with stream filter ``patterns`` (names or glob patterns; None:
-    every stream) routes ``stream``."""
-    return patterns is None or any(fnmatchcase(stream, p) for p in patterns)
-
-
-def add_remote(
-    conn: apsw.Connection, name: str, patterns: list[str] | None, *, backfill: bool
-) -> int:
-    """Record the remote ``name`` routing ``patterns``; it holds every cached datapoint of
-    those streams (``backfill``) or only what comes after. Returns its id."""
-    conn.execute(
-        "INSERT INTO remotes (name, streams) VALUES (?, ?)",
-        (name, None if patterns is None else json.dumps(patterns)),
-    )
-    remote = conn.last_insert_rowid()
-    start = 0
-    if not backfill:
-        start = int(next(conn.execute("SELECT coalesce(max(id), 0) FROM datapoints"))[0])
-    for sid, sname in list(conn.execute("SELECT id, name FROM streams")):
-        if routes(patterns, sname):
-            conn.execute(
-                "INSERT INTO positions (remote, stream, done) VALUES (?, ?, ?)",
-                (remote, sid, start),
-            )
-    return remote
-
-
-def route_stream(conn: apsw.Connection, stream: int, name: str) -> None:
-    """A stream registered: every remote whose filter matches it routes it from now on."""
-    for remote, patterns in list(conn.execute("SELECT id, streams FROM remotes")):
-        if routes(None if patterns is None else json.loads(patterns), name):
-            conn.execute(
-                "INSERT INTO positions (remote, stream) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (remote, stream),
-            )
-
-
-def remove_remote(conn: apsw.Connection, remote: int) -> int:
-    """Forget the remote: what only it held leaves the cache (a stream no other remote
-    routes keeps its datapoints). Returns how many left."""
-    streams = [
-        s for (s,) in conn.execute("SELECT stream FROM positions WHERE remote = ?", (remote,))
-    ]
-    conn.execute("DELETE FROM positions WHERE remote = ?", (remote,))
-    conn.execute("DELETE FROM taken WHERE remote = ?", (remote,))
-    conn.execute("DELETE FROM remotes WHERE id = ?", (remote,))
-    return sum(settle(conn, stream) for stream in streams)
