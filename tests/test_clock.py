@@ -24,6 +24,7 @@ OFFSET = 1000.0
 # An NTP offset is exact up to half the exchange's round trip, which a loaded machine can
 # stretch to many milliseconds: far below OFFSET all the same.
 SLACK = 0.5
+STAMP_SLACK = 0.05
 
 
 @pytest.fixture
@@ -64,10 +65,11 @@ def test_reanchoring_is_exact_to_the_millisecond(cache_path: str, ntp: NTPServer
         offset = lg.sync_clock()
         assert abs(offset - OFFSET) < SLACK
         fixed = cached_times(cache_path, "temperature")
-        # Each datapoint moves by exactly what the clock was off by: it is re-timed from the
-        # boot clock it recorded, not guessed.
+        # Each datapoint moves by exactly what the clock was measured off by: it is re-timed
+        # from the boot clock it recorded, not guessed (up to the moment between reading the
+        # two clocks at insert, which another thread taking the GIL can stretch).
         for old, new in zip(stamped, fixed, strict=True):
-            assert abs((new - old) - OFFSET) < SLACK
+            assert abs((new - old) - offset) < STAMP_SLACK
         status = lg.status()
         assert status.untrusted == 0
         assert abs(status.clock_offset - OFFSET) < SLACK  # type: ignore[operator]
