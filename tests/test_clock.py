@@ -42,10 +42,13 @@ def cached_times(path: str, stream: str) -> list[float]:
 
 
 def stamped_between(lg: Logger, started: float, ended: float) -> bool:
-    """The stream's newest datapoint was stamped with true time (the system clock + OFFSET,
-    as the NTP server says, to its millisecond) while its insert ran."""
+    """The stream's newest datapoint was stamped with true time (the system clock + the
+    offset measured from the NTP server, which is OFFSET, to its millisecond) while its
+    insert ran."""
     t = lg.latest("temperature")["t"]  # type: ignore[index]
-    return bool(started + OFFSET - 0.001 <= t <= ended + OFFSET + 0.001)
+    offset = lg.status().clock_offset
+    assert offset is not None and abs(offset - OFFSET) < SLACK
+    return bool(started + offset - 0.001 <= t <= ended + offset + 0.001)
 
 
 def test_reanchoring_is_exact_to_the_millisecond(cache_path: str, ntp: NTPServer) -> None:
