@@ -117,7 +117,7 @@ class Positions(RuleBasedStateMachine):
             self.routed[fallback].add(stream)
         self._settle(stream, 0, upto)
         self._compact(r, stream)
-        if fallback is not None:
+        if fallback is not None and given:  # else its position was not written
             self._compact(fallback, stream)
 
     @precondition(lambda self: self.present)
