@@ -5,7 +5,8 @@ registry (:mod:`~connectorsync.streams`), stamped by :mod:`~connectorsync.device
 by :mod:`~connectorsync.cache` (and :mod:`~connectorsync.archive`) and delivered by
 :mod:`~connectorsync.syncer` through a :mod:`remote <connectorsync.remotes.base>`. Each
 method is a short delegation; the Logger owns the lifecycle and the sync-failure policy
-(``onsync``, ``onsyncfail``, ``syncraise``).
+(``onsync``, ``onsyncfail``, ``syncraise``), applied by the caller of a pass to the report that
+pass returned (:mod:`~connectorsync.afterpass`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import enum
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import _checks as check
+from .afterpass import AfterPass, run_sync_callbacks
 from .archive import reconfigured
 from .cache import Cache, DeadLetter, Limits
 from .delivery import SyncReport
@@ -149,7 +150,6 @@ class Logger(_Attributes):
         self._state = _State.OPEN
         self._remote = RemoteHolder(remote)
         self._creating = self._start_when_created = False
-        self._verdict = threading.local()  # .reraise: what the last pass in this thread says
         self._cache, created = Cache.open(self.path, options.get("durability", "full"))
         try:
             self._wire(created, options)
@@ -180,7 +180,8 @@ class Logger(_Attributes):
         self._metrics = LoggerMetrics(self._cache, self.status)
         hooks = PassHooks(before=self._remote.before(self._time.before_pass), hold=self._time.hold)
         remote = self._remote.get(self._settings)
-        self._syncer = Syncer(self.path, self._options, remote, hooks, self._after_pass)
+        self._after = AfterPass(self._after_pass)  # the background passes' listener too
+        self._syncer = Syncer(self.path, self._options, remote, hooks, self._after)
         self._settings.set_from_constructor(options, self.path)
         _apply(self._options, self._writer, self._time)
 
@@ -242,7 +243,7 @@ class Logger(_Attributes):
         with contextlib.suppress(CacheError):
             self._cache.flush()  # for the last pass; failing, the cache's close() says so
         was_running = self._syncer.running
-        if self._syncer.stop(timeout) and was_running and not self._syncer.in_callback:
+        if self._syncer.stop(timeout) and was_running and not self._after.running_here:
             self._syncer.drain(max(0.0, deadline - time.monotonic()))
         self._syncer.close()
         self._remote.close()
@@ -433,27 +434,21 @@ class Logger(_Attributes):
                 "sync() cannot run inside on_create: the cache file is being created; "
                 "call sync() once Logger(...) has returned"
             )
-        self._verdict.reraise = False
+        self._after.refuse_a_pass()  # inside onsync/onsyncfail: CallbackError
         self._cache.flush()
-        report = self._syncer.sync(progress=progress)
-        if self._verdict.reraise and report.exception is not None:
+        report = self._syncer.sync(progress=progress)  # closed meanwhile: no callbacks, no raise
+        if self._state is _State.OPEN and self._after(report) and report.exception is not None:
             raise report.exception
         return report
 
-    def _after_pass(self, report: SyncReport) -> None:
-        """After every pass, outside every lock: metrics, lastsynctime and ConnectorDB's
-        callbacks."""
+    def _after_pass(self, report: SyncReport) -> bool:
+        """After each pass (the background syncer's, or sync()'s), outside every lock: metrics,
+        lastsynctime, then ConnectorDB's callbacks. Returns whether sync() raises."""
         self._metrics.passed(report)
         if report.ok:
             with contextlib.suppress(ClosedError):
                 self.lastsynctime = time.time()
-            if self.onsync is not None:
-                self.onsync()
-            return
-        error = report.exception or ConnectorSyncError(report.message or "sync failed")
-        self._verdict.reraise = bool(self.syncraise)
-        if self.onsyncfail is not None:
-            self._verdict.reraise = bool(self.onsyncfail(error))
+        return run_sync_callbacks(report, self.onsync, self.onsyncfail, syncraise=self.syncraise)
 
     @check.checked(stream=check.OPTIONAL_STREAM)
     def deadletters(self, stream: str | None = None) -> list[DeadLetter]:

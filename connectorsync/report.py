@@ -1,7 +1,9 @@
 """What one sync pass did: :class:`SyncReport`, the one value a pass hands back.
 
-A pass (:func:`connectorsync.delivery.run_pass`) fills it in; the syncer, ``Logger.sync()``
-and the callbacks read it. Kept apart from the pass so that readers need not import it.
+A pass (:func:`connectorsync.delivery.run_pass`) fills it in and returns it, failures
+included (a failed pass raises nothing); the syncer retries by it, and the step after the pass
+(:mod:`connectorsync.afterpass`: metrics, callbacks, ``Logger.sync()``'s raising) reads it.
+Kept apart from the pass so that readers need not import it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ class SyncReport:
 def retryable(exc: BaseException | None) -> bool:
     """Whether a failed pass is worth trying again soon (with backoff)."""
     return isinstance(exc, (TransientRemoteError, AmbiguousRemoteError))
+
+
+def worth_retrying(report: SyncReport) -> bool:
+    """Whether the pass that returned ``report`` is worth trying again soon (with backoff):
+    the background syncer retries by the report, its failure is never raised for that."""
+    return retryable(report.exception)
 
 
 def stops_the_remote(exc: BaseException | None) -> bool:

@@ -1,11 +1,13 @@
 """The syncer: when a pass runs, and who may run it.
 
-:meth:`Syncer.sync` runs one pass (:func:`~connectorsync.delivery.run_pass`); ``Logger.sync()``,
-the background thread and the tests all call it. :meth:`Syncer.start` runs passes in a
-background thread that wakes every ``syncperiod`` (plus up to ``sync_jitter``), when the
-backlog reaches ``sync_threshold``, and on :meth:`wake`. The syncer never calls up into the
-Logger: it is handed the :class:`~connectorsync.options.Options`, the remote
-(:meth:`set_remote`), a :class:`PassHooks` and one ``on_pass`` listener, and it uses a cache
+:meth:`Syncer.sync` runs one pass (:func:`~connectorsync.delivery.run_pass`) and returns its
+:class:`~connectorsync.report.SyncReport`; ``Logger.sync()``, the background thread and the
+tests all call it. :meth:`Syncer.start` runs passes in a background thread that wakes every
+``syncperiod`` (plus up to ``sync_jitter``), when the backlog reaches ``sync_threshold``, and
+on :meth:`wake`; it retries a pass by the report it returned, and calls the ``on_pass``
+listener after each of its passes (and after close's drain). The syncer never calls up into
+the Logger: it is handed the :class:`~connectorsync.options.Options`, the remote
+(:meth:`set_remote`), a :class:`PassHooks` and the ``on_pass`` listener, and it uses a cache
 connection of its own.
 
 Guarantees (each proved by the test named, in ``tests/``):
@@ -42,9 +44,9 @@ Guarantees (each proved by the test named, in ``tests/``):
   symlink or a second path to the same file never gives two syncers
   (``test_faults.py::test_one_syncer_per_cache_file``,
   ``test_lifecycle.py::test_a_symlink_to_the_cache_gives_no_second_syncer``).
-- ``on_pass`` runs after the pass, outside every lock; a pass started from inside it is
-  refused with a clear error, never a deadlock
-  (``test_lifecycle.py::test_sync_from_a_callback_raises_a_clear_error``,
+- ``on_pass`` runs after each background pass, outside every lock; a manual :meth:`sync`
+  calls no listener: its caller has the report and does what follows itself
+  (``test_sync_policy.py::test_the_listener_hears_the_background_passes_only``,
   ``test_lifecycle.py::test_close_from_a_callback_closes_the_logger``).
 - One background thread at most, whatever ``stop()``/``start()`` do while a request hangs
   (``test_lifecycle.py::test_stop_start_during_a_hung_request_leaves_one_thread``).
@@ -70,7 +72,7 @@ from .errors import AuthError, ClosedError, ConnectorSyncError, TransientRemoteE
 from .lanes import Pacer, Rotation
 from .options import Options
 from .remotes.base import Remote
-from .report import SyncReport, retry_after, retryable
+from .report import SyncReport, retry_after, worth_retrying
 from .schedule import jittered
 from .synclock import PassGate, SyncLock, SyncState
 
@@ -98,10 +100,6 @@ class PassHooks:
     hold: Callable[[], Untrusted | None] = lambda: None
 
 
-class CallbackError(ConnectorSyncError):
-    """A method that starts a pass was called from inside a sync callback."""
-
-
 class Syncer:
     """Runs sync passes over one cache file, on a connection of its own.
 
@@ -109,7 +107,8 @@ class Syncer:
     :param options: the Logger's options (read when needed)
     :param remote: where to deliver; :meth:`set_remote` replaces it
     :param hooks: device time's part in each pass
-    :param on_pass: called with each pass's report, after the pass, outside every lock
+    :param on_pass: called with the report of each background pass (and of close's drain),
+        after the pass, outside every lock; never by :meth:`sync`
     """
 
     def __init__(
@@ -133,7 +132,6 @@ class Syncer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._callback = threading.local()  # .active: this thread runs on_pass now
         self._credentials = 0  # bumped by resume(): new credentials to try
         self._pending = 0  # inserts since the last pass (this process), for sync_threshold
         self._live_after: int | None = None  # the newest id when the last pass began
@@ -153,11 +151,6 @@ class Syncer:
         """Deliver to ``remote`` from the next pass on."""
         self._remote = remote
 
-    @property
-    def in_callback(self) -> bool:
-        """True in a thread that runs ``on_pass`` right now."""
-        return bool(getattr(self._callback, "active", False))
-
     def sync(
         self,
         deadline: float | None = None,
@@ -165,32 +158,17 @@ class Syncer:
         *,
         background: bool = False,
     ) -> SyncReport:
-        """One pass over every stream, then ``on_pass(report)`` outside every lock.
+        """One pass over every stream; returns its report, and calls no listener.
+
+        A failure is in the report, not raised: what follows (retries, callbacks, raising)
+        is the caller's to decide.
 
         :param deadline: a ``time.monotonic()`` after which no new batch is started
         :param progress: called with ``(stream, count)`` after each delivered batch
         :param background: a pass of the background thread: its backlog gets ``syncperiod``
             seconds at most (see :mod:`connectorsync.lanes`), and its pacing ends at stop()
-        :raises CallbackError: called from inside ``on_pass``
         :raises ClosedError: the syncer is closed
         """
-        if self.in_callback:
-            raise CallbackError(
-                "sync() cannot run inside onsync/onsyncfail (the pass that called them has "
-                "just ended); return from the callback, the next pass follows"
-            )
-        report = self._locked_pass(deadline, progress, background)
-        if not self._closed:
-            self._callback.active = True
-            try:
-                self._on_pass(report)
-            finally:
-                self._callback.active = False
-        return report
-
-    def _locked_pass(
-        self, deadline: float | None, progress: Progress | None, background: bool
-    ) -> SyncReport:
         with self._pass_lock:
             cache = self._connection()
             report = SyncReport()
@@ -408,24 +386,20 @@ class Syncer:
 
     def _sync_with_retries(self) -> None:
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(retryable),
+            retry=tenacity.retry_if_result(worth_retrying),
             wait=self._backoff,
             sleep=tenacity.sleep_using_event(self._stop),
             stop=tenacity.stop_when_event_set(self._stop),
             before_sleep=self._note_next_attempt,
-            reraise=True,
+            # Stopped while retrying: the last report stands, and the data waits in the cache.
+            retry_error_callback=_last_report,
         )
         while True:
             credentials = self._credentials
             try:
-                for attempt in retrying:
-                    with attempt:
-                        self._began = time.monotonic()
-                        report = self.sync(background=True)
-                        if retryable(report.exception):
-                            raise report.exception  # type: ignore[misc]
+                report = retrying(self._background_pass)
             except ConnectorSyncError:
-                return  # stopped while retrying: the data waits in the cache
+                return  # closed meanwhile (or a callback's own error): the data waits
             if report.more and report.ok and not self._stop.is_set():
                 continue  # the backlog's time was up: on at once, live data first
             if not isinstance(report.exception, AuthError) or self._stop.is_set():
@@ -436,6 +410,20 @@ class Syncer:
             log.error("syncing paused until the credentials change: %s", report.exception)
             self._publish_quietly()
             return
+
+    def _background_pass(self) -> SyncReport:
+        """One pass of the background thread, then the listener; returns the pass's report
+        (the retries decide by it)."""
+        self._began = time.monotonic()
+        report = self.sync(background=True)
+        self._tell(report)
+        return report
+
+    def _tell(self, report: SyncReport) -> None:
+        """Hand a pass's report to the listener, outside every lock; not once closed (the
+        Logger the listener belongs to is gone)."""
+        if not self._closed:
+            self._on_pass(report)
 
     def _mark_live_start(self) -> None:
         """At start(): what is cached now is the backlog (also what came while the syncer
@@ -463,8 +451,7 @@ class Syncer:
         return not self._stop.wait(seconds)
 
     def _backoff(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        asked = retry_after(exc)
+        asked = retry_after(_failure(state))
         if asked is not None:  # for the whole remote: every stream of the pass stopped
             return min(float(asked), MAX_RETRY_AFTER)
         cap = max(BACKOFF_BASE, self._options.syncperiod)
@@ -475,11 +462,7 @@ class Syncer:
         wait = state.next_action.sleep if state.next_action else 0.0
         self.next_attempt = time.time() + wait
         self._publish_quietly()
-        log.info(
-            "sync failed (%s); next attempt in %.1f s",
-            state.outcome.exception() if state.outcome else "",
-            wait,
-        )
+        log.info("sync failed (%s); next attempt in %.1f s", _failure(state) or "", wait)
 
     # ----------------------------------------------------------------------- plumbing
 
@@ -562,6 +545,7 @@ class Syncer:
         def drain() -> None:
             try:
                 result.append(self.sync(deadline=deadline))
+                self._tell(result[0])
             except Exception as exc:  # closing goes on: a callback's error is only logged
                 log.warning("last sync before closing failed (nothing lost): %s", exc)
 
@@ -585,6 +569,17 @@ class Syncer:
                     self._close_connection()
             finally:
                 self._pass_lock.release()
+
+
+def _last_report(state: tenacity.RetryCallState) -> SyncReport:
+    """The report of the last attempt, when the retries stop (tenacity's retry_error_callback)."""
+    return state.outcome.result() if state.outcome else SyncReport()
+
+
+def _failure(state: tenacity.RetryCallState) -> ConnectorSyncError | None:
+    """The error of the last attempt's report (the retries decide by the report, so an
+    attempt's outcome is a report, never an exception)."""
+    return _last_report(state).exception
 
 
 def _record_remote(cache: Cache, remote: Remote) -> None:

@@ -18,6 +18,8 @@ import pytest
 
 from connectorsync import Logger
 from connectorsync.cache import Cache
+from connectorsync.testing.live import connection_pragma
+from connectorsync.testing.probe import CacheProbe
 
 from .conftest import PYTHON, ROOT, child_env, power_cut_run
 
@@ -113,9 +115,10 @@ def test_durability_pragmas_are_applied(cache_path: str) -> None:
 
     for durability, level in (("full", 2), ("normal", 1)):
         with Logger(cache_path, durability=durability) as lg:
-            conn = lg._cache._conn
-            assert list(conn.execute("PRAGMA journal_mode"))[0][0] == "wal"
-            assert list(conn.execute("PRAGMA synchronous"))[0][0] == level
+            assert connection_pragma(lg, "journal_mode") == "wal"
+            assert connection_pragma(lg, "synchronous") == level
+            with CacheProbe(cache_path) as probe:
+                assert probe.pragma("journal_mode") == "wal"  # the file's mode, for all
     assert isinstance(apsw.sqlite_lib_version(), str)
     assert os.path.exists(cache_path)
 
@@ -131,11 +134,12 @@ def test_full_durability_survives_a_power_cut(tmp_path) -> None:
         assert returned == [("counter", i) for i in range(40)]
         if os.path.exists(path + "-shm"):
             os.remove(path + "-shm")  # shared memory does not survive a reboot
-        conn_check = Cache.connect(path)
+        cache = Cache.connect(path)  # it opens as a cache, its WAL recovered
         try:
-            assert list(conn_check._conn.execute("PRAGMA integrity_check")) == [("ok",)]
+            with CacheProbe(path) as probe:
+                assert probe.integrity() == "ok"
         finally:
-            conn_check.close()
+            cache.close()
         survivors[durability] = cached_values(path, "counter")
     assert survivors["full"] == list(range(40))
     assert len(survivors["normal"]) < 40
@@ -189,9 +193,12 @@ def test_inserting_while_another_process_syncs(cache_path: str, server) -> None:
 
 SYNC_THEN_CUT = """
 import os, sys
+import apsw
 from tests.helpers.powercut import PowerCutVFS
 from connectorsync import Logger
 from connectorsync.cache import Cache
+from connectorsync.testing.live import connection_pragma
+from connectorsync.testing.probe import CacheProbe
 # The power goes right after the pass's last acknowledgement, before the checkpoint that
 # gives space back (which would make everything durable anyway).
 Cache.give_back_space = lambda self, *args, **kwargs: None
@@ -200,7 +207,8 @@ vfs = PowerCutVFS()
 lg = Logger(path, durability="normal", apikey=apikey, serverurl=url)
 for i in range(20):
     lg.insert("n", i)
-lg._cache._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()  # the inserts are durable
+checkpoint = apsw.Connection(path)  # the same disk (the VFS is the process's default)
+checkpoint.execute("PRAGMA wal_checkpoint(FULL)").fetchall()  # the inserts are durable
 print(lg.sync().sent, flush=True)
 os._exit(0)  # the power goes: whatever was not fsynced is lost
 """

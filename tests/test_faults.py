@@ -17,6 +17,7 @@ from connectorsync import CacheError, ConnectorDBRemote, Logger, TransientRemote
 from connectorsync.cache import Cache
 from connectorsync.remotes.base import Datapoint
 from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing.live import wake_pending
 
 from .conftest import syncing_child, wait_for
 
@@ -195,7 +196,7 @@ def test_auth_failure_pauses(cache_path: str, server: ConnectorDBServer) -> None
     # Inserts over the threshold wake the syncer, which stays paused: no hammering.
     for i in range(5):
         lg.insert("temperature", float(i))
-        wait_for(lambda: not lg._syncer._wake.is_set(), what="the wake to be handled")
+        wait_for(lambda: not wake_pending(lg), what="the wake to be handled")
     assert len(server.requests) == asked
     # A new apikey resumes at once.
     lg.apikey = server.apikey

@@ -5,6 +5,7 @@ the backlog ``syncperiod`` seconds, then the next pass starts at once, live data
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ from connectorsync.delivery import PassPlan, run_pass
 from connectorsync.lanes import Pacer
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
+from connectorsync.testing.probe import CacheProbe
 from connectorsync.testing.receiver import HTTPReceiver
 
 from .conftest import wait_for
@@ -52,14 +54,28 @@ def _sent_in_order(receiver: HTTPReceiver) -> list[list[int]]:
     return [[item["d"] for item in body] for body in receiver.bodies(PATH)]
 
 
-def _backlog_then_live(lg: Logger, receiver: HTTPReceiver, backlog: int, live: int) -> None:
-    """``backlog`` datapoints that a failed pass saw, then ``live`` new ones."""
+def _backlog_then_live(lg: Logger, receiver: HTTPReceiver, backlog: int, live: int) -> int:
+    """``backlog`` datapoints that a failed pass saw, then ``live`` new ones. Returns the id
+    of the backlog's newest datapoint: where the live lane of the next pass begins."""
     for i in range(backlog):
         lg.insert("s", i)
+    with CacheProbe(lg.path) as probe:
+        live_after = probe.newest_id()
     receiver.fail_next(1, 503)
     assert not lg.sync().ok  # a pass began: what is cached now is the backlog
     for i in range(backlog, backlog + live):
         lg.insert("s", i)
+    return live_after
+
+
+@contextlib.contextmanager
+def _pass_connection(lg: Logger) -> Iterator[Cache]:
+    """A connection of its own to ``lg``'s cache, for a pass run by hand (as the syncer's)."""
+    cache = Cache.connect(lg.path, "full")
+    try:
+        yield cache
+    finally:
+        cache.close()
 
 
 def test_a_pass_sends_what_is_new_before_the_backlog(
@@ -124,8 +140,7 @@ def test_max_rate_paces_the_backlog_never_the_live_lane(
     """With ``max_rate`` 10/s, backlog batches hold at most 10 datapoints and wait for their
     tokens; the live batch goes first and waits for nothing."""
     with _http_logger(cache_path, receiver, batch_size=100) as lg:
-        _backlog_then_live(lg, receiver, backlog=40, live=7)
-        cache = lg._syncer._connection()
+        live_after = _backlog_then_live(lg, receiver, backlog=40, live=7)
         pauses: list[tuple[float, int]] = []
 
         def pause(seconds: float) -> bool:
@@ -135,11 +150,12 @@ def test_max_rate_paces_the_backlog_never_the_live_lane(
         plan = PassPlan(
             batch_size=100,
             max_batch_bytes=1 << 20,
-            live_after=lg._syncer._live_after,
+            live_after=live_after,
             pacer=Pacer(10.0),
             pause=pause,
         )
-        report = run_pass(cache, lg.remote, plan)
+        with _pass_connection(lg) as cache:
+            report = run_pass(cache, lg.remote, plan)
         assert report.ok and report.sent == {"s": 47}
     sent = _sent_in_order(receiver)
     assert sent[0] == list(range(40, 47))  # live, whole, before any wait
@@ -154,11 +170,10 @@ def test_a_pass_out_of_budget_leaves_the_backlog_for_the_next(
     cache_path: str, receiver: HTTPReceiver
 ) -> None:
     with _http_logger(cache_path, receiver) as lg:
-        _backlog_then_live(lg, receiver, backlog=30, live=5)
-        plan = PassPlan(
-            batch_size=10, max_batch_bytes=1 << 20, live_after=lg._syncer._live_after, budget=0
-        )
-        report = run_pass(lg._syncer._connection(), lg.remote, plan)
+        live_after = _backlog_then_live(lg, receiver, backlog=30, live=5)
+        plan = PassPlan(batch_size=10, max_batch_bytes=1 << 20, live_after=live_after, budget=0)
+        with _pass_connection(lg) as cache:
+            report = run_pass(cache, lg.remote, plan)
         assert report.ok and report.more and report.sent == {"s": 5}
         assert len(lg) == 30
 

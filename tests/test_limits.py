@@ -9,6 +9,8 @@ import apsw
 import pytest
 
 from connectorsync import CacheFullError, Logger
+from connectorsync.testing.live import fill_disk_after
+from connectorsync.testing.probe import CacheProbe
 
 from .conftest import dump
 
@@ -24,6 +26,12 @@ def values(lg: Logger, stream: str = "n") -> list[object]:
         return [json.loads(d) for _, _, d in rows]
     finally:
         cache.close()
+
+
+def used_bytes(lg: Logger) -> int:
+    """Bytes of the cache file's pages in use, as the storage limits count them."""
+    with CacheProbe(lg.path) as probe:
+        return probe.used_bytes()
 
 
 @pytest.fixture
@@ -118,19 +126,17 @@ def test_min_free_disk(lg: Logger) -> None:
         lg.insert("n", 1000)
     # With drop_oldest the file stops growing: the oldest datapoints make room inside it.
     lg.on_full = "drop_oldest"
-    size = lg._cache._used_bytes(lg._cache._conn)
+    size = used_bytes(lg)
     for i in range(1000, 1500):
         lg.insert("n", i)
     assert lg.status().dropped > 0
     assert values(lg)[-1] == 1499
-    assert lg._cache._used_bytes(lg._cache._conn) <= size
+    assert used_bytes(lg) <= size
 
 
 def test_a_full_disk_raises_keeps_everything_and_recovers(lg: Logger) -> None:
-    conn = lg._cache._conn
-    pages = next(conn.execute("PRAGMA page_count"))[0]
     # SQLite's own size limit: past it every write fails with SQLITE_FULL, as on a full disk.
-    conn.execute(f"PRAGMA max_page_count={pages + 3}")
+    fill_disk_after(lg, 3)
     stored = []
     with pytest.raises(CacheFullError, match="full"):
         for i in range(100_000):
@@ -142,17 +148,16 @@ def test_a_full_disk_raises_keeps_everything_and_recovers(lg: Logger) -> None:
         lg.insert_many("n", [1, 2, 3])
     assert dump(lg.path) == before
     assert values(lg) == stored  # nothing committed was lost
-    assert next(conn.execute("PRAGMA integrity_check"))[0] == "ok"
-    conn.execute(f"PRAGMA max_page_count={pages + 1000}")  # room again
+    with CacheProbe(lg.path) as probe:
+        assert probe.integrity() == "ok"
+    fill_disk_after(lg, 1000)  # room again
     lg.insert("n", -1)
     assert values(lg) == [*stored, -1]
 
 
 def test_a_full_disk_with_drop_oldest_makes_room(lg: Logger) -> None:
     lg.on_full = "drop_oldest"
-    conn = lg._cache._conn
-    pages = next(conn.execute("PRAGMA page_count"))[0]
-    conn.execute(f"PRAGMA max_page_count={pages + 3}")
+    fill_disk_after(lg, 3)
     for i in range(3000):
         lg.insert("n", i)
     kept = values(lg)

@@ -19,10 +19,12 @@ import connectordb.logger
 import pytest
 
 from connectorsync import Logger
-from connectorsync.cache import MIGRATIONS, SCHEMA_VERSION, Cache
+from connectorsync.cache import MIGRATIONS, SCHEMA_VERSION
 from connectorsync.cli import main
 from connectorsync.errors import ConfigurationError
 from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing.live import connection_pragma
+from connectorsync.testing.probe import CacheProbe
 
 from .conftest import PYTHON, ROOT, child_env
 
@@ -103,15 +105,12 @@ def test_migration_keeps_ties_in_order_and_bad_rows_as_dead_letters(cache_path: 
     with Logger(cache_path) as lg:
         assert len(lg) == 51 + 2
         assert lg.status().streams["temperature"].deadletters == 1
-    cache = Cache.connect(cache_path)
-    try:
-        points = cache.batch(cache.streams()["temperature"].id, 0, 1000)
+    with CacheProbe(cache_path) as probe:
+        points = probe.rows("temperature")
         times = [p[1] for p in points]
         assert all(a < b for a, b in itertools.pairwise(times))
         assert [p[2] for p in points[-2:]] == ["1", "2"]
-        reasons = [r[0] for r in cache._read("SELECT reason FROM deadletters ORDER BY id")]
-    finally:
-        cache.close()
+        reasons = [letter.reason for letter in probe.deadletters()]
     assert sorted(reasons) == [
         "connectordb cache held data for an unregistered stream",
         "connectordb cache held data that is not JSON",
@@ -140,7 +139,9 @@ def test_real_connectordb_client_reads_what_connectorsync_synced(
 def test_migrated_cache_uses_wal(cache_path: str, durability: str) -> None:
     make_connectordb_cache(cache_path, "k", "http://127.0.0.1:9")
     with Logger(cache_path, durability=durability) as lg:
-        assert list(lg._cache._conn.execute("PRAGMA journal_mode")) == [("wal",)]
+        assert connection_pragma(lg, "journal_mode") == "wal"
+        with CacheProbe(cache_path) as probe:
+            assert probe.pragma("journal_mode") == "wal"
 
 
 def test_migrated_connectordb_cache_is_owner_only(

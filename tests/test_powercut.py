@@ -52,6 +52,7 @@ import apsw
 
 from connectorsync import Logger
 from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing.groupcommit import GroupCommitProbe
 
 from .conftest import PYTHON, ROOT, child_env, wait_for
 from .helpers.powercut import CUT_EXIT
@@ -378,8 +379,7 @@ def test_a_group_commit_returns_no_insert_before_its_commit_is_durable(cache_pat
     first, second = threading.Event(), threading.Event()
     lg = Logger(cache_path, on_create=lambda lg: lg.addStream("n", {"type": "integer"}))
     try:
-        group = lg._cache._group
-        assert group is not None
+        group = GroupCommitProbe(lg)
         returned: list[int] = []
         lg.insert("n", -1)  # the first insert of a stream may commit more than once
 
@@ -400,11 +400,9 @@ def test_a_group_commit_returns_no_insert_before_its_commit_is_durable(cache_pat
         first.set()
         wait_for(vfs.holding.is_set, what="the group's fsync")
         wait_for(lambda: 0 in returned, what="the first insert to return")
-        cond = group._done
-        with cond:
-            cond.notify_all()  # the follower wakes while its group's fsync is held
+        group.wake_followers()  # the follower wakes while its group's fsync is held
         # It either returns (its datapoint not durable yet) or waits again.
-        wait_for(lambda: len(returned) > 1 or len(cond._waiters) == 1, what="the follower")  # type: ignore[attr-defined]
+        wait_for(lambda: len(returned) > 1 or group.followers_waiting() == 1, what="the follower")
         assert returned == [0], "insert() returned before its group's commit was durable"
         second.set()
         for thread in threads:

@@ -32,8 +32,8 @@ from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.remotes.line_protocol import ns_to_seconds
 from connectorsync.remotes.mqtt import THINGSBOARD_TOPIC, MQTTRemote, thingsboard_mqtt
 from connectorsync.testing import ConnectorDBServer
-from connectorsync.testing._proxy import LoopbackProxy, shut
 from connectorsync.testing.influx import InfluxDBServer
+from connectorsync.testing.loopback import LoopbackProxy, shut
 from connectorsync.testing.mosquitto import MosquittoBroker, MQTTFaultProxy, MQTTSubscriber
 from connectorsync.testing.receiver import HTTPReceiver
 

@@ -6,6 +6,7 @@ talks to a real loopback server.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 
 import pytest
@@ -81,7 +82,8 @@ def test_push_sends_the_batch_as_json_with_basic_auth(remote) -> None:
     remote.push("u/d/s", BATCH)
     request = responses.calls[0].request
     assert request.body == b'[{"t":1700000000.0,"d":1.5},{"t":1700000001.0,"d":2.5}]'
-    assert request.headers["Authorization"] == requests.auth._basic_auth_str("", "SECRETKEY")
+    # HTTP Basic auth, user "" and the apikey as password: base64 of ":SECRETKEY".
+    assert request.headers["Authorization"] == "Basic " + base64.b64encode(b":SECRETKEY").decode()
     remote.push("u/d/s", [])  # an empty batch sends nothing
     assert len(responses.calls) == 1
 
@@ -189,13 +191,22 @@ def test_oversized_batch_is_rejected_before_sending(remote) -> None:
         remote.push("u/d/s", big)
 
 
-def test_https_is_assumed_and_verify_is_on() -> None:
+@responses.activate
+def test_https_is_assumed_and_verify_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What each request is sent with, as requests hands it to its transport."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # they would replace verify=True
+        monkeypatch.delenv(name, raising=False)
+    responses.get("https://connectordb.test/api/v1/", body="u/d")
+    responses.get("https://c.test/api/v1/", body="u/d")
     remote = ConnectorDBRemote("connectordb.test", "k")
     assert remote.serverurl == "https://connectordb.test"
-    assert remote._session.verify is True
+    remote.ping()
+    assert responses.calls[-1].request.url.startswith("https://connectordb.test/")
+    assert responses.calls[-1].request.req_kwargs["verify"] is True  # type: ignore[attr-defined]
     remote.close()
     remote = ConnectorDBRemote("https://c.test", "k", verify="/etc/ssl/private-ca.pem")
-    assert remote._session.verify == "/etc/ssl/private-ca.pem"
+    remote.ping()
+    assert responses.calls[-1].request.req_kwargs["verify"] == "/etc/ssl/private-ca.pem"  # type: ignore[attr-defined]
     remote.close()
 
 

@@ -251,7 +251,7 @@ def test_bad_log_lines_are_rate_limited(
         device.write(b"garbage\n" * 50 + b"1\n")
         wait_for(lambda: source.inserted == 1, what="the good line")
     assert source.malformed == 50
-    assert caplog.text.count("malformed line") == serial_module._LOG_BURST
+    assert caplog.text.count("malformed line") == serial_module.LOG_BURST
 
 
 # ----------------------------------------------------------------------------- lifecycle

@@ -26,7 +26,7 @@ from connectordb.logger import Logger
 from jsonschema import Draft4Validator
 
 from connectorsync.testing import ConnectorDBServer
-from connectorsync.testing._store import OLDER_MSG, SCHEMA_MSG, UNORDERED_MSG, _Checker
+from connectorsync.testing.server import OLDER_MSG, SCHEMA_MSG, UNORDERED_MSG, SchemaChecker
 
 STREAM = "alice/sensor/temperature"
 MIB = 1024 * 1024
@@ -273,7 +273,7 @@ def test_values_of_every_json_type_round_trip(
     ],
 )
 def test_schema_fast_path_agrees_with_jsonschema(schema: dict) -> None:
-    checker = _Checker(json.dumps(schema))
+    checker = SchemaChecker(json.dumps(schema))
     validator = Draft4Validator(schema)
     for value in (0, 1, -1, 1.0, 1.5, 10**30, True, False, None, "", "1", [], [1], {}, {"a": 1}):
         assert checker.accepts([value], {type(value)}) == validator.is_valid(value), value

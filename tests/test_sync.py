@@ -263,9 +263,17 @@ def test_a_prepared_body_serves_only_its_own_batch() -> None:
     bodies.prepare("bad", batch)  # the error waits for push
     with pytest.raises(RejectedError):
         bodies.body("bad", batch)
-    for _ in range(5):  # never more than two kept
-        bodies.prepare("s", [(3, 3.0, "3")])
-    assert len(bodies._bodies) == 2
+    made.clear()
+    batches = [[(3, 3.0, "3")] for _ in range(5)]
+    for each in batches:  # never more than two kept: the newest two
+        bodies.prepare("s", each)
+    assert made == [1] * 5
+    remade = []
+    for each in batches:
+        before = len(made)
+        bodies.body("s", each)
+        remade.append(len(made) > before)
+    assert remade == [True, True, True, False, False]  # the two newest were kept, only
 
 
 class BuggyRemote(ConnectorDBRemote):

@@ -12,7 +12,8 @@ transaction, and hands the SQL of each specialised job to its module:
 - :mod:`.space`: giving disk space back once datapoints have left (vacuum steps, WAL);
 - :mod:`.retime`: re-timing datapoints stamped before NTP answered;
 - :mod:`.deadletters`: the dead-letter table;
-- :mod:`.records`: the records it hands out; :mod:`.base`: errors and the rules every row keeps.
+- :mod:`.records`: the records it hands out; :mod:`.base`: errors and the rules every row keeps;
+- :mod:`.testhooks`: what :mod:`connectorsync.testing` may reach on a live connection (only it).
 
 Guarantees (each proved by the test named):
 
@@ -62,7 +63,7 @@ from .commit import AppendRow, GroupCommit, Point
 from .connection import CommitOutcome
 from .deadletters import DeadLetters
 from .delivering import Delivering
-from .limits import Limits, drop_expired, drop_one_percent, make_room, used_bytes
+from .limits import Limits, drop_expired, drop_one_percent, make_room
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
 from .space import SpaceReport
@@ -384,9 +385,6 @@ class Cache(Delivering, DeadLetters):
         report = SpaceReport(freed, steps, left, truncated)
         space.log.debug("cache %s: gave space back: %s", self.path, report)
         return report
-
-    # tests/test_limits.py measures the pages in use through this name.
-    _used_bytes = staticmethod(used_bytes)
 
     def expire(self, before: float) -> int:
         """Delete datapoints with ``t`` < ``before`` (``max_age``), counted as expired.

@@ -44,9 +44,9 @@ BACKOFF_START = 0.1
 #: A line longer than this (bytes) is malformed: a device sending binary or a wrong baud
 #: rate would otherwise grow the buffer without end.
 MAX_LINE = 64 * 1024
-# Malformed and rejected lines are logged at most this many times per period (seconds), so
-# a misconfigured device cannot flood the log; the counters still count every one.
-_LOG_BURST = 10
+#: Malformed and rejected lines are logged at most this many times per period (seconds), so
+#: a misconfigured device cannot flood the log; the counters still count every one.
+LOG_BURST = 10
 _LOG_PERIOD = 60.0
 # How much of a bad line a log message quotes.
 _QUOTE = 80
@@ -106,7 +106,7 @@ class _Stopping(Exception):
 class _Throttle:
     """At most ``burst`` messages per ``period`` seconds; says how many it held back."""
 
-    def __init__(self, burst: int = _LOG_BURST, period: float = _LOG_PERIOD):
+    def __init__(self, burst: int = LOG_BURST, period: float = _LOG_PERIOD):
         self.burst = burst
         self.period = period
         self._window = -math.inf

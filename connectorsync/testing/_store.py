@@ -125,7 +125,7 @@ def parse_schema(value: Any) -> str:
     return minify_json(value)
 
 
-class _Checker:
+class SchemaChecker:
     """Decides whether a batch of values conforms to one schema.
 
     Schemas that only constrain the JSON type (``{}``, ``{"type": "number"}``,
@@ -217,7 +217,7 @@ class Store(Accounts):
     def __init__(self, path: str | None = None) -> None:
         self._lock = threading.Lock()
         self._db = apsw.Connection(path if path is not None else ":memory:")
-        self._checkers: dict[str, _Checker] = {}
+        self._checkers: dict[str, SchemaChecker] = {}
         if path is not None:
             self._db.set_busy_timeout(5000)
             self._db.execute("PRAGMA journal_mode=WAL").fetchall()
@@ -353,7 +353,7 @@ class Store(Accounts):
                 raise ApiError(403, WRITE_DENIED_MSG.format(owner=device, path=path))
             checker = self._checkers.get(schema)
             if checker is None:
-                checker = self._checkers[schema] = _Checker(schema)
+                checker = self._checkers[schema] = SchemaChecker(schema)
             if rejected or not checker.accepts(batch.values, batch.kinds):
                 raise ApiError(403, SCHEMA_MSG)
             if not batch.ordered():

@@ -17,9 +17,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from ..cache import testhooks
 from ..cache.commit import FAULT_POINTS, GroupCommit
 from ..errors import ConfigurationError
 from ..logger import Logger
+from .internals import cache_of
 
 __all__ = ["FAULT_POINTS", "PROBE_POINTS", "GroupCommitProbe"]
 
@@ -32,7 +34,8 @@ class GroupCommitProbe:
     """The group commit of ``logger``, which must use ``durability="full"``."""
 
     def __init__(self, logger: Logger):
-        group = logger._cache._group
+        self._cache = cache_of(logger)
+        group = testhooks.group_commit(self._cache)
         if group is None:
             raise ConfigurationError(
                 f"group commit needs durability='full'; this Logger has {logger.durability!r}"
@@ -77,18 +80,16 @@ class GroupCommitProbe:
 
         self._group.fault = fault
 
+    def wake_followers(self) -> None:
+        """Wake every insert waiting for its group's outcome (as a leader's ``notify_all``
+        does): each must look again, and wait again while its outcome is not decided."""
+        testhooks.wake_followers(self._group)
+
+    def followers_waiting(self) -> int:
+        """How many inserts sleep until their group's outcome is announced."""
+        return testhooks.followers_waiting(self._group)
+
     def _fail_next_commit(self, raise_it: Callable[[], None]) -> None:
         """The next COMMIT of the cache's connection calls ``raise_it`` from SQLite's commit
         hook: what it raises turns the COMMIT into a ROLLBACK and is raised by the COMMIT."""
-        conn = self._group._cache._conn
-        fired = False
-
-        def hook() -> bool:
-            nonlocal fired
-            if fired:  # stays registered (apsw must not lose it while calling it): a no-op
-                return False
-            fired = True
-            raise_it()
-            return False
-
-        conn.setcommithook(hook)
+        testhooks.fail_next_commit(self._cache, raise_it)

@@ -6,14 +6,17 @@ returned: the moment where a caller that stores its rows again would store them 
 :func:`interrupt_inside_next_commit` raises it from inside the next ``COMMIT`` (SQLite's
 commit hook), which SQLite then rolls back: no transaction is open afterwards, yet nothing
 was committed, and a caller that took that for done would lose its rows.
-Tests reach the cache through this module only, never through private names.
+Tests reach the cache through this module only, never through private names (it takes
+the Logger's connection from :mod:`.internals`).
 """
 
 from __future__ import annotations
 
 import threading
 
+from ..cache import testhooks
 from ..logger import Logger
+from .internals import cache_of
 
 __all__ = ["interrupt_after_next_commit", "interrupt_inside_next_commit"]
 
@@ -23,7 +26,7 @@ def interrupt_after_next_commit(
 ) -> threading.Event:
     """Raise ``exc`` once, just after the next COMMIT of ``logger``'s own connection (the
     thread that commits gets it); returns an event set when it was raised."""
-    cache = logger._cache
+    cache = cache_of(logger)
     before = cache.on_commit
     fired = threading.Event()
 
@@ -44,14 +47,11 @@ def interrupt_inside_next_commit(
 ) -> threading.Event:
     """Raise ``exc`` once, from inside the next COMMIT of ``logger``'s own connection (its
     commit hook: SQLite rolls that COMMIT back); returns an event set when it was raised."""
-    conn = logger._cache._conn
     fired = threading.Event()
 
-    def hook() -> bool:
-        if fired.is_set():  # stays registered (apsw must not lose it while calling it)
-            return False
+    def raise_it() -> None:
         fired.set()
         raise exc("interrupted by the test inside a COMMIT")
 
-    conn.setcommithook(hook)
+    testhooks.fail_next_commit(cache_of(logger), raise_it)
     return fired

@@ -41,9 +41,16 @@ from ._errors import valid_name
 from ._faults import Faults as _Faults
 from ._httpd import LoopbackHTTPServer
 from ._service import LoopbackService
-from ._store import Store
+from ._store import OLDER_MSG, SCHEMA_MSG, UNORDERED_MSG, SchemaChecker, Store
 
-__all__ = ["ConnectorDBServer", "main"]
+__all__ = [
+    "OLDER_MSG",
+    "SCHEMA_MSG",
+    "UNORDERED_MSG",
+    "ConnectorDBServer",
+    "SchemaChecker",
+    "main",
+]
 
 
 class _HTTPServer(LoopbackHTTPServer):

@@ -90,8 +90,8 @@ def plain_backoff(self: Any, state: Any) -> float:
 
     from connectorsync import syncer
 
-    exc = state.outcome.exception() if state.outcome else None
-    retry_after = getattr(exc, "retry_after", None)
+    report = state.outcome.result() if state.outcome else None  # a pass's outcome is its report
+    retry_after = getattr(report and report.exception, "retry_after", None)
     if retry_after is not None:
         return min(float(retry_after), syncer.MAX_RETRY_AFTER)
     cap = max(syncer.BACKOFF_BASE, self._options.syncperiod)

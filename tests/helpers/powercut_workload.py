@@ -49,6 +49,7 @@ import apsw
 from connectorsync import Logger
 from connectorsync.cache import MIGRATIONS
 from connectorsync.errors import ConnectorSyncError
+from connectorsync.testing.live import commit_latency
 
 from .powercut import PowerCutVFS
 
@@ -151,7 +152,7 @@ class Child:
 
     def latency(self) -> float:
         try:
-            return self.lg._cache.commit_latency() or 0.0
+            return commit_latency(self.lg) or 0.0
         except RuntimeError:  # its deque changed under us: the cut came mid-commit
             return 0.0
 

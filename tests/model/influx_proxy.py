@@ -7,8 +7,7 @@ import http.client
 import threading
 import time
 
-from connectorsync.testing._faults import Faults
-from connectorsync.testing._httpd import LoopbackHandler, LoopbackHTTPServer
+from connectorsync.testing.loopback import Faults, LoopbackHandler, LoopbackHTTPServer
 
 
 class _ProxyServer(LoopbackHTTPServer):

@@ -27,15 +27,6 @@ MAX_PACKET = 4096
 MQTT_TIMEOUT = 2.0  # each wait for the broker: a lost PUBACK is seen at once (the cut)
 
 
-class LimitedBroker(MosquittoBroker):
-    """mosquitto with ``max_packet_size`` :data:`MAX_PACKET` (it disconnects a client that
-    sends a bigger packet; MQTT 5 clients learn the limit from CONNACK). ``MosquittoBroker``
-    has no public knob for it yet: the lead may fold this into ``connectorsync.testing``."""
-
-    def _config(self) -> str:
-        return super()._config() + f"max_packet_size {MAX_PACKET}\n"
-
-
 def _is_string_value(payload: bytes) -> bool:
     try:
         return isinstance(json.loads(payload).get("d"), str)
@@ -51,7 +42,9 @@ class MQTTBackend(Backend):
 
     def __init__(self, directory: Path) -> None:
         require_mosquitto()
-        self.broker = LimitedBroker(directory).start()
+        # It disconnects a client that sends a bigger packet; MQTT 5 clients learn the
+        # limit from CONNACK.
+        self.broker = MosquittoBroker(directory, max_packet_size=MAX_PACKET).start()
         self.proxy = MQTTFaultProxy(self.broker.port)
         self.subscriber = MQTTSubscriber(self.broker, "model/#")
         self.prefix = ""
