@@ -27,11 +27,11 @@ FORMATS = ("jsonl", "csv")
 class Archive:
     """Appends datapoints to daily files in ``directory``.
 
-    :param fmt: ``"jsonl"`` or ``"csv"``
+    :param fmt: ``"jsonl"`` or ``"csv"`` (the option ``archive_format``, which has the default)
     :param fsync: fsync after each write
     """
 
-    def __init__(self, directory: str, fmt: str = "jsonl", fsync: bool = True):
+    def __init__(self, directory: str, fmt: str, *, fsync: bool):
         if fmt not in FORMATS:
             raise ConfigurationError(f"archive_format must be one of {FORMATS}; got {fmt!r}")
         self.directory = directory

@@ -22,13 +22,14 @@ def read_status(cache: Any) -> Status:
     """``Logger.status()`` of a cache opened with ``cli.look_into``, as another process sees it:
     read only, nothing recorded (not even this boot)."""
     from .clock import Anchor, Clock
+    from .options import Configurable
     from .status import Status, bytes_sent
     from .synclock import SyncLock
 
     settings = cache.settings()
     clock = Clock(
         Anchor.from_json(settings.get("clock.anchor")),
-        ntp=settings.get("option.ntp_server") is not None,
+        ntp=settings.get(Configurable.ntp_server.key) is not None,
     )
     untrusted = 0
     if not clock.trusted and (boot := cache.find_boot(clock.boot_id)) is not None:

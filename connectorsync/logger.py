@@ -22,8 +22,7 @@ from typing import Any
 
 from . import _checks as check
 from .afterpass import AfterPass, run_sync_callbacks
-from .archive import reconfigured
-from .cache import Cache, DeadLetter, Limits
+from .cache import Cache, DeadLetter
 from .delivery import SyncReport
 from .devicetime import DeviceTime
 from .errors import (
@@ -33,7 +32,7 @@ from .errors import (
     ConnectorSyncError,
 )
 from .metrics import LoggerMetrics
-from .options import CONNECTORDB_SETTINGS, OPTIONS, Options, Settings
+from .options import Configurable, Option, Settings
 from .remoteholder import RemoteHolder
 from .remotes.base import MAX_SECONDS, Remote
 from .remotes.config import record_remote
@@ -41,6 +40,7 @@ from .resend import letter_ids, resend
 from .status import Status, collect_status
 from .streams import StreamRegistry, Subscriber, Subscribers
 from .syncer import PassHooks, Syncer
+from .targets import Parts
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -48,27 +48,6 @@ log = logging.getLogger(__name__)
 #: Seconds ``stop()`` waits for the background thread (an idle one ends at once; one in a
 #: hung request ends by itself later, and ``start()`` carries on with it).
 STOP_WAIT = 1.0
-#: Where a new cache points until ``serverurl`` is set (ConnectorDB's default too).
-DEFAULT_SERVERURL = CONNECTORDB_SETTINGS["serverurl"][0]
-
-
-def _setting(name: str, doc: str) -> Any:
-    """A read/write attribute for setting ``name`` (see :class:`~connectorsync.options.Settings`):
-    stored in the cache file when set."""
-
-    def set_value(self: Logger, value: Any) -> None:
-        self._check_open()
-        self._settings.set(name, value)
-
-    return property(lambda self: self._settings.get(name), set_value, doc=doc)
-
-
-def _option(name: str) -> Any:
-    """A read/write attribute for option ``name``, stored in the cache file when set."""
-    default, _, meaning = OPTIONS[name]
-    return _setting(
-        name, f"{meaning[0].upper()}{meaning[1:]} (default {default!r}); stored in the cache file."
-    )
 
 
 class _State(enum.Enum):
@@ -76,43 +55,7 @@ class _State(enum.Enum):
     CLOSED = 2
 
 
-class _Attributes:
-    """The settings and options as read/write attributes of :class:`Logger`, each stored in
-    the cache file when set (``metrics_port`` excepted); :mod:`connectorsync.options` declares
-    and checks them."""
-
-    apikey = _setting("apikey", "The apikey the default remote uses; stored in the cache file.")
-    serverurl = _setting("serverurl", "The ConnectorDB server the default remote talks to.")
-    syncperiod = _setting("syncperiod", "Seconds between background sync attempts (600).")
-    lastsynctime = _setting("lastsynctime", "When the last complete sync ended (0: never).")
-    data = _setting("data", "Your own settings, anything JSON, kept in the cache file.")
-    durability = _option("durability")
-    commit_interval = _option("commit_interval")
-    batch_size = _option("batch_size")
-    max_batch_bytes = _option("max_batch_bytes")
-    sync_threshold = _option("sync_threshold")
-    sync_jitter = _option("sync_jitter")
-    http_timeout = _option("http_timeout")
-    live_first = _option("live_first")
-    max_rate = _option("max_rate")
-    max_cached = _option("max_cached")
-    max_cache_bytes = _option("max_cache_bytes")
-    min_free_disk = _option("min_free_disk")
-    on_full = _option("on_full")
-    max_age = _option("max_age")
-    ntp_server = _option("ntp_server")
-    hold_unsynced = _option("hold_unsynced")
-    max_hold = _option("max_hold")
-    archive_dir = _option("archive_dir")
-    archive_format = _option("archive_format")
-    metrics_port = _setting(
-        "metrics_port",
-        "Serve /metrics on 127.0.0.1 at this port (0: any free one, see metrics_url; None, the "
-        "default: not served). This process only: not stored in the cache file.",
-    )
-
-
-class Logger(_Attributes):
+class Logger(Configurable):
     """An offline-first logger: every datapoint is on disk before ``insert`` returns, and the
     syncer delivers it to the remote later, deleting it only once the remote acknowledged it.
 
@@ -150,15 +93,15 @@ class Logger(_Attributes):
         self._state = _State.OPEN
         self._remote = RemoteHolder(remote)
         self._creating = self._start_when_created = False
-        self._cache, created = Cache.open(self.path, options.get("durability", "full"))
+        durability = options.get("durability", Configurable.durability.default)
+        self._cache, created = Cache.open(self.path, durability)
         try:
             self._wire(created, options)
             if apikey is not None:
                 self.apikey = apikey
             if created and on_create is not None:
                 self._create(on_create)
-            self._cache.set_commit_interval(self._options.commit_interval)
-            self._cache.finish_opening(created, self._options.durability)
+            self._parts.finish_opening(created)
         except BaseException:
             self._abandon(created)
             raise
@@ -169,7 +112,8 @@ class Logger(_Attributes):
 
     def _wire(self, created: bool, options: dict[str, Any]) -> None:
         """Build the parts on the open cache, then apply the constructor's options."""
-        self._settings = Settings(self._cache, self._changed)
+        # A change acts on the parts built below; none is made before they are.
+        self._settings = Settings(self._cache, lambda option: self._parts.changed(option))
         self._settings.load(created)
         self._options = self._settings.options
         self._streams = StreamRegistry(self._cache)
@@ -182,8 +126,10 @@ class Logger(_Attributes):
         remote = self._remote.get(self._settings)
         self._after = AfterPass(self._after_pass)  # the background passes' listener too
         self._syncer = Syncer(self.path, self._options, remote, hooks, self._after)
+        parts = (self._cache, self._writer, self._time, self._syncer, self._metrics, self._remote)
+        self._parts = Parts(self._settings, *parts)
         self._settings.set_from_constructor(options, self.path)
-        _apply(self._options, self._writer, self._time)
+        self._parts.build()
 
     def _create(self, on_create: Callable[[Logger], Any]) -> None:
         self._creating = True
@@ -266,22 +212,14 @@ class Logger(_Attributes):
         state = "closed" if self._state is _State.CLOSED else f"{len(self._streams)} streams"
         return f"<Logger {self.path!r} {state}>"
 
-    def _changed(self, name: str) -> None:
-        """Setting ``name`` changed: rebuild what depends on it."""
-        if name in ("apikey", "serverurl", "http_timeout"):
-            self._syncer.set_remote(self._remote.rebuilt(self._settings))
-        if name == "apikey":
-            self._syncer.resume()
-        elif name == "syncperiod":
-            self._syncer.wake()  # start the new period now
-        elif name == "durability":
-            self._cache.set_durability(self._options.durability)
-        elif name == "commit_interval":
-            self._cache.set_commit_interval(self._options.commit_interval)
-        elif name == "metrics_port":
-            self._metrics.serve(self._options.metrics_port)
-        if name in OPTIONS:
-            _apply(self._options, self._writer, self._time)
+    def _option_value(self, option: Option[Any]) -> Any:
+        """An option's value, for its attribute (:class:`~connectorsync.options.Option`)."""
+        return self._settings.get(option.name)
+
+    def _set_option(self, option: Option[Any], value: Any) -> None:
+        """Set an option by its attribute: checked, stored in the cache file, applied."""
+        self._check_open()
+        self._settings.set(option.name, value)
 
     @property
     def remote(self) -> Remote:
@@ -504,24 +442,6 @@ class Logger(_Attributes):
     def metrics_url(self) -> str | None:
         """``http://127.0.0.1:PORT/metrics`` while ``metrics_port`` is set, else None."""
         return self._metrics.url
-
-
-def _apply(options: Options, writer: Writer, time: DeviceTime) -> None:
-    """Build what the options describe: limits, archive, clock mode."""
-    limits = Limits(
-        options.max_cached,
-        options.max_cache_bytes,
-        options.min_free_disk,
-        drop_oldest=options.on_full == "drop_oldest",
-    )
-    writer.limits = limits if limits.active or limits.drop_oldest else None
-    writer.archive = reconfigured(
-        writer.archive,
-        options.archive_dir,
-        options.archive_format,
-        fsync=options.durability == "full",
-    )
-    time.options_changed()
 
 
 def _export(cache: Cache, streams: StreamRegistry, stream: str | None) -> Iterator[dict[str, Any]]:

@@ -1,255 +1,335 @@
-"""The Logger's options and settings: names, defaults, checks, and their persistence.
+"""The Logger's options and ConnectorDB's settings, each declared once, and their persistence.
 
-Every option is a keyword argument of ``Logger`` and a read/write attribute of the same
-name; setting one (either way) stores it in the cache file, so the next open has it too
-(except :data:`PER_PROCESS` ones, like ``metrics_port``).
-ConnectorDB's settings (``apikey``, ``serverurl``, ``syncperiod``, ``lastsynctime``, ``data``)
-are kept the same way. This module is the only place an option is declared, checked,
-defaulted and stored (:class:`Settings`); the other parts read :class:`Options`.
+This module is the only place an option is declared: :class:`Configurable` holds one
+:class:`Option` record each (its default, its check, what it means, where it is stored,
+what it acts on), and everything else is built from those records: :class:`Options` (the
+values the parts read), the Logger's read/write attributes (the Logger is a
+:class:`Configurable`), the keyword arguments ``Logger(**options)`` takes, the docs' options
+table (``tests/test_options.py`` keeps it in step) and, by :class:`Target`, the step that
+applies a changed option (:mod:`connectorsync.targets`). A new option is one new record.
+
+Every option is a keyword argument of ``Logger`` and a read/write attribute of the same name;
+setting one (either way) checks it, stores it in the cache file (:class:`Stored`), so that
+the next open has it too, and then tells the parts it acts on. ConnectorDB's settings
+(``apikey``, ``serverurl``, ``syncperiod``, ``lastsynctime``, ``data``) are kept the same way,
+under their own names as connectordb 0.3.5 kept them.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import math
-import urllib.parse
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar, overload
 
-from .errors import ArgumentTypeError, ConfigurationError
-from .remotes._http import hide_password
-from .remotes.base import MAX_SECONDS
+from .errors import ConfigurationError
+from .option_checks import (
+    anything,
+    api_key,
+    boolean,
+    non_negative_number,
+    one_of,
+    optional,
+    port,
+    positive_int,
+    positive_number,
+    rate,
+    server_url,
+    text,
+)
 
 log = logging.getLogger(__name__)
 
-Check = Callable[[str, Any], Any]
+T = TypeVar("T")
 
 
-def _wrong_type(name: str, value: Any, expected: str) -> ArgumentTypeError:
-    """A value of the wrong type for option ``name``: also a TypeError (invariant 15)."""
-    return ArgumentTypeError(f"{name} must be {expected}; got {value!r} ({type(value).__name__})")
+class Stored(enum.Enum):
+    """Where an option's value is kept, so that the next open of the cache file has it."""
+
+    SETTING = "stored in the cache file, under its own name as connectordb 0.3.5 kept it"
+    OPTION = "stored in the cache file"
+    #: Another process opening the file (``connectorsync sync``) must not, say, try to listen
+    #: on the same port.
+    PROCESS = "this process only: not stored in the cache file"
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+class Target(enum.Enum):
+    """A part of the Logger that a changed option acts on (:mod:`connectorsync.targets` says
+    how). An option that acts on none is read by the part that uses it, when it uses it (a
+    pass reads ``batch_size`` at each batch), so a change takes effect then."""
+
+    REMOTE = "the default remote is built again from serverurl, apikey and http_timeout"
+    CREDENTIALS = "a pause on refused credentials ends, and the syncer tries them now"
+    PERIOD = "the background syncer starts its new period now"
+    COMMIT_INTERVAL = "the cache commits batched inserts at the new interval"
+    DURABILITY = "the cache commits with the new durability"
+    LIMITS = "the writer checks the new storage limits"
+    ARCHIVE = "the writer archives to the new directory, format and fsync"
+    CLOCK = "the clock trusts the system time, or waits for NTP"
+    METRICS = "/metrics is served at the new port, or no longer"
 
 
-def positive_int(name: str, value: Any) -> int:
-    if type(value) is not int:
-        raise _wrong_type(name, value, "a whole number >= 1")
-    if value < 1:
-        raise ConfigurationError(f"{name} must be a whole number >= 1; got {value!r}")
-    return value
+class Scope(enum.Enum):
+    """How many values an option has. With several remotes (issue 17), ``max_rate``,
+    ``batch_size``, ``live_first`` and ``give_up_after`` get a scope of one value per remote,
+    read by that remote's pass."""
+
+    CACHE = "one value for the cache file and what it syncs to"
 
 
-def _within_max(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be finite; got {value!r}")
-    if value > MAX_SECONDS:
-        raise ConfigurationError(
-            f"{name} must be at most {MAX_SECONDS:g} seconds (about 31 years); got {value!r}"
-        )
-    return float(value)
+class OptionHolder(Protocol):
+    """What holds option values: :class:`Options` keeps them; the Logger checks, stores and
+    applies them (``Logger._set_option``)."""
+
+    def _option_value(self, option: Option[Any]) -> Any: ...
+
+    def _set_option(self, option: Option[Any], value: Any) -> None: ...
 
 
-def positive_number(name: str, value: Any) -> float:
-    if not _is_number(value):
-        raise _wrong_type(name, value, "a number > 0")
-    if not value > 0:
-        raise ConfigurationError(f"{name} must be a number > 0; got {value!r}")
-    return _within_max(name, value)
+@dataclass(frozen=True, eq=False)
+class Option(Generic[T]):
+    """One option, declared once, as an attribute of :class:`Configurable` (which names it).
 
+    On a :class:`Configurable` instance the attribute reads and writes the option's value
+    through the instance's ``_option_value`` and ``_set_option``; on the class it is this
+    record.
+    """
 
-#: The slowest ``max_rate``: one datapoint in about 32 years. A slower one would ask for waits
-#: longer than a thread can wait (``threading.TIMEOUT_MAX``), and every pass would fail.
-MIN_RATE = 1e-9
+    default: T
+    #: ``check(name, value)``: the value as the option keeps it; raises ArgumentTypeError
+    #: (a wrong type) or ConfigurationError (:mod:`connectorsync.option_checks`)
+    check: Callable[[str, Any], T]
+    #: what it means, one line, as the docs' options table and the attribute say it
+    doc: str
+    stored: Stored = Stored.OPTION
+    #: the parts told when it changes; none: the part that uses it reads it then
+    acts: tuple[Target, ...] = ()
+    scope: Scope = Scope.CACHE
+    #: read from the cache file each time, not kept in memory: another process may change it
+    reread: bool = False
+    name: str = field(default="", init=False)
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        # The record is frozen once named: its attribute name is the option's name.
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "__doc__", self.describe())
 
-def rate(name: str, value: Any) -> float:
-    """Datapoints per second that a wait can be computed for: a finite number of at least
-    :data:`MIN_RATE` (``test_lanes.py::test_a_max_rate_that_cannot_work_is_refused``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _wrong_type(name, value, "a number of datapoints per second (int or float)")
-    if not math.isfinite(value) or not value >= MIN_RATE:
-        raise ConfigurationError(
-            f"{name} must be a finite number of datapoints per second, at least {MIN_RATE:g} "
-            f"(None: no limit); got {value!r}"
-        )
-    return float(value)
+    @property
+    def key(self) -> str | None:
+        """Its key in the cache file's settings (None: not stored)."""
+        if self.stored is Stored.PROCESS:
+            return None
+        return self.name if self.stored is Stored.SETTING else "option." + self.name
 
+    def checked(self, value: Any) -> T:
+        """``value`` as this option keeps it.
 
-def non_negative_number(name: str, value: Any) -> float:
-    if not _is_number(value):
-        raise _wrong_type(name, value, "a number >= 0")
-    if not value >= 0:
-        raise ConfigurationError(f"{name} must be a number >= 0; got {value!r}")
-    return _within_max(name, value)
+        :raises ArgumentTypeError: a value of the wrong type (also a TypeError)
+        :raises ConfigurationError: a value out of range
+        """
+        return self.check(self.name, value)
 
+    def describe(self) -> str:
+        """What it means, its default and where it is kept: the attribute's docstring."""
+        where = self.stored.value
+        if self.reread:
+            where += ", and read from it each time (another process may change it)"
+        return f"{self.doc[0].upper()}{self.doc[1:]} (default {self.default!r}); {where}."
 
-def boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _wrong_type(name, value, "True or False")
-    return value
+    def __repr__(self) -> str:
+        return f"<option {self.name} (default {self.default!r})>"
 
+    @overload
+    def __get__(self, holder: None, owner: type | None = None) -> Option[T]: ...
 
-def text(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _wrong_type(name, value, "a non-empty string")
-    if not value:
-        raise ConfigurationError(f"{name} must be a non-empty string; got {value!r}")
-    return value
+    @overload
+    def __get__(self, holder: OptionHolder, owner: type | None = None) -> T: ...
 
+    def __get__(self, holder: OptionHolder | None, owner: type | None = None) -> Any:
+        return self if holder is None else holder._option_value(self)
 
-def one_of(*choices: str) -> Check:
-    def check(name: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise _wrong_type(name, value, f"one of {', '.join(map(repr, choices))}")
-        if value not in choices:
-            raise ConfigurationError(
-                f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
-            )
-        return str(value)
-
-    return check
-
-
-def port(name: str, value: Any) -> int:
-    if type(value) is not int:
-        raise _wrong_type(name, value, "a TCP port, 0 to 65535 (0: any free one)")
-    if not 0 <= value <= 65535:
-        raise ConfigurationError(
-            f"{name} must be a TCP port, 0 to 65535 (0: any free one); got {value!r}"
-        )
-    return value
-
-
-def optional(check: Check) -> Check:
-    def check_optional(name: str, value: Any) -> Any:
-        return None if value is None else check(name, value)
-
-    return check_optional
+    def __set__(self, holder: OptionHolder, value: T) -> None:
+        holder._set_option(self, value)
 
 
 #: ``sync_jitter=None`` stands for this fraction of ``syncperiod``.
 DEFAULT_JITTER = 0.1
 
-# name: (default, check, meaning)
-OPTIONS: dict[str, tuple[Any, Check, str]] = {
-    "durability": (
+
+class Configurable:
+    """Every option and ConnectorDB setting, declared once: one :class:`Option` record each.
+
+    The :class:`Logger <connectorsync.Logger>` and :class:`Options` are Configurable: each
+    record is a read/write attribute of theirs.
+    """
+
+    # ConnectorDB's settings, kept as connectordb 0.3.5 kept them.
+    apikey = Option(
+        "",
+        api_key,
+        "the apikey the default remote uses",
+        stored=Stored.SETTING,
+        acts=(Target.REMOTE, Target.CREDENTIALS),
+    )
+    serverurl = Option(
+        "http://localhost:3124",
+        server_url,
+        "the ConnectorDB server the default remote talks to",
+        stored=Stored.SETTING,
+        acts=(Target.REMOTE,),
+    )
+    syncperiod = Option(
+        600.0,
+        positive_number,
+        "seconds between background sync attempts",
+        stored=Stored.SETTING,
+        acts=(Target.PERIOD,),
+    )
+    lastsynctime = Option[float](
+        0, anything, "when the last complete sync ended (0: never)", stored=Stored.SETTING
+    )
+    data = Option[Any](
+        {},
+        anything,
+        "your own settings, anything JSON",
+        stored=Stored.SETTING,
+        reread=True,
+    )
+
+    # The options.
+    durability = Option(
         "full",
         one_of("full", "batched", "normal"),
         "'full' survives a power cut; 'batched' loses at most the last commit_interval to one;"
         " 'normal' survives a crash of the process",
-    ),
-    "commit_interval": (
+        acts=(Target.DURABILITY, Target.ARCHIVE),
+    )
+    commit_interval = Option(
         0.2,
         positive_number,
         "with durability 'batched': seconds an insert may wait in memory before its commit",
-    ),
-    "batch_size": (5000, positive_int, "datapoints per request to the remote"),
-    "max_batch_bytes": (
+        acts=(Target.COMMIT_INTERVAL,),
+    )
+    batch_size = Option(5000, positive_int, "datapoints per request to the remote")
+    max_batch_bytes = Option(
         4 * 1024 * 1024,
         positive_int,
         "most bytes of cached values per request to the remote (a larger single value goes alone)",
-    ),
-    "sync_threshold": (
+    )
+    sync_threshold = Option(
         None,
         optional(positive_int),
         "sync as soon as this many datapoints were inserted (None: by period)",
-    ),
-    "sync_jitter": (
+    )
+    sync_jitter = Option(
         None,
         optional(non_negative_number),
         "seconds of random delay added to each periodic pass and to the first one after "
-        "start(), so a fleet started together does not sync in step (None: 10% of "
-        "syncperiod; 0: none)",
-    ),
-    "http_timeout": (30.0, positive_number, "seconds to connect, and to wait for each answer"),
-    "live_first": (
+        f"start(), so a fleet started together does not sync in step (None: "
+        f"{DEFAULT_JITTER:.0%} of syncperiod; 0: none)",
+    )
+    http_timeout = Option(
+        30.0,
+        positive_number,
+        "seconds to connect, and to wait for each answer",
+        acts=(Target.REMOTE,),
+    )
+    live_first = Option(
         True,
         boolean,
         "a pass sends what was inserted since the previous pass before the backlog, when the"
         " remote does not need order",
-    ),
-    "max_rate": (
+    )
+    max_rate = Option(
         None,
         optional(rate),
         "most datapoints per second the backlog drains at (never the live lane; None: no limit)",
-    ),
-    "max_cached": (None, optional(positive_int), "most datapoints the cache may hold"),
-    "max_cache_bytes": (None, optional(positive_int), "most bytes the cached data may use"),
-    "min_free_disk": (
+    )
+    max_cached = Option(
+        None, optional(positive_int), "most datapoints the cache may hold", acts=(Target.LIMITS,)
+    )
+    max_cache_bytes = Option(
+        None,
+        optional(positive_int),
+        "most bytes the cached data may use",
+        acts=(Target.LIMITS,),
+    )
+    min_free_disk = Option(
         None,
         optional(positive_int),
         "bytes that must stay free on the cache's disk",
-    ),
-    "on_full": (
+        acts=(Target.LIMITS,),
+    )
+    on_full = Option(
         "reject",
         one_of("reject", "drop_oldest"),
         "when a limit is reached: refuse the insert, or drop the oldest datapoints",
-    ),
-    "max_age": (
+        acts=(Target.LIMITS,),
+    )
+    max_age = Option(
         None,
         optional(positive_number),
         "seconds after which a cached datapoint expires (counted)",
-    ),
-    "ntp_server": (None, optional(text), "NTP server that tells the true time"),
-    "hold_unsynced": (
+    )
+    ntp_server = Option(
+        None, optional(text), "NTP server that tells the true time", acts=(Target.CLOCK,)
+    )
+    hold_unsynced = Option(
         False,
         boolean,
         "keep datapoints stamped before NTP answered from the remote until then",
-    ),
-    "max_hold": (86400.0, positive_number, "seconds hold_unsynced holds a datapoint at most"),
-    "archive_dir": (None, optional(text), "directory for the daily archive files"),
-    "archive_format": ("jsonl", one_of("jsonl", "csv"), "format of the archive files"),
-    "metrics_port": (
+    )
+    max_hold = Option(86400.0, positive_number, "seconds hold_unsynced holds a datapoint at most")
+    archive_dir = Option(
+        None,
+        optional(text),
+        "directory for the daily archive files",
+        acts=(Target.ARCHIVE,),
+    )
+    archive_format = Option(
+        "jsonl", one_of("jsonl", "csv"), "format of the archive files", acts=(Target.ARCHIVE,)
+    )
+    metrics_port = Option(
         None,
         optional(port),
-        "serve /metrics on 127.0.0.1 at this port (0: any free one; None: not served);"
-        " this process only, not stored",
-    ),
+        "serve /metrics on 127.0.0.1 at this port (0: any free one, see metrics_url; None: "
+        "not served)",
+        stored=Stored.PROCESS,
+        acts=(Target.METRICS,),
+    )
+
+
+#: Every option and ConnectorDB setting by name, in the order :class:`Configurable` declares
+#: them.
+OPTIONS: Mapping[str, Option[Any]] = {
+    name: value for name, value in vars(Configurable).items() if isinstance(value, Option)
 }
 
-#: Options of the running process only, never stored in the cache file: another process
-#: opening it (``connectorsync sync``) must not try to listen on the same port.
-PER_PROCESS = frozenset({"metrics_port"})
 
+class Options(Configurable):
+    """The current value of every option and setting, read by the parts the Logger wires.
 
-class Options:
-    """The current value of every option, read by the parts the Logger wires together.
-
-    The Logger owns it and is the only writer (through :meth:`set`, after the value was
-    stored in the cache file); the syncer and the pass read attributes when they need them,
-    so a changed option takes effect at the next batch without calling back up into the
-    Logger. ``syncperiod`` (a ConnectorDB setting) lives here too.
+    The Logger owns it and is the only writer (through :class:`Settings`, after the value
+    was stored in the cache file); the syncer and the pass read attributes when they need
+    them, so a changed option takes effect at the next batch without calling back up into
+    the Logger. ``data`` is kept as the file held it at open: :meth:`Settings.get` reads it
+    from the file each time.
     """
 
-    durability: str
-    commit_interval: float
-    batch_size: int
-    max_batch_bytes: int
-    sync_threshold: int | None
-    sync_jitter: float | None
-    http_timeout: float
-    live_first: bool
-    max_rate: float | None
-    max_cached: int | None
-    max_cache_bytes: int | None
-    min_free_disk: int | None
-    on_full: str
-    max_age: float | None
-    ntp_server: str | None
-    hold_unsynced: bool
-    max_hold: float
-    archive_dir: str | None
-    archive_format: str
-    metrics_port: int | None
-    syncperiod: float
+    def __init__(self, **values: Any) -> None:
+        """Every option at its default, but for ``values`` (taken as they are)."""
+        unknown = values.keys() - OPTIONS.keys()
+        if unknown:
+            raise ConfigurationError(f"unknown option(s) {', '.join(sorted(unknown))}")
+        self._values = {name: option.default for name, option in OPTIONS.items()}
+        self._values.update(values)
 
-    def __init__(self, syncperiod: float = 600.0) -> None:
-        for name, (default, _, _) in OPTIONS.items():
-            setattr(self, name, default)
-        self.syncperiod = syncperiod
+    def _option_value(self, option: Option[Any]) -> Any:
+        return self._values[option.name]
+
+    def _set_option(self, option: Option[Any], value: Any) -> None:
+        self._values[option.name] = value
 
     def jitter(self) -> float:
         """The seconds ``sync_jitter`` stands for now: its value, or
@@ -260,45 +340,22 @@ class Options:
 
     def get(self, name: str) -> Any:
         """The value of option ``name``."""
-        return getattr(self, name)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every option (not ``syncperiod``) by name."""
-        return {name: getattr(self, name) for name in OPTIONS}
-
-    @staticmethod
-    def check(name: str, value: Any) -> Any:
-        """``value`` as option ``name`` stores it.
-
-        :raises ConfigurationError: an unknown option or a bad value
-        """
-        if name == "syncperiod":
-            return positive_number(name, value)
-        check_options({name: value})
-        return OPTIONS[name][1](name, value)
+        return self._values[name]
 
     def set(self, name: str, value: Any) -> None:
-        """Keep ``value`` (checked by :meth:`check`) for option ``name``."""
-        setattr(self, name, value)
+        """Keep ``value`` for option ``name`` (checked already: see :class:`Settings`)."""
+        self._values[name] = value
 
-
-def check_options(options: dict[str, Any]) -> None:
-    """Raise ConfigurationError for an unknown option or a bad value."""
-    unknown = set(options) - set(OPTIONS)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option(s) {', '.join(sorted(unknown))}; "
-            f"options are {', '.join(sorted(OPTIONS))}"
-        )
-    for name, value in options.items():
-        OPTIONS[name][1](name, value)
+    def as_dict(self) -> dict[str, Any]:
+        """Every value by name."""
+        return dict(self._values)
 
 
 #: The options :func:`check_together` looks at.
 TOGETHER = frozenset({"hold_unsynced", "ntp_server"})
 
 
-def check_together(options: dict[str, Any]) -> None:
+def check_together(options: Mapping[str, Any]) -> None:
     """Raise ConfigurationError for options that contradict each other (``options`` holds
     every option): a setting that would silently do nothing is refused."""
     if options["hold_unsynced"] and options["ntp_server"] is None:
@@ -309,66 +366,7 @@ def check_together(options: dict[str, Any]) -> None:
         )
 
 
-# --------------------------------------------------------------------------- persisted settings
-
-
-def _apikey(name: str, value: Any) -> str:
-    if not isinstance(value, str):  # the message never shows the key (invariant 14)
-        raise ArgumentTypeError(f"{name} must be a string; got a {type(value).__name__}")
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:  # the message never shows the key (invariant 14)
-        raise ConfigurationError(
-            f"{name} has a character outside latin-1, which HTTP Basic auth cannot send"
-        ) from None
-    return value
-
-
-def _anything(name: str, value: Any) -> Any:
-    return value
-
-
-def server_url(name: str, value: Any) -> str:
-    """``value`` if it is an http(s) url with a host (and a port that is a number): a url
-    without its scheme (``localhost:8123``) would otherwise fail only at the first sync, as
-    an SSL or connection error naming no host. The message echoes the url with its password
-    masked (invariant 14).
-    (``test_validation.py::test_a_serverurl_without_scheme_or_host_is_refused``)
-    """
-    if not isinstance(value, str):
-        raise ArgumentTypeError(
-            f"{name} must be a string url such as 'https://cdb.example.com'; "
-            f"got {type(value).__name__}"
-        )
-    shown = hide_password(value)
-    example = "such as 'http://localhost:3124' or 'https://cdb.example.com'"
-    try:
-        parts = urllib.parse.urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        # Not the ValueError's text: it quotes the "port", which may be a piece of a password
-        # holding a raw '/', '?' or '#' (where the url's host part ends).
-        raise ConfigurationError(
-            f"{name} {shown!r} is not a url: its port is not a number (a password holding "
-            f"'/', '?', '#' or '@' must be percent-encoded); give one {example}"
-        ) from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigurationError(
-            f"{name} {shown!r} must start with http:// or https:// ({example})"
-        )
-    if not parts.hostname:
-        raise ConfigurationError(f"{name} {shown!r} names no host; give one {example}")
-    return value
-
-
-#: ConnectorDB's settings, kept in the cache file like the options: (default, check).
-CONNECTORDB_SETTINGS: dict[str, tuple[Any, Check]] = {
-    "apikey": ("", _apikey),
-    "serverurl": ("http://localhost:3124", server_url),
-    "syncperiod": (600.0, positive_number),
-    "lastsynctime": (0, _anything),
-    "data": ({}, _anything),
-}
+# --------------------------------------------------------------------------- persistence
 
 
 class SettingsStore(Protocol):
@@ -382,96 +380,83 @@ class SettingsStore(Protocol):
 
 
 class Settings:
-    """Every persisted setting of one Logger: ConnectorDB's (``apikey``, ``serverurl``,
-    ``syncperiod``, ``lastsynctime``, ``data``) and the options.
+    """Every option and setting of one Logger, as its cache file keeps them.
 
-    The one place a setting is checked, stored in the cache file (before it is kept, so a
-    failed store changes nothing) and read; ``changed(name)`` is called after each change,
-    for the Logger to rebuild what depends on it. ``data`` is read from the file each time
-    (another process may write it); the rest is kept in memory, the options in
-    :attr:`options`, which the other parts read.
+    The one place a value is checked, stored in the cache file (before it is kept, so a
+    failed store changes nothing) and read; ``changed(option)`` is called after each change,
+    for the Logger to apply it to the parts it acts on (:attr:`Option.acts`). The values are
+    kept in :attr:`options`, which the other parts read; ``data`` is read from the file each
+    time (:attr:`Option.reread`).
     """
 
-    def __init__(self, store: SettingsStore, changed: Callable[[str], object]):
+    def __init__(self, store: SettingsStore, changed: Callable[[Option[Any]], object]):
         self._store = store
         self._changed = changed
         self.options = Options()
-        self._values: dict[str, Any] = {}
         self._pending: dict[str, Any] = {}  # the constructor's options, while it sets them
 
     def load(self, created: bool) -> None:
-        """Read every setting from the store (a new file gets ConnectorDB's defaults first)."""
+        """Read every value from the store (a new file gets ConnectorDB's defaults first)."""
+        settings = [option for option in OPTIONS.values() if option.stored is Stored.SETTING]
         if created:
-            for key, (default, _) in CONNECTORDB_SETTINGS.items():
-                self._store.set_setting(key, default)
+            for option in settings:
+                self._store.set_setting(option.name, option.default)
         stored = self._store.settings()
-        for key, (default, _) in CONNECTORDB_SETTINGS.items():
-            self._values[key] = stored.get(key, default)
-        self.options.set("syncperiod", self._values["syncperiod"])
-        for name in OPTIONS.keys() - PER_PROCESS:
-            if "option." + name in stored:
-                self.options.set(name, stored["option." + name])
+        for option in OPTIONS.values():
+            if option.key is not None and option.key in stored:
+                self.options.set(option.name, stored[option.key])
 
     def get(self, name: str) -> Any:
-        """The value of setting or option ``name``."""
-        if name == "data":
-            return self._store.get_setting("data", {})
-        if name in OPTIONS:
-            return self.options.get(name)
-        return self._values[name]
+        """The value of option or setting ``name``."""
+        option = OPTIONS[name]
+        if option.reread:
+            return self._store.get_setting(name, option.default)
+        return self.options.get(name)
 
     def set(self, name: str, value: Any) -> None:
-        """Check ``value``, store it in the file, keep it, then tell ``changed(name)``.
+        """Check ``value``, store it in the file, keep it, then tell ``changed(option)``.
 
         :raises ConfigurationError: a bad value, or one that contradicts another option
         """
-        if name in OPTIONS:
-            value = Options.check(name, value)
-            if name in TOGETHER:
-                check_together({**self.options.as_dict(), **self._pending, name: value})
-            if name in PER_PROCESS:  # acts only in this process: kept only if it acts
-                before = getattr(self.options, name)
-                self.options.set(name, value)
-                try:
-                    self._changed(name)
-                except BaseException:
-                    self.options.set(name, before)
-                    raise
-                return
-            self._store.set_setting("option." + name, value)
+        option = OPTIONS[name]
+        value = option.checked(value)
+        if name in TOGETHER:
+            check_together({**self.options.as_dict(), **self._pending, name: value})
+        if option.key is None:  # acts only in this process: kept only if it acts
+            before = self.options.get(name)
             self.options.set(name, value)
-        else:
-            value = CONNECTORDB_SETTINGS[name][1](name, value)
             try:
-                self._store.set_setting(name, value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigurationError(
-                    f"{name} must be JSON (dicts, lists, numbers...): {exc}"
-                ) from exc
-            self._values[name] = value
-            if name == "syncperiod":
-                self.options.set(name, value)
-        self._changed(name)
+                self._changed(option)
+            except BaseException:
+                self.options.set(name, before)
+                raise
+            return
+        try:
+            self._store.set_setting(option.key, value)
+        except (TypeError, ValueError) as exc:  # ``data``: the checks let only JSON by
+            raise ConfigurationError(
+                f"{name} must be JSON (dicts, lists, numbers...): {exc}"
+            ) from exc
+        self.options.set(name, value)
+        self._changed(option)
 
     @staticmethod
-    def check_keywords(keywords: dict[str, Any]) -> None:
+    def check_keywords(keywords: Mapping[str, Any]) -> None:
         """Check the Logger's keyword arguments: options, and ConnectorDB's settings passed
         where a connectordb 0.3.5 user would (``serverurl=``, ``syncperiod=``...).
 
         :raises ConfigurationError: an unknown name, or a bad value
         """
-        settings = set(CONNECTORDB_SETTINGS) - {"apikey"}  # apikey is a parameter of its own
-        unknown = set(keywords) - set(OPTIONS) - settings
+        unknown = keywords.keys() - OPTIONS.keys()
         if unknown:
+            options = [o.name for o in OPTIONS.values() if o.stored is not Stored.SETTING]
+            settings = [o.name for o in OPTIONS.values() if o.stored is Stored.SETTING]
             raise ConfigurationError(
                 f"unknown option(s) {', '.join(sorted(unknown))}; options are "
-                f"{', '.join(sorted(OPTIONS))}, and the settings {', '.join(sorted(settings))}"
+                f"{', '.join(sorted(options))}, and the settings {', '.join(sorted(settings))}"
             )
         for name, value in keywords.items():
-            if name in OPTIONS:
-                OPTIONS[name][1](name, value)
-            else:
-                CONNECTORDB_SETTINGS[name][1](name, value)
+            OPTIONS[name].checked(value)
 
     def set_from_constructor(self, options: dict[str, Any], on_file: str) -> None:
         """Apply the constructor's options: a contradiction among them is refused before

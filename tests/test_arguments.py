@@ -24,7 +24,7 @@ from connectorsync import (
     TimestampError,
     ValidationError,
 )
-from connectorsync.options import CONNECTORDB_SETTINGS, OPTIONS
+from connectorsync.options import OPTIONS
 
 from .conftest import dump
 
@@ -245,7 +245,7 @@ def test_every_top_level_function_refuses_a_wrong_typed_argument(
 def typed_settings() -> list[str]:
     """Every option, and ConnectorDB's settings that have a type (``data`` and
     ``lastsynctime`` hold anything JSON)."""
-    return [*OPTIONS, *(set(CONNECTORDB_SETTINGS) - {"data", "lastsynctime"})]
+    return [name for name in OPTIONS if name not in {"data", "lastsynctime"}]
 
 
 @pytest.mark.parametrize("name", sorted(typed_settings()))

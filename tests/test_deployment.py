@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from connectorsync import cli
-from connectorsync.options import CONNECTORDB_SETTINGS, DEFAULT_JITTER
+from connectorsync.options import DEFAULT_JITTER, Configurable
 from connectorsync.testing import ConnectorDBServer
 
 from .conftest import PYTHON, ROOT, child_env, require_systemd_analyze, wait_for
@@ -290,7 +290,7 @@ def test_the_readme_says_where_the_command_is_and_when_start_syncs() -> None:
     assert f". {venv.group(1)}/bin/activate" in readme
     start = readme.index("l.start()")
     near = readme[start : readme.index("\n", readme.index("l.insert(", start))]
-    period = CONNECTORDB_SETTINGS["syncperiod"][0]
+    period = Configurable.syncperiod.default
     assert f"{period:.0f} s by" in near, near
     assert f"{DEFAULT_JITTER:.0%} of" in near and "sync_jitter" in near, near
     assert f"up to {DEFAULT_JITTER * period:.0f} s" in near, near

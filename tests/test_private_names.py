@@ -33,6 +33,10 @@ DOOR = PACKAGE / "testing" / "internals.py"
 ALLOWED: dict[tuple[str, str], str] = {
     ("connectorsync/testing/internals.py", "_cache"): "the door: a Logger's cache connection",
     ("connectorsync/testing/internals.py", "_syncer"): "the door: a Logger's syncer",
+    # The option descriptor's protocol with its holder (Configurable, in the same module):
+    # a Logger's attribute reads and writes go through these, by design.
+    ("connectorsync/options.py", "_option_value"): "Option.__get__ asks its holder",
+    ("connectorsync/options.py", "_set_option"): "Option.__set__ tells its holder",
 }
 
 ACCESSORS = {"getattr", "setattr", "hasattr", "delattr"}

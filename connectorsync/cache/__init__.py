@@ -45,7 +45,7 @@ from typing import Any
 
 import apsw
 
-from ..errors import CacheError, CacheFullError
+from ..errors import CacheError, CacheFullError, ConfigurationError
 from . import outbox, retime, routing, schema, space
 from .base import (
     AT_REST,
@@ -145,6 +145,11 @@ class Cache(Delivering, DeadLetters):
             if self._batched is not None:
                 queue, self._batched = self._batched, None
                 queue.close()
+            elif self._commit_interval is None:  # no default here: the option has it
+                raise ConfigurationError(
+                    "durability 'batched' needs set_commit_interval() first (the option "
+                    "commit_interval)"
+                )
             else:
                 self._batched = CommitQueue(self, self._commit_interval)
 

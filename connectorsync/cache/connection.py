@@ -203,9 +203,10 @@ class Connection:
         self._newest: dict[int, float] = {}
         # With durability "full", inserts of several threads share commits (fsyncs).
         self._group: GroupCommit | None = None
-        # With durability "batched", inserts are queued and committed every commit_interval.
+        # With durability "batched", inserts are queued and committed every commit_interval
+        # (the option, declared in connectorsync.options: given by set_commit_interval).
         self._batched: CommitQueue | None = None
-        self._commit_interval = 0.2
+        self._commit_interval: float | None = None
         #: ``f(transaction seconds, COMMIT seconds)`` after each timed commit, or None
         self.on_commit: Callable[[float, float], object] | None = None
 
