@@ -197,6 +197,6 @@ class Positions(RuleBasedStateMachine):
 
 
 Positions.TestCase.settings = settings(
-    max_examples=400 if SOAK else 60, stateful_step_count=40, deadline=None
+    max_examples=2000 if SOAK else 60, stateful_step_count=40, deadline=None
 )
 TestPositions = Positions.TestCase
