@@ -33,10 +33,13 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-# A datapoint as the cache hands it over: (cache id, t in seconds, data as JSON text).
-# Remotes that speak JSON can put the text in their body as it is, without decoding it.
-Datapoint = tuple[int, float, str]
-
+# What a remote receives, re-exported here as part of its contract: a batch (the sync pass
+# hands it a Batch) is a Sequence of Datapoint, each the named tuple (id, t in seconds, d:
+# the value as JSON text). Remotes that speak JSON can put the text in their body as it is,
+# without decoding it. A plain (id, t, d) tuple is a datapoint too: remotes unpack or index,
+# they do not require the names. Both live in connectorsync.batch, which the cache shares.
+from ..batch import Batch as Batch
+from ..batch import Datapoint as Datapoint
 
 #: The longest span of seconds any timeout or period may give (about 31 years): longer ones
 #: are not waits a thread or a socket can make (``threading.TIMEOUT_MAX`` is about 9.2e9 s,
@@ -102,6 +105,10 @@ class Remote(Protocol):
 
     def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
         """Store ``batch`` (in order, timestamps increasing) in ``stream``, all or nothing.
+
+        The sync pass gives a :class:`~connectorsync.batch.Batch` of ``stream``; called by
+        hand, any sequence of ``(id, t, d)`` tuples does, so a remote unpacks or indexes its
+        datapoints rather than relying on their field names.
 
         Returns only when the remote acknowledged every datapoint of the batch; only then may
         the cache delete them. An empty batch returns at once.
