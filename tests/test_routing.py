@@ -7,7 +7,7 @@ import apsw
 import pytest
 
 from connectorsync import ConfigurationError
-from connectorsync.cache import outbox, routing
+from connectorsync.cache import positions, routing
 from connectorsync.cache.migrations import MIGRATIONS
 
 
@@ -32,7 +32,7 @@ def _insert(conn: apsw.Connection, times: list[float]) -> list[int]:
 
 
 def _held(conn: apsw.Connection, name: str) -> int:
-    return outbox.held_count(conn, routing.remotes(conn)[name].id, 1)
+    return positions.held_count(conn, routing.remotes(conn)[name].id, 1)
 
 
 def _cached(conn: apsw.Connection) -> list[float]:
@@ -46,7 +46,7 @@ def test_a_failing_remote_gives_up_what_is_older_than_give_up_after(conn) -> Non
         routing.add(conn, routing.RemoteRow(0, "dead", give_up_after=60.0), backfill=True)
     _insert(conn, [100.0, 110.0, 150.0, 190.0])
     with conn:  # default delivers everything
-        outbox.take(conn, outbox.DEFAULT, 1, 1, 4)
+        positions.take(conn, positions.DEFAULT, 1, 1, 4)
         routing.failing(conn, "dead", 100.0)
         routing.failing(conn, "dead", 120.0)  # the first failure is kept
     assert _cached(conn) == [100.0, 110.0, 150.0, 190.0]  # dead holds them all
@@ -72,12 +72,12 @@ def test_a_fallback_takes_what_the_primary_gave_up_and_nothing_reaches_both(conn
         )
     ids = _insert(conn, [1.0, 2.0, 3.0, 50.0])
     with conn:
-        outbox.take(conn, outbox.DEFAULT, 1, ids[0], ids[-1])
-        outbox.take(conn, routing.remotes(conn)["cloud"].id, 1, ids[1], ids[1])  # cloud has 2.0
+        positions.take(conn, positions.DEFAULT, 1, ids[0], ids[-1])
+        positions.take(conn, routing.remotes(conn)["cloud"].id, 1, ids[1], ids[1])  # cloud has 2.0
         routing.failing(conn, "cloud", 0.0)
         assert routing.give_up(conn, "cloud", now=40.0) == 2  # 1.0 and 3.0
     assert _held(conn, "spare") == 2 and _held(conn, "cloud") == 1  # 50.0 stays with cloud
-    spare = outbox.position(conn, routing.remotes(conn)["spare"].id, 1)
+    spare = positions.position(conn, routing.remotes(conn)["spare"].id, 1)
     assert spare is not None
     run = spare.span_after(0)
     assert run is not None and run[0] < ids[0] <= run[1] and ids[1] > run[1]  # not 2.0
@@ -95,7 +95,7 @@ def test_give_up_stops_before_the_batch_in_flight(conn) -> None:  # type: ignore
     ids = _insert(conn, [1.0, 2.0, 3.0])
     rid = routing.remotes(conn)["slow"].id
     with conn:
-        outbox.take(conn, outbox.DEFAULT, 1, ids[0], ids[-1])
+        positions.take(conn, positions.DEFAULT, 1, ids[0], ids[-1])
         conn.execute(
             "UPDATE positions SET inflight_lo = ?, inflight = ? WHERE remote = ?",
             (ids[1], ids[1], rid),
@@ -123,5 +123,5 @@ def test_a_stream_no_remote_routes_keeps_its_datapoints(conn) -> None:  # type: 
     assert _cached(conn) == [1.0, 2.0]
     with conn:
         routing.add(conn, routing.RemoteRow(0, "new"), backfill=True)
-        assert outbox.take(conn, routing.remotes(conn)["new"].id, 1, 1, 2) == 2
+        assert positions.take(conn, routing.remotes(conn)["new"].id, 1, 1, 2) == 2
     assert _cached(conn) == []

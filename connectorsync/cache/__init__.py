@@ -47,7 +47,7 @@ import apsw
 
 from ..batch import Batch, Datapoint, as_datapoint
 from ..errors import CacheError, CacheFullError, ConfigurationError
-from . import outbox, retime, routing, schema, space
+from . import positions, retime, routing, schema, space
 from .base import (
     AT_REST,
     INSERT,
@@ -224,7 +224,7 @@ class Cache(Delivering, DeadLetters):
             "SELECT s.id, s.name, s.schema, coalesce(p.remote_created, 0), "
             "coalesce(p.inflight, 0), s.out_of_order, coalesce(p.inflight_lo, 0) "
             "FROM streams AS s LEFT JOIN positions AS p ON p.stream = s.id AND p.remote = ?",
-            (outbox.DEFAULT,),
+            (positions.DEFAULT,),
         )
         return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows}
 
@@ -254,7 +254,7 @@ class Cache(Delivering, DeadLetters):
             conn.execute(
                 "UPDATE positions SET remote_created = ? WHERE remote = ? AND stream = "
                 "(SELECT id FROM streams WHERE name = ?)",
-                (created, outbox.DEFAULT, name),
+                (created, positions.DEFAULT, name),
             )
 
     # ----------------------------------------------------------------------- datapoints

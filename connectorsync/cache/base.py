@@ -43,7 +43,7 @@ SELECT max(
 """
 
 # The rows not in a batch in flight: a stream's rows with ids in [inflight_lo, inflight] of a
-# remote's position (see outbox.py) are on the wire to it (or their outcome is unknown) and
+# remote's position (see positions.py) are on the wire to it (or their outcome is unknown) and
 # stay as they are until it is resolved; those below (an unsent backlog, when new data went
 # first) and above are at rest. 0..0 marks nothing (ids start at 1).
 AT_REST = (

@@ -26,7 +26,7 @@ from typing import Any
 import apsw
 
 from ..batch import Datapoint
-from . import outbox
+from . import positions
 from .base import INSERT, NEWEST, place, wrapped
 from .connection import Connection
 from .limits import Limits, make_room
@@ -50,7 +50,7 @@ def move_in(conn: apsw.Connection, name: str, point: Datapoint, reason: str, now
         )
     stream = next(conn.execute("SELECT stream FROM datapoints WHERE id = ?", (point_id,)), None)
     if stream is not None:  # the remote took it as a letter: it leaves once no other holds it
-        outbox.take(conn, outbox.DEFAULT, stream[0], point_id, point_id)
+        positions.take(conn, positions.DEFAULT, stream[0], point_id, point_id)
 
 
 LETTER = "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import apsw
 
 from ..batch import Batch
-from . import outbox, retime
+from . import positions, retime
 from .base import BATCH, BATCH_END, BATCH_SIZE, bump
 from .connection import Connection
 from .records import BatchRequest, StreamRow
@@ -55,14 +55,14 @@ class Delivering(Connection):
     def _delete_delivered(
         conn: apsw.Connection, stream_id: int, first_id: int, last_id: int
     ) -> int:
-        delivered = outbox.take(conn, outbox.DEFAULT, stream_id, first_id, last_id)
+        delivered = positions.take(conn, positions.DEFAULT, stream_id, first_id, last_id)
         # Clear the record of the batch in flight, unless it also holds the next batch's rows
         # (a pass records that one before this ack is done, see delivery._Turn.deliver);
         # batches of one lane follow each other, so the mark stays one range.
         conn.execute(
             "UPDATE positions SET inflight = 0, inflight_lo = 0 "
             "WHERE remote = ? AND stream = ? AND inflight <= ?",
-            (outbox.DEFAULT, stream_id, last_id),
+            (positions.DEFAULT, stream_id, last_id),
         )
         return delivered
 
@@ -87,7 +87,7 @@ class Delivering(Connection):
         (``test_inflight.py::test_a_live_batch_without_answer_holds_only_its_own_rows``).
         """
         with self.transaction("read the next batch") as conn:
-            pos = outbox.position(conn, outbox.DEFAULT, stream.id)
+            pos = positions.position(conn, positions.DEFAULT, stream.id)
             span = None if pos is None else pos.span_after(after_id)
             # The remote holds the stream's ids in runs (what it took out of order, the live
             # lane's batches, lies between): a batch is cut from the first run with rows.
@@ -123,7 +123,7 @@ class Delivering(Connection):
             "UPDATE positions SET inflight_lo = CASE WHEN inflight = 0 THEN ?1 "
             "ELSE min(inflight_lo, ?1) END, inflight = max(inflight, ?2) "
             "WHERE remote = ?3 AND stream = ?4",
-            (batch.first_id, batch.last_id, outbox.DEFAULT, stream.id),
+            (batch.first_id, batch.last_id, positions.DEFAULT, stream.id),
         )
         return batch
 
@@ -134,7 +134,7 @@ class Delivering(Connection):
             conn.execute(
                 "UPDATE positions SET inflight = ?1 WHERE remote = ?3 AND stream = ?2 "
                 "AND inflight > ?1 AND inflight_lo <= ?1",
-                (last_id, stream_id, outbox.DEFAULT),
+                (last_id, stream_id, positions.DEFAULT),
             )
 
     def release_inflight(self, stream_id: int) -> None:
@@ -144,7 +144,7 @@ class Delivering(Connection):
             conn.execute(
                 "UPDATE positions SET inflight = 0, inflight_lo = 0 "
                 "WHERE remote = ? AND stream = ?",
-                (outbox.DEFAULT, stream_id),
+                (positions.DEFAULT, stream_id),
             )
 
     def max_id(self) -> int:
@@ -159,7 +159,7 @@ class Delivering(Connection):
             lo, upto = next(
                 conn.execute(
                     "SELECT inflight_lo, inflight FROM positions WHERE remote = ? AND stream = ?",
-                    (outbox.DEFAULT, stream_id),
+                    (positions.DEFAULT, stream_id),
                 ),
                 (0, 0),
             )
@@ -177,7 +177,7 @@ class Delivering(Connection):
             conn.execute(
                 "UPDATE positions SET inflight = 0, inflight_lo = 0 "
                 "WHERE remote = ? AND stream = ?",
-                (outbox.DEFAULT, stream_id),
+                (positions.DEFAULT, stream_id),
             )
             # What was left untrusted while in flight (NTP answered meanwhile) and was not
             # delivered gets its true time now, before it is sent again.

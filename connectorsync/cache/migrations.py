@@ -170,7 +170,7 @@ def _migrate_v6(conn: apsw.Connection) -> None:
     datapoints with ids above ``done`` (and at most ``upto``, when set: a fallback holds
     only what was handed to it), except the ranges in ``taken`` (acknowledged out of order:
     the live lane). The batch in flight to it is ``inflight_lo`` to ``inflight``. A datapoint
-    leaves the cache once no remote that routes its stream holds it (:mod:`.outbox`).
+    leaves the cache once no remote that routes its stream holds it (:mod:`.positions`).
 
     An existing cache's remote becomes ``default`` (id 1) and keeps its batch in flight,
     what it knows of the streams on the remote (``remote_created``) and its dead letters

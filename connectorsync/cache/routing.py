@@ -1,13 +1,13 @@
 """The remotes of a cache: their names, configurations, stream filters, and which streams each
-routes (a position row per remote and stream, see :mod:`.outbox`).
+routes (a position row per remote and stream, see :mod:`.positions`).
 
 Guarantees (each proved by the test named):
 
 - Adding a remote gives it every cached datapoint of the streams it routes (``backfill``),
   or only what comes after; a stream registered later is routed by every remote whose
-  filter matches it (``test_outbox.py``).
+  filter matches it (``test_positions.py``).
 - Removing a remote releases what only it held; a stream that no remote routes any more
-  keeps its datapoints for the next remote added (``test_outbox.py``). A remote that is
+  keeps its datapoints for the next remote added (``test_positions.py``). A remote that is
   another's fallback cannot be removed before that one (``test_routing.py``).
 - ``give_up_after``: :func:`give_up` makes a remote that has been failing that long stop
   holding what is older than that (never its batch in flight), counted per remote, or hands
@@ -24,7 +24,7 @@ from typing import Any
 import apsw
 
 from ..errors import ConfigurationError
-from . import outbox
+from . import positions
 from .base import bump
 
 #: The counter setting of the datapoints a remote released (``give_up_after``, no fallback)
@@ -151,7 +151,7 @@ def remove(conn: apsw.Connection, name: str) -> int:
     conn.execute("DELETE FROM positions WHERE remote = ?", (rid,))
     conn.execute("DELETE FROM taken WHERE remote = ?", (rid,))
     conn.execute("DELETE FROM remotes WHERE id = ?", (rid,))
-    return sum(outbox.settle(conn, stream) for stream in streams)
+    return sum(positions.settle(conn, stream) for stream in streams)
 
 
 def failing(conn: apsw.Connection, name: str, since: float | None) -> None:
@@ -194,6 +194,6 @@ def give_up(conn: apsw.Connection, name: str, now: float) -> int:
             )
         )
         if upto is not None:
-            count += outbox.hand_over(conn, remote.id, stream, upto, fallback)
+            count += positions.hand_over(conn, remote.id, stream, upto, fallback)
     bump(conn, (RELEASED if fallback is None else HANDED_OVER) + name, count)
     return count

@@ -1,4 +1,4 @@
-"""Each remote's position in the cache (``connectorsync/cache/outbox.py``), checked against a
+"""Each remote's position in the cache (``connectorsync/cache/positions.py``), checked against a
 model of plain sets: which remote holds which datapoint, and which datapoints are left.
 
 Runs on a real SQLite file with the real schema, driven by hypothesis's state machine.
@@ -13,7 +13,7 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from connectorsync.cache import outbox, routing
+from connectorsync.cache import positions, routing
 from connectorsync.cache.base import delete
 from connectorsync.cache.migrations import MIGRATIONS
 
@@ -86,7 +86,7 @@ class Positions(RuleBasedStateMachine):
         lo = data.draw(st.integers(1, self.next_id))
         hi = data.draw(st.integers(lo, self.next_id))
         with self.conn:
-            count = outbox.take(self.conn, r, self.sid[stream], lo, hi)
+            count = positions.take(self.conn, r, self.sid[stream], lo, hi)
         if stream not in self.routed[r]:
             assert count == 0
         else:
@@ -105,7 +105,7 @@ class Positions(RuleBasedStateMachine):
         stream = data.draw(st.sampled_from(STREAMS))
         upto = data.draw(st.integers(1, self.next_id))
         with self.conn:
-            count = outbox.hand_over(self.conn, r, self.sid[stream], upto, fallback)
+            count = positions.hand_over(self.conn, r, self.sid[stream], upto, fallback)
         if stream not in self.routed[r]:
             assert count == 0
             return
@@ -151,7 +151,7 @@ class Positions(RuleBasedStateMachine):
         routed = self.routed.pop(r)
         del self.remotes[r], self.filters[r], self.held[r]
         for stream in routed:
-            self._settle(stream, 0, outbox.END)
+            self._settle(stream, 0, positions.END)
 
     # ------------------------------------------------------------------- the checks
 
@@ -168,7 +168,7 @@ class Positions(RuleBasedStateMachine):
     def same_holdings(self) -> None:
         for r in self.remotes:
             for stream in STREAMS:
-                pos = outbox.position(self.conn, r, self.sid[stream])
+                pos = positions.position(self.conn, r, self.sid[stream])
                 assert (pos is not None) == (stream in self.routed[r]), (r, stream)
                 if pos is None:
                     continue
@@ -176,7 +176,7 @@ class Positions(RuleBasedStateMachine):
                 taken = pos.taken_ranges()
                 held = {i for i in ids if not any(lo <= i <= hi for lo, hi in taken)}
                 assert held == self.held[r] & ids, (r, stream, pos)
-                assert outbox.held_count(self.conn, r, self.sid[stream]) == len(held)
+                assert positions.held_count(self.conn, r, self.sid[stream]) == len(held)
                 spans: set[int] = set()
                 after = 0
                 while (span := pos.span_after(after)) is not None:
@@ -189,7 +189,7 @@ class Positions(RuleBasedStateMachine):
     def _compact(self, r: int, stream: str) -> None:
         """After a take or a hand-over, ranges taken out of order merge into ``done`` once
         nothing held lies below them (drops may leave a gap until the next one)."""
-        pos = outbox.position(self.conn, r, self.sid[stream])
+        pos = positions.position(self.conn, r, self.sid[stream])
         if pos is not None and pos.taken:
             first = pos.taken[0][0]
             below = {i for i in self.held[r] if pos.done < i < first}

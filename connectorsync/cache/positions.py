@@ -1,4 +1,4 @@
-"""Each remote's side of the cache: what it holds of each stream, and when a datapoint leaves.
+"""What each remote holds of each stream (its position), and when a datapoint leaves.
 
 A remote *holds* a datapoint of a stream it routes until it has taken it: acknowledged,
 dead-lettered there, or released (``give_up_after``). A position row per remote and stream
@@ -8,7 +8,7 @@ dead-lettered there, or released (``give_up_after``). A position row per remote 
 function takes the apsw connection of a write transaction that is already open, so a
 position and the deletions it allows commit together.
 
-Guarantees (each proved by ``test_outbox.py``, against a model of sets):
+Guarantees (each proved by ``test_positions.py``, against a model of sets):
 
 - A datapoint leaves the cache exactly when no remote that routes its stream holds it any
   more; a stream that no remote routes keeps its datapoints (for the next remote added).
