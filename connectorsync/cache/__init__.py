@@ -5,7 +5,9 @@ delivery (batches in flight, acks, reconciliation) and dead letters; it holds th
 transaction, and hands the SQL of each specialised job to its module:
 
 - :mod:`.connection`: the connection, its lock and transactions (the base of :class:`Cache`);
-- :mod:`.delivering`: batches in flight, acknowledgements, reconciliation (a base of it too);
+- :mod:`.outbox`: one remote's side (:meth:`Cache.outbox`): batches in flight, acknowledgements,
+  reconciliation, dead-lettering;
+- :mod:`.positions`: what each remote holds of each stream; :mod:`.routing`: the remotes;
 - :mod:`.commit`: group commit, so that inserts of several threads share one fsync;
 - :mod:`.schema`: the file's tables, migrations and opening (and the connectordb 0.3.5 import);
 - :mod:`.limits`: storage limits, drop-oldest and expiry, inside the caller's write;
@@ -63,9 +65,9 @@ from .batched import CommitQueue
 from .commit import AppendRow, GroupCommit, Point
 from .connection import CommitOutcome
 from .deadletters import DeadLetters
-from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room
 from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .outbox import BYTES_SENT, Outbox
 from .records import BatchRequest, DeadLetter, StreamRow, StreamStats, Untrusted
 from .space import SpaceReport
 
@@ -78,6 +80,7 @@ __all__ = [
     "Datapoint",
     "DeadLetter",
     "Limits",
+    "Outbox",
     "SpaceReport",
     "StreamRow",
     "StreamStats",
@@ -88,7 +91,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Cache(Delivering, DeadLetters):
+class Cache(DeadLetters):
     """One connection to a cache file.
 
     Use :meth:`open` to open (creating or migrating) a cache, and :meth:`connect` for a
@@ -256,6 +259,32 @@ class Cache(Delivering, DeadLetters):
                 "(SELECT id FROM streams WHERE name = ?)",
                 (created, positions.DEFAULT, name),
             )
+
+    # ----------------------------------------------------------------------- remotes
+
+    def outbox(self, name: str = "default") -> Outbox:
+        """The remote ``name``'s side of this connection (what its passes read and settle).
+
+        :raises ConfigurationError: the cache has no remote of that name
+        """
+        found = self.read("SELECT id FROM remotes WHERE name = ?", (name,))
+        if not found:
+            raise ConfigurationError(f"the cache {self.path!r} has no remote named {name!r}")
+        return Outbox(self, int(found[0][0]), name)
+
+    def max_id(self) -> int:
+        """The id of the newest cached datapoint (0: none): a pass delivers up to here."""
+        return int(self._read("SELECT coalesce(max(id), 0) FROM datapoints")[0][0])
+
+    def bytes_sent(self) -> dict[str, int]:
+        """Bytes of request bodies sent to the ``default`` remote per stream name, as counted
+        by sync passes; ever."""
+        rows = self._read(
+            "SELECT substr(key, ?), value FROM settings WHERE substr(key, 1, ?) = ?",
+            (len(BYTES_SENT) + 1, len(BYTES_SENT), BYTES_SENT),
+        )
+        # Another remote's counters are named <remote>@<stream>; a stream name has no "@".
+        return {name: int(value) for name, value in rows if "@" not in name}
 
     # ----------------------------------------------------------------------- datapoints
 

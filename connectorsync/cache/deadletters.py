@@ -26,16 +26,18 @@ from typing import Any
 import apsw
 
 from ..batch import Datapoint
-from . import positions
 from .base import INSERT, NEWEST, place, wrapped
 from .connection import Connection
 from .limits import Limits, make_room
 from .records import DeadLetter
 
 
-def move_in(conn: apsw.Connection, name: str, point: Datapoint, reason: str, now: float) -> None:
-    """Move the cached datapoint ``point`` of stream ``name`` to the dead letters (see
-    ``Cache.deadletter``)."""
+def move_in(  # noqa: PLR0913 - the letter's columns, inside the caller's transaction
+    conn: apsw.Connection, name: str, point: Datapoint, reason: str, now: float, remote: str
+) -> None:
+    """Record the cached datapoint ``point`` of stream ``name`` as a dead letter of the remote
+    ``remote``, inside the caller's transaction (``Outbox.deadletter`` then has that remote
+    stop holding it)."""
     point_id, t, data = point
     conn.execute(
         "UPDATE deadletters SET attempts = attempts + 1, reason = ?, failed_at = ?, "
@@ -44,13 +46,10 @@ def move_in(conn: apsw.Connection, name: str, point: Datapoint, reason: str, now
     )
     if not conn.changes():
         conn.execute(
-            "INSERT INTO deadletters (stream, t, d, reason, attempts, failed_at) "
-            "VALUES (?, ?, ?, ?, 1, ?)",
-            (name, t, data, reason, now),
+            "INSERT INTO deadletters (stream, t, d, reason, attempts, failed_at, remote) "
+            "VALUES (?, ?, ?, ?, 1, ?, ?)",
+            (name, t, data, reason, now, remote),
         )
-    stream = next(conn.execute("SELECT stream FROM datapoints WHERE id = ?", (point_id,)), None)
-    if stream is not None:  # the remote took it as a letter: it leaves once no other holds it
-        positions.take(conn, positions.DEFAULT, stream[0], point_id, point_id)
 
 
 LETTER = "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters"
@@ -164,16 +163,6 @@ def purge(conn: apsw.Connection, ids: Sequence[int] | None) -> int:
 
 class DeadLetters(Connection):
     """The dead-letter methods of :class:`~connectorsync.cache.Cache`, each one transaction."""
-
-    def deadletter(
-        self, stream_id: int, name: str, point: Datapoint, reason: str, now: float
-    ) -> None:
-        """Move one datapoint the remote refused to the dead-letter table, in one transaction.
-
-        A datapoint that was a dead letter queued again keeps its letter, with one more attempt.
-        """
-        with self.transaction("move a datapoint to the dead letters") as conn:
-            move_in(conn, name, point, reason, now)
 
     def deadletters(self, stream: str | None = None) -> list[DeadLetter]:
         """Dead letters at rest (not queued again), of all streams or one, oldest first."""
