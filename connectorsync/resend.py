@@ -136,7 +136,7 @@ class _Stream:
         if not row.remote_created:
             properties = stream_properties(self.cache, row.name)
             ensure_stream(self.remote, row.name, json.loads(row.schema), properties)
-            self.cache.set_remote_created(row.name)
+            self.cache.outbox().set_remote_created(row.name)
         if self.ordered:
             self._newest = self.remote.reconcile(row.name)
         self._ready = True

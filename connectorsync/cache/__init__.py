@@ -67,7 +67,7 @@ from .connection import CommitOutcome
 from .deadletters import DeadLetters
 from .limits import Limits, drop_expired, drop_one_percent, make_room
 from .migrations import MIGRATIONS, SCHEMA_VERSION
-from .outbox import BYTES_SENT, Outbox
+from .outbox import Outbox
 from .records import BatchRequest, DeadLetter, StreamRow, StreamStats, Untrusted
 from .space import SpaceReport
 
@@ -251,15 +251,6 @@ class Cache(DeadLetters):
             routing.route_stream(conn, sid, name)
         return self.streams()[name]
 
-    def set_remote_created(self, name: str, created: bool = True) -> None:
-        """Remember whether the stream is known to exist on the remote."""
-        with self.transaction(f"update stream {name!r}") as conn:
-            conn.execute(
-                "UPDATE positions SET remote_created = ? WHERE remote = ? AND stream = "
-                "(SELECT id FROM streams WHERE name = ?)",
-                (created, positions.DEFAULT, name),
-            )
-
     # ----------------------------------------------------------------------- remotes
 
     def outbox(self, name: str = "default") -> Outbox:
@@ -275,16 +266,6 @@ class Cache(DeadLetters):
     def max_id(self) -> int:
         """The id of the newest cached datapoint (0: none): a pass delivers up to here."""
         return int(self._read("SELECT coalesce(max(id), 0) FROM datapoints")[0][0])
-
-    def bytes_sent(self) -> dict[str, int]:
-        """Bytes of request bodies sent to the ``default`` remote per stream name, as counted
-        by sync passes; ever."""
-        rows = self._read(
-            "SELECT substr(key, ?), value FROM settings WHERE substr(key, 1, ?) = ?",
-            (len(BYTES_SENT) + 1, len(BYTES_SENT), BYTES_SENT),
-        )
-        # Another remote's counters are named <remote>@<stream>; a stream name has no "@".
-        return {name: int(value) for name, value in rows if "@" not in name}
 
     # ----------------------------------------------------------------------- datapoints
 

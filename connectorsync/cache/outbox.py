@@ -192,6 +192,17 @@ class Outbox:
             with self.cache.transaction("count bytes sent") as conn:
                 bump(conn, self._counter + stream, sent)
 
+    def bytes_sent(self) -> dict[str, int]:
+        """Bytes of request bodies sent to this remote per stream name, as counted by its
+        passes; ever."""
+        prefix = self._counter
+        rows = self.cache.read(
+            "SELECT substr(key, ?), value FROM settings WHERE substr(key, 1, ?) = ?",
+            (len(prefix) + 1, len(prefix), prefix),
+        )
+        # Another remote's counters are named <remote>@<stream>; a stream name has no "@".
+        return {name: int(value) for name, value in rows if "@" not in name}
+
     def narrow_inflight(self, stream_id: int, last_id: int) -> None:
         """The batch ending at ``last_id`` went out without answer: the rows after it that a
         read-ahead marked were never sent, so they go back to rest."""
