@@ -125,3 +125,30 @@ def test_a_stream_no_remote_routes_keeps_its_datapoints(conn) -> None:  # type: 
         routing.add(conn, routing.RemoteRow(0, "new"), backfill=True)
         assert positions.take(conn, routing.remotes(conn)["new"].id, 1, 1, 2) == 2
     assert _cached(conn) == []
+
+
+def test_the_remotes_role_of_a_cache_adds_counts_and_removes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Through ``Cache.remotes()``: each call is one committed transaction."""
+    from connectorsync.cache import Cache
+
+    cache, created = Cache.open(str(tmp_path / "c.db"))
+    cache.finish_opening(created, "normal")
+    try:
+        sid = cache.put_stream("s", "{}").id
+        for t in (1.0, 2.0, 3.0):
+            cache.append(sid, t, "0", restamp=False)
+        remotes = cache.remotes()
+        remotes.add(routing.RemoteRow(0, "late"), backfill=False)
+        remotes.add(routing.RemoteRow(0, "all", streams=["s*"]), backfill=True)
+        assert list(remotes.all()) == ["default", "late", "all"]
+        assert remotes.held("default") == {"s": 3}
+        assert remotes.held("late") == {"s": 0}  # starts at the next insert
+        assert remotes.held("all") == {"s": 3}
+        cache.append(sid, 4.0, "0", restamp=False)
+        assert remotes.held("late") == {"s": 1}
+        assert remotes.remove("all") == 0  # default still holds everything
+        with pytest.raises(ConfigurationError, match="a remote's name is a letter"):
+            remotes.add(routing.RemoteRow(0, "no spaces"))
+        assert list(remotes.all()) == ["default", "late"]
+    finally:
+        cache.close()

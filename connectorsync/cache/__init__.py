@@ -263,6 +263,10 @@ class Cache(DeadLetters):
             raise ConfigurationError(f"the cache {self.path!r} has no remote named {name!r}")
         return Outbox(self, int(found[0][0]), name)
 
+    def remotes(self) -> routing.Remotes:
+        """The remotes of the cache: to add, remove and look at them."""
+        return routing.Remotes(self)
+
     def max_id(self) -> int:
         """The id of the newest cached datapoint (0: none): a pass delivers up to here."""
         return int(self._read("SELECT coalesce(max(id), 0) FROM datapoints")[0][0])

@@ -17,9 +17,11 @@ Guarantees (each proved by the test named):
 from __future__ import annotations
 
 import json
+import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Protocol
 
 import apsw
 
@@ -60,6 +62,8 @@ def routes(patterns: list[str] | None, stream: str) -> bool:
 
 
 _COLUMNS = "id, name, config, streams, give_up_after, fallback, failing_since"
+#: What a remote's name may be (it names counters and metric labels too).
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 
 def _row(row: tuple[Any, ...]) -> RemoteRow:
@@ -88,6 +92,11 @@ def add(conn: apsw.Connection, remote: RemoteRow, *, backfill: bool) -> RemoteRo
 
     :raises ConfigurationError: a remote of that name exists, or its fallback does not
     """
+    if not isinstance(remote.name, str) or not NAME.fullmatch(remote.name):
+        raise ConfigurationError(
+            f"a remote's name is a letter then letters, digits, '_' or '-' (at most 64); "
+            f"got {remote.name!r}"
+        )
     known = remotes(conn)
     if remote.name in known:
         raise ConfigurationError(f"the cache has a remote named {remote.name!r} already")
@@ -197,3 +206,55 @@ def give_up(conn: apsw.Connection, name: str, now: float) -> int:
             count += positions.hand_over(conn, remote.id, stream, upto, fallback)
     bump(conn, (RELEASED if fallback is None else HANDED_OVER) + name, count)
     return count
+
+
+class Remotes:
+    """The remotes of the cache connection ``cache`` (its ``transaction``), each call one
+    transaction: the role the Logger and the CLI use to add, remove and look at them."""
+
+    def __init__(self, cache: Transactional):
+        self._cache = cache
+
+    def all(self) -> dict[str, RemoteRow]:
+        """Every remote by name, in the order they were added."""
+        with self._cache.transaction("read the remotes") as conn:
+            return remotes(conn)
+
+    def add(self, remote: RemoteRow, *, backfill: bool = True) -> RemoteRow:
+        """Record ``remote`` (see :func:`add`); committed on return."""
+        with self._cache.transaction(f"add remote {remote.name!r}") as conn:
+            return add(conn, remote, backfill=backfill)
+
+    def remove(self, name: str) -> int:
+        """Forget the remote ``name`` (see :func:`remove`); returns how many datapoints left."""
+        with self._cache.transaction(f"remove remote {name!r}") as conn:
+            return remove(conn, name)
+
+    def failing(self, name: str, since: float | None) -> None:
+        """Record how the remote's passes go (see :func:`failing`)."""
+        with self._cache.transaction(f"record how remote {name!r} goes") as conn:
+            failing(conn, name, since)
+
+    def give_up(self, name: str, now: float) -> int:
+        """``give_up_after`` for the remote ``name`` (see :func:`give_up`)."""
+        with self._cache.transaction(f"give up old data for remote {name!r}") as conn:
+            return give_up(conn, name, now)
+
+    def held(self, name: str) -> dict[str, int]:
+        """How many cached datapoints the remote ``name`` holds, per stream it routes."""
+        with self._cache.transaction(f"count what remote {name!r} holds") as conn:
+            rid = remotes(conn)[name].id
+            rows = list(
+                conn.execute(
+                    "SELECT s.id, s.name FROM streams AS s JOIN positions AS p "
+                    "ON p.stream = s.id WHERE p.remote = ?",
+                    (rid,),
+                )
+            )
+            return {sname: positions.held_count(conn, rid, sid) for sid, sname in rows}
+
+
+class Transactional(Protocol):
+    """What :class:`Remotes` uses of a cache connection (``Cache``, named by what it does)."""
+
+    def transaction(self, action: str) -> AbstractContextManager[apsw.Connection]: ...
