@@ -17,6 +17,7 @@ from connectorsync import HTTPRemote, Logger
 from connectorsync.cache import Cache
 from connectorsync.cache.routing import RemoteRow
 from connectorsync.delivery import PassPlan, SyncReport, run_pass
+from connectorsync.resend import resend
 from connectorsync.testing.probe import CacheProbe
 from connectorsync.testing.receiver import HTTPReceiver
 
@@ -138,3 +139,35 @@ def test_a_remote_added_without_backfill_starts_at_the_next_insert(tmp_path, rec
         finally:
             cache.close()
     assert _arrived(receiver, "b") == [3, 4]
+
+
+def test_a_letter_goes_again_only_to_the_remote_that_refused_it(tmp_path, receiver) -> None:  # type: ignore[no-untyped-def]
+    """Sent again with its own time (resend) or queued again with a new one (restamp): either
+    way only "b" gets it; "default" had it already and gets no second copy."""
+    receiver.reject(lambda path, item: path.startswith("/b/") and item["d"] in (3, 7))
+    with _two_remotes(tmp_path, receiver) as (lg, cache):
+        lg.insert_many("s", list(range(6)))
+        assert _pass(cache, "b", receiver).deadlettered == {"s": 1}
+        assert _pass(cache, "default", receiver).sent == {"s": 6}
+        receiver.reject(None)
+        remote_b = _remote(receiver, "b")
+        try:
+            report = resend(cache.outbox("b"), remote_b, None, 10)
+        finally:
+            remote_b.close()
+        assert (report.sent, report.kept) == (1, 0) and lg.deadletters() == []
+
+        receiver.reject(lambda path, item: path.startswith("/b/") and item["d"] == 7)
+        lg.insert_many("s", [6, 7])
+        assert _pass(cache, "b", receiver).deadlettered == {"s": 1}
+        assert _pass(cache, "default", receiver).sent == {"s": 2}
+        receiver.reject(None)
+        assert cache.retry_deadletters(None, {"s": cache.streams()["s"].id}) == 1
+        assert cache.remotes().held("default") == {"s": 0}
+        assert cache.remotes().held("b") == {"s": 1}
+        assert _pass(cache, "b", receiver).sent == {"s": 1}
+        assert _pass(cache, "default", receiver).sent == {}
+        assert len(lg) == 0 and lg.deadletters() == []
+    assert _arrived(receiver, "default") == list(range(8))
+    assert sorted(_arrived(receiver, "b")) == list(range(8))
+    assert len(_arrived(receiver, "b")) == 8

@@ -28,10 +28,10 @@ from typing import Any, Protocol
 import apsw
 
 from ..batch import Batch, Datapoint
-from . import positions, retime
+from . import deadletters, positions, retime
 from .base import BATCH, BATCH_END, BATCH_SIZE, bump
 from .deadletters import move_in
-from .records import BatchRequest, StreamRow
+from .records import BatchRequest, DeadLetter, StreamRow
 
 
 class CacheConnection(Protocol):
@@ -49,6 +49,8 @@ class CacheConnection(Protocol):
     def reanchor_leftovers(self) -> int: ...
 
     def forget_newest(self) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 #: The counter setting of a stream's bytes sent to the ``default`` remote is this and the
@@ -265,3 +267,48 @@ class Outbox:
         with self.cache.transaction("move a datapoint to the dead letters") as conn:
             move_in(conn, name, point, reason, now, self.name)
             positions.take(conn, self.remote, stream_id, point.id, point.id)
+
+    # ----------------------------------------------------------------------- its dead letters
+
+    def streams_with_letters(self) -> list[str]:
+        """The names of the streams that have dead letters at rest this remote refused."""
+        with self.cache.transaction("read the dead letters") as conn:
+            return deadletters.streams_with_letters(conn, self.name)
+
+    def letters_at_rest(
+        self, stream: str, ids: Sequence[int] | None, after: tuple[float, int], limit: int
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters at rest of ``stream`` this remote refused (of ``ids``
+        only, if given), after ``after`` = (t, id), in time order (keyset paging: O(limit)
+        memory)."""
+        with self.cache.transaction("read the dead letters") as conn:
+            rows = deadletters.at_rest(conn, stream, ids, after, limit, self.name)
+        return [DeadLetter.from_row(row) for row in rows]
+
+    def letters_delivered(self, ids: Sequence[int]) -> int:
+        """The remote took these dead letters (sent again): they are done. Returns how many."""
+        with self.cache.transaction("settle dead letters sent again") as conn:
+            return deadletters.delivered(conn, ids)
+
+    def letters_kept(self, ids: Sequence[int], reason: str, now: float, *, refused: bool) -> None:
+        """These dead letters stay, with ``reason`` (and one more attempt if ``refused``)."""
+        with self.cache.transaction("keep dead letters") as conn:
+            deadletters.kept(conn, ids, reason, now, refused=refused)
+
+    def oldest_held(self, stream_id: int) -> float | None:
+        """The time of the oldest datapoint of the stream this remote holds (the next it is
+        sent), or None."""
+        self.cache.flush()
+        with self.cache.transaction("read the oldest datapoint held") as conn:
+            pos = positions.position(conn, self.remote, stream_id)
+            span = None if pos is None else pos.span_after(0)
+            while span is not None:
+                row = next(conn.execute(_FIRST_IN, (stream_id, *span)), None)
+                if row is not None:
+                    return float(row[0])
+                assert pos is not None
+                span = pos.span_after(span[1])
+        return None
+
+
+_FIRST_IN = "SELECT t FROM datapoints WHERE stream = ? AND id > ? AND id <= ? ORDER BY id LIMIT 1"
