@@ -505,7 +505,7 @@ class Cache(DeadLetters):
     def batch(self, stream_id: int, after_id: int, limit: int) -> list[Datapoint]:
         """Up to ``limit`` cached datapoints of the stream with id > ``after_id``, oldest first.
         Keyset paging: memory is O(limit) whatever the backlog. Marks nothing in flight: for
-        looking (export, ``Logger.datapoints``), not for delivery (:meth:`take_batch`)."""
+        looking (export, ``Logger.datapoints``), not for delivery (``Outbox.take_batch``)."""
         self.flush()
         rows = self._read(
             "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
