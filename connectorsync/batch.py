@@ -1,9 +1,9 @@
 """What crosses a module border when datapoints leave the cache: :class:`Datapoint` and
 :class:`Batch`.
 
-The cache hands a sync pass a :class:`Batch` (``Cache.take_batch``), the pass hands it to the
+The cache hands a sync pass a :class:`Batch` (``Outbox.take_batch``), the pass hands it to the
 remote (``Remote.push(stream, batch)``), and the cache takes it back to delete it once the
-remote acknowledged it (``Cache.ack``). Dead letters sent again go out as batches too
+remote acknowledged it (``Outbox.ack``). Dead letters sent again go out as batches too
 (:mod:`connectorsync.resend`). Nothing on that way is a bare tuple indexed by position.
 
 This module imports nothing of connectorsync, so that every layer may use it: ``cache/`` and

@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from .batch import Batch
-from .cache import BatchRequest, Cache, StreamRow, Untrusted
+from .cache import BatchRequest, Outbox, StreamRow, Untrusted
 from .cache.properties import stream_properties
 from .errors import (
     AmbiguousRemoteError,
@@ -109,11 +109,11 @@ class PassPlan:
     gate: PassGate | None = None
 
 
-def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
+def run_pass(outbox: Outbox, remote: Remote, plan: PassPlan) -> SyncReport:
     """One bounded pass over every stream; see the module docstring for its guarantees."""
     report = SyncReport()
     # Before anything can fail: the next pass's live lane starts after what is here now.
-    report.upto = upto = cache.max_id()
+    report.upto = upto = outbox.max_id()
     try:
         remote.ping()
     except ConnectorSyncError as exc:
@@ -124,9 +124,9 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
         report.fail("*", ConnectorSyncError(f"unexpected {type(exc).__name__}: {exc}"))
         return report
     request = BatchRequest(upto, plan.batch_size, plan.max_batch_bytes, plan.hold)
-    context = _Context(cache, remote, request, report, plan.progress, plan.gate or PassGate())
+    context = _Context(outbox, remote, request, report, plan.progress, plan.gate or PassGate())
     turns = []
-    for row in cache.streams().values():
+    for row in outbox.streams().values():
         turn = _Turn(context, row)
         turns.append(turn)
         turn.guard(turn.open)
@@ -135,7 +135,7 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
     try:
         # NTP may have answered while batches were in flight: what they carried and was not
         # delivered gets its true time now, before anything of it is sent again.
-        cache.reanchor_leftovers()
+        outbox.reanchor_leftovers()
     except ConnectorSyncError as exc:
         log.warning("re-timing datapoints left untrusted while in flight: %s", exc)
     lanes = Lanes(
@@ -246,7 +246,7 @@ def _paced(turn: _Turn, lanes: Lanes | None, batch: Batch | None) -> Batch | Non
 class _Context:
     """What every stream's turn in one pass shares."""
 
-    cache: Cache
+    outbox: Outbox
     remote: Remote
     request: BatchRequest
     report: SyncReport
@@ -258,7 +258,7 @@ class _Turn:
     """One stream's part in a pass: its position, its read-ahead batch, its outcome."""
 
     def __init__(self, context: _Context, row: StreamRow):
-        self.cache, self.remote, self.row = context.cache, context.remote, row
+        self.outbox, self.remote, self.row = context.outbox, context.remote, row
         self.request, self.report, self.progress, self.gate = (
             context.request,
             context.report,
@@ -301,9 +301,9 @@ class _Turn:
         """Create the stream remotely if needed, and resolve a batch left in flight."""
         row = self.row
         if not row.remote_created:
-            properties = stream_properties(self.cache, row.name)
+            properties = stream_properties(self.outbox.cache, row.name)
             ensure_stream(self.remote, row.name, json.loads(row.schema), properties)
-            self.cache.set_remote_created(row.name)
+            self.outbox.set_remote_created(row.name)
         if not row.inflight:
             return
         if self.remote.delivery_kind is DeliveryKind.ORDERED:
@@ -319,7 +319,7 @@ class _Turn:
         """An ordered remote's newest timestamp says what of the batch in flight arrived."""
         newest = self.remote.reconcile(self.row.name)
         with self.gate.deleting(f"stream {self.row.name!r}'s batch without answer"):
-            delivered = self.cache.ack_reconciled(self.row.id, newest)
+            delivered = self.outbox.ack_reconciled(self.row.id, newest)
         if delivered:
             log.info(
                 "stream %r: %d datapoints had arrived despite a lost answer",
@@ -365,7 +365,7 @@ class _Turn:
     def _read(self, after: int) -> Batch:
         """The batch after id ``after``, recorded in flight; its body made if the remote
         can make it ahead."""
-        batch = self.cache.take_batch(self.row, after, self.request)
+        batch = self.outbox.take_batch(self.row, after, self.request)
         if batch and isinstance(self.remote, Preparable):
             self.remote.prepare(self.row.name, batch)
         return batch
@@ -449,7 +449,7 @@ class _Turn:
         stays into the next pass: ``test_inflight.py::
         test_an_ordered_batch_without_answer_unreconciled_holds_only_its_own_rows``)."""
         with contextlib.suppress(ConnectorSyncError):  # a wider mark only waits longer
-            self.cache.narrow_inflight(self.row.id, batch.last_id)
+            self.outbox.narrow_inflight(self.row.id, batch.last_id)
         if self.remote.delivery_kind is not DeliveryKind.ORDERED:
             return
         try:
@@ -465,7 +465,7 @@ class _Turn:
         if len(batch) == 1:
             reason, refused = exc.body or str(exc), batch[0]
             with self._removing(f"stream {self.row.name!r}'s refused datapoint"):
-                self.cache.deadletter(self.row.id, self.row.name, refused, reason, time.time())
+                self.outbox.deadletter(self.row.id, self.row.name, refused, reason, time.time())
             log.debug("stream %r: datapoint at t=%r refused: %s", self.row.name, refused.t, reason)
             self._refused += 1
             self._first_reason = self._first_reason or reason
@@ -479,7 +479,7 @@ class _Turn:
             else:
                 sent = self._take_uncounted()
                 with self._removing(f"stream {self.row.name!r}'s delivered batch"):
-                    self.cache.ack(half, sent=sent)
+                    self.outbox.ack(half, sent=sent)
                 self._count_sent(len(half), half)
 
     @contextlib.contextmanager
@@ -513,7 +513,7 @@ class _Turn:
         cache and count it sent. If the delete fails, the batch stays unsettled (the next pass
         resolves it) and its bytes go uncounted."""
         with self.gate.deleting(f"stream {self.row.name!r}'s delivered batch"):
-            self.cache.ack(batch, sent=sent)
+            self.outbox.ack(batch, sent=sent)
         self._count_sent(len(batch), batch)
         self._settled()
         self._covered(batch.last_id)
@@ -547,7 +547,7 @@ class _Turn:
                 # Neither transient, nor the data, nor the key: perhaps the stream was
                 # deleted remotely. Check (and create) it again on the next pass.
                 with contextlib.suppress(ConnectorSyncError):
-                    self.cache.set_remote_created(self.row.name, False)
+                    self.outbox.set_remote_created(self.row.name, False)
             log.warning("sync of stream %r failed: %s", self.row.name, exc)
             self.fail(exc)
         except Exception as exc:
@@ -581,10 +581,10 @@ class _Turn:
             self._ahead.wait()
             self._ahead = None
         with contextlib.suppress(ConnectorSyncError):
-            self.cache.count_bytes_sent(self.row.name, self._take_uncounted())
+            self.outbox.count_bytes_sent(self.row.name, self._take_uncounted())
         if self._unsettled == 0 and self._unknown_upto == 0:
             with contextlib.suppress(ConnectorSyncError):
-                self.cache.release_inflight(self.row.id)
+                self.outbox.release_inflight(self.row.id)
 
 
 def _finish(ahead: InThread[Batch] | None, behind: InThread[None] | None) -> None:

@@ -415,7 +415,7 @@ class Logger(Configurable):
             return queued
         batch_size = self.batch_size
         return self._syncer.exclusive(
-            lambda remote, gate: resend(self._cache, remote, chosen, batch_size, gate)
+            lambda remote, gate: resend(self._cache.outbox(), remote, chosen, batch_size, gate)
         ).sent
 
     def purge_deadletters(self, ids: Iterable[int] | None = None) -> int:

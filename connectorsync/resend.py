@@ -40,7 +40,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from .batch import Batch, Datapoint
-from .cache import Cache, DeadLetter, StreamRow
+from .cache import DeadLetter, Outbox, StreamRow
 from .cache.properties import stream_properties
 from .errors import AmbiguousRemoteError, ArgumentTypeError, RejectedError
 from .remotes.base import DeliveryKind, Remote, ensure_stream
@@ -85,27 +85,28 @@ def letter_ids(ids: object, method: str) -> list[int] | None:
 
 
 def resend(
-    cache: Cache,
+    outbox: Outbox,
     remote: Remote,
     ids: Sequence[int] | None,
     batch_size: int,
     gate: PassGate | None = None,
 ) -> ResendReport:
-    """Send the dead letters at rest (all, or those of ``ids``) of the cache's streams again,
-    each with its own time (see the module's docstring); deletions go through ``gate``.
+    """Send the dead letters at rest (all, or those of ``ids``) that the remote of ``outbox``
+    (``remote``) refused again, each with its own time (see the module's docstring);
+    deletions go through ``gate``.
 
     :raises TransientRemoteError, AmbiguousRemoteError, AuthError: the remote could not be
         asked; the letters not settled yet stay as they were
     """
     sent = kept = 0
-    streams = cache.streams()
-    for name in cache.streams_with_letters():
+    streams = outbox.streams()
+    for name in outbox.streams_with_letters():
         row = streams.get(name)
         if row is None:
             continue
-        stream = _Stream(cache, remote, row, gate)
+        stream = _Stream(outbox, remote, row, gate)
         after = (float("-inf"), 0)
-        while letters := cache.letters_at_rest(name, ids, after, batch_size):
+        while letters := outbox.letters_at_rest(name, ids, after, batch_size):
             after = (letters[-1].t, letters[-1].id)
             stream.send(letters)
         sent, kept = sent + stream.sent, kept + stream.kept
@@ -115,8 +116,8 @@ def resend(
 class _Stream:
     """The letters of one stream, sent page by page in time order."""
 
-    def __init__(self, cache: Cache, remote: Remote, row: StreamRow, gate: PassGate | None):
-        self.cache, self.remote, self.row = cache, remote, row
+    def __init__(self, outbox: Outbox, remote: Remote, row: StreamRow, gate: PassGate | None):
+        self.outbox, self.remote, self.row = outbox, remote, row
         self.gate = gate
         self.ordered = remote.delivery_kind is DeliveryKind.ORDERED
         self.sent = self.kept = 0
@@ -134,9 +135,9 @@ class _Stream:
     def _prepare(self) -> None:
         row = self.row
         if not row.remote_created:
-            properties = stream_properties(self.cache, row.name)
+            properties = stream_properties(self.outbox.cache, row.name)
             ensure_stream(self.remote, row.name, json.loads(row.schema), properties)
-            self.cache.set_remote_created(row.name)
+            self.outbox.set_remote_created(row.name)
         if self.ordered:
             self._newest = self.remote.reconcile(row.name)
         self._ready = True
@@ -145,7 +146,7 @@ class _Stream:
         """Of ``letters`` (in time order), those an ordered remote can take now; the others
         are settled here: held already (delivered), or kept saying why."""
         name, newest = self.row.name, self._newest
-        oldest_cached = self.cache.oldest_cached(self.row.id)
+        oldest_cached = self.outbox.oldest_held(self.row.id)
         there = [d.id for d in letters if newest is not None and d.t == newest]
         older = [d for d in letters if newest is not None and d.t < newest]
         behind = [d for d in letters if oldest_cached is not None and d.t > oldest_cached]
@@ -177,10 +178,10 @@ class _Stream:
         closed meanwhile (nothing is deleted after close() returned; a later retry settles
         them again, as after a lost answer)."""
         with self.gate.deleting("dead letters sent again") if self.gate else nullcontext():
-            self.sent += self.cache.letters_delivered(ids)
+            self.sent += self.outbox.letters_delivered(ids)
 
     def _keep(self, letters: Sequence[DeadLetter], reason: str, *, refused: bool = False) -> None:
-        self.cache.letters_kept([d.id for d in letters], reason, time.time(), refused=refused)
+        self.outbox.letters_kept([d.id for d in letters], reason, time.time(), refused=refused)
         self.kept += len(letters)
 
     def _push(self, letters: list[DeadLetter]) -> None:

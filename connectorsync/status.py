@@ -78,7 +78,7 @@ class Status:
 
 def bytes_sent(cache: Cache, streams: dict[str, StreamStats]) -> dict[str, int]:
     """:attr:`Status.bytes_sent`: the cache's counters of the registered ``streams``."""
-    counted = cache.bytes_sent()
+    counted = cache.outbox().bytes_sent()
     return {name: counted.get(name, 0) for name in streams}
 
 

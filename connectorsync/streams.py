@@ -469,7 +469,7 @@ class StreamRegistry:
         name, text = new.definition.name, new.definition.schema_text
         row = put_stream(self._cache, name, text, new.out_of_order, new.properties)
         if remote_created:
-            self._cache.set_remote_created(name)
+            self._cache.outbox().set_remote_created(name)
         restamp = new.out_of_order == "restamp"
         self._defs = {**self._defs, name: Registered(new.definition, row.id, restamp)}
         self._broken.pop(name, None)

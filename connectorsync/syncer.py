@@ -240,7 +240,7 @@ class Syncer:
             rotation=self._rotation,
             gate=self._gate,
         )
-        report = run_pass(cache, remote, plan)
+        report = run_pass(cache.outbox(), remote, plan)
         # Never back: start() may have moved it past a pass that was under way then.
         self._live_after = max(report.upto, self._live_after or 0)
 

@@ -20,7 +20,7 @@ from connectorsync import (
     SyncReport,
     TransientRemoteError,
 )
-from connectorsync.cache import Batch, Cache
+from connectorsync.cache import Batch, Outbox
 from connectorsync.remotes.base import Datapoint
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.live import wake_pending
@@ -344,14 +344,14 @@ def test_a_delivered_batch_is_deleted_while_the_next_is_sent(
     batch 1 before sending batch 2 would never get there (the delete gives up after 5 s)."""
     second_sent = threading.Event()
     overlapped: list[bool] = []
-    ack = Cache.ack
+    ack = Outbox.ack
 
-    def waiting_ack(self: Cache, batch: Batch, *, sent: int = 0) -> int:
+    def waiting_ack(self: Outbox, batch: Batch, *, sent: int = 0) -> int:
         if batch.first_id == 1:
             overlapped.append(second_sent.wait(5))
         return ack(self, batch, sent=sent)
 
-    monkeypatch.setattr(Cache, "ack", waiting_ack)
+    monkeypatch.setattr(Outbox, "ack", waiting_ack)
     remote = NotingRemote(server, lambda first: first == 3 and second_sent.set())
     with Logger(cache_path, remote=remote, batch_size=2) as lg:
         lg.addStream("temperature", {"type": "number"})
@@ -386,16 +386,16 @@ def test_a_failed_delete_of_a_delivered_batch_is_reconciled(
 ) -> None:
     """Deleting batch 1 fails (an I/O error, say) while batch 2 is sent: the pass reports
     it, and the next pass finds batches 1 and 2 delivered instead of sending them again."""
-    ack = Cache.ack
+    ack = Outbox.ack
     failed: list[int] = []
 
-    def failing_ack(self: Cache, batch: Batch, *, sent: int = 0) -> int:
+    def failing_ack(self: Outbox, batch: Batch, *, sent: int = 0) -> int:
         if batch.first_id == 1 and not failed:
             failed.append(batch.first_id)
             raise CacheError("disk I/O error (injected)")
         return ack(self, batch, sent=sent)
 
-    monkeypatch.setattr(Cache, "ack", failing_ack)
+    monkeypatch.setattr(Outbox, "ack", failing_ack)
     remote = ConnectorDBRemote(server.url, server.apikey)
     with Logger(cache_path, remote=remote, batch_size=2) as lg:
         lg.addStream("temperature", {"type": "number"})

@@ -36,7 +36,7 @@ def stream_row(cache: Cache, stream: int) -> StreamRow:
 def mark_in_flight(cache: Cache, stream: int, last_id: int) -> None:
     """Read the stream's datapoints up to ``last_id`` as a pass does: recorded in flight."""
     request = BatchRequest(upto_id=last_id, limit=10**6, max_bytes=10**9)
-    cache.take_batch(stream_row(cache, stream), 0, request)
+    cache.outbox().take_batch(stream_row(cache, stream), 0, request)
 
 
 STREAM = "alice/sensor/n"
@@ -316,7 +316,7 @@ def test_reanchor_leaves_rows_in_flight_alone_and_retimes_them_once_resolved(
     assert cache.reanchor(boot, 5020.0, 20.0) == 0  # again: still in flight, still alone
     # The remote holds the first two: they are delivered; the third was not, and it gets its
     # true time as the batch is resolved.
-    assert cache.ack_reconciled(stream, remote_newest=1011.5) == 2
+    assert cache.outbox().ack_reconciled(stream, remote_newest=1011.5) == 2
     assert times(cache, stream) == pytest.approx([5012, 5013, 5014, 5015])
     assert cache.untrusted_count(boot) == 0
     assert cache.reanchor_leftovers() == 0
@@ -331,10 +331,10 @@ def test_reanchor_retimes_the_backlog_below_a_batch_in_flight_and_leaves_the_bat
     stream, boot = untrusted_rows(cache, [10, 11, 12, 13, 14, 15])
     ids = [i for i, _, _ in cache.batch(stream, 0, 100)]
     request = BatchRequest(upto_id=ids[4], limit=10, max_bytes=10**9)
-    cache.take_batch(stream_row(cache, stream), ids[2], request)
+    cache.outbox().take_batch(stream_row(cache, stream), ids[2], request)
     assert cache.reanchor(boot, true_now=5020.0, boot_clock_now=20.0) == 4
     assert times(cache, stream) == pytest.approx([5010, 5011, 5012, 1013, 1014, 5015])
-    assert cache.ack_reconciled(stream, remote_newest=None) == 0  # nothing arrived
+    assert cache.outbox().ack_reconciled(stream, remote_newest=None) == 0  # nothing arrived
     after = times(cache, stream)
     assert after == pytest.approx([5010, 5011, 5012, 5013, 5014, 5015])
     assert all(a < b for a, b in itertools.pairwise(after))
@@ -351,7 +351,7 @@ def test_retimed_leftovers_keep_the_stream_in_order(cache: Cache) -> None:
     before = times(cache, stream)
     assert before[:2] == pytest.approx([1010, 1012])  # in flight: as sent
     assert before[1] < before[2] < before[3] and before[2] - before[1] < 1e-5  # nudged after
-    assert cache.ack_reconciled(stream, remote_newest=None) == 0  # nothing arrived
+    assert cache.outbox().ack_reconciled(stream, remote_newest=None) == 0  # nothing arrived
     after = times(cache, stream)
     assert after[0] == pytest.approx(510) and after[1] == pytest.approx(512)
     assert all(a < b for a, b in itertools.pairwise(after))  # 511.5 became 512 + 1 µs
@@ -364,7 +364,7 @@ def test_retimed_leftovers_keep_the_stream_in_order(cache: Cache) -> None:
     mark_in_flight(cache, other, first)
     cache.reanchor(boot, true_now=5040.0, boot_clock_now=40.0)
     assert cache.reanchor_leftovers() == 0  # still in flight
-    cache.release_inflight(other)  # resolved: not sent (a refused batch is bisected, say)
+    cache.outbox().release_inflight(other)  # resolved: not sent (a refused batch is bisected, say)
     assert cache.reanchor_leftovers() == 1
     assert times(cache, other) == pytest.approx([5030, 5031, 5032])
 
@@ -380,7 +380,7 @@ def test_the_anchor_survives_for_leftovers_of_an_earlier_boot(cache_path: str) -
     try:
         later = cache.boot_key("boot-2")
         cache.reanchor(later, true_now=9000.0, boot_clock_now=5.0)
-        assert cache.ack_reconciled(stream, remote_newest=None) == 0
+        assert cache.outbox().ack_reconciled(stream, remote_newest=None) == 0
         assert times(cache, stream) == pytest.approx([5010, 5011])
     finally:
         cache.close()

@@ -155,7 +155,7 @@ def test_max_rate_paces_the_backlog_never_the_live_lane(
             pause=pause,
         )
         with _pass_connection(lg) as cache:
-            report = run_pass(cache, lg.remote, plan)
+            report = run_pass(cache.outbox(), lg.remote, plan)
         assert report.ok and report.sent == {"s": 47}
     sent = _sent_in_order(receiver)
     assert sent[0] == list(range(40, 47))  # live, whole, before any wait
@@ -173,7 +173,7 @@ def test_a_pass_out_of_budget_leaves_the_backlog_for_the_next(
         live_after = _backlog_then_live(lg, receiver, backlog=30, live=5)
         plan = PassPlan(batch_size=10, max_batch_bytes=1 << 20, live_after=live_after, budget=0)
         with _pass_connection(lg) as cache:
-            report = run_pass(cache, lg.remote, plan)
+            report = run_pass(cache.outbox(), lg.remote, plan)
         assert report.ok and report.more and report.sent == {"s": 5}
         assert len(lg) == 30
 
@@ -294,7 +294,7 @@ def test_the_backlog_gets_its_share_when_the_live_lane_takes_the_whole_period(
             plan = PassPlan(
                 batch_size=10, max_batch_bytes=1 << 20, live_after=first.upto, budget=0.5
             )
-            report = run_pass(cache, lg.remote, plan)
+            report = run_pass(cache.outbox(), lg.remote, plan)
         finally:
             cache.close()
             receiver.delay(0)

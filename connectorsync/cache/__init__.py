@@ -5,7 +5,9 @@ delivery (batches in flight, acks, reconciliation) and dead letters; it holds th
 transaction, and hands the SQL of each specialised job to its module:
 
 - :mod:`.connection`: the connection, its lock and transactions (the base of :class:`Cache`);
-- :mod:`.delivering`: batches in flight, acknowledgements, reconciliation (a base of it too);
+- :mod:`.outbox`: one remote's side (:meth:`Cache.outbox`): batches in flight, acknowledgements,
+  reconciliation, dead-lettering;
+- :mod:`.positions`: what each remote holds of each stream; :mod:`.routing`: the remotes;
 - :mod:`.commit`: group commit, so that inserts of several threads share one fsync;
 - :mod:`.schema`: the file's tables, migrations and opening (and the connectordb 0.3.5 import);
 - :mod:`.limits`: storage limits, drop-oldest and expiry, inside the caller's write;
@@ -47,7 +49,7 @@ import apsw
 
 from ..batch import Batch, Datapoint, as_datapoint
 from ..errors import CacheError, CacheFullError, ConfigurationError
-from . import retime, schema, space
+from . import positions, retime, routing, schema, space
 from .base import (
     AT_REST,
     INSERT,
@@ -63,10 +65,10 @@ from .batched import CommitQueue
 from .commit import AppendRow, GroupCommit, Point
 from .connection import CommitOutcome
 from .deadletters import DeadLetters
-from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room
+from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .outbox import Outbox
 from .records import BatchRequest, DeadLetter, StreamRow, StreamStats, Untrusted
-from .schema import MIGRATIONS, SCHEMA_VERSION
 from .space import SpaceReport
 
 __all__ = [
@@ -78,6 +80,7 @@ __all__ = [
     "Datapoint",
     "DeadLetter",
     "Limits",
+    "Outbox",
     "SpaceReport",
     "StreamRow",
     "StreamStats",
@@ -88,7 +91,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Cache(Delivering, DeadLetters):
+class Cache(DeadLetters):
     """One connection to a cache file.
 
     Use :meth:`open` to open (creating or migrating) a cache, and :meth:`connect` for a
@@ -219,35 +222,54 @@ class Cache(Delivering, DeadLetters):
     # ----------------------------------------------------------------------- streams
 
     def streams(self) -> dict[str, StreamRow]:
-        """Every registered stream by name."""
+        """Every registered stream by name, with the ``default`` remote's state of it."""
         rows = self._read(
-            "SELECT id, name, schema, remote_created, inflight, out_of_order, inflight_lo "
-            "FROM streams"
+            "SELECT s.id, s.name, s.schema, coalesce(p.remote_created, 0), "
+            "coalesce(p.inflight, 0), s.out_of_order, coalesce(p.inflight_lo, 0) "
+            "FROM streams AS s LEFT JOIN positions AS p ON p.stream = s.id AND p.remote = ?",
+            (positions.DEFAULT,),
         )
         return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows}
 
     def put_stream(self, name: str, schema_text: str, out_of_order: str = "reject") -> StreamRow:
-        """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays."""
+        """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays.
+        Every remote whose filter matches it routes it; a changed schema is created on the
+        remotes again."""
         with self.transaction(f"register stream {name!r}") as conn:
+            conn.execute(
+                "UPDATE positions SET remote_created = 0 WHERE stream = "
+                "(SELECT id FROM streams WHERE name = ? AND schema != ?)",
+                (name, schema_text),
+            )
             conn.execute(
                 "INSERT INTO streams (name, schema, out_of_order) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, "
-                "out_of_order = excluded.out_of_order, "
-                "remote_created = remote_created AND schema = excluded.schema",
+                "out_of_order = excluded.out_of_order",
                 (name, schema_text, out_of_order),
             )
-            sid, created, inflight, lo = next(
-                conn.execute(
-                    "SELECT id, remote_created, inflight, inflight_lo FROM streams WHERE name = ?",
-                    (name,),
-                )
-            )
-        return StreamRow(sid, name, schema_text, bool(created), inflight, out_of_order, lo)
+            sid = next(conn.execute("SELECT id FROM streams WHERE name = ?", (name,)))[0]
+            routing.route_stream(conn, sid, name)
+        return self.streams()[name]
 
-    def set_remote_created(self, name: str, created: bool = True) -> None:
-        """Remember whether the stream is known to exist on the remote."""
-        with self.transaction(f"update stream {name!r}") as conn:
-            conn.execute("UPDATE streams SET remote_created = ? WHERE name = ?", (created, name))
+    # ----------------------------------------------------------------------- remotes
+
+    def outbox(self, name: str = "default") -> Outbox:
+        """The remote ``name``'s side of this connection (what its passes read and settle).
+
+        :raises ConfigurationError: the cache has no remote of that name
+        """
+        found = self.read("SELECT id FROM remotes WHERE name = ?", (name,))
+        if not found:
+            raise ConfigurationError(f"the cache {self.path!r} has no remote named {name!r}")
+        return Outbox(self, int(found[0][0]), name)
+
+    def remotes(self) -> routing.Remotes:
+        """The remotes of the cache: to add, remove and look at them."""
+        return routing.Remotes(self)
+
+    def max_id(self) -> int:
+        """The id of the newest cached datapoint (0: none): a pass delivers up to here."""
+        return int(self._read("SELECT coalesce(max(id), 0) FROM datapoints")[0][0])
 
     # ----------------------------------------------------------------------- datapoints
 
@@ -483,7 +505,7 @@ class Cache(Delivering, DeadLetters):
     def batch(self, stream_id: int, after_id: int, limit: int) -> list[Datapoint]:
         """Up to ``limit`` cached datapoints of the stream with id > ``after_id``, oldest first.
         Keyset paging: memory is O(limit) whatever the backlog. Marks nothing in flight: for
-        looking (export, ``Logger.datapoints``), not for delivery (:meth:`take_batch`)."""
+        looking (export, ``Logger.datapoints``), not for delivery (``Outbox.take_batch``)."""
         self.flush()
         rows = self._read(
             "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",

@@ -12,8 +12,8 @@ Guarantees (each proved by the test named):
   :class:`TooOldError` (``test_clock.py::test_out_of_order_policy``).
 - A stream's newest timestamp never goes down: every deletion goes through :func:`delete`,
   which records the newest datapoint that leaves in ``streams.last_t``/``last_d``.
-- A batch in flight (a stream's datapoints with ids from ``streams.inflight_lo`` to
-  ``streams.inflight``, and no others) is left alone by every statement that selects with
+- A batch in flight (a stream's datapoints with ids from ``inflight_lo`` to ``inflight`` of a
+  remote's position, and no others) is left alone by every statement that selects with
   :data:`AT_REST` (``test_inflight.py``,
   ``test_inflight.py::test_a_live_batch_without_answer_holds_only_its_own_rows``).
 """
@@ -42,13 +42,13 @@ SELECT max(
     (SELECT last_t FROM streams WHERE id = ?1))
 """
 
-# The rows not in a batch in flight: a stream's rows with ids in
-# [streams.inflight_lo, streams.inflight] are on the wire (or their outcome is unknown) and
+# The rows not in a batch in flight: a stream's rows with ids in [inflight_lo, inflight] of a
+# remote's position (see positions.py) are on the wire to it (or their outcome is unknown) and
 # stay as they are until it is resolved; those below (an unsent backlog, when new data went
 # first) and above are at rest. 0..0 marks nothing (ids start at 1).
 AT_REST = (
-    "NOT EXISTS (SELECT 1 FROM streams AS s WHERE s.id = datapoints.stream"
-    " AND datapoints.id BETWEEN s.inflight_lo AND s.inflight)"
+    "NOT EXISTS (SELECT 1 FROM positions AS p WHERE p.stream = datapoints.stream"
+    " AND datapoints.id BETWEEN p.inflight_lo AND p.inflight)"
 )
 
 

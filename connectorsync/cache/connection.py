@@ -307,10 +307,20 @@ class Connection:
             done = time.perf_counter()
             self.on_commit(done - began, done - committing)
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read-only statement (for the cache's own modules)."""
         self.check_process()
         with self._lock, wrapped("read the cache"):
             return list(self._conn.execute(sql, params))
+
+    _read = read
+
+    def forget_newest(self) -> None:
+        """Forget each stream's newest timestamp as this connection last saw it: a statement
+        changed timestamps (re-timing), so the next insert looks again."""
+        self._newest.clear()
+        if self._batched is not None:
+            self._batched.forget_newest()
 
 
 def shielded(step: Callable[[], _T]) -> _T:

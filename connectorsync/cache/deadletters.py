@@ -26,15 +26,19 @@ from typing import Any
 import apsw
 
 from ..batch import Datapoint
-from .base import INSERT, NEWEST, delete, place, wrapped
+from . import positions
+from .base import INSERT, NEWEST, place
 from .connection import Connection
 from .limits import Limits, make_room
 from .records import DeadLetter
 
 
-def move_in(conn: apsw.Connection, name: str, point: Datapoint, reason: str, now: float) -> None:
-    """Move the cached datapoint ``point`` of stream ``name`` to the dead letters (see
-    ``Cache.deadletter``)."""
+def move_in(  # noqa: PLR0913 - the letter's columns, inside the caller's transaction
+    conn: apsw.Connection, name: str, point: Datapoint, reason: str, now: float, remote: str
+) -> None:
+    """Record the cached datapoint ``point`` of stream ``name`` as a dead letter of the remote
+    ``remote``, inside the caller's transaction (``Outbox.deadletter`` then has that remote
+    stop holding it)."""
     point_id, t, data = point
     conn.execute(
         "UPDATE deadletters SET attempts = attempts + 1, reason = ?, failed_at = ?, "
@@ -43,11 +47,10 @@ def move_in(conn: apsw.Connection, name: str, point: Datapoint, reason: str, now
     )
     if not conn.changes():
         conn.execute(
-            "INSERT INTO deadletters (stream, t, d, reason, attempts, failed_at) "
-            "VALUES (?, ?, ?, ?, 1, ?)",
-            (name, t, data, reason, now),
+            "INSERT INTO deadletters (stream, t, d, reason, attempts, failed_at, remote) "
+            "VALUES (?, ?, ?, ?, 1, ?, ?)",
+            (name, t, data, reason, now, remote),
         )
-    delete(conn, "id = ?", (point_id,))
 
 
 LETTER = "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters"
@@ -56,32 +59,37 @@ LETTER = "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters"
 _CHUNK = 500
 
 
-def at_rest(
+def at_rest(  # noqa: PLR0913 - one keyset page's bounds
     conn: apsw.Connection,
     stream: str,
     ids: Sequence[int] | None,
     after: tuple[float, int],
     limit: int,
+    remote: str,
 ) -> list[tuple[Any, ...]]:
-    """Up to ``limit`` letters at rest of ``stream`` (of ``ids`` only, if given) after
-    ``after`` = (t, id) in time order: keyset paging, O(limit) memory. Rows as
+    """Up to ``limit`` letters at rest of ``stream`` that ``remote`` refused (of ``ids`` only,
+    if given) after ``after`` = (t, id) in time order: keyset paging, O(limit) memory. Rows as
     :meth:`DeadLetter.from_row` takes them."""
-    sql = f"{LETTER} WHERE stream = ? AND retry_id IS NULL AND (t, id) > (?, ?)"
+    sql = f"{LETTER} WHERE stream = ? AND remote = ? AND retry_id IS NULL AND (t, id) > (?, ?)"
     if ids is None:
-        return list(conn.execute(sql + " ORDER BY t, id LIMIT ?", (stream, *after, limit)))
+        return list(conn.execute(sql + " ORDER BY t, id LIMIT ?", (stream, remote, *after, limit)))
     rows: list[tuple[Any, ...]] = []
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
-        rows += conn.execute(f"{sql} AND id IN ({marks})", (stream, *after, *chunk))
+        rows += conn.execute(f"{sql} AND id IN ({marks})", (stream, remote, *after, *chunk))
     rows.sort(key=lambda row: (row[2], row[0]))
     return rows[:limit]
 
 
-def streams_with_letters(conn: apsw.Connection) -> list[str]:
+def streams_with_letters(conn: apsw.Connection, remote: str) -> list[str]:
     """The names of the streams with letters at rest."""
     return [
-        r[0] for r in conn.execute("SELECT DISTINCT stream FROM deadletters WHERE retry_id IS NULL")
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT stream FROM deadletters WHERE retry_id IS NULL AND remote = ?",
+            (remote,),
+        )
     ]
 
 
@@ -114,21 +122,29 @@ def requeue(
     (``streams``: id by name), each after its stream's newest timestamp (a new time).
     Returns the ``(stream id, t)`` of each datapoint queued, in order."""
     letters = list(
-        conn.execute("SELECT id, stream, t, d FROM deadletters WHERE retry_id IS NULL ORDER BY id")
+        conn.execute(
+            "SELECT id, stream, t, d, remote FROM deadletters WHERE retry_id IS NULL ORDER BY id"
+        )
     )
+    remotes = dict(conn.execute("SELECT name, id FROM remotes"))
     wanted = None if ids is None else set(ids)
     queued: list[tuple[int, float]] = []
-    for letter_id, name, t, data in letters:
+    for letter_id, name, t, data, refused_by in letters:
         if (wanted is not None and letter_id not in wanted) or name not in streams:
             continue
         stream_id = streams[name]
         newest = next(conn.execute(NEWEST, (stream_id,)))[0]
         t = place(t, newest, restamp=True)
         conn.execute(INSERT, (stream_id, t, data, None, None))
-        conn.execute(
-            "UPDATE deadletters SET retry_id = ? WHERE id = ?",
-            (conn.last_insert_rowid(), letter_id),
-        )
+        point = conn.last_insert_rowid()
+        conn.execute("UPDATE deadletters SET retry_id = ? WHERE id = ?", (point, letter_id))
+        if refused_by in remotes:  # the others have it already: only that remote holds it
+            others = conn.execute(
+                "SELECT remote FROM positions WHERE stream = ? AND remote != ?",
+                (stream_id, remotes[refused_by]),
+            )
+            for (other,) in list(others):
+                positions.take(conn, other, stream_id, point, point)
         queued.append((stream_id, t))
     return queued
 
@@ -161,16 +177,6 @@ def purge(conn: apsw.Connection, ids: Sequence[int] | None) -> int:
 
 class DeadLetters(Connection):
     """The dead-letter methods of :class:`~connectorsync.cache.Cache`, each one transaction."""
-
-    def deadletter(
-        self, stream_id: int, name: str, point: Datapoint, reason: str, now: float
-    ) -> None:
-        """Move one datapoint the remote refused to the dead-letter table, in one transaction.
-
-        A datapoint that was a dead letter queued again keeps its letter, with one more attempt.
-        """
-        with self.transaction("move a datapoint to the dead letters") as conn:
-            move_in(conn, name, point, reason, now)
 
     def deadletters(self, stream: str | None = None) -> list[DeadLetter]:
         """Dead letters at rest (not queued again), of all streams or one, oldest first."""
@@ -209,39 +215,6 @@ class DeadLetters(Connection):
         if self._batched is not None:
             self._batched.forget_newest()
         return len(queued)
-
-    def streams_with_letters(self) -> list[str]:
-        """The names of the streams that have dead letters at rest."""
-        with self._lock, wrapped("read the dead letters"):
-            return streams_with_letters(self._conn)
-
-    def letters_at_rest(
-        self, stream: str, ids: Sequence[int] | None, after: tuple[float, int], limit: int
-    ) -> list[DeadLetter]:
-        """Up to ``limit`` dead letters at rest of ``stream`` (of ``ids`` only, if given),
-        after ``after`` = (t, id), in time order (keyset paging: O(limit) memory)."""
-        with self._lock, wrapped("read the dead letters"):
-            rows = at_rest(self._conn, stream, ids, after, limit)
-        return [DeadLetter.from_row(row) for row in rows]
-
-    def letters_delivered(self, ids: Sequence[int]) -> int:
-        """The remote took these dead letters (sent again): they are done. Returns how many."""
-        with self.transaction("settle dead letters sent again") as conn:
-            return delivered(conn, ids)
-
-    def letters_kept(self, ids: Sequence[int], reason: str, now: float, *, refused: bool) -> None:
-        """These dead letters stay, with ``reason`` (and one more attempt if ``refused``)."""
-        with self.transaction("keep dead letters") as conn:
-            kept(conn, ids, reason, now, refused=refused)
-
-    def oldest_cached(self, stream_id: int) -> float | None:
-        """The time of the stream's oldest cached datapoint (the next to send), or None."""
-        if self._batched is not None:
-            self._batched.flush()
-        rows = self._read(
-            "SELECT t FROM datapoints WHERE stream = ? ORDER BY id LIMIT 1", (stream_id,)
-        )
-        return float(rows[0][0]) if rows else None
 
     def purge_deadletters(self, ids: Sequence[int] | None) -> int:
         """Delete dead letters at rest (all, or those of ``ids``). Returns how many."""

@@ -5,7 +5,8 @@ stream is created on the remote."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .records import StreamRow
 
@@ -25,8 +26,12 @@ def put_stream(
     return row
 
 
-def stream_properties(cache: Cache, name: str) -> dict[str, Any]:
+class _Reads(Protocol):
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+def stream_properties(cache: _Reads, name: str) -> dict[str, Any]:
     """The properties stream ``name`` was registered with (``{}``: none, or not registered)."""
-    rows = cache._read("SELECT properties FROM streams WHERE name = ?", (name,))
+    rows = cache.read("SELECT properties FROM streams WHERE name = ?", (name,))
     found: dict[str, Any] = json.loads(rows[0][0]) if rows else {}
     return found

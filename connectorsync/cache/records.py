@@ -39,7 +39,7 @@ class StreamStats:
 
 @dataclass(frozen=True)
 class BatchRequest:
-    """What a pass asks of :meth:`Cache.take_batch`: its bounds, and what to hold back.
+    """What a pass asks of ``Outbox.take_batch``: its bounds, and what to hold back.
 
     :ivar upto_id: the newest id the pass delivers (what was cached when it began)
     :ivar limit: most datapoints in a batch (``batch_size``)

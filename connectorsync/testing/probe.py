@@ -119,12 +119,15 @@ class CacheProbe:
         """The id of the newest cached datapoint, all streams together (0: none)."""
         return int(self._all("SELECT coalesce(max(id), 0) FROM datapoints")[0][0])
 
-    def inflight(self, stream: str) -> tuple[int, int] | None:
-        """The ids ``(first, last)`` of the stream's batch in flight, or None when none is."""
-        lo, hi = self._all(
-            "SELECT inflight_lo, inflight FROM streams WHERE id = ?", (self.stream_id(stream),)
-        )[0]
-        return None if not hi else (int(lo), int(hi))
+    def inflight(self, stream: str, remote: str = "default") -> tuple[int, int] | None:
+        """The ids ``(first, last)`` of the stream's batch in flight to ``remote``, or None
+        when none is."""
+        rows = self._all(
+            "SELECT p.inflight_lo, p.inflight FROM positions AS p JOIN remotes AS r "
+            "ON r.id = p.remote WHERE r.name = ? AND p.stream = ?",
+            (remote, self.stream_id(stream)),
+        )
+        return None if not rows or not rows[0][1] else (int(rows[0][0]), int(rows[0][1]))
 
     def deadletters(self) -> list[ProbedLetter]:
         """Every dead letter at rest or queued again, oldest first."""
