@@ -100,6 +100,8 @@ class Courier:
 
     def __init__(self, name: str, remote: Remote, shared: Shared):
         self.name = name
+        # Each remote's lines under a name of its own (the default one's: the module's).
+        self._log = log if name == DEFAULT else log.getChild(name)
         self._remote = remote
         self._shared = shared
         self._options = shared.options
@@ -209,7 +211,7 @@ class Courier:
         try:
             hooks.before(cache)
         except ConnectorSyncError as exc:
-            log.warning("before the sync pass: %s", exc)
+            self._log.warning("before the sync pass: %s", exc)
         remote = self._remote
         if self.name == DEFAULT:  # status() and the CLI show the default remote's (for now)
             _record_remote(cache, remote)
@@ -235,7 +237,7 @@ class Courier:
             try:
                 cache.give_back_space()
             except ConnectorSyncError as exc:  # the pass itself went well; the next one retries
-                log.warning("cannot give free space back after the sync pass: %s", exc)
+                self._log.warning("cannot give free space back after the sync pass: %s", exc)
         return report
 
     # ----------------------------------------------------------------------- background
@@ -367,7 +369,7 @@ class Courier:
                 self._sync_with_retries()
             except Exception as exc:  # the thread must live on; status() says what failed
                 self.last_error = f"unexpected {type(exc).__name__}: {exc}"
-                log.exception("background sync failed unexpectedly: %s", exc)
+                self._log.exception("background sync failed unexpectedly: %s", exc)
                 self._tell_state()
             # Retries that outlast the period (an outage) end with a pass: the next one is a
             # period after that pass began, not at once (a fleet back after an outage would
@@ -419,7 +421,7 @@ class Courier:
             if credentials != self._credentials:
                 continue  # new credentials came during the pass or from onsyncfail: try them
             self.paused = f"credentials refused: {report.exception}"
-            log.error("syncing paused until the credentials change: %s", report.exception)
+            self._log.error("syncing paused until the credentials change: %s", report.exception)
             self._tell_state()
             return
 
@@ -448,7 +450,7 @@ class Courier:
             finally:
                 cache.close()
         except ConnectorSyncError as exc:  # the first pass will say it again
-            log.warning("cannot read the cache before the first pass: %s", exc)
+            self._log.warning("cannot read the cache before the first pass: %s", exc)
 
     def _pacer_for(self, rate: float | None) -> Pacer | None:
         """The pace of ``max_rate``, kept across passes (a new one when the rate changes)."""
@@ -474,7 +476,7 @@ class Courier:
         wait = state.next_action.sleep if state.next_action else 0.0
         self.next_attempt = time.time() + wait
         self._tell_state()
-        log.info("sync failed (%s); next attempt in %.1f s", _failure(state) or "", wait)
+        self._log.info("sync failed (%s); next attempt in %.1f s", _failure(state) or "", wait)
 
     # ----------------------------------------------------------------------- plumbing
 
@@ -526,7 +528,7 @@ class Courier:
                 result.append(self.sync(deadline=deadline))
                 self._tell(result[0])
             except Exception as exc:  # closing goes on: a callback's error is only logged
-                log.warning("last sync before closing failed (nothing lost): %s", exc)
+                self._log.warning("last sync before closing failed (nothing lost): %s", exc)
 
         thread = threading.Thread(target=drain, name="connectorsync-drain", daemon=True)
         thread.start()

@@ -264,14 +264,14 @@ class Syncer:
         ``cache`` (the connection of the courier whose state changed), for other
         processes: ``connectorsync status`` runs in one. Written only when something
         changed; today's keys (the default remote's) stay where readers look."""
-        remotes = {name: courier.report_state() for name, courier in self._couriers.items()}
-        state = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            **remotes[self._default.name],
-            "remotes": remotes,
-        }
         with self._lease_lock:  # in order: a newer state is never overwritten by an older
+            remotes = {name: courier.report_state() for name, courier in self._couriers.items()}
+            state = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                **remotes[self._default.name],
+                "remotes": remotes,
+            }
             if state != self._published:
                 self._published = state
                 cache.set_setting(LEASE_KEY, {**state, "at": time.time()})

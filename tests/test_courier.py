@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,8 +98,12 @@ def quiet(rig: Rig) -> bool:
 
 def other_logger_syncs(rig: Rig) -> bool:
     """Whether a second Logger on the file may sync it now (the file's lock is free)."""
-    with Logger(rig.path, remote=http(rig.good.url + "/other/{stream}")) as other:
-        report = within(PROMPT, other.sync, what="another Logger's sync")
+    remote = http(rig.good.url + "/other/{stream}")
+    try:
+        with Logger(rig.path, remote=remote) as other:
+            report = within(PROMPT, other.sync, what="another Logger's sync")
+    finally:
+        remote.close()
     if report.ok:
         return True
     assert "another Logger of this process syncs" in (report.errors.get("*") or ""), report
@@ -184,16 +189,16 @@ def test_the_lease_says_how_each_remote_goes(rig: Rig) -> None:
     each remote's state by name."""
     rig.syncer.start()
     wait_for(lambda: quiet(rig), timeout=PROMPT, what="the backup's first pass")
-    wait_for(
-        lambda: "503" in str(rig.syncer.state().get("remotes", {}).get("backup")),
-        timeout=PROMPT,
-        what="the lease to say so",
-    )
+
+    def backup() -> dict[str, Any]:
+        return rig.syncer.state().get("remotes", {}).get("backup") or {}
+
+    # The failure first, then when it tries next: two writes of the lease.
+    wait_for(lambda: (backup().get("next_attempt") or 0) > time.time() + 600, timeout=PROMPT)
+    assert "503" in backup()["last_error"] and backup()["running"] is True
     lease = rig.syncer.state()
     assert lease["last_error"] is None and lease["running"] is True  # the default remote's
     assert lease["remotes"]["default"]["last_error"] is None
-    backup = lease["remotes"]["backup"]
-    assert backup["running"] is True and backup["next_attempt"] > time.time() + 600
     with Logger(rig.path) as lg:  # another Logger's status() reads the default remote's keys
         status = lg.status()
     assert status.last_error is None and status.syncer is not None
