@@ -14,7 +14,8 @@ Guarantees (each proved by the test named, in ``tests/``):
 
 - Couriers are independent: each has its own thread, pass lock and connection, and one
   backing off (or quiet after a ``Retry-After``) does not delay another's deliveries
-  (``test_courier.py::test_a_failing_courier_does_not_delay_the_other``).
+  (``test_courier.py::test_a_failing_courier_does_not_delay_the_other``,
+  ``test_courier.py::test_a_courier_backing_off_does_not_delay_the_other``).
 - Periodic passes are jittered, so a fleet restarted together does not sync in step: the
   first pass after :meth:`start` waits a uniform random ``[0, sync_jitter]`` seconds, and
   each next one comes ``syncperiod`` plus a uniform random ``[0, sync_jitter]`` after the

@@ -131,6 +131,26 @@ def test_a_failing_courier_does_not_delay_the_other(rig: Rig) -> None:
     assert within(PROMPT, rig.syncer.stop, PROMPT, what="stop during the backoff")
 
 
+def test_a_courier_backing_off_does_not_delay_the_other(rig: Rig) -> None:
+    """Without a Retry-After the backup backs off exponentially, in its own thread; the
+    default courier delivers each insert meanwhile, and stop() ends the backoff at once."""
+    rig.bad.clear_faults()
+    rig.bad.fail_next(10**6, 503)
+    rig.syncer.start()
+    for value in (1.0, 2.0, 3.0):
+        rig.insert(value)
+        wait_for(lambda v=value: v in rig.delivered(), timeout=PROMPT, what="delivery")
+    backup = rig.syncer.couriers["backup"]
+    wait_for(
+        lambda: "503" in (backup.last_error or "") and backup.next_attempt is not None,
+        timeout=PROMPT,
+        what="the backup to back off",
+    )
+    assert rig.delivered() == [1.0, 2.0, 3.0] and backup.running
+    assert within(PROMPT, rig.syncer.stop, PROMPT, what="stop during the backoff")
+    assert rig.threads() == []
+
+
 def test_stop_and_close_end_both_couriers_and_free_the_file(rig: Rig) -> None:
     """While the couriers run, the file is this Syncer's; stop() ends both threads (one in a
     long backoff) and frees the file, start() takes it again, close() frees it for good."""
