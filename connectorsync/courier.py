@@ -6,9 +6,9 @@ its own, woken every ``syncperiod`` (plus up to ``sync_jitter``), at ``sync_thre
 :meth:`~Courier.wake`, retrying a pass by its report and handing each report to ``on_pass``.
 Backoff, ``Retry-After`` quiet, the pause on refused credentials, ``max_rate``, the stream
 rotation and the live lane are the courier's own. What a Logger's couriers share (the file's
-sync lock, the lease, device time's hooks) comes from the
-:class:`~connectorsync.syncer.Syncer` (:class:`Shared`); a courier never calls up into the
-Logger. What a pass delivers through comes from one seam, :meth:`Courier._outbox`.
+sync lock, the lease, device time's hooks) comes from the :class:`~connectorsync.syncer.Syncer`
+(:class:`~connectorsync.syncer.Shared`); a courier never calls up into the Logger. What a
+pass delivers through comes from one seam, :meth:`Courier._outbox`.
 
 Guarantees (each proved by the test named, in ``tests/``):
 
