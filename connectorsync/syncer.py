@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from .cache import Cache, Untrusted
@@ -153,7 +154,7 @@ class Syncer:
     @property
     def couriers(self) -> Mapping[str, Courier]:
         """The couriers by remote name (a read-only view)."""
-        return dict(self._couriers)
+        return MappingProxyType(self._couriers)
 
     @property
     def default(self) -> Courier:
