@@ -6,9 +6,9 @@ its own, woken every ``syncperiod`` (plus up to ``sync_jitter``), at ``sync_thre
 :meth:`~Courier.wake`, retrying a pass by its report and handing each report to ``on_pass``.
 Backoff, ``Retry-After`` quiet, the pause on refused credentials, ``max_rate``, the stream
 rotation and the live lane are the courier's own. What a Logger's couriers share (the file's
-sync lock, the lease, device time's hooks) comes from the :class:`~connectorsync.syncer.Syncer`
-(:class:`~connectorsync.syncer.Shared`); a courier never calls up into the Logger. What a
-pass delivers through comes from one seam, :meth:`Courier._outbox`.
+sync lock, the lease, device time's hooks) is handed down by the
+:class:`~connectorsync.syncer.Syncer` (:class:`Shared`); a courier never calls up into the
+Logger. What a pass delivers through comes from one seam, :meth:`Courier._outbox`.
 
 Guarantees (each proved by the test named, in ``tests/``):
 
@@ -16,16 +16,8 @@ Guarantees (each proved by the test named, in ``tests/``):
   backing off (or quiet after a ``Retry-After``) does not delay another's deliveries
   (``test_courier.py::test_a_failing_courier_does_not_delay_the_other``,
   ``test_courier.py::test_a_courier_backing_off_does_not_delay_the_other``).
-- Periodic passes are jittered, so a fleet restarted together does not sync in step: the
-  first pass after :meth:`start` waits a uniform random ``[0, sync_jitter]`` seconds, and
-  each next one comes ``syncperiod`` plus a uniform random ``[0, sync_jitter]`` after the
-  last began (never sooner than ``syncperiod``). Passes asked for (``sync()``, a wake,
-  ``sync_threshold``, close's drain) and retries are not delayed by it
-  (``test_jitter.py::test_a_fleet_started_together_spreads_its_first_passes``,
-  ``test_jitter.py::test_the_wait_is_syncperiod_plus_up_to_sync_jitter``,
-  ``test_jitter.py::test_asked_for_passes_are_not_delayed_by_sync_jitter``).
-- Transient failures back off exponentially with full jitter (capped at ``syncperiod``),
-  honour ``Retry-After``, and every wait ends at once on :meth:`stop`
+- Its passes come by :mod:`~connectorsync.schedule`: periods with jitter, retries with
+  backoff, and every wait ends at once on :meth:`stop`
   (``test_faults.py::test_stop_returns_at_once_during_a_long_backoff``).
 - A ``Retry-After`` pauses the whole remote: every stream of the pass that got it stops
   (``test_lanes.py::test_retry_after_pauses_every_stream_of_the_remote``), and the
@@ -62,21 +54,20 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import tenacity
 
-from .cache import Cache
+from . import schedule
+from .cache import Cache, Untrusted
 from .delivery import PassPlan, Progress, run_pass
 from .errors import AuthError, ClosedError, ConnectorSyncError, TransientRemoteError
 from .lanes import Pacer, Rotation
+from .options import Options
 from .remotes.base import Remote
 from .report import SyncReport, retry_after, worth_retrying
-from .schedule import jittered
-from .synclock import PassGate, read_lease
-
-if TYPE_CHECKING:  # the Syncer hands them down; a courier never imports it at run time
-    from .syncer import Shared
+from .synclock import PassGate, SharedSyncLock, read_lease
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +75,43 @@ T = TypeVar("T")
 
 #: The name of the one remote a Logger has today (``remote=``).
 DEFAULT = "default"
-#: First backoff ceiling in seconds; it doubles per failed attempt up to ``syncperiod``.
-BACKOFF_BASE = 1.0
-#: A ``Retry-After`` longer than this is not believed.
-MAX_RETRY_AFTER = 3600.0
 _QUIET = "the remote asked to be left alone (Retry-After); the background syncer waits"
+
+
+@dataclass(frozen=True)
+class PassHooks:
+    """What device time adds to a pass, handed down by the Logger.
+
+    :ivar before: run with the courier's cache connection before each pass (expiry, an NTP
+        refresh when due); an error is logged, the pass goes on
+    :ivar hold: what to hold back until the clock is trusted, asked once per pass
+    """
+
+    before: Callable[[Cache], object] = lambda cache: None
+    hold: Callable[[], Untrusted | None] = lambda: None
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What a Logger's couriers share, handed to each by the Syncer.
+
+    :ivar path: the cache file
+    :ivar options: the Logger's options (read when needed)
+    :ivar hooks: device time's part in each pass (its ``before`` run by one courier at a
+        time)
+    :ivar lock: the file's sync lock, held by every courier that runs
+    :ivar on_pass: called with the report of each background pass (and of close's drain),
+        after the pass, outside every lock; never by :meth:`Courier.sync`
+    :ivar on_state: called with the courier's connection when its state (running,
+        last_error, next_attempt, paused) may have changed: the lease is written through it
+    """
+
+    path: str
+    options: Options
+    hooks: PassHooks
+    lock: SharedSyncLock
+    on_pass: Callable[[SyncReport], object]
+    on_state: Callable[[Cache], object]
 
 
 class Courier:
@@ -172,7 +195,7 @@ class Courier:
             self.last_error = report.message
             asked = retry_after(report.exception)
             if asked is not None:  # also one met by a sync() asked for by hand
-                self._quiet_until = time.monotonic() + min(float(asked), MAX_RETRY_AFTER)
+                self._quiet_until = time.monotonic() + schedule.quiet_for(asked)
                 self._wake.set()  # the background thread reads it now (and says when next)
             self._tell_state()
             if self._closed:
@@ -341,7 +364,7 @@ class Courier:
 
     def _loop(self) -> None:
         # Not at once: loggers started together (a fleet after a restart) would stay in step.
-        due = time.monotonic() + jittered(0.0, self._options.jitter())
+        due = time.monotonic() + schedule.jittered(0.0, self._options.jitter())
         while True:
             with self._state_lock:
                 if self._stop.is_set():
@@ -362,7 +385,7 @@ class Courier:
                 # whichever pass met it; a wake (sync_threshold) does not end it either.
                 due = max(due, self._quiet_until)
                 continue
-            due = time.monotonic() + jittered(self._options.syncperiod, self._options.jitter())
+            due = time.monotonic() + self._period()
             self.paused = None
             if not self._hold_file():
                 continue  # another process syncs; look again next period
@@ -375,7 +398,11 @@ class Courier:
             # Retries that outlast the period (an outage) end with a pass: the next one is a
             # period after that pass began, not at once (a fleet back after an outage would
             # otherwise hit the server twice in a row).
-            due = max(due, self._began + jittered(self._options.syncperiod, self._options.jitter()))
+            due = max(due, self._began + self._period())
+
+    def _period(self) -> float:
+        """The wait from one periodic pass to the next: ``syncperiod`` plus its jitter."""
+        return schedule.jittered(self._options.syncperiod, self._options.jitter())
 
     def _hold_file(self) -> bool:
         """Make the background thread a holder of the file's sync lock (once, until it
@@ -407,7 +434,7 @@ class Courier:
             stop=tenacity.stop_when_event_set(self._stop),
             before_sleep=self._note_next_attempt,
             # Stopped while retrying: the last report stands, and the data waits in the cache.
-            retry_error_callback=_last_report,
+            retry_error_callback=schedule.last_report,
         )
         while True:
             credentials = self._credentials
@@ -466,18 +493,14 @@ class Courier:
         return not self._stop.wait(seconds)
 
     def _backoff(self, state: tenacity.RetryCallState) -> float:
-        asked = retry_after(_failure(state))
-        if asked is not None:  # for the whole remote: every stream of the pass stopped
-            return min(float(asked), MAX_RETRY_AFTER)
-        cap = max(BACKOFF_BASE, self._options.syncperiod)
-        # Full jitter: uniform between 0 and the exponential ceiling.
-        return float(tenacity.wait_random_exponential(multiplier=BACKOFF_BASE, max=cap)(state))
+        return schedule.backoff(state, self._options.syncperiod)
 
     def _note_next_attempt(self, state: tenacity.RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action else 0.0
         self.next_attempt = time.time() + wait
         self._tell_state()
-        self._log.info("sync failed (%s); next attempt in %.1f s", _failure(state) or "", wait)
+        failed = schedule.failure(state) or ""
+        self._log.info("sync failed (%s); next attempt in %.1f s", failed, wait)
 
     # ----------------------------------------------------------------------- plumbing
 
@@ -554,17 +577,6 @@ class Courier:
                     self._close_connection()
             finally:
                 self._pass_lock.release()
-
-
-def _last_report(state: tenacity.RetryCallState) -> SyncReport:
-    """The report of the last attempt, when the retries stop (tenacity's retry_error_callback)."""
-    return state.outcome.result() if state.outcome else SyncReport()
-
-
-def _failure(state: tenacity.RetryCallState) -> ConnectorSyncError | None:
-    """The error of the last attempt's report (the retries decide by the report, so an
-    attempt's outcome is a report, never an exception)."""
-    return _last_report(state).exception
 
 
 def _record_remote(cache: Cache, remote: Remote) -> None:

@@ -42,12 +42,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from .cache import Cache, Untrusted
-from .courier import DEFAULT, Courier
+from .cache import Cache
+from .courier import DEFAULT, Courier, PassHooks, Shared
 from .delivery import Progress
 from .errors import ConfigurationError
 from .options import Options
@@ -58,43 +57,6 @@ from .synclock import LEASE_KEY, PassGate, SharedSyncLock, SyncState, read_lease
 __all__ = ["DEFAULT", "PassHooks", "Syncer"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class PassHooks:
-    """What device time adds to a pass, handed down by the Logger.
-
-    :ivar before: run with the courier's cache connection before each pass (expiry, an NTP
-        refresh when due); an error is logged, the pass goes on
-    :ivar hold: what to hold back until the clock is trusted, asked once per pass
-    """
-
-    before: Callable[[Cache], object] = lambda cache: None
-    hold: Callable[[], Untrusted | None] = lambda: None
-
-
-@dataclass(frozen=True)
-class Shared:
-    """What a Logger's couriers share, handed to each by the Syncer.
-
-    :ivar path: the cache file
-    :ivar options: the Logger's options (read when needed)
-    :ivar hooks: device time's part in each pass (its ``before`` run by one courier at a
-        time)
-    :ivar lock: the file's sync lock, held by every courier that runs
-    :ivar on_pass: called with the report of each background pass (and of close's drain),
-        after the pass, outside every lock; never by :meth:`Courier.sync
-        <connectorsync.courier.Courier.sync>`
-    :ivar on_state: called with the courier's connection when its state (running,
-        last_error, next_attempt, paused) may have changed: the lease is written through it
-    """
-
-    path: str
-    options: Options
-    hooks: PassHooks
-    lock: SharedSyncLock
-    on_pass: Callable[[SyncReport], object]
-    on_state: Callable[[Cache], object]
 
 
 class Syncer:

@@ -88,14 +88,14 @@ def plain_backoff(self: Any, state: Any) -> float:
     capped at syncperiod), ``Retry-After`` still honoured."""
     import tenacity
 
-    from connectorsync import courier
+    from connectorsync import schedule
 
     report = state.outcome.result() if state.outcome else None  # a pass's outcome is its report
     retry_after = getattr(report and report.exception, "retry_after", None)
     if retry_after is not None:
-        return min(float(retry_after), courier.MAX_RETRY_AFTER)
-    cap = max(courier.BACKOFF_BASE, self._options.syncperiod)
-    return float(tenacity.wait_exponential(multiplier=courier.BACKOFF_BASE, max=cap)(state))
+        return min(float(retry_after), schedule.MAX_RETRY_AFTER)
+    cap = max(schedule.BACKOFF_BASE, self._options.syncperiod)
+    return float(tenacity.wait_exponential(multiplier=schedule.BACKOFF_BASE, max=cap)(state))
 
 
 class Fleet:

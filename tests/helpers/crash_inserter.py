@@ -11,10 +11,10 @@ import sys
 import time
 
 from connectorsync import Logger
-from connectorsync import courier as courier_module
+from connectorsync import schedule as schedule_module
 
 # Retry within tens of milliseconds, so the faults of a crash test resolve while it runs.
-courier_module.BACKOFF_BASE = 0.02
+schedule_module.BACKOFF_BASE = 0.02
 
 
 def main() -> None:
