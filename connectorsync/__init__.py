@@ -46,10 +46,11 @@ from .remotes import (
     DeliveryKind,
     HTTPRemote,
     InfluxDBRemote,
+    MQTTRemote,
     Remote,
     thingsboard,
+    thingsboard_mqtt,
 )
-from .remotes.mqtt import MQTTRemote, thingsboard_mqtt
 from .status import Status
 
 # The top-level functions check their arguments' types as Logger's methods do (invariant 15).

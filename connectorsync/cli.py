@@ -214,7 +214,7 @@ def recorded_remote(path: str) -> Any:
     """
     from .cache import Cache
     from .errors import ConfigurationError
-    from .remotes.config import recorded_config, remote_from_config
+    from .remotes.config import recorded_remote as remote_of
 
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such cache file")
@@ -226,11 +226,8 @@ def recorded_remote(path: str) -> Any:
         settings = cache.settings()
     finally:
         cache.close()
-    config = recorded_config(settings)
-    if config is None:
-        return None
     try:
-        return remote_from_config(config)
+        return remote_of(settings)
     except ConfigurationError as exc:
         raise UsageError(
             f"{path} syncs to {hide_password(settings['remote'])} (its program's remote), "

@@ -47,11 +47,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from .cache import BatchRequest, Cache, Row, StreamRow, Untrusted
+from .batch import Batch
+from .cache import BatchRequest, Cache, StreamRow, Untrusted
 from .cache.properties import stream_properties
 from .errors import (
     AmbiguousRemoteError,
@@ -137,9 +138,18 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
         cache.reanchor_leftovers()
     except ConnectorSyncError as exc:
         log.warning("re-timing datapoints left untrusted while in flight: %s", exc)
-    lanes = Lanes(plan, upto, ordered=remote.delivery_kind is DeliveryKind.ORDERED)
+    lanes = Lanes(
+        upto,
+        ordered=remote.delivery_kind is DeliveryKind.ORDERED,
+        live_after=plan.live_after,
+        budget=plan.budget,
+        pacer=plan.pacer,
+        rotation=plan.rotation,
+        pause=plan.pause,
+        deadline=plan.deadline,
+    )
     for phase, backlog in lanes.phases(turns):
-        _take_turns(phase, plan.deadline, report, lanes, backlog=backlog)
+        _take_turns(phase, plan, report, lanes, backlog=backlog)
         if stops_the_remote(report.exception):
             assert report.exception is not None
             # The whole remote waits: the streams a later lane would have sent say so (the
@@ -155,7 +165,7 @@ def run_pass(cache: Cache, remote: Remote, plan: PassPlan) -> SyncReport:
 
 
 def _take_turns(
-    turns: list[_Turn], deadline: float | None, report: SyncReport, lanes: Lanes, *, backlog: bool
+    turns: list[_Turn], plan: PassPlan, report: SyncReport, lanes: Lanes, *, backlog: bool
 ) -> None:
     """One batch per stream in turn until every stream is done, failed, or time is up.
 
@@ -172,7 +182,7 @@ def _take_turns(
     try:
         while active:
             turn = active[index % len(active)]
-            stop = _stopped(deadline, lanes.plan.gate)
+            stop = _stopped(plan.deadline, plan.gate)
             if stop is not None:  # no new batch starts: the rest waits in the cache
                 lanes.rotation.cut_at(turn.name)
                 for late in active:
@@ -219,17 +229,17 @@ def _stopped(deadline: float | None, gate: PassGate | None) -> ConnectorSyncErro
     return None
 
 
-def _paced(turn: _Turn, lanes: Lanes | None, batch: list[Row] | None) -> list[Row] | None:
-    """``batch``, once ``max_rate`` lets it go; nothing if the wait failed the turn (syncing
-    stopped, or out of time: the batch waits in the cache); None if the backlog's budget
-    ended first (the batch waits for the next pass)."""
+def _paced(turn: _Turn, lanes: Lanes | None, batch: Batch | None) -> Batch | None:
+    """``batch``, once ``max_rate`` lets it go; an empty batch if there was none or the wait
+    failed the turn (syncing stopped, or out of time: the batch waits in the cache); None if
+    the backlog's budget ended first (the batch waits for the next pass)."""
     if batch and lanes is not None:
-        go = turn.guard(lanes.pace, batch[0][0], len(batch))
+        go = turn.guard(lanes.pace, batch.first_id, len(batch))
         if turn.failed:
-            return []
+            return turn.nothing
         if not go:
             return None
-    return batch or []
+    return batch or turn.nothing
 
 
 @dataclass(frozen=True)
@@ -257,7 +267,9 @@ class _Turn:
         )
         self.after = 0  # the last id read: everything up to it is in flight or resolved
         self.done = self.failed = False
-        self._ahead: InThread[list[Row]] | None = None
+        #: this stream's empty batch: the turn has nothing (more) to send
+        self.nothing = Batch(row.name, row.id, ())
+        self._ahead: InThread[Batch] | None = None
         # Batches sent whose outcome is not settled yet (pushed and not yet deleted, or no
         # answer): while any is, the in-flight mark stays for the next pass to resolve.
         self._unsettled = 0
@@ -340,7 +352,7 @@ class _Turn:
 
     # -------------------------------------------------------------- batches
 
-    def read_ahead(self) -> InThread[list[Row]] | None:
+    def read_ahead(self) -> InThread[Batch] | None:
         """A reader of this stream's next batch, not started yet (None: one is under way).
 
         Only ids after what this turn has read are taken, so it is valid whatever becomes of
@@ -350,15 +362,15 @@ class _Turn:
         self._ahead = InThread(self._read, self.after)
         return self._ahead
 
-    def _read(self, after: int) -> list[Row]:
+    def _read(self, after: int) -> Batch:
         """The batch after id ``after``, recorded in flight; its body made if the remote
         can make it ahead."""
-        batch = self.cache.take_batch(self.row.id, after, self.request)
+        batch = self.cache.take_batch(self.row, after, self.request)
         if batch and isinstance(self.remote, Preparable):
             self.remote.prepare(self.row.name, batch)
         return batch
 
-    def next_batch(self) -> list[Row]:
+    def next_batch(self) -> Batch:
         """This stream's next batch (read ahead, or read now), recorded in flight."""
         if self._ahead is not None:
             ahead, self._ahead = self._ahead, None
@@ -366,7 +378,7 @@ class _Turn:
         else:
             batch = self._read(self.after)
         if batch:
-            self.after = batch[-1][0]
+            self.after = batch.last_id
         elif self._resending and self.request.hold is None:
             # Everything of the batch without answer was sent again and acknowledged (or
             # is gone): the stream may take its other lanes now.
@@ -375,7 +387,7 @@ class _Turn:
         return batch
 
     def deliver(
-        self, batch: list[Row], ahead: InThread[list[Row]] | None, behind: InThread[None] | None
+        self, batch: Batch, ahead: InThread[Batch] | None, behind: InThread[None] | None
     ) -> InThread[None] | None:
         """Send ``batch``; bisect it if refused.
 
@@ -411,7 +423,7 @@ class _Turn:
         _finish(ahead, behind)
         return InThread(self._acknowledged, batch, self._take_uncounted())
 
-    def _bisect_settled(self, batch: list[Row], exc: RejectedError) -> None:
+    def _bisect_settled(self, batch: Batch, exc: RejectedError) -> None:
         self._undeleted = False
         try:
             self._bisect(batch, exc)
@@ -426,9 +438,9 @@ class _Turn:
                 self._settled()
             raise
         self._settled()
-        self._covered(batch[-1][0])
+        self._covered(batch.last_id)
 
-    def _after_no_answer(self, batch: list[Row]) -> None:
+    def _after_no_answer(self, batch: Batch) -> None:
         """Sent, no answer. An ordered remote is asked at once what arrived (if that fails
         too, the mark stays and the next pass asks first); for the other kinds the batch
         stays unsettled, marked, and the next pass sends it again. The rows after it that
@@ -437,7 +449,7 @@ class _Turn:
         stays into the next pass: ``test_inflight.py::
         test_an_ordered_batch_without_answer_unreconciled_holds_only_its_own_rows``)."""
         with contextlib.suppress(ConnectorSyncError):  # a wider mark only waits longer
-            self.cache.narrow_inflight(self.row.id, batch[-1][0])
+            self.cache.narrow_inflight(self.row.id, batch.last_id)
         if self.remote.delivery_kind is not DeliveryKind.ORDERED:
             return
         try:
@@ -447,22 +459,19 @@ class _Turn:
                 "stream %r: could not settle a batch without answer: %s", self.row.name, exc
             )
 
-    def _bisect(self, batch: list[Row], exc: RejectedError) -> None:
+    def _bisect(self, batch: Batch, exc: RejectedError) -> None:
         """Deliver ``batch`` in halves until the refused datapoints stand alone, then
         dead-letter each of them with the remote's reason."""
         if len(batch) == 1:
-            reason = exc.body or str(exc)
+            reason, refused = exc.body or str(exc), batch[0]
             with self._removing(f"stream {self.row.name!r}'s refused datapoint"):
-                self.cache.deadletter(self.row.id, self.row.name, batch[0], reason, time.time())
-            log.debug(
-                "stream %r: datapoint at t=%r refused: %s", self.row.name, batch[0][1], reason
-            )
+                self.cache.deadletter(self.row.id, self.row.name, refused, reason, time.time())
+            log.debug("stream %r: datapoint at t=%r refused: %s", self.row.name, refused.t, reason)
             self._refused += 1
             self._first_reason = self._first_reason or reason
             add_count(self.report.deadlettered, self.row.name, 1)
             return
-        middle = len(batch) // 2
-        for half in (batch[:middle], batch[middle:]):
+        for half in batch.halves():
             try:
                 self._push(half)
             except RejectedError as refused:
@@ -470,9 +479,7 @@ class _Turn:
             else:
                 sent = self._take_uncounted()
                 with self._removing(f"stream {self.row.name!r}'s delivered batch"):
-                    self.cache.ack(
-                        self.row.id, half[0][0], half[-1][0], stream=self.row.name, sent=sent
-                    )
+                    self.cache.ack(half, sent=sent)
                 self._count_sent(len(half), half)
 
     @contextlib.contextmanager
@@ -486,7 +493,7 @@ class _Turn:
             self._undeleted = True
             raise
 
-    def _push(self, batch: list[Row]) -> None:
+    def _push(self, batch: Batch) -> None:
         """``remote.push``, keeping what it put on the wire (a :class:`Metered` remote)."""
         if not isinstance(self.remote, Metered):
             self.remote.push(self.row.name, batch)
@@ -501,15 +508,15 @@ class _Turn:
         sent, self._uncounted = self._uncounted, 0
         return sent
 
-    def _acknowledged(self, batch: list[Row], sent: int) -> None:
+    def _acknowledged(self, batch: Batch, sent: int) -> None:
         """The remote stored ``batch``, putting ``sent`` bytes on the wire: delete it from the
         cache and count it sent. If the delete fails, the batch stays unsettled (the next pass
         resolves it) and its bytes go uncounted."""
         with self.gate.deleting(f"stream {self.row.name!r}'s delivered batch"):
-            self.cache.ack(self.row.id, batch[0][0], batch[-1][0], stream=self.row.name, sent=sent)
+            self.cache.ack(batch, sent=sent)
         self._count_sent(len(batch), batch)
         self._settled()
-        self._covered(batch[-1][0])
+        self._covered(batch.last_id)
 
     def _settled(self, *, reset: bool = False) -> None:
         with self._lock:
@@ -521,9 +528,11 @@ class _Turn:
             if last_id >= self._unknown_upto:
                 self._unknown_upto = 0
 
-    def _count_sent(self, count: int, batch: Sequence[Row] = ()) -> None:
+    def _count_sent(self, count: int, batch: Batch | None = None) -> None:
+        """``count`` datapoints were delivered (``batch``: those, whose bytes count too; a
+        reconciliation knows the count only)."""
         add_count(self.report.sent, self.row.name, count)
-        add_count(self.report.sent_bytes, self.row.name, sum(len(r[2].encode()) for r in batch))
+        add_count(self.report.sent_bytes, self.row.name, 0 if batch is None else batch.nbytes)
         if count and self.progress is not None:
             self.progress(self.row.name, count)
 
@@ -578,7 +587,7 @@ class _Turn:
                 self.cache.release_inflight(self.row.id)
 
 
-def _finish(ahead: InThread[list[Row]] | None, behind: InThread[None] | None) -> None:
+def _finish(ahead: InThread[Batch] | None, behind: InThread[None] | None) -> None:
     """Wait for the reader ahead and run (or wait for) the delete behind; raises the
     delete's error."""
     if ahead is not None:

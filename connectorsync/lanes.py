@@ -48,13 +48,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from .cache import BatchRequest
 from .errors import ConnectorSyncError
-
-if TYPE_CHECKING:
-    from .delivery import PassPlan
 
 
 class OutOfTimeError(ConnectorSyncError):
@@ -103,17 +100,40 @@ class Rotation:
 
 
 class Lanes:
-    """The lanes of one pass that began at cache id ``upto``."""
+    """The lanes of one pass that began at cache id ``upto``.
 
-    def __init__(self, plan: PassPlan, upto: int, *, ordered: bool):
-        self.plan = plan
-        live_after = plan.live_after
+    Given plain values (the pass's plan spelled out), so that this module needs nothing of
+    :mod:`connectorsync.delivery`, which uses it (``tests/test_layers.py``).
+
+    :param ordered: the remote needs strict order: one lane, no budget
+    :param live_after: the newest id when the previous pass began (None: no live lane)
+    :param budget: seconds the backlog may take in this pass (None: no limit)
+    :param pacer: ``max_rate``'s token bucket (None: as fast as the remote takes)
+    :param rotation: where the rounds over the streams begin (None: at the first stream)
+    :param pause: ``pause(seconds)`` waits, False at once when syncing stops (None: sleeps)
+    :param deadline: a ``time.monotonic()`` after which no wait may end (close's drain)
+    """
+
+    def __init__(  # noqa: PLR0913 - the pass's plan spelled out, keyword-only past upto
+        self,
+        upto: int,
+        *,
+        ordered: bool,
+        live_after: int | None = None,
+        budget: float | None = None,
+        pacer: Pacer | None = None,
+        rotation: Rotation | None = None,
+        pause: Callable[[float], bool] | None = None,
+        deadline: float | None = None,
+    ):
         self.live_after = live_after if live_after is not None and live_after < upto else None
         self.two_lanes = self.live_after is not None and not ordered
-        self.budget = None if ordered else plan.budget
+        self.budget = None if ordered else budget
         self.budget_end: float | None = None  # set when the backlog begins
-        self.pacer = plan.pacer
-        self.rotation = plan.rotation or Rotation()
+        self.pacer = pacer
+        self.rotation = rotation or Rotation()
+        self.pause = pause or _sleep
+        self.deadline = deadline
         #: the pass ended at its budget with a backlog left
         self.more = False
 
@@ -164,8 +184,7 @@ class Lanes:
         """
         if self.pacer is None or (self.live_after is not None and first_id > self.live_after):
             return True
-        pause = self.plan.pause or _sleep
-        if self.pacer.take(count, self.plan.deadline, pause, until=self.budget_end):
+        if self.pacer.take(count, self.deadline, self.pause, until=self.budget_end):
             return True
         self.more = True
         return False

@@ -35,11 +35,7 @@ class RemoteHolder:
             return self._given
         with self._lock:
             if self._built is None:
-                self._built = ConnectorDBRemote(
-                    settings.get("serverurl"),
-                    settings.get("apikey"),
-                    timeout=settings.options.http_timeout,
-                )
+                self._built = ConnectorDBRemote.from_config(default_config(settings))
             return self._built
 
     def before(self, then: Callable[[Cache], object]) -> Callable[[Cache], object]:
@@ -86,3 +82,15 @@ class RemoteHolder:
             if self._built is not None:
                 self._built.close()
                 self._built = None
+
+
+def default_config(settings: Settings) -> dict[str, Any]:
+    """The configuration of a Logger's default remote: the ConnectorDB server its persisted
+    ``serverurl``, ``apikey`` and ``http_timeout`` describe. Built, like every remote made
+    from data, by the class's ``from_config`` (:mod:`connectorsync.remotes.config`)."""
+    return {
+        "kind": ConnectorDBRemote.kind,
+        "serverurl": settings.get("serverurl"),
+        "apikey": settings.get("apikey"),
+        "timeout": settings.options.http_timeout,
+    }

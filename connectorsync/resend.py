@@ -39,6 +39,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+from .batch import Batch, Datapoint
 from .cache import Cache, DeadLetter, StreamRow
 from .cache.properties import stream_properties
 from .errors import AmbiguousRemoteError, ArgumentTypeError, RejectedError
@@ -184,9 +185,7 @@ class _Stream:
 
     def _push(self, letters: list[DeadLetter]) -> None:
         """Send ``letters`` as one batch; a refused batch is bisected, a refused letter kept."""
-        # A letter goes out under minus its letter id: never the id of another datapoint
-        # (a consumer that drops repeated ids, as MQTT's may, keeps it), the same each retry.
-        batch = [(-d.id, d.t, json.dumps(d.d, allow_nan=False)) for d in letters]
+        batch = self._outgoing(letters)
         try:
             self.remote.push(self.row.name, batch)
         except RejectedError as exc:
@@ -206,3 +205,11 @@ class _Stream:
         if self.ordered:
             self._newest = letters[-1].t
         log.info("stream %r: %d dead letters sent again", self.row.name, len(letters))
+
+    def _outgoing(self, letters: list[DeadLetter]) -> Batch:
+        """``letters`` as the remote receives them: a batch of their stream, not of the cache's
+        datapoints (its ``stream_id`` is 0: acknowledging it deletes nothing there)."""
+        # A letter goes out under minus its letter id: never the id of another datapoint
+        # (a consumer that drops repeated ids, as MQTT's may, keeps it), the same each retry.
+        points = (Datapoint(-d.id, d.t, json.dumps(d.d, allow_nan=False)) for d in letters)
+        return Batch(self.row.name, 0, tuple(points))

@@ -25,14 +25,19 @@ from connectorsync import (
 )
 from connectorsync.cli import main
 from connectorsync.errors import ConfigurationError
-from connectorsync.remotes import remote_from_config
-from connectorsync.remotes.config import remote_config
+from connectorsync.remotes import (
+    register_remote,
+    registered_remotes,
+    remote_from_config,
+)
+from connectorsync.remotes.config import CONFIG_SETTING, recorded_remote, remote_config
 from connectorsync.remotes.http import thingsboard_encode
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.receiver import HTTPReceiver
 
 from .conftest import PYTHON, ROOT, child_env
+from .helpers.lab_remote import LabRemote, received
 
 TOKEN = "TB-T0KEN-s3cret"
 HEADER_SECRET = "Bearer H-S3CRET-42"
@@ -207,8 +212,10 @@ def test_a_config_shows_no_secret_and_builds_the_same_remote() -> None:
         assert_no_secret(repr(remote), str(remote))
         remote.close()
         rebuilt.close()
-    with pytest.raises(ConfigurationError, match="unknown remote kind 'carrier-pigeon'"):
+    with pytest.raises(ConfigurationError, match="unknown remote kind 'carrier-pigeon'") as e:
         remote_from_config({"kind": "carrier-pigeon"})
+    assert f"known kinds: {', '.join(registered_remotes())}" in str(e.value)
+    assert "connectordb, http, influxdb, mqtt, " in str(e.value)
     with pytest.raises(ConfigurationError, match=r"does not fit: .*'colour'"):
         remote_from_config({"kind": "http", "url": "http://127.0.0.1:9", "colour": "red"})
 
@@ -348,3 +355,97 @@ def test_the_remote_a_pass_used_last_is_the_one_synced(
     assert run("sync", cache_path) == (0, "sent 1 datapoints\n")
     assert [p["d"] for p in server.datapoints("alice/sensor/temperature")] == [21.0]
     assert len(receiver.telemetry(TOKEN)) == 1
+
+
+# ----------------------------------------------------------------------------- the registry
+
+#: Entries as connectorsync recorded them before remotes registered themselves (main at
+#: 375a715, printed by its own code): each still builds the same remote.
+RECORDED_BEFORE_THE_REGISTRY = [
+    """{"remote": "ConnectorDBRemote('http://127.0.0.1:9')", "config": {"kind": "connectordb",
+    "serverurl": "http://127.0.0.1:9", "apikey": "K3Y", "timeout": 30.0, "verify": true,
+    "compression": null}}""",
+    """{"remote": "InfluxDBRemote('http://127.0.0.1:9', database='db')", "config": {"kind":
+    "influxdb", "url": "http://127.0.0.1:9", "database": "db", "org": null, "bucket": null,
+    "token": null, "username": "u", "password": "pw", "tags": {"site": "lab"},
+    "create_database": false, "timeout": 30.0, "verify": true, "compression": "gzip"}}""",
+    """{"remote": "InfluxDBRemote('http://127.0.0.1:9', org='o', bucket='b')", "config":
+    {"kind": "influxdb", "url": "http://127.0.0.1:9", "database": null, "org": "o", "bucket":
+    "b", "token": "tok", "username": null, "password": null, "tags": {}, "create_database":
+    false, "timeout": 30.0, "verify": true, "compression": "gzip"}}""",
+    """{"remote": "HTTPRemote('http://127.0.0.1:9/{stream}')", "config": {"kind": "http",
+    "url": "http://127.0.0.1:9/{stream}", "headers": {"Authorization": "Bearer x"},
+    "ping_url": null, "secrets": [], "timeout": 30.0, "verify": true, "compression": null}}""",
+    """{"remote": "HTTPRemote('http://127.0.0.1:9/api/v1/***/telemetry')", "config": {"kind":
+    "thingsboard", "url": "http://127.0.0.1:9", "token": "TOK", "compression": null}}""",
+    """{"remote": "MQTTRemote('mqtt://127.0.0.1:1883', topic='t/{stream}')", "config":
+    {"kind": "mqtt", "url": "mqtt://127.0.0.1:1883", "topic": "t/{stream}", "payload":
+    "datapoint", "fields": "plain", "client_id": null, "username": "u", "password": "p",
+    "max_inflight": 100, "timeout": 30.0, "keepalive": 60, "verify": true, "protocol": "5"}}""",
+    """{"remote": "MQTTRemote('mqtt://127.0.0.1:1883', topic='v1/devices/me/telemetry')",
+    "config": {"kind": "thingsboard_mqtt", "host": "127.0.0.1", "token": "TOK", "payload":
+    "batch"}}""",
+]
+
+
+@pytest.mark.parametrize("recorded", RECORDED_BEFORE_THE_REGISTRY)
+def test_configs_recorded_before_the_registry_build_the_same(recorded: str) -> None:
+    entry = json.loads(recorded)
+    remote = recorded_remote({"remote": entry["remote"], CONFIG_SETTING: entry})
+    assert remote is not None
+    try:
+        assert repr(remote) == entry["remote"]
+        assert remote.to_config() == entry["config"]  # type: ignore[attr-defined]
+        assert remote_config(remote) == entry["config"]  # and recorded the same again
+    finally:
+        remote.close()
+
+
+def test_a_registered_remote_of_your_own_is_built_again_by_the_command(
+    cache_path: str, tmp_path: Any, capsys
+) -> None:
+    """A class of the user's own module registers itself; the cache records its config
+    and its module, and the command (a real subprocess) imports it and delivers."""
+    out = str(tmp_path / "lab.jsonl")
+    write_offline(cache_path, LabRemote(out, label="bench 3"), attempt=False)
+    result = cli("-v", "sync", cache_path)
+    assert (result.returncode, result.stdout) == (0, "sent 3 datapoints\n"), result.stderr
+    assert [(p["stream"], p["d"]) for p in received(out)] == [
+        ("temperature", 20.0),
+        ("temperature", 21.0),
+        ("temperature", 22.0),
+    ]
+    assert "LabRemote('bench 3')" in cli("status", cache_path).stdout
+    assert run("sync", cache_path) == (0, "sent 0 datapoints\n")  # nothing twice
+    assert len(received(out)) == 3
+
+
+def test_a_remote_kind_that_cannot_be_built_here_is_named() -> None:
+    """Recorded with a module this process cannot import, or with none: the message names
+    the kind, the module, and the kinds known; nothing is built."""
+    entry = {"remote": "Far('x')", "config": {"kind": "far.away", "secret": "S3"}}
+    settings: dict[str, Any] = {"remote": "Far('x')", CONFIG_SETTING: entry}
+    with pytest.raises(ConfigurationError, match=r"unknown remote kind 'far\.away'") as raised:
+        recorded_remote(settings)
+    assert "known kinds: connectordb, " in str(raised.value)
+    entry["module"] = "no_such_module_of_yours"
+    with pytest.raises(ConfigurationError) as raised:
+        recorded_remote(settings)
+    message = str(raised.value)
+    assert "'far.away'" in message and "'no_such_module_of_yours'" in message
+    assert "cannot be imported" in message and "S3" not in message
+    entry["module"] = "os; rm -rf /"
+    with pytest.raises(ConfigurationError, match="is not a module name"):
+        recorded_remote(settings)
+
+
+def test_a_remote_of_the_programs_script_is_recorded_as_custom(tmp_path: Any) -> None:
+    """Registered in ``__main__`` (the program's script): another process cannot import it."""
+
+    class ScriptRemote(LabRemote):
+        kind = "tests.script"
+
+    ScriptRemote.__module__ = "__main__"
+    register_remote(ScriptRemote)
+    config = remote_config(ScriptRemote(str(tmp_path / "x")))
+    assert config["kind"] == "custom" and "defined in the program's script" in config["what"]

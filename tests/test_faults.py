@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from connectorsync import CacheError, ConnectorDBRemote, Logger, TransientRemoteError
-from connectorsync.cache import Cache
+from connectorsync.cache import Batch, Cache
 from connectorsync.remotes.base import Datapoint
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.live import wake_pending
@@ -335,12 +335,10 @@ def test_a_delivered_batch_is_deleted_while_the_next_is_sent(
     overlapped: list[bool] = []
     ack = Cache.ack
 
-    def waiting_ack(
-        self: Cache, stream_id: int, first_id: int, last_id: int, **sent: str | int
-    ) -> int:
-        if first_id == 1:
+    def waiting_ack(self: Cache, batch: Batch, *, sent: int = 0) -> int:
+        if batch.first_id == 1:
             overlapped.append(second_sent.wait(5))
-        return ack(self, stream_id, first_id, last_id, **sent)
+        return ack(self, batch, sent=sent)
 
     monkeypatch.setattr(Cache, "ack", waiting_ack)
     remote = NotingRemote(server, lambda first: first == 3 and second_sent.set())
@@ -380,13 +378,11 @@ def test_a_failed_delete_of_a_delivered_batch_is_reconciled(
     ack = Cache.ack
     failed: list[int] = []
 
-    def failing_ack(
-        self: Cache, stream_id: int, first_id: int, last_id: int, **sent: str | int
-    ) -> int:
-        if first_id == 1 and not failed:
-            failed.append(first_id)
+    def failing_ack(self: Cache, batch: Batch, *, sent: int = 0) -> int:
+        if batch.first_id == 1 and not failed:
+            failed.append(batch.first_id)
             raise CacheError("disk I/O error (injected)")
-        return ack(self, stream_id, first_id, last_id, **sent)
+        return ack(self, batch, sent=sent)
 
     monkeypatch.setattr(Cache, "ack", failing_ack)
     remote = ConnectorDBRemote(server.url, server.apikey)

@@ -20,7 +20,7 @@ import apsw
 import pytest
 
 from connectorsync import HTTPRemote, Logger
-from connectorsync.cache import BatchRequest, Cache, Limits
+from connectorsync.cache import BatchRequest, Cache, Limits, StreamRow
 from connectorsync.cache.schema import MIGRATIONS
 from connectorsync.delivery import SyncReport
 from connectorsync.testing import ConnectorDBServer
@@ -28,9 +28,15 @@ from connectorsync.testing.ntp import NTPServer
 from connectorsync.testing.receiver import HTTPReceiver
 
 
+def stream_row(cache: Cache, stream: int) -> StreamRow:
+    """The stream whose id is ``stream``, as a pass reads it."""
+    return next(row for row in cache.streams().values() if row.id == stream)
+
+
 def mark_in_flight(cache: Cache, stream: int, last_id: int) -> None:
     """Read the stream's datapoints up to ``last_id`` as a pass does: recorded in flight."""
-    cache.take_batch(stream, 0, BatchRequest(upto_id=last_id, limit=10**6, max_bytes=10**9))
+    request = BatchRequest(upto_id=last_id, limit=10**6, max_bytes=10**9)
+    cache.take_batch(stream_row(cache, stream), 0, request)
 
 
 STREAM = "alice/sensor/n"
@@ -324,7 +330,8 @@ def test_reanchor_retimes_the_backlog_below_a_batch_in_flight_and_leaves_the_bat
     stream is in order. On b064757 the mark held every id up to 14: only 15 was re-timed."""
     stream, boot = untrusted_rows(cache, [10, 11, 12, 13, 14, 15])
     ids = [i for i, _, _ in cache.batch(stream, 0, 100)]
-    cache.take_batch(stream, ids[2], BatchRequest(upto_id=ids[4], limit=10, max_bytes=10**9))
+    request = BatchRequest(upto_id=ids[4], limit=10, max_bytes=10**9)
+    cache.take_batch(stream_row(cache, stream), ids[2], request)
     assert cache.reanchor(boot, true_now=5020.0, boot_clock_now=20.0) == 4
     assert times(cache, stream) == pytest.approx([5010, 5011, 5012, 1013, 1014, 5015])
     assert cache.ack_reconciled(stream, remote_newest=None) == 0  # nothing arrived

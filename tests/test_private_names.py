@@ -66,7 +66,11 @@ def _defined_names(path: Path) -> set[str]:
         for node in ast.walk(cls):
             target = node.target if isinstance(node, ast.AnnAssign) else None
             targets = node.targets if isinstance(node, ast.Assign) else [target]
-            for t in targets:
+            # ``self._a, b = ...`` defines ``_a`` too: look inside tuples and lists.
+            flat = [
+                e for t in targets for e in (t.elts if isinstance(t, ast.Tuple | ast.List) else [t])
+            ]
+            for t in flat:
                 if (
                     isinstance(t, ast.Attribute)
                     and isinstance(t.value, ast.Name)

@@ -19,14 +19,23 @@ import json
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import pytest
 
+import connectorsync
+import connectorsync.remotes
 from connectorsync import ConnectorDBRemote, DeliveryKind, Logger
-from connectorsync.errors import AuthError, TransientRemoteError
-from connectorsync.remotes.base import Remote
+from connectorsync.errors import (
+    ArgumentTypeError,
+    AuthError,
+    ConfigurationError,
+    TransientRemoteError,
+)
+from connectorsync.remotes import register_remote, registered_remotes, remote_from_config
+from connectorsync.remotes.base import Describable, Remote
+from connectorsync.remotes.config import remote_config
 from connectorsync.remotes.http import HTTPRemote, thingsboard
 from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.remotes.line_protocol import ns_to_seconds
@@ -598,3 +607,187 @@ def test_refused_credentials_keep_the_data(backend: Backend, cache_path: str) ->
     lg = backend.logger(cache_path)  # the same cache with good credentials
     assert lg.sync().sent == {STREAM: 2}
     assert backend.stored() == pairs(sent)
+
+
+# ----------------------------------------------------------------------------- described as data
+
+#: For each kind of configuration connectorsync ships, remotes that give it, with each
+#: recorded argument set to something other than its default somewhere. Built, not used.
+EXAMPLES: dict[str, Callable[[], list[Any]]] = {
+    "connectordb": lambda: [
+        ConnectorDBRemote("http://127.0.0.1:9", "K3Y"),
+        ConnectorDBRemote("127.0.0.1:9", "K", timeout=3, verify="/ca.pem", compression="gzip"),
+    ],
+    "influxdb": lambda: [
+        InfluxDBRemote("http://127.0.0.1:9", "db", username="u", password="p", tags={"a": "b"}),
+        InfluxDBRemote("http://127.0.0.1:9", org="o", bucket="b", token="t", compression=None),
+        InfluxDBRemote("http://127.0.0.1:9", "db", create_database=True, verify=False),
+    ],
+    "http": lambda: [
+        HTTPRemote("http://127.0.0.1:9/{stream}", headers={"Authorization": "Bearer x"}),
+        HTTPRemote("https://h.example/in", ping_url="https://h.example/ok", secrets=["in"]),
+    ],
+    "thingsboard": lambda: [
+        thingsboard("http://127.0.0.1:9", "TOK"),
+        thingsboard("http://127.0.0.1:9", "TOK", timeout=4, compression="gzip", secrets={"x"}),
+    ],
+    "mqtt": lambda: [
+        MQTTRemote("mqtt://127.0.0.1", topic="s/{stream}", username="u", password="p"),
+        MQTTRemote("mqtts://h.example:8883", payload="batch", protocol="3.1.1", client_id="c"),
+        MQTTRemote("mqtt://127.0.0.1:1", max_packet_size=4096, fields="thingsboard"),
+    ],
+    "thingsboard_mqtt": lambda: [
+        thingsboard_mqtt("127.0.0.1", "TOK"),
+        thingsboard_mqtt("mqtts://h.example:8883", "TOK", payload="batch", keepalive=30),
+    ],
+}
+
+
+def shipped_kinds() -> dict[str, type[Describable]]:
+    """The registered kinds whose class connectorsync ships (tests may register more)."""
+    return {
+        kind: cls
+        for kind, cls in registered_remotes().items()
+        if cls.__module__.startswith("connectorsync.")
+    }
+
+
+def test_every_shipped_kind_has_examples() -> None:
+    assert set(EXAMPLES) == set(shipped_kinds())
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_every_registered_remote_describes_itself(kind: str) -> None:
+    """to_config is JSON data of its kind; from_config builds the same remote from it (the
+    same class, repr and config), directly and through the registry."""
+    cls = registered_remotes()[kind]
+    for remote in EXAMPLES[kind]():
+        config = remote.to_config()
+        assert config["kind"] == kind and type(remote) is cls
+        assert json.loads(json.dumps(config, allow_nan=False)) == config  # JSON, as it is
+        assert remote.to_config() == config and remote.to_config() is not config
+        for again in (cls.from_config(config), remote_from_config(config)):
+            assert type(again) is cls and repr(again) == repr(remote)
+            assert again.to_config() == config  # type: ignore[attr-defined]
+            again.close()
+        remote.close()
+
+
+def test_every_shipped_remote_is_exported() -> None:
+    """Each registered class connectorsync ships, and each preset function, is exported
+    from ``connectorsync`` and ``connectorsync.remotes``: a new remote cannot be forgotten."""
+    for kind, cls in shipped_kinds().items():
+        name = cls.__name__ if kind == cls.kind else kind  # a preset: its function's name
+        for module in (connectorsync, connectorsync.remotes):
+            assert name in module.__all__, (module.__name__, name)
+            assert callable(getattr(module, name))
+        assert getattr(connectorsync.remotes, name) is getattr(
+            __import__(cls.__module__, fromlist=[name]), name
+        )
+
+
+def test_from_config_refuses_what_it_does_not_build() -> None:
+    config = HTTPRemote("http://127.0.0.1:9").to_config()
+    with pytest.raises(ConfigurationError, match=r"builds the kinds 'influxdb'; got 'http'"):
+        InfluxDBRemote.from_config(config)
+    with pytest.raises(ArgumentTypeError, match=r"config must be a dict"):
+        InfluxDBRemote.from_config(["influxdb"])  # type: ignore[arg-type]
+    wrong = {**InfluxDBRemote("http://127.0.0.1:9", "db", password="S3", username="u").to_config()}
+    with pytest.raises(ConfigurationError, match=r"does not fit: .*'colour'") as raised:
+        InfluxDBRemote.from_config({**wrong, "colour": "red"})
+    assert "S3" not in str(raised.value)
+    with pytest.raises(ConfigurationError, match=r"does not fit") as raised:
+        ConnectorDBRemote.from_config({"kind": "connectordb", "serverurl": "x", "apikey": 5})
+    assert str(raised.value).endswith("an argument of the wrong kind (AttributeError)")
+
+
+class _Minimal:
+    """The parts of a remote the registry does not look at."""
+
+    delivery_kind = DeliveryKind.AT_LEAST_ONCE
+
+    def __init__(self, where: str = "here") -> None:
+        self.where = where
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.where!r})"
+
+    def to_config(self) -> dict[str, Any]:
+        return {"kind": type(self).kind, "where": self.where}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_config(cls, config: Any) -> Any:
+        return cls(config["where"])
+
+    def ping(self) -> str:
+        return self.where
+
+    def ensure_stream(self, stream: str, schema: Any, properties: Any = None) -> None:
+        return None
+
+    def stream_schema(self, stream: str) -> dict[str, Any]:
+        return {}
+
+    def push(self, stream: str, batch: Any) -> None:
+        pass
+
+    def reconcile(self, stream: str) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_class_of_your_own_joins_the_registry() -> None:
+    @register_remote
+    class Yours(_Minimal):
+        kind: ClassVar[str] = "tests.yours"
+
+    assert registered_remotes()["tests.yours"] is Yours
+    again = remote_from_config(Yours("there").to_config())
+    assert type(again) is Yours and again.where == "there"  # type: ignore[attr-defined]
+    register_remote(Yours)  # again (a module imported twice): harmless
+
+    class Inherited(Yours):  # no kind of its own: it cannot take its base's
+        pass
+
+    class Taken(_Minimal):
+        kind: ClassVar[str] = "influxdb"
+
+    class Nameless(_Minimal):
+        kind: ClassVar[str] = "no spaces"
+
+    class NoFromConfig:
+        kind: ClassVar[str] = "tests.half"
+
+        def to_config(self) -> dict[str, Any]:
+            return {}
+
+    for wrong, message in (
+        (Inherited, "as a class attribute of its own; got None"),
+        (Taken, "remote kind 'influxdb' is connectorsync.remotes.influxdb.InfluxDBRemote's"),
+        (Nameless, "a remote kind is a name"),
+        (NoFromConfig, "needs to_config.. and a classmethod from_config"),
+    ):
+        with pytest.raises(ConfigurationError, match=message):
+            register_remote(wrong)  # type: ignore[type-var]
+        assert wrong not in registered_remotes().values()
+    with pytest.raises(ArgumentTypeError, match=r"register_remote\(\): cls must be a remote class"):
+        register_remote("influxdb")  # type: ignore[type-var]
+    assert "tests.half" not in registered_remotes()
+
+
+def test_a_subclass_registered_under_a_kind_of_its_own_is_built_as_itself() -> None:
+    """A shipped remote's subclass that registers gives its own kind, and comes back as
+    itself; unregistered, it would be recorded as a remote of your own."""
+
+    @register_remote
+    class SiteInflux(InfluxDBRemote):
+        kind: ClassVar[str] = "tests.site_influx"
+
+    config = remote_config(SiteInflux("http://127.0.0.1:9", "db", tags={"site": "a"}))
+    assert config["kind"] == "tests.site_influx" and config["tags"] == {"site": "a"}
+    again = remote_from_config(config)
+    assert type(again) is SiteInflux and again.to_config() == config  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match=r"builds the kinds 'tests\.site_influx'; got"):
+        SiteInflux.from_config({**config, "kind": "influxdb"})

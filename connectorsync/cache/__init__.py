@@ -45,6 +45,7 @@ from typing import Any
 
 import apsw
 
+from ..batch import Batch, Datapoint, as_datapoint
 from ..errors import CacheError, CacheFullError, ConfigurationError
 from . import retime, schema, space
 from .base import (
@@ -64,18 +65,19 @@ from .connection import CommitOutcome
 from .deadletters import DeadLetters
 from .delivering import Delivering
 from .limits import Limits, drop_expired, drop_one_percent, make_room
-from .records import BatchRequest, DeadLetter, Row, StreamRow, StreamStats, Untrusted
+from .records import BatchRequest, DeadLetter, StreamRow, StreamStats, Untrusted
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .space import SpaceReport
 
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "Batch",
     "BatchRequest",
     "Cache",
+    "Datapoint",
     "DeadLetter",
     "Limits",
-    "Row",
     "SpaceReport",
     "StreamRow",
     "StreamStats",
@@ -92,6 +94,12 @@ class Cache(Delivering, DeadLetters):
     Use :meth:`open` to open (creating or migrating) a cache, and :meth:`connect` for a
     further connection to a cache that exists (the syncer thread's, say).
     """
+
+    # Declared here, not in Connection: commit.py and batched.py build on connection.py.
+    # With durability "full", inserts of several threads share commits (fsyncs).
+    _group: GroupCommit | None = None
+    # With durability "batched", inserts are queued and committed every commit_interval.
+    _batched: CommitQueue | None = None
 
     # ----------------------------------------------------------------------- opening
 
@@ -151,7 +159,7 @@ class Cache(Delivering, DeadLetters):
                     "commit_interval)"
                 )
             else:
-                self._batched = CommitQueue(self, self._commit_interval)
+                self._batched = CommitQueue(self, self._append_many, self._commit_interval)
 
     def close(self) -> None:
         """Commit what ``batched`` queued, and close the connection. Safe to call twice.
@@ -472,15 +480,16 @@ class Cache(Delivering, DeadLetters):
             name: int(self.get_setting("stats." + name, 0) or 0) for name in ("dropped", "expired")
         }
 
-    def batch(self, stream_id: int, after_id: int, limit: int) -> list[Row]:
+    def batch(self, stream_id: int, after_id: int, limit: int) -> list[Datapoint]:
         """Up to ``limit`` cached datapoints of the stream with id > ``after_id``, oldest first.
         Keyset paging: memory is O(limit) whatever the backlog. Marks nothing in flight: for
         looking (export, ``Logger.datapoints``), not for delivery (:meth:`take_batch`)."""
         self.flush()
-        return self._read(
+        rows = self._read(
             "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
             (stream_id, after_id, limit),
         )
+        return list(map(as_datapoint, rows))
 
     # ----------------------------------------------------------------------- device time
 

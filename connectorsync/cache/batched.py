@@ -41,17 +41,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from ..errors import CacheError, CacheFullError, ClosedError
 from .base import NEWEST, bump, place
 from .commit import AppendRow, Point
-from .connection import CommitOutcome
+from .connection import CommitOutcome, Connection
 from .limits import Limits
 
-if TYPE_CHECKING:
-    from . import Cache
+#: ``Cache._append_many``: store points in one transaction, without committing the queue.
+AppendMany = Callable[[Sequence[Point], Limits | None, CommitOutcome | None], object]
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +61,8 @@ MAX_QUEUED = 10_000
 class CommitQueue:
     """The queue of one :class:`Cache` in ``batched`` mode, and the thread that commits it."""
 
-    def __init__(self, cache: Cache, interval: float):
-        self._cache = cache
+    def __init__(self, cache: Connection, append_many: AppendMany, interval: float):
+        self._cache, self._append_many = cache, append_many
         self.interval = interval
         self._cond = threading.Condition()
         self._rows: list[AppendRow] = []
@@ -190,7 +189,7 @@ class CommitQueue:
             outcome = CommitOutcome()
             try:
                 try:
-                    self._cache._append_many(points, limits, outcome)
+                    self._append_many(points, limits, outcome)
                 except CacheFullError as exc:
                     self._store_what_fits(points, limits, exc)
             except BaseException as exc:
@@ -264,7 +263,7 @@ class CommitQueue:
         for i, point in enumerate(points):
             outcome = CommitOutcome()
             try:
-                self._cache._append_many([point], limits, outcome)
+                self._append_many([point], limits, outcome)
             except CacheFullError:
                 left.append(point)
             except BaseException:  # an interrupt: what flush queues again is what is not stored

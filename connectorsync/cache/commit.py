@@ -38,17 +38,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import apsw
 
 from .base import INSERT, NEWEST, TooOldError, place
-from .connection import roll_back, shielded
+from .connection import Connection, roll_back, shielded
 from .limits import Limits, make_room
 from .records import Untrusted
-
-if TYPE_CHECKING:
-    from . import Cache
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +86,7 @@ class GroupCommit:
     #: raises is raised there, as a Ctrl-C landing at that moment would be.
     fault: Callable[[str, int], object] | None = None
 
-    def __init__(self, cache: Cache, alone: Callable[[AppendRow, bool, Limits | None], float]):
+    def __init__(self, cache: Connection, alone: Callable[[AppendRow, bool, Limits | None], float]):
         self._cache, self._alone = cache, alone
         lock = threading.Lock()
         self._done = threading.Condition(lock)  # followers wait here for their outcome

@@ -34,16 +34,21 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import apsw
 
 from ..errors import CacheError
 from .base import wrapped
 
-if TYPE_CHECKING:
-    from .batched import CommitQueue
-    from .commit import GroupCommit
+
+class Queue(Protocol):
+    """What the statements on a connection ask of the ``batched`` commit queue
+    (``batched.CommitQueue``, which builds on this module: so it is named by what it does)."""
+
+    def flush(self) -> None: ...
+
+    def forget_newest(self) -> None: ...
 
 
 def _check_what_it_is(path: str, *, write: bool) -> str:
@@ -201,11 +206,10 @@ class Connection:
         # Each stream's newest timestamp as this connection last saw it: a hint that saves a
         # query per insert. The trigger catches it when another connection wrote since.
         self._newest: dict[int, float] = {}
-        # With durability "full", inserts of several threads share commits (fsyncs).
-        self._group: GroupCommit | None = None
         # With durability "batched", inserts are queued and committed every commit_interval
-        # (the option, declared in connectorsync.options: given by set_commit_interval).
-        self._batched: CommitQueue | None = None
+        # (the option, declared in connectorsync.options: given by set_commit_interval; Cache
+        # makes the queue, the statements here only flush it or make it look again).
+        self._batched: Queue | None = None
         self._commit_interval: float | None = None
         #: ``f(transaction seconds, COMMIT seconds)`` after each timed commit, or None
         self.on_commit: Callable[[float, float], object] | None = None

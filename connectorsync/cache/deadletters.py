@@ -25,16 +25,17 @@ from typing import Any
 
 import apsw
 
+from ..batch import Datapoint
 from .base import INSERT, NEWEST, delete, place, wrapped
 from .connection import Connection
 from .limits import Limits, make_room
-from .records import DeadLetter, Row
+from .records import DeadLetter
 
 
-def move_in(conn: apsw.Connection, name: str, row: Row, reason: str, now: float) -> None:
-    """Move the datapoint ``row`` of stream ``name`` to the dead letters (see
+def move_in(conn: apsw.Connection, name: str, point: Datapoint, reason: str, now: float) -> None:
+    """Move the cached datapoint ``point`` of stream ``name`` to the dead letters (see
     ``Cache.deadletter``)."""
-    point_id, t, data = row
+    point_id, t, data = point
     conn.execute(
         "UPDATE deadletters SET attempts = attempts + 1, reason = ?, failed_at = ?, "
         "retry_id = NULL WHERE retry_id = ?",
@@ -161,13 +162,15 @@ def purge(conn: apsw.Connection, ids: Sequence[int] | None) -> int:
 class DeadLetters(Connection):
     """The dead-letter methods of :class:`~connectorsync.cache.Cache`, each one transaction."""
 
-    def deadletter(self, stream_id: int, name: str, row: Row, reason: str, now: float) -> None:
+    def deadletter(
+        self, stream_id: int, name: str, point: Datapoint, reason: str, now: float
+    ) -> None:
         """Move one datapoint the remote refused to the dead-letter table, in one transaction.
 
         A datapoint that was a dead letter queued again keeps its letter, with one more attempt.
         """
         with self.transaction("move a datapoint to the dead letters") as conn:
-            move_in(conn, name, row, reason, now)
+            move_in(conn, name, point, reason, now)
 
     def deadletters(self, stream: str | None = None) -> list[DeadLetter]:
         """Dead letters at rest (not queued again), of all streams or one, oldest first."""

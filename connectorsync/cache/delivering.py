@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import apsw
 
+from ..batch import Batch
 from . import retime
 from .base import BATCH, BATCH_END, BATCH_SIZE, bump, delete
 from .connection import Connection
-from .records import BatchRequest, Row
+from .records import BatchRequest, StreamRow
 
 #: The counter setting of a stream's bytes sent is this and the stream's name.
 BYTES_SENT = "stats.bytes_sent."
@@ -25,15 +26,16 @@ BYTES_SENT = "stats.bytes_sent."
 class Delivering(Connection):
     """The statements a sync pass runs on the cache."""
 
-    def ack(
-        self, stream_id: int, first_id: int, last_id: int, *, stream: str = "", sent: int = 0
-    ) -> int:
-        """Delete the stream's datapoints with ids in ``[first_id, last_id]`` (the remote stored
-        them) in one transaction, and clear the batch in flight; in the same transaction add
-        ``sent`` to the bytes sent of ``stream`` (its name). Returns how many."""
+    def ack(self, batch: Batch, *, sent: int = 0) -> int:
+        """Delete the datapoints of ``batch`` (the remote stored them: its stream's ids from
+        its first to its last) in one transaction, and clear the batch in flight; in the same
+        transaction add ``sent`` to the bytes sent of its stream. Returns how many were
+        deleted (0 for an empty batch)."""
+        if not batch:
+            return 0
         with self.transaction("delete delivered datapoints") as conn:
-            bump(conn, BYTES_SENT + stream, sent)
-            return self._delete_delivered(conn, stream_id, first_id, last_id)
+            bump(conn, BYTES_SENT + batch.stream, sent)
+            return self._delete_delivered(conn, batch.stream_id, batch.first_id, batch.last_id)
 
     def count_bytes_sent(self, stream: str, sent: int) -> None:
         """Add ``sent`` to the bytes sent of ``stream`` (sent, but not acknowledged)."""
@@ -65,8 +67,9 @@ class Delivering(Connection):
         )
         return delivered
 
-    def take_batch(self, stream_id: int, after_id: int, request: BatchRequest) -> list[Row]:
-        """The stream's next batch, recorded as in flight in the same transaction.
+    def take_batch(self, stream: StreamRow, after_id: int, request: BatchRequest) -> Batch:
+        """The stream's next batch, recorded as in flight in the same transaction (empty: the
+        stream has nothing more within ``request``; nothing is recorded then).
 
         Up to ``request.limit`` cached datapoints with ``after_id`` < id <= ``request.upto_id``,
         oldest first, together at most ``request.max_bytes`` bytes of values (the first one
@@ -84,23 +87,26 @@ class Delivering(Connection):
         once the mark is cleared, so the range holds the batches in flight and nothing else
         (``test_inflight.py::test_a_live_batch_without_answer_holds_only_its_own_rows``).
         """
-        bounds = (stream_id, after_id, request.upto_id, request.limit)
+        bounds = (stream.id, after_id, request.upto_id, request.limit)
+        nothing = Batch(stream.name, stream.id, ())
         with self.transaction("read the next batch") as conn:
             # The sizes first, without loading the values: a batch of large values is cut
             # where its bytes run out before any of it is read.
             size, last = next(conn.execute(BATCH_SIZE, bounds))
             if last is None:
-                return []
+                return nothing
             if size > request.max_bytes or request.hold is not None:
                 hold = request.hold or (None, None)
                 last = next(conn.execute(BATCH_END, (*bounds, *hold, request.max_bytes)))[0]
                 if last is None:
-                    return []
-            batch: list[Row] = list(conn.execute(BATCH, (stream_id, after_id, last)))
+                    return nothing
+                size = None  # cut short: its values' bytes are counted when asked for
+            rows = conn.execute(BATCH, (stream.id, after_id, last))
+            batch = Batch(stream.name, stream.id, rows, nbytes=size)
             conn.execute(
                 "UPDATE streams SET inflight_lo = CASE WHEN inflight = 0 THEN ?1 "
                 "ELSE min(inflight_lo, ?1) END, inflight = max(inflight, ?2) WHERE id = ?3",
-                (batch[0][0], last, stream_id),
+                (batch.first_id, batch.last_id, stream.id),
             )
         return batch
 

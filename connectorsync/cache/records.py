@@ -1,5 +1,6 @@
-"""The records the cache hands out and takes in: frozen dataclasses and row tuples, so that
-what crosses the border of the cache is named, not positional where it matters."""
+"""The records the cache hands out and takes in: frozen dataclasses and named tuples, so that
+what crosses the border of the cache is named, not positional. Batches of datapoints are
+:class:`~connectorsync.batch.Batch` (in :mod:`connectorsync.batch`, which the remotes share)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,6 @@ class StreamStats:
     oldest: float | None
     newest: float | None
     deadletters: int
-
-
-Row = tuple[int, float, str]  # (id, t, d as JSON text)
 
 
 @dataclass(frozen=True)

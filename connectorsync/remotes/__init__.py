@@ -1,18 +1,37 @@
-"""Remotes: where the syncer delivers datapoints. See :mod:`connectorsync.remotes.base`."""
+"""Remotes: where the syncer delivers datapoints. See :mod:`connectorsync.remotes.base`.
 
-from .base import Datapoint, DeliveryKind, Remote
+Importing this package imports every remote connectorsync ships, each of which registers
+itself (:func:`~connectorsync.remotes.base.register_remote`); every one is exported here and
+from :mod:`connectorsync` (``tests/test_remote_contract.py::
+test_every_shipped_remote_is_exported``).
+"""
+
+from .base import (
+    Datapoint,
+    DeliveryKind,
+    Describable,
+    Remote,
+    register_remote,
+    registered_remotes,
+)
 from .config import remote_from_config
 from .connectordb import ConnectorDBRemote
 from .http import HTTPRemote, thingsboard
 from .influxdb import InfluxDBRemote
+from .mqtt import MQTTRemote, thingsboard_mqtt
 
 __all__ = [
     "ConnectorDBRemote",
     "Datapoint",
     "DeliveryKind",
+    "Describable",
     "HTTPRemote",
     "InfluxDBRemote",
+    "MQTTRemote",
     "Remote",
+    "register_remote",
+    "registered_remotes",
     "remote_from_config",
     "thingsboard",
+    "thingsboard_mqtt",
 ]

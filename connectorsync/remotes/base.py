@@ -22,6 +22,15 @@ with the next batch while the current one is on the wire, so that building a req
 overlaps waiting for the remote (:class:`Preparable`). The built-in remotes speak HTTP
 through :mod:`connectorsync.remotes._http`, which keeps such bodies for ``push``.
 
+A remote that describes itself (:class:`Describable`) can be built again in another process:
+``to_config()`` gives its constructor's arguments as JSON data under a ``kind`` name, the
+classmethod ``from_config(config)`` builds the same remote from them, and
+:func:`register_remote` puts its class in the registry under that kind. The Logger records
+a registered remote's configuration in its cache file, and ``connectorsync sync CACHE``
+builds it again from there (:mod:`connectorsync.remotes.config`). These two methods are the
+only way a remote becomes data and back. A remote without them works as well, in its own
+program only.
+
 Optionally, a remote has ``bytes_sent()`` (:class:`Metered`): what its requests put on the
 wire so far. The sync pass reads it around each ``push`` and keeps the difference per stream
 in the cache (``Logger.status().bytes_sent``). A remote without it is simply not counted.
@@ -30,13 +39,20 @@ in the cache (``Logger.status().bytes_sent``). A remote without it is simply not
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-# A datapoint as the cache hands it over: (cache id, t in seconds, data as JSON text).
-# Remotes that speak JSON can put the text in their body as it is, without decoding it.
-Datapoint = tuple[int, float, str]
-
+# What a remote receives, re-exported here as part of its contract: a batch (the sync pass
+# hands it a Batch) is a Sequence of Datapoint, each the named tuple (id, t in seconds, d:
+# the value as JSON text). Remotes that speak JSON can put the text in their body as it is,
+# without decoding it. A plain (id, t, d) tuple is a datapoint too: remotes unpack or index,
+# they do not require the names. Both live in connectorsync.batch, which the cache shares.
+from ..batch import Batch as Batch
+from ..batch import Datapoint as Datapoint
+from ..errors import ArgumentTypeError, ConfigurationError, ConnectorSyncError
 
 #: The longest span of seconds any timeout or period may give (about 31 years): longer ones
 #: are not waits a thread or a socket can make (``threading.TIMEOUT_MAX`` is about 9.2e9 s,
@@ -103,6 +119,10 @@ class Remote(Protocol):
     def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
         """Store ``batch`` (in order, timestamps increasing) in ``stream``, all or nothing.
 
+        The sync pass gives a :class:`~connectorsync.batch.Batch` of ``stream``; called by
+        hand, any sequence of ``(id, t, d)`` tuples does, so a remote unpacks or indexes its
+        datapoints rather than relying on their field names.
+
         Returns only when the remote acknowledged every datapoint of the batch; only then may
         the cache delete them. An empty batch returns at once.
 
@@ -148,6 +168,147 @@ class Metered(Protocol):
         pushes, so the difference is that push's bytes (its retries inside ``push``
         included)."""
         ...
+
+
+@runtime_checkable
+class Describable(Remote, Protocol):
+    """A remote that describes itself as data, so that another process builds it again.
+
+    Part of the remote contract for every remote connectorsync ships (mypy checks each class
+    where it is written, at :func:`register_remote`; ``tests/test_remote_contract.py::
+    test_every_registered_remote_describes_itself`` round-trips each). A remote of your own
+    has it when it should be synced by ``connectorsync sync CACHE`` too: give its class
+    these members and decorate it with :func:`register_remote`.
+    """
+
+    #: The name of the class's configurations (``"influxdb"``): ``to_config()["kind"]``.
+    #: Letters, digits, ``_``, ``.`` and ``-``, starting with a letter; ``"custom"`` is taken.
+    kind: ClassVar[str]
+
+    def to_config(self) -> dict[str, Any]:
+        """How to build this remote again: ``{"kind": <kind>, ...}`` with its constructor's
+        arguments, as JSON data (str, numbers, bools, None, lists, dicts with str keys).
+
+        Credentials are included: the Logger keeps the configuration only in its
+        owner-only cache file, and nothing shows it (a ``repr`` never shows a credential).
+        A remote that holds something that is not data (a function of the user's) answers
+        ``{"kind": "custom", "what": <what it is, no secret>}``: it cannot be built again.
+        Calling it twice gives equal dicts; changing the dict changes nothing in the remote.
+        """
+        ...
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Remote:
+        """The remote that ``config`` (a ``to_config()`` of this class) describes.
+
+        ``from_config(r.to_config()).to_config() == r.to_config()`` for every remote ``r``
+        of the class. Builds an object only: no network call, no file touched.
+
+        :raises ConfigurationError: a configuration of another kind, or arguments this
+            class does not take (the message names the argument, never its value)
+        """
+        ...
+
+
+#: Kinds of configuration, each the class that builds it (a class's own ``kind`` and its
+#: ``presets``). Filled by :func:`register_remote` as each remote's module is imported.
+_REGISTRY: dict[str, type[Describable]] = {}
+_KIND = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_D = TypeVar("_D", bound=type[Describable])
+_R = TypeVar("_R")
+
+
+def register_remote(cls: _D) -> _D:
+    """Class decorator: ``cls`` builds the configurations of its ``kind`` (and of the kinds
+    named in its ``presets``: functions of its module that build a preset of it, like
+    :func:`~connectorsync.thingsboard`), in every process that imports its module.
+
+    Both are read from the class itself, not inherited: a subclass registers under a kind of
+    its own, or is not registered (a Logger records it as a remote of your own, not as its
+    base class). Registering a class again under its kinds (a module imported twice)
+    replaces it.
+
+    :raises ConfigurationError: no ``kind`` of its own, a kind that is not a name, a kind
+        another class has, or no ``to_config``/``from_config``
+    """
+    if not isinstance(cls, type):
+        raise ArgumentTypeError(
+            f"register_remote(): cls must be a remote class; got {type(cls).__name__}"
+        )
+    own = vars(cls)
+    kind, presets = own.get("kind"), own.get("presets", ())
+    name = _name(cls)
+    from_config = inspect.getattr_static(cls, "from_config", None)
+    if not (callable(getattr(cls, "to_config", None)) and isinstance(from_config, classmethod)):
+        raise ConfigurationError(f"{name} needs to_config() and a classmethod from_config()")
+    if not isinstance(presets, tuple):
+        raise ConfigurationError(f"{name}: presets must be a tuple of kinds; got {presets!r}")
+    for each in (kind, *presets):
+        if not isinstance(each, str) or not _KIND.fullmatch(each) or each == "custom":
+            raise ConfigurationError(
+                f"{name}: a remote kind is a name (letters, digits, _ . -; not 'custom'), "
+                f"given as a class attribute of its own; got {each!r}"
+            )
+        taken = _REGISTRY.get(each)
+        if taken is not None and _name(taken) != name:
+            raise ConfigurationError(
+                f"remote kind {each!r} is {_name(taken)}'s already: give {name} a kind of its own"
+            )
+    for each in (kind, *presets):
+        _REGISTRY[each] = cls
+    return cls
+
+
+def registered_remotes() -> Mapping[str, type[Describable]]:
+    """Every kind of configuration this process can build, each with its class (read-only)."""
+    return MappingProxyType(dict(sorted(_REGISTRY.items())))
+
+
+def config_arguments(
+    cls: type[Describable], config: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """For a ``from_config``: the kind of ``config`` (one ``cls`` builds: its own or a
+    preset's; a config without ``kind`` is taken as one of its own) and the rest of it, the
+    arguments.
+
+    :raises ArgumentTypeError: ``config`` is not a mapping
+    :raises ConfigurationError: a kind ``cls`` does not build
+    """
+    where = f"{_name(cls)}.from_config()"
+    if not isinstance(config, Mapping):
+        raise ArgumentTypeError(
+            f"{where}: config must be a dict (a to_config()); got {type(config).__name__}"
+        )
+    arguments = dict(config)
+    kind = arguments.pop("kind", cls.kind)
+    kinds = (vars(cls).get("kind", cls.kind), *vars(cls).get("presets", ()))
+    if kind not in kinds:
+        raise ConfigurationError(
+            f"{where} builds the kinds {', '.join(map(repr, kinds))}; got {kind!r} "
+            "(connectorsync.remotes.remote_from_config builds any registered kind)"
+        )
+    return kind, arguments
+
+
+def build_from_config(kind: str, build: Callable[..., _R], arguments: Mapping[str, Any]) -> _R:
+    """``build(**arguments)`` for a ``from_config``, with Python's errors for arguments that
+    do not fit turned into a :class:`ConfigurationError` that names no argument's value (a
+    configuration holds credentials)."""
+    try:
+        return build(**arguments)
+    except ConnectorSyncError:
+        raise
+    except TypeError as exc:  # says which argument, never its value
+        raise ConfigurationError(f"the recorded {kind} remote does not fit: {exc}") from None
+    except (ValueError, AttributeError) as exc:  # their messages may hold a value: not said
+        raise ConfigurationError(
+            f"the recorded {kind} remote does not fit: an argument of the wrong kind "
+            f"({type(exc).__name__})"
+        ) from None
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def ensure_stream(

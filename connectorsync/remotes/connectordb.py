@@ -12,7 +12,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ..errors import AuthError, ConfigurationError, RejectedError, RemoteError
@@ -25,7 +25,7 @@ from ._http import (
     timeout_setting,
     within_limit,
 )
-from .base import Datapoint, DeliveryKind
+from .base import Datapoint, DeliveryKind, build_from_config, config_arguments, register_remote
 
 # ConnectorDB's messages for datapoints it refuses (403); any other 403 is about access.
 _REJECTION_WORDS = ("conform", "schema", "timestamp", "ordered")
@@ -53,6 +53,7 @@ STATUSES = statuses(
 )
 
 
+@register_remote
 class ConnectorDBRemote:
     """A ConnectorDB v0.3 server.
 
@@ -69,6 +70,7 @@ class ConnectorDBRemote:
     """
 
     delivery_kind = DeliveryKind.ORDERED
+    kind: ClassVar[str] = "connectordb"
 
     def __init__(
         self,
@@ -88,7 +90,7 @@ class ConnectorDBRemote:
                 "apikey has a character outside latin-1, which HTTP Basic auth cannot send"
             ) from None
         # What to_config() gives: the arguments as given (the apikey too, for the cache file).
-        self._config: dict[str, Any] = {"kind": "connectordb", "serverurl": serverurl}
+        self._config: dict[str, Any] = {"kind": self.kind, "serverurl": serverurl}
         self._config.update(apikey=apikey, timeout=timeout, verify=verify)
         timeout = timeout_setting("ConnectorDBRemote", timeout)
         self.compression = compression_setting("ConnectorDBRemote", compression)
@@ -110,10 +112,16 @@ class ConnectorDBRemote:
         return f"ConnectorDBRemote({hide_password(self.serverurl)!r})"
 
     def to_config(self) -> dict[str, Any]:
-        """How to build this remote again (:func:`~connectorsync.remotes.remote_from_config`):
+        """How to build this remote again (:meth:`from_config`):
         ``{"kind": "connectordb", ...}`` with the constructor's arguments, the apikey too. A
         secret: the Logger keeps it only in the (owner-only) cache file; never show it."""
         return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ConnectorDBRemote:
+        """The remote a :meth:`to_config` describes (:meth:`.base.Describable.from_config`)."""
+        kind, arguments = config_arguments(cls, config)
+        return build_from_config(kind, cls, arguments)
 
     # ----------------------------------------------------------------------- the contract
 

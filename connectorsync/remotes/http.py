@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigurationError, RejectedError, RemoteError
@@ -34,7 +34,7 @@ from ._http import (
     timeout_setting,
     within_limit,
 )
-from .base import Datapoint, DeliveryKind
+from .base import Datapoint, DeliveryKind, build_from_config, config_arguments, register_remote
 
 #: Turns a stream name and its ``(t, value)`` pairs into the request body: a JSON-able value
 #: (sent as JSON), or ``str``/``bytes`` (sent as they are).
@@ -50,6 +50,7 @@ STATUSES = statuses(
 _DUMPS = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
 
 
+@register_remote
 class HTTPRemote:
     """Any HTTP endpoint that takes a batch of datapoints as one JSON POST.
 
@@ -78,6 +79,9 @@ class HTTPRemote:
     """
 
     delivery_kind = DeliveryKind.AT_LEAST_ONCE
+    kind: ClassVar[str] = "http"
+    #: The presets of this class, each a function of this module of that name.
+    presets: ClassVar[tuple[str, ...]] = ("thingsboard",)
 
     def __init__(  # noqa: PLR0913 - an endpoint's settings, keyword-only past the url
         self,
@@ -114,7 +118,11 @@ class HTTPRemote:
         self.ping_url = ping_url
         # What to_config() gives (credentials too, for the cache file); an encode function
         # cannot be recorded, but thingsboard()'s: the preset records itself.
-        self._config: dict[str, Any] = {"kind": "http", "url": url, "headers": dict(headers or {})}
+        self._config: dict[str, Any] = {
+            "kind": self.kind,
+            "url": url,
+            "headers": dict(headers or {}),
+        }
         self._config.update(ping_url=ping_url, secrets=list(self._secrets))
         self._config.update(timeout=timeout, verify=verify, compression=self.compression)
         hide_in_logs(self, self._secrets)
@@ -129,18 +137,25 @@ class HTTPRemote:
         return f"HTTPRemote({self._mask(self.url)!r})"
 
     def to_config(self) -> dict[str, Any]:
-        """How to build this remote again (:func:`~connectorsync.remotes.remote_from_config`):
+        """How to build this remote again (:meth:`from_config`):
         ``{"kind": "http", ...}`` with the constructor's arguments, or ``{"kind":
         "thingsboard", "url": ..., "token": ...}`` for :func:`thingsboard`'s; headers and token
         too (secrets: the Logger keeps them only in the owner-only cache file). With an
         ``encode`` function of your own: ``{"kind": "custom", "what": ...}``, which
-        ``remote_from_config`` refuses (a function is not data; only your program has it)."""
-        if self._encode is not None and self._config["kind"] == "http":
+        ``from_config`` refuses (a function is not data; only your program has it)."""
+        if self._encode is not None and self._config["kind"] == self.kind:
             name = getattr(self._encode, "__qualname__", type(self._encode).__qualname__)
             module = getattr(self._encode, "__module__", None)
             what = f"an HTTPRemote with an encode function of your own ({module}.{name})"
             return {"kind": "custom", "what": what}
         return copy.deepcopy(self._config)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> HTTPRemote:
+        """The remote a :meth:`to_config` describes (:meth:`.base.Describable.from_config`):
+        ``{"kind": "thingsboard", ...}`` is built by :func:`thingsboard`."""
+        kind, arguments = config_arguments(cls, config)
+        return build_from_config(kind, thingsboard if kind == "thingsboard" else cls, arguments)
 
     # ----------------------------------------------------------------------- the contract
 

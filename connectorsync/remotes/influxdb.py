@@ -30,7 +30,7 @@ import json
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, RejectedError, RemoteError
@@ -44,7 +44,7 @@ from ._http import (
     timeout_setting,
     within_limit,
 )
-from .base import Datapoint, DeliveryKind
+from .base import Datapoint, DeliveryKind, build_from_config, config_arguments, register_remote
 from .line_protocol import (
     MAX_NS,
     MIN_NS,
@@ -77,6 +77,7 @@ STATUSES = statuses(
 )
 
 
+@register_remote
 class InfluxDBRemote:
     """An InfluxDB database (1.x) or bucket (2.x), written in line protocol.
 
@@ -102,6 +103,7 @@ class InfluxDBRemote:
     """
 
     delivery_kind = DeliveryKind.IDEMPOTENT
+    kind: ClassVar[str] = "influxdb"
 
     def __init__(  # noqa: PLR0913 - a server's settings, keyword-only past the database
         self,
@@ -167,7 +169,7 @@ class InfluxDBRemote:
             header_safe("InfluxDBRemote", what, secret)
         self.compression = compression_setting("InfluxDBRemote", compression)
         # What to_config() gives: the arguments as given (credentials too, for the cache file).
-        self._config: dict[str, Any] = {"kind": "influxdb", "url": url, "database": database}
+        self._config: dict[str, Any] = {"kind": self.kind, "url": url, "database": database}
         self._config.update(org=org, bucket=bucket, token=token, username=username)
         self._config.update(password=password, tags=dict(tags or {}))
         self._config.update(create_database=create_database, timeout=timeout, verify=verify)
@@ -203,10 +205,16 @@ class InfluxDBRemote:
         return f"InfluxDBRemote({url!r}, org={self.org!r}, bucket={self.bucket!r})"
 
     def to_config(self) -> dict[str, Any]:
-        """How to build this remote again (:func:`~connectorsync.remotes.remote_from_config`):
+        """How to build this remote again (:meth:`from_config`):
         ``{"kind": "influxdb", ...}`` with the constructor's arguments, the token and password
         too. Secrets: the Logger keeps them only in the (owner-only) cache file."""
         return {**self._config, "tags": dict(self._config["tags"])}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> InfluxDBRemote:
+        """The remote a :meth:`to_config` describes (:meth:`.base.Describable.from_config`)."""
+        kind, arguments = config_arguments(cls, config)
+        return build_from_config(kind, cls, arguments)
 
     @property
     def target(self) -> str:

@@ -60,7 +60,7 @@ import ssl
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -85,7 +85,7 @@ from ._mqtt_session import (
     load_paho,
     publish_size,
 )
-from .base import Datapoint, DeliveryKind
+from .base import Datapoint, DeliveryKind, build_from_config, config_arguments, register_remote
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ CAVEAT_311 = (
 )
 
 
+@register_remote
 class MQTTRemote:
     """An MQTT broker: each datapoint (or each batch) published with QoS 1 to a topic.
 
@@ -143,6 +144,9 @@ class MQTTRemote:
     """
 
     delivery_kind = DeliveryKind.AT_LEAST_ONCE
+    kind: ClassVar[str] = "mqtt"
+    #: The presets of this class, each a function of this module of that name.
+    presets: ClassVar[tuple[str, ...]] = ("thingsboard_mqtt",)
 
     def __init__(  # noqa: PLR0913 - a broker's settings, keyword-only past the url
         self,
@@ -210,21 +214,11 @@ class MQTTRemote:
         #: What this remote cannot promise, in words (None: nothing beyond at least once).
         #: Shown in its ``repr``, so in ``Logger.status().remote`` and ``connectorsync status``.
         self.caveat: str | None = CAVEAT_311 if protocol == "3.1.1" else None
-        self._config: dict[str, Any] = {
-            "kind": "mqtt",
-            "url": url,
-            "topic": topic,
-            "payload": payload,
-            "fields": fields,
-            "client_id": client_id,
-            "username": username,
-            "password": password,
-            "max_inflight": max_inflight,
-            "timeout": timeout,
-            "keepalive": keepalive,
-            "verify": verify,
-            "protocol": protocol,
-        }
+        self._config: dict[str, Any] = {"kind": self.kind, "url": url, "topic": topic}
+        self._config.update(payload=payload, fields=fields, client_id=client_id)
+        self._config.update(username=username, password=password, max_inflight=max_inflight)
+        self._config.update(timeout=timeout, keepalive=keepalive, verify=verify)
+        self._config.update(protocol=protocol)
         if max_packet_size is not None:
             self._config["max_packet_size"] = max_packet_size
         self._lock = threading.Lock()  # held by a push; close() does not wait for it
@@ -247,11 +241,19 @@ class MQTTRemote:
         )
 
     def to_config(self) -> dict[str, Any]:
-        """How to build this remote again (:func:`~connectorsync.remotes.remote_from_config`):
+        """How to build this remote again (:meth:`from_config`):
         ``{"kind": "mqtt", ...}`` with the constructor's arguments, or ``{"kind":
         "thingsboard_mqtt", "host": ..., "token": ...}`` for :func:`thingsboard_mqtt`'s;
         credentials too (the Logger keeps them only in the owner-only cache file)."""
         return copy.deepcopy(self._config)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MQTTRemote:
+        """The remote a :meth:`to_config` describes (:meth:`.base.Describable.from_config`):
+        ``{"kind": "thingsboard_mqtt", ...}`` is built by :func:`thingsboard_mqtt`."""
+        kind, arguments = config_arguments(cls, config)
+        build = thingsboard_mqtt if kind == "thingsboard_mqtt" else cls
+        return build_from_config(kind, build, arguments)
 
     # ----------------------------------------------------------------------- the contract
 

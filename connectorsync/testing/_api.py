@@ -22,22 +22,21 @@ import base64
 import binascii
 import json
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import _crud
 from ._accounts import Access
 from ._encoding import decoded
+from ._faults import Faults
 from ._httpd import Drop as _Drop
-from ._httpd import LoopbackHandler
+from ._httpd import LoopbackHandler, LoopbackHTTPServer
 from ._store import ApiError, Batch, Store, Writer
-
-if TYPE_CHECKING:
-    from .server import _HTTPServer
 
 MAX_BODY = 10 * 1024 * 1024
 _JSON = _crud.JSON
@@ -53,6 +52,25 @@ def _error_reply(status: int, msg: str) -> Reply:
 
 _json_reply = _crud.json_reply
 _text_reply = _crud.text_reply
+
+
+class _App(Protocol):
+    """What a handler uses of its :class:`~connectorsync.testing.ConnectorDBServer` (which
+    imports this module: so it is named by what it offers)."""
+
+    _faults: Faults
+    _stopping: threading.Event
+
+    def _record(self, method: str, path: str) -> None: ...
+
+
+class _HTTPServer(LoopbackHTTPServer):
+    """The ConnectorDB API's server: its handler reaches the app and the store through it."""
+
+    def __init__(self, app: _App, store: Store, port: int) -> None:
+        self.app = app
+        self.store = store
+        super().__init__(port, _Handler, "connectordb-conn")
 
 
 class _Handler(LoopbackHandler):

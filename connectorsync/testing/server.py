@@ -36,10 +36,9 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from ._api import Predicate, _Handler
+from ._api import Predicate, _HTTPServer
 from ._errors import valid_name
 from ._faults import Faults as _Faults
-from ._httpd import LoopbackHTTPServer
 from ._service import LoopbackService
 from ._store import OLDER_MSG, SCHEMA_MSG, UNORDERED_MSG, SchemaChecker, Store
 
@@ -51,15 +50,6 @@ __all__ = [
     "SchemaChecker",
     "main",
 ]
-
-
-class _HTTPServer(LoopbackHTTPServer):
-    """The ConnectorDB API's server: its handler reaches the app and the store through it."""
-
-    def __init__(self, app: ConnectorDBServer, store: Store, port: int) -> None:
-        self.app = app
-        self.store = store
-        super().__init__(port, _Handler, "connectordb-conn")
 
 
 class ConnectorDBServer(LoopbackService):
