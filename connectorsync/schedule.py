@@ -1,10 +1,36 @@
-"""When periodic passes come: ``syncperiod`` plus a random jitter, so that a fleet started
-together (or back after an outage) spreads its passes (``tests/test_jitter.py``)."""
+"""When a courier's next pass comes: ``syncperiod`` plus a random jitter, so that a fleet
+started together (or back after an outage) spreads its passes; after a failed pass, a
+backoff with full jitter, or what the remote asked for (``Retry-After``).
+
+Guarantees (each proved by the test named, in ``tests/``):
+
+- Periodic passes are jittered, so a fleet restarted together does not sync in step: the
+  first pass after ``start()`` waits a uniform random ``[0, sync_jitter]`` seconds, and
+  each next one comes ``syncperiod`` plus a uniform random ``[0, sync_jitter]`` after the
+  last began (never sooner than ``syncperiod``). Passes asked for (``sync()``, a wake,
+  ``sync_threshold``, close's drain) and retries are not delayed by it
+  (``test_jitter.py::test_a_fleet_started_together_spreads_its_first_passes``,
+  ``test_jitter.py::test_the_wait_is_syncperiod_plus_up_to_sync_jitter``,
+  ``test_jitter.py::test_asked_for_passes_are_not_delayed_by_sync_jitter``).
+- Transient failures back off exponentially with full jitter (capped at ``syncperiod``) and
+  honour ``Retry-After`` (``test_faults.py::test_stop_returns_at_once_during_a_long_backoff``,
+  ``test_lanes.py::test_retry_after_pauses_every_stream_of_the_remote``).
+"""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+
+import tenacity
+
+from .errors import ConnectorSyncError
+from .report import SyncReport, retry_after
+
+#: First backoff ceiling in seconds; it doubles per failed attempt up to ``syncperiod``.
+BACKOFF_BASE = 1.0
+#: A ``Retry-After`` longer than this is not believed.
+MAX_RETRY_AFTER = 3600.0
 
 
 def jittered(
@@ -20,3 +46,30 @@ def jittered(
     :param uniform: the random source, ``uniform(a, b)`` as :func:`random.uniform`
     """
     return (base + uniform(0.0, jitter)) if jitter > 0 else base
+
+
+def quiet_for(asked: float) -> float:
+    """How long to leave a remote alone that asked for ``asked`` seconds (``Retry-After``)."""
+    return min(float(asked), MAX_RETRY_AFTER)
+
+
+def backoff(state: tenacity.RetryCallState, syncperiod: float) -> float:
+    """The wait before retrying a failed pass (tenacity's ``wait``): what the remote asked
+    for, else uniform between 0 and the exponential ceiling (``BACKOFF_BASE`` doubled per
+    attempt, capped at ``syncperiod``)."""
+    asked = retry_after(failure(state))
+    if asked is not None:  # for the whole remote: every stream of the pass stopped
+        return quiet_for(asked)
+    cap = max(BACKOFF_BASE, syncperiod)
+    return float(tenacity.wait_random_exponential(multiplier=BACKOFF_BASE, max=cap)(state))
+
+
+def last_report(state: tenacity.RetryCallState) -> SyncReport:
+    """The report of the last attempt, when the retries stop (tenacity's retry_error_callback)."""
+    return state.outcome.result() if state.outcome else SyncReport()
+
+
+def failure(state: tenacity.RetryCallState) -> ConnectorSyncError | None:
+    """The error of the last attempt's report (the retries decide by the report, so an
+    attempt's outcome is a report, never an exception)."""
+    return last_report(state).exception

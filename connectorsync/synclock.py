@@ -4,6 +4,11 @@
 exclusive ``flock`` on a lock file named after the cache file's device and inode, freed by
 the kernel when its process dies (``test_faults.py::test_one_syncer_per_cache_file``,
 ``test_lifecycle.py::test_a_symlink_to_the_cache_gives_no_second_syncer``).
+:class:`SharedSyncLock` is one Logger's hold on it, shared by its couriers (one per remote):
+the first holder takes the file's lock, the last one to let go releases it
+(``test_courier.py::test_one_courier_stopping_keeps_the_lock_for_the_other``).
+The lease (:data:`LEASE_KEY`, :func:`read_lease`) is what the syncing process records in
+the cache for the others: who it is and how syncing goes.
 :class:`SyncState` is how syncing goes, as ``status()`` shows it, whichever process syncs.
 :class:`PassGate` is what a pass may still do once the Logger closes (no deletion), and
 ends its waits at ``stop()``/``close()``.
@@ -18,9 +23,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ClosedError
+
+#: The cache setting in which the process that syncs records who it is and how it goes (the
+#: lease): ``host``, ``pid``, the default remote's ``running``, ``last_error``,
+#: ``next_attempt``, ``paused``, and ``remotes``: the same four per remote, by name.
+LEASE_KEY = "sync.state"
 
 # The SyncLock of this process holding each lock file, by lock path: flock locks belong to
 # an open file, so a second Logger of this process on the same cache is refused like another
@@ -143,6 +153,85 @@ class SyncLock:
             fd, self._fd = self._fd, None
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+class SharedSyncLock:
+    """One Logger's hold on its cache file's :class:`SyncLock`, shared by its couriers.
+
+    Each holder (a courier's background thread, for as long as it runs; a pass asked for
+    by hand, for its length) takes it with :meth:`acquire` and gives it back with
+    :meth:`release`, once each. The file's lock is taken by the first holder and released
+    when the last one lets go, so one courier stopping never releases it under another
+    (``test_courier.py::test_one_courier_stopping_keeps_the_lock_for_the_other``). Thread-safe.
+    """
+
+    def __init__(self, cache_path: str):
+        self._file = SyncLock(cache_path)
+        self._holders = 0
+        self._mutex = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        """The lock file's path."""
+        return self._file.path
+
+    @property
+    def held(self) -> bool:
+        """True while some holder of this process holds the file's lock."""
+        return self._file.held
+
+    def acquire(self) -> bool:
+        """Become a holder: True when the file's lock is this Logger's now (taken, or held
+        already by another of its holders); False, holding nothing, when another process or
+        Logger has it."""
+        with self._mutex:
+            if self._holders == 0 and not self._file.acquire():
+                return False
+            self._holders += 1
+            return True
+
+    def release(self) -> None:
+        """Stop being a holder (one :meth:`acquire` each); the last one releases the file."""
+        with self._mutex:
+            if self._holders == 0:
+                raise RuntimeError("SharedSyncLock released more often than acquired")
+            self._holders -= 1
+            if self._holders == 0:
+                self._file.release()
+
+    def held_elsewhere(self) -> bool:
+        """True when another process (or Logger) holds the file's lock right now."""
+        with self._mutex:
+            if self._holders:
+                return False
+            if self._file.acquire():
+                self._file.release()
+                return False
+            return True
+
+    def closing(self, within: float) -> None:
+        """See :meth:`SyncLock.closing`."""
+        self._file.closing(within)
+
+    def refusal(self, state: dict[str, Any]) -> str:
+        """See :meth:`SyncLock.refusal`."""
+        return self._file.refusal(state)
+
+    def holder(self, state: dict[str, Any]) -> str:
+        """See :meth:`SyncLock.holder`."""
+        return self._file.holder(state)
+
+
+class SettingsReader(Protocol):
+    """What reading the lease needs of a cache connection."""
+
+    def get_setting(self, key: str, default: Any = None) -> Any: ...
+
+
+def read_lease(cache: SettingsReader) -> dict[str, Any]:
+    """The lease the last syncer of this cache recorded (maybe another process's); ``{}``
+    when none did."""
+    return dict(cache.get_setting(LEASE_KEY, {}) or {})
 
 
 def describe_holder(state: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import apsw
 import pytest
 
 from connectorsync import Logger
-from connectorsync import syncer as syncer_module
+from connectorsync import schedule as schedule_module
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer, InfluxDBStartError, find_influxd
 from connectorsync.testing.mosquitto import (
@@ -186,8 +186,8 @@ def start_mosquitto(directory: Path, **kwargs: Any) -> MosquittoBroker:
 
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The syncer's backoff from 10 ms instead of 1 s, so retry tests take milliseconds."""
-    monkeypatch.setattr(syncer_module, "BACKOFF_BASE", 0.01)
+    """The couriers' backoff from 10 ms instead of 1 s, so retry tests take milliseconds."""
+    monkeypatch.setattr(schedule_module, "BACKOFF_BASE", 0.01)
 
 
 def start_influxd(directory: Path, **kwargs: Any) -> InfluxDBServer:

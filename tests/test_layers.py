@@ -40,6 +40,8 @@ BELOW_THE_FACADE = (
     "connectorsync.lanes",
     "connectorsync.resend",
     "connectorsync.syncer",
+    "connectorsync.courier",
+    "connectorsync.schedule",
     "connectorsync.synclock",
     "connectorsync.devicetime",
 )

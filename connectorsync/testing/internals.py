@@ -31,5 +31,6 @@ def syncer_of(logger: Logger) -> Syncer:
 
 def wake_pending(logger: Logger) -> bool:
     """True while the Logger's background syncer was woken (``sync_threshold``, a new
-    ``syncperiod``, new credentials) and has not yet taken the wake in hand."""
-    return logger._syncer._wake.is_set()
+    ``syncperiod``, new credentials) and has not yet taken the wake in hand (its default
+    remote's courier)."""
+    return logger._syncer.default.woken

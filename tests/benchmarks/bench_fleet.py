@@ -19,7 +19,7 @@ seconds (5). Per configuration:
    datapoint inserted so far with every cache empty; otherwise the script fails.
 
 The configurations: ``sync_jitter`` at its default (10% of syncperiod) or 0, and the syncer's
-backoff with its full jitter (``Syncer._backoff``: uniform in [0, 1 s x 2^n], capped at
+backoff with its full jitter (``Courier._backoff``: uniform in [0, 1 s x 2^n], capped at
 syncperiod) or, monkeypatched in the children (bench only), the same exponential ceiling
 without the jitter. The server counts every request it reads
 (:meth:`ConnectorDBServer.request_times`); a request refused during the outage never reaches
@@ -84,25 +84,25 @@ CONFIGS = {
 
 
 def plain_backoff(self: Any, state: Any) -> float:
-    """``Syncer._backoff`` without the jitter: the exponential ceiling itself (1, 2, 4 s...
+    """``Courier._backoff`` without the jitter: the exponential ceiling itself (1, 2, 4 s...
     capped at syncperiod), ``Retry-After`` still honoured."""
     import tenacity
 
-    from connectorsync import syncer
+    from connectorsync import schedule
 
     report = state.outcome.result() if state.outcome else None  # a pass's outcome is its report
     retry_after = getattr(report and report.exception, "retry_after", None)
     if retry_after is not None:
-        return min(float(retry_after), syncer.MAX_RETRY_AFTER)
-    cap = max(syncer.BACKOFF_BASE, self._options.syncperiod)
-    return float(tenacity.wait_exponential(multiplier=syncer.BACKOFF_BASE, max=cap)(state))
+        return min(float(retry_after), schedule.MAX_RETRY_AFTER)
+    cap = max(schedule.BACKOFF_BASE, self._options.syncperiod)
+    return float(tenacity.wait_exponential(multiplier=schedule.BACKOFF_BASE, max=cap)(state))
 
 
 class Fleet:
     """One child's Loggers, driven by JSON commands on stdin, one JSON reply per line."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from connectorsync import syncer
+        from connectorsync import courier
 
         self.args = args
         self.paths = [
@@ -114,7 +114,7 @@ class Fleet:
         self.halt = threading.Event()
         self.inserter: threading.Thread | None = None
         self.out_lock = threading.Lock()
-        self.jittered_backoff = syncer.Syncer._backoff
+        self.jittered_backoff = courier.Courier._backoff
 
     def reply(self, **message: Any) -> None:
         with self.out_lock:
@@ -123,9 +123,9 @@ class Fleet:
     def open(self, keys: list[str], sync_jitter: bool, backoff_jitter: bool) -> None:
         """Open every Logger (not syncing yet); on the first open, one sync each creates the
         stream on the server, so that every configuration's first passes are alike."""
-        from connectorsync import Logger, syncer
+        from connectorsync import Logger, courier
 
-        syncer.Syncer._backoff = self.jittered_backoff if backoff_jitter else plain_backoff  # type: ignore[method-assign]
+        courier.Courier._backoff = self.jittered_backoff if backoff_jitter else plain_backoff  # type: ignore[method-assign]
         created = not os.path.exists(self.paths[0])
         options = {
             "serverurl": self.args.url,

@@ -11,10 +11,10 @@ import sys
 import time
 
 from connectorsync import Logger
-from connectorsync import syncer as syncer_module
+from connectorsync import schedule as schedule_module
 
 # Retry within tens of milliseconds, so the faults of a crash test resolve while it runs.
-syncer_module.BACKOFF_BASE = 0.02
+schedule_module.BACKOFF_BASE = 0.02
 
 
 def main() -> None:
