@@ -2,9 +2,9 @@
 and quiet period, sharing the file's sync lock, held once for the process and released when
 the last courier ends.
 
-Until the cache keeps a position per remote, every courier delivers from the default remote's
-positions (a datapoint leaves when either acknowledges): these tests are about threads, the
-lock, backoff and the lease, not about what each remote receives.
+Each courier delivers through its remote's outbox (the cache keeps a position per remote:
+``test_fanout_core.py`` is about what each remote receives); these tests are about threads,
+the lock, backoff and the lease.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from connectorsync import ConnectorSyncError, HTTPRemote, Logger, SyncReport
+from connectorsync.cache import Cache
+from connectorsync.cache.routing import RemoteRow
 from connectorsync.options import Options
 from connectorsync.syncer import PassHooks, Syncer
 from connectorsync.synclock import SharedSyncLock
@@ -67,11 +69,16 @@ def http(url: str, **kwargs: object) -> HTTPRemote:
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     good, bad = HTTPReceiver().start(), HTTPReceiver().start()
-    # The backup's ping fails, so its passes never touch a batch (the positions are shared).
+    # The backup's ping fails, so its passes never take a batch.
     bad.fail_next(10**6, 503, retry_after=QUIET)
     path = str(tmp_path / "couriers.db")
     with Logger(path, remote=http(good.url + "/good/{stream}")) as lg:
         lg.add_stream("s", {"type": "number"})
+    cache = Cache.connect(path)
+    try:
+        cache.remotes().add(RemoteRow(0, "backup"))
+    finally:
+        cache.close()
     options = Options(syncperiod=3600.0)
     options.sync_jitter = 0  # the first passes at once after start()
     remotes = {
