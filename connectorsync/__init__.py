@@ -51,7 +51,7 @@ from .remotes import (
     thingsboard,
     thingsboard_mqtt,
 )
-from .status import Status
+from .status import RemoteStatus, Status
 
 # The top-level functions check their arguments' types as Logger's methods do (invariant 15).
 thingsboard = checked(url=TEXT, token=TOKEN)(thingsboard)
@@ -82,6 +82,7 @@ __all__ = [
     "RejectedError",
     "Remote",
     "RemoteError",
+    "RemoteStatus",
     "SchemaError",
     "Status",
     "StreamError",

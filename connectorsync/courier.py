@@ -155,6 +155,11 @@ class Courier:
 
     # ----------------------------------------------------------------------- the pass
 
+    @property
+    def remote(self) -> Remote:
+        """Where this courier delivers."""
+        return self._remote
+
     def set_remote(self, remote: Remote) -> None:
         """Deliver to ``remote`` from the next pass on."""
         self._remote = remote
@@ -254,8 +259,12 @@ class Courier:
         report = run_pass(self._outbox(cache), remote, plan)
         # Never back: start() may have moved it past a pass that was under way then.
         self._live_after = max(report.upto, self._live_after or 0)
-
-        if report.total_sent or report.deadlettered:  # datapoints left: give their space back
+        try:  # how it went, recorded; failing for give_up_after, it lets older data go
+            gone = cache.remotes().after_pass(self.name, report.ok, time.time())
+        except ConnectorSyncError as exc:  # a report, not a reason to fail the pass
+            self._log.warning("cannot record how the pass went: %s", exc)
+            gone = 0
+        if report.total_sent or report.deadlettered or gone:  # space to give back
             try:
                 cache.give_back_space()
             except ConnectorSyncError as exc:  # the pass itself went well; the next one retries

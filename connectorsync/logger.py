@@ -17,12 +17,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import _checks as check
+from . import fanout
 from .afterpass import AfterPass, run_sync_callbacks
-from .cache import Cache, DeadLetter
+from .cache import Cache, DeadLetter, Outbox
 from .delivery import SyncReport
 from .devicetime import DeviceTime
 from .errors import (
@@ -36,10 +37,11 @@ from .options import Configurable, Option, Settings
 from .remoteholder import RemoteHolder
 from .remotes.base import MAX_SECONDS, Remote
 from .remotes.config import record_remote
-from .resend import letter_ids, resend
+from .resend import ResendReport, letter_ids, resend
 from .status import Status, collect_status
 from .streams import StreamRegistry, Subscriber, Subscribers
 from .syncer import PassHooks, Syncer
+from .synclock import PassGate
 from .targets import Parts
 from .writer import Writer
 
@@ -67,7 +69,11 @@ class Logger(Configurable):
     :param onsyncfail: ``f(exception)`` called after a failed sync; its return value says
         whether ``sync()`` raises the exception
     :param syncraise: whether a failed ``sync()`` raises, when there is no ``onsyncfail``
-    :param remote: where to sync (default: a :class:`ConnectorDBRemote` from the settings)
+    :param remote: where to sync (default: a :class:`ConnectorDBRemote` from the settings),
+        named ``default``
+    :param remotes: instead of ``remote``, several remotes by name: each datapoint goes to
+        every remote that routes its stream, and leaves the cache once all of them have it
+        (:meth:`add_remote` adds one with a stream filter, ``give_up_after``, a fallback)
     :param options: options (:mod:`connectorsync.options`, e.g. ``durability="normal"``) and
         ConnectorDB's settings (``serverurl=``, ``syncperiod=``), stored in the cache file
     :raises ConfigurationError, CacheError: a bad option, a file that is not a cache or
@@ -85,13 +91,17 @@ class Logger(Configurable):
         syncraise: bool = False,
         *,
         remote: Remote | None = None,
+        remotes: Mapping[str, Remote] | None = None,
         **options: Any,
     ):
         Settings.check_keywords(options)
+        given = fanout.named(remote, remotes)
         self.path = str(path)
         self.onsync, self.onsyncfail, self.syncraise = onsync, onsyncfail, syncraise
         self._state = _State.OPEN
-        self._remote = RemoteHolder(remote)
+        self._primary = fanout.primary_name(given)
+        self._remote = RemoteHolder(given.get(self._primary))
+        self._extra = {name: r for name, r in given.items() if name != self._primary}
         self._creating = self._start_when_created = False
         durability = options.get("durability", Configurable.durability.default)
         self._cache, created = Cache.open(self.path, durability)
@@ -102,6 +112,7 @@ class Logger(Configurable):
             if created and on_create is not None:
                 self._create(on_create)
             self._parts.finish_opening(created)
+            fanout.record(self._cache, given, created=created)
         except BaseException:
             self._abandon(created)
             raise
@@ -116,7 +127,7 @@ class Logger(Configurable):
         self._settings = Settings(self._cache, lambda option: self._parts.changed(option))
         self._settings.load(created)
         self._options = self._settings.options
-        self._streams = StreamRegistry(self._cache)
+        self._streams = StreamRegistry(self._cache, self._primary)
         self._streams.load()
         self._time = DeviceTime(self._cache, self._options)
         self._subscribers = Subscribers()
@@ -125,7 +136,8 @@ class Logger(Configurable):
         hooks = PassHooks(before=self._remote.before(self._time.before_pass), hold=self._time.hold)
         remote = self._remote.get(self._settings)
         self._after = AfterPass(self._after_pass)  # the background passes' listener too
-        self._syncer = Syncer(self.path, self._options, remote, hooks, self._after)
+        remotes = {self._primary: remote, **self._extra}
+        self._syncer = Syncer(self.path, self._options, remotes, hooks, self._after)
         parts = (self._cache, self._writer, self._time, self._syncer, self._metrics, self._remote)
         self._parts = Parts(self._settings, *parts)
         self._settings.set_from_constructor(options, self.path)
@@ -223,8 +235,67 @@ class Logger(Configurable):
 
     @property
     def remote(self) -> Remote:
-        """The remote this Logger syncs to: the one given, else ConnectorDB at ``serverurl``."""
+        """The remote this Logger syncs to (its first, with several): the one given, else
+        ConnectorDB at ``serverurl``."""
         return self._remote.get(self._settings)
+
+    @property
+    def remotes(self) -> dict[str, Remote]:
+        """Every remote this Logger delivers to, by name (``default`` for ``remote=``)."""
+        return {name: courier.remote for name, courier in self._syncer.couriers.items()}
+
+    @check.checked(name=check.TEXT, backfill=check.BOOL, fallback=check.OPTIONAL_TEXT)
+    def add_remote(  # noqa: PLR0913 - the remote and how it takes part
+        self,
+        name: str,
+        remote: Remote,
+        streams: Sequence[str] | None = None,
+        *,
+        backfill: bool = True,
+        give_up_after: float | None = None,
+        fallback: str | None = None,
+    ) -> None:
+        """Deliver to ``remote`` too, as ``name``, from now on (and when reopened, given again).
+
+        :param streams: the names or glob patterns of the streams it takes (None: every one)
+        :param backfill: it takes what is cached now too (else only what comes after)
+        :param give_up_after: seconds: once it has failed that long, it stops holding what
+            it has not taken and is older than that (released, counted in ``status()``), so
+            a dead remote cannot fill the disk (None: it holds everything until delivered)
+        :param fallback: the name of a remote that takes, instead, what this one gives up
+        :raises ConfigurationError: a name in use, or a bad filter, fallback or seconds
+        """
+        self._check_open()
+        if name in self._syncer.couriers:
+            raise ConfigurationError(f"add_remote(): this Logger delivers to {name!r} already")
+        fanout.add(
+            self._cache,
+            name,
+            remote,
+            streams,
+            backfill=backfill,
+            give_up_after=give_up_after,
+            fallback=fallback,
+        )
+        self._syncer.add(name, remote)
+
+    @check.checked(name=check.TEXT)
+    def remove_remote(self, name: str) -> int:
+        """Stop delivering to the remote ``name`` and forget it: what only it held leaves the
+        cache (a stream no other remote takes keeps its datapoints). Returns how many left.
+
+        :raises ConfigurationError: no such remote, this Logger's first remote, or another
+            remote's fallback
+        """
+        self._check_open()
+        if name == self._primary:
+            raise ConfigurationError(
+                f"remove_remote(): {name!r} is this Logger's first remote: open the cache "
+                "with the remotes to keep, then remove it"
+            )
+        if name in self._syncer.couriers:
+            self._syncer.remove(name)
+        return self._cache.remotes().remove(name)
 
     def ping(self) -> str:
         """Check the remote and the apikey; returns ``user/device`` or raises a RemoteError."""
@@ -396,8 +467,9 @@ class Logger(Configurable):
 
     @check.checked(restamp=check.BOOL)
     def retry_deadletters(self, ids: Iterable[int] | None = None, *, restamp: bool = False) -> int:
-        """Send dead letters (all, or these ids) again with their own time, now, each stream's
-        in time order as batches of their own (:mod:`~connectorsync.resend`). Those the remote
+        """Send dead letters (all, or these ids) again with their own time, now, each to the
+        remote that refused it, each stream's in time order as batches of their own
+        (:mod:`~connectorsync.resend`). Those the remote
         cannot take (ConnectorDB refuses times older than its newest) or refuses again stay,
         saying why. ``restamp=True`` queues them instead with new times, after the stream's
         newest, within the storage limits: they are delivered, at the risk of a second copy
@@ -413,10 +485,15 @@ class Logger(Configurable):
             queued = self._cache.retry_deadletters(chosen, self._streams.ids(), self._writer.limits)
             self._syncer.inserted(queued)
             return queued
-        batch_size = self.batch_size
-        return self._syncer.exclusive(
-            lambda remote, gate: resend(self._cache.outbox(), remote, chosen, batch_size, gate)
-        ).sent
+        batch_size, sent = self.batch_size, 0
+        for name in self._syncer.couriers:  # each remote's letters, to that remote
+            outbox = self._cache.outbox(name)
+
+            def job(remote: Remote, gate: PassGate, box: Outbox = outbox) -> ResendReport:
+                return resend(box, remote, chosen, batch_size, gate)
+
+            sent += self._syncer.exclusive(job, name).sent
+        return sent
 
     def purge_deadletters(self, ids: Iterable[int] | None = None) -> int:
         """Delete dead letters (all, or these ids) for good. Returns how many.

@@ -27,6 +27,8 @@ class SyncReport:
     :ivar sent_bytes: bytes of the values (JSON text, UTF-8) of the batches acknowledged, per
         stream (the metrics' ``connectorsync_delivered_bytes_total``); datapoints found
         delivered by reconciliation after a lost answer are in ``sent`` only
+    :ivar remotes: with several remotes, each one's own report by name (see :func:`gather`);
+        empty for a pass to one remote
     """
 
     sent: dict[str, int] = field(default_factory=dict)
@@ -36,6 +38,7 @@ class SyncReport:
     upto: int = field(default=0, repr=False, compare=False)
     exception: ConnectorSyncError | None = field(default=None, repr=False, compare=False)
     sent_bytes: dict[str, int] = field(default_factory=dict, repr=False)
+    remotes: dict[str, SyncReport] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -52,6 +55,10 @@ class SyncReport:
         """The errors on one line (None after a complete pass)."""
         if self.ok:
             return None
+        if self.remotes:
+            return "; ".join(
+                f"remote {name!r}: {r.message}" for name, r in self.remotes.items() if r.message
+            )
         return "; ".join(
             text if stream == "*" else f"stream {stream!r}: {text}"
             for stream, text in self.errors.items()
@@ -62,6 +69,32 @@ class SyncReport:
         self.errors[stream] = str(exc)
         if self.exception is None or _rank(exc) > _rank(self.exception):
             self.exception = exc
+
+
+def gather(reports: dict[str, SyncReport]) -> SyncReport:
+    """One report for the passes of several remotes (by name): counts added up per stream,
+    each error under ``"<remote>: <stream>"``, the first exception by rank, each report in
+    :attr:`~SyncReport.remotes`. One remote's report is returned as it is."""
+    if len(reports) == 1:
+        return next(iter(reports.values()))
+    total = SyncReport(remotes=dict(reports))
+    for name, report in reports.items():
+        for counts, into in (
+            (report.sent, total.sent),
+            (report.deadlettered, total.deadlettered),
+            (report.sent_bytes, total.sent_bytes),
+        ):
+            for stream, n in counts.items():
+                add_count(into, stream, n)
+        for stream, text in report.errors.items():
+            total.errors[f"{name}: {stream}"] = text
+        if report.exception is not None and (
+            total.exception is None or _rank(report.exception) > _rank(total.exception)
+        ):
+            total.exception = report.exception
+        total.more = total.more or report.more
+        total.upto = max(total.upto, report.upto)
+    return total
 
 
 def retryable(exc: BaseException | None) -> bool:

@@ -8,7 +8,30 @@ from .cache import Cache, StreamStats
 from .cache.schema import BACKUP_SETTING
 from .devicetime import DeviceTime
 from .remotes._http import hide_password
-from .synclock import SyncState
+from .synclock import SyncState, read_lease
+
+
+@dataclass(frozen=True)
+class RemoteStatus:
+    """One remote's part of ``status()`` (:attr:`Status.remotes`).
+
+    :ivar held: cached datapoints not delivered to it yet, all streams together
+    :ivar deadletters: dead letters it refused (at rest)
+    :ivar released: datapoints it gave up (``give_up_after``, no fallback), ever
+    :ivar handed_over: datapoints it handed to its fallback, ever
+    :ivar failing_since: when its passes began to fail (None: the last one went well)
+    :ivar last_error: why its last pass failed, or None; ``next_attempt``, ``paused``: as
+        :class:`Status` has them, for this remote (as the syncing process last recorded)
+    """
+
+    held: int
+    deadletters: int = 0
+    released: int = 0
+    handed_over: int = 0
+    failing_since: float | None = None
+    last_error: str | None = None
+    next_attempt: float | None = None
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +70,8 @@ class Status:
         requests included): what the link costs. Kept in the cache file; 0 for a stream
         never sent, or sent to a remote that does not count
         (:class:`~connectorsync.remotes.base.Metered`)
+    :ivar remotes: each remote of the cache by name (one, ``default``, unless the Logger was
+        given several): what it holds, gave up and refused, and how its syncing goes
     :ivar migration_backup: where the copy of this cache file made before it was last
         migrated (from an older connectorsync, or from connectordb 0.3.5) is, or None when it
         never was: delete it once the migrated cache works
@@ -68,6 +93,7 @@ class Status:
     commit_error: str | None = None
     uncommitted: int = 0
     bytes_sent: dict[str, int] = field(default_factory=dict)
+    remotes: dict[str, RemoteStatus] = field(default_factory=dict)
     migration_backup: str | None = None
 
     @property
@@ -77,9 +103,14 @@ class Status:
 
 
 def bytes_sent(cache: Cache, streams: dict[str, StreamStats]) -> dict[str, int]:
-    """:attr:`Status.bytes_sent`: the cache's counters of the registered ``streams``."""
-    counted = cache.outbox().bytes_sent()
-    return {name: counted.get(name, 0) for name in streams}
+    """:attr:`Status.bytes_sent`: the cache's counters of the registered ``streams``, every
+    remote's added up."""
+    totals = dict.fromkeys(streams, 0)
+    for name in cache.remotes().all():
+        for stream, sent in cache.outbox(name).bytes_sent().items():
+            if stream in totals:
+                totals[stream] += sent
+    return totals
 
 
 def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
@@ -105,5 +136,27 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
         commit_error=cache.commit_error(),
         uncommitted=cache.uncommitted(),
         bytes_sent=bytes_sent(cache, streams),
+        remotes=remote_statuses(cache),
         migration_backup=cache.get_setting(BACKUP_SETTING),
     )
+
+
+def remote_statuses(cache: Cache) -> dict[str, RemoteStatus]:
+    """:attr:`Status.remotes`: the cache's side of each remote, and how its courier goes as
+    the lease records it (this process's, or the one that syncs)."""
+    states = read_lease(cache).get("remotes") or {}
+    statuses = {}
+    for name, side in cache.remotes().summary().items():
+        state = states.get(name) or {}
+        error = state.get("last_error")
+        statuses[name] = RemoteStatus(
+            held=side.held,
+            deadletters=side.deadletters,
+            released=side.released,
+            handed_over=side.handed_over,
+            failing_since=side.failing_since,
+            last_error=None if error is None else hide_password(error),
+            next_attempt=state.get("next_attempt"),
+            paused=bool(state.get("paused")),
+        )
+    return statuses

@@ -375,8 +375,9 @@ class StreamRegistry:
     (written by an older one) stays listed but refuses inserts, saying why.
     """
 
-    def __init__(self, cache: Cache):
+    def __init__(self, cache: Cache, remote_name: str = "default"):
         self._cache = cache
+        self._remote_name = remote_name  # the remote add() is given: its stream is created
         self._defs: dict[str, Registered] = {}
         self._broken: dict[str, str] = {}  # name -> why it cannot be used
 
@@ -469,7 +470,7 @@ class StreamRegistry:
         name, text = new.definition.name, new.definition.schema_text
         row = put_stream(self._cache, name, text, new.out_of_order, new.properties)
         if remote_created:
-            self._cache.outbox().set_remote_created(name)
+            self._cache.outbox(self._remote_name).set_remote_created(name)
         restamp = new.out_of_order == "restamp"
         self._defs = {**self._defs, name: Registered(new.definition, row.id, restamp)}
         self._broken.pop(name, None)

@@ -51,7 +51,7 @@ from .delivery import Progress
 from .errors import ConfigurationError
 from .options import Options
 from .remotes.base import Remote
-from .report import SyncReport
+from .report import SyncReport, gather
 from .synclock import LEASE_KEY, PassGate, SharedSyncLock, SyncState, read_lease
 
 __all__ = ["DEFAULT", "PassHooks", "Syncer"]
@@ -97,6 +97,7 @@ class Syncer:
             on_pass=on_pass,
             on_state=self._publish,
         )
+        self._shared = shared
         self._couriers = {name: Courier(name, remote, shared) for name, remote in named.items()}
         # The default remote's courier: its report is sync()'s, its state the lease's keys.
         self._default = self._couriers.get(DEFAULT) or next(iter(self._couriers.values()))
@@ -136,31 +137,48 @@ class Syncer:
         *,
         background: bool = False,
     ) -> SyncReport:
-        """One pass of every courier, the default one first; returns the default one's
-        report, and calls no listener. How the other passes went is in their couriers'
-        state and the lease (``last_error``).
+        """One pass of every courier, one after another, the default one first; returns
+        their reports gathered (:func:`~connectorsync.report.gather`: one remote's as it is),
+        and calls no listener.
 
         :param deadline: a ``time.monotonic()`` after which no new batch is started
-        :param progress: called with ``(stream, count)`` after each batch the default
-            remote took
+        :param progress: called with ``(stream, count)`` after each batch a remote took
         :param background: passes as the background threads run them (see
             :meth:`Courier.sync <connectorsync.courier.Courier.sync>`)
         :raises ClosedError: the syncer is closed
         """
-        report = self._default.sync(deadline, progress, background=background)
-        for courier in self._couriers.values():
-            if courier is not self._default:
-                courier.sync(deadline, background=background)
-        return report
+        order = [self._default, *(c for c in self._couriers.values() if c is not self._default)]
+        return gather({c.name: c.sync(deadline, progress, background=background) for c in order})
 
-    def exclusive(self, job: Callable[[Remote, PassGate], T]) -> T:
-        """``job(remote, gate)`` with the default remote, run as its pass runs (see
-        :meth:`Courier.exclusive <connectorsync.courier.Courier.exclusive>`).
+    def exclusive(self, job: Callable[[Remote, PassGate], T], name: str | None = None) -> T:
+        """``job(remote, gate)`` with the remote ``name`` (None: the default one), run as its
+        pass runs (see :meth:`Courier.exclusive <connectorsync.courier.Courier.exclusive>`).
 
         :raises ClosedError: the syncer closed (while this waited for a pass to end)
         :raises ConnectorSyncError: another process (or Logger) syncs this cache
         """
-        return self._default.exclusive(job)
+        return (self._default if name is None else self._couriers[name]).exclusive(job)
+
+    def add(self, name: str, remote: Remote) -> None:
+        """A courier for the remote ``name`` (recorded in the cache already), started if the
+        others run."""
+        courier = Courier(name, remote, self._shared)
+        running = self.running
+        with self._lease_lock:  # copy on write: threads iterating the old dict go on safely
+            self._couriers = {**self._couriers, name: courier}
+        if running:
+            courier.start()
+
+    def remove(self, name: str, timeout: float | None = 10.0) -> None:
+        """Stop and close the courier of the remote ``name`` (never the default one's)."""
+        courier = self._couriers[name]
+        if courier is self._default:
+            raise ConfigurationError(f"the courier of remote {name!r} is the default one")
+        with self._lease_lock:
+            self._couriers = {k: c for k, c in self._couriers.items() if k != name}
+        courier.halt()
+        courier.stop(timeout)
+        courier.close()
 
     # ----------------------------------------------------------------------- background
 

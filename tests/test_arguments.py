@@ -18,6 +18,7 @@ from connectorsync import (
     ArgumentTypeError,
     ConfigurationError,
     ConnectorSyncError,
+    HTTPRemote,
     Logger,
     SchemaError,
     StreamError,
@@ -41,6 +42,7 @@ GOOD: dict[str, dict[str, Any]] = {
         "onsyncfail": None,
         "syncraise": False,
         "remote": None,
+        "remotes": None,
     },
     "add_stream": {"name": "humidity", "schema": {"type": "number"}, "out_of_order": "reject"},
     "addStream": {"name": "humidity", "schema": {"type": "number"}, "out_of_order": "reject"},
@@ -55,6 +57,15 @@ GOOD: dict[str, dict[str, Any]] = {
     "deadletters": {"stream": "temperature"},
     "retry_deadletters": {"ids": [1], "restamp": False},
     "purge_deadletters": {"ids": [1]},
+    "add_remote": {
+        "name": "b",
+        "remote": HTTPRemote("http://127.0.0.1:9/b/{stream}"),
+        "streams": None,
+        "backfill": True,
+        "give_up_after": None,
+        "fallback": None,
+    },
+    "remove_remote": {"name": "b"},
     "close": {"timeout": 1.0},
 }
 #: Methods that take no argument: nothing to check.
@@ -80,6 +91,10 @@ ALSO: dict[str, type[ConnectorSyncError]] = {
     "name": StreamError,
     "timestamp": TimestampError,
 }
+
+
+#: Whose ``name`` is a remote's, not a stream's.
+REMOTE_METHODS = {"add_remote", "remove_remote"}
 
 
 def public_methods() -> list[str]:
@@ -164,7 +179,7 @@ def test_every_public_method_refuses_a_wrong_typed_argument(
         where = "Logger()" if method == "__init__" else f"{method}()"
         if method not in ("addStream",):  # the alias is add_stream itself
             assert where in str(error), error
-        also = ALSO.get(argument)
+        also = None if method in REMOTE_METHODS else ALSO.get(argument)
         if also is not None:
             assert isinstance(error, also), error
 

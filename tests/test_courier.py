@@ -195,15 +195,16 @@ def test_one_courier_stopping_keeps_the_lock_for_the_other(rig: Rig) -> None:
 
 
 def test_a_manual_sync_while_both_couriers_run(rig: Rig) -> None:
-    """sync() runs a pass of each courier by the side of their threads and returns the
-    default one's report; the threads keep the file's lock after it."""
+    """sync() runs a pass of each courier by the side of their threads and returns their
+    reports gathered; the threads keep the file's lock after it."""
     rig.syncer.start()
     wait_for(lambda: quiet(rig), timeout=PROMPT, what="the backup's first pass")
     wait_for(lambda: len(rig.heard) == 2, timeout=PROMPT, what="both first passes told")
     with Logger(rig.path) as lg:  # not woken: the manual pass is the one that delivers
         lg.insert_many("s", [8.0, 9.0])
     report = within(PROMPT, rig.syncer.sync, what="a manual sync")
-    assert report.ok and report.sent == {"s": 2}
+    assert report.sent == {"s": 2} and report.remotes["default"].ok
+    assert not report.ok and not report.remotes["backup"].ok  # its 503, in the one report
     assert rig.delivered() == [8.0, 9.0]
     assert len(rig.bad.requests) == 2  # asked for by hand: it goes at once, and fails
     assert rig.syncer.running and len(rig.threads()) == 2

@@ -293,6 +293,22 @@ class Connection:
                     shielded(lambda: outcome.settle(conn))
                 raise
 
+    @contextlib.contextmanager
+    def snapshot(self, action: str) -> Iterator[apsw.Connection]:
+        """A read transaction: the statements inside see one state of the file, and nothing
+        is written (it works on a read-only connection too); ``action`` names it in errors."""
+        self.check_process()
+        with self._lock, wrapped(action):
+            conn = self._conn
+            if conn.in_transaction:
+                yield conn
+                return
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                roll_back(conn)  # a read transaction: ending it changes nothing
+
     def commit(self, began: float) -> None:
         """COMMIT the open write transaction begun at ``began`` (``time.perf_counter()``),
         and tell ``on_commit`` how long it took (the one place commits are timed)."""

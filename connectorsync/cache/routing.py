@@ -62,6 +62,7 @@ def routes(patterns: list[str] | None, stream: str) -> bool:
 
 
 _COLUMNS = "id, name, config, streams, give_up_after, fallback, failing_since"
+_ROUTED = "SELECT stream FROM positions WHERE remote = ?"
 #: What a remote's name may be (it names counters and metric labels too).
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
@@ -217,7 +218,7 @@ class Remotes:
 
     def all(self) -> dict[str, RemoteRow]:
         """Every remote by name, in the order they were added."""
-        with self._cache.transaction("read the remotes") as conn:
+        with self._cache.snapshot("read the remotes") as conn:
             return remotes(conn)
 
     def add(self, remote: RemoteRow, *, backfill: bool = True) -> RemoteRow:
@@ -240,9 +241,39 @@ class Remotes:
         with self._cache.transaction(f"give up old data for remote {name!r}") as conn:
             return give_up(conn, name, now)
 
+    def after_pass(self, name: str, ok: bool, now: float) -> int:
+        """A pass of the remote ``name`` ended (``ok``: it went well): recorded in one
+        transaction with what :func:`give_up` then lets go (``give_up_after``). Returns how
+        many datapoints it gave up."""
+        with self._cache.transaction(f"record how remote {name!r} goes") as conn:
+            failing(conn, name, None if ok else now)
+            return 0 if ok else give_up(conn, name, now)
+
+    def summary(self) -> dict[str, RemoteSummary]:
+        """Every remote's side of the cache by name, in one transaction."""
+        with self._cache.snapshot("read the remotes") as conn:
+            letters = dict(
+                conn.execute(
+                    "SELECT remote, count(*) FROM deadletters WHERE retry_id IS NULL "
+                    "GROUP BY remote"
+                )
+            )
+            counters = dict(conn.execute("SELECT key, value FROM settings"))
+            summary = {}
+            for name, row in remotes(conn).items():
+                streams = [s for (s,) in conn.execute(_ROUTED, (row.id,))]
+                summary[name] = RemoteSummary(
+                    held=sum(positions.held_count(conn, row.id, s) for s in streams),
+                    deadletters=int(letters.get(name, 0)),
+                    released=int(counters.get(RELEASED + name, 0)),
+                    handed_over=int(counters.get(HANDED_OVER + name, 0)),
+                    failing_since=row.failing_since,
+                )
+            return summary
+
     def held(self, name: str) -> dict[str, int]:
         """How many cached datapoints the remote ``name`` holds, per stream it routes."""
-        with self._cache.transaction(f"count what remote {name!r} holds") as conn:
+        with self._cache.snapshot(f"count what remote {name!r} holds") as conn:
             rid = remotes(conn)[name].id
             rows = list(
                 conn.execute(
@@ -254,7 +285,28 @@ class Remotes:
             return {sname: positions.held_count(conn, rid, sid) for sid, sname in rows}
 
 
+@dataclass(frozen=True)
+class RemoteSummary:
+    """A remote's side of the cache, for ``status()``.
+
+    :ivar held: cached datapoints it holds (not delivered to it yet), all streams together
+    :ivar deadletters: dead letters at rest it refused
+    :ivar released: datapoints it gave up (``give_up_after``, no fallback), ever
+    :ivar handed_over: datapoints it handed to its fallback, ever
+    :ivar failing_since: when its passes began to fail, or None
+    """
+
+    held: int
+    deadletters: int
+    released: int
+    handed_over: int
+    failing_since: float | None
+
+
 class Transactional(Protocol):
-    """What :class:`Remotes` uses of a cache connection (``Cache``, named by what it does)."""
+    """What :class:`Remotes` uses of a cache connection (``Cache``, named by what it does):
+    write transactions, and read ones (which work on a read-only connection too)."""
 
     def transaction(self, action: str) -> AbstractContextManager[apsw.Connection]: ...
+
+    def snapshot(self, action: str) -> AbstractContextManager[apsw.Connection]: ...
