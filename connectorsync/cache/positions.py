@@ -34,17 +34,6 @@ DEFAULT = 1
 
 Ranges = list[tuple[int, int]]
 
-# The datapoints of stream ?1 with ids in [?2, ?3] that no position of the stream holds
-# (a stream with no position keeps its datapoints).
-_NOT_HELD = """stream = ?1 AND id BETWEEN ?2 AND ?3
-AND EXISTS (SELECT 1 FROM positions AS p WHERE p.stream = ?1)
-AND NOT EXISTS (
-    SELECT 1 FROM positions AS p
-    WHERE p.stream = ?1 AND datapoints.id > p.done AND (p.upto IS NULL OR datapoints.id <= p.upto)
-      AND NOT EXISTS (
-          SELECT 1 FROM taken AS k WHERE k.remote = p.remote AND k.stream = p.stream
-          AND datapoints.id BETWEEN k.lo AND k.hi))"""
-
 
 @dataclass(frozen=True)
 class Position:
@@ -183,7 +172,35 @@ _ANY_BETWEEN = "SELECT 1 FROM datapoints WHERE stream = ? AND id > ? AND id < ? 
 def settle(conn: apsw.Connection, stream: int, lo: int = 0, hi: int = END) -> int:
     """Delete the datapoints of ``stream`` with ids in ``[lo, hi]`` that no remote holds any
     more (none when no remote routes the stream). Returns how many."""
-    return delete(conn, _NOT_HELD, (stream, lo, hi))
+    routed = [
+        r for (r,) in conn.execute("SELECT remote FROM positions WHERE stream = ?", (stream,))
+    ]
+    if not routed:
+        return 0
+    free: Ranges = [(lo, hi)]  # the ids no remote looked at so far holds
+    for remote in routed:
+        pos = position(conn, remote, stream)
+        assert pos is not None
+        free = intersect(free, pos.taken_ranges())
+        if not free:
+            return 0
+    # Plain id ranges: the same statement a single remote's acknowledgement always ran.
+    return sum(delete(conn, "stream = ? AND id BETWEEN ? AND ?", (stream, a, b)) for a, b in free)
+
+
+def intersect(ranges: Ranges, other: Ranges) -> Ranges:
+    """The ids in both ``ranges`` and ``other`` (both sorted and disjoint)."""
+    out: Ranges = []
+    i = j = 0
+    while i < len(ranges) and j < len(other):
+        lo, hi = max(ranges[i][0], other[j][0]), min(ranges[i][1], other[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if ranges[i][1] < other[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
 
 
 def take(conn: apsw.Connection, remote: int, stream: int, lo: int, hi: int) -> int:
