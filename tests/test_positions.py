@@ -188,12 +188,16 @@ class Positions(RuleBasedStateMachine):
 
     def _compact(self, r: int, stream: str) -> None:
         """After a take or a hand-over, ranges taken out of order merge into ``done`` once
-        nothing held lies below them (drops may leave a gap until the next one)."""
+        nothing held lies below them, and into each other once nothing of the stream lies
+        between them (drops may leave a gap until the next one): positions stay short."""
         pos = positions.position(self.conn, r, self.sid[stream])
         if pos is not None and pos.taken:
+            ids = {i for i, s in self.present.items() if s == stream}
             first = pos.taken[0][0]
             below = {i for i in self.held[r] if pos.done < i < first}
-            assert below & set(self.present), pos
+            assert below & ids, pos
+            for (_, end), (start, _) in zip(pos.taken, pos.taken[1:], strict=False):
+                assert any(end < i < start for i in ids), pos
 
 
 Positions.TestCase.settings = settings(

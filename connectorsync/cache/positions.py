@@ -156,6 +156,16 @@ def _store(conn: apsw.Connection, remote: int, stream: int, taken: Ranges) -> No
         if next(conn.execute(_ANY_BETWEEN, (stream, done, lo)), None) is not None:
             break
         done, middle = hi, middle[1:]
+    # Two ranges with nothing of the stream between them are one (the ids between are other
+    # streams', or gone, and ids are never reused): the live lane's batches, taken one after
+    # the other above a backlog, stay one range however long the backlog takes.
+    joined: Ranges = []
+    for lo, hi in middle:
+        if joined and next(conn.execute(_ANY_BETWEEN, (stream, joined[-1][1], lo)), None) is None:
+            joined[-1] = (joined[-1][0], hi)
+        else:
+            joined.append((lo, hi))
+    middle = joined
     conn.execute(
         "UPDATE positions SET done = ?, upto = ? WHERE remote = ? AND stream = ?",
         (done, upto, remote, stream),
