@@ -52,12 +52,14 @@ import apsw
 import pytest
 
 from connectorsync import Logger
+from connectorsync.cache.routing import HANDED_OVER
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.groupcommit import GroupCommitProbe
+from connectorsync.testing.probe import CacheProbe
 
 from .conftest import PYTHON, ROOT, child_env, wait_for
 from .helpers.powercut import CUT_EXIT
-from .helpers.powercut_fanout import check_positions, sync_remote
+from .helpers.powercut_fanout import check_positions, groups, sync_remote
 from .helpers.powercut_workload import NEW, OLD_POINTS, PHASES, REFUSE, Phase, build_template
 
 SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
@@ -221,33 +223,49 @@ class Torture:
                 assert report.ok, f"the sync of remote {name!r} after the cut failed: {report}"
             dead = [(d.stream, d.d, d.reason) for d in lg.deadletters()]
             left = len(lg)
+        with CacheProbe(path) as probe:
+            counted = probe.settings()
         if not phase.refuse:
             assert not dead, f"dead letters after the cut: {dead[:5]}"
         refused = [d for _, d, _ in dead if d % REFUSE != 2]
         assert not refused, f"dead letters the server never refused: {refused[:5]}"
         assert left == 0, f"{left} datapoints left in the cache after a sync"
-        for name, device in devices.items():
-            where = "" if name == "default" else f"remote {name!r}: "
-            letters = dead if name == "default" else []  # the refuse phases have one remote
-            holes = self.check_remote(phase, out, device, cached, before[name], letters, where)
+        # Each remote that routes the streams, with its fallback (what it gave up goes there):
+        # together they got every datapoint once.
+        for group in groups(phase.remotes):
+            where = "" if group == ["default"] else f"remote {' + '.join(group)}: "
+            letters = dead if group == ["default"] else []  # the refuse phases have one remote
+            mine = [devices[name] for name in group]
+            was = {
+                s: sorted(itertools.chain(*(before[r][s] for r in group))) for s in before[group[0]]
+            }
+            holes = self.check_remote(phase, out, mine, cached, was, letters, where)
             assert holes == dropped, f"{where}{holes} missing at the start, {dropped} dropped"
+            if len(group) > 1:
+                handed = sum(len(self.remote(mine[1], s)) for s in phase.streams)
+                key = f"{HANDED_OVER}{group[0]}"
+                assert counted.get(key, 0) == handed, (
+                    f"{where}{handed} on the fallback, {counted.get(key, 0)} counted handed over"
+                )
 
     def check_remote(
         self,
         phase: Phase,
         out: Outcome,
-        device: str,
+        devices: list[str],
         cached: dict[str, list[tuple[float, int]]],
         before: dict[str, list[tuple[float, int]]],
         dead: list[tuple[str, int, str]],
         where: str,
     ) -> int:
-        """Each stream of one remote's ``device`` after the sync, against what was cached and
-        on it ``before``; returns how many are missing at the start (``drop_oldest``)."""
+        """Each stream of one remote's ``devices`` (its own, and its fallback's) after the sync,
+        against what was cached and on them ``before``; returns how many are missing at the
+        start (``drop_oldest``). What reached two of them is a duplicate."""
         holes_total = 0
         for stream in phase.streams:
             label = f"{where}{stream}"
-            mine, after = cached[stream], self.remote(device, stream)
+            mine = cached[stream]
+            after = sorted(itertools.chain(*(self.remote(d, stream) for d in devices)))
             letters = {d for s, d, _ in dead if s == stream}
             if phase.refuse:  # a retried dead letter goes after the newest: t order only
                 assert_times(mine, f"{label} in the cache")

@@ -145,6 +145,15 @@ PHASES: dict[str, Phase] = {
         "pass_default insert*3 pass_all pass_default insert*2",
         remotes=("b",),
     ),
+    # Remote g goes down; once it has failed GIVE_UP seconds it hands what it holds that is
+    # older to its fallback c (which routes nothing of its own); it comes back. The cut lands
+    # in the hand-overs too; default, and g and c together, get every datapoint once.
+    "fanout_give_up": Phase(
+        "full",
+        "insert*5 pass_all insert*4 down_g insert*3 pass_all give_up_g insert*3 pass_all "
+        "insert*2 give_up_g pass_c up_g insert*2 pass_all insert*2",
+        remotes=("c", "g"),
+    ),
 }
 
 
@@ -314,6 +323,24 @@ def pass_to(name: str) -> Callable[[Child, list[str], int], None]:
     return step
 
 
+def set_down(name: str, down: bool) -> Callable[[Child, list[str], int], None]:
+    def step(child: Child, streams: list[str], count: int) -> None:
+        """The remote ``name`` goes down (every push fails), or comes back."""
+        assert child.passes is not None, f"phase without remotes: no remote {name!r}"
+        child.passes.remotes[name].down = down
+
+    return step
+
+
+def give_up(name: str) -> Callable[[Child, list[str], int], None]:
+    def step(child: Child, streams: list[str], count: int) -> None:
+        """``give_up_after`` for the remote ``name`` (handed to its fallback)."""
+        assert child.passes is not None, f"phase without remotes: no remote {name!r}"
+        child.passes.give_up(name)
+
+    return step
+
+
 def pass_all(child: Child, streams: list[str], count: int) -> None:
     """A pass to every remote at once, each in a thread (a lost answer may fail them)."""
     assert child.passes is not None, "phase without remotes: no passes to run"
@@ -334,7 +361,11 @@ STEPS: dict[str, Callable[[Child, list[str], int], None]] = {
     "retry": retry,
     "pass_default": pass_to("default"),
     "pass_b": pass_to("b"),
+    "pass_c": pass_to("c"),
     "pass_all": pass_all,
+    "down_g": set_down("g", True),
+    "up_g": set_down("g", False),
+    "give_up_g": give_up("g"),
 }
 
 
