@@ -3,8 +3,9 @@
 Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inserts with each
 durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
 WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after a sync,
-migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``) in a
-child process whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
+migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, dead-letter retries, a
+failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py) in a child process
+whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
 (xWrite/xSync/xTruncate/xDelete), N drawn from a seeded RNG over the phase's whole range (a
 run without a cut counts it first). What the child did before is read from its stdout, not
 from the cache. Then the -shm file is removed (shared memory does not survive a reboot), the
@@ -20,12 +21,20 @@ cache is reopened by this (normal) process and:
 - a sync of the reopened cache to the same server leaves it with every datapoint that was
   cached or delivered before, each exactly once (ConnectorDB is "ordered"), and no dead letter.
 
+With several remotes (phases ``fanout``, ``fanout_give_up``; each remote delivers into a device
+of its own), right after the cut each remote's position is in order and holds every promised
+datapoint its server lacks (a remote with a fallback: the two together), and every cached
+datapoint is held by some remote (``powercut_fanout.check_positions``); then each remote is
+synced to the end and the checks above hold per remote: each remote that routes the streams,
+with its fallback, has every promised datapoint exactly once (on one of the two: nothing
+reaches both), the fallback as many as were counted handed over, and the cache is empty.
+
 ``make test`` runs :data:`CUTS` = 48 cut points; ``make soak``
 (``CONNECTORSYNC_SOAK=1``) runs 1,000; ``POWERCUT_CUTS=n`` sets any number, ``POWERCUT_SEED=s``
 the seed. Each run prints a one-line summary (cut points by phase, datapoints checked).
 
 A new phase is one line of ``PHASES`` in tests/helpers/powercut_workload.py; the checks here
-need nothing new.
+need nothing new (a new remote of a fan-out phase: one line of ``powercut_fanout.ROWS``).
 
 Replaying a failure: its message names the seed, the cut's number, the phase and N, e.g.
 ``POWERCUT_REPLAY=sync_full:137 pytest tests/test_powercut.py`` runs that one cut point again
