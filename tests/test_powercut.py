@@ -3,8 +3,9 @@
 Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inserts with each
 durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
 WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after a sync,
-migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``) in a
-child process whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
+migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, dead-letter retries, a
+failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py) in a child process
+whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
 (xWrite/xSync/xTruncate/xDelete), N drawn from a seeded RNG over the phase's whole range (a
 run without a cut counts it first). What the child did before is read from its stdout, not
 from the cache. Then the -shm file is removed (shared memory does not survive a reboot), the
@@ -20,12 +21,20 @@ cache is reopened by this (normal) process and:
 - a sync of the reopened cache to the same server leaves it with every datapoint that was
   cached or delivered before, each exactly once (ConnectorDB is "ordered"), and no dead letter.
 
+With several remotes (phases ``fanout``, ``fanout_give_up``; each remote delivers into a device
+of its own), right after the cut each remote's position is in order and holds every promised
+datapoint its server lacks (a remote with a fallback: the two together), and every cached
+datapoint is held by some remote (``powercut_fanout.check_positions``); then each remote is
+synced to the end and the checks above hold per remote: each remote that routes the streams,
+with its fallback, has every promised datapoint exactly once (on one of the two: nothing
+reaches both), the fallback as many as were counted handed over, and the cache is empty.
+
 ``make test`` runs :data:`CUTS` = 48 cut points; ``make soak``
 (``CONNECTORSYNC_SOAK=1``) runs 1,000; ``POWERCUT_CUTS=n`` sets any number, ``POWERCUT_SEED=s``
 the seed. Each run prints a one-line summary (cut points by phase, datapoints checked).
 
 A new phase is one line of ``PHASES`` in tests/helpers/powercut_workload.py; the checks here
-need nothing new.
+need nothing new (a new remote of a fan-out phase: one line of ``powercut_fanout.ROWS``).
 
 Replaying a failure: its message names the seed, the cut's number, the phase and N, e.g.
 ``POWERCUT_REPLAY=sync_full:137 pytest tests/test_powercut.py`` runs that one cut point again
@@ -49,13 +58,17 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import pytest
 
 from connectorsync import Logger
+from connectorsync.cache.routing import HANDED_OVER
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.groupcommit import GroupCommitProbe
+from connectorsync.testing.probe import CacheProbe
 
 from .conftest import PYTHON, ROOT, child_env, wait_for
 from .helpers.powercut import CUT_EXIT
+from .helpers.powercut_fanout import check_positions, groups, sync_remote
 from .helpers.powercut_workload import NEW, OLD_POINTS, PHASES, REFUSE, Phase, build_template
 
 SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
@@ -87,8 +100,9 @@ class Outcome:
     cut: bool = False  # False: the phase ended first (and the power went after it)
 
 
-def run_child(path: str, phase: str, cut_at: int, apikey: str, url: str) -> Outcome:
-    args = [path, phase, str(cut_at), apikey, url]
+def run_child(path: str, phase: str, cut_at: int, apikeys: dict[str, str], url: str) -> Outcome:
+    others = [f"{name}={key}" for name, key in apikeys.items() if name != "default"]
+    args = [path, phase, str(cut_at), apikeys["default"], url, *others]
     proc = subprocess.run(
         [PYTHON, "-m", "tests.helpers.powercut_workload", *args],
         cwd=ROOT,
@@ -136,7 +150,7 @@ class Torture:
     def __init__(self, tmp: Path, server: ConnectorDBServer) -> None:
         self.tmp = tmp
         self.server = server
-        self.templates: dict[tuple[str, tuple[str, ...]], str] = {}
+        self.templates: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
         self.ranges: dict[str, int] = {}
         self.devices = itertools.count()
         self.by_phase: collections.Counter[str] = collections.Counter()
@@ -144,12 +158,12 @@ class Torture:
         self.checked = 0  # datapoints found on the server where they belong, over all cuts
 
     def fresh_cache(self, phase: Phase, name: str) -> str:
-        key = (phase.template, tuple(phase.streams))
+        key = (phase.template, tuple(phase.streams), phase.remotes)
         if key not in self.templates:
             folder = self.tmp / f"template-{len(self.templates)}"
             folder.mkdir()
             self.templates[key] = str(folder / "cache.db")
-            build_template(self.templates[key], phase.template, phase.streams)
+            build_template(self.templates[key], phase.template, phase.streams, phase.remotes)
         path = str(self.tmp / f"{name}.db")
         for suffix in ("", "-wal", "-journal"):
             if os.path.exists(self.templates[key] + suffix):
@@ -167,10 +181,12 @@ class Torture:
         return how many operations the child counted."""
         phase = PHASES[name]
         device = f"{'dl' if phase.refuse else 'cut'}{next(self.devices)}"
-        apikey = self.server.add_device("alice", device)
+        # Each remote delivers into a device of its own: default into `device`.
+        devices = {"default": device, **{r: f"{device}{r}" for r in phase.remotes}}
+        keys = {r: self.server.add_device("alice", d) for r, d in devices.items()}
         path = self.fresh_cache(phase, device)
-        outcome = run_child(path, name, cut_at, apikey, self.server.url)
-        self.check(phase, path, device, apikey, outcome)
+        outcome = run_child(path, name, cut_at, keys, self.server.url)
+        self.check(phase, path, devices, keys, outcome)
         for leftover in glob.glob(glob.escape(path) + "*"):  # with the migrations' backups
             os.remove(leftover)
         return outcome.ops
@@ -182,44 +198,97 @@ class Torture:
             return []
         return [(p["t"], p["d"]) for p in points]
 
-    def check(self, phase: Phase, path: str, device: str, apikey: str, out: Outcome) -> None:
+    def check(
+        self,
+        phase: Phase,
+        path: str,
+        devices: dict[str, str],
+        keys: dict[str, str],
+        out: Outcome,
+    ) -> None:
+        """The checks of the module docstring, per remote (``devices``: remote -> device)."""
         if os.path.exists(path + "-shm"):
             os.remove(path + "-shm")  # shared memory does not survive a reboot
+        before = {r: {s: self.remote(d, s) for s in phase.streams} for r, d in devices.items()}
+        stored = {r: {s: {d for _, d in pts} for s, pts in b.items()} for r, b in before.items()}
         conn = apsw.Connection(path)
         try:
             assert list(conn.execute("PRAGMA integrity_check")) == [("ok",)]
+            if phase.remotes:
+                check_positions(
+                    conn,
+                    {s: {v for v, _ in out.returned.get(s, [])} for s in phase.streams},
+                    stored,
+                )
         finally:
             conn.close()
-        with Logger(path, apikey=apikey, serverurl=self.server.url) as lg:
+        with Logger(path, apikey=keys["default"], serverurl=self.server.url) as lg:
             cached = {s: [(p["t"], p["d"]) for p in lg.export(s)] for s in phase.streams}
             dropped = lg.status().dropped
-            before = {s: self.remote(device, s) for s in phase.streams}
             report = lg.sync()
             assert report.ok, f"the sync after the cut failed: {report.errors}"
+            for name in phase.remotes:
+                report = sync_remote(path, name, self.server.url, keys[name])
+                assert report.ok, f"the sync of remote {name!r} after the cut failed: {report}"
             dead = [(d.stream, d.d, d.reason) for d in lg.deadletters()]
             left = len(lg)
+        with CacheProbe(path) as probe:
+            counted = probe.settings()
         if not phase.refuse:
             assert not dead, f"dead letters after the cut: {dead[:5]}"
         refused = [d for _, d, _ in dead if d % REFUSE != 2]
         assert not refused, f"dead letters the server never refused: {refused[:5]}"
         assert left == 0, f"{left} datapoints left in the cache after a sync"
+        # Each remote that routes the streams, with its fallback (what it gave up goes there):
+        # together they got every datapoint once.
+        for group in groups(phase.remotes):
+            where = "" if group == ["default"] else f"remote {' + '.join(group)}: "
+            letters = dead if group == ["default"] else []  # the refuse phases have one remote
+            mine = [devices[name] for name in group]
+            was = {
+                s: sorted(itertools.chain(*(before[r][s] for r in group))) for s in before[group[0]]
+            }
+            holes = self.check_remote(phase, out, mine, cached, was, letters, where)
+            assert holes == dropped, f"{where}{holes} missing at the start, {dropped} dropped"
+            if len(group) > 1:
+                handed = sum(len(self.remote(mine[1], s)) for s in phase.streams)
+                key = f"{HANDED_OVER}{group[0]}"
+                assert counted.get(key, 0) == handed, (
+                    f"{where}{handed} on the fallback, {counted.get(key, 0)} counted handed over"
+                )
+
+    def check_remote(
+        self,
+        phase: Phase,
+        out: Outcome,
+        devices: list[str],
+        cached: dict[str, list[tuple[float, int]]],
+        before: dict[str, list[tuple[float, int]]],
+        dead: list[tuple[str, int, str]],
+        where: str,
+    ) -> int:
+        """Each stream of one remote's ``devices`` (its own, and its fallback's) after the sync,
+        against what was cached and on them ``before``; returns how many are missing at the
+        start (``drop_oldest``). What reached two of them is a duplicate."""
         holes_total = 0
         for stream in phase.streams:
-            mine, after = cached[stream], self.remote(device, stream)
+            label = f"{where}{stream}"
+            mine = cached[stream]
+            after = sorted(itertools.chain(*(self.remote(d, stream) for d in devices)))
             letters = {d for s, d, _ in dead if s == stream}
             if phase.refuse:  # a retried dead letter goes after the newest: t order only
-                assert_times(mine, f"{stream} in the cache")
-                assert_times(after, f"{stream} on the server")
+                assert_times(mine, f"{label} in the cache")
+                assert_times(after, f"{label} on the server")
             else:
-                assert_increasing(mine, f"{stream} in the cache")
-                assert_increasing(after, f"{stream} on the server")  # also: no duplicate
-            assert after[: len(before[stream])] == before[stream], f"{stream}: server lost some"
+                assert_increasing(mine, f"{label} in the cache")
+                assert_increasing(after, f"{label} on the server")  # also: no duplicate
+            assert after[: len(before[stream])] == before[stream], f"{label}: server lost some"
             kept = {d for _, d in after}
-            assert not kept & letters, f"{stream}: delivered and a dead letter: {kept & letters}"
+            assert not kept & letters, f"{label}: delivered and a dead letter: {kept & letters}"
             present = kept | letters
-            assert {d for _, d in mine} <= present, f"{stream}: cached, then not delivered"
+            assert {d for _, d in mine} <= present, f"{label}: cached, then not delivered"
             raised, unknown = out.raised.get(stream, set()), out.unknown.get(stream, set())
-            assert not raised & present, f"{stream}: insert() raised, yet stored: {raised}"
+            assert not raised & present, f"{label}: insert() raised, yet stored: {raised}"
             start = -OLD_POINTS if stream == "s0" and phase.template != NEW else 0
             # Each stream's values from the first on, but those whose insert raised (never
             # stored) or was interrupted (either way): only the oldest may be missing, the
@@ -232,7 +301,7 @@ class Torture:
             holes = [v for v in expected if v not in present]
             returned_values = {v for v, _ in out.returned.get(stream, [])}
             assert holes == expected[: len(holes)], (
-                f"{stream}: missing in the middle: {holes[:10]} (of them, insert() returned "
+                f"{label}: missing in the middle: {holes[:10]} (of them, insert() returned "
                 f"for {sorted(returned_values & set(holes))[:10]})"
             )
             holes_total += len(holes)
@@ -241,17 +310,17 @@ class Torture:
             returned = out.returned.get(stream, [])
             lost = [(v, at) for v, at in returned if v not in present and v not in gone]
             if phase.durability == "full":
-                assert not lost, f"{stream}: returned, then lost: {lost[:5]}"
+                assert not lost, f"{label}: returned, then lost: {lost[:5]}"
             elif phase.durability == "batched":
                 bound = phase.options["commit_interval"] + out.latency + SLACK
                 early = [(v, at) for v, at in lost if not batched_may_lose(out, at, bound)]
                 assert not early, (
-                    f"{stream}: lost though returned more than {bound:.3f} s before the cut "
+                    f"{label}: lost though returned more than {bound:.3f} s before the cut "
                     f"at {out.at} (or before a flush() that returned, at {out.flushed}; disk "
                     f"failing {out.failing}): {early[:5]}"
                 )
             self.checked += len(after)
-        assert holes_total == dropped, f"{holes_total} missing at the start, {dropped} dropped"
+        return holes_total
 
 
 def batched_may_lose(out: Outcome, at: float, bound: float) -> bool:
@@ -428,3 +497,28 @@ def test_the_batched_bound_excuses_only_what_it_may() -> None:
     assert not batched_may_lose(out, 70.0, 1.0)
     out.failing = [(80.0, 85.0)]  # recovered long before the cut: committed since
     assert not batched_may_lose(out, 90.0, 1.0)
+
+
+def test_the_positions_check_finds_what_a_remote_lost(tmp_path: Path) -> None:
+    """The fan-out phase's check of the positions is not vacuous: a promised datapoint gone
+    while a remote held it, and a cached one that no remote holds, are found."""
+    path = str(tmp_path / "cache.db")
+    build_template(path, NEW, ["s0"], ("b",))
+    with Logger(path) as lg:
+        lg.insert_many("s0", [0, 1, 2])
+    promised, nowhere = {"s0": {0, 1, 2}}, {"default": {}, "b": {}}
+    everywhere = {"default": promised, "b": promised}
+    conn = apsw.Connection(path)
+    try:
+        check_positions(conn, promised, nowhere)  # cached, held by both
+        conn.execute("DELETE FROM datapoints WHERE d = '1'")  # gone while both held it
+        with pytest.raises(AssertionError, match=r"remote 'default', stream 's0'.*\[1\]"):
+            check_positions(conn, promised, nowhere)
+        with pytest.raises(AssertionError, match=r"remote 'b', stream 's0'.*\[1\]"):
+            check_positions(conn, promised, {"default": {"s0": {1}}, "b": {}})
+        check_positions(conn, promised, {"default": {"s0": {1}}, "b": {"s0": {1}}})
+        conn.execute("UPDATE positions SET done = (SELECT max(id) FROM datapoints)")
+        with pytest.raises(AssertionError, match=r"held by no remote: \[0, 2\]"):
+            check_positions(conn, promised, everywhere)
+    finally:
+        conn.close()

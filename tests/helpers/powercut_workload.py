@@ -2,9 +2,11 @@
 
 A phase is one line of :data:`PHASES`: a durability, Logger options, which cache file it
 starts from (:data:`TEMPLATES`: a new one, a connectordb 0.3.5 one, an older connectorsync
-one), how many threads, and a script of steps (:data:`STEPS`: ``insert*N``, ``sync``,
-``checkpoint``, ``fill*N`` for ``insert_many``...) that each thread runs in turn. A new phase is
-one more line there, plus one entry in :data:`STEPS` if it needs a step of its own.
+one), how many threads, the remotes it has besides ``default`` (fan-out phases), and a
+script of steps (:data:`STEPS`: ``insert*N``, ``sync``, ``checkpoint``, ``fill*N`` for
+``insert_many``, ``pass_NAME`` for a pass to one remote, ``pass_all`` for one to each at
+once...) that each thread runs in turn. A new phase is one more line there, plus one entry
+in :data:`STEPS` if it needs a step of its own.
 
 The child runs its phase under :class:`~tests.helpers.powercut.PowerCutVFS` with ``cut_at``:
 at that I/O operation the power goes (``os._exit`` inside the VFS call, every unsynced write
@@ -12,7 +14,7 @@ lost). What happened before travels on stdout, one line each, written with ``os.
 moment it happened, so that it survives the cut (the cache does not tell it):
 
 - ``i STREAM VALUE TIME``: ``insert(STREAM, VALUE)`` returned at ``TIME`` (time.monotonic())
-- ``s TIME``: a sync pass returned
+- ``s TIME``: a sync pass returned (in a fan-out phase: a pass to one remote)
 - ``x STREAM VALUE``: ``insert(STREAM, VALUE)`` raised a ``ConnectorSyncError`` (the disk
   was failing): it must never be stored
 - ``u STREAM VALUE``: a ``KeyboardInterrupt`` landed while inserting VALUE: its fate is
@@ -29,8 +31,9 @@ moment it happened, so that it survives the cut (the cache does not tell it):
 Stream ``s{k}`` of thread ``t`` (``k = t * per_thread + j``) gets the values 0, 1, 2... in
 order; the templates hold older datapoints with negative values before them.
 
-Usage: python -m tests.helpers.powercut_workload CACHE PHASE CUT_AT APIKEY URL
-(CUT_AT 0: never cut; the ``end`` line then says how many operations the phase makes).
+Usage: python -m tests.helpers.powercut_workload CACHE PHASE CUT_AT APIKEY URL [NAME=APIKEY...]
+(CUT_AT 0: never cut; the ``end`` line then says how many operations the phase makes;
+NAME=APIKEY: the device of each remote besides ``default``, in a fan-out phase).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from connectorsync.errors import ConnectorSyncError
 from connectorsync.testing.live import commit_latency
 
 from .powercut import PowerCutVFS
+from .powercut_fanout import Passes, add_remotes
 
 # The templates: what the cache file holds before the phase starts (built by the parent).
 NEW, CONNECTORDB, V1 = "new", "connectordb-0.3.5", "v1"
@@ -74,6 +78,9 @@ class Phase:
     interrupt: bool = False
     #: the server refuses this phase's values v with v % REFUSE == 2 (dead letters)
     refuse: bool = False
+    #: remotes besides ``default``, added to the template with backfill; the steps
+    #: ``pass_NAME`` run a pass to one of them (tests/helpers/powercut_fanout.py)
+    remotes: tuple[str, ...] = ()
 
     @property
     def streams(self) -> list[str]:
@@ -129,14 +136,35 @@ PHASES: dict[str, Phase] = {
         {"batch_size": 4},
         refuse=True,
     ),
+    # Two remotes, each with its position per stream, passes interleaved, answers lost now
+    # and then (powercut_fanout.LOSSES): the cut lands in inserts, either remote's acks and
+    # reconciliations, the deletes once both have a datapoint, the positions' updates.
+    "fanout": Phase(
+        "full",
+        "insert*6 pass_b insert*5 pass_default pass_b insert*4 pass_all insert*3 pass_b "
+        "pass_default insert*3 pass_all pass_default insert*2",
+        remotes=("b",),
+    ),
+    # Remote g goes down; once it has failed GIVE_UP seconds it hands what it holds that is
+    # older to its fallback c (which routes nothing of its own); it comes back. The cut lands
+    # in the hand-overs too; default, and g and c together, get every datapoint once.
+    "fanout_give_up": Phase(
+        "full",
+        "insert*5 pass_all insert*4 down_g insert*3 pass_all give_up_g insert*3 pass_all "
+        "insert*2 give_up_g pass_c up_g insert*2 pass_all insert*2",
+        remotes=("c", "g"),
+    ),
 }
 
 
 class Child:
     """The state of a running phase: its Logger, the values each stream has had, the output."""
 
-    def __init__(self, lg: Logger, path: str, phase: Phase, vfs: PowerCutVFS) -> None:
+    def __init__(
+        self, lg: Logger, path: str, phase: Phase, vfs: PowerCutVFS, passes: Passes | None = None
+    ) -> None:
         self.lg = lg
+        self.passes = passes  # the phase's passes to each remote (fan-out phases)
         self.vfs = vfs
         self.interruptible = threading.Event()
         self.path = path
@@ -284,6 +312,43 @@ def checkpoint(child: Child, streams: list[str], count: int) -> None:
         conn.close()
 
 
+def pass_to(name: str) -> Callable[[Child, list[str], int], None]:
+    def step(child: Child, streams: list[str], count: int) -> None:
+        """A pass to the remote ``name`` through its outbox (a lost answer may fail it)."""
+        assert child.passes is not None, f"phase without remotes: no pass to {name!r}"
+        for _ in range(count):
+            child.passes.run(name)
+            child.report("s", time.monotonic())
+
+    return step
+
+
+def set_down(name: str, down: bool) -> Callable[[Child, list[str], int], None]:
+    def step(child: Child, streams: list[str], count: int) -> None:
+        """The remote ``name`` goes down (every push fails), or comes back."""
+        assert child.passes is not None, f"phase without remotes: no remote {name!r}"
+        child.passes.remotes[name].down = down
+
+    return step
+
+
+def give_up(name: str) -> Callable[[Child, list[str], int], None]:
+    def step(child: Child, streams: list[str], count: int) -> None:
+        """``give_up_after`` for the remote ``name`` (handed to its fallback)."""
+        assert child.passes is not None, f"phase without remotes: no remote {name!r}"
+        child.passes.give_up(name)
+
+    return step
+
+
+def pass_all(child: Child, streams: list[str], count: int) -> None:
+    """A pass to every remote at once, each in a thread (a lost answer may fail them)."""
+    assert child.passes is not None, "phase without remotes: no passes to run"
+    for _ in range(count):
+        child.passes.run_all()
+        child.report("s", time.monotonic())
+
+
 STEPS: dict[str, Callable[[Child, list[str], int], None]] = {
     "insert": insert,
     "fill": fill,
@@ -294,6 +359,13 @@ STEPS: dict[str, Callable[[Child, list[str], int], None]] = {
     "recover": recover,
     "flush": flush,
     "retry": retry,
+    "pass_default": pass_to("default"),
+    "pass_b": pass_to("b"),
+    "pass_c": pass_to("c"),
+    "pass_all": pass_all,
+    "down_g": set_down("g", True),
+    "up_g": set_down("g", False),
+    "give_up_g": give_up("g"),
 }
 
 
@@ -303,8 +375,11 @@ def run_script(child: Child, streams: list[str]) -> None:
         STEPS[name](child, streams, int(times or 1))
 
 
-def build_template(path: str, template: str, streams: list[str]) -> None:
-    """The cache file a phase starts from, with its streams (integers) registered."""
+def build_template(
+    path: str, template: str, streams: list[str], remotes: tuple[str, ...] = ()
+) -> None:
+    """The cache file a phase starts from, with its streams (integers) registered and the
+    ``remotes`` besides ``default`` added (with backfill)."""
     if template == NEW:
 
         def init(lg: Logger) -> None:
@@ -340,11 +415,14 @@ def build_template(path: str, template: str, streams: list[str]) -> None:
         conn.close()
     else:
         raise ValueError(f"unknown template {template!r}; known: {TEMPLATES}")
+    add_remotes(path, remotes)
     os.chmod(path, 0o600)
 
 
 def main() -> None:
     path, name, cut_at, apikey, url = sys.argv[1:6]
+    # NAME=APIKEY for each remote besides default, in its own device
+    apikeys = {"default": apikey, **dict(word.split("=", 1) for word in sys.argv[6:])}
     phase = PHASES[name]
     child: Child | None = None
 
@@ -356,7 +434,8 @@ def main() -> None:
 
     vfs = PowerCutVFS(cut_at=int(cut_at) or None, on_cut=on_cut)
     lg = Logger(path, apikey=apikey, serverurl=url, durability=phase.durability, **phase.options)
-    child = Child(lg, path, phase, vfs)
+    passes = Passes(path, phase.durability, url, apikeys) if phase.remotes else None
+    child = Child(lg, path, phase, vfs, passes)
     failed: list[BaseException] = []
 
     def work(t: int) -> None:
