@@ -195,6 +195,21 @@ def test_beside_a_down_remote_every_datapoint_arrives_as_promised(
         (letter,) = lg.deadletters()
         assert (letter.t, letter.d) == (T_POISON, POISON) and letter.reason
         assert (status["tested"].deadletters, status["down"].deadletters) == (1, 0)
+        # Sent again, to the remote that refused it only: refused again, it stays a letter.
+        assert lg.retry_deadletters() == 0
+        (again,) = lg.deadletters()
+        # (ConnectorDB is not sent it: it refuses times older than its newest, as it says.)
+        ordered = lg.remotes["tested"].delivery_kind is DeliveryKind.ORDERED
+        assert (again.t, again.d, again.attempts) == (T_POISON, POISON, 1 if ordered else 2)
+        assert ("not sent again" in again.reason) is ordered
+        # Queued again: held by that remote only (the down one has it still), refused again.
+        assert lg.retry_deadletters(restamp=True) == 1
+        assert held(lg) == {"tested": 1, "down": 12} and len(lg) == 13
+        report = lg.sync()
+        assert report.remotes["tested"].deadlettered == {STREAM: 1}
+        assert held(lg) == {"tested": 0, "down": 12} and len(lg) == 12
+        (letter,) = lg.deadletters()
+        assert letter.d == POISON and lg.status().remotes["tested"].deadletters == 1
     else:  # MQTT 3.1.1 cannot see a refusal (test_remote_contract.py says so)
         assert lg.deadletters() == []
         assert (status["tested"].deadletters, status["down"].deadletters) == (0, 0)
