@@ -109,10 +109,11 @@ class Logger(Configurable):
             self._wire(created, options)
             if apikey is not None:
                 self.apikey = apikey
+            # Before on_create: a stream it adds is created on the first remote, recorded.
+            fanout.record(self._cache, given, created=created)
             if created and on_create is not None:
                 self._create(on_create)
             self._parts.finish_opening(created)
-            fanout.record(self._cache, given, created=created)
         except BaseException:
             self._abandon(created)
             raise

@@ -453,28 +453,52 @@ class AnswerDroppingProxy(LoopbackProxy):
             shut(src, dst)
 
 
-@pytest.fixture(
-    params=["connectordb", "influxdb", "http", "thingsboard", "mqtt", "mqtt311", "thingsboard_mqtt"]
-)
-def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    made: Backend
+#: Every shipped remote kind the contract runs against (test_remote_contract_fanout.py too).
+KINDS = ["connectordb", "influxdb", "http", "thingsboard", "mqtt", "mqtt311", "thingsboard_mqtt"]
+
+
+def make_backend(request: pytest.FixtureRequest) -> Backend:
+    """The backend of ``request.param`` (one of :data:`KINDS`), its servers from fixtures."""
     if request.param == "connectordb":
-        made = ConnectorDBBackend(request.getfixturevalue("server"))
-    elif request.param == "influxdb":
-        made = InfluxDBBackend(request.getfixturevalue("influxd"))
-    elif request.param == "http":
-        made = HTTPBackend()
-    elif request.param in ("mqtt", "mqtt311"):
+        return ConnectorDBBackend(request.getfixturevalue("server"))
+    if request.param == "influxdb":
+        return InfluxDBBackend(request.getfixturevalue("influxd"))
+    if request.param == "http":
+        return HTTPBackend()
+    if request.param in ("mqtt", "mqtt311"):
         kind = MQTTBackend if request.param == "mqtt" else MQTT311Backend
-        made = kind(request.getfixturevalue("tmp_path") / "mosquitto")
-    elif request.param == "thingsboard_mqtt":
-        made = ThingsBoardMQTTBackend(request.getfixturevalue("tmp_path") / "mosquitto")
-    else:
-        made = ThingsBoardBackend()
+        return kind(request.getfixturevalue("tmp_path") / "mosquitto")
+    if request.param == "thingsboard_mqtt":
+        return ThingsBoardMQTTBackend(request.getfixturevalue("tmp_path") / "mosquitto")
+    return ThingsBoardBackend()
+
+
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    made = make_backend(request)
     try:
         yield made
     finally:
         made.close()
+
+
+def check_stored_after_a_lost_answer(
+    backend: Backend, first: list[dict[str, Any]], second: list[dict[str, Any]]
+) -> None:
+    """What the server holds after ``first`` went with a lost answer, then ``second``: each
+    once where the kind is exactly once; else ``first`` again (at least once), nothing lost."""
+    stored = backend.stored()
+    if backend.exactly_once:
+        assert stored == pairs(first + second)
+    elif backend.message_ids:
+        # Sent again, but what the broker acknowledged before the drop: the message whose
+        # PUBACK was lost came twice (at least once), and its id lets a consumer drop it.
+        assert set(stored) == set(pairs(first + second))
+        assert len(stored) > len(first + second)
+        assert backend.unique() == pairs(first + second)
+    else:
+        assert stored == pairs(first + first + second)  # sent again: nothing lost
+        assert set(stored) == set(pairs(first + second))
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -581,18 +605,7 @@ def test_a_lost_answer_loses_nothing(backend: Backend, cache_path: str) -> None:
     report = lg.sync()
     assert report.ok, report.errors
     assert len(lg) == 0 and lg.deadletters() == []
-    stored = backend.stored()
-    if backend.exactly_once:
-        assert stored == pairs(first + second)
-    elif backend.message_ids:
-        # Sent again, but what the broker acknowledged before the drop: the message whose
-        # PUBACK was lost came twice (at least once), and its id lets a consumer drop it.
-        assert set(stored) == set(pairs(first + second))
-        assert len(stored) > len(first + second)
-        assert backend.unique() == pairs(first + second)
-    else:
-        assert stored == pairs(first + first + second)  # sent again: nothing lost
-        assert set(stored) == set(pairs(first + second))
+    check_stored_after_a_lost_answer(backend, first, second)
 
 
 def test_refused_credentials_keep_the_data(backend: Backend, cache_path: str) -> None:
