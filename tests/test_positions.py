@@ -105,19 +105,23 @@ class Positions(RuleBasedStateMachine):
         stream = data.draw(st.sampled_from(STREAMS))
         upto = data.draw(st.integers(1, self.next_id))
         with self.conn:
-            count = positions.hand_over(self.conn, r, self.sid[stream], upto, fallback)
+            released, handed = positions.hand_over(self.conn, r, self.sid[stream], upto, fallback)
         if stream not in self.routed[r]:
-            assert count == 0
+            assert (released, handed) == (0, 0)
             return
         given = {i for i in self.held[r] if i <= upto and self.present.get(i) == stream}
-        assert count == len(given)
+        assert released + handed == len(given)
         self.held[r] -= given
-        if fallback is not None and given:
+        # A fallback that routes the stream by its own filter has its own copy of each
+        # (held, or delivered): nothing is handed to it, the remote just lets them go.
+        own = fallback is not None and routing.routes(self.filters[fallback], stream)
+        assert handed == (len(given) if fallback is not None and not own else 0)
+        if fallback is not None and not own and given:
             self.held[fallback] |= given
             self.routed[fallback].add(stream)
         self._settle(stream, 0, upto)
         self._compact(r, stream)
-        if fallback is not None and given:  # else its position was not written
+        if handed:  # else its position was not written
             self._compact(fallback, stream)
 
     @precondition(lambda self: self.present)

@@ -14,7 +14,8 @@ Guarantees (each proved by ``test_positions.py``, against a model of sets):
   more; a stream that no remote routes keeps its datapoints (for the next remote added).
 - Taking a range changes no other remote's holding, and nothing outside the range.
 - Handing a remote's oldest datapoints to its fallback moves exactly what it held: after
-  it, each of them is held by the fallback, not by it (nothing reaches both).
+  it, each of them is held by the fallback, not by it (nothing reaches both); a fallback
+  that routes the stream itself is handed nothing (it has its own copy of each already).
 - Positions stay small: ranges taken out of order merge into ``done`` as soon as nothing
   held lies below them.
 """
@@ -231,29 +232,34 @@ def take(conn: apsw.Connection, remote: int, stream: int, lo: int, hi: int) -> i
 
 def hand_over(
     conn: apsw.Connection, remote: int, stream: int, upto_id: int, fallback: int | None
-) -> int:
+) -> tuple[int, int]:
     """``give_up_after``: the remote stops holding what it holds of ``stream`` up to id
-    ``upto_id`` (never its batch in flight: the caller stops below it); with a
-    ``fallback``, that one holds exactly those datapoints instead. Returns how many the
-    remote held there (released, or handed over)."""
+    ``upto_id`` (never its batch in flight: the caller stops below it). A ``fallback`` that
+    does not route the stream itself holds exactly those datapoints instead; one that does
+    has its own copy of each already (held, or delivered), so nothing is handed to it.
+    Returns ``(released, handed_over)``: how many the remote held there, by where they went."""
     pos = position(conn, remote, stream)
     if pos is None:
-        return 0
+        return 0, 0
     given = subtract([(1, upto_id)], pos.taken_ranges())
     count = sum(int(next(conn.execute(_COUNT, (stream, lo, hi)))[0]) for lo, hi in given)
-    if fallback is not None and count:
+    other = None if fallback is None else position(conn, fallback, stream)
+    handed = 0
+    if fallback is not None and count and (other is None or other.upto is not None):
+        # A position with an end is a fallback's own list of what was handed to it.
         conn.execute(
-            "INSERT INTO positions (remote, stream, done, upto) VALUES (?, ?, ?, ?) "
+            "INSERT INTO positions (remote, stream, done, upto) VALUES (?, ?, 0, 0) "
             "ON CONFLICT DO NOTHING",
-            (fallback, stream, 0, 0),
+            (fallback, stream),
         )
         other = position(conn, fallback, stream)
         assert other is not None
         held = subtract([(1, END)], other.taken_ranges())
         _store(conn, fallback, stream, _complement(merge([*held, *given])))
+        handed = count
     _store(conn, remote, stream, merge([*pos.taken_ranges(), (0, upto_id)]))
     settle(conn, stream, 0, upto_id)
-    return count
+    return count - handed, handed
 
 
 def _complement(held: Ranges) -> Ranges:

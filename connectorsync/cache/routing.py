@@ -179,8 +179,9 @@ def failing(conn: apsw.Connection, name: str, since: float | None) -> None:
 def give_up(conn: apsw.Connection, name: str, now: float) -> int:
     """``give_up_after``: if the remote ``name`` has been failing for at least that long, it
     stops holding what it holds that is older than ``now - give_up_after`` (stopping before
-    its batch in flight, whose outcome is unknown): released, or handed to its fallback.
-    Returns how many; each counted in :data:`RELEASED` or :data:`HANDED_OVER`."""
+    its batch in flight, whose outcome is unknown): released, or handed to its fallback
+    (one that routes the stream itself has it already: released for this one). Returns how
+    many; each counted in :data:`RELEASED` or :data:`HANDED_OVER`."""
     remote = remotes(conn).get(name)
     if (
         remote is None
@@ -191,7 +192,7 @@ def give_up(conn: apsw.Connection, name: str, now: float) -> int:
         return 0
     fallback = None if remote.fallback is None else remotes(conn)[remote.fallback].id
     cutoff = now - remote.give_up_after
-    count = 0
+    released = handed = 0
     for stream, lo in list(
         conn.execute("SELECT stream, inflight_lo FROM positions WHERE remote = ?", (remote.id,))
     ):
@@ -204,9 +205,11 @@ def give_up(conn: apsw.Connection, name: str, now: float) -> int:
             )
         )
         if upto is not None:
-            count += positions.hand_over(conn, remote.id, stream, upto, fallback)
-    bump(conn, (RELEASED if fallback is None else HANDED_OVER) + name, count)
-    return count
+            gone, moved = positions.hand_over(conn, remote.id, stream, upto, fallback)
+            released, handed = released + gone, handed + moved
+    bump(conn, RELEASED + name, released)
+    bump(conn, HANDED_OVER + name, handed)
+    return released + handed
 
 
 class Remotes:
