@@ -452,7 +452,13 @@ def test_status_check_fails_while_syncing_is_paused(cache: str, server: Connecto
     with Logger(cache, apikey="wrong", sync_jitter=0) as lg:
         lg.start()
         wait_for(lambda: lg.status().paused, what="refused credentials to pause syncing")
-        code, out = run("status", cache, "--check")
+        # Another process reads the lease, which the courier writes just after it pauses.
+        seen: list[tuple[int, str]] = []
+        wait_for(
+            lambda: seen.append(run("status", cache, "--check")) or "paused" in seen[-1][1],
+            what="the lease to say paused",
+        )
+        code, out = seen[-1]
     assert code == 1 and out.startswith("syncing paused: credentials refused")
     assert out.count("\n") == 1
 
