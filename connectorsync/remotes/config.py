@@ -149,8 +149,26 @@ def record_config(cache: Any, given: Remote | None) -> None:
     settings describe). Written only when it changed; never raises (a pass goes on)."""
     entry = None if given is None else remote_entry(given)
     with contextlib.suppress(ConnectorSyncError):
+        if entry is not None and _another_remotes(cache, entry):
+            return
         if cache.get_setting(CONFIG_SETTING) != entry:
             cache.set_setting(CONFIG_SETTING, entry)
+
+
+def _another_remotes(cache: Any, entry: dict[str, Any]) -> bool:
+    """Whether ``entry`` is a remote other than the cache's ``default`` one: the Logger's
+    first remote is another (``Logger(path, remotes={"cloud": ...})``, or ``connectorsync
+    sync --remote cloud``) when its configuration is a named remote's and its repr is not the
+    one the default remote's passes recorded. The setting is the default remote's: another's
+    entry there would make the command line build the wrong one for it
+    (``tests/test_cli_fanout.py::test_sync_of_one_remote_keeps_the_default_s_record``)."""
+    recorded = cache.get_setting("remote")
+    if recorded is not None and hide_password(recorded) == entry["remote"]:
+        return False
+    return any(
+        name != "default" and row.config == entry["config"]
+        for name, row in cache.remotes().all().items()
+    )
 
 
 def recorded_entry(settings: Mapping[str, Any]) -> dict[str, Any] | None:
