@@ -4,7 +4,7 @@ and ``deadletters retry``, all of them or the one ``--remote NAME`` names).
 
 The ``default`` remote is built from the settings as before (its ``remote.config``, or the
 ConnectorDB server they describe); every other from its ``config`` in the cache's
-``remotes`` table (:func:`connectorsync.remotes.config.remote_from_config`). A remote that
+``remotes`` table (:func:`connectorsync.remotes.config.remote_from_routed`). A remote that
 cannot be built here (one of your own) is named and skipped: the command then exits 2.
 
 Opening a Logger changes nothing a remote left out holds
@@ -110,13 +110,13 @@ def recorded_remotes(path: str, only: str | None = None) -> Recorded:
 
 
 def _build(name: str, row: Any, settings: dict[str, Any]) -> Any:
-    from .remotes.config import recorded_remote, remote_from_config
+    from .remotes.config import recorded_remote, remote_from_routed
 
     if name == DEFAULT:
         return recorded_remote(settings)  # None: the ConnectorDB server of the settings
     if not isinstance(row.config, dict):
         raise ConfigurationError("no configuration recorded to build it again")
-    return remote_from_config(row.config)
+    return remote_from_routed(row.config)
 
 
 def _why(name: str, settings: dict[str, Any], exc: ConfigurationError) -> str:

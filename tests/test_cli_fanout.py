@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from connectorsync.cache import Cache
 from connectorsync.cli import main
 from connectorsync.remotes.config import recorded_remote
 from connectorsync.testing.receiver import HTTPReceiver
+
+from .conftest import PYTHON, ROOT, child_env
+from .helpers.lab_remote import LabRemote, received
 
 
 @pytest.fixture
@@ -187,6 +191,31 @@ def test_a_remote_that_cannot_be_built_is_named_and_skipped(
     assert arrived(receiver, "gateway") == [0, 1, 2] and arrived(receiver, "mine") == []
     assert held(cache_path) == {"default": 0, "mine": 3}
     assert run("sync", cache_path, "--remote", "mine")[0] == 2
+
+
+def test_a_registered_remote_of_your_own_is_built_again_with_its_module(
+    cache_path: str, receiver: HTTPReceiver, tmp_path: Path
+) -> None:
+    """Recorded with its module in the cache's remotes table: the command (a real
+    subprocess, which never imported it) imports it and delivers."""
+    lab = str(tmp_path / "lab.jsonl")
+    down(receiver, "gateway")
+    with Logger(cache_path, remote=remote(receiver, "gateway")) as lg:
+        lg.add_remote("lab", LabRemote(lab, label="bench"), backfill=True)
+        lg.addStream_force("s", {"type": "integer"})
+        lg.insert_many("s", [0, 1])
+    receiver.clear_faults()
+    result = subprocess.run(
+        [PYTHON, "-m", "connectorsync", "sync", cache_path],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [p["d"] for p in received(lab)] == [0, 1]
+    assert arrived(receiver, "gateway") == [0, 1]
 
 
 # ----------------------------------------------------------------------------- status, metrics

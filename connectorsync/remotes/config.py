@@ -131,6 +131,33 @@ def remote_entry(remote: Remote) -> dict[str, Any]:
     return entry
 
 
+#: What a remote's record in the cache's ``remotes`` table (a remote added with ``remotes=``
+#: or ``add_remote``) adds to its configuration: the module of a class outside connectorsync.
+ROUTED_MODULE = "connectorsync.module"
+
+
+def routed_config(remote: Remote) -> dict[str, Any]:
+    """What the cache's ``remotes`` table records of ``remote``: :func:`remote_config`, and
+    under :data:`ROUTED_MODULE` the module of a class outside connectorsync (``connectorsync
+    sync`` imports it: :func:`remote_from_routed`). Never raises."""
+    entry = remote_entry(remote)
+    config = dict(entry["config"])
+    if "module" in entry:
+        config[ROUTED_MODULE] = entry["module"]
+    return config
+
+
+def remote_from_routed(config: Mapping[str, Any]) -> Remote:
+    """The remote a :func:`routed_config` describes, built again (its module imported first
+    when its kind is not known yet).
+
+    :raises ConfigurationError: as :func:`remote_from_config`
+    """
+    config = dict(config)
+    module = config.pop(ROUTED_MODULE, None)
+    return remote_from_config(config, module=module if isinstance(module, str) else None)
+
+
 def record_remote(cache: Any, remote: Remote) -> None:
     """A Logger was given ``remote``: on a cache with no remote recorded yet, record it as
     the cache's remote; when it is the cache's remote, record how to build it again. Another
@@ -165,9 +192,11 @@ def _another_remotes(cache: Any, entry: dict[str, Any]) -> bool:
     recorded = cache.get_setting("remote")
     if recorded is not None and hide_password(recorded) == entry["remote"]:
         return False
+    config = dict(
+        entry["config"], **({ROUTED_MODULE: entry["module"]} if "module" in entry else {})
+    )
     return any(
-        name != "default" and row.config == entry["config"]
-        for name, row in cache.remotes().all().items()
+        name != "default" and row.config == config for name, row in cache.remotes().all().items()
     )
 
 
