@@ -315,3 +315,29 @@ def test_deadletters_of_one_remote(cache_path: str, receiver: HTTPReceiver) -> N
     assert sorted(arrived(receiver, "cloud")) == [0, 1, 2, 3]
     assert arrived(receiver, "gateway") == [0, 1, 2, 3]  # nothing sent twice
     assert run("deadletters", cache_path, "list") == (0, "no dead letters\n")
+
+
+# ----------------------------------------------------------------------------- a defect found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect (fanout.record): a Logger given remotes= without 'default' drops an empty "
+    "'default' from the cache even while another Logger delivers to it: that one's sync() "
+    "then raises ConfigurationError (no remote named 'default') before its other couriers "
+    "run, and what it inserts is never routed to its remote (the CLI avoids it: cli_fanout.py)",
+)
+def test_a_second_logger_without_default_keeps_the_default_another_delivers_to(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    with Logger(cache_path, remote=remote(receiver, "gateway")) as program:
+        program.add_remote("cloud", remote(receiver, "cloud"))
+        program.addStream_force("s", {"type": "integer"})
+        program.insert("s", 0)
+        assert program.sync().ok  # the default remote holds nothing now
+        with Logger(cache_path, remotes={"cloud": remote(receiver, "cloud")}):
+            pass  # a second script, on the same cache, that names only the cloud
+        program.insert("s", 1)
+        program.sync()
+    assert arrived(receiver, "cloud") == [0, 1]
+    assert arrived(receiver, "gateway") == [0, 1]
