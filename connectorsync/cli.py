@@ -35,6 +35,7 @@ from .cli_fanout import (
     open_logger,
     recorded_remotes,
     refuse_skipped,
+    skipped,
 )
 from .cli_status import (
     connectordb_cache,
@@ -165,9 +166,9 @@ def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
     found = recorded_remotes(args.cache, args.remote)
-    for why in found.skipped.values():
+    for name, why in found.skipped.items():
         if found.built:  # else delivering() refuses, saying why
-            print(f"connectorsync sync: skipped {why}", file=sys.stderr)
+            print(f"connectorsync sync: skipped {skipped(name, why)}", file=sys.stderr)
     refuse_skipped(args.cache, found)
     logger = None
     with contextlib.ExitStack() as stack:
@@ -312,9 +313,9 @@ def retry_deadletters(args: argparse.Namespace, ids: list[int] | None, out: Text
     remote built again as ``sync`` builds them; a remote that cannot be is named (exit 2),
     its letters stay."""
     found = recorded_remotes(args.cache, args.remote)
-    for why in found.skipped.values():
+    for name, why in found.skipped.items():
         if found.built:
-            print(f"connectorsync deadletters: skipped {why}", file=sys.stderr)
+            print(f"connectorsync deadletters: skipped {skipped(name, why)}", file=sys.stderr)
     with delivering(args.cache, found) as logger:
         count = logger.retry_deadletters(ids)
         out.write(f"sent {count:,} dead letters again, with their own timestamps\n")

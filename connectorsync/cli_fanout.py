@@ -122,7 +122,7 @@ def _build(name: str, row: Any, settings: dict[str, Any]) -> Any:
 def _why(name: str, settings: dict[str, Any], exc: ConfigurationError) -> str:
     if name == DEFAULT and settings.get("remote") is not None:
         return f"syncs to {hide_password(settings['remote'])} (its program's remote), {exc}"
-    return f"remote {name!r}: {exc}"
+    return str(exc)
 
 
 def refuse_skipped(path: str, found: Recorded) -> None:
@@ -131,8 +131,16 @@ def refuse_skipped(path: str, found: Recorded) -> None:
     :raises UsageError: naming them, and what to do
     """
     if not found.built:
-        reasons = "; ".join(found.skipped.values())
-        raise UsageError(f"{path} {reasons}: sync from that program (Logger.sync()) instead")
+        if list(found.skipped) == [DEFAULT]:  # as before several remotes
+            reasons = f" {found.skipped[DEFAULT]}"
+        else:
+            reasons = ": " + "; ".join(skipped(n, why) for n, why in found.skipped.items())
+        raise UsageError(f"{path}{reasons}: sync from that program (Logger.sync()) instead")
+
+
+def skipped(name: str, why: str) -> str:
+    """``remote 'mine': why``: a remote the command cannot build, named."""
+    return f"remote {name!r}: {why}"
 
 
 @contextmanager
@@ -144,20 +152,25 @@ def delivering(path: str, found: Recorded) -> Iterator[Any]:
     :raises UsageError: no remote to deliver to, or a ``default`` that cannot be built
         holds nothing (leaving it out would drop it from the cache)
     """
-    refuse_skipped(path, found)
     names = list(found.built)
     # Left out, an empty default would be dropped from the cache: it comes along.
     with_default = DEFAULT in found.built or (DEFAULT in found.rows and found.default_held == 0)
     try:
+        refuse_skipped(path, found)
         if with_default and found.default_why is not None:
             raise UsageError(
-                f"{path} {found.default_why}, and its remote 'default' holds nothing: "
-                "sync from its program (Logger.sync()) instead"
+                f"{path}: its remote 'default' cannot be built here ({found.default_why}) and "
+                "holds nothing: left out, it would be dropped from the cache. Sync from its "
+                "program (Logger.sync()) instead"
             )
         if with_default:
             logger = open_logger(path, found.default)
             if found.default is None:
-                refuse_another_remote(path, logger)
+                try:
+                    refuse_another_remote(path, logger)
+                except UsageError:
+                    logger.close(timeout=0)
+                    raise
         else:
             first = names[0]
             with _quiet_fanout():  # a default that holds data stays, as the log would say

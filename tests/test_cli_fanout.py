@@ -193,6 +193,25 @@ def test_a_remote_that_cannot_be_built_is_named_and_skipped(
     assert run("sync", cache_path, "--remote", "mine")[0] == 2
 
 
+def test_a_default_that_cannot_be_built_and_holds_nothing_is_not_left_out(
+    cache_path: str, receiver: HTTPReceiver, capsys: Any
+) -> None:
+    """Left out, an empty ``default`` would be dropped from the cache (and what its program
+    inserts next never routed to it): the command refuses, changing nothing."""
+    down(receiver, "cloud")
+    with Logger(cache_path, remote=MyRemote(receiver.url + "/gateway/{stream}", timeout=5)) as lg:
+        lg.add_remote("cloud", remote(receiver, "cloud"))
+        lg.addStream_force("s", {"type": "integer"})
+        lg.insert_many("s", [0, 1])
+        assert not lg.sync().ok  # the gateway took them
+    receiver.clear_faults()
+    before = digest(cache_path)
+    assert run("sync", cache_path) == (2, "")
+    err = capsys.readouterr().err
+    assert "skipped remote 'default'" in err and "and holds nothing" in err
+    assert digest(cache_path) == before and arrived(receiver, "cloud") == []
+
+
 def test_a_registered_remote_of_your_own_is_built_again_with_its_module(
     cache_path: str, receiver: HTTPReceiver, tmp_path: Path
 ) -> None:
