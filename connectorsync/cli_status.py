@@ -185,8 +185,8 @@ def write_status_text(status: Status, path: str, out: TextIO) -> None:
 
 def write_remotes(status: Status, now: float, out: TextIO) -> None:
     """A line per remote: what it holds, refused and gave up, and how its syncing goes."""
-    rows = [["remote", "held", "dead letters", "released", "handed over", "failing since"]]
-    rows[0].append("last error")
+    header = ["remote", "held", "dead letters", "released", "handed over", "failing since"]
+    rows = [[*header, "last error"]]
     for name, r in status.remotes.items():
         failing = "-" if r.failing_since is None else age(now - r.failing_since)
         error = "-" if r.last_error is None else " ".join(hide_password(r.last_error).split())

@@ -19,7 +19,11 @@ registered one included; one defined in the program's script, ``__main__``; an
 "custom", "what": ...}``, and ``connectorsync sync`` refuses it (exit 2), naming it. Sync such
 a cache from its program (``Logger.sync()``).
 
-The record, one JSON setting (:data:`CONFIG_SETTING`): ``{"remote": repr, "config":
+Each other remote of a cache (``remotes=``, ``add_remote``) is recorded the same way in the
+cache's ``remotes`` table (:func:`routed_config`, its module beside its configuration), and
+``connectorsync sync`` builds every one of them again (:func:`remote_from_routed`).
+
+The default remote's record, one JSON setting (:data:`CONFIG_SETTING`): ``{"remote": repr, "config":
 config}``, plus ``"module"`` for a class outside connectorsync. Caches written before the
 registry hold the same entries without ``"module"``, and build the same remotes
 (``tests/test_cli_remotes.py::test_configs_recorded_before_the_registry_build_the_same``).
