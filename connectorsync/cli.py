@@ -28,6 +28,15 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from . import __version__
+from .cli_fanout import (
+    UsageError,
+    delivering,
+    letters_of,
+    open_logger,
+    recorded_remotes,
+    refuse_skipped,
+    skipped,
+)
 from .cli_status import (
     connectordb_cache,
     migrate_hint,
@@ -39,14 +48,9 @@ from .cli_status import (
     write_status_json,
     write_status_text,
 )
-from .cli_sync import INTERRUPTED, sync_until_interrupted
+from .cli_sync import INTERRUPTED, sync_until_interrupted, write_report
 from .errors import ConnectorSyncError
 from .remotes._http import hide_password
-
-
-class UsageError(Exception):
-    """A problem the user can fix: exit code 2 with this message."""
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -161,93 +165,21 @@ def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
-    remote = recorded_remote(args.cache)  # None: the ConnectorDB server in the settings
-    stopped = False
-    try:
-        logger = open_logger(args.cache, remote)
-        try:
-            if remote is None:
-                refuse_another_remote(args.cache, logger)
-            logging.getLogger(__name__).info("syncing %s to %r", args.cache, logger.remote)
-            report = sync_until_interrupted(logger)
-            if report is None:  # Ctrl-C
-                stopped = True
-                return INTERRUPTED
-        finally:
-            if not stopped:  # else the pass still runs: the process ends under it
-                logger.close(timeout=0)
-    finally:
-        if remote is not None and not stopped:
-            remote.close()
-    sent = sum(report.sent.values())
-    dead = sum(report.deadlettered.values())
-    out.write(f"sent {sent:,} datapoints")
-    out.write(
-        f", {dead:,} refused (see: connectorsync deadletters {args.cache} list)\n" if dead else "\n"
-    )
-    for stream, message in sorted(report.errors.items()):
-        where = "" if stream == "*" else f"{stream}: "
-        out.write(f"error: {where}{hide_password(message)}\n")
-    # A refused datapoint was not delivered either: a pass that dead-lettered one failed.
-    return 0 if report.ok and not dead else 1
-
-
-def open_logger(path: str, remote: Any) -> Any:
-    """A Logger on an existing cache file (syncing to ``remote``, if given); never creates
-    one. The caller closes it."""
-    from .logger import Logger
-
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such cache file")
-    try:
-        return Logger(path, remote=remote)
-    except ConnectorSyncError as exc:
-        raise UsageError(f"{path}: {exc}") from exc
-
-
-def recorded_remote(path: str) -> Any:
-    """The remote the cache's program syncs to, built again from the configuration recorded
-    in the cache (:mod:`connectorsync.remotes.config`); None when none is recorded: the
-    Logger's default remote, or a cache an older connectorsync wrote.
-
-    :raises UsageError: a remote connectorsync cannot build (one of your own), naming it
-    """
-    from .cache import Cache
-    from .errors import ConfigurationError
-    from .remotes.config import recorded_remote as remote_of
-
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such cache file")
-    try:
-        cache = Cache.open_readonly(path)
-    except ConnectorSyncError:
-        return None  # an older cache (no configuration), or none: open_cache says which
-    try:
-        settings = cache.settings()
-    finally:
-        cache.close()
-    try:
-        return remote_of(settings)
-    except ConfigurationError as exc:
-        raise UsageError(
-            f"{path} syncs to {hide_password(settings['remote'])} (its program's remote), "
-            f"{exc}: sync from that program (Logger.sync()) instead"
-        ) from None
-
-
-def refuse_another_remote(path: str, logger: Any) -> None:
-    """No configuration recorded: sync only when the cache's remote is the Logger's default
-    one (the ConnectorDB server in the settings); sending elsewhere than the program that
-    logs would split the data in two."""
-    recorded, ours = logger.status().remote, repr(logger.remote)
-    recorded = None if recorded is None else hide_password(recorded)
-    if recorded is not None and recorded != ours:
-        raise UsageError(
-            f"{path} syncs to {recorded} (its program's remote), and has no configuration "
-            "recorded to build it again (an older connectorsync wrote it). Sync from that "
-            "program (Logger.sync()), or open the cache once with this version's Logger "
-            "given that remote: it records the configuration"
-        )
+    found = recorded_remotes(args.cache, args.remote)
+    for name, why in found.skipped.items():
+        if found.built:  # else delivering() refuses, saying why
+            print(f"connectorsync sync: skipped {skipped(name, why)}", file=sys.stderr)
+    refuse_skipped(args.cache, found)
+    logger = None
+    with contextlib.ExitStack() as stack:
+        logger = stack.enter_context(delivering(args.cache, found))
+        logging.getLogger(__name__).info("syncing %s to %s", args.cache, ", ".join(found.built))
+        report = sync_until_interrupted(logger)
+        if report is None:  # Ctrl-C: the pass still runs, the process ends under it
+            stack.pop_all()
+            return INTERRUPTED
+    code = write_report(report, list(found.built), args.cache, out)
+    return 2 if found.skipped else code
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
@@ -305,50 +237,95 @@ def cmd_deadletters(args: argparse.Namespace, out: TextIO) -> int:
     else:
         raise UsageError("say what to do with the dead letters: list, retry or purge")
     if args.action == "list":
-        with look_into(args.cache) as cache:
-            letters = cache.deadletters(args.stream)
-        if args.json:
-            out.write(json.dumps([dataclasses.asdict(d) for d in letters], indent=2) + "\n")
-            return 0
-        if not letters:
-            out.write("no dead letters\n")
-            return 0
-        rows = [["id", "stream", "time", "attempts", "value", "reason"]]
-        for d in letters:
-            value = json.dumps(d.d, ensure_ascii=False)
-            rows.append(
-                [
-                    str(d.id),
-                    d.stream,
-                    when(d.t).split(" (")[0],
-                    str(d.attempts),
-                    value if len(value) <= 30 else value[:27] + "...",
-                    d.reason,
-                ]
-            )
-        table(rows, out)
-        return 0
+        return list_deadletters(args, out)
     ids = args.ids or None
     if ids is None and not args.all:
         raise UsageError(f"deadletters {args.action}: give ids, or --all")
+    if args.remote is not None:  # only that remote's letters
+        ids = remote_letters(args.cache, args.remote, ids)
+        if not ids:
+            out.write(f"no dead letters of remote {args.remote!r}\n")
+            return 0
+    if args.action == "retry" and not args.restamp:
+        return retry_deadletters(args, ids, out)
     with open_cache(args.cache) as logger:
-        if args.action == "retry" and args.restamp:
+        if args.action == "retry":
             count = logger.retry_deadletters(ids, restamp=True)
             out.write(f"queued {count:,} dead letters to be sent again, with new timestamps\n")
-        elif args.action == "retry":
-            count = logger.retry_deadletters(ids)
-            out.write(f"sent {count:,} dead letters again, with their own timestamps\n")
-            stay = [d for d in logger.deadletters() if ids is None or d.id in ids]
-            if stay:
-                out.write(
-                    f"{len(stay):,} stay, with the reason"
-                    f" (see: connectorsync deadletters {args.cache} list)\n"
-                )
         else:
             with said_here("purge_deadletters"):
                 count = logger.purge_deadletters(ids)
             out.write(f"purged {count:,} dead letters\n")
     return 0
+
+
+def list_deadletters(args: argparse.Namespace, out: TextIO) -> int:
+    """``deadletters CACHE list``: each letter with the remote that refused it (``--remote``:
+    that one's only), read without writing the file."""
+    with look_into(args.cache) as cache:
+        letters = cache.deadletters(args.stream)
+    remotes = letters_of(args.cache, args.remote)
+    shown = [(d, remotes[d.id]) for d in letters if d.id in remotes]
+    if args.json:
+        data = [{**dataclasses.asdict(d), "remote": remote} for d, remote in shown]
+        out.write(json.dumps(data, indent=2) + "\n")
+        return 0
+    if not shown:
+        out.write("no dead letters\n")
+        return 0
+    rows = [["id", "remote", "stream", "time", "attempts", "value", "reason"]]
+    for d, remote in shown:
+        value = json.dumps(d.d, ensure_ascii=False)
+        rows.append(
+            [
+                str(d.id),
+                remote,
+                d.stream,
+                when(d.t).split(" (")[0],
+                str(d.attempts),
+                value if len(value) <= 30 else value[:27] + "...",
+                d.reason,
+            ]
+        )
+    table(rows, out)
+    return 0
+
+
+def remote_letters(path: str, remote: str, ids: list[int] | None) -> list[int]:
+    """The ids of the dead letters ``remote`` refused (of ``ids`` only, if given).
+
+    :raises UsageError: an id given is not a letter of that remote
+    """
+    theirs = letters_of(path, remote)
+    if ids is None:
+        return sorted(theirs)
+    others = [i for i in ids if i not in theirs]
+    if others:
+        raise UsageError(
+            f"dead letter(s) {', '.join(map(str, others))} are not remote {remote!r}'s "
+            f"(see: connectorsync deadletters {path} list)"
+        )
+    return ids
+
+
+def retry_deadletters(args: argparse.Namespace, ids: list[int] | None, out: TextIO) -> int:
+    """``deadletters retry``: each letter sent again to the remote that refused it, every
+    remote built again as ``sync`` builds them; a remote that cannot be is named (exit 2),
+    its letters stay."""
+    found = recorded_remotes(args.cache, args.remote)
+    for name, why in found.skipped.items():
+        if found.built:
+            print(f"connectorsync deadletters: skipped {skipped(name, why)}", file=sys.stderr)
+    with delivering(args.cache, found) as logger:
+        count = logger.retry_deadletters(ids)
+        out.write(f"sent {count:,} dead letters again, with their own timestamps\n")
+        stay = [d for d in logger.deadletters() if ids is None or d.id in ids]
+        if stay:
+            out.write(
+                f"{len(stay):,} stay, with the reason"
+                f" (see: connectorsync deadletters {args.cache} list)\n"
+            )
+    return 2 if found.skipped else 0
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
@@ -456,13 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
         "sync",
         parents=[common],
         help="deliver a cache's backlog now",
-        description="One sync pass to the remote the cache's program syncs to (recorded in "
-        "the cache; exit 2 for a remote of your own, which only its program can build), "
+        description="One sync pass to each remote the cache's program syncs to (recorded "
+        "in the cache, each with its configuration; --remote: to that one only). A remote "
+        "of your own, which only its program can build, is named and skipped (exit 2). "
         "with a progress bar on a terminal. "
         "Exit code 1 if anything could not be delivered: an error, or datapoints "
         "the remote refused (dead-lettered) in this pass.",
     )
     p.add_argument("cache", help="the cache file")
+    p.add_argument("--remote", metavar="NAME", help="deliver to this remote only")
     p.set_defaults(run=cmd_sync)
 
     p = sub.add_parser(
@@ -483,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
         "deadletters",
         parents=[common],
         help="list, retry or purge refused datapoints",
-        description="Datapoints the remote refused, kept with its reason.",
+        description="Datapoints a remote refused, kept with its reason; each is sent again "
+        "to the remote that refused it.",
     )
     # Either order: `deadletters CACHE list` and `deadletters list CACHE`.
     p.add_argument("first", metavar="CACHE", help="the cache file (or the action)")
@@ -500,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stream", help="only this stream (list)")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    p.add_argument(
+        "--remote", metavar="NAME", help="only the letters this remote refused (list, retry, purge)"
+    )
     p.set_defaults(run=cmd_deadletters)
 
     p = sub.add_parser(

@@ -3,6 +3,7 @@ shown (text, JSON, or ``--check``'s one line for monitoring)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -23,7 +24,7 @@ def read_status(cache: Any) -> Status:
     read only, nothing recorded (not even this boot)."""
     from .clock import Anchor, Clock
     from .options import Configurable
-    from .status import Status, bytes_sent
+    from .status import Status, bytes_sent, remote_statuses
     from .synclock import SyncLock
 
     settings = cache.settings()
@@ -40,9 +41,15 @@ def read_status(cache: Any) -> Status:
     state = settings.get("sync.state") or {}
     last_error = state.get("paused") or state.get("last_error")
     next_attempt, paused, elsewhere = None, False, None
+    remotes = remote_statuses(cache)
     if syncer_holds(SyncLock(cache.path).path):
         elsewhere = f"pid {state.get('pid')} on {state.get('host')}"
         next_attempt, paused = state.get("next_attempt"), bool(state.get("paused"))
+    else:  # when each tries next, and a pause, hold only while a syncer runs
+        remotes = {
+            name: dataclasses.replace(r, next_attempt=None, paused=False)
+            for name, r in remotes.items()
+        }
     anchor = clock.anchor
     streams = cache.stream_stats()
     return Status(
@@ -59,6 +66,7 @@ def read_status(cache: Any) -> Status:
         syncer=elsewhere,
         remote=settings.get("remote"),
         bytes_sent=bytes_sent(cache, streams),
+        remotes=remotes,
     )
 
 
@@ -143,6 +151,7 @@ def write_status_json(status: Status, path: str, out: TextIO) -> None:
         "clock_offset": status.clock_offset,
         "untrusted": status.untrusted,
         "bytes_sent": status.bytes_sent,
+        "remotes": {name: dataclasses.asdict(r) for name, r in status.remotes.items()},
     }
     out.write(json.dumps(data, indent=2) + "\n")
 
@@ -169,6 +178,32 @@ def write_status_text(status: Status, path: str, out: TextIO) -> None:
     if status.clock_offset is not None or status.untrusted:
         offset = "-" if status.clock_offset is None else f"{status.clock_offset:+.3f} s"
         out.write(f"clock offset:  {offset}   waiting for NTP: {status.untrusted:,}\n")
+    if set(status.remotes) - {"default"}:  # several, or one of another name
+        out.write("\n")
+        write_remotes(status, now, out)
+
+
+def write_remotes(status: Status, now: float, out: TextIO) -> None:
+    """A line per remote: what it holds, refused and gave up, and how its syncing goes."""
+    header = ["remote", "held", "dead letters", "released", "handed over", "failing since"]
+    rows = [[*header, "last error"]]
+    for name, r in status.remotes.items():
+        failing = "-" if r.failing_since is None else age(now - r.failing_since)
+        error = "-" if r.last_error is None else " ".join(hide_password(r.last_error).split())
+        if r.paused:
+            error = f"(paused) {error}"
+        rows.append(
+            [
+                name,
+                f"{r.held:,}",
+                f"{r.deadletters:,}",
+                f"{r.released:,}",
+                f"{r.handed_over:,}",
+                failing,
+                error if len(error) <= 60 else error[:57] + "...",
+            ]
+        )
+    table(rows, out)
 
 
 def shown(status: Status) -> tuple[str | None, str | None]:
@@ -195,6 +230,10 @@ def problems(status: Status, path: str, max_lag: float | None, now: float) -> li
     if last_error:
         reason = " ".join(last_error.split())  # one line, whatever the remote said
         found.append(f"syncing {'paused' if status.paused else 'fails'}: {reason}")
+    for name, r in status.remotes.items():
+        if name != "default" and r.last_error and r.last_error != status.last_error:
+            reason = " ".join(hide_password(r.last_error).split())
+            found.append(f"syncing to {name!r} {'paused' if r.paused else 'fails'}: {reason}")
     dead = sum(s.deadletters for s in status.streams.values())
     if dead:
         found.append(f"{dead:,} dead letters (see: connectorsync deadletters {path} list)")

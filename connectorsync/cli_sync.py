@@ -11,9 +11,10 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from .errors import ConnectorSyncError
+from .remotes._http import hide_password
 
 #: The exit code of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
 INTERRUPTED = 130
@@ -76,3 +77,41 @@ def sync_showing_progress(logger: Any, progress: Callable[[str, int], None]) -> 
     bar = tqdm(total=len(logger), unit=" datapoints", disable=None, file=sys.stderr)
     with bar, logging_redirect_tqdm([logging.getLogger("connectorsync")], tqdm_class=tqdm):
         return logger.sync(progress=moved)
+
+
+def write_report(report: Any, names: list[str], path: str, out: TextIO) -> int:
+    """What a pass of ``connectorsync sync`` did: sent and refused in all, then each remote's
+    line when it delivered to several, then each error (``remote: stream: message`` with
+    several). Only the remotes of ``names``: a ``default`` that came along with nothing to
+    deliver is not shown. Returns the exit code: 1 when anything was not delivered (an
+    error, or datapoints refused in this pass: not delivered either), else 0."""
+    reports = {name: report.remotes[name] for name in names} if report.remotes else {}
+    if len(reports) == 1:
+        report, reports = next(iter(reports.values())), {}
+    parts = list(reports.values()) or [report]
+    sent = sum(sum(r.sent.values()) for r in parts)
+    dead = sum(sum(r.deadlettered.values()) for r in parts)
+    out.write(f"sent {sent:,} datapoints{refused(dead, path)}\n")
+    for name, one in reports.items():
+        out.write(f"  {name}: sent {sum(one.sent.values()):,}")
+        out.write(f"{refused(sum(one.deadlettered.values()), path, name)}\n")
+    errors = report.errors
+    if reports:
+        errors = {
+            f"{n}: {where}": text
+            for n, one in reports.items()
+            for where, text in one.errors.items()
+        }
+    for where, message in sorted(errors.items()):
+        where = "" if where == "*" else f"{where.removesuffix(': *')}: "
+        out.write(f"error: {where}{hide_password(message)}\n")
+    ok = all(r.ok for r in parts)
+    return 0 if ok and not dead else 1
+
+
+def refused(count: int, path: str, remote: str | None = None) -> str:
+    """``, 3 refused (see: connectorsync deadletters CACHE list)``, or nothing for none."""
+    if not count:
+        return ""
+    only = "" if remote is None else f" --remote {remote}"
+    return f", {count:,} refused (see: connectorsync deadletters {path} list{only})"

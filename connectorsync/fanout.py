@@ -29,7 +29,7 @@ from .cache import Cache
 from .cache.routing import RemoteRow
 from .errors import ArgumentTypeError, ConfigurationError
 from .remotes.base import MAX_SECONDS, Remote
-from .remotes.config import remote_config
+from .remotes.config import routed_config as remote_config  # with its module
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,10 @@ Logger (never the process-wide default one: two Loggers in one process each have
 
 - :class:`CacheCollector` reads the cache (through ``status()``) on each scrape: per stream
   cached datapoints, oldest cached age and dead letters; dropped, expired, last successful
-  sync, clock offset; cache file and WAL size. It needs only a ``Status``, so
-  ``connectorsync metrics CACHE`` (another process, the cache opened read-only) shows it too.
+  sync, clock offset; cache file and WAL size; per remote (label ``remote``) what it holds,
+  refused, released and handed over, and whether its syncing goes well. It needs only a
+  ``Status``, so ``connectorsync metrics CACHE`` (another process, the cache opened
+  read-only) shows it too.
 - :class:`LoggerMetrics` adds what happens in this process and exists only in its memory:
   datapoints and bytes delivered, sync passes and failed ones (counted from each pass's
   :class:`~connectorsync.delivery.SyncReport`), and the commit and fsync latency histograms
@@ -122,6 +124,7 @@ class CacheCollector(Collector):
                 unit="seconds",
             )
         yield from self._sizes()
+        yield from _remotes(status)
 
     def _sizes(self) -> Iterator[Metric]:
         for name, suffix, meaning in (
@@ -133,6 +136,51 @@ class CacheCollector(Collector):
             except FileNotFoundError:
                 size = 0  # no WAL: checkpointed away, or nobody has the file open
             yield GaugeMetricFamily(name, meaning, value=size, unit="bytes")
+
+
+def _remotes(status: Status) -> Iterator[Metric]:
+    """Each remote's side of the cache (``status().remotes``), labelled ``remote``."""
+    held = GaugeMetricFamily(
+        "connectorsync_remote_held_datapoints",
+        "Cached datapoints not delivered to this remote yet, all streams together.",
+        labels=["remote"],
+    )
+    dead = GaugeMetricFamily(
+        "connectorsync_remote_dead_letters",
+        "Dead letters this remote refused, kept in the dead-letter table.",
+        labels=["remote"],
+    )
+    released = CounterMetricFamily(
+        "connectorsync_remote_released_datapoints",
+        "Datapoints this remote gave up (give_up_after, no fallback), ever.",
+        labels=["remote"],
+    )
+    handed = CounterMetricFamily(
+        "connectorsync_remote_handed_over_datapoints",
+        "Datapoints this remote handed to its fallback (give_up_after), ever.",
+        labels=["remote"],
+    )
+    up = GaugeMetricFamily(
+        "connectorsync_remote_up",
+        "1 while syncing to this remote goes well; 0 while its passes fail or it is paused.",
+        labels=["remote"],
+    )
+    failing = GaugeMetricFamily(
+        "connectorsync_remote_failing_since_timestamp_seconds",
+        "When this remote's passes began to fail, seconds since the epoch (only while they do).",
+        labels=["remote"],
+        unit="seconds",
+    )
+    for name, remote in status.remotes.items():
+        held.add_metric([name], remote.held)
+        dead.add_metric([name], remote.deadletters)
+        released.add_metric([name], remote.released)
+        handed.add_metric([name], remote.handed_over)
+        down = remote.failing_since is not None or remote.paused
+        up.add_metric([name], 0 if down else 1)
+        if remote.failing_since is not None:
+            failing.add_metric([name], remote.failing_since)
+    yield from (held, dead, released, handed, up, failing)
 
 
 class QueueCollector(Collector):

@@ -20,8 +20,9 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from connectorsync import CacheError, ConfigurationError, Logger
+from connectorsync import CacheError, ConfigurationError, HTTPRemote, Logger
 from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing.receiver import HTTPReceiver
 
 from .conftest import ROOT
 
@@ -462,3 +463,30 @@ def test_a_port_in_use_set_on_a_serving_logger_changes_nothing(cache_path: str) 
         assert "connectorsync_" in scrape(url)
         lg.metrics_port = None
         assert lg.metrics_url is None
+
+
+def test_each_remote_has_its_metrics_labelled_remote(cache_path: str) -> None:
+    """Two remotes, one down: each its own held, up and failing-since; the metrics without
+    a ``remote`` label stay as they were."""
+    receiver = HTTPReceiver().start()
+    try:
+        receiver.fail_next(10**6, 503, path="/cloud/")
+        remotes = {
+            name: HTTPRemote(receiver.url + f"/{name}/{{stream}}", timeout=5)
+            for name in ("gateway", "cloud")
+        }
+        with Logger(cache_path, remotes=remotes) as lg:
+            lg.addStream_force("s", {"type": "integer"})
+            lg.insert_many("s", [1, 2, 3])
+            assert not lg.sync().ok
+            found = samples(lg.metrics())
+    finally:
+        receiver.stop()
+    assert one(found, "connectorsync_remote_held_datapoints", remote="cloud") == 3
+    assert one(found, "connectorsync_remote_held_datapoints", remote="gateway") == 0
+    assert one(found, "connectorsync_remote_up", remote="cloud") == 0
+    assert one(found, "connectorsync_remote_up", remote="gateway") == 1
+    assert one(found, "connectorsync_remote_failing_since_timestamp_seconds", remote="cloud") > 0
+    assert one(found, "connectorsync_remote_handed_over_datapoints_total", remote="cloud") == 0
+    assert one(found, "connectorsync_cached_datapoints", stream="s") == 3
+    assert one(found, "connectorsync_delivered_datapoints_total", stream="s") == 3

@@ -190,6 +190,11 @@ class DeadLetters(Connection):
             rows = self._read(sql + " AND stream = ? ORDER BY id", (stream,))
         return [DeadLetter.from_row(row) for row in rows]
 
+    def letter_remotes(self) -> dict[int, str]:
+        """The remote that refused each dead letter at rest, by id ({} when none); reads
+        only (a read-only cache too)."""
+        return dict(self._read("SELECT id, remote FROM deadletters WHERE retry_id IS NULL"))
+
     def retry_deadletters(
         self, ids: Sequence[int] | None, streams: dict[str, int], limits: Limits | None = None
     ) -> int:

@@ -19,7 +19,11 @@ registered one included; one defined in the program's script, ``__main__``; an
 "custom", "what": ...}``, and ``connectorsync sync`` refuses it (exit 2), naming it. Sync such
 a cache from its program (``Logger.sync()``).
 
-The record, one JSON setting (:data:`CONFIG_SETTING`): ``{"remote": repr, "config":
+Each other remote of a cache (``remotes=``, ``add_remote``) is recorded the same way in the
+cache's ``remotes`` table (:func:`routed_config`, its module beside its configuration), and
+``connectorsync sync`` builds every one of them again (:func:`remote_from_routed`).
+
+The default remote's record, one JSON setting (:data:`CONFIG_SETTING`): ``{"remote": repr, "config":
 config}``, plus ``"module"`` for a class outside connectorsync. Caches written before the
 registry hold the same entries without ``"module"``, and build the same remotes
 (``tests/test_cli_remotes.py::test_configs_recorded_before_the_registry_build_the_same``).
@@ -131,6 +135,33 @@ def remote_entry(remote: Remote) -> dict[str, Any]:
     return entry
 
 
+#: What a remote's record in the cache's ``remotes`` table (a remote added with ``remotes=``
+#: or ``add_remote``) adds to its configuration: the module of a class outside connectorsync.
+ROUTED_MODULE = "connectorsync.module"
+
+
+def routed_config(remote: Remote) -> dict[str, Any]:
+    """What the cache's ``remotes`` table records of ``remote``: :func:`remote_config`, and
+    under :data:`ROUTED_MODULE` the module of a class outside connectorsync (``connectorsync
+    sync`` imports it: :func:`remote_from_routed`). Never raises."""
+    entry = remote_entry(remote)
+    config = dict(entry["config"])
+    if "module" in entry:
+        config[ROUTED_MODULE] = entry["module"]
+    return config
+
+
+def remote_from_routed(config: Mapping[str, Any]) -> Remote:
+    """The remote a :func:`routed_config` describes, built again (its module imported first
+    when its kind is not known yet).
+
+    :raises ConfigurationError: as :func:`remote_from_config`
+    """
+    config = dict(config)
+    module = config.pop(ROUTED_MODULE, None)
+    return remote_from_config(config, module=module if isinstance(module, str) else None)
+
+
 def record_remote(cache: Any, remote: Remote) -> None:
     """A Logger was given ``remote``: on a cache with no remote recorded yet, record it as
     the cache's remote; when it is the cache's remote, record how to build it again. Another
@@ -149,8 +180,28 @@ def record_config(cache: Any, given: Remote | None) -> None:
     settings describe). Written only when it changed; never raises (a pass goes on)."""
     entry = None if given is None else remote_entry(given)
     with contextlib.suppress(ConnectorSyncError):
+        if entry is not None and _another_remotes(cache, entry):
+            return
         if cache.get_setting(CONFIG_SETTING) != entry:
             cache.set_setting(CONFIG_SETTING, entry)
+
+
+def _another_remotes(cache: Any, entry: dict[str, Any]) -> bool:
+    """Whether ``entry`` is a remote other than the cache's ``default`` one: the Logger's
+    first remote is another (``Logger(path, remotes={"cloud": ...})``, or ``connectorsync
+    sync --remote cloud``) when its configuration is a named remote's and its repr is not the
+    one the default remote's passes recorded. The setting is the default remote's: another's
+    entry there would make the command line build the wrong one for it
+    (``tests/test_cli_fanout.py::test_sync_of_one_remote_keeps_the_default_s_record``)."""
+    recorded = cache.get_setting("remote")
+    if recorded is not None and hide_password(recorded) == entry["remote"]:
+        return False
+    config = dict(
+        entry["config"], **({ROUTED_MODULE: entry["module"]} if "module" in entry else {})
+    )
+    return any(
+        name != "default" and row.config == config for name, row in cache.remotes().all().items()
+    )
 
 
 def recorded_entry(settings: Mapping[str, Any]) -> dict[str, Any] | None:
