@@ -15,8 +15,9 @@ Guarantees (each proved by the test named):
 - Reopening with the same remotes changes nothing on disk: each keeps its position
   (``test_fanout.py::test_reopening_with_the_same_remotes_resends_nothing``).
 - A remote recorded in the cache that this Logger was not given keeps what it holds: nothing
-  is released but by ``remove_remote`` (``test_fanout.py``); a new cache made with
-  ``remotes=`` and no ``default`` has no ``default`` remote.
+  is released but by ``remove_remote`` (``test_fanout.py``,
+  ``test_cli_fanout.py::test_a_second_logger_without_default_keeps_the_default_another_delivers_to``);
+  a new cache made with ``remotes=`` and no ``default`` has no ``default`` remote.
 """
 
 from __future__ import annotations
@@ -69,23 +70,25 @@ def primary_name(given: Mapping[str, Remote]) -> str:
 def record(cache: Cache, given: Mapping[str, Remote], *, created: bool) -> None:
     """Bring the cache's record of remotes in line with ``given``: each given remote not
     recorded yet is added (with its configuration; it takes the backlog). ``default``, when
-    ``remotes=`` did not name it, goes from a new cache; from an older one only if it holds
-    nothing (else it stays, shown, until ``remove_remote("default")``)."""
+    ``remotes=`` did not name it, goes from a new cache only: in an existing one it may be
+    another program's (a script on the same cache, ``connectorsync sync --remote``), so it
+    stays, holding what it holds and what comes, and says so, until
+    ``remove_remote("default")``."""
     remotes = cache.remotes()
     recorded = remotes.all()
     for name, remote in given.items():
         if name not in recorded:
             remotes.add(RemoteRow(0, name, config=remote_config(remote)), backfill=True)
     if given and DEFAULT not in given and DEFAULT in recorded:
-        held = sum(remotes.held(DEFAULT).values())
-        if created or held == 0:
+        if created:
             remotes.remove(DEFAULT)
         else:
             log.warning(
-                "cache %s: its remote 'default' holds %d datapoints and this Logger was not "
-                "given it: they stay until remove_remote('default') releases them",
+                "cache %s: its remote 'default' holds %d datapoints, and every one inserted "
+                "from now on, but this Logger was not given it: remove_remote('default') "
+                "releases them, if no other program delivers to it",
                 cache.path,
-                held,
+                sum(remotes.held(DEFAULT).values()),
             )
 
 

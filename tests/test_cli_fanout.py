@@ -339,13 +339,6 @@ def test_deadletters_of_one_remote(cache_path: str, receiver: HTTPReceiver) -> N
 # ----------------------------------------------------------------------------- a defect found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (fanout.record): a Logger given remotes= without 'default' drops an empty "
-    "'default' from the cache even while another Logger delivers to it: that one's sync() "
-    "then raises ConfigurationError (no remote named 'default') before its other couriers "
-    "run, and what it inserts is never routed to its remote (the CLI avoids it: cli_fanout.py)",
-)
 def test_a_second_logger_without_default_keeps_the_default_another_delivers_to(
     cache_path: str, receiver: HTTPReceiver
 ) -> None:
