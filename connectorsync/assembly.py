@@ -9,12 +9,15 @@ a courier per remote, and the roles the Logger hands its methods to: :mod:`.lett
 
 Guarantees (each proved by the test named):
 
-- A constructor that fails leaves nothing running, and no file when it was creating one
-  (``test_lifecycle.py``, ``test_on_create.py``).
-- ``close()`` returns within its ``timeout`` whatever the remote does, a running syncer
-  first making one last pass in what is left of it; twice is safe, and from a callback it
-  makes no pass (``test_lifecycle.py``); in a forked child it touches nothing of the
-  parent's (``test_fork.py``).
+- A constructor that fails (``on_create`` raising or returning False) leaves no file behind,
+  and the next one starts afresh (``test_logger.py::test_failed_on_create_leaves_no_file``).
+- ``close()`` returns within its ``timeout`` whatever the remote does
+  (``test_lifecycle.py::test_close_returns_in_its_timeout_while_a_request_hangs``), a running
+  syncer first making one last pass in what is left of it
+  (``test_faults.py::test_close_makes_one_last_bounded_drain``); from a callback it makes no
+  pass (``test_lifecycle.py::test_close_from_a_callback_closes_the_logger``); in a forked
+  child it touches nothing of the parent's
+  (``test_metrics.py::test_close_in_a_forked_child_returns_and_the_parent_serves``).
 """
 
 from __future__ import annotations

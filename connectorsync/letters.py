@@ -5,12 +5,13 @@ Each remote keeps the letters it refused (:meth:`Cache.outbox(name)
 refused it, with its own time (:mod:`.resend`), or queues them again with new times
 (``restamp``), within the storage limits.
 
-Guarantees (each proved by the test named, in ``tests/test_deadletters.py`` and
-``tests/test_fanout.py``):
+Guarantees (each proved by the test named):
 
-- A letter goes back only to the remote that refused it; the others never see it
-  (``test_fanout.py``).
-- ``ids`` that are not a list of ids change nothing (``test_deadletters.py``).
+- A letter goes back only to the remote that refused it, with its own time or queued again
+  for that remote alone (``restamp``); the others get no second copy
+  (``test_letters.py::test_a_letter_is_retried_only_to_the_remote_that_refused_it``).
+- ``ids`` that are not a list of ids change nothing
+  (``test_deadletters.py::test_wrong_typed_ids_raise_a_connectorsync_type_error``).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class Logger(Configurable):
         self.path = str(path)
         self.onsync, self.onsyncfail, self.syncraise = onsync, onsyncfail, syncraise
         self._parts = parts = Assembly(self.path, given, options, self._after_pass)
-        self._cache, self._syncer = parts.cache, parts.syncer  # testing.internals' door
+        self._cache, self._syncer = parts.cache, parts.syncer  # testing.internals only
         with parts.opening():  # if this raises, all is undone (a new file removed)
             if apikey is not None:
                 self.apikey = apikey
@@ -95,7 +95,7 @@ class Logger(Configurable):
     def flush(self) -> None:
         """Commit now what ``durability="batched"`` queued (nothing to do otherwise)."""
         self._check_open()
-        self._cache.flush()
+        self._parts.cache.flush()
 
     def stop(self) -> None:
         """Stop the background syncer at once, even in a backoff or a hung request."""
@@ -248,7 +248,7 @@ class Logger(Configurable):
         self._parts.writer.insert(stream, value, timestamp)
         if self._parts.options.max_age is not None:
             self._parts.time.expire_now_and_then()
-        self._syncer.inserted(1)
+        self._parts.syncer.inserted(1)
 
     def insert_many(self, stream: str | dict[str, Any], values: Iterable[Any] | None = None) -> int:
         """Store many datapoints in one transaction, all or none (errors as :meth:`insert`);
@@ -258,14 +258,14 @@ class Logger(Configurable):
         self._check_open()
         check.insert_many_arguments(stream, values)
         count = self._parts.writer.insert_many(stream, values)
-        self._syncer.inserted(count)
+        self._parts.syncer.inserted(count)
         return count
 
     def cleardata(self) -> int:
         """Delete every cached datapoint without syncing it (ConnectorDB name); returns how
         many. Dead letters stay, and a batch being sent is left alone."""
         self._check_open()
-        cleared = self._cache.clear()
+        cleared = self._parts.cache.clear()
         log.warning("cleardata(): deleted %d cached datapoints without syncing them", cleared)
         return cleared
 
@@ -307,7 +307,7 @@ class Logger(Configurable):
         self._check_open()
         synced = self._parts.time.sync_clock(server, port, timeout)
         if synced.retimed:
-            self._syncer.wake()  # held datapoints may go now
+            self._parts.syncer.wake()  # held datapoints may go now
         return synced.offset
 
     @check.checked(progress=check.OPTIONAL_CALLABLE)
