@@ -65,27 +65,32 @@ class Assembly:
     """The wired parts of one Logger, built on its cache file.
 
     :param path: the cache file (created if missing)
-    :param given: the remotes given by name (``{}``: the default one, from the settings)
-    :param options: the constructor's options, applied once the parts are built
+    :param remote: ``remote=``, the one remote (named ``default``), or None
+    :param remotes: ``remotes=``, several by name, or None (neither: the default remote,
+        built from the settings)
+    :param options: the constructor's options, checked first, applied once the parts are built
     :param step: what follows each pass (:class:`~connectorsync.afterpass.AfterPass`);
         returns whether ``sync()`` raises
-    :raises ConfigurationError, CacheError: a bad option, or a file that cannot be opened;
-        nothing is left open (a new file is removed)
+    :raises ConfigurationError, CacheError: a bad option or remote, or a file that cannot be
+        opened; nothing is left open (a new file is removed)
     """
 
     def __init__(
         self,
         path: str,
-        given: Mapping[str, Remote],
+        remote: Remote | None,
+        remotes: Mapping[str, Remote] | None,
         options: dict[str, Any],
         step: Callable[[SyncReport], bool],
     ):
+        Settings.check_keywords(options)
+        self.given = fanout.named(remote, remotes)
         self.path = path
         self.state = State.OPEN
         self.creating = self.start_when_created = False
-        self.given = given
-        self.primary = fanout.primary_name(given)
-        self.remote = RemoteHolder(given.get(self.primary))
+        self.one_remote = remote  # remote=: recorded once opened, to be built again
+        self.primary = fanout.primary_name(self.given)
+        self.remote = RemoteHolder(self.given.get(self.primary))
         self.after = AfterPass(step)  # the background passes' listener too
         durability = options.get("durability", Configurable.durability.default)
         self.cache, self.created = Cache.open(path, durability)
@@ -144,11 +149,11 @@ class Assembly:
         finally:
             self.creating = False
 
-    def opened(self, remote: Remote | None) -> None:
+    def opened(self) -> None:
         """The constructor succeeded: record how to build ``remote=`` again
         (:mod:`~connectorsync.remotes.config`), and start if ``on_create`` asked to."""
-        if remote is not None:
-            record_remote(self.cache, remote)
+        if self.one_remote is not None:
+            record_remote(self.cache, self.one_remote)
         if self.start_when_created:
             self.syncer.start()
 

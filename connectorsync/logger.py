@@ -1,6 +1,6 @@
 """Logger: the one class users need. A drop-in successor of ``connectordb.logger.Logger``.
 
-It wires the parts together and holds no SQL and no HTTP: values are checked by the stream
+It holds no SQL and no HTTP, and wires nothing itself: values are checked by the stream
 registry (:mod:`~connectorsync.streams`), stamped by :mod:`~connectorsync.devicetime`, stored
 by :mod:`~connectorsync.cache` (and :mod:`~connectorsync.archive`) and delivered by
 :mod:`~connectorsync.syncer` through a :mod:`remote <connectorsync.remotes.base>`. Each
@@ -21,13 +21,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import _checks as check
-from . import fanout
 from .afterpass import run_sync_callbacks
 from .assembly import Assembly
 from .cache import DeadLetter
 from .delivery import SyncReport
 from .errors import ClosedError
-from .options import Configurable, Option, Settings
+from .options import Configurable, Option
 from .remotes.base import Remote
 from .status import Status
 from .streams import Subscriber
@@ -72,18 +71,16 @@ class Logger(Configurable):
         remotes: Mapping[str, Remote] | None = None,
         **options: Any,
     ):
-        Settings.check_keywords(options)
-        given = fanout.named(remote, remotes)
         self.path = str(path)
         self.onsync, self.onsyncfail, self.syncraise = onsync, onsyncfail, syncraise
-        self._parts = parts = Assembly(self.path, given, options, self._after_pass)
+        self._parts = parts = Assembly(self.path, remote, remotes, options, self._after_pass)
         self._cache, self._syncer = parts.cache, parts.syncer  # testing.internals only
         with parts.opening():  # if this raises, all is undone (a new file removed)
             if apikey is not None:
                 self.apikey = apikey
             if parts.created and on_create is not None:
                 parts.create(lambda: on_create(self))
-        parts.opened(remote)
+        parts.opened()
 
     def start(self) -> None:
         """Sync in a background thread (soon, after a random wait of up to ``sync_jitter``; then
