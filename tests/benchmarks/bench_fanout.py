@@ -151,6 +151,13 @@ def peak_rss_kib() -> int:
     raise SystemExit("FAILED: /proc/self/status has no VmHWM")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peak_rss() -> None:
     """Bring the high-water mark down to the RSS now (Linux 4.0+; else it stays where it is,
     and the parent is warned when it lies above the RSS)."""
@@ -212,10 +219,12 @@ def child_drain(args: argparse.Namespace) -> None:
     )
     reset_peak_rss()
     rss_before, maxrss_before = rss_kib(), peak_rss_kib()
+    cpu_before = cpu_seconds(os.getpid())
     started = time.monotonic()
     lg.start()
     print(json.dumps({"started": started}), flush=True)
     sys.stdin.readline()  # every server holds the backlog (or the parent gave up)
+    cpu = cpu_seconds(os.getpid()) - cpu_before
     deadline = time.monotonic() + 60
     while len(lg) and time.monotonic() < deadline:  # the last batch's deletion
         time.sleep(0.05)
@@ -223,7 +232,7 @@ def child_drain(args: argparse.Namespace) -> None:
     left = len(lg)
     lg.close()
     result = {"rss_before_kib": rss_before, "maxrss_before_kib": maxrss_before}
-    result.update(maxrss_after_kib=maxrss_after, left_in_cache=left)
+    result.update(maxrss_after_kib=maxrss_after, left_in_cache=left, cpu=cpu)
     print(json.dumps(result), flush=True)
 
 
@@ -288,6 +297,7 @@ def drain(path: str, servers: dict[str, Server], setup: Drain) -> dict[str, Any]
         command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True
     )
     started = json.loads(read_line(proc, CHILD_TIMEOUT, errors))["started"]
+    servers_cpu = sum(cpu_seconds(s.proc.pid) for s in servers.values())
     finished: dict[str, float] = {}
     deadline = time.monotonic() + CHILD_TIMEOUT
     while len(finished) < len(servers) and time.monotonic() < deadline:
@@ -295,6 +305,7 @@ def drain(path: str, servers: dict[str, Server], setup: Drain) -> dict[str, Any]
             if name not in finished and server.length(STREAM) >= count:
                 finished[name] = time.monotonic()
         time.sleep(POLL)
+    servers_cpu = sum(cpu_seconds(s.proc.pid) for s in servers.values()) - servers_cpu
     assert proc.stdin is not None
     proc.stdin.write("go on\n")
     proc.stdin.flush()
@@ -306,6 +317,9 @@ def drain(path: str, servers: dict[str, Server], setup: Drain) -> dict[str, Any]
     if proc.returncode != 0 or len(finished) < len(servers):
         raise SystemExit(f"FAILED: the drain ended with status {proc.returncode}, {finished}")
     result["rates"] = {name: count / (at - started) for name, at in finished.items()}
+    # CPU per datapoint delivered (to any remote), microseconds: the client, the servers.
+    delivered = count * len(servers)
+    result["cpu_us"] = (1e6 * result["cpu"] / delivered, 1e6 * servers_cpu / delivered)
     result["growth_mb"] = (result["maxrss_after_kib"] - result["rss_before_kib"]) / 1024
     if result["maxrss_before_kib"] > result["rss_before_kib"] + 2048:
         print(
@@ -358,7 +372,8 @@ def measure_drain(workdir: str, name: str, setup: Drain, tag: str) -> dict[str, 
     rates = ", ".join(f"{remote} {rate:,.0f}/s" for remote, rate in result["rates"].items())
     print(
         f"drain {name} ({tag}): N={count:,} filled in {fill_seconds:.1f} s; {rates}; "
-        f"peak RSS growth {result['growth_mb']:.1f} MB",
+        f"peak RSS growth {result['growth_mb']:.1f} MB; CPU per datapoint delivered: client "
+        f"{result['cpu_us'][0]:.1f} us, servers {result['cpu_us'][1]:.1f} us",
         file=sys.stderr,
     )
     return result
@@ -382,6 +397,7 @@ def measure_drains(workdir: str, setup: Drain, rounds: int) -> dict[str, Any]:
             },
             "all": {remote: [r["rates"][remote] for r in results] for remote in DRAINS[name]},
             "growth_mb": max(r["growth_mb"] for r in results),
+            "cpu_us": tuple(statistics.median(r["cpu_us"][i] for r in results) for i in (0, 1)),
         }
         for name, results in runs.items()
     }
@@ -423,9 +439,10 @@ def print_tables(
     print()
     print(
         "| drain | latency per batch | N | alone: datapoints/s "
-        "| together: datapoints/s (rounds) | ratio (together / alone) | target |"
+        "| together: datapoints/s (rounds) | ratio (together / alone) | target "
+        "| client CPU per datapoint delivered: alone / together |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
     for setup, results in drains.items():
         together = results["a+b"]
         for remote in ("a", "b"):
@@ -436,7 +453,8 @@ def print_tables(
             print(
                 f"| remote {remote.upper()} | {setup.latency * 1000:g} ms | {setup.count:,} | "
                 f"{alone:,.0f} | {both:,.0f} ({spread}) | {ratio:.2f}x | >= {TARGET_DRAIN}x: "
-                f"{verdict(ratio >= TARGET_DRAIN)} |"
+                f"{verdict(ratio >= TARGET_DRAIN)} | {results[remote]['cpu_us'][0]:.1f} / "
+                f"{together['cpu_us'][0]:.1f} us |"
             )
     print()
     columns = [f"N = {d.count:,}, {d.latency * 1000:g} ms" for d in drains]
@@ -458,7 +476,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (median)")
     parser.add_argument(
         "--latencies",
-        default="0,0.05",
+        default="0,0.05,0.2",
         help="seconds each push waits as a round trip would, comma-separated (0: loopback)",
     )
     for name in ("--child", "--path", "--urls", "--stream"):  # a child's, hidden
