@@ -4,8 +4,8 @@ Insert: ``--inserts`` calls of ``Logger.insert`` (``durability="normal"``; a ten
 with ``"full"``, whose every call waits for an fsync) and one ``insert_many`` of ``--count``
 values, into a Logger with one remote and into one with three (``remotes=``, never started),
 the same data. Nothing is done per remote at insert time, so three cost what one costs: the
-ratio is the seconds per datapoint with three over those with one (target <= 1.1x). Rounds
-are interleaved, the order swapped each round, and the median counts.
+ratio is the seconds per datapoint with three over those with one (target <= 1.1x).
+``--insert-rounds`` rounds (7), the order swapped each round, the median counts.
 
 Drain: a backlog of N datapoints of one number stream (as ``bench_sync.py`` makes it: values
 20.0 + i % 10, timestamps 1 ms apart) waits in a cache file, filled in one child process and
@@ -32,7 +32,8 @@ Afterwards every server must hold exactly the backlog, each datapoint once and i
 (read back and compared), and the cache file must be empty; otherwise the script fails.
 
 Usage: python tests/benchmarks/bench_fanout.py [--count N] [--inserts M] [--rounds R]
-                                               [--latencies S,S...]
+                                               [--insert-rounds R] [--latencies S,S...]
+                                               [--parts inserts,drains]
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def measure_inserts(workdir: str, args: argparse.Namespace) -> dict[str, dict[st
         "many-normal": args.count,
     }
     runs: dict[tuple[str, int], list[float]] = {}
-    for round_ in range(args.rounds):
+    for round_ in range(args.insert_rounds):
         order = (1, 3) if round_ % 2 == 0 else (3, 1)
         for name, (_, durability, many) in INSERTS.items():
             for remotes in order:
@@ -418,10 +419,18 @@ def print_tables(
 ) -> None:
     print(
         f"fan-out benchmark: one run ({seconds:.0f} s) on {os.uname().machine}, "
-        f"{os.cpu_count()} cores, apsw {apsw.apsw_version()}; medians of {args.rounds} "
-        "rounds; drains by the background couriers into ConnectorDB test servers (each its "
-        "own process, 127.0.0.1), default batch_size"
+        f"{os.cpu_count()} cores, apsw {apsw.apsw_version()}; inserts: medians of "
+        f"{args.insert_rounds} rounds; drains: medians of {args.rounds} rounds, by the "
+        "background couriers into ConnectorDB test servers (each its own process, "
+        "127.0.0.1), default batch_size"
     )
+    if inserts:
+        print_inserts(inserts)
+    if drains:
+        print_drains(drains)
+
+
+def print_inserts(inserts: dict[str, dict[str, Any]]) -> None:
     print()
     print(
         "| measurement | durability | N | one remote: datapoints/s "
@@ -436,6 +445,9 @@ def print_tables(
             f"{r['count'] / r['three']:,.0f} | {ratio:.2f}x | <= {TARGET_INSERT}x: "
             f"{verdict(ratio <= TARGET_INSERT)} |"
         )
+
+
+def print_drains(drains: dict[Drain, dict[str, Any]]) -> None:
     print()
     print(
         "| drain | latency per batch | N | alone: datapoints/s "
@@ -473,7 +485,16 @@ def main() -> None:
     parser.add_argument(
         "--inserts", type=int, default=20_000, help='Logger.insert calls ("full": a tenth)'
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the drains (median)")
+    parser.add_argument(
+        "--insert-rounds",
+        type=int,
+        default=7,
+        help="rounds of the inserts (median; an insert takes a second, a drain many)",
+    )
+    parser.add_argument(
+        "--parts", default="inserts,drains", help="what to measure: inserts, drains or both"
+    )
     parser.add_argument(
         "--latencies",
         default="0,0.05,0.2",
@@ -484,8 +505,11 @@ def main() -> None:
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--latency", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.count < 4 or args.inserts < 1 or args.rounds < 1:
-        parser.error("--count must be >= 4, --inserts and --rounds >= 1")
+    if args.count < 4 or min(args.inserts, args.rounds, args.insert_rounds) < 1:
+        parser.error("--count must be >= 4, --inserts and the rounds >= 1")
+    parts = set(args.parts.split(","))
+    if not parts or not parts <= {"inserts", "drains"}:
+        parser.error(f"--parts must be inserts, drains or inserts,drains; got {args.parts!r}")
     steps: dict[str, Callable[[argparse.Namespace], None]] = {
         "fill": child_fill,
         "drain": child_drain,
@@ -504,11 +528,11 @@ def main() -> None:
     t0 = float(int(time.time()) - 86_400)  # the same timestamps for every drain, a day ago
     workdir = tempfile.mkdtemp(prefix="bench-fanout-", dir=os.getcwd())
     try:
-        inserts = measure_inserts(workdir, args)
+        inserts = measure_inserts(workdir, args) if "inserts" in parts else {}
+        setups = [Drain(n, t0, x) for x in latencies for n in (args.count // 4, args.count)]
         drains = {
             setup: measure_drains(workdir, setup, args.rounds)
-            for latency in latencies
-            for setup in (Drain(args.count // 4, t0, latency), Drain(args.count, t0, latency))
+            for setup in (setups if "drains" in parts else [])
         }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
