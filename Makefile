@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_mqtt.py
 	$(PY) tests/benchmarks/bench_live.py
 	$(PY) tests/benchmarks/bench_fleet.py
+	$(PY) tests/benchmarks/bench_fanout.py
 
 # Long runs of the delivery model (tests/test_model.py: at least 5,000 steps per variant:
 # ordered, idempotent, at_least_once, MQTT, batched, lanes; shrunk to a minimal example on

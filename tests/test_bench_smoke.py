@@ -1,6 +1,6 @@
-"""The fleet benchmark runs end to end at a tiny size: it completes (which includes its own
-check that the server holds every datapoint and every cache is empty) and prints its table.
-The figures themselves are the benchmark's business, never asserted here."""
+"""The fleet and fan-out benchmarks run end to end at a tiny size: each completes (which
+includes its own check that the servers hold every datapoint and every cache is empty) and
+prints its tables. The figures themselves are the benchmarks' business, never asserted here."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent / "benchmarks" / "bench_fleet.py"
+FANOUT = BENCH.with_name("bench_fanout.py")
 
 
 @pytest.mark.slow
@@ -26,3 +27,19 @@ def test_the_fleet_benchmark_completes_and_prints_its_table() -> None:
     assert any(line.startswith("| defaults | 0.1 s (default) | full jitter |") for line in lines)
     assert any(line.startswith("| no-jitter | 0 | no jitter |") for line in lines)
     assert "requests per second after the server returned (first 2 s):" in lines
+
+
+@pytest.mark.slow
+def test_the_fanout_benchmark_completes_and_prints_its_tables() -> None:
+    tiny = ["--count", "400", "--inserts", "20", "--rounds", "1", "--insert-rounds", "1"]
+    tiny += ["--latencies", "0.01"]
+    done = subprocess.run(
+        [sys.executable, str(FANOUT), *tiny], capture_output=True, text=True, timeout=110
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("| Logger.insert | full | 2 |") for line in lines)
+    assert any(line.startswith("| Logger.insert_many | normal | 400 |") for line in lines)
+    assert any(line.startswith("| remote A | 10 ms | 400 |") for line in lines)
+    assert any(line.startswith("| remote B | 10 ms | 100 |") for line in lines)
+    assert any(line.startswith("| two remotes | ") for line in lines)
