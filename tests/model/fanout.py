@@ -22,6 +22,8 @@ all), counted once.
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -106,8 +108,9 @@ class FanoutModel(RuleBasedStateMachine):
         self.poison: set[int] = set()
         self.raised: set[int] = set()
         self.retried: set[int] = set()  # sent again out of order: left out of order checks
+        self.requeued: set[int] = set()  # queued again: may be cached once per holder
         self.seen: set[int] = set()  # inserted datapoints the last check knew of
-        self.cached: set[int] = set()  # the cache at the last check
+        self.cached: collections.Counter[int] = collections.Counter()  # at the last check
         self.cleared = 0  # cleared this step (cleardata's count)
         self.dropped = 0
         self.expired = 0
@@ -286,17 +289,27 @@ class FanoutModel(RuleBasedStateMachine):
         finally:
             self.logger.max_age = None
 
-    @rule(some=st.booleans())
-    def retry_deadletters(self, some: bool) -> None:
-        """Dead letters sent again, each to the remote that refused it, with its own time."""
+    @rule(some=st.booleans(), restamp=st.booleans())
+    def retry_deadletters(self, some: bool, restamp: bool) -> None:
+        """Dead letters sent again, each to the remote that refused it, with its own time, or
+        queued again with a new time (``restamp``) for that remote alone (the others have
+        them: a value refused by one remote may then be cached twice, once per holder)."""
         lg = self.logger
         letters = lg.deadletters()
         chosen = letters[::2] if some else letters
+        ids = [d.id for d in chosen] if some else None
         self.retried |= {ident(d.d) for d in chosen}
         try:
-            lg.retry_deadletters([d.id for d in chosen] if some else None)
+            lg.retry_deadletters(ids, restamp=restamp)
+        except CacheFullError:
+            cap = self.options.get("max_cached")
+            assert restamp and cap is not None and len(chosen) > cap, (len(chosen), cap)
+            return
         except RemoteError:
-            pass  # a remote failed (an armed fault): what it did not take stays
+            assert not restamp, "retry_deadletters(restamp=True) asked a remote"
+            return  # a remote failed (an armed fault): what it did not take stays
+        if restamp:
+            self.requeued |= {ident(d.d) for d in chosen}
 
     @rule(some=st.booleans())
     def purge_deadletters(self, some: bool) -> None:
@@ -315,6 +328,37 @@ class FanoutModel(RuleBasedStateMachine):
     @rule()
     def cleardata(self) -> None:
         self.cleared += self.logger.cleardata()
+
+    @rule(
+        which=st.integers(0, 3),
+        op=st.sampled_from(["cleardata", "insert", "purge", "crash"]),
+        stream=st.sampled_from(STREAMS),
+    )
+    def during_a_pass(self, which: int, op: str, stream: str) -> None:
+        """Run ``op`` while a pass has a batch on the wire to one remote (held back by a
+        delay); ``crash``: the file opened again meanwhile, by a second Logger that goes on."""
+        t, lg = self.target(which), self.logger
+        before = t.backend.writes()
+        t.backend.delay(DELAY)
+        thread = threading.Thread(target=self.pass_, name="fanout-pass")
+        thread.start()
+        try:
+            deadline = time.monotonic() + 5
+            while t.backend.writes() == before and thread.is_alive():
+                assert time.monotonic() < deadline, f"the pass sent {t.name} nothing in 5 s"
+                time.sleep(0.005)
+            if op == "cleardata":
+                self.cleared += lg.cleardata()
+            elif op == "insert":
+                lg.insert(stream, self.value(stream, False))
+            elif op == "purge":
+                self.purge_deadletters(some=False)
+            else:
+                self.crash()
+        finally:
+            t.backend.delay(0)
+            thread.join(30)
+        assert not thread.is_alive(), "a pass did not end within 30 s"
 
     @rule()
     def drain(self) -> None:
