@@ -9,6 +9,10 @@ a real subscriber), ``batched`` (``durability="batched"`` against ConnectorDB) a
 (``live_first`` with a ``max_rate``, HTTP receiver). The whole process runs on a failing-disk
 VFS shim (tests/helpers/failing_vfs.py) that the ``failing_commits`` rule arms.
 
+``fanout2`` and ``fanout3`` (tests/model/fanout.py) give one Logger two and three remotes of
+different kinds at once, each with faults of its own, a ``give_up_after`` handing over to a
+fallback or releasing, and check each remote on its own (tests/model/fanout_checks.py).
+
 ``make test`` runs a few derandomized examples per variant; ``make soak`` sets
 ``CONNECTORSYNC_SOAK=1`` and asserts at least 5,000 steps per variant
 (tests/model/settings.py has the knobs).
