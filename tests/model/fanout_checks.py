@@ -95,6 +95,7 @@ def check(model: FanoutModel) -> None:
 
     holders: set[int] = set()
     vanished: dict[str, set[int]] = {}
+    kept: dict[str, set[int]] = {}
     for name, t in model.targets.items():
         mine, rs = seen[name], status.remotes[name]
         held = set(mine.held)
@@ -143,6 +144,7 @@ def check(model: FanoutModel) -> None:
         else:
             assert rs.released == 0, f"{name} released though it has a fallback"
         still = lost & cached  # left this remote, yet cached: only giving up does that
+        kept[name] = still
         copies = len((t.held - held) & s)  # gave up what it had stored (an answer lost)
         assert len(still) <= own <= len(lost) + copies, (
             f"{name}: {sorted(lost)} left it ({sorted(still)} still cached) but it counted "
@@ -184,6 +186,9 @@ def check(model: FanoutModel) -> None:
             f"{t.fallback} holds what {name} never handed over: {sorted(arrived)}"
         )
         spare.handed_in |= arrived
+        # What it gave up and is still cached was handed to the fallback, which has it.
+        missing = sorted(kept[name] - spare.present)
+        assert not missing, f"{name} gave up {missing}, yet {t.fallback} does not have them"
         if not t.may_duplicate:
             both = sorted(spare.stored & t.stored)
             assert not both, f"reached both {name} and its fallback {t.fallback}: {both}"
