@@ -111,6 +111,7 @@ class FanoutModel(RuleBasedStateMachine):
         self.requeued: set[int] = set()  # queued again: may be cached once per holder
         self.seen: set[int] = set()  # inserted datapoints the last check knew of
         self.cached: collections.Counter[int] = collections.Counter()  # at the last check
+        self.queued: collections.Counter[int] = collections.Counter()  # queued again, this step
         self.cleared = 0  # cleared this step (cleardata's count)
         self.dropped = 0
         self.expired = 0
@@ -310,6 +311,7 @@ class FanoutModel(RuleBasedStateMachine):
             return  # a remote failed (an armed fault): what it did not take stays
         if restamp:
             self.requeued |= {ident(d.d) for d in chosen}
+            self.queued.update(ident(d.d) for d in chosen)
 
     @rule(some=st.booleans())
     def purge_deadletters(self, some: bool) -> None:
