@@ -9,6 +9,10 @@ a real subscriber), ``batched`` (``durability="batched"`` against ConnectorDB) a
 (``live_first`` with a ``max_rate``, HTTP receiver). The whole process runs on a failing-disk
 VFS shim (tests/helpers/failing_vfs.py) that the ``failing_commits`` rule arms.
 
+``fanout2`` and ``fanout3`` (tests/model/fanout.py) give one Logger two and three remotes of
+different kinds at once, each with faults of its own, a ``give_up_after`` handing over to a
+fallback or releasing, and check each remote on its own (tests/model/fanout_checks.py).
+
 ``make test`` runs a few derandomized examples per variant; ``make soak`` sets
 ``CONNECTORSYNC_SOAK=1`` and asserts at least 5,000 steps per variant
 (tests/model/settings.py has the knobs).
@@ -23,10 +27,12 @@ from pathlib import Path
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
 
+from connectorsync import Logger
 from connectorsync.testing.ntp import NTPServer
 
 from .helpers.failing_vfs import FailingVFS
 from .model.backends import AtLeastOnceBackend, Backend, IdempotentBackend, OrderedBackend
+from .model.fanout import GIVE_UP, FanoutModel
 from .model.machine import RUNS, DeliveryModel
 from .model.mqtt import MQTTBackend
 from .model.settings import SETTINGS, SOAK, SOAK_MIN_STEPS
@@ -186,3 +192,94 @@ def test_the_model_sees_a_stored_datapoint_whose_insert_raised(
             machine.every_datapoint_is_in_exactly_one_place()
     finally:
         machine.lg.close()
+
+
+# ----------------------------------------------------------------------------- fan-out
+
+
+@pytest.fixture(scope="module")
+def spare() -> Iterator[Backend]:
+    """A second HTTP receiver: the fallback of the fan-out variants' cloud."""
+    backend = AtLeastOnceBackend()
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def run_fanout(
+    name: str, layout: list[tuple[str, Backend, dict[str, object] | None]], tmp_path: Path
+) -> None:
+    machine = type(name, (FanoutModel,), {"layout": layout, "tmpdir": tmp_path})
+    runs = RUNS[name]
+    try:
+        while True:
+            run_state_machine_as_test(machine, settings=SETTINGS)  # type: ignore[arg-type]
+            if not SOAK or runs["checks"] - runs["examples"] >= SOAK_MIN_STEPS:
+                break
+    finally:
+        steps = runs["checks"] - runs["examples"]
+        print(f"\n{name}: {runs['examples']} examples, {steps} steps", file=sys.stderr)
+        seen = ", ".join(f"{k} {v}" for k, v in sorted(runs.items()) if ":" in k)
+        print(f"{name}: {seen}", file=sys.stderr)
+
+
+def cloud(spare_name: str = "spare") -> dict[str, object]:
+    return {"give_up_after": GIVE_UP, "fallback": spare_name}
+
+
+@pytest.mark.slow
+def test_model_fanout2(
+    ordered: Backend, at_least_once: Backend, spare: Backend, tmp_path: Path, fast_backoff
+) -> None:
+    """Two remotes (ordered ConnectorDB, at-least-once HTTP that gives up to a spare)."""
+    layout = [
+        ("default", ordered, None),
+        ("spare", spare, {"streams": []}),
+        ("cloud", at_least_once, cloud()),
+    ]
+    run_fanout("Fanout2Model", layout, tmp_path)
+
+
+@pytest.mark.slow
+def test_model_fanout3(
+    ordered: Backend,
+    at_least_once: Backend,
+    idempotent: Backend,
+    spare: Backend,
+    tmp_path: Path,
+    fast_backoff,
+) -> None:
+    """Three remotes: and influxd (idempotent), which gives up what is older (released)."""
+    layout = [
+        ("default", ordered, None),
+        ("influx", idempotent, {"give_up_after": GIVE_UP}),
+        ("spare", spare, {"streams": []}),
+        ("cloud", at_least_once, cloud()),
+    ]
+    run_fanout("Fanout3Model", layout, tmp_path)
+
+
+def test_the_fanout_model_sees_a_datapoint_lost_for_one_remote(
+    ordered: Backend, at_least_once: Backend, spare: Backend, tmp_path: Path
+) -> None:
+    """The per-remote invariant is not vacuous: a datapoint that leaves the cache while
+    remotes hold it, and no counter says so, fails it (for each remote that held it)."""
+    layout = [
+        ("default", ordered, None),
+        ("spare", spare, {"streams": []}),
+        ("cloud", at_least_once, cloud()),
+    ]
+    machine = type("FanoutProbe", (FanoutModel,), {"layout": layout, "tmpdir": tmp_path})()
+    machine.start(cap=None)
+    try:
+        machine.insert("a", False)
+        machine.every_datapoint_is_in_one_place_per_remote()
+        # Delete it behind the Logger's back: no counter says where it went.
+        other = Logger(machine.path, remotes={"default": ordered.remote()})
+        other.cleardata()
+        other.close()
+        with pytest.raises(AssertionError, match="left it uncounted"):
+            machine.every_datapoint_is_in_one_place_per_remote()
+    finally:
+        machine.teardown()

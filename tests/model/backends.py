@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from connectorsync import Logger
+from connectorsync.remotes.base import Remote
+from connectorsync.remotes.connectordb import ConnectorDBRemote
 from connectorsync.remotes.http import HTTPRemote
 from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.testing import ConnectorDBServer
@@ -59,6 +61,10 @@ class Backend:
 
     def logger(self, path: str, **options: Any) -> Logger:
         """A Logger on ``path`` delivering to this example's namespace."""
+        raise NotImplementedError
+
+    def remote(self) -> Remote:
+        """A remote delivering to this example's namespace (for a Logger of several)."""
         raise NotImplementedError
 
     def stored(self, stream: str) -> list[Any]:
@@ -122,6 +128,9 @@ class OrderedBackend(Backend):
 
         return Logger(path, on_create=init, **options)
 
+    def remote(self) -> Remote:
+        return ConnectorDBRemote(self.server.url, self.apikey, timeout=HTTP_TIMEOUT)
+
     def stored(self, stream: str) -> list[Any]:
         try:
             return [p["d"] for p in self.server.datapoints(f"u/{self.device}/{stream}")]
@@ -170,15 +179,12 @@ class AtLeastOnceBackend(Backend):
         self.prefix = f"/ex{self.examples}"
 
     def logger(self, path: str, **options: Any) -> Logger:
+        return Logger(path, remote=self.remote(), on_create=add_streams, **options)
+
+    def remote(self) -> Remote:
         url = self.receiver.url
-        remote = HTTPRemote(
+        return HTTPRemote(
             url + self.prefix + "/{stream}", ping_url=url + "/health", timeout=HTTP_TIMEOUT
-        )
-        return Logger(
-            path,
-            remote=remote,
-            on_create=add_streams,
-            **options,
         )
 
     def stored(self, stream: str) -> list[Any]:
@@ -237,13 +243,10 @@ class IdempotentBackend(Backend):
             pass
 
     def logger(self, path: str, **options: Any) -> Logger:
-        remote = InfluxDBRemote(self.proxy.url, self.db, timeout=HTTP_TIMEOUT)
-        return Logger(
-            path,
-            remote=remote,
-            on_create=add_streams,
-            **options,
-        )
+        return Logger(path, remote=self.remote(), on_create=add_streams, **options)
+
+    def remote(self) -> Remote:
+        return InfluxDBRemote(self.proxy.url, self.db, timeout=HTTP_TIMEOUT)
 
     def stored(self, stream: str) -> list[Any]:
         rows = self.influxd.points(stream, self.db)  # oldest first
