@@ -162,8 +162,9 @@ _INHERITED: list[apsw.Connection] = []
 # Every connection of this process, for the fork hooks below.
 _OPEN: weakref.WeakSet[Connection] = weakref.WeakSet()
 _OPEN_LOCK = threading.Lock()
-# The locks the fork hook holds across a fork, released on both sides after it.
-_HELD_AT_FORK: list[Callable[[], None]] = []
+# What the fork hook holds across a fork, released on both sides after it: by the forking
+# thread (two threads may fork at once; each releases only its own).
+_HELD_AT_FORK: dict[int, list[Callable[[], None]]] = {}
 #: How long ``os.fork()`` waits for the transactions under way in other threads to end
 #: (``_quiesce_before_fork``); past it, it forks all the same (a transaction still under way
 #: then makes the child's own new connection wait on the busy timeout, as without the wait).
@@ -186,6 +187,7 @@ def _quiesce_before_fork() -> None:
     here means none is under way at the fork."""
     deadline = time.monotonic() + FORK_WAIT
     seen: set[Connection] = set()
+    held = _HELD_AT_FORK.setdefault(threading.get_ident(), [])
     while True:
         # The registry's lock is not held while waiting (a thread inside a transaction may
         # open a connection before it ends); connections opened meanwhile: another round.
@@ -193,13 +195,13 @@ def _quiesce_before_fork() -> None:
             return
         waiting = [c for c in _OPEN if c not in seen and not c.inherited and not c._closed]
         if not waiting or time.monotonic() >= deadline:
-            _HELD_AT_FORK.append(_OPEN_LOCK.release)  # none opens until after the fork
+            held.append(_OPEN_LOCK.release)  # none opens until after the fork
             return
         _OPEN_LOCK.release()
         for conn in waiting:
             seen.add(conn)
             if conn._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                _HELD_AT_FORK.append(conn._lock.release)
+                held.append(conn._lock.release)
             else:
                 log.warning("fork: a transaction on %s is still under way", conn.path)
 
@@ -207,8 +209,9 @@ def _quiesce_before_fork() -> None:
 def _resume_after_fork() -> None:
     """After ``os.fork()``, in the parent and in the child: let the transactions go on (in
     the child the connections are inherited: they refuse every use anyway)."""
-    while _HELD_AT_FORK:
-        _HELD_AT_FORK.pop()()
+    held = _HELD_AT_FORK.pop(threading.get_ident(), [])
+    while held:
+        held.pop()()
 
 
 os.register_at_fork(
