@@ -5,7 +5,8 @@ SQLite forbids using a connection in a child forked after it was opened, and wha
 forked child every use of an inherited Logger raises a ``CacheError`` that says to open a new
 Logger there, before any lock is taken, whatever the durability; ``close()`` in the child
 changes nothing of the parent's (file, syncer, sync lock). A new Logger opened in the child
-works. Real ``os.fork()``, real files (``cache/connection.py`` says why).
+works, even when another thread of the parent was writing at the fork (the fork waits for its
+transaction). Real ``os.fork()``, real files (``cache/connection.py`` says why).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 
+import apsw
 import pytest
 
 from connectorsync import CacheError, Logger
@@ -191,3 +194,78 @@ def test_a_new_logger_in_the_child_works(
     lg.insert("n", 3)
     lg.close()
     assert _stored(cache_path) == [1, 2, 3]
+
+
+class _HeldFile(apsw.VFSFile):
+    def __init__(self, vfs: HoldingVFS, name: str | apsw.URIFilename | None, flags: list[int]):
+        self._vfs = vfs
+        super().__init__(vfs.base, name, flags)
+
+    def xSync(self, flags: int) -> None:
+        self._vfs.syncing()
+        super().xSync(flags)
+
+
+class HoldingVFS(apsw.VFS):
+    """The real file system, made the process's default VFS, that can hold the next
+    ``xSync`` of one thread: inside its ``COMMIT`` (``synchronous=FULL`` syncs the WAL
+    there), its write lock held."""
+
+    def __init__(self) -> None:
+        self.base = apsw.vfs_names()[0]
+        super().__init__("test-fork-hold", base=self.base, makedefault=True)
+        self.hold: Callable[[], None] | None = None
+        self.thread: int | None = None
+
+    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> apsw.VFSFile:
+        return _HeldFile(self, name, flags)
+
+    def syncing(self) -> None:
+        hold = self.hold
+        if hold is not None and threading.get_ident() == self.thread:
+            self.hold = None
+            hold()
+
+
+def test_a_fork_while_another_thread_writes_leaves_the_child_free_to_write(
+    cache_path: str,
+) -> None:
+    """Another thread of the parent is inside a write transaction (in its ``COMMIT``) when
+    the main thread forks: the fork waits for it to end, so the child's new Logger on the
+    same file writes at once. (SQLite keeps its locks in the process's memory: a transaction
+    under way at the fork would stay under way in the child's copy for ever, and the child's
+    first write would wait out the whole busy timeout, 60 s, for a thread that is not
+    there: ``cache/connection.py``, ``_quiesce_before_fork``.)"""
+    vfs = HoldingVFS()
+    try:
+        lg = Logger(cache_path, on_create=lambda lg: lg.addStream("n", {"type": "integer"}))
+        try:
+            lg.insert("n", 1)
+            inside, forking = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                inside.set()
+                forking.wait(30)
+                time.sleep(0.5)  # still inside while the fork happens (were it not waited for)
+
+            def write() -> None:
+                vfs.thread, vfs.hold = threading.get_ident(), hold
+                lg.insert("n", 2)
+
+            def child() -> str:
+                with Logger(cache_path) as mine:
+                    mine.insert("n", 3)
+                return "stored"
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            assert inside.wait(30), "the writer's COMMIT did not sync"
+            forking.set()
+            assert in_child(child, timeout=30) == "stored"
+            writer.join(30)
+            lg.insert("n", 4)
+        finally:
+            lg.close()
+    finally:
+        vfs.unregister()
+    assert _stored(cache_path) == [1, 2, 3, 4]

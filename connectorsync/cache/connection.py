@@ -22,7 +22,11 @@ queue copied into the child holds datapoints the parent commits. So in a forked 
 use of an inherited connection raises :class:`~connectorsync.CacheError` at once, before any
 lock is taken (a lock held by another thread at the fork stays held in the child for ever),
 saying to open a new Logger there; closing it in the child changes nothing on disk
-(``tests/test_fork.py``).
+(``tests/test_fork.py``). And ``os.fork()`` waits (up to :data:`FORK_WAIT`) for the
+transactions other threads have under way to end, and lets none begin until it is done: SQLite
+keeps its locks in the process's memory, so one under way at the fork would hold the file's
+write lock for ever in the child's copy, and a new Logger there would wait for it
+(``test_fork.py::test_a_fork_while_another_thread_writes_leaves_the_child_free_to_write``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -154,6 +159,67 @@ os.register_at_fork(after_in_child=_PROCESS.forked)
 # the child (closing may take locks and checkpoint a WAL the parent still writes).
 _INHERITED: list[apsw.Connection] = []
 
+# Every connection of this process, for the fork hooks below.
+_OPEN: weakref.WeakSet[Connection] = weakref.WeakSet()
+_OPEN_LOCK = threading.Lock()
+# What the fork hook holds across a fork, released on both sides after it: by the forking
+# thread (two threads may fork at once; each releases only its own).
+_HELD_AT_FORK: dict[int, list[Callable[[], None]]] = {}
+#: How long ``os.fork()`` waits for the transactions under way in other threads to end
+#: (``_quiesce_before_fork``); past it, it forks all the same (a transaction still under way
+#: then makes the child's own new connection wait on the busy timeout, as without the wait).
+FORK_WAIT = 10.0
+
+
+def _quiesce_before_fork() -> None:
+    """Before ``os.fork()``: wait until no other thread is inside a transaction of this
+    process's connections, and hold them so none begins until the fork is done.
+
+    SQLite keeps the locks its connections hold on a file in the process's memory (one
+    record per file, shared by all the process's connections to it: POSIX locks belong to
+    the process), and a child inherits that memory. A connection of the parent inside a
+    transaction at the fork (a courier publishing the lease) so stays "inside" in the
+    child's copy for ever: a new connection the child opens on the same file sees the write
+    lock held by a sibling, and its ``BEGIN IMMEDIATE`` waits the whole busy timeout (60 s)
+    for a thread that does not exist there (``test_fork.py::
+    test_a_fork_while_another_thread_writes_leaves_the_child_free_to_write``). Every
+    transaction holds its connection's lock from ``BEGIN`` to its end, so holding them all
+    here means none is under way at the fork."""
+    deadline = time.monotonic() + FORK_WAIT
+    seen: set[Connection] = set()
+    held = _HELD_AT_FORK.setdefault(threading.get_ident(), [])
+    while True:
+        # The registry's lock is not held while waiting (a thread inside a transaction may
+        # open a connection before it ends); connections opened meanwhile: another round.
+        if not _OPEN_LOCK.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return
+        waiting = [c for c in _OPEN if c not in seen and not c.inherited and not c._closed]
+        if not waiting or time.monotonic() >= deadline:
+            held.append(_OPEN_LOCK.release)  # none opens until after the fork
+            return
+        _OPEN_LOCK.release()
+        for conn in waiting:
+            seen.add(conn)
+            if conn._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                held.append(conn._lock.release)
+            else:
+                log.warning("fork: a transaction on %s is still under way", conn.path)
+
+
+def _resume_after_fork() -> None:
+    """After ``os.fork()``, in the parent and in the child: let the transactions go on (in
+    the child the connections are inherited: they refuse every use anyway)."""
+    held = _HELD_AT_FORK.pop(threading.get_ident(), [])
+    while held:
+        held.pop()()
+
+
+os.register_at_fork(
+    before=_quiesce_before_fork,
+    after_in_parent=_resume_after_fork,
+    after_in_child=_resume_after_fork,
+)
+
 
 class CommitOutcome:
     """Whether a :meth:`Connection.transaction` that raised had committed all the same.
@@ -213,6 +279,8 @@ class Connection:
         self._commit_interval: float | None = None
         #: ``f(transaction seconds, COMMIT seconds)`` after each timed commit, or None
         self.on_commit: Callable[[float, float], object] | None = None
+        with _OPEN_LOCK:
+            _OPEN.add(self)  # for the fork hooks: forking waits for its transactions
 
     def check_process(self) -> None:
         """Raise if this process is a child forked after the connection was opened.
