@@ -103,7 +103,8 @@ def add(  # noqa: PLR0913 - add_remote's keywords, checked and recorded together
     fallback: str | None,
 ) -> None:
     """``Logger.add_remote``: check its arguments and record the remote in the cache (see
-    :func:`connectorsync.cache.routing.add`). A remote recorded already keeps its position.
+    :func:`connectorsync.cache.routing.add`). A remote recorded already keeps its position;
+    its configuration, ``give_up_after`` and fallback are the ones given now.
 
     :raises ConfigurationError: a bad name, fallback or ``give_up_after``, or a recorded
         remote of that name that routes other streams
@@ -141,6 +142,12 @@ def add(  # noqa: PLR0913 - add_remote's keywords, checked and recorded together
             f"stream(s), not {patterns or 'every'}: remove_remote({name!r}) first (it "
             "releases what only it holds), then add it again"
         )
+    elif (recorded.config, recorded.give_up_after, recorded.fallback) != (
+        row.config,
+        row.give_up_after,
+        row.fallback,
+    ):  # added again with other settings: they hold from now on, its position stays
+        cache.remotes().update(row)
 
 
 def _patterns(streams: Sequence[str] | None) -> list[str] | None:

@@ -195,3 +195,28 @@ def test_bad_remotes_are_refused_with_what_was_expected(path, receiver) -> None:
         with pytest.raises(ConfigurationError, match="give_up_after"):
             lg.add_remote("b", one, give_up_after=-1)
         assert set(lg.remotes) == {"default"} and set(lg.status().remotes) == {"default"}
+
+
+def test_a_remote_added_again_takes_its_new_settings_and_keeps_its_position(path, receiver) -> None:  # type: ignore[no-untyped-def]
+    """add_remote on reopening, as a program does at each start: the remote keeps what it
+    holds (nothing sent twice), and give_up_after given now holds from now on."""
+    down(receiver, "cloud")
+    with Logger(path, remote=remote(receiver, "a")) as lg:
+        lg.addStream_force("s", {"type": "integer"})
+        lg.add_remote("cloud", remote(receiver, "cloud"))
+        old = time.time() - HOUR
+        lg.insert("s", 0, timestamp=old)
+        lg.insert("s", 1, timestamp=old + 1)
+        lg.sync()
+        assert lg.status().remotes["cloud"].held == 2
+    with Logger(path, remote=remote(receiver, "a")) as lg:
+        lg.add_remote("cloud", remote(receiver, "cloud"), give_up_after=0.2)
+        assert lg.status().remotes["cloud"].held == 2  # its position stays
+        lg.insert("s", 2, timestamp=old + 2)  # old enough to be given up...
+        lg.sync()
+        time.sleep(0.3)
+        lg.sync()  # ...now that give_up_after holds
+        assert lg.status().remotes["cloud"].released == 3 and len(lg) == 0
+        with pytest.raises(ConfigurationError, match="fallback 'nope' is not a remote"):
+            lg.add_remote("cloud2", remote(receiver, "cloud"), fallback="nope")
+    assert arrived(receiver, "a") == [0, 1, 2]

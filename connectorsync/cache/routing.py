@@ -129,6 +129,33 @@ def add(conn: apsw.Connection, remote: RemoteRow, *, backfill: bool) -> RemoteRo
     return remotes(conn)[remote.name]
 
 
+def update(conn: apsw.Connection, remote: RemoteRow) -> None:
+    """Record the recorded remote ``remote.name``'s configuration, ``give_up_after`` and
+    fallback anew (its stream filter and positions stay as they are).
+
+    :raises ConfigurationError: no such remote, or a fallback that is not another remote
+    """
+    known = remotes(conn)
+    if remote.name not in known:
+        raise ConfigurationError(f"the cache has no remote named {remote.name!r}")
+    if remote.fallback is not None and (
+        remote.fallback not in known or remote.fallback == remote.name
+    ):
+        raise ConfigurationError(
+            f"remote {remote.name!r}: its fallback {remote.fallback!r} is not a remote of "
+            f"this cache (add it first); remotes: {', '.join(known)}"
+        )
+    conn.execute(
+        "UPDATE remotes SET config = ?, give_up_after = ?, fallback = ? WHERE name = ?",
+        (
+            None if remote.config is None else json.dumps(remote.config),
+            remote.give_up_after,
+            remote.fallback,
+            remote.name,
+        ),
+    )
+
+
 def route_stream(conn: apsw.Connection, stream: int, name: str) -> None:
     """A stream registered: every remote whose filter matches it routes it from now on."""
     for rid, patterns in list(conn.execute("SELECT id, streams FROM remotes")):
@@ -228,6 +255,11 @@ class Remotes:
         """Record ``remote`` (see :func:`add`); committed on return."""
         with self._cache.transaction(f"add remote {remote.name!r}") as conn:
             return add(conn, remote, backfill=backfill)
+
+    def update(self, remote: RemoteRow) -> None:
+        """Record a recorded remote's configuration anew (see :func:`update`)."""
+        with self._cache.transaction(f"update remote {remote.name!r}") as conn:
+            update(conn, remote)
 
     def remove(self, name: str) -> int:
         """Forget the remote ``name`` (see :func:`remove`); returns how many datapoints left."""
