@@ -67,6 +67,8 @@ class RemoteSet:
                 f"remove_remote(): {name!r} is this Logger's first remote: open the cache "
                 "with the remotes to keep, then remove it"
             )
-        if name in self.syncer.couriers:
-            self.syncer.remove(name)
+        recorded = self.cache.remotes().all()
+        leaning = [r.name for r in recorded.values() if r.fallback == name]
+        if name in recorded and not leaning and name in self.syncer.couriers:
+            self.syncer.remove(name)  # checked first: a refused removal keeps delivering
         return self.cache.remotes().remove(name)

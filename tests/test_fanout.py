@@ -220,3 +220,17 @@ def test_a_remote_added_again_takes_its_new_settings_and_keeps_its_position(path
         with pytest.raises(ConfigurationError, match="fallback 'nope' is not a remote"):
             lg.add_remote("cloud2", remote(receiver, "cloud"), fallback="nope")
     assert arrived(receiver, "a") == [0, 1, 2]
+
+
+def test_a_refused_removal_keeps_delivering(path, receiver) -> None:  # type: ignore[no-untyped-def]
+    """The fallback of another remote cannot be removed, and is not stopped by trying."""
+    with Logger(path, remote=remote(receiver, "a")) as lg:
+        lg.addStream_force("s", {"type": "integer"})
+        lg.add_remote("spare", remote(receiver, "spare"))
+        lg.add_remote("cloud", remote(receiver, "cloud"), give_up_after=60, fallback="spare")
+        with pytest.raises(ConfigurationError, match="fallback of cloud"):
+            lg.remove_remote("spare")
+        assert set(lg.remotes) == {"default", "spare", "cloud"}
+        lg.insert("s", 1)
+        assert lg.sync().sent == {"s": 3} and len(lg) == 0
+    assert arrived(receiver, "spare") == [1]
