@@ -234,3 +234,29 @@ def test_a_refused_removal_keeps_delivering(path, receiver) -> None:  # type: ig
         lg.insert("s", 1)
         assert lg.sync().sent == {"s": 3} and len(lg) == 0
     assert arrived(receiver, "spare") == [1]
+
+
+def test_a_fallback_s_dead_letter_queued_again_goes_to_it(path, receiver) -> None:  # type: ignore[no-untyped-def]
+    """A fallback holds only what it is handed: a letter it refused, queued again with a new
+    time, must be held by it all the same, not leave the cache unsent (found by the model)."""
+    down(receiver, "cloud")
+    receiver.reject(lambda path, item: path.startswith("/spare/") and item["d"] == 2)
+    with Logger(path, remote=remote(receiver, "a")) as lg:
+        lg.addStream_force("s", {"type": "integer"})
+        lg.add_remote("spare", remote(receiver, "spare"), streams=[])
+        lg.add_remote("cloud", remote(receiver, "cloud"), give_up_after=0.2, fallback="spare")
+        old = time.time() - HOUR
+        for i in range(3):
+            lg.insert("s", i, timestamp=old + i)
+        lg.sync()
+        time.sleep(0.3)
+        lg.sync()  # handed to the spare...
+        lg.sync()  # ...which refuses 2
+        assert [d.d for d in lg.deadletters()] == [2] and len(lg) == 0
+        receiver.reject(None)
+        assert lg.retry_deadletters(restamp=True) == 1
+        assert lg.status().remotes["spare"].held == 1
+        lg.sync()
+        assert len(lg) == 0 and lg.deadletters() == []
+    assert arrived(receiver, "spare") == [0, 1, 2]
+    assert arrived(receiver, "a") == [0, 1, 2]  # no second copy

@@ -139,6 +139,9 @@ def requeue(
         point = conn.last_insert_rowid()
         conn.execute("UPDATE deadletters SET retry_id = ? WHERE id = ?", (point, letter_id))
         if refused_by in remotes:  # the others have it already: only that remote holds it
+            # First that it holds it (a fallback holds only what it is given), then the others
+            # let go: else nobody would hold it, and it would leave unsent with its letter.
+            positions.hold(conn, remotes[refused_by], stream_id, point)
             others = conn.execute(
                 "SELECT remote FROM positions WHERE stream = ? AND remote != ?",
                 (stream_id, remotes[refused_by]),

@@ -230,6 +230,21 @@ def take(conn: apsw.Connection, remote: int, stream: int, lo: int, hi: int) -> i
     return held
 
 
+def hold(conn: apsw.Connection, remote: int, stream: int, point: int) -> None:
+    """The remote holds the datapoint ``point`` of ``stream`` (a dead letter it refused,
+    queued again): whatever its position said of that id (a fallback's ends at what was
+    handed to it)."""
+    conn.execute(
+        "INSERT INTO positions (remote, stream, done, upto) VALUES (?, ?, 0, 0) "
+        "ON CONFLICT DO NOTHING",
+        (remote, stream),
+    )
+    pos = position(conn, remote, stream)
+    assert pos is not None
+    held = subtract([(1, END)], pos.taken_ranges())
+    _store(conn, remote, stream, _complement(merge([*held, (point, point)])))
+
+
 def hand_over(
     conn: apsw.Connection, remote: int, stream: int, upto_id: int, fallback: int | None
 ) -> tuple[int, int]:
