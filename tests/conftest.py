@@ -27,6 +27,7 @@ from connectorsync.testing.mosquitto import (
     MQTTSubscriber,
     find_mosquitto,
 )
+from connectorsync.testing.receiver import HTTPReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -322,3 +323,13 @@ def reader(acl_broker: MosquittoBroker) -> Iterator[MQTTSubscriber]:
         yield made
     finally:
         made.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[HTTPReceiver]:
+    """A loopback HTTP receiver, stopped after the test (a module may define its own)."""
+    rcv = HTTPReceiver().start()
+    try:
+        yield rcv
+    finally:
+        rcv.stop()

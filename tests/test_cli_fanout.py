@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ from connectorsync.testing.receiver import HTTPReceiver
 
 from .conftest import PYTHON, ROOT, child_env
 from .helpers.lab_remote import LabRemote, received
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPReceiver]:
-    rcv = HTTPReceiver().start()
-    try:
-        yield rcv
-    finally:
-        rcv.stop()
 
 
 def remote(receiver: HTTPReceiver, name: str) -> HTTPRemote:

@@ -5,7 +5,6 @@ path per remote, each made to fail on its own)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,6 @@ from connectorsync import ConfigurationError, HTTPRemote, Logger
 from connectorsync.testing.receiver import HTTPReceiver
 
 HOUR = 3600.0
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPReceiver]:
-    rcv = HTTPReceiver().start()
-    try:
-        yield rcv
-    finally:
-        rcv.stop()
 
 
 @pytest.fixture

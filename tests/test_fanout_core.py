@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from connectorsync import HTTPRemote, Logger
 from connectorsync.cache import Cache
 from connectorsync.cache.routing import RemoteRow
@@ -20,15 +18,6 @@ from connectorsync.delivery import PassPlan, SyncReport, run_pass
 from connectorsync.resend import resend
 from connectorsync.testing.probe import CacheProbe
 from connectorsync.testing.receiver import HTTPReceiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPReceiver]:
-    rcv = HTTPReceiver().start()
-    try:
-        yield rcv
-    finally:
-        rcv.stop()
 
 
 def _remote(receiver: HTTPReceiver, name: str) -> HTTPRemote:

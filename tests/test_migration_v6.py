@@ -5,23 +5,12 @@ letters."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import apsw
-import pytest
 
 from connectorsync import HTTPRemote, Logger
 from connectorsync.cache.migrations import MIGRATIONS
 from connectorsync.testing.receiver import HTTPReceiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPReceiver]:
-    rcv = HTTPReceiver().start()
-    try:
-        yield rcv
-    finally:
-        rcv.stop()
 
 
 def _v5_cache(path: str) -> None:
