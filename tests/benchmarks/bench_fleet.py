@@ -120,10 +120,13 @@ class Fleet:
         with self.out_lock:
             print(json.dumps(message), flush=True)
 
-    def open(self, keys: list[str], sync_jitter: bool, backoff_jitter: bool) -> None:
+    def open(self, keys: list[Any], sync_jitter: bool, backoff_jitter: bool) -> None:
         """Open every Logger (not syncing yet); on the first open, one sync each creates the
-        stream on the server, so that every configuration's first passes are alike."""
+        stream on the server, so that every configuration's first passes are alike. A key is
+        an apikey for the test server, or a remote's configuration (a ``to_config()`` dict,
+        ``bench_fleet_engines.py``): each Logger then delivers to that remote, its own."""
         from connectorsync import Logger, courier
+        from connectorsync.remotes import remote_from_config
 
         courier.Courier._backoff = self.jittered_backoff if backoff_jitter else plain_backoff  # type: ignore[method-assign]
         created = not os.path.exists(self.paths[0])
@@ -135,7 +138,11 @@ class Fleet:
         }
         self.loggers = []
         for path, key in zip(self.paths, keys, strict=True):
-            lg = Logger(path, apikey=key, syncraise=True, **options)
+            if isinstance(key, dict):
+                remote = remote_from_config(key)
+                lg = Logger(path, remote=remote, syncraise=True, **options)
+            else:
+                lg = Logger(path, apikey=key, syncraise=True, **options)
             if created:
                 lg.addStream_force(STREAM, SCHEMA)
                 lg.sync()
