@@ -216,7 +216,10 @@ class MQTTSubscriber:
             clean_session=False,
             protocol=MQTTProtocolVersion.MQTTv311,
         )
-        self._topics = [(topics, qos), (self._marker, 1)]
+        # The flush marker travels with the messages' QoS: a QoS 1 marker would overtake QoS 2
+        # messages, which a subscriber receives one round trip later (at their PUBREL).
+        self._qos = qos
+        self._topics = [(topics, qos), (self._marker, qos)]
         if auth is not None:
             self._client.username_pw_set(*auth)
         self._client.reconnect_delay_set(1, 1)
@@ -254,7 +257,7 @@ class MQTTSubscriber:
         """Wait until every message the broker acknowledged before this call has arrived."""
         self._wait(lambda: self._subscribed, "subscription (after a restart?)")
         token = uuid.uuid4().hex.encode()
-        self._client.publish(self._marker, token, qos=1)
+        self._client.publish(self._marker, token, qos=self._qos or 1)
         self._wait(lambda: (self._marker, token) in self._messages, "flush marker")
 
     def messages(self, topic: str | None = None) -> list[tuple[str, bytes]]:
@@ -317,8 +320,8 @@ class MQTTFaultProxy(LoopbackProxy):
     """A loopback TCP proxy to the broker at ``127.0.0.1:port`` that understands MQTT framing.
 
     - :meth:`refuse`: a PUBLISH whose payload satisfies ``predicate(payload)`` is not
-      forwarded; the proxy answers it with PUBACK reason 0x99 (MQTT 5), or with a plain
-      PUBACK (MQTT 3.1.1: what a broker does with a message its ACL refuses).
+      forwarded; the proxy answers it with PUBACK (QoS 2: PUBREC) reason 0x99 (MQTT 5), or
+      with a plain one (MQTT 3.1.1: what a broker does with a message its ACL refuses).
     - :meth:`published`: every PUBLISH a client sent, with its size on the wire.
     - :meth:`lose_next_answers`: the next ``n`` PUBLISHes (QoS 1 or 2) are forwarded (the
       broker stores them), and when the broker's answer to one comes back the connection is
@@ -400,9 +403,10 @@ class MQTTFaultProxy(LoopbackProxy):
                         continue
                     refuse = self._refuse
                     if qos and refuse is not None and refuse(payload):
-                        puback = bytes([_PUBACK << 4, 3]) + mid + b"\x99"
+                        answer = _PUBACK if qos == 1 else _PUBREC  # QoS 2 refuses at PUBREC
+                        puback = bytes([answer << 4, 3]) + mid + b"\x99"
                         if not state["v5"]:  # no reason code in 3.1.1: "got it"
-                            puback = bytes([_PUBACK << 4, 2]) + mid
+                            puback = bytes([answer << 4, 2]) + mid
                         with state["lock"]:
                             client.sendall(puback)
                         continue
