@@ -235,7 +235,19 @@ class Session:
         return acks
 
     def reason_text(self, code: int) -> str:
-        return self._codes.get(code, "")
+        """The name of a reason code this connection received; of another, paho's name for
+        it as a PUBACK's (the same codes as a PUBREC's): an answer read on a connection that
+        was dropped is taken on the next one."""
+        known = self._codes.get(code)
+        if known is not None:
+            return known
+        try:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.reasoncodes import ReasonCode
+
+            return str(ReasonCode(PacketTypes.PUBACK, identifier=code))
+        except (KeyError, ValueError):  # a code paho does not know: no name, the number stays
+            return ""
 
     def pump(self, timeout: float, until: Callable[[], bool] | None = None) -> bool:
         """Run the network until ``until()`` (default: an acknowledgement came); False when
