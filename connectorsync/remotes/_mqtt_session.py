@@ -9,10 +9,21 @@ Guarantees:
   ``connectorsync[mqtt]`` extra when paho-mqtt cannot be imported, so a remote that could
   never deliver is refused when it is built (``tests/test_mqtt.py::
   test_without_paho_building_the_remote_fails_naming_the_extra``).
-- :func:`publish_size` is the exact size of the PUBLISH packet paho sends for a QoS 1
+- :func:`publish_size` is the exact size of the PUBLISH packet paho sends for a QoS 1 or 2
   message without properties (fixed header, topic, packet id, the MQTT 5 property length,
-  payload): what a broker's maximum packet size is compared with
+  payload; QoS 0 has no packet id: two bytes less): what a broker's maximum packet size is
+  compared with
   (``tests/test_mqtt.py::test_a_datapoint_of_exactly_the_maximum_packet_size_is_delivered``).
+- :func:`new_client` makes a paho client that ends a QoS 2 message at a PUBREC with a reason
+  code of 0x80 or more (MQTT 5: the broker refused it), as the protocol says, and reports it
+  like a PUBACK's: paho 2.x ignores that reason code and goes on with PUBREL, and a refused
+  message would look delivered
+  (``tests/test_mqtt_qos.py::test_qos2_a_publish_the_acl_refuses_is_a_dead_letter``).
+- A :class:`Session` that resumes a client's persistent session (QoS 2) and finds that the
+  broker no longer has it (CONNACK without "session present") takes paho's messages in flight
+  back (:attr:`Session.forgotten`): resent as new messages they may arrive twice, whereas
+  paho would send their PUBREL into a session that is gone and take the broker's blind
+  PUBCOMP for a delivery.
 """
 
 from __future__ import annotations
@@ -58,10 +69,11 @@ def load_paho() -> Any:
     return mqtt
 
 
-def publish_size(topic: bytes, payload: int, *, v5: bool) -> int:
-    """Bytes on the wire of a QoS 1 PUBLISH of ``payload`` bytes to ``topic`` (UTF-8), as
-    paho frames it: no properties, so MQTT 5 adds one byte (a property length of 0)."""
-    remaining = 2 + len(topic) + 2 + payload + (1 if v5 else 0)
+def publish_size(topic: bytes, payload: int, *, v5: bool, qos: int = 1) -> int:
+    """Bytes on the wire of a PUBLISH of ``payload`` bytes to ``topic`` (UTF-8), as paho
+    frames it: no properties, so MQTT 5 adds one byte (a property length of 0); a packet id
+    (two bytes) unless ``qos`` is 0."""
+    remaining = 2 + len(topic) + (2 if qos else 0) + payload + (1 if v5 else 0)
     length_bytes = 1
     while remaining >= 128**length_bytes:
         length_bytes += 1
@@ -129,12 +141,50 @@ class Refusals:
         return todo
 
 
+_CLIENT_CLASS: list[type[Any]] = []  # new_client's class, made once paho is loaded
+
+
+def new_client(mqtt: Any, **kwargs: Any) -> Client:
+    """A ``paho.mqtt.client.Client(CallbackAPIVersion.VERSION2, **kwargs)`` whose QoS 2
+    messages end at a refusing PUBREC (the module's docstring)."""
+    if not _CLIENT_CLASS:
+        _CLIENT_CLASS.append(_refusing_pubrec_client(mqtt))
+    client: Client = _CLIENT_CLASS[0](mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+    return client
+
+
+def _refusing_pubrec_client(mqtt: Any) -> type[Any]:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    class RefusingPubrecClient(mqtt.Client):  # type: ignore[misc]
+        # The one place that reaches into paho's internals (2.x: its packet being read, its
+        # messages in flight, its "message done" step); tests/test_mqtt_qos.py runs it
+        # against mosquitto's PUBREC 0x87.
+        def _handle_pubrec(self) -> Any:
+            packet = bytes(self._in_packet["packet"])
+            code = packet[2] if len(packet) > 2 else 0  # MQTT 5 only; 3.1.1 has no code
+            if code < 0x80:
+                return super()._handle_pubrec()
+            mid = int.from_bytes(packet[:2], "big")
+            with self._out_message_mutex:
+                if mid in self._out_messages:
+                    reason = ReasonCode(PacketTypes.PUBREC, identifier=code)
+                    return self._do_on_publish(mid, reason, None)
+            return mqtt.MQTT_ERR_SUCCESS
+
+    return RefusingPubrecClient
+
+
 class Session:
     """One connection of a paho client, driven in the caller's thread: the callbacks only
     note what arrived, for the caller to read."""
 
     def __init__(self, client: Client):
         self.client = client
+        #: message ids of paho's messages in flight that the broker's session no longer
+        #: knows (it answered without "session present"): paho forgot them; resend them.
+        self.forgotten: list[int] = []
         self.connack: int | None = None
         self.receive_maximum = 65535
         #: CONNACK's Maximum Packet Size (MQTT 5), or None when the broker sent none
@@ -152,6 +202,10 @@ class Session:
         client.on_disconnect = self._on_disconnect
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
+        if int(code.value) < 0x80 and not getattr(flags, "session_present", False):
+            # paho resends what it has in flight right after this callback: into a session
+            # that is gone, a PUBREL would be answered blindly. Take them back instead.
+            self.forgotten = [message.mid for message in client.drop_out_messages()]
         self.connack = int(code.value)
         self._codes[self.connack] = str(code)
         maximum = getattr(props, "ReceiveMaximum", None)
@@ -181,7 +235,19 @@ class Session:
         return acks
 
     def reason_text(self, code: int) -> str:
-        return self._codes.get(code, "")
+        """The name of a reason code this connection received; of another, paho's name for
+        it as a PUBACK's (the same codes as a PUBREC's): an answer read on a connection that
+        was dropped is taken on the next one."""
+        known = self._codes.get(code)
+        if known is not None:
+            return known
+        try:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.reasoncodes import ReasonCode
+
+            return str(ReasonCode(PacketTypes.PUBACK, identifier=code))
+        except (KeyError, ValueError):  # a code paho does not know: no name, the number stays
+            return ""
 
     def pump(self, timeout: float, until: Callable[[], bool] | None = None) -> bool:
         """Run the network until ``until()`` (default: an acknowledgement came); False when

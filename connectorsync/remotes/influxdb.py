@@ -11,6 +11,19 @@ Two modes, exactly one of which is configured:
 How a datapoint becomes a point: :mod:`connectorsync.remotes.line_protocol` (and, for users,
 ``docs/remotes.rst``).
 
+Tags and field types per stream are settings of the remote (``stream_tags=``,
+``integer_streams=``), not of the stream: they must be the same on every send of a datapoint,
+in every process that sends it, and the remote's settings are (given by the program that
+builds it each time, or recorded by ``to_config()`` for ``connectorsync sync``), whereas a
+stream's schema and properties reach a remote once per cache file, when the stream is
+created there. InfluxDB's identity of a point is its measurement, tag set and time: a resend
+with the same tags overwrites the first send
+(``tests/test_influx_tags.py::test_a_resend_after_a_lost_answer_stores_nothing_twice``); a
+stream whose tags change while a batch of it waits for an answer stores that batch's resend
+as new series, beside the first send. Change a stream's tags (or ``integer_streams``) only
+after ``close()`` delivered everything, and at a shard boundary for the field type (InfluxDB
+fixes it per measurement and shard).
+
 Delivery is exactly once: InfluxDB overwrites a point with the same measurement, tag set and
 timestamp, so sending a batch again stores nothing twice, and :meth:`InfluxDBRemote.reconcile`
 reads the newest timestamp stored (under our tags) after a lost answer
@@ -24,6 +37,7 @@ repr or an error message.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -90,6 +104,15 @@ class InfluxDBRemote:
     :param username: v1 mode: the user, sent with ``password`` as HTTP Basic auth
     :param password: v1 mode: the user's password
     :param tags: tags added to every point (strings); reconcile looks only at points with them
+    :param stream_tags: tags of one stream's points, by stream name:
+        ``{"temperature": {"room": "kitchen"}}``; added to ``tags`` (a key in both takes the
+        stream's value). Refused here when a stream name cannot be a measurement or a tag
+        cannot be written (the message names the stream and the tag)
+    :param integer_streams: streams whose values are written as InfluxDB integers (``21i``),
+        meant for streams of schema ``{"type": "integer"}`` (refused at ``add_stream``
+        otherwise); every other number is a float. InfluxDB fixes a field's type at its first
+        write to a measurement (per shard): name a stream here before its first point is
+        written, or at a new measurement, not for one that holds floats already
     :param create_database: v1 mode: create the database (``CREATE DATABASE``, needs an admin
         user) when it is missing, instead of raising
         :class:`~connectorsync.errors.ConfigurationError`
@@ -116,6 +139,8 @@ class InfluxDBRemote:
         username: str | None = None,
         password: str | None = None,
         tags: Mapping[str, str] | None = None,
+        stream_tags: Mapping[str, Mapping[str, str]] | None = None,
+        integer_streams: Sequence[str] = (),
         create_database: bool = False,
         timeout: float = 30.0,
         verify: bool | str = True,
@@ -174,14 +199,26 @@ class InfluxDBRemote:
         self._config.update(password=password, tags=dict(tags or {}))
         self._config.update(create_database=create_database, timeout=timeout, verify=verify)
         self._config.update(compression=self.compression)
+        self.tags = dict(tags or {})
+        self._tag_text = tag_text(self.tags)
+        # Per stream: its tags (the remote's with the stream's over them), escaped, and which
+        # streams are integers; both checked whole here, so a bad one never reaches a push.
+        self._stream_tags = _stream_tags(stream_tags, self.tags)
+        self._stream_tag_text = {
+            stream: tag_text(every, f"InfluxDBRemote stream_tags: stream {stream!r}")
+            for stream, every in self._stream_tags.items()
+        }
+        self.integer_streams = _integer_streams(integer_streams)
+        if stream_tags:
+            self._config["stream_tags"] = {s: dict(t) for s, t in stream_tags.items()}
+        if self.integer_streams:
+            self._config["integer_streams"] = sorted(self.integer_streams)
         self.url = url.rstrip("/")
         self.database = database
         self.org = org
         self.bucket = bucket
         self.create_database = create_database
         self.timeout = float(timeout)
-        self.tags = dict(tags or {})
-        self._tag_text = tag_text(self.tags)
         self._http = Client(STATUSES, timeout=self.timeout, verify=verify, base=self.url)
         if username is not None:
             self._http.session.auth = (username, password or "")
@@ -208,7 +245,7 @@ class InfluxDBRemote:
         """How to build this remote again (:meth:`from_config`):
         ``{"kind": "influxdb", ...}`` with the constructor's arguments, the token and password
         too. Secrets: the Logger keeps them only in the (owner-only) cache file."""
-        return {**self._config, "tags": dict(self._config["tags"])}
+        return copy.deepcopy(self._config)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> InfluxDBRemote:
@@ -244,9 +281,15 @@ class InfluxDBRemote:
         None: InfluxDB keeps no schema. ``properties`` are accepted and ignored: a
         measurement has none of ConnectorDB's stream properties.
 
-        :raises ConfigurationError: ``stream`` cannot be a measurement name
+        :raises ConfigurationError: ``stream`` cannot be a measurement name, or is one of
+            ``integer_streams`` with a schema other than ``{"type": "integer"}``
         """
         measurement(stream)
+        if stream in self.integer_streams and schema.get("type") != "integer":
+            raise ConfigurationError(
+                f"stream {stream!r} is one of InfluxDBRemote's integer_streams, so its schema "
+                f'must be {{"type": "integer"}}; got {json.dumps(schema)}'
+            )
         if self.create_database and not self._database_ready:
             self._create_database()
         return None
@@ -314,12 +357,17 @@ class InfluxDBRemote:
 
     def encode(self, stream: str, batch: Sequence[Datapoint]) -> str:
         """The line-protocol body for ``batch``, one line per datapoint
-        (:func:`.line_protocol.encode_batch` with this remote's tags).
+        (:func:`.line_protocol.encode_batch` with the stream's tags and field type).
 
         :raises RejectedError: a datapoint cannot be a point (the message says which and why)
         :raises ConfigurationError: ``stream`` cannot be a measurement name
         """
-        return encode_batch(stream, self._tag_text, batch)
+        tags = self._stream_tag_text.get(stream, self._tag_text)
+        return encode_batch(stream, tags, batch, integers=stream in self.integer_streams)
+
+    def tags_of(self, stream: str) -> dict[str, str]:
+        """The tags ``stream``'s points carry: ``tags`` with its ``stream_tags`` over them."""
+        return dict(self._stream_tags.get(stream, self.tags))
 
     # ----------------------------------------------------------------------- queries
 
@@ -333,7 +381,7 @@ class InfluxDBRemote:
         """The newest stored timestamp (ns) of measurement ``stream`` under our tags, or None."""
         if self.database is not None:
             where = " AND ".join(
-                f"{_ident(k)} = {_literal(v)}" for k, v in sorted(self.tags.items())
+                f"{_ident(k)} = {_literal(v)}" for k, v in sorted(self.tags_of(stream).items())
             )
             q = f"SELECT * FROM {_ident(stream)}"
             if where:
@@ -347,7 +395,8 @@ class InfluxDBRemote:
             return None
         conditions = [f"r._measurement == {_flux_string(stream)}"]
         conditions += [
-            f"r[{_flux_string(k)}] == {_flux_string(v)}" for k, v in sorted(self.tags.items())
+            f"r[{_flux_string(k)}] == {_flux_string(v)}"
+            for k, v in sorted(self.tags_of(stream).items())
         ]
         query = (
             f"from(bucket: {_flux_string(self.bucket or '')})"
@@ -416,6 +465,56 @@ class InfluxDBRemote:
                 raise RemoteError(f"Flux query failed: {row['error']}", status=200)
             rows.append(row)
         return rows
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _stream_tags(
+    stream_tags: Mapping[str, Mapping[str, str]] | None, tags: Mapping[str, str]
+) -> dict[str, dict[str, str]]:
+    """Each stream's whole tag set: ``tags`` with the stream's own over them.
+
+    :raises ConfigurationError: not a dict of stream names to dicts, or a stream name that
+        cannot be a measurement
+    """
+    if stream_tags is None:
+        return {}
+    if not isinstance(stream_tags, Mapping):
+        raise ConfigurationError(
+            "InfluxDBRemote stream_tags must be a dict of stream name to a dict of tags, "
+            f'e.g. {{"temperature": {{"room": "kitchen"}}}}; got {type(stream_tags).__name__}'
+        )
+    out = {}
+    for stream, own in stream_tags.items():
+        if not isinstance(stream, str):
+            raise ConfigurationError(
+                f"InfluxDBRemote stream_tags: a stream name is a str; got {stream!r}"
+            )
+        measurement(stream)
+        if not isinstance(own, Mapping):
+            raise ConfigurationError(
+                f"InfluxDBRemote stream_tags: stream {stream!r} needs a dict of tags "
+                f'(e.g. {{"room": "kitchen"}}); got {own!r}'
+            )
+        out[stream] = {**tags, **own}
+    return out
+
+
+def _integer_streams(streams: Sequence[str]) -> frozenset[str]:
+    """:raises ConfigurationError: not a list of stream names that can be measurements"""
+    if isinstance(streams, str) or not isinstance(streams, Sequence | set | frozenset):
+        raise ConfigurationError(
+            "InfluxDBRemote integer_streams must be a list of stream names, "
+            f'e.g. ["count"]; got {streams!r}'
+        )
+    for stream in streams:
+        if not isinstance(stream, str):
+            raise ConfigurationError(
+                f"InfluxDBRemote integer_streams: a stream name is a str; got {stream!r}"
+            )
+        measurement(stream)
+    return frozenset(streams)
 
 
 # ----------------------------------------------------------------------------- queries

@@ -11,7 +11,11 @@ Part of :class:`~connectorsync.remotes.influxdb.InfluxDBRemote`, which sends wha
 - Every JSON number is written as a float, integers too: InfluxDB fixes a field's type per
   measurement (per shard) at its first write, and JSON does not tell ``21`` from ``21.0``, so
   a sensor sending ``21`` and then ``21.5`` would have its second point refused if integers
-  were written as integers.
+  were written as integers. The one exception is a stream the remote names as an integer
+  stream (``encode_batch(..., integers=True)``): its value is the integer field ``value``
+  (``21i``), a whole float (``21.0``) included; anything else (``21.5``, a number outside
+  InfluxDB's 64-bit integers, a string) is refused like any point InfluxDB cannot store
+  (``tests/test_influx_tags.py::test_an_integer_stream_refuses_what_is_not_a_whole_number``).
 - ``null`` (at any depth) is skipped. A datapoint left with no field at all (``null``, ``{}``,
   ``[]``) cannot be stored by InfluxDB: the batch is refused
   (:class:`~connectorsync.errors.RejectedError`) before anything is sent, so the syncer's
@@ -48,20 +52,34 @@ _NUMBER_START = frozenset("-0123456789")  # the first character of a JSON number
 _DIGITS = frozenset("0123456789")  # its last
 _MEASUREMENT_SPECIALS = ", "
 _KEY_SPECIALS = ",= "
+# InfluxDB's integers are signed 64-bit.
+_MIN_INT, _MAX_INT = -(2**63), 2**63 - 1
+_WHOLE = re.compile(r"-?[0-9]{1,18}")  # digits that always fit an InfluxDB integer
+# Tag keys InfluxDB keeps for itself: 1.x's "time"; 2.x's columns of every row (a tag named
+# so would hide or break them in Flux).
+_RESERVED_TAG_KEYS = frozenset(
+    {"time", "_measurement", "_field", "_value", "_time", "_start", "_stop"}
+)
 
 
 class _BadPoint(Exception):
     """A datapoint that cannot be written as line protocol; the message says why."""
 
 
-def encode_batch(stream: str, tags: str, batch: Sequence[Datapoint]) -> str:
+def encode_batch(
+    stream: str, tags: str, batch: Sequence[Datapoint], *, integers: bool = False
+) -> str:
     """The line-protocol body for ``batch``, one line per datapoint.
 
     :param tags: the escaped tag set every point carries (:func:`tag_text`)
+    :param integers: ``stream`` is an integer stream: each value is the integer field
+        ``value``, and one that is not a whole number is refused
     :raises RejectedError: a datapoint cannot be a point (the message says which and why)
     :raises ConfigurationError: ``stream`` cannot be a measurement name
     """
     prefix = measurement(stream) + tags
+    if integers:
+        return _encode_integers(stream, prefix, batch)
     number_prefix = prefix + " value="
     lines: list[str] = []
     append = lines.append
@@ -88,11 +106,51 @@ def encode_batch(stream: str, tags: str, batch: Sequence[Datapoint]) -> str:
             reason = str(exc)
         else:
             continue
-        raise RejectedError(
-            f"stream {stream!r}: the datapoint at t={t!r} cannot be written: {reason}",
-            body=reason,
-        ) from None
+        raise _refused(stream, t, reason)
     return "\n".join(lines)
+
+
+def _encode_integers(stream: str, prefix: str, batch: Sequence[Datapoint]) -> str:
+    """:func:`encode_batch` of an integer stream: ``value=<n>i`` each."""
+    number_prefix = prefix + " value="
+    lines: list[str] = []
+    for _, t, d in batch:
+        try:
+            if _WHOLE.fullmatch(d) and _FAST_FROM <= t <= _FAST_TO:
+                number = d  # the cache keeps an int as its digits: no decoding needed
+            else:
+                number = str(_whole_number(json.loads(d)))
+            ns = seconds_to_ns(t) if math.isfinite(t) else MAX_NS + 1
+            if not MIN_NS <= ns <= MAX_NS:
+                raise _BadPoint(f"t={t!r} is outside InfluxDB's time range (years 1677 to 2262)")
+        except _BadPoint as exc:
+            raise _refused(stream, t, str(exc)) from None
+        except (ValueError, RecursionError):
+            raise _refused(stream, t, "the cached value is not JSON") from None
+        lines.append(f"{number_prefix}{number}i {ns}")
+    return "\n".join(lines)
+
+
+def _whole_number(value: Any) -> int:
+    """``value`` as an InfluxDB integer. :raises _BadPoint: it is not one"""
+    whole: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        whole = value
+    elif isinstance(value, float) and value.is_integer():
+        whole = int(value)
+    if whole is None or not _MIN_INT <= whole <= _MAX_INT:
+        raise _BadPoint(
+            f"the stream is written as InfluxDB integers; {_short(value)} is not a whole "
+            f"number from {_MIN_INT} to {_MAX_INT}"
+        )
+    return whole
+
+
+def _refused(stream: str, t: float, reason: str) -> RejectedError:
+    return RejectedError(
+        f"stream {stream!r}: the datapoint at t={t!r} cannot be written: {reason}",
+        body=reason,
+    )
 
 
 def encode_line(prefix: str, t: float, value: Any) -> str:
@@ -178,21 +236,35 @@ def measurement(stream: str) -> str:
     return _escape(stream, _MEASUREMENT_SPECIALS)
 
 
-def tag_text(tags: Mapping[str, str]) -> str:
+def tag_text(tags: Mapping[str, str], where: str = "InfluxDB tags") -> str:
     """``,k=v`` for every tag, escaped, sorted by key (InfluxDB's preferred order).
 
-    :raises ConfigurationError: a tag that line protocol cannot write
+    :param where: whose tags, for the error message (``"stream 'x': tags"``)
+    :raises ConfigurationError: a tag that line protocol cannot write, or a key InfluxDB
+        keeps for itself (``time``; 2.x's ``_measurement``, ``_field``, ``_value``,
+        ``_time``, ``_start``, ``_stop``); the message names it and says what is expected
     """
+    if not isinstance(tags, Mapping):
+        raise ConfigurationError(f"{where} must be a dict of str to str; got {type(tags).__name__}")
     out = []
-    for key, value in sorted(tags.items()):
+    for key, value in sorted(tags.items(), key=lambda item: str(item[0])):
         if not isinstance(key, str) or not isinstance(value, str):
-            raise ConfigurationError(f"InfluxDB tags are strings; got {key!r}: {value!r}")
+            raise ConfigurationError(
+                f"{where}: tag keys and values are non-empty strings; got {key!r}: {value!r}"
+            )
         for what, text in (("key", key), ("value", value)):
             problem = _name_problem(text)
             if problem:
-                raise ConfigurationError(f"InfluxDB tag {what} {text!r} {problem}")
-        if key == "time":
-            raise ConfigurationError("InfluxDB refuses a tag named 'time'")
+                raise ConfigurationError(
+                    f"{where}: tag {what} {text!r} {problem}; a tag {what} is a non-empty str "
+                    "without line breaks, and without a backslash at its end or before "
+                    "',', '=' or ' '"
+                )
+        if key in _RESERVED_TAG_KEYS:
+            raise ConfigurationError(
+                f"{where}: tag key {key!r} is InfluxDB's own; reserved: "
+                f"{', '.join(sorted(_RESERVED_TAG_KEYS))}"
+            )
         out.append(f",{_escape(key, _KEY_SPECIALS)}={_escape(value, _KEY_SPECIALS)}")
     return "".join(out)
 

@@ -1,4 +1,5 @@
-"""MQTTRemote: publish datapoints to an MQTT broker with QoS 1; :func:`thingsboard_mqtt`, a preset.
+"""MQTTRemote: publish datapoints to an MQTT broker (QoS 1 by default); a preset,
+:func:`thingsboard_mqtt`.
 
 A datapoint is acknowledged by its PUBACK: :meth:`MQTTRemote.push` returns once the broker
 acknowledged every message of the batch. A broker cannot say what it stored, so delivery is
@@ -33,20 +34,63 @@ client see it:
   sent, nothing behind it waits, and nothing before it is sent twice
   (``test_mqtt.py::test_an_oversized_datapoint_is_a_dead_letter_before_it_is_sent``).
 
+QoS (``qos=``; ``tests/test_mqtt_qos.py``):
+
+- **1** (the default): at least once, as above.
+- **0**, only on request: at most once. Nothing comes back, so a datapoint is deleted from
+  the cache as soon as its message is written to the socket; a broker or network failure
+  loses it unseen, and a refusal is not seen either. None of the contract's delivery kinds
+  says that (each promises that nothing is lost), so the remote declares ``at_least_once``,
+  which is how the pass settles what it can see (a push that failed before the socket took
+  everything is sent again), and says the rest in :attr:`MQTTRemote.caveat`, so in its
+  ``repr``, ``Logger.status().remote`` and ``connectorsync status``, and logs it once at
+  WARNING when built
+  (``test_mqtt_qos.py::test_qos0_deletes_what_the_network_lost_and_says_so``).
+- **2**: exactly once into the broker while the remote lives. The broker stores a message at
+  its PUBLISH and delivers it at the PUBREL, keeping its packet id until then; the remote
+  keeps one persistent session (:mod:`._mqtt_connect`), so after a connection dropped
+  anywhere in PUBLISH/PUBREC/PUBREL/PUBCOMP, the reconnect finishes each message by its
+  packet id and nothing is stored twice, lost PUBCOMP included
+  (``test_mqtt_qos.py::test_qos2_a_lost_pubcomp_stores_nothing_twice``). It cannot promise
+  that through a crash (``kill -9``) or :meth:`MQTTRemote.close`: the packet ids in flight
+  go with the process, the next remote starts a new session, and the pass sends the batch
+  in flight again, so a message whose PUBREL was sent and whose PUBCOMP was not read arrives
+  twice (with the same ``id``), one whose PUBREC was not read is stored once (the old
+  session's copy is never released)
+  (``test_mqtt_qos.py::test_qos2_through_a_crash_is_at_least_once``). Nor through a broker
+  restart: a broker that loses the session (no persistence; mosquitto 2.0.11 with an
+  MQTT 5 client connected at its shutdown; reconnecting after
+  :data:`~._mqtt_settings.SESSION_EXPIRY`) gets the messages in flight again as new ones,
+  and mosquitto released a few messages twice after a restart even with the 3.1.1 session
+  it kept (nothing lost, duplicates with the same ``id``: ``test_mqtt_qos.py::
+  test_qos2_a_broker_restart_in_the_middle_of_a_sync_loses_nothing``). So the remote
+  declares ``at_least_once`` too: ``idempotent`` would claim a resend never stores twice.
+  A PUBREC of 0x80 or more (MQTT 5) refuses the message like a PUBACK
+  (``test_mqtt_qos.py::test_qos2_a_publish_the_acl_refuses_is_a_dead_letter``). Under
+  MQTT 3.1.1 at most 20 QoS 2 messages are in flight (mosquitto drops the connection past
+  its ``max_inflight_messages``, 20 by default, and 3.1.1 cannot say the broker's limit).
+
+``retain=True`` publishes every message retained: a subscriber that comes later gets the
+newest value of each topic at once
+(``test_mqtt_qos.py::test_retain_a_late_subscriber_gets_the_last_value``).
+``will=`` gives the broker a last will, published when the remote's connection ends without
+a DISCONNECT (a crash, a cut network, a keepalive that ran out between passes: set
+``keepalive`` above ``syncperiod`` to keep a quiet logger from looking dead); ``close()``
+disconnects and sends no will
+(``test_mqtt_qos.py::test_will_is_published_when_the_connection_dies``).
+
 paho-mqtt (the ``mqtt`` extra: ``pip install 'connectorsync[mqtt]'``) is needed to build the
 remote (:class:`~connectorsync.errors.ConfigurationError` without it). It is driven
 synchronously, in the caller's thread: no network thread of paho's, no reconnecting behind
 the syncer's back, and no resending by a session (the cache is the session: a client starts
-clean, and what was not acknowledged is resent by the pass). Every call ends within
+clean, and what was not acknowledged is resent by the pass), but for QoS 2 within the
+remote's life (above). Every call ends within
 ``timeout`` seconds of silence from the broker; :meth:`MQTTRemote.close` from another thread
 ends a push under way at once, also one waiting for the broker's CONNACK (its batch is then
 ambiguous, and resent) (``test_mqtt_hostile.py::
 test_close_ends_a_push_waiting_for_the_brokers_connack``).
 
-Errors: credentials refused at connect (CONNACK 0x86, 0x87, 0x8A, 0x8C) raise
-:class:`~connectorsync.errors.AuthError`; a broker that cannot be reached, refuses, is busy
-or unavailable, or whose certificate fails verification,
-:class:`~connectorsync.errors.TransientRemoteError`; a refused message (above),
+Errors: those of connecting (:mod:`._mqtt_connect`); a refused message (above),
 :class:`~connectorsync.errors.RejectedError`. The username and password are never shown: not
 in the repr, a message or a log line.
 """
@@ -54,60 +98,55 @@ in the repr, a message or a log line.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import ssl
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import (
     AmbiguousRemoteError,
-    AuthError,
     ClosedError,
     ConfigurationError,
     RejectedError,
     RemoteError,
-    TransientRemoteError,
 )
 from ._http import timeout_setting
-from ._mqtt_session import (
-    PACKET_TOO_LARGE,
-    PROTOCOL_MAX_PACKET,
-    Outcome,
-    Refusals,
-    Session,
-    check_topic,
-    close_sockets,
-    describe,
-    load_paho,
-    publish_size,
+from ._mqtt_connect import Connector
+from ._mqtt_publish import InFlight, Publisher
+from ._mqtt_publish import plain_item as _plain_item  # noqa: F401 - the benchmark's payloads
+from ._mqtt_session import Outcome, Refusals, Session, check_topic, load_paho
+from ._mqtt_settings import (
+    CAVEAT_311,
+    CAVEAT_QOS0,
+    PROTOCOLS,
+    QOS_LEVELS,
+    address,
+    caveat,
+    check_bool,
+    check_choice,
+    check_count,
+    check_packet_size,
+    will_setting,
 )
 from .base import Datapoint, DeliveryKind, build_from_config, config_arguments, register_remote
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import Client
+
+__all__ = ["CAVEAT_311", "CAVEAT_QOS0", "THINGSBOARD_TOPIC", "MQTTRemote", "thingsboard_mqtt"]
 
 log = logging.getLogger(__name__)
 
 #: ThingsBoard's device telemetry topic (the token is the MQTT username).
 THINGSBOARD_TOPIC = "v1/devices/me/telemetry"
-_PORTS = {"mqtt": 1883, "mqtts": 8883}
-_PROTOCOLS = ("5", "3.1.1")
-# CONNACK reason codes (MQTT 5; paho maps 3.1.1's 4 and 5 onto 0x86 and 0x87).
-_CONNACK_AUTH = {0x86, 0x87, 0x8A, 0x8C}  # bad credentials, not authorized, banned, auth method
-_CONNACK_TRANSIENT = {0x88, 0x89, 0x97, 0x9F}  # unavailable, busy, quota, connection rate
 _MEMO = 1_000_000  # datapoints whose outcome is remembered during failed pushes, at most
-#: :attr:`MQTTRemote.caveat` of an MQTT 3.1.1 remote.
-CAVEAT_311 = (
-    "MQTT 3.1.1 cannot tell a refused message: a broker acknowledges a message its ACL or "
-    "size limit refuses and discards it, and the datapoint is then deleted as delivered; "
-    'use protocol="5" to have refusals kept as dead letters'
-)
 
 
 @register_remote
 class MQTTRemote:
-    """An MQTT broker: each datapoint (or each batch) published with QoS 1 to a topic.
+    """An MQTT broker: each datapoint (or each batch) published to a topic, with QoS 1 by
+    default.
 
     Payloads, with ``fields="plain"``: per datapoint (``payload="datapoint"``)
     ``{"stream": s, "id": cache id, "t": seconds, "d": value}``; per batch
@@ -119,6 +158,15 @@ class MQTTRemote:
     :param topic: the topic of a stream's messages; ``{stream}`` is replaced by its name
     :param payload: ``"datapoint"`` (one message each) or ``"batch"`` (one per batch)
     :param fields: ``"plain"`` or ``"thingsboard"`` (see above)
+    :param qos: ``1`` (the default: at least once), ``2`` (exactly once into the broker
+        while the remote lives; at least once through a crash) or ``0`` (at most once: a
+        datapoint is deleted once written to the socket, lost unseen on a failure; only on
+        request, and said in :attr:`caveat`). See the module.
+    :param retain: publish every message retained (the broker keeps each topic's newest one
+        for subscribers that come later)
+    :param will: a last will, ``{"topic": str, "payload": str, "qos": 0|1|2 (1),
+        "retain": bool (False)}``: published by the broker when the connection ends without
+        a DISCONNECT
     :param client_id: the MQTT client id; default ``connectorsync-<random>``, new for each
         remote: a publisher needs no persistent session (the cache keeps what is unsent),
         and two Loggers of one machine never take each other's id. Give one when the broker
@@ -155,6 +203,9 @@ class MQTTRemote:
         topic: str = "connectorsync/{stream}",
         payload: str = "datapoint",
         fields: str = "plain",
+        qos: int = 1,
+        retain: bool = False,
+        will: Mapping[str, Any] | None = None,
         client_id: str | None = None,
         username: str | None = None,
         password: str | None = None,
@@ -167,53 +218,31 @@ class MQTTRemote:
     ):
         # Refused here rather than at the first push: without paho a device would log for
         # ever and never deliver.
-        self._mqtt = load_paho()
-        if not isinstance(url, str):
-            raise ConfigurationError(
-                f"MQTTRemote url must be a str, mqtt://host[:port] or mqtts://host[:port]; "
-                f"got {type(url).__name__}"
-            )
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - parsed lazily: a bad port raises here
-        except ValueError:
-            parts = urlsplit("")
-        if parts.scheme not in _PORTS or not parts.hostname:
-            raise ConfigurationError(
-                f"MQTTRemote url must be mqtt://host[:port] or mqtts://host[:port]; "
-                f"got {_shown_url(url)!r}"
-            )
-        if parts.username is not None or parts.password is not None:
-            raise ConfigurationError("MQTTRemote: put credentials in username=/password=")
+        mqtt = load_paho()
+        where = address(url)
         check_topic(topic)
-        _check_choice("payload", payload, ("datapoint", "batch"))
-        _check_choice("fields", fields, ("plain", "thingsboard"))
-        _check_choice("protocol", protocol, _PROTOCOLS)
-        for name, value in (("max_inflight", max_inflight), ("keepalive", keepalive)):
-            if not (isinstance(value, int) and 0 < value <= 65535):
-                raise ConfigurationError(f"MQTTRemote {name} must be 1..65535; got {value!r}")
+        check_choice("payload", payload, ("datapoint", "batch"))
+        check_choice("fields", fields, ("plain", "thingsboard"))
+        check_choice("protocol", protocol, PROTOCOLS)
+        check_choice("qos", qos, QOS_LEVELS)
+        check_bool("retain", retain)
+        last_will = will_setting(will)
+        check_count("max_inflight", max_inflight)
+        check_count("keepalive", keepalive)
         timeout = timeout_setting("MQTTRemote", timeout)
-        if max_packet_size is not None and not (
-            isinstance(max_packet_size, int)
-            and not isinstance(max_packet_size, bool)
-            and 0 < max_packet_size <= PROTOCOL_MAX_PACKET
-        ):
-            raise ConfigurationError(
-                f"MQTTRemote max_packet_size must be None or bytes, 1..{PROTOCOL_MAX_PACKET}; "
-                f"got {max_packet_size!r}"
-            )
-        self.url = f"{parts.scheme}://{parts.hostname}:{parts.port or _PORTS[parts.scheme]}"
-        self.host, self.port = parts.hostname, parts.port or _PORTS[parts.scheme]
-        self.tls = parts.scheme == "mqtts"
+        check_packet_size(max_packet_size)
+        self.url, self.host, self.port, self.tls = where.url, where.host, where.port, where.tls
         self.topic, self.payload, self.fields = topic, payload, fields
+        self.qos, self.retain, self.will = qos, retain, last_will
         self.client_id = client_id or f"connectorsync-{uuid.uuid4().hex[:12]}"
         self.max_inflight, self.timeout, self.keepalive = max_inflight, float(timeout), keepalive
-        self._username, self._password, self._verify = username, password, verify
         self._protocol = protocol
         self.max_packet_size = max_packet_size
         #: What this remote cannot promise, in words (None: nothing beyond at least once).
         #: Shown in its ``repr``, so in ``Logger.status().remote`` and ``connectorsync status``.
-        self.caveat: str | None = CAVEAT_311 if protocol == "3.1.1" else None
+        self.caveat: str | None = caveat(qos, protocol)
+        if qos == 0:
+            log.warning("MQTTRemote %s: %s", self.url, CAVEAT_QOS0)
         self._config: dict[str, Any] = {"kind": self.kind, "url": url, "topic": topic}
         self._config.update(payload=payload, fields=fields, client_id=client_id)
         self._config.update(username=username, password=password, max_inflight=max_inflight)
@@ -221,8 +250,44 @@ class MQTTRemote:
         self._config.update(protocol=protocol)
         if max_packet_size is not None:
             self._config["max_packet_size"] = max_packet_size
+        # Given only when not the default, so that older configurations stay as they were.
+        if qos != 1:
+            self._config["qos"] = qos
+        if retain:
+            self._config["retain"] = True
+        if last_will is not None:
+            self._config["will"] = last_will.to_config()
+        self._connector = Connector(
+            mqtt,
+            where,
+            client_id=self.client_id,
+            protocol=protocol,
+            username=username,
+            password=password,
+            verify=verify,
+            timeout=self.timeout,
+            keepalive=keepalive,
+            max_inflight=max_inflight,
+            will=last_will,
+            persistent=qos == 2,
+        )
+        self._publisher = Publisher(
+            url=self.url,
+            payload=payload,
+            fields=fields,
+            qos=qos,
+            retain=retain,
+            max_inflight=max_inflight,
+            max_packet_size=max_packet_size,
+            timeout=self.timeout,
+            v5=protocol == "5",
+        )
         self._lock = threading.Lock()  # held by a push; close() does not wait for it
         self._session: Session | None = None
+        # QoS 2: the one paho client whose session the broker keeps, and what it has in
+        # flight (None for QoS 0 and 1: a new client each connection).
+        self._client: Client | None = None
+        self._inflight = InFlight() if qos == 2 else None
         # close() is final: the push under way ends and never reconnects, and push() and
         # ping() refuse from then on (a pass still running would open a session nobody closes)
         self._closed = False
@@ -233,12 +298,14 @@ class MQTTRemote:
         self._outcomes: dict[str, dict[int, Outcome]] = {}
 
     def __repr__(self) -> str:
+        shown = f"MQTTRemote({self.url!r}, topic={self.topic!r}"
+        if self.qos != 1:
+            shown += f", qos={self.qos}"
         if self.caveat is None:
-            return f"MQTTRemote({self.url!r}, topic={self.topic!r})"
-        return (
-            f"MQTTRemote({self.url!r}, topic={self.topic!r}, protocol={self._protocol!r})"
-            f" [{self.caveat}]"
-        )
+            return shown + ")"
+        if self._protocol != "5":
+            shown += f", protocol={self._protocol!r}"
+        return f"{shown}) [{self.caveat}]"
 
     def to_config(self) -> dict[str, Any]:
         """How to build this remote again (:meth:`from_config`):
@@ -275,17 +342,19 @@ class MQTTRemote:
         return {}
 
     def push(self, stream: str, batch: Sequence[Datapoint]) -> None:
-        """Publish ``batch`` with QoS 1, at most ``max_inflight`` messages unacknowledged;
-        return once every message was acknowledged (PUBACK). A message too large for the
-        broker is not sent (the rest is); a datapoint the broker acknowledged or refused
-        during an earlier push of the same datapoints is not published again.
+        """Publish ``batch`` with the remote's QoS, at most ``max_inflight`` messages
+        unanswered; return once every message was answered (PUBACK; QoS 2: PUBCOMP; QoS 0:
+        written to the socket). A message too large for the broker is not sent (the rest
+        is); a datapoint the broker acknowledged or refused during an earlier push of the
+        same datapoints is not published again, nor (QoS 2) one whose message is still in
+        flight in the remote's session.
 
         :raises AmbiguousRemoteError: the connection dropped, or the broker fell silent for
             ``timeout`` seconds, with messages unacknowledged (the batch is sent again)
         :raises TransientRemoteError: the broker could not be reached; nothing was sent
         :raises AuthError: credentials refused at connect (CONNACK); nothing was sent
-        :raises RejectedError: a message was refused (an MQTT 5 PUBACK of 0x80 or more, or
-            too large to send); ``body`` is the reason, the rest were delivered
+        :raises RejectedError: a message was refused (an MQTT 5 PUBACK or PUBREC of 0x80 or
+            more, or too large to send); ``body`` is the reason, the rest were delivered
         """
         if not batch:
             return
@@ -317,11 +386,14 @@ class MQTTRemote:
         """Disconnect, for good: ``push`` and ``ping`` raise :class:`ClosedError` afterwards
         (make a new remote to connect again). Safe to call twice, and from another thread
         during a push, which then ends at once (ambiguous: its batch is sent again by a later
-        pass) without connecting again."""
+        pass) without connecting again. Sends DISCONNECT: the broker publishes no will."""
         self._closed = True  # before reading the session: a push connecting checks it after
         if self._lock.acquire(blocking=False):
             try:
                 self._drop(polite=True)
+                self._client = None  # QoS 2: its session's packet ids go with it
+                if self._inflight is not None:
+                    self._inflight.clear()
             finally:
                 self._lock.release()
             return
@@ -359,7 +431,16 @@ class MQTTRemote:
                 raise
             answered = session.answered  # the connection may have served earlier pushes
             try:
-                self._publish(session, stream, topic, todo, memo, refused, cautious=cautious)
+                self._publisher.publish(
+                    session,
+                    stream,
+                    topic,
+                    todo,
+                    self._outcomes,
+                    refused,
+                    inflight=self._inflight,
+                    cautious=cautious,
+                )
                 break
             except AmbiguousRemoteError as exc:
                 self._drop()
@@ -388,85 +469,6 @@ class MQTTRemote:
                 del memo[stale]
         return memo
 
-    def _packet_limit(self, session: Session) -> int:
-        """The largest PUBLISH the broker takes: its CONNACK's and ``max_packet_size``'s."""
-        limits = [PROTOCOL_MAX_PACKET, self.max_packet_size, session.maximum_packet_size]
-        return min(limit for limit in limits if limit is not None)
-
-    def _publish(  # noqa: PLR0913 - one push's state, handed down
-        self,
-        session: Session,
-        stream: str,
-        topic: str,
-        todo: list[Datapoint],
-        memo: dict[int, Outcome],
-        refused: Refusals,
-        *,
-        cautious: bool = False,
-    ) -> None:
-        """Publish ``todo`` and wait for every PUBACK, noting each outcome of a message of
-        one datapoint in ``memo``, and each message refused (by its PUBACK, or too large to
-        be sent) in ``refused``. ``cautious``: one message in flight at a time."""
-        limit = self._packet_limit(session)
-        wire_topic, v5 = topic.encode(), self._protocol == "5"
-        messages: list[tuple[bytes, list[Datapoint]]] = []
-        for body, points in self._messages(stream, todo):
-            size = publish_size(wire_topic, len(body), v5=v5)
-            if size <= limit:
-                messages.append((body, points))
-                continue
-            # A broker closes the connection on a packet over its maximum: sent, it would be
-            # a lost answer on every pass, and the stream behind it blocked for ever.
-            reason = (
-                f"not sent: the message to topic {topic!r} would be a packet of {size} bytes, "
-                f"over the broker's maximum packet size of {limit} bytes"
-            )
-            refused.add(PACKET_TOO_LARGE, reason, points)
-        window = 1 if cautious else min(self.max_inflight, session.receive_maximum)
-        pending: dict[int, list[Datapoint]] = {}
-        sent = 0
-        while True:
-            for mid, code in session.take_acks():
-                points = pending.pop(mid, [])
-                if code < 0x80:
-                    memo.update((p[0], Outcome(p[1], p[2], code, "")) for p in points)
-                    continue
-                reason = (
-                    f"the broker refused the message to topic {topic!r}: PUBACK {code:#04x} "
-                    f"{session.reason_text(code)}"
-                )
-                refused.add(code, reason, points)
-                if len(points) == 1:  # a message of its own: the refusal is this datapoint's
-                    point = points[0]
-                    memo[point[0]] = Outcome(point[1], point[2], code, reason)
-            while sent < len(messages) and len(pending) < window and not session.lost:
-                body, points = messages[sent]
-                info = session.client.publish(topic, body, qos=1)
-                if info.rc != 0:
-                    session.lost = True
-                    break
-                pending[info.mid] = points
-                sent += 1
-            if not pending and sent == len(messages):
-                return
-            if session.lost or not session.pump(self.timeout):
-                unacked = sum(map(len, pending.values())) + sum(len(m[1]) for m in messages[sent:])
-                why = "the connection dropped" if session.lost else f"no PUBACK in {self.timeout} s"
-                raise AmbiguousRemoteError(
-                    f"MQTT {self.url}, stream {stream!r}: {why} with {unacked} datapoint(s) "
-                    "unacknowledged; they are sent again"
-                )
-
-    def _messages(
-        self, stream: str, points: list[Datapoint]
-    ) -> list[tuple[bytes, list[Datapoint]]]:
-        item = _thingsboard_item if self.fields == "thingsboard" else _plain_item
-        name = json.dumps(stream)
-        if self.payload == "batch":
-            body = "[" + ",".join(item(name, p) for p in points) + "]"
-            return [(body.encode(), points)]
-        return [(item(name, p).encode(), [p]) for p in points]
-
     def _connected(self) -> Session:
         """The live session, or a new one. Reading what is waiting first tells a connection the
         broker closed (it restarted) from a live one, so that the push reconnects instead of
@@ -474,66 +476,22 @@ class MQTTRemote:
         session = self._session
         if session is not None and session.alive():
             return session
-        self._drop()
+        # Polite when the connection still stands (one a refusal spoiled): no will for it.
+        self._drop(polite=True)
         try:
-            return self._connect()
+            session = self._connector.connect(
+                resume=self._client, closed=lambda: self._closed, expose=self._expose
+            )
         except BaseException:
             self._session = None
             raise
-
-    def _connect(self) -> Session:
-        mqtt = self._mqtt
-        version = mqtt.MQTTv5 if self._protocol == "5" else mqtt.MQTTv311
-        kwargs: dict[str, Any] = {"client_id": self.client_id, "protocol": version}
-        if version == mqtt.MQTTv311:
-            kwargs["clean_session"] = True
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
-        client.connect_timeout = self.timeout
-        client.max_inflight_messages = self.max_inflight
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        if self.tls:
-            context = ssl.create_default_context(
-                cafile=self._verify if isinstance(self._verify, str) else None
-            )
-            if self._verify is False:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            client.tls_set_context(context)
-        # Set before connecting, so that close() from another thread can end the wait.
-        self._session = session = Session(client)
-        where = f"MQTT {self.url}"
-        extra = {"clean_start": True} if version == mqtt.MQTTv5 else {}
-        try:
-            client.connect(self.host, self.port, keepalive=self.keepalive, **extra)
-        except ssl.SSLCertVerificationError as exc:
-            close_sockets(exc)
-            raise TransientRemoteError(
-                f"{where}: TLS certificate verification failed ({exc.verify_message}); "
-                "give the broker's CA file as verify="
-            ) from None
-        except (OSError, ssl.SSLError) as exc:
-            close_sockets(exc)
-            raise TransientRemoteError(f"{where}: cannot connect: {describe(exc)}") from None
-        except ValueError as exc:  # paho's own checks (a client id too long for 3.1.1)
-            raise ConfigurationError(f"{where}: {exc}") from None
-        if self._closed or not session.pump(self.timeout, until=session.connacked):
-            session.close()
-            why = "closed the connection" if session.lost else f"did not answer in {self.timeout} s"
-            if self._closed:
-                raise TransientRemoteError(f"{where}: close() ended the connecting; nothing sent")
-            raise TransientRemoteError(f"{where}: the broker {why} (no CONNACK)")
-        code = session.connack or 0
-        if code >= 0x80:
-            text = session.reason_text(code)
-            session.close()
-            message = f"{where}: connection refused: {code:#04x} {text}"
-            if code in _CONNACK_AUTH:
-                raise AuthError(f"{message} (check the username and password)", status=code)
-            cls = TransientRemoteError if code in _CONNACK_TRANSIENT else RemoteError
-            raise cls(message, status=code)
-        log.debug("connected to %s as %s", self.url, self.client_id)
+        if self._inflight is not None:
+            self._client = session.client
+            self._inflight.forget(session.forgotten)
         return session
+
+    def _expose(self, session: Session) -> None:
+        self._session = session
 
     def _check_open(self) -> None:
         if self._closed:
@@ -542,6 +500,10 @@ class MQTTRemote:
     def _drop(self, *, polite: bool = False) -> None:
         session, self._session = self._session, None
         if session is not None:
+            if self._inflight is not None:
+                # QoS 2: answers read and not yet taken end messages of this same client;
+                # lost, their datapoints would wait for an answer that already came.
+                self._inflight.unread += session.take_acks()
             session.close(polite=polite)
 
 
@@ -568,24 +530,3 @@ def thingsboard_mqtt(host: str, token: str, **kwargs: Any) -> MQTTRemote:
     remote = MQTTRemote(url, username=token, **kwargs)
     remote._config = config
     return remote
-
-
-def _plain_item(name: str, point: Datapoint) -> str:
-    # The cache holds each value as JSON text already: no decode/encode round trip.
-    return f'{{"stream":{name},"id":{point[0]},"t":{point[1]!r},"d":{point[2]}}}'
-
-
-def _thingsboard_item(name: str, point: Datapoint) -> str:
-    _, t, d = point
-    values = d if d.startswith("{") else f"{{{name}:{d}}}"
-    return f'{{"ts":{round(t * 1000)},"values":{values}}}'
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigurationError(f"MQTTRemote {name} must be one of {choices}; got {value!r}")
-
-
-def _shown_url(url: str) -> str:
-    """``url`` for an error message: whatever stands before an ``@`` (credentials) masked."""
-    return f"***@{url.rsplit('@', 1)[1]}" if "@" in url else url

@@ -14,8 +14,10 @@ touches the system service.
 :class:`MQTTFaultProxy` sits between a client and the broker and injects what a broker does
 not do on demand: it refuses chosen PUBLISHes itself (MQTT 5: a PUBACK with reason 0x99,
 payload format invalid; MQTT 3.1.1: a plain PUBACK, the message dropped, as a 3.1.1 broker
-refuses), or lets a PUBLISH through and cuts the connection when its PUBACK comes back (a
-lost acknowledgement).
+refuses), or lets a PUBLISH through and cuts the connection when its PUBACK (QoS 2: its
+PUBCOMP, or its PUBREC) comes back (a lost acknowledgement), swallows PUBLISHes (a network
+that loses them: what QoS 0 cannot see), and cuts every connection on demand (a connection
+that dies without DISCONNECT: the broker publishes its will).
 """
 
 from __future__ import annotations
@@ -184,15 +186,21 @@ def _passwd_binary() -> str:
 
 
 class MQTTSubscriber:
-    """A paho-mqtt client of the test's that subscribes to ``topics`` (QoS 1) and keeps every
-    message, in arrival order. Its session is persistent (a fixed client id, no clean
+    """A paho-mqtt client of the test's that subscribes to ``topics`` (with ``qos``, 1 by
+    default; 2 to count exactly what the broker released) and keeps every message, in
+    arrival order. Its session is persistent (a fixed client id, no clean
     session) and the broker persists it, so a broker restart loses it nothing; it reconnects
     and subscribes again by itself. :meth:`flush` waits until every message the broker
     acknowledged before the call has arrived here.
     """
 
     def __init__(
-        self, broker: MosquittoBroker, topics: str = "#", *, auth: tuple[str, str] | None = None
+        self,
+        broker: MosquittoBroker,
+        topics: str = "#",
+        *,
+        auth: tuple[str, str] | None = None,
+        qos: int = 1,
     ) -> None:
         # The mqtt extra (the tests install it).
         from paho.mqtt.client import Client
@@ -208,7 +216,10 @@ class MQTTSubscriber:
             clean_session=False,
             protocol=MQTTProtocolVersion.MQTTv311,
         )
-        self._topics = [(topics, 1), (self._marker, 1)]
+        # The flush marker travels with the messages' QoS: a QoS 1 marker would overtake QoS 2
+        # messages, which a subscriber receives one round trip later (at their PUBREL).
+        self._qos = qos
+        self._topics = [(topics, qos), (self._marker, qos)]
         if auth is not None:
             self._client.username_pw_set(*auth)
         self._client.reconnect_delay_set(1, 1)
@@ -246,7 +257,7 @@ class MQTTSubscriber:
         """Wait until every message the broker acknowledged before this call has arrived."""
         self._wait(lambda: self._subscribed, "subscription (after a restart?)")
         token = uuid.uuid4().hex.encode()
-        self._client.publish(self._marker, token, qos=1)
+        self._client.publish(self._marker, token, qos=self._qos or 1)
         self._wait(lambda: (self._marker, token) in self._messages, "flush marker")
 
     def messages(self, topic: str | None = None) -> list[tuple[str, bytes]]:
@@ -263,6 +274,7 @@ class MQTTSubscriber:
 # ----------------------------------------------------------------------------- the proxy
 
 _PUBLISH, _PUBACK, _CONNECT = 3, 4, 1
+_PUBREC, _PUBCOMP = 5, 7
 
 
 @dataclass(frozen=True)
@@ -308,22 +320,28 @@ class MQTTFaultProxy(LoopbackProxy):
     """A loopback TCP proxy to the broker at ``127.0.0.1:port`` that understands MQTT framing.
 
     - :meth:`refuse`: a PUBLISH whose payload satisfies ``predicate(payload)`` is not
-      forwarded; the proxy answers it with PUBACK reason 0x99 (MQTT 5), or with a plain
-      PUBACK (MQTT 3.1.1: what a broker does with a message its ACL refuses).
+      forwarded; the proxy answers it with PUBACK (QoS 2: PUBREC) reason 0x99 (MQTT 5), or
+      with a plain one (MQTT 3.1.1: what a broker does with a message its ACL refuses).
     - :meth:`published`: every PUBLISH a client sent, with its size on the wire.
-    - :meth:`lose_next_answers`: the next ``n`` PUBLISHes are forwarded (the broker stores
-      them), and when the broker's PUBACK of one comes back the connection is cut instead.
+    - :meth:`lose_next_answers`: the next ``n`` PUBLISHes (QoS 1 or 2) are forwarded (the
+      broker stores them), and when the broker's answer to one comes back the connection is
+      cut instead: its PUBACK (QoS 1); its PUBCOMP (QoS 2: the broker has released it to
+      subscribers), or with ``at="pubrec"`` its PUBREC (stored, not released yet).
+    - :meth:`swallow_next_publishes`: the next ``n`` PUBLISHes are not forwarded, and
+      nothing answers them.
+    - :meth:`cut`: cut every connection now, as a network does (no DISCONNECT is sent).
     """
 
     def __init__(self, port: int) -> None:
         self._refuse: Callable[[bytes], bool] | None = None
-        self._lose = 0
+        self._lose: list[int] = []  # the packet type to cut at, per PUBLISH armed
+        self._swallow = 0
         self._published: list[Publish] = []
         super().__init__(port, "mqtt")
 
     def published(self, topic: str | None = None) -> list[Publish]:
-        """Every QoS 1/2 PUBLISH a client sent through the proxy (``topic``'s only, if
-        given), in order, whether forwarded or refused: what went on the wire, duplicates
+        """Every PUBLISH a client sent through the proxy (``topic``'s only, if given), in
+        order, whether forwarded, refused or swallowed: what went on the wire, duplicates
         included."""
         with self._lock:
             return [p for p in self._published if topic is None or p.topic == topic]
@@ -331,9 +349,24 @@ class MQTTFaultProxy(LoopbackProxy):
     def refuse(self, predicate: Callable[[bytes], bool]) -> None:
         self._refuse = predicate
 
-    def lose_next_answers(self, n: int = 1) -> None:
+    def lose_next_answers(self, n: int = 1, *, at: str = "last") -> None:
+        """Cut the connection when the answer to each of the next ``n`` PUBLISHes with QoS
+        1 or 2 comes back: ``at="last"`` its PUBACK or PUBCOMP, ``at="pubrec"`` (QoS 2) its
+        PUBREC."""
+        if at not in ("last", "pubrec"):
+            raise ValueError(f"at must be 'last' or 'pubrec'; got {at!r}")
         with self._lock:
-            self._lose += n
+            self._lose += [_PUBREC if at == "pubrec" else 0] * n
+
+    def swallow_next_publishes(self, n: int = 1) -> None:
+        with self._lock:
+            self._swallow += n
+
+    def cut(self) -> None:
+        """Cut every connection through the proxy now; new ones are still relayed."""
+        with self._lock:
+            sockets = list(self._sockets)
+        shut(*sockets)
 
     def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
         state = {"v5": False, "cut": set(), "lock": threading.Lock()}
@@ -348,11 +381,12 @@ class MQTTFaultProxy(LoopbackProxy):
                 if kind == _CONNECT:
                     name_len = int.from_bytes(body[:2], "big")
                     state["v5"] = body[2 + name_len] == 5
-                elif kind == _PUBLISH and (packet[0] >> 1) & 3:
+                elif kind == _PUBLISH:
+                    qos = (packet[0] >> 1) & 3
                     topic_len = int.from_bytes(body[:2], "big")
                     topic = body[2 : 2 + topic_len].decode("utf-8", "replace")
-                    mid = body[2 + topic_len : 4 + topic_len]
-                    payload = body[4 + topic_len :]
+                    mid = body[2 + topic_len : 4 + topic_len] if qos else b""
+                    payload = body[2 + topic_len + len(mid) :]
                     if state["v5"]:
                         props_len, i = 0, 0
                         while True:
@@ -363,18 +397,24 @@ class MQTTFaultProxy(LoopbackProxy):
                         payload = payload[i + props_len :]
                     with self._lock:
                         self._published.append(Publish(topic, bytes(payload), len(packet)))
+                        swallow = self._swallow > 0
+                        self._swallow -= swallow
+                    if swallow:
+                        continue
                     refuse = self._refuse
-                    if refuse is not None and refuse(payload):
-                        puback = bytes([_PUBACK << 4, 3]) + mid + b"\x99"
+                    if qos and refuse is not None and refuse(payload):
+                        answer = _PUBACK if qos == 1 else _PUBREC  # QoS 2 refuses at PUBREC
+                        puback = bytes([answer << 4, 3]) + mid + b"\x99"
                         if not state["v5"]:  # no reason code in 3.1.1: "got it"
-                            puback = bytes([_PUBACK << 4, 2]) + mid
+                            puback = bytes([answer << 4, 2]) + mid
                         with state["lock"]:
                             client.sendall(puback)
                         continue
                     with self._lock:
-                        if self._lose > 0:
-                            self._lose -= 1
-                            state["cut"].add(mid)
+                        if qos and self._lose:
+                            at = self._lose.pop(0)
+                            last = _PUBACK if qos == 1 else _PUBCOMP
+                            state["cut"].add((at or last, mid))
                 broker.sendall(packet)
         except OSError:
             pass
@@ -385,8 +425,8 @@ class MQTTFaultProxy(LoopbackProxy):
         buffer = bytearray()
         try:
             while (packet := _read_packet(broker, buffer)) is not None:
-                if packet[0] >> 4 == _PUBACK and _body(packet)[:2] in state["cut"]:
-                    break  # stored; the client never hears of it
+                if (packet[0] >> 4, _body(packet)[:2]) in state["cut"]:
+                    break  # stored (or released); the client never hears of it
                 with state["lock"]:
                     client.sendall(packet)
         except OSError:
