@@ -36,6 +36,7 @@ Usage: python tests/benchmarks/bench_fleet_engines.py [--engines nats,postgres] 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import shutil
@@ -52,7 +53,6 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 from bench_fleet import Child  # noqa: E402
-
 from connectorsync.testing.nats import NATSServer  # noqa: E402
 from connectorsync.testing.postgres import PostgresServer  # noqa: E402
 
@@ -175,16 +175,19 @@ class Sampler:
             if self.paused.is_set():
                 continue
             try:
-                self.samples.append((time.monotonic(), self.engine.stored(), self.engine.requests()))
+                sample = (time.monotonic(), self.engine.stored(), self.engine.requests())
+                self.samples.append(sample)
             except Exception:  # the server is down or restarting: no sample this second
                 continue
 
     def rates(self, start: float, seconds: float, column: int) -> list[float]:
         """Per second between consecutive samples in [start, start + seconds]."""
-        window = [s for s in self.samples if start <= s[0] <= start + seconds and s[column] is not None]
+        window = [
+            s for s in self.samples if start <= s[0] <= start + seconds and s[column] is not None
+        ]
         return [
             (b[column] - a[column]) / (b[0] - a[0])  # type: ignore[operator]
-            for a, b in zip(window, window[1:])
+            for a, b in itertools.pairwise(window)
             if b[0] > a[0]
         ]
 
@@ -203,7 +206,9 @@ def run_engine(name: str, args: argparse.Namespace) -> dict[str, Any]:
         configs = engine.configs(args.loggers)
         share = math.ceil(args.loggers / args.processes)
         for first in range(0, args.loggers, share):
-            children.append(Child(args, first, configs[first : first + share], "http://127.0.0.1:9"))
+            children.append(
+                Child(args, first, configs[first : first + share], "http://127.0.0.1:9")
+            )
         for child in children:
             child.send("open", keys=child.keys, sync_jitter=True, backoff_jitter=True)
         for child in children:
@@ -265,7 +270,8 @@ def check(engine: Engine, finals: list[tuple[Child, dict[str, Any]]], name: str)
             device = f"d{child.first + offset:03d}"
             inserted += count
             if counts.get(device, 0) != count or rest:
-                problems.append(f"{device}: {count} inserted, {counts.get(device, 0)} held, {rest} cached")
+                held = counts.get(device, 0)
+                problems.append(f"{device}: {count} inserted, {held} held, {rest} cached")
     if problems:
         raise SystemExit(f"FAILED: {name}: " + "; ".join(problems[:10]))
     return inserted, sum(counts.values())
@@ -314,15 +320,15 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        requests = (
-            f"{r['tx_steady']:.1f} / {r['tx_peak']:.0f} transactions ({r['tx_peak'] / r['tx_steady']:.1f}x)"
-            if "tx_steady" in r
-            else "one publish per datapoint"
-        )
+        requests = "one publish per datapoint"
+        if "tx_steady" in r:
+            ratio = r["tx_peak"] / r["tx_steady"]
+            requests = f"{r['tx_steady']:.1f} / {r['tx_peak']:.0f} transactions ({ratio:.1f}x)"
         drain = f"{r['drain']:.1f} s" if r["drain"] is not None else f"> {DRAIN_LIMIT:.0f} s"
+        ratio = r["peak"] / r["steady"]
         print(
             f"| {r['name']} | {r['inserted']:,} | {r['held']:,} | {r['duplicates']} | "
-            f"{r['steady']:.1f} | {r['peak']:.0f} | {r['peak'] / r['steady']:.1f}x | {requests} | {drain} |"
+            f"{r['steady']:.1f} | {r['peak']:.0f} | {ratio:.1f}x | {requests} | {drain} |"
         )
 
 
