@@ -32,6 +32,8 @@ from .conftest import wait_for, within
 PROMPT = 10.0
 #: What the failing receiver asks for: longer than any test, so its courier stays quiet.
 QUIET = 3600
+#: A cache identity for syncers built here without a Logger (a cache's own is 32 hex digits).
+IDENTITY = "0" * 32
 
 pytestmark = pytest.mark.timeout(60)  # a hang fails the test instead of blocking the run
 
@@ -86,7 +88,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         "backup": http(bad.url + "/bad/{stream}", ping_url=bad.url + "/ping"),
     }
     heard: list[SyncReport] = []
-    syncer = Syncer(path, options, remotes, PassHooks(), heard.append)
+    syncer = Syncer(path, options, remotes, PassHooks(), heard.append, IDENTITY)
     try:
         yield Rig(path, good, bad, syncer, heard)
     finally:
@@ -253,4 +255,4 @@ def test_a_syncer_needs_a_remote(tmp_path: Path) -> None:
     path = str(tmp_path / "none.db")
     Logger(path).close()
     with pytest.raises(ConnectorSyncError, match="at least one remote"):
-        Syncer(path, Options(), {}, PassHooks(), lambda report: None)
+        Syncer(path, Options(), {}, PassHooks(), lambda report: None, IDENTITY)

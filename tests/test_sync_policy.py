@@ -109,7 +109,7 @@ def test_the_listener_hears_the_background_passes_only(
     options = Options(syncperiod=3600.0)
     options.sync_jitter = 0
     remote = ConnectorDBRemote(server.url, server.apikey)  # type: ignore[attr-defined]
-    syncer = Syncer(cache_path, options, remote, PassHooks(), heard.append)
+    syncer = Syncer(cache_path, options, remote, PassHooks(), heard.append, "0" * 32)
     try:
         report = syncer.sync()
         assert report.sent == {"temperature": 1}
