@@ -12,6 +12,10 @@ The test's side of JetStream, through nats-py (the ``nats`` extra; the tests ins
 :meth:`NATSServer.add_stream` makes a stream (subjects, ``duplicate_window``, limits with
 ``discard: new``), :meth:`~NATSServer.stream_messages` and :meth:`~NATSServer.count` read
 back what a stream holds, so a test counts on the server what was stored.
+
+:class:`NATSAckDroppingProxy` sits between a client and the server and loses
+acknowledgements: armed, it lets publishes through (JetStream stores them) and cuts the
+connection when an acknowledgement comes back, instead of relaying it.
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._process import ChildProcess, free_port
+from ._proxy import LoopbackProxy, shut
 
-__all__ = ["NATSServer", "NATSStartError", "StoredMessage", "find_nats_server"]
+__all__ = [
+    "NATSAckDroppingProxy",
+    "NATSServer",
+    "NATSStartError",
+    "StoredMessage",
+    "find_nats_server",
+]
 
 _FALLBACK_PATHS = ("/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server")
 _T = TypeVar("_T")
@@ -192,6 +203,17 @@ class NATSServer(ChildProcess):
 
         self._run(add)
 
+    def set_limits(self, name: str, *, max_msgs: int = -1, max_bytes: int = -1) -> None:
+        """Change the stream's limits (-1: none), keeping its other settings."""
+
+        async def update(js: Any) -> None:
+            info = await js.stream_info(name)
+            config = info.config
+            config.max_msgs, config.max_bytes = max_msgs, max_bytes
+            await js.update_stream(config)
+
+        self._run(update)
+
     def delete_stream(self, name: str) -> None:
         async def delete(js: Any) -> None:
             await js.delete_stream(name)
@@ -224,9 +246,7 @@ class NATSServer(ChildProcess):
             found: list[StoredMessage] = []
             if not info.state.messages:
                 return found
-            sub = await js.subscribe(
-                ">", stream=name, ordered_consumer=True, pending_msgs_limit=-1
-            )
+            sub = await js.subscribe(">", stream=name, ordered_consumer=True, pending_msgs_limit=-1)
             try:
                 while len(found) < info.state.messages:
                     msg = await sub.next_msg(timeout=10)
@@ -264,3 +284,43 @@ class NATSServer(ChildProcess):
                 await nc.close()
 
         return asyncio.run(session())
+
+
+class NATSAckDroppingProxy(LoopbackProxy):
+    """A loopback TCP proxy to the NATS server at ``127.0.0.1:port``.
+
+    :meth:`lose_next_answers` arms it: the next time data from the server holds a JetStream
+    publish acknowledgement (``"seq":``), the connection is cut there and that data never
+    reaches the client. What the client published is stored; it never hears so. Every
+    acknowledgement in that chunk of data is lost at once (at least one).
+    """
+
+    def __init__(self, port: int) -> None:
+        self._armed = 0
+        super().__init__(port, "nats")
+
+    def lose_next_answers(self, n: int = 1) -> None:
+        with self._lock:
+            self._armed += n
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._armed > 0:
+                self._armed -= 1
+                return True
+            return False
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        self._thread(self._pump, client, upstream, False)
+        self._thread(self._pump, upstream, client, True)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if from_server and b'"seq":' in data and self._take():
+                    break  # stored on the server; the client never hears of it
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            shut(src, dst)
