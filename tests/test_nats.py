@@ -30,7 +30,7 @@ from connectorsync.errors import (
     TransientRemoteError,
 )
 from connectorsync.remotes.config import remote_from_config
-from connectorsync.testing.nats import NATSAckDroppingProxy, NATSServer
+from connectorsync.testing.nats import NATSFaultProxy, NATSServer
 
 from .conftest import start_nats, wait_for
 
@@ -107,7 +107,7 @@ def test_two_caches_never_share_a_message_id(nats_server: NATSServer, tmp_path: 
 def test_a_lost_ack_then_a_resend_stores_nothing_twice(
     nats_server: NATSServer, cache_path: str
 ) -> None:
-    proxy = NATSAckDroppingProxy(nats_server.port)
+    proxy = NATSFaultProxy(nats_server.port)
     remote = NATSRemote(proxy.url, timeout=5)
     try:
         with logger(cache_path, remote) as lg:
@@ -308,7 +308,7 @@ def test_a_resend_outside_the_duplicate_window_is_said(
     """A batch sent without an answer, and sent again after the stream's duplicate_window:
     a WARNING with the stream, the age and the window, a counter, and a note in status."""
     nats_server.add_stream("BRIEF", ["brief.>"], duplicate_window=0.5)
-    proxy = NATSAckDroppingProxy(nats_server.port)
+    proxy = NATSFaultProxy(nats_server.port)
     remote = NATSRemote(proxy.url, subject="brief.{stream}", timeout=5)
     try:
         with logger(cache_path, remote) as lg:
@@ -333,7 +333,7 @@ def test_a_resend_outside_the_duplicate_window_is_said(
 
 
 def test_a_resend_within_the_window_says_nothing(nats_server: NATSServer, cache_path: str) -> None:
-    proxy = NATSAckDroppingProxy(nats_server.port)
+    proxy = NATSFaultProxy(nats_server.port)
     remote = NATSRemote(proxy.url, timeout=5)
     try:
         with logger(cache_path, remote) as lg:
@@ -376,7 +376,7 @@ def test_close_leaves_no_thread_socket_or_task(nats_server: NATSServer) -> None:
 
 def test_close_from_another_thread_ends_a_push(nats_server: NATSServer) -> None:
     """A push waiting for acknowledgements that never come ends when close() is called."""
-    proxy = NATSAckDroppingProxy(nats_server.port)
+    proxy = NATSFaultProxy(nats_server.port)
     silent = NATSRemote(proxy.url, timeout=600)
     try:
         silent.bind_cache(IDENTITY)

@@ -289,6 +289,17 @@ class JetStreamSession:
             duplicate_window=float(config.duplicate_window or 0.0),
         )
 
+    async def last_message(self, stream: str, subject: str, timeout: float) -> bytes | None:
+        """The payload of the newest message ``stream`` holds on ``subject``, or None."""
+        from nats.js.errors import NotFoundError
+
+        js = self.nc.jetstream(timeout=timeout)
+        try:
+            message = await js.get_last_msg(stream, subject)
+        except NotFoundError:
+            return None
+        return bytes(message.data) if message.data is not None else b""
+
     async def create_stream(self, name: str, subjects: list[str], timeout: float) -> None:
         """Create the stream ``name`` on ``subjects`` with the server's defaults."""
         js = self.nc.jetstream(timeout=timeout)

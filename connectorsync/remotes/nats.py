@@ -280,9 +280,34 @@ class NATSRemote:
             self._run(self._push(identity, stream, batch))
 
     def reconcile(self, stream: str) -> float | None:
-        """None: an idempotent remote gets the whole batch again (JetStream drops what it
-        has by ``Nats-Msg-Id``), so nothing is inferred from timestamps."""
-        return None
+        """The timestamp of the newest message on ``stream``'s subject, or None (no stream,
+        no message). Informative only: the pass never asks an idempotent remote, and a
+        subject other caches publish to too holds their messages as well. Read-only.
+
+        :raises TransientRemoteError: the server or its JetStream API did not answer
+        """
+        subject = self._subject(stream)
+        with self._lock:
+            return self._run(self._newest(subject))
+
+    async def _newest(self, subject: str) -> float | None:
+        facts = await self._find_stream(subject)
+        if facts is None:
+            return None  # no stream holds the subject: nothing stored
+        session = await self._connected()
+        try:
+            body = await session.last_message(facts.name, subject, self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise TransientRemoteError(
+                f"NATS {self.url}: reading the newest message on {subject!r} failed: "
+                f"{_describe(exc)}"
+            ) from None
+        if body is None:
+            return None
+        t = json.loads(body).get("t")
+        return float(t) if isinstance(t, int | float) else None
 
     def close(self) -> None:
         """Disconnect and close the event loop, for good: later calls raise
@@ -358,7 +383,17 @@ class NATSRemote:
         return TransientRemoteError(f"{where}: cannot connect: {_describe(cause)}")
 
     async def _stream_facts(self, subject: str) -> StreamFacts:
-        """The stream holding ``subject`` (asked once per subject), created if asked to."""
+        """The stream holding ``subject`` (asked once per subject), created if asked to.
+
+        :raises TransientRemoteError: none does (the message says how to make one)
+        """
+        facts = await self._find_stream(subject)
+        if facts is None:
+            raise TransientRemoteError(self._no_stream(subject))
+        return facts
+
+    async def _find_stream(self, subject: str) -> StreamFacts | None:
+        """The stream holding ``subject``, created if asked to; None when none does."""
         known = self._streams.get(subject)
         if known is not None:
             return known
@@ -377,9 +412,8 @@ class NATSRemote:
                 f"NATS {self.url}: the JetStream API did not answer about subject "
                 f"{subject!r} ({_describe(exc)}); is JetStream enabled on the server?"
             ) from None
-        if facts is None:
-            raise TransientRemoteError(self._no_stream(subject))
-        self._streams[subject] = facts
+        if facts is not None:
+            self._streams[subject] = facts
         return facts
 
     def _no_stream(self, subject: str) -> str:

@@ -13,9 +13,10 @@ The test's side of JetStream, through nats-py (the ``nats`` extra; the tests ins
 ``discard: new``), :meth:`~NATSServer.stream_messages` and :meth:`~NATSServer.count` read
 back what a stream holds, so a test counts on the server what was stored.
 
-:class:`NATSAckDroppingProxy` sits between a client and the server and loses
-acknowledgements: armed, it lets publishes through (JetStream stores them) and cuts the
-connection when an acknowledgement comes back, instead of relaying it.
+:class:`NATSFaultProxy` sits between a client and the server and injects what a server
+does not do on demand: it loses acknowledgements (armed, it lets publishes through, JetStream
+stores them, and cuts the connection when an acknowledgement comes back), and refuses chosen
+publishes itself, answering as JetStream does for a message over a stream's size limit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import shutil
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -35,7 +37,7 @@ from ._process import ChildProcess, free_port
 from ._proxy import LoopbackProxy, shut
 
 __all__ = [
-    "NATSAckDroppingProxy",
+    "NATSFaultProxy",
     "NATSServer",
     "NATSStartError",
     "StoredMessage",
@@ -286,22 +288,36 @@ class NATSServer(ChildProcess):
         return asyncio.run(session())
 
 
-class NATSAckDroppingProxy(LoopbackProxy):
-    """A loopback TCP proxy to the NATS server at ``127.0.0.1:port``.
+class NATSFaultProxy(LoopbackProxy):
+    """A loopback TCP proxy to the NATS server at ``127.0.0.1:port`` that reads the client's
+    side of the NATS protocol.
 
-    :meth:`lose_next_answers` arms it: the next time data from the server holds a JetStream
-    publish acknowledgement (``"seq":``), the connection is cut there and that data never
-    reaches the client. What the client published is stored; it never hears so. Every
-    acknowledgement in that chunk of data is lost at once (at least one).
+    - :meth:`lose_next_answers` arms it: the next time data from the server holds a
+      JetStream publish acknowledgement (``"seq":``), the connection is cut there and that
+      data never reaches the client. What the client published is stored; it never hears
+      so. Every acknowledgement in that chunk of data is lost at once (at least one).
+    - :meth:`refuse`: a publish whose payload satisfies ``predicate(payload)`` is not
+      forwarded; the proxy answers it as JetStream answers a message over a stream's
+      ``max_msg_size`` (400, err_code 10054, "message size exceeds maximum allowed").
+    - :meth:`published`: the payload of every publish a client sent, refused or not.
     """
 
     def __init__(self, port: int) -> None:
         self._armed = 0
+        self._refuse: Callable[[bytes], bool] | None = None
+        self._published: list[bytes] = []
         super().__init__(port, "nats")
 
     def lose_next_answers(self, n: int = 1) -> None:
         with self._lock:
             self._armed += n
+
+    def refuse(self, predicate: Callable[[bytes], bool]) -> None:
+        self._refuse = predicate
+
+    def published(self) -> list[bytes]:
+        with self._lock:
+            return list(self._published)
 
     def _take(self) -> bool:
         with self._lock:
@@ -311,16 +327,98 @@ class NATSAckDroppingProxy(LoopbackProxy):
             return False
 
     def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
-        self._thread(self._pump, client, upstream, False)
-        self._thread(self._pump, upstream, client, True)
+        to_client = threading.Lock()  # both relays may write to the client
+        self._thread(self._from_client, client, upstream, to_client)
+        self._thread(self._from_server, upstream, client, to_client)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+    def _from_server(
+        self, server: socket.socket, client: socket.socket, to_client: threading.Lock
+    ) -> None:
         try:
-            while data := src.recv(1 << 16):
-                if from_server and b'"seq":' in data and self._take():
+            while data := server.recv(1 << 16):
+                if b'"seq":' in data and self._take():
                     break  # stored on the server; the client never hears of it
-                dst.sendall(data)
+                with to_client:
+                    client.sendall(data)
         except OSError:
             pass
         finally:
-            shut(src, dst)
+            shut(server, client)
+
+    def _from_client(
+        self, client: socket.socket, server: socket.socket, to_client: threading.Lock
+    ) -> None:
+        buffer = bytearray()
+        subscriptions: dict[str, str] = {}  # subject -> sid
+        try:
+            while data := client.recv(1 << 16):
+                buffer += data
+                out = bytearray()
+                while (command := _next_command(buffer)) is not None:
+                    head, body, raw = command
+                    words = head.split()
+                    verb = words[0].upper() if words else b""
+                    if verb == b"SUB":
+                        subscriptions[words[1].decode()] = words[-1].decode()
+                    if verb in (b"PUB", b"HPUB") and body is not None:
+                        payload = body[int(words[-2]) :] if verb == b"HPUB" else body
+                        with self._lock:
+                            self._published.append(bytes(payload))
+                        refuse = self._refuse
+                        reply = (
+                            words[2].decode() if len(words) >= (5 if verb == b"HPUB" else 4) else ""
+                        )
+                        if refuse is not None and reply and refuse(payload):
+                            answer = _REFUSAL
+                            sid = _sid_for(subscriptions, reply)
+                            frame = b"MSG %s %s %d\r\n%s\r\n" % (
+                                reply.encode(),
+                                sid.encode(),
+                                len(answer),
+                                answer,
+                            )
+                            with to_client:
+                                client.sendall(frame)
+                            continue
+                    out += raw
+                if out:
+                    server.sendall(out)
+        except OSError:
+            pass
+        finally:
+            shut(client, server)
+
+
+_REFUSAL = (
+    b'{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}'
+)
+
+
+def _next_command(buffer: bytearray) -> tuple[bytes, bytes | None, bytes] | None:
+    """The next whole client command in ``buffer`` (taken out of it): its line, the body
+    of a PUB/HPUB (None for others), and its bytes as they came; None until one is whole."""
+    end = buffer.find(b"\r\n")
+    if end < 0:
+        return None
+    head = bytes(buffer[:end])
+    words = head.split()
+    verb = words[0].upper() if words else b""
+    if verb in (b"PUB", b"HPUB"):
+        size = int(words[-1])
+        whole = end + 2 + size + 2
+        if len(buffer) < whole:
+            return None
+        raw = bytes(buffer[:whole])
+        del buffer[:whole]
+        return head, raw[end + 2 : end + 2 + size], raw
+    raw = bytes(buffer[: end + 2])
+    del buffer[: end + 2]
+    return head, None, raw
+
+
+def _sid_for(subscriptions: dict[str, str], reply: str) -> str:
+    """The sid of the client's subscription that gets messages on ``reply``."""
+    for subject, sid in subscriptions.items():
+        if subject == reply or (subject.endswith(".*") and reply.startswith(subject[:-1])):
+            return sid
+    return "0"
