@@ -32,7 +32,7 @@ from connectorsync.errors import (
 from connectorsync.remotes.config import remote_from_config
 from connectorsync.testing.nats import NATSFaultProxy, NATSServer
 
-from .conftest import start_nats, wait_for
+from .conftest import start_nats, wait_for, within
 
 T0 = 1_700_000_000.0
 STREAM = "SENSORS"
@@ -461,3 +461,28 @@ def test_described_as_data_without_showing_credentials() -> None:
     assert "PW-1" not in repr(remote)
     remote.close()
     again.close()
+
+
+def test_a_subject_the_user_may_not_publish_to_pauses_syncing(
+    tmp_path: Path, cache_path: str
+) -> None:
+    """The server refuses this user the subject ("Permissions Violation", and no answer to
+    the publish): AuthError at once, not a wait for an acknowledgement that never comes."""
+    users = {"admin": "admin-pw", "device": "device-pw"}
+    allowed = {"device": {"publish": ["sensors.temperature", "$JS.API.>"]}}
+    server = start_nats(tmp_path / "nats", users=users, permissions=allowed)
+    remote = NATSRemote(server.url, user="device", password="device-pw", timeout=30)
+    try:
+        server.add_stream(STREAM, ["sensors.>"])
+        with logger(cache_path, remote) as lg:
+            lg.insert("temperature", 1.0, T0)
+            lg.insert("gps", 2.0, T0)
+            report = within(20, lg.sync)
+            assert report.sent == {"temperature": 1}
+            assert isinstance(report.exception, AuthError)
+            assert "does not permit this user to publish to 'sensors.gps'" in report.errors["gps"]
+            assert len(lg) == 1 and lg.deadletters() == []
+        assert [m["stream"] for m in stored(server)] == ["temperature"]
+    finally:
+        remote.close()
+        server.stop()

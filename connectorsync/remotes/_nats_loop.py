@@ -129,6 +129,8 @@ class JetStreamSession:
         self._waiting: dict[str, asyncio.Future[Answer]] = {}
         self._next = 0
         self.lost = False
+        #: The server's "Permissions Violation" for this connection, if it said one.
+        self.denied: str | None = None
         #: Payload bytes of the publishes handed to the connection so far.
         self.published_bytes = 0
         #: The errors nats-py reported (connecting, or the server's -ERR), newest last.
@@ -148,6 +150,9 @@ class JetStreamSession:
 
         async def on_error(exc: BaseException) -> None:
             errors.append(exc)
+            if "permissions violation" in str(exc).lower():
+                for session in holder:
+                    session.deny(str(exc))
 
         async def on_lost() -> None:
             for session in holder:
@@ -253,6 +258,12 @@ class JetStreamSession:
         for future in pending:
             future.cancel()
         return results
+
+    def deny(self, why: str) -> None:
+        """The server refused a publish or subscription of ours: what waits ends now (the
+        server sends no answer to a publish it refused this way)."""
+        self.denied = why
+        self.fail_all()
 
     def fail_all(self) -> None:
         """The connection ended (or went silent): every publish waiting stays LOST."""

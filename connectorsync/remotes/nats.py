@@ -371,7 +371,8 @@ class NATSRemote:
         where = f"NATS {self.url}"
         seen = [*getattr(exc, "connect_errors", []), exc]
         texts = " ".join(str(e) for e in seen).lower()
-        if "authorization violation" in texts or "authentication" in texts:
+        refused = {"AuthorizationError", "InvalidUserCredentialsError"}
+        if "authorization violation" in texts or refused & {type(e).__name__ for e in seen}:
             return AuthError(f"{where}: credentials refused (authorization violation); check them")
         for each in seen:
             if isinstance(each, ssl.SSLCertVerificationError):
@@ -456,6 +457,14 @@ class NATSRemote:
         if LOST in answers:  # the connection dropped or went silent: not used again
             self._session = None
             await session.close()
+        if session.denied is not None:
+            # The server refuses this user the subject (or the replies): no publish of it
+            # was stored, and every pass would fail the same way until the account changes.
+            raise AuthError(
+                f"NATS {self.url}, stream {stream!r}: the server does not permit this user "
+                f"to publish to {subject!r} or to receive the acknowledgements "
+                f"({session.denied}); nothing of the batch was stored"
+            )
         self._settle(stream, subject, facts, sendable, answers, too_large)
 
     def _settle(  # noqa: PLR0913 - one push's outcome, handed down

@@ -78,6 +78,8 @@ class NATSServer(ChildProcess):
     """A ``nats-server -js`` of its own on 127.0.0.1, keeping its store under ``tmpdir``.
 
     :param users: ``{user: password}``: only these log in
+    :param permissions: ``{user: {"publish": [subjects], "subscribe": [subjects]}}``: what
+        each user may do (nats-server's ``permissions``); a user not named may do anything
     :param token: the one token that logs in (not with ``users``)
     :param tls: ``(certfile, keyfile)``: the listener speaks TLS with them (``tls://``)
     :param max_payload: the largest message (headers and payload) the server takes, bytes
@@ -92,6 +94,7 @@ class NATSServer(ChildProcess):
         port: int = 0,
         *,
         users: Mapping[str, str] | None = None,
+        permissions: Mapping[str, Mapping[str, list[str]]] | None = None,
         token: str | None = None,
         tls: tuple[str, str] | None = None,
         max_payload: int | None = None,
@@ -101,6 +104,7 @@ class NATSServer(ChildProcess):
             raise ValueError("NATSServer: users= or token=, not both")
         self.dir = os.fspath(tmpdir)
         self.users = dict(users or {})
+        self.permissions = {u: dict(p) for u, p in (permissions or {}).items()}
         self.token = token
         self.tls = tls
         self.max_payload = max_payload
@@ -163,7 +167,13 @@ class NATSServer(ChildProcess):
             lines.append(f"max_payload: {self.max_payload}")
         if self.users:
             users = ", ".join(
-                f"{{user: {json.dumps(u)}, password: {json.dumps(p)}}}"
+                f"{{user: {json.dumps(u)}, password: {json.dumps(p)}"
+                + (
+                    f", permissions: {json.dumps(self.permissions[u])}"
+                    if u in self.permissions
+                    else ""
+                )
+                + "}"
                 for u, p in self.users.items()
             )
             lines.append(f"authorization {{ users: [{users}] }}")
