@@ -25,7 +25,9 @@ waiting for their acknowledgement at once. Errors:
 - a full stream with ``discard: new`` (maximum messages or bytes):
   :class:`~connectorsync.errors.TransientRemoteError`: kept, and sent again once the stream
   has room (it may drain by age, or its limits be raised);
-- refused credentials: :class:`~connectorsync.errors.AuthError` (the Logger pauses);
+- refused credentials, or a subject this user may not publish to (the server's
+  "Permissions Violation", which answers no publish): :class:`~connectorsync.errors.AuthError`
+  (the Logger pauses; ``test_nats.py::test_a_subject_the_user_may_not_publish_to_pauses_syncing``);
 - the server unreachable, or the TLS certificate not verified, before anything was sent:
   :class:`~connectorsync.errors.TransientRemoteError`;
 - sent, and the connection dropped or no acknowledgement within ``timeout``:
