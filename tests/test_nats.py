@@ -32,7 +32,7 @@ from connectorsync.errors import (
 from connectorsync.remotes.config import remote_from_config
 from connectorsync.testing.nats import NATSFaultProxy, NATSServer
 
-from .conftest import start_nats, wait_for, within
+from .conftest import PYTHON, ROOT, child_env, start_nats, wait_for, within
 
 T0 = 1_700_000_000.0
 STREAM = "SENSORS"
@@ -483,6 +483,33 @@ def test_a_subject_the_user_may_not_publish_to_pauses_syncing(
             assert "does not permit this user to publish to 'sensors.gps'" in report.errors["gps"]
             assert len(lg) == 1 and lg.deadletters() == []
         assert [m["stream"] for m in stored(server)] == ["temperature"]
+    finally:
+        remote.close()
+        server.stop()
+
+
+def test_connectorsync_sync_builds_the_remote_again_with_the_same_ids(
+    tmp_path: Path, cache_path: str
+) -> None:
+    """The cache records the remote (credentials in the owner-only file only); the command
+    builds it again, binds it to the same cache identity, and delivers: resent or not, the
+    ids are the cache's."""
+    server = start_nats(tmp_path / "nats", users={"device": "PW-S3CRET-9"})
+    remote = NATSRemote(server.url, user="device", password="PW-S3CRET-9", timeout=5)
+    try:
+        server.add_stream(STREAM, ["sensors.>"])
+        with logger(cache_path, remote) as lg:
+            lg.insert_many("temperature", [{"t": T0 + i, "d": i} for i in range(5)])
+            identity = lg.identity
+        done = subprocess.run(
+            [PYTHON, "-m", "connectorsync", "sync", cache_path],
+            cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "PW-S3CRET-9" not in done.stdout + done.stderr
+        messages = server.stream_messages(STREAM)
+        assert [m.json()["d"] for m in messages] == list(range(5))
+        assert {m.msg_id.split(":")[0] for m in messages if m.msg_id} == {identity}
     finally:
         remote.close()
         server.stop()
