@@ -4,8 +4,17 @@ read back from the stream (``idempotent``: a resend is dropped by its ``Nats-Msg
 Faults: a server restart (for a 5xx or a connection dropped before the request: the
 publisher's connection goes, what JetStream acknowledged stays, on disk), an acknowledgement
 lost (the proxy cuts the connection as it comes back: stored, the publisher never hears),
-refusals (the proxy answers a string value as JetStream answers a message over a stream's
-size limit), and datapoints larger than the server's ``max_payload`` (:data:`MAX_PAYLOAD`).
+refusals (the proxy answers every string value as JetStream answers a message over a
+stream's size limit), and datapoints larger than the server's ``max_payload``
+(:data:`MAX_PAYLOAD`).
+
+Refusals are always on (``refuses_always``), as influxd's are: JetStream refuses a message
+for what it is (its size), the same on every send. A refusal switched on between a send
+whose answer was lost and its resend would stand for an operator lowering a limit in
+between: the message stored by the first send, the resend refused and dead-lettered here (a
+dead letter that is also stored; retried, it is dropped as a duplicate within the
+``duplicate_window``). The soak found that case when refusals could be toggled; it is
+documented in docs/remotes.rst, not modelled.
 Each example gets a JetStream stream of its own, the previous one deleted.
 """
 
@@ -40,6 +49,7 @@ class NATSBackend(Backend):
     name = "nats"
     max_payload = MAX_PAYLOAD
     restarts = True
+    refuses_always = True
 
     def __init__(self, directory: Path) -> None:
         require_nats()
@@ -61,6 +71,7 @@ class NATSBackend(Backend):
         # A new proxy: a lost acknowledgement armed and not used up stays with the old one.
         self.proxy.close()
         self.proxy = NATSFaultProxy(self.server.port)
+        self.proxy.refuse(_is_string_value)
 
     def remote(self) -> Remote:
         made = NATSRemote(self.proxy.url, subject=self.prefix + ".{stream}", timeout=NATS_TIMEOUT)
@@ -98,11 +109,9 @@ class NATSBackend(Backend):
     def delay(self, seconds: float) -> None:
         """The NATS proxy cannot hold a message back: a pass then runs without a delay."""
 
-    def refuse(self, on: bool) -> None:
-        self.proxy.refuse(_is_string_value if on else (lambda payload: False))
-
     def clear_faults(self) -> None:
-        self.proxy.refuse(lambda payload: False)
+        """Refusals stay (``refuses_always``); a lost answer armed is the proxy's until the
+        next example."""
 
     def close(self) -> None:
         self._close_remotes()
