@@ -513,3 +513,18 @@ def test_connectorsync_sync_builds_the_remote_again_with_the_same_ids(
     finally:
         remote.close()
         server.stop()
+
+
+def test_called_from_inside_an_asyncio_loop_it_says_what_to_do(nats_server: NATSServer) -> None:
+    remote = NATSRemote(nats_server.url, timeout=5, identity=IDENTITY)
+
+    async def inside() -> None:
+        remote.push("temperature", [(1, T0, "1")])
+
+    try:
+        with pytest.raises(ConfigurationError, match="without a running asyncio event loop"):
+            asyncio.run(inside())
+        remote.push("temperature", [(1, T0, "1")])  # from a plain thread: fine
+        assert nats_server.count(STREAM) == 1
+    finally:
+        remote.close()

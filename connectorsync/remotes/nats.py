@@ -331,6 +331,12 @@ class NATSRemote:
         if self._closed:
             coro.close()
             raise ClosedError(f"NATS {self.url}: this remote was closed; nothing sent")
+        if _in_a_running_loop():
+            coro.close()
+            raise ConfigurationError(
+                f"NATS {self.url}: NATSRemote's calls block until done; call them from a "
+                "thread without a running asyncio event loop (the Logger's syncer is one)"
+            )
         try:
             return self._loop.run(coro)
         except asyncio.CancelledError:
@@ -588,6 +594,14 @@ _HEADER_OVERHEAD = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
 _: type[Describable] = NATSRemote
 _b: type[CacheBound] = NATSRemote
 _m: type[Metered] = NATSRemote
+
+
+def _in_a_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _describe(exc: BaseException) -> str:
