@@ -23,7 +23,7 @@ import json
 import ssl
 import threading
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -112,8 +112,8 @@ class Login:
 
     url: str
     user: str | None
-    password: str | None
-    token: str | None
+    password: str | None = field(repr=False)  # never shown
+    token: str | None = field(repr=False)
     credentials: str | None
     tls: ssl.SSLContext | None
     timeout: float
