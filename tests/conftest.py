@@ -27,6 +27,7 @@ from connectorsync.testing.mosquitto import (
     MQTTSubscriber,
     find_mosquitto,
 )
+from connectorsync.testing.nats import NATSServer, NATSStartError, find_nats_server
 from connectorsync.testing.receiver import HTTPReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,6 +184,40 @@ def start_mosquitto(directory: Path, **kwargs: Any) -> MosquittoBroker:
     except MosquittoStartError as exc:
         pytest.fail(f"mosquitto is installed but did not start: {exc}")
     return broker
+
+
+REQUIRE_NATS = "CONNECTORSYNC_REQUIRE_NATS"
+
+
+def require_nats() -> None:
+    """The one place that decides for a test needing nats-server (and nats-py) when there is
+    none: skip, saying how to install it, or fail under CONNECTORSYNC_REQUIRE_NATS=1 (which
+    .ci/run sets after installing it) or CI=true, so that CI never skips the NATS tests."""
+    missing = []
+    if find_nats_server() is None:
+        missing.append("nats-server is not installed: `apt-get install nats-server`")
+    try:
+        import nats  # noqa: F401 - only whether it is there
+    except ImportError:
+        missing.append("nats-py is not installed: `pip install 'connectorsync[nats]'`")
+    if not missing:
+        return
+    message = "; ".join(missing) + " to run the NATS tests"
+    if os.environ.get(REQUIRE_NATS) == "1" or os.environ.get("CI") == "true":
+        pytest.fail(f"{message} ({REQUIRE_NATS}=1 or CI=true requires them)")
+    pytest.skip(message)
+
+
+def start_nats(directory: Path, **kwargs: Any) -> NATSServer:
+    """A started nats-server of its own (see :class:`NATSServer` for ``kwargs``), for a
+    fixture or a test; skipped or failed by :func:`require_nats` when there is none."""
+    require_nats()
+    server = NATSServer(directory, **kwargs)
+    try:
+        server.start()
+    except NATSStartError as exc:
+        pytest.fail(f"nats-server is installed but did not start: {exc}")
+    return server
 
 
 @pytest.fixture

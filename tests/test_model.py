@@ -5,7 +5,9 @@ file against a real loopback server of each delivery kind (tests/model/backends.
 tests/model/mqtt.py), and after every step checks the invariant (tests/model/checks.py).
 The variants: ``ordered`` (ConnectorDB test server), ``idempotent`` (influxd behind a fault
 proxy), ``at_least_once`` (HTTP receiver), ``mqtt`` (mosquitto behind the MQTT fault proxy,
-a real subscriber), ``batched`` (``durability="batched"`` against ConnectorDB) and ``lanes``
+a real subscriber), ``nats`` (nats-server with JetStream behind the NATS fault proxy,
+idempotent by ``Nats-Msg-Id``: tests/model/nats.py), ``batched``
+(``durability="batched"`` against ConnectorDB) and ``lanes``
 (``live_first`` with a ``max_rate``, HTTP receiver). The whole process runs on a failing-disk
 VFS shim (tests/helpers/failing_vfs.py) that the ``failing_commits`` rule arms.
 
@@ -35,6 +37,7 @@ from .model.backends import AtLeastOnceBackend, Backend, IdempotentBackend, Orde
 from .model.fanout import GIVE_UP, FanoutModel
 from .model.machine import RUNS, DeliveryModel
 from .model.mqtt import MQTTBackend
+from .model.nats import NATSBackend
 from .model.settings import SETTINGS, SOAK, SOAK_MIN_STEPS
 
 
@@ -93,6 +96,15 @@ def mqtt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
         backend.close()
 
 
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    backend = NATSBackend(tmp_path_factory.mktemp("nats"))
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
 def run_model(
     name: str, backend: Backend, tmp_path: Path, ntp: NTPServer, vfs: FailingVFS, **attrs: object
 ) -> None:
@@ -136,6 +148,11 @@ def test_model_at_least_once(
 @pytest.mark.slow
 def test_model_mqtt(mqtt: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff) -> None:
     run_model("MQTTModel", mqtt, tmp_path, ntp, vfs)
+
+
+@pytest.mark.slow
+def test_model_nats(nats: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff) -> None:
+    run_model("NATSModel", nats, tmp_path, ntp, vfs)
 
 
 @pytest.mark.slow

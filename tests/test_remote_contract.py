@@ -10,6 +10,10 @@ thingsboard_mqtt preset publish to a real mosquitto (skipped without one, see
 ``conftest.require_mosquitto``), read back by a subscriber, in both protocol versions;
 mosquitto is stopped for an outage, and an MQTT-aware loopback proxy refuses a message (MQTT 5:
 PUBACK 0x99; 3.1.1: a plain PUBACK, the message dropped, as brokers do) or loses a PUBACK.
+NATSRemote publishes to a real nats-server with JetStream (skipped without one, see
+``conftest.require_nats``), read back from the stream; nats-server is stopped for an outage,
+and a NATS-aware loopback proxy refuses a message (as JetStream refuses one over a stream's
+``max_msg_size``) or loses an acknowledgement.
 """
 
 from __future__ import annotations
@@ -34,19 +38,21 @@ from connectorsync.errors import (
     TransientRemoteError,
 )
 from connectorsync.remotes import register_remote, registered_remotes, remote_from_config
-from connectorsync.remotes.base import Describable, Remote
+from connectorsync.remotes.base import Describable, Remote, bind_cache
 from connectorsync.remotes.config import remote_config
 from connectorsync.remotes.http import HTTPRemote, thingsboard
 from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.remotes.line_protocol import ns_to_seconds
 from connectorsync.remotes.mqtt import THINGSBOARD_TOPIC, MQTTRemote, thingsboard_mqtt
+from connectorsync.remotes.nats import NATSRemote
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.loopback import LoopbackProxy, shut
 from connectorsync.testing.mosquitto import MosquittoBroker, MQTTFaultProxy, MQTTSubscriber
+from connectorsync.testing.nats import NATSFaultProxy, NATSServer
 from connectorsync.testing.receiver import HTTPReceiver
 
-from .conftest import start_mosquitto, wait_for
+from .conftest import start_mosquitto, start_nats, wait_for
 
 STREAM = "temperature"
 T0 = 1_700_000_000.0
@@ -422,6 +428,77 @@ class ThingsBoardMQTTBackend(MQTTBackend):
         return list({pair[0]: pair for pair in self.stored()}.values())
 
 
+class NATSBackend(Backend):
+    """NATSRemote with a user and password, into the JetStream stream SENSORS."""
+
+    name = "nats"
+    message_ids = True
+    retry_after = None
+    USER, PASSWORD = "device", "good-password"
+
+    def __init__(self, directory: Any) -> None:
+        super().__init__()
+        self.server: NATSServer = start_nats(directory, users={self.USER: self.PASSWORD})
+        self.closing(_ServerStopper(self.server))
+        self.server.add_stream("SENSORS", ["sensors.>"])
+        self.proxy: NATSFaultProxy | None = None
+
+    def _remote(self, password: str) -> Remote:
+        url = self.server.url if self.proxy is None else self.proxy.url
+        return self.closing(
+            NATSRemote(
+                url, subject="sensors.{stream}", user=self.USER, password=password, timeout=5
+            )
+        )
+
+    def remote(self) -> Remote:
+        return self._remote(self.PASSWORD)
+
+    def bad_remote(self) -> Remote:
+        return self._remote("wrong-password")
+
+    def items(self) -> list[tuple[str | None, dict[str, Any]]]:
+        found = self.server.stream_messages("SENSORS")
+        return [(m.msg_id, m.json()) for m in found if m.subject == f"sensors.{STREAM}"]
+
+    def stored(self) -> list[tuple[float, Any]]:
+        return [(item["t"], item["d"]) for _, item in self.items()]
+
+    def unique(self) -> list[tuple[float, Any]]:
+        seen: dict[str | None, tuple[float, Any]] = {}
+        for msg_id, item in self.items():
+            seen.setdefault(msg_id, (item["t"], item["d"]))
+        return list(seen.values())
+
+    def _proxy(self) -> NATSFaultProxy:
+        if self.proxy is None:
+            self.proxy = self.closing(NATSFaultProxy(self.server.port))
+        return self.proxy
+
+    def refuse(self, value: Any) -> None:
+        needle = b'"d":' + json.dumps(value).encode() + b"}"
+        self._proxy().refuse(lambda payload: needle in payload)
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        self.server.stop()
+        try:
+            yield
+        finally:
+            self.server.start()
+
+    def lose_next_answer(self) -> None:
+        self._proxy().lose_next_answers(1)
+
+
+class _ServerStopper:
+    def __init__(self, server: NATSServer) -> None:
+        self.server = server
+
+    def close(self) -> None:
+        self.server.stop()
+
+
 class _BrokerStopper:
     def __init__(self, broker: MosquittoBroker) -> None:
         self.broker = broker
@@ -481,8 +558,17 @@ class AnswerDroppingProxy(LoopbackProxy):
 
 
 #: Every shipped remote kind the contract runs against (test_remote_contract_fanout.py too).
-KINDS = ["connectordb", "influxdb", "http", "thingsboard", "mqtt", "mqtt311", "thingsboard_mqtt"]
-KINDS += ["mqtt_qos2"]
+KINDS = [
+    "connectordb",
+    "influxdb",
+    "http",
+    "thingsboard",
+    "mqtt",
+    "mqtt311",
+    "thingsboard_mqtt",
+    "mqtt_qos2",
+    "nats",
+]
 
 
 def make_backend(request: pytest.FixtureRequest) -> Backend:
@@ -500,6 +586,8 @@ def make_backend(request: pytest.FixtureRequest) -> Backend:
         return ThingsBoardMQTTBackend(request.getfixturevalue("tmp_path") / "mosquitto")
     if request.param == "mqtt_qos2":
         return MQTTQoS2Backend(request.getfixturevalue("tmp_path") / "mosquitto")
+    if request.param == "nats":
+        return NATSBackend(request.getfixturevalue("tmp_path") / "nats")
     return ThingsBoardBackend()
 
 
@@ -536,6 +624,7 @@ def check_stored_after_a_lost_answer(
 
 def test_push_delivers_in_order(backend: Backend) -> None:
     remote = backend.remote()
+    bind_cache(remote, "0123456789abcdef0123456789abcdef")  # what a Logger does; used by hand here
     assert isinstance(remote, Remote)
     assert remote.ping()
     remote.ensure_stream(STREAM, {})
@@ -681,6 +770,11 @@ EXAMPLES: dict[str, Callable[[], list[Any]]] = {
         MQTTRemote("mqtt://127.0.0.1", topic="s/{stream}", username="u", password="p"),
         MQTTRemote("mqtts://h.example:8883", payload="batch", protocol="3.1.1", client_id="c"),
         MQTTRemote("mqtt://127.0.0.1:1", max_packet_size=4096, fields="thingsboard"),
+    ],
+    "nats": lambda: [
+        NATSRemote("nats://127.0.0.1", user="u", password="p", window=8, identity="abc"),
+        NATSRemote("tls://h.example:4223", subject="s.{stream}", token="T", verify=False),
+        NATSRemote("nats://127.0.0.1:1", timeout=3, create_stream="SENSORS"),
     ],
     "thingsboard_mqtt": lambda: [
         thingsboard_mqtt("127.0.0.1", "TOK"),
