@@ -14,6 +14,7 @@ resolved in one) and closes the loop: no task, thread or socket outlives it
 ``publish_async``, whose reply handler loses the future of a publish the stream refuses
 (``APIError.from_error`` raises inside the callback): here every publish gets its answer, a
 refusal, or the end of the connection, and a window bounds how many wait at once.
+:class:`Tally` sums up one push's answers, worst first, for the remote to raise.
 """
 
 from __future__ import annotations
@@ -351,3 +352,37 @@ async def _quietly_close(nc: Any, timeout: float = 5.0) -> None:
         await asyncio.wait_for(nc.close(), timeout)
     except Exception:  # closing what failed: nothing left to tell
         return
+
+
+_FULL = ("maximum messages", "maximum bytes", "resource limits exceeded")
+_TOO_LARGE = "message size exceeds maximum"
+
+
+@dataclass
+class Tally:
+    """What the answers of one push came to, worst first: unanswered, no stream, the
+    stream full, datapoints refused, another refusal."""
+
+    lost: int = 0
+    no_stream: bool = False
+    full: Answer | None = None
+    other: Answer | None = None
+    refused: list[str] = field(default_factory=list)
+
+    def add(self, point_id: int, answer: Answer | str, stream_name: str) -> None:
+        if isinstance(answer, str):
+            self.lost += 1
+            return
+        if answer.stored:
+            return
+        text = answer.description.lower()
+        if answer.no_stream:
+            self.no_stream = True
+        elif any(f in text for f in _FULL):
+            self.full = self.full or answer
+        elif _TOO_LARGE in text:
+            self.refused.append(
+                f"the stream {stream_name!r} refused datapoint {point_id}: {answer.description}"
+            )
+        else:
+            self.other = self.other or answer

@@ -58,7 +58,6 @@ import ssl
 import threading
 import time
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import (
@@ -79,7 +78,7 @@ from ._nats_checks import (
     load_nats,
     tls_context,
 )
-from ._nats_loop import LOST, Answer, JetStreamSession, Login, OwnLoop, StreamFacts
+from ._nats_loop import LOST, Answer, JetStreamSession, Login, OwnLoop, StreamFacts, Tally
 from .base import (
     CacheBound,
     Datapoint,
@@ -94,8 +93,6 @@ from .base import (
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _MEMO = 1_000_000  # datapoints sent without an answer remembered, at most
-_FULL = ("maximum messages", "maximum bytes", "resource limits exceeded")
-_TOO_LARGE = "message size exceeds maximum"
 
 
 @register_remote
@@ -556,36 +553,6 @@ class NATSRemote:
         )  # fmt: skip
         for point in batch:
             unanswered.pop(point[0], None)  # said once
-
-
-@dataclass
-class Tally:
-    """What the answers of one push came to, worst first: unanswered, no stream, the
-    stream full, datapoints refused, another refusal."""
-
-    lost: int = 0
-    no_stream: bool = False
-    full: Answer | None = None
-    other: Answer | None = None
-    refused: list[str] = field(default_factory=list)
-
-    def add(self, point_id: int, answer: Answer | str, stream_name: str) -> None:
-        if isinstance(answer, str):
-            self.lost += 1
-            return
-        if answer.stored:
-            return
-        text = answer.description.lower()
-        if answer.no_stream:
-            self.no_stream = True
-        elif any(f in text for f in _FULL):
-            self.full = self.full or answer
-        elif _TOO_LARGE in text:
-            self.refused.append(
-                f"the stream {stream_name!r} refused datapoint {point_id}: {answer.description}"
-            )
-        else:
-            self.other = self.other or answer
 
 
 _HEADER_OVERHEAD = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
