@@ -170,3 +170,16 @@ def test_a_cycle_only_for_type_hints_or_inside_a_function_is_found(tmp_path: Pat
         ("pkg.high", "pkg.sub.low", "pkg.high"),
     ]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+#: The longest a module of the package may be: one job each, readable in one sitting.
+MAX_MODULE_LINES = 600
+
+
+def test_every_module_is_short_enough_to_read_in_one_sitting() -> None:
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by job): {long}"
