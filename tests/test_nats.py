@@ -146,6 +146,31 @@ def test_a_server_restart_in_the_middle_of_a_sync_loses_and_duplicates_nothing(
     assert sorted(m["d"] for m in stored(nats_server)) == list(range(count))
 
 
+@pytest.mark.timeout(120)  # without the race below, the stopped server's pass waits 600 s
+def test_a_server_gone_between_passes_is_seen_at_once_not_after_the_timeout(
+    nats_server: NATSServer, cache_path: str
+) -> None:
+    """The server stops while the remote's connection stands idle between passes: the next
+    pass finds the connection ended (its PING raced with the end) and fails as transient,
+    instead of waiting ``timeout`` for a PONG that never comes; back, everything goes."""
+    remote = NATSRemote(nats_server.url, timeout=600)
+    try:
+        with logger(cache_path, remote, sync_jitter=0) as lg:
+            lg.insert("temperature", 1.0)
+            assert lg.sync().exception is None
+            nats_server.stop()
+            lg.insert("temperature", 2.0)
+            report = lg.sync()
+            assert isinstance(report.exception, TransientRemoteError), report
+            assert len(lg) == 1
+            nats_server.start()
+            assert lg.sync().exception is None
+            assert len(lg) == 0
+    finally:
+        remote.close()
+    assert sorted(m["d"] for m in stored(nats_server)) == [1.0, 2.0]
+
+
 def test_refused_credentials_pause_syncing(tmp_path: Path, cache_path: str) -> None:
     server = start_nats(tmp_path / "nats", users={"device": "right"})
     remote = NATSRemote(server.url, user="device", password="WRONG-PW-123", timeout=5)

@@ -130,6 +130,7 @@ class JetStreamSession:
         self._waiting: dict[str, asyncio.Future[Answer]] = {}
         self._next = 0
         self.lost = False
+        self._ended = asyncio.Event()  # set with lost: what waits on the connection stops
         #: The server's "Permissions Violation" for this connection, if it said one.
         self.denied: str | None = None
         #: Payload bytes of the publishes handed to the connection so far.
@@ -202,11 +203,19 @@ class JetStreamSession:
         """Whether the connection still works: a PING answered within ``timeout``."""
         if self.lost or not self.nc.is_connected:
             return False
+        # Raced with the connection's end: a server that went away (restarted, stopped)
+        # closed the socket while the loop stood still, and nats-py does not fail a PING
+        # waiting on a connection that ends: it would wait the whole timeout.
+        flush = asyncio.ensure_future(self.nc.flush(timeout))
+        ended = asyncio.ensure_future(self._ended.wait())
         try:
-            await self.nc.flush(timeout)
-        except Exception:
-            return False
-        return not self.lost
+            await asyncio.wait({flush, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (flush, ended):
+                task.cancel()
+            await asyncio.gather(flush, ended, return_exceptions=True)
+        answered = flush.done() and not flush.cancelled() and flush.exception() is None
+        return answered and not self.lost
 
     async def publish_all(
         self,
@@ -269,6 +278,7 @@ class JetStreamSession:
     def fail_all(self) -> None:
         """The connection ended (or went silent): every publish waiting stays LOST."""
         self.lost = True
+        self._ended.set()
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():

@@ -50,6 +50,7 @@ Credentials (password, token, the ``.creds`` file's contents) are never shown.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
 import json
 import logging
@@ -57,7 +58,8 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import (
@@ -183,6 +185,11 @@ class NATSRemote:
         self._loop = OwnLoop()
         self._session: JetStreamSession | None = None
         self._closed = False
+        # A remote its program never closed is closed as the interpreter exits: its loop's
+        # tasks end quietly instead of being destroyed pending. Weakly: it never keeps the
+        # remote alive.
+        self._at_exit = _close_at_exit(weakref.ref(self))
+        atexit.register(self._at_exit)
         self._streams: dict[str, StreamFacts] = {}  # subject -> the stream that holds it
         # Per stream, datapoint id -> when (monotonic) it was first sent without an answer.
         self._unanswered: dict[str, dict[int, float]] = {}
@@ -313,6 +320,7 @@ class NATSRemote:
         :class:`ClosedError`. Safe to call twice, and from another thread during a call,
         which then ends at once (a push: ambiguous, its batch sent again by a later pass)."""
         self._closed = True
+        atexit.unregister(self._at_exit)
         if self._lock.acquire(blocking=False):
             try:
                 self._shut()
@@ -561,6 +569,14 @@ _HEADER_OVERHEAD = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
 _: type[Describable] = NATSRemote
 _b: type[CacheBound] = NATSRemote
 _m: type[Metered] = NATSRemote
+
+
+def _close_at_exit(remote: weakref.ref[NATSRemote]) -> Callable[[], None]:
+    def close() -> None:
+        if (alive := remote()) is not None:
+            alive.close()
+
+    return close
 
 
 def _in_a_running_loop() -> bool:

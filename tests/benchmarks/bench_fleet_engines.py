@@ -53,8 +53,6 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 from bench_fleet import Child  # noqa: E402
-from connectorsync.testing.nats import NATSServer  # noqa: E402
-from connectorsync.testing.postgres import PostgresServer  # noqa: E402
 
 STREAM_NAME = "FLEET"  # the JetStream stream
 TABLE = "fleet"  # the PostgreSQL table
@@ -82,6 +80,8 @@ class Nats(Engine):
     name = "nats"
 
     def start(self, workdir: str) -> None:
+        from connectorsync.testing.nats import NATSServer
+
         self.server = NATSServer(os.path.join(workdir, "nats")).start()
         # A window longer than the outage: a publish whose answer the outage cut is sent
         # again after it, and must still be recognised.
@@ -117,6 +117,8 @@ class Postgres(Engine):
     name = "postgres"
 
     def start(self, workdir: str) -> None:
+        from connectorsync.testing.postgres import PostgresServer
+
         self.server = PostgresServer().start()
 
     def configs(self, count: int) -> list[dict[str, Any]]:
