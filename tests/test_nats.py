@@ -8,6 +8,7 @@ duplicate_window warning, and no leaks after close()."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -82,7 +83,7 @@ def test_each_datapoint_is_one_message_named_by_cache_and_id(
         ]
         for m in messages:
             body = m.json()
-            assert m.msg_id == f"{identity}:{body['stream']}:{body['id']}"
+            assert m.msg_id == f"{identity}:{body['stream']}:{body['id']}:{body['t']!r}"
         assert [m.json() for m in messages if m.subject == "sensors.gps"] == [
             {"stream": "gps", "id": temps[-1].json()["id"] + 1, "t": T0, "d": {"lat": 1.5}}
         ]
@@ -102,6 +103,37 @@ def test_two_caches_never_share_a_message_id(nats_server: NATSServer, tmp_path: 
         remote.close()
     ids = [m.msg_id for m in nats_server.stream_messages(STREAM)]
     assert len(ids) == 2 and len(set(ids)) == 2
+
+
+def test_an_id_the_cache_gives_again_after_a_rollback_is_not_a_duplicate(
+    nats_server: NATSServer, tmp_path: Path
+) -> None:
+    """With ``durability="normal"`` a power cut can take back an insert the remote already
+    has (its WAL frames never reached the card); the next insert then gets the same id. The
+    file copied back from before the insert stands for that rollback: the new reading, with
+    the reused id, is a message of its own, not a duplicate of the delivered one."""
+    path = tmp_path / "cache.db"
+    remote = NATSRemote(nats_server.url, timeout=5)
+    try:
+        with logger(str(path), remote, durability="normal"):
+            pass
+        before = tmp_path / "before.db"
+        shutil.copyfile(path, before)
+        with logger(str(path), remote, durability="normal") as lg:
+            lg.insert("temperature", 1.0, T0)
+            assert lg.sync().sent == {"temperature": 1}
+        for leftover in (f"{path}-wal", f"{path}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+        shutil.copyfile(before, path)  # the power cut's rollback
+        with logger(str(path), remote, durability="normal") as lg:
+            lg.insert("temperature", 2.0, T0 + 1)
+            assert lg.sync().sent == {"temperature": 1}
+    finally:
+        remote.close()
+    bodies = [m.json() for m in nats_server.stream_messages(STREAM)]
+    assert [b["id"] for b in bodies] == [bodies[0]["id"]] * 2  # the id came back
+    assert [b["d"] for b in bodies] == [1.0, 2.0]
 
 
 def test_a_lost_ack_then_a_resend_stores_nothing_twice(

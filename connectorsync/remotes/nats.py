@@ -3,9 +3,13 @@
 
 Each datapoint is one message to ``subject`` (``{stream}`` replaced by the stream's name),
 ``{"stream": s, "id": cache id, "t": seconds, "d": value}``, with the header ``Nats-Msg-Id:
-<cache identity>:<stream>:<id>``: the same on every resend of that datapoint, different in
+<cache identity>:<stream>:<id>:<t>``: the same on every resend of that datapoint, different in
 every other cache (the Logger binds the remote to its cache's identity,
-:class:`~connectorsync.remotes.base.CacheBound`). JetStream drops a message whose id it
+:class:`~connectorsync.remotes.base.CacheBound`). The timestamp is in it because an id can
+come back: with ``durability="normal"`` a power cut can take back a datapoint's insert after
+it was delivered, and the next datapoint then gets its id; with the same id alone JetStream
+would drop that new reading as a duplicate
+(``tests/test_nats.py::test_an_id_the_cache_gives_again_after_a_rollback_is_not_a_duplicate``). JetStream drops a message whose id it
 stored within the stream's ``duplicate_window`` and answers "duplicate": that counts as
 stored. So a batch sent again after a lost answer stores nothing twice (delivery kind
 ``idempotent``; ``tests/test_nats.py::test_a_lost_ack_then_a_resend_stores_nothing_twice``,
@@ -449,7 +453,7 @@ class NATSRemote:
         too_large: list[str] = []
         for point in batch:
             point_id, t, d = point[0], point[1], point[2]
-            msg_id = f"{identity}:{stream}:{point_id}"
+            msg_id = f"{identity}:{stream}:{point_id}:{t!r}"
             payload = f'{{"stream":{name},"id":{point_id},"t":{t!r},"d":{d}}}'.encode()
             size = len(payload) + len(msg_id) + _HEADER_OVERHEAD
             if size > limit:
