@@ -11,8 +11,9 @@ it was delivered, and the next datapoint then gets its id; with the same id alon
 would drop that new reading as a duplicate
 (``tests/test_nats.py::test_an_id_the_cache_gives_again_after_a_rollback_is_not_a_duplicate``).
 JetStream drops a message whose id it stored within the stream's ``duplicate_window`` and
-answers "duplicate": that counts as stored. So a batch sent again after a lost answer
-stores nothing twice (delivery kind ``idempotent``; ``tests/test_nats.py::test_a_lost_ack_then_a_resend_stores_nothing_twice``,
+answers "duplicate": that counts as stored. So a batch sent again after a lost answer stores
+nothing twice (delivery kind ``idempotent``;
+``tests/test_nats.py::test_a_lost_ack_then_a_resend_stores_nothing_twice``,
 ``test_a_server_restart_in_the_middle_of_a_sync_loses_and_duplicates_nothing``).
 
 A push returns once JetStream acknowledged every message of the batch, ``window`` of them
