@@ -19,6 +19,7 @@ from .connectordb import ConnectorDBRemote
 from .http import HTTPRemote, thingsboard
 from .influxdb import InfluxDBRemote
 from .mqtt import MQTTRemote, thingsboard_mqtt
+from .postgres import PostgresRemote
 
 __all__ = [
     "ConnectorDBRemote",
@@ -28,6 +29,7 @@ __all__ = [
     "HTTPRemote",
     "InfluxDBRemote",
     "MQTTRemote",
+    "PostgresRemote",
     "Remote",
     "register_remote",
     "registered_remotes",
