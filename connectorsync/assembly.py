@@ -32,6 +32,7 @@ from typing import Any
 from . import fanout
 from .afterpass import AfterPass
 from .cache import Cache
+from .cache.identity import cache_identity
 from .delivery import SyncReport
 from .devicetime import DeviceTime
 from .errors import CacheError, ClosedError, ConfigurationError, ConnectorSyncError
@@ -116,7 +117,9 @@ class Assembly:
         hooks = PassHooks(before=self.remote.before(self.time.before_pass), hold=self.time.hold)
         extra = {name: r for name, r in self.given.items() if name != self.primary}
         remotes = {self.primary: self.remote.get(self.settings), **extra}
-        self.syncer = Syncer(self.path, self.options, remotes, hooks, self.after)
+        self.syncer = Syncer(
+            self.path, self.options, remotes, hooks, self.after, cache_identity(cache)
+        )
         parts = (cache, self.writer, self.time, self.syncer, self.metrics, self.remote)
         self.targets = Parts(self.settings, *parts)
         self.letters = DeadLetters(cache, self.syncer, self.streams, self.writer, self.settings)

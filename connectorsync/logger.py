@@ -140,6 +140,12 @@ class Logger(Configurable):
         """Every remote this Logger delivers to, by name (``default`` for ``remote=``)."""
         return self._parts.remotes.all()
 
+    @property
+    def identity(self) -> str:
+        """This cache file's identity (32 hex digits, never changing; see
+        :mod:`connectorsync.cache.identity`): the remotes that name datapoints use it."""
+        return self._parts.syncer.identity
+
     @check.checked(name=check.TEXT, backfill=check.BOOL, fallback=check.OPTIONAL_TEXT)
     def add_remote(  # noqa: PLR0913 - the remote and how it takes part
         self,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from . import fanout
 from .cache import Cache
 from .errors import ConfigurationError
-from .remotes.base import Remote
+from .remotes.base import Remote, bind_cache
 from .syncer import Syncer
 
 
@@ -42,10 +42,12 @@ class RemoteSet:
     ) -> None:
         """Record the remote in the cache (:func:`.fanout.add`), then start its courier.
 
-        :raises ConfigurationError: a name in use, or a bad filter, fallback or seconds
+        :raises ConfigurationError: a name in use, or a bad filter, fallback or seconds, or a
+            remote bound to another cache
         """
         if name in self.syncer.couriers:
             raise ConfigurationError(f"add_remote(): this Logger delivers to {name!r} already")
+        bind_cache(remote, self.syncer.identity)  # before it is recorded: it may refuse
         fanout.add(
             self.cache,
             name,

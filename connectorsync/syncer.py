@@ -50,7 +50,7 @@ from .courier import DEFAULT, Courier, PassHooks, Shared
 from .delivery import Progress
 from .errors import ConfigurationError
 from .options import Options
-from .remotes.base import Remote
+from .remotes.base import Remote, bind_cache
 from .report import SyncReport, gather
 from .synclock import LEASE_KEY, PassGate, SharedSyncLock, SyncState, read_lease
 
@@ -70,20 +70,26 @@ class Syncer:
     :param hooks: device time's part in each pass (run by one courier at a time)
     :param on_pass: called with the report of each background pass of every courier (and of
         close's drain), after the pass, outside every lock; never by :meth:`sync`
-    :raises ConfigurationError: no remote
+    :param identity: the cache's identity, bound to every remote it delivers to that takes it
+        (:func:`~connectorsync.remotes.base.bind_cache`), before the remote's first pass
+    :raises ConfigurationError: no remote, or a remote bound to another cache
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - what the Logger's assembly wires in
         self,
         path: str,
         options: Options,
         remotes: Remote | Mapping[str, Remote],
         hooks: PassHooks,
         on_pass: Callable[[SyncReport], object],
+        identity: str,
     ):
         named = dict(remotes) if isinstance(remotes, Mapping) else {DEFAULT: remotes}
         if not named:
             raise ConfigurationError("a syncer needs at least one remote")
+        self.identity = identity
+        for remote in named.values():
+            bind_cache(remote, identity)
         self._options = options
         self._lock = SharedSyncLock(path)
         self._lease_lock = threading.Lock()  # couriers publish from their own threads
@@ -128,6 +134,7 @@ class Syncer:
 
     def set_remote(self, remote: Remote) -> None:
         """The default courier delivers to ``remote`` from its next pass on."""
+        bind_cache(remote, self.identity)
         self._default.set_remote(remote)
 
     def sync(
@@ -162,6 +169,7 @@ class Syncer:
     def add(self, name: str, remote: Remote) -> None:
         """A courier for the remote ``name`` (recorded in the cache already), started if the
         others run."""
+        bind_cache(remote, self.identity)
         courier = Courier(name, remote, self._shared)
         running = self.running
         with self._lease_lock:  # copy on write: threads iterating the old dict go on safely

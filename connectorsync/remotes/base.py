@@ -171,6 +171,34 @@ class Metered(Protocol):
 
 
 @runtime_checkable
+class CacheBound(Protocol):
+    """A remote that names the datapoints it sends by the cache they come from.
+
+    An engine that drops a resent message by its id (NATS JetStream's ``Nats-Msg-Id``) or a
+    resent row by a key needs an id for each datapoint that is the same on every resend and
+    different from every other cache's: the cache's identity
+    (:mod:`connectorsync.cache.identity`) and the datapoint's id give one.
+    """
+
+    def bind_cache(self, identity: str) -> None:
+        """Deliver the datapoints of the cache whose identity is ``identity`` (32 lowercase
+        hex digits). The Logger calls it on each remote that has it before the remote's
+        first pass; calling it again with the same identity changes nothing.
+
+        :raises ConfigurationError: bound to another cache already: one remote object
+            delivers one cache's datapoints (give each Logger a remote of its own)
+        """
+        ...
+
+
+def bind_cache(remote: Remote, identity: str) -> None:
+    """``remote.bind_cache(identity)`` for a remote that has it (:class:`CacheBound`); nothing
+    for one that has not."""
+    if isinstance(remote, CacheBound):
+        remote.bind_cache(identity)
+
+
+@runtime_checkable
 class Describable(Remote, Protocol):
     """A remote that describes itself as data, so that another process builds it again.
 
