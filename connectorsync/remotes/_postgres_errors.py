@@ -28,6 +28,7 @@ _REFUSED = {"54000"}  # program limit exceeded: a value too big for jsonb
 _AUTH_CLASSES = ("28",)  # invalid authorization specification (28P01: bad password)
 _AUTH = {"42501"}  # insufficient privilege (no INSERT or CREATE on the table)
 _TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")  # connection, rollback, resources, operator
+_TRANSIENT = {"55P03", "55006"}  # lock_timeout passed, object in use: worth a later try
 _NO_DATABASE = "3D000"
 # libpq's words when connecting fails (no SQLSTATE reaches the client then).
 _AUTH_WORDS = (
@@ -86,7 +87,7 @@ def map_error(
         )
     if state == _NO_DATABASE:
         return RemoteError(f"{message}; check the database name in the dsn (the data is kept)")
-    lost = not state or state.startswith(_TRANSIENT_CLASSES)
+    lost = not state or state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT
     if committing and lost:
         return AmbiguousRemoteError(
             f"{message}; the connection failed after COMMIT was sent: the batch is sent "

@@ -201,7 +201,7 @@ class PostgresRemote:
         ``user/database`` as the server sees them."""
         with self._session(f"PostgreSQL {self.where}") as conn:
             row = conn.execute("SELECT current_user, current_database()").fetchone()
-            conn.commit()
+            conn.rollback()  # read only: nothing to commit
         return f"{row[0]}/{row[1]}"
 
     def ensure_stream(
@@ -233,14 +233,15 @@ class PostgresRemote:
         insert = statements.insert_staged(sql, self.table, typed=self.typed)
         where = f"PostgreSQL {self.where}, table {self.table}, stream {stream!r}"
         # A connection kept from an earlier call may have died meanwhile (a server restart):
-        # a failure before anything was sent on it is retried at once on a new one.
+        # when it fails before the COPY was taken, it is tried once more on a new one.
         for attempt in range(2):
-            committing = False
+            committing = copying_started = False
             with self._session(where) as conn:
                 fresh = conn is not self._reused
                 try:
                     with conn.cursor() as cur:
                         with cur.copy(statements.copy_staging(sql)) as copying:
+                            copying_started = True
                             self._count(len(payload))
                             copying.write(payload)
                         cur.execute(insert, (device, stream))
@@ -252,7 +253,8 @@ class PostgresRemote:
                     error = map_error(
                         exc, where=where, secret=self._password, committing=committing
                     )
-                    if fresh or attempt or committing or not _is_lost(error):
+                    stale = not (fresh or attempt or copying_started or self._closed)
+                    if not (stale and _is_lost(error)):
                         raise error from None
                     log.debug("%s; connecting again", error)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -264,7 +266,7 @@ class PostgresRemote:
         where = f"PostgreSQL {self.where}, table {self.table}, stream {stream!r}"
         with self._session(where) as conn:
             row = conn.execute(statements.newest(sql, self.table), (device, stream)).fetchone()
-            conn.commit()
+            conn.rollback()  # read only: nothing to commit
         return None if row[0] is None else float(row[0])
 
     def bytes_sent(self) -> int:
