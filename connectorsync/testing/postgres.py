@@ -335,13 +335,15 @@ class PostgresServer(ChildProcess):
 
     def rows(self, table: str = "datapoints") -> list[tuple[str, str, float, Any]]:
         """Every row of ``table`` as ``(device, stream, t in seconds, value)``, by device,
-        stream and time."""
+        stream and time; none when there is no such table."""
         sql = _psycopg().sql
         statement = sql.SQL(
             "SELECT device, stream, extract(epoch FROM t)::float8, value FROM {} "
             "ORDER BY device, stream, t"
         ).format(sql.Identifier(*table.split(".")))
         with self.admin(database=self.database) as conn:
+            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+                return []
             return [tuple(row) for row in conn.execute(statement).fetchall()]
 
     def count(self, table: str = "datapoints", stream: str | None = None) -> int:
@@ -376,12 +378,14 @@ class PostgresServer(ChildProcess):
 
 class PostgresFaultProxy(LoopbackProxy):
     """A loopback TCP proxy to ``127.0.0.1:port``. Armed (:meth:`lose_next_answers`), it lets
-    the next message holding ``COMMIT`` through to the server and, when the server answers
-    (committed by then), cuts the client's connection instead of relaying the answer.
-    :meth:`cut_all` cuts every connection now (a network failure)."""
+    the next ``COMMIT`` of a transaction that ran a ``COPY`` (a batch: not the commit that
+    makes a table) through to the server and, when the server answers (committed by then),
+    cuts the client's connection instead of relaying the answer. :meth:`cut_all` cuts every
+    connection now (a network failure)."""
 
     def __init__(self, port: int) -> None:
         self._armed = 0
+        #: Answers to a COMMIT the proxy cut so far.
         self.commits_cut = 0
         super().__init__(port, scheme="postgresql")
 
@@ -409,11 +413,16 @@ class PostgresFaultProxy(LoopbackProxy):
     def _pump(
         self, src: socket.socket, dst: socket.socket, drop: threading.Event, from_client: bool
     ) -> None:
+        copied = False  # this connection's transaction ran a COPY
         try:
             while data := src.recv(1 << 16):
-                if from_client and b"COMMIT" in data and self._take():
-                    drop.set()
-                elif not from_client and drop.is_set():
+                if from_client:
+                    copied = copied or b"COPY " in data
+                    if b"COMMIT" in data:
+                        if copied and self._take():
+                            drop.set()
+                        copied = False
+                elif drop.is_set():
                     with self._lock:
                         self.commits_cut += 1
                     break  # the server answered the COMMIT: committed, the client never knows
