@@ -5,7 +5,8 @@ file against a real loopback server of each delivery kind (tests/model/backends.
 tests/model/mqtt.py), and after every step checks the invariant (tests/model/checks.py).
 The variants: ``ordered`` (ConnectorDB test server), ``idempotent`` (influxd behind a fault
 proxy), ``at_least_once`` (HTTP receiver), ``mqtt`` (mosquitto behind the MQTT fault proxy,
-a real subscriber), ``batched`` (``durability="batched"`` against ConnectorDB) and ``lanes``
+a real subscriber), ``postgres`` (PostgreSQL behind its fault proxy, tests/model/postgres.py),
+``batched`` (``durability="batched"`` against ConnectorDB) and ``lanes``
 (``live_first`` with a ``max_rate``, HTTP receiver). The whole process runs on a failing-disk
 VFS shim (tests/helpers/failing_vfs.py) that the ``failing_commits`` rule arms.
 
@@ -35,6 +36,7 @@ from .model.backends import AtLeastOnceBackend, Backend, IdempotentBackend, Orde
 from .model.fanout import GIVE_UP, FanoutModel
 from .model.machine import RUNS, DeliveryModel
 from .model.mqtt import MQTTBackend
+from .model.postgres import PostgresBackend
 from .model.settings import SETTINGS, SOAK, SOAK_MIN_STEPS
 
 
@@ -93,6 +95,15 @@ def mqtt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
         backend.close()
 
 
+@pytest.fixture(scope="module")
+def postgres_model() -> Iterator[Backend]:
+    backend = PostgresBackend()
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
 def run_model(
     name: str, backend: Backend, tmp_path: Path, ntp: NTPServer, vfs: FailingVFS, **attrs: object
 ) -> None:
@@ -136,6 +147,13 @@ def test_model_at_least_once(
 @pytest.mark.slow
 def test_model_mqtt(mqtt: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff) -> None:
     run_model("MQTTModel", mqtt, tmp_path, ntp, vfs)
+
+
+@pytest.mark.slow
+def test_model_postgres(
+    postgres_model: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff
+) -> None:
+    run_model("PostgresModel", postgres_model, tmp_path, ntp, vfs)
 
 
 @pytest.mark.slow

@@ -381,17 +381,30 @@ class PostgresFaultProxy(LoopbackProxy):
     the next ``COMMIT`` of a transaction that ran a ``COPY`` (a batch: not the commit that
     makes a table) through to the server and, when the server answers (committed by then),
     cuts the client's connection instead of relaying the answer. :meth:`cut_all` cuts every
-    connection now (a network failure)."""
+    connection now (a network failure); :meth:`delay` holds back what clients send."""
 
     def __init__(self, port: int) -> None:
         self._armed = 0
+        self._delay = 0.0
         #: Answers to a COMMIT the proxy cut so far.
         self.commits_cut = 0
+        #: COPY statements (batches) clients sent through the proxy so far.
+        self.copies = 0
         super().__init__(port, scheme="postgresql")
+
+    def delay(self, seconds: float) -> None:
+        """Hold back each message a client sends ``seconds`` (0: relay at once)."""
+        self._delay = seconds
 
     def lose_next_answers(self, n: int = 1) -> None:
         with self._lock:
             self._armed += n
+
+    def clear(self) -> None:
+        """No lost answer armed, no delay."""
+        with self._lock:
+            self._armed = 0
+        self._delay = 0.0
 
     def cut_all(self) -> None:
         with self._lock:
@@ -417,7 +430,12 @@ class PostgresFaultProxy(LoopbackProxy):
         try:
             while data := src.recv(1 << 16):
                 if from_client:
-                    copied = copied or b"COPY " in data
+                    if self._delay:
+                        time.sleep(self._delay)
+                    if b"COPY " in data:
+                        copied = True
+                        with self._lock:
+                            self.copies += 1
                     if b"COMMIT" in data:
                         if copied and self._take():
                             drop.set()
