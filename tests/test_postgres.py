@@ -344,12 +344,13 @@ def test_described_as_data_and_built_again(postgres: PostgresServer, pg_table: s
 def test_bad_arguments_are_refused_when_built() -> None:
     with pytest.raises(ConfigurationError, match="table must be a name"):
         PostgresRemote("postgresql://u@127.0.0.1/db", "drop table; --")
-    with pytest.raises(ConfigurationError, match="typed must be True or False"):
+    with pytest.raises(TypeError, match="typed must be True or False"):
         PostgresRemote("postgresql://u@127.0.0.1/db", typed="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="timeout"):
         PostgresRemote("postgresql://u@127.0.0.1/db", timeout=0)
-    with pytest.raises(ConfigurationError, match="dsn must be a str"):
+    with pytest.raises(ConfigurationError, match="dsn must be a str") as caught:
         PostgresRemote(None)  # type: ignore[arg-type]
+    assert isinstance(caught.value, TypeError)
 
 
 def test_close_is_final_and_ends_a_push_under_way(postgres: PostgresServer, pg_table: str) -> None:
@@ -391,3 +392,52 @@ def test_a_value_refused_alone_by_hand_is_rejected_with_the_reason(
     assert "\\u0000" in caught.value.body
     assert postgres.count(pg_table) == 0  # one transaction: nothing of the batch
     r.close()
+
+
+def test_a_connection_that_died_while_kept_is_replaced_without_a_failed_push(
+    postgres: PostgresServer, pg_table: str
+) -> None:
+    """A server restart between two pushes kills the kept connection: the next push finds it
+    dead before sending its batch, and goes on at once on a new one."""
+    r = remote(postgres, pg_table, device="d")
+    r.push("temperature", [(1, T0, "1")])
+    postgres.restart()
+    r.push("temperature", [(2, T0 + 1, "2")])  # no TransientRemoteError
+    assert postgres.count(pg_table) == 2
+
+
+def test_a_table_locked_past_the_timeout_is_transient(
+    postgres: PostgresServer, pg_table: str
+) -> None:
+    r = remote(postgres, pg_table, device="d", timeout=1)
+    r.ping()
+    admin = postgres.admin(database=postgres.database)
+    admin.autocommit = False
+    admin.execute(f"LOCK TABLE {pg_table} IN ACCESS EXCLUSIVE MODE")
+    try:
+        with pytest.raises(TransientRemoteError, match="timeout"):
+            r.push("temperature", [(1, T0, "1")])
+    finally:
+        admin.rollback()
+        admin.close()
+    r.push("temperature", [(1, T0, "1")])
+    assert postgres.count(pg_table) == 1
+
+
+def test_a_server_gone_silent_is_cut_by_the_watchdog(
+    postgres: PostgresServer, pg_table: str
+) -> None:
+    """Nothing reaches the server (the proxy holds every message back), so its own timeouts
+    cannot act: the remote's watchdog cuts the connection and the push fails, transient."""
+    proxy = PostgresFaultProxy(postgres.port)
+    try:
+        r = remote(postgres, pg_table, device="d", timeout=1, port=proxy.port)
+        r.ping()
+        proxy.delay(4)
+        with pytest.raises(TransientRemoteError):
+            r.push("temperature", [(1, T0, "1")])
+        proxy.delay(0)
+        r.close()
+    finally:
+        proxy.close()
+    assert postgres.count(pg_table) == 0

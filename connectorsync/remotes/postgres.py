@@ -52,7 +52,13 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..errors import ClosedError, ConfigurationError, RemoteError, TransientRemoteError
+from ..errors import (
+    ArgumentTypeError,
+    ClosedError,
+    ConfigurationError,
+    RemoteError,
+    TransientRemoteError,
+)
 from . import _postgres_sql as statements
 from ._http import timeout_setting
 from ._postgres_errors import describe_dsn, map_error, scrub
@@ -113,12 +119,14 @@ class PostgresRemote:
     ) -> None:
         self._psycopg = load_psycopg()
         if not isinstance(dsn, str):
-            raise ConfigurationError(
-                f"PostgresRemote dsn must be a str (a libpq connection string); "
+            raise ArgumentTypeError(
+                f"PostgresRemote(): dsn must be a str (a libpq connection string); "
                 f"got {type(dsn).__name__}"
             )
         if password is not None and not isinstance(password, str):
-            raise ConfigurationError("PostgresRemote password must be a str or None")
+            raise ArgumentTypeError(
+                f"PostgresRemote(): password must be a str or None; got {type(password).__name__}"
+            )
         try:
             params = self._psycopg.conninfo.conninfo_to_dict(dsn)
         except self._psycopg.Error as exc:
@@ -127,6 +135,10 @@ class PostgresRemote:
                 f"PostgresRemote dsn is not a libpq connection string: "
                 f"{scrub(str(exc).strip(), secret)}"
             ) from None
+        if not isinstance(table, str):
+            raise ArgumentTypeError(
+                f"PostgresRemote(): table must be a str; got {type(table).__name__}"
+            )
         if not statements.valid_table(table):
             raise ConfigurationError(
                 "PostgresRemote table must be a name or schema.name (letters, digits and _, "
@@ -135,8 +147,8 @@ class PostgresRemote:
         _check_device(device)
         for name, value in (("typed", typed), ("hypertable", hypertable)):
             if not isinstance(value, bool):
-                raise ConfigurationError(
-                    f"PostgresRemote {name} must be True or False; got {value!r}"
+                raise ArgumentTypeError(
+                    f"PostgresRemote(): {name} must be True or False; got {value!r}"
                 )
         self.timeout = timeout_setting("PostgresRemote", timeout)
         if password is not None:
@@ -408,6 +420,10 @@ def _cut(conn: Any) -> None:
 
 
 def _check_device(device: object) -> None:
+    if device is not None and not isinstance(device, str):
+        raise ArgumentTypeError(
+            f"PostgresRemote: device must be a str or None; got {type(device).__name__}"
+        )
     if device is not None and not (
         isinstance(device, str) and 0 < len(device) <= _IDENTITY_MAX and device.isprintable()
     ):
