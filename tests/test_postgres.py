@@ -441,3 +441,25 @@ def test_a_server_gone_silent_is_cut_by_the_watchdog(
     finally:
         proxy.close()
     assert postgres.count(pg_table) == 0
+
+
+def _backends(server: PostgresServer) -> list[int]:
+    """The server pids of the sessions connectorsync holds (its application_name)."""
+    rows = server.query("SELECT pid FROM pg_stat_activity WHERE application_name = 'connectorsync'")
+    return sorted(row[0] for row in rows)
+
+
+def test_a_refused_batch_keeps_the_connection_for_its_bisection(
+    postgres: PostgresServer, pg_table: str
+) -> None:
+    """The server answered: the transaction is rolled back and the connection kept, so
+    bisecting a refused batch costs no new connections."""
+    r = remote(postgres, pg_table, device="d")
+    r.ping()
+    before = _backends(postgres)
+    for _ in range(3):
+        with pytest.raises(RejectedError):
+            r.push("temperature", [(1, T0, '"\\u0000"')])
+    r.push("temperature", [(2, T0 + 1, "2")])
+    assert _backends(postgres) == before and len(before) == 1
+    assert postgres.count(pg_table) == 1

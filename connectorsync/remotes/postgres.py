@@ -261,7 +261,7 @@ class PostgresRemote:
                     conn.commit()
                     return
                 except self._psycopg.Error as exc:
-                    self._drop()
+                    self._settle(conn)
                     error = map_error(
                         exc, where=where, secret=self._password, committing=committing
                     )
@@ -314,6 +314,11 @@ class PostgresRemote:
             self._reused = self._conn
             if self._conn is None:
                 self._conn = self._connect(where)
+                if self._closed:  # close() came while connecting: it could not cut it
+                    self._drop()
+                    raise TransientRemoteError(
+                        f"{where}: close() ended the connecting; nothing sent"
+                    )
             conn = self._conn
             timer = threading.Timer(3 * self.timeout, _cut, (conn,))
             timer.daemon = True
@@ -321,7 +326,7 @@ class PostgresRemote:
             try:
                 yield conn
             except self._psycopg.Error as exc:
-                self._drop()
+                self._settle(conn)
                 raise map_error(exc, where=where, secret=self._password) from None
             finally:
                 timer.cancel()
@@ -396,6 +401,17 @@ class PostgresRemote:
     def _count(self, n: int) -> None:
         with self._sent_lock:
             self._sent += n
+
+    def _settle(self, conn: Any) -> None:
+        """After an error: a connection the server answered on is rolled back and kept (a
+        refused batch is bisected on it); a broken one is dropped."""
+        if conn.broken or conn.closed or self._closed:
+            self._drop()
+            return
+        try:
+            conn.rollback()
+        except self._psycopg.Error:
+            self._drop()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
