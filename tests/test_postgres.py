@@ -8,6 +8,9 @@ database, refused values becoming dead letters, and the password never shown."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +31,7 @@ from connectorsync.errors import (
 from connectorsync.remotes import DeliveryKind, remote_from_config
 from connectorsync.testing.postgres import PostgresFaultProxy, PostgresServer
 
-from .conftest import wait_for
+from .conftest import ROOT, wait_for
 
 T0 = 1_700_000_000.0
 SECRET = "Pg-S3cret-Never-Shown"
@@ -463,3 +466,54 @@ def test_a_refused_batch_keeps_the_connection_for_its_bisection(
     r.push("temperature", [(2, T0 + 1, "2")])
     assert _backends(postgres) == before and len(before) == 1
     assert postgres.count(pg_table) == 1
+
+
+NO_PSYCOPG = """\
+import sys
+
+
+class NoPsycopg:
+    def find_spec(self, name, path=None, target=None):
+        if name == "psycopg" or name.startswith("psycopg."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NoPsycopg())
+"""
+
+BUILD_WITHOUT_PSYCOPG = """\
+try:
+    import psycopg  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("psycopg is importable: the test proves nothing")
+import connectorsync  # works without the extra
+from connectorsync import ConfigurationError, PostgresRemote
+try:
+    PostgresRemote("postgresql://u@127.0.0.1/db", device="d")
+except ConfigurationError as exc:
+    print("REFUSED:", exc)
+else:
+    print("BUILT")
+"""
+
+
+def test_without_psycopg_building_the_remote_fails_naming_the_extra(tmp_path: Path) -> None:
+    """An interpreter in which psycopg cannot be imported (a sitecustomize blocks it):
+    ``import connectorsync`` works, building a PostgresRemote raises ConfigurationError naming
+    the ``connectorsync[postgres]`` extra (rather than a remote that never delivers)."""
+    (tmp_path / "sitecustomize.py").write_text(NO_PSYCOPG)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    result = subprocess.run(
+        [sys.executable, "-c", BUILD_WITHOUT_PSYCOPG],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("REFUSED:"), result.stdout
+    assert "connectorsync[postgres]" in result.stdout

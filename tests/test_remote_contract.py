@@ -10,6 +10,9 @@ thingsboard_mqtt preset publish to a real mosquitto (skipped without one, see
 ``conftest.require_mosquitto``), read back by a subscriber, in both protocol versions;
 mosquitto is stopped for an outage, and an MQTT-aware loopback proxy refuses a message (MQTT 5:
 PUBACK 0x99; 3.1.1: a plain PUBACK, the message dropped, as brokers do) or loses a PUBACK.
+PostgresRemote writes a table of its own on a real PostgreSQL (skipped without one, see
+``conftest.require_postgres``): a CHECK constraint refuses a value, the server is stopped for
+an outage, and a proxy lets a batch's COMMIT through and cuts its answer.
 """
 
 from __future__ import annotations
