@@ -517,3 +517,25 @@ def test_without_psycopg_building_the_remote_fails_naming_the_extra(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("REFUSED:"), result.stdout
     assert "connectorsync[postgres]" in result.stdout
+
+
+def test_two_datapoints_within_one_microsecond_are_never_dropped_silently(
+    postgres: PostgresServer, pg_table: str, cache_path: str
+) -> None:
+    """The key keeps microseconds: a second datapoint of a stream in the same microsecond,
+    with another value, is not taken for a resend (ON CONFLICT DO NOTHING would drop it): it
+    becomes a dead letter saying why, and the rest is stored."""
+    near = T0 + 3 + 2.5e-7  # another float than T0 + 3, the same microsecond
+    assert near != T0 + 3
+    with logger(cache_path, remote(postgres, pg_table)) as lg:
+        lg.insert_many(
+            "temperature",
+            [{"t": T0 + i, "d": i} for i in range(4)]
+            + [{"t": near, "d": 99}, {"t": T0 + 5, "d": 5}],
+        )
+        report = lg.sync()
+        assert report.sent == {"temperature": 5} and report.deadlettered == {"temperature": 1}
+        (letter,) = lg.deadletters()
+        assert letter.d == 99
+        assert "to the microsecond" in letter.reason
+    assert [row[3] for row in postgres.rows(pg_table)] == [0, 1, 2, 3, 5]

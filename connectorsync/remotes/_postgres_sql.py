@@ -8,7 +8,9 @@ The table (created when missing)::
 A batch is staged in a temporary table by ``COPY`` (text format: one ``t<TAB>value`` line per
 datapoint, ``t`` in seconds) and moved with ``INSERT ... SELECT ... ON CONFLICT (device,
 stream, t) DO NOTHING``: a row already stored (a batch sent again after a lost answer) is
-left as it is, so nothing is stored twice.
+left as it is, so nothing is stored twice. When fewer rows went in than were staged, the rest
+must be that: a row of the key holding another value is a second datapoint within the same
+microsecond (:func:`collision`), which is refused rather than dropped.
 """
 
 from __future__ import annotations
@@ -91,6 +93,17 @@ def insert_staged(sql: Any, table: str, *, typed: bool) -> Any:
     return sql.SQL(
         "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT (device, stream, t) DO NOTHING"
     ).format(table_identifier(sql, table), columns, values, sql.Identifier(STAGING))
+
+
+def collision(sql: Any, table: str) -> Any:
+    """The first staged datapoint, parameters ``(device, stream)``, whose row in ``table``
+    holds another value: two datapoints of a stream within one microsecond (the key's
+    resolution) that are not one datapoint sent again. ``(t in seconds, stored value as
+    text)``, or no row."""
+    return sql.SQL(
+        "SELECT s.t, d.value::text FROM {} s JOIN {} d ON d.device = %s AND d.stream = %s "
+        "AND d.t = to_timestamp(s.t) WHERE d.value <> s.value ORDER BY s.t LIMIT 1"
+    ).format(sql.Identifier(STAGING), table_identifier(sql, table))
 
 
 def newest(sql: Any, table: str) -> Any:

@@ -56,6 +56,7 @@ from ..errors import (
     ArgumentTypeError,
     ClosedError,
     ConfigurationError,
+    RejectedError,
     RemoteError,
     TransientRemoteError,
 )
@@ -257,6 +258,8 @@ class PostgresRemote:
                             self._count(len(payload))
                             copying.write(payload)
                         cur.execute(insert, (device, stream))
+                        if cur.rowcount < len(batch):  # some were there: resent, or not?
+                            self._check_collisions(cur, device, stream, where)
                     committing = True
                     conn.commit()
                     return
@@ -270,6 +273,23 @@ class PostgresRemote:
                         raise error from None
                     log.debug("%s; connecting again", error)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_collisions(self, cur: Any, device: str, stream: str, where: str) -> None:
+        """Refuse the batch when a staged datapoint's key (its microsecond) holds another
+        value: it is not the same datapoint sent again, and ON CONFLICT DO NOTHING would
+        drop it silently. The pass bisects the batch down to it (a dead letter)."""
+        cur.execute(statements.collision(self._psycopg.sql, self.table), (device, stream))
+        row = cur.fetchone()
+        if row is None:
+            return
+        t, stored = row
+        reason = (
+            f"another datapoint of stream {stream!r} is stored at t={t!r} (to the microsecond, "
+            f"the resolution of timestamptz) with the value {stored[:200]}; this one is kept "
+            "as a dead letter rather than dropped"
+        )
+        self._conn.rollback()
+        raise RejectedError(f"{where}: {reason}", body=reason)
 
     def reconcile(self, stream: str) -> float | None:
         """The newest ``t`` of ``stream`` (this device's) in the table, or None (read-only)."""
