@@ -2,15 +2,19 @@
 
 The table (created when missing)::
 
-    device text, stream text, t timestamptz, value jsonb, [number double precision,]
-    UNIQUE (device, stream, t)
+    device text, stream text, t timestamptz, id bigint, value jsonb,
+    [number double precision,] UNIQUE (device, stream, t, id)
 
-A batch is staged in a temporary table by ``COPY`` (text format: one ``t<TAB>value`` line per
-datapoint, ``t`` in seconds) and moved with ``INSERT ... SELECT ... ON CONFLICT (device,
-stream, t) DO NOTHING``: a row already stored (a batch sent again after a lost answer) is
-left as it is, so nothing is stored twice. When fewer rows went in than were staged, the rest
-must be that: a row of the key holding another value is a second datapoint within the same
-microsecond (:func:`collision`), which is refused rather than dropped.
+``id`` is the datapoint's id in its cache file (never reused there, the same on every
+resend). It is in the key because ``timestamptz`` keeps microseconds and the cache does not
+round: two datapoints of a stream can fall in one microsecond (the cache's 1 µs nudge of a
+tie is 0.88 to 1.12 µs in floating point), and a key of (device, stream, t) alone would take
+the second for a resend of the first and drop it.
+
+A batch is staged in a temporary table by ``COPY`` (text format: one ``t<TAB>id<TAB>value``
+line per datapoint, ``t`` in seconds) and moved with ``INSERT ... SELECT ... ON CONFLICT
+(device, stream, t, id) DO NOTHING``: a row already stored (a batch sent again after a lost
+answer) is left as it is, so nothing is stored twice.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ def create_table(sql: Any, table: str, *, typed: bool) -> list[Any]:
     statements = [
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (device text NOT NULL, stream text NOT NULL, "
-            "t timestamptz NOT NULL, value jsonb NOT NULL{}, UNIQUE (device, stream, t))"
+            "t timestamptz NOT NULL, id bigint NOT NULL, value jsonb NOT NULL{}, "
+            "UNIQUE (device, stream, t, id))"
         ).format(name, number)
     ]
     if typed:
@@ -71,39 +76,29 @@ def make_hypertable(sql: Any, table: str) -> Any:
 
 def create_staging(sql: Any) -> Any:
     return sql.SQL(
-        "CREATE TEMPORARY TABLE IF NOT EXISTS {} (t double precision, value jsonb) "
+        "CREATE TEMPORARY TABLE IF NOT EXISTS {} (t double precision, id bigint, value jsonb) "
         "ON COMMIT DELETE ROWS"
     ).format(sql.Identifier(STAGING))
 
 
 def copy_staging(sql: Any) -> Any:
-    return sql.SQL("COPY {} (t, value) FROM STDIN").format(sql.Identifier(STAGING))
+    return sql.SQL("COPY {} (t, id, value) FROM STDIN").format(sql.Identifier(STAGING))
 
 
 def insert_staged(sql: Any, table: str, *, typed: bool) -> Any:
     """Move the staged rows into ``table``, parameters ``(device, stream)``; rows it holds
     already are left alone. With ``typed``, a number also goes into ``number`` (as double
     precision: one beyond its range is refused by the server), anything else leaves it NULL."""
-    columns, values = sql.SQL("device, stream, t, value"), sql.SQL("%s, %s, to_timestamp(t), value")
+    columns = sql.SQL("device, stream, t, id, value")
+    values = sql.SQL("%s, %s, to_timestamp(t), id, value")
     if typed:
         columns += sql.SQL(", number")
         values += sql.SQL(
             ", CASE WHEN jsonb_typeof(value) = 'number' THEN value::double precision END"
         )
     return sql.SQL(
-        "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT (device, stream, t) DO NOTHING"
+        "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT (device, stream, t, id) DO NOTHING"
     ).format(table_identifier(sql, table), columns, values, sql.Identifier(STAGING))
-
-
-def collision(sql: Any, table: str) -> Any:
-    """The first staged datapoint, parameters ``(device, stream)``, whose row in ``table``
-    holds another value: two datapoints of a stream within one microsecond (the key's
-    resolution) that are not one datapoint sent again. ``(t in seconds, stored value as
-    text)``, or no row."""
-    return sql.SQL(
-        "SELECT s.t, d.value::text FROM {} s JOIN {} d ON d.device = %s AND d.stream = %s "
-        "AND d.t = to_timestamp(s.t) WHERE d.value <> s.value ORDER BY s.t LIMIT 1"
-    ).format(sql.Identifier(STAGING), table_identifier(sql, table))
 
 
 def newest(sql: Any, table: str) -> Any:
@@ -115,13 +110,13 @@ def newest(sql: Any, table: str) -> Any:
 
 
 def copy_payload(batch: Sequence[Datapoint]) -> bytes:
-    """The COPY text of ``batch``: ``t<TAB>value`` lines, ``t`` as Python's shortest exact
-    repr (PostgreSQL parses it back to the same double), the value as the cache's JSON text
-    with COPY's special characters escaped."""
+    """The COPY text of ``batch``: ``t<TAB>id<TAB>value`` lines, ``t`` as Python's shortest
+    exact repr (PostgreSQL parses it back to the same double), the value as the cache's JSON
+    text with COPY's special characters escaped."""
     lines = []
     for point in batch:
         d = point[2]
         if "\\" in d or "\t" in d or "\n" in d or "\r" in d:
             d = d.translate(_COPY_ESCAPES)
-        lines.append(f"{float(point[1])!r}\t{d}\n")
+        lines.append(f"{float(point[1])!r}\t{int(point[0])}\t{d}\n")
     return "".join(lines).encode()

@@ -1,12 +1,15 @@
 """PostgresRemote: store datapoints in a PostgreSQL (or TimescaleDB) table, exactly once.
 
-Each datapoint is a row ``(device, stream, t, value)`` of one table (``table=``, created when
-missing, see :mod:`._postgres_sql`) with a unique key on ``(device, stream, t)``. A batch goes
-in one transaction: ``COPY`` into a temporary table, then ``INSERT ... SELECT ... ON
-CONFLICT DO NOTHING``. A batch sent again (after a lost answer) stores nothing twice, so the
-delivery kind is **idempotent**: a push whose answer is lost is sent again whole and stored
-once (``tests/test_postgres.py::test_a_lost_commit_answer_stores_nothing_twice``,
-``test_a_server_restart_in_the_middle_of_a_sync_loses_and_duplicates_nothing``).
+Each datapoint is a row ``(device, stream, t, id, value)`` of one table (``table=``, created
+when missing, see :mod:`._postgres_sql`) with a unique key on ``(device, stream, t, id)``
+(``id``: the datapoint's id in its cache file, which keeps apart two datapoints of a stream
+within one microsecond, the resolution of ``timestamptz``). A batch goes in one transaction:
+``COPY`` into a temporary table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. A
+batch sent again (after a lost answer) stores nothing twice, so the delivery kind is
+**idempotent**: a push whose answer is lost is sent again whole and stored once
+(``tests/test_postgres.py::test_a_lost_commit_answer_stores_nothing_twice``,
+``test_a_server_restart_in_the_middle_of_a_sync_loses_and_duplicates_nothing``,
+``test_two_datapoints_within_one_microsecond_are_both_stored``).
 
 ``device`` is who the rows belong to: given, or the identity of the Logger's cache file
 (32 hex characters, different for every cache file), which the Logger hands over through
@@ -56,7 +59,6 @@ from ..errors import (
     ArgumentTypeError,
     ClosedError,
     ConfigurationError,
-    RejectedError,
     RemoteError,
     TransientRemoteError,
 )
@@ -258,8 +260,6 @@ class PostgresRemote:
                             self._count(len(payload))
                             copying.write(payload)
                         cur.execute(insert, (device, stream))
-                        if cur.rowcount < len(batch):  # some were there: resent, or not?
-                            self._check_collisions(cur, device, stream, where)
                     committing = True
                     conn.commit()
                     return
@@ -273,23 +273,6 @@ class PostgresRemote:
                         raise error from None
                     log.debug("%s; connecting again", error)
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _check_collisions(self, cur: Any, device: str, stream: str, where: str) -> None:
-        """Refuse the batch when a staged datapoint's key (its microsecond) holds another
-        value: it is not the same datapoint sent again, and ON CONFLICT DO NOTHING would
-        drop it silently. The pass bisects the batch down to it (a dead letter)."""
-        cur.execute(statements.collision(self._psycopg.sql, self.table), (device, stream))
-        row = cur.fetchone()
-        if row is None:
-            return
-        t, stored = row
-        reason = (
-            f"another datapoint of stream {stream!r} is stored at t={t!r} (to the microsecond, "
-            f"the resolution of timestamptz) with the value {stored[:200]}; this one is kept "
-            "as a dead letter rather than dropped"
-        )
-        self._conn.rollback()
-        raise RejectedError(f"{where}: {reason}", body=reason)
 
     def reconcile(self, stream: str) -> float | None:
         """The newest ``t`` of ``stream`` (this device's) in the table, or None (read-only)."""

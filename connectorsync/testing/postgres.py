@@ -335,11 +335,11 @@ class PostgresServer(ChildProcess):
 
     def rows(self, table: str = "datapoints") -> list[tuple[str, str, float, Any]]:
         """Every row of ``table`` as ``(device, stream, t in seconds, value)``, by device,
-        stream and time; none when there is no such table."""
+        stream, time and cache id; none when there is no such table."""
         sql = _psycopg().sql
         statement = sql.SQL(
             "SELECT device, stream, extract(epoch FROM t)::float8, value FROM {} "
-            "ORDER BY device, stream, t"
+            "ORDER BY device, stream, t, id"
         ).format(sql.Identifier(*table.split(".")))
         with self.admin(database=self.database) as conn:
             if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
@@ -359,11 +359,12 @@ class PostgresServer(ChildProcess):
             return int(conn.execute(statement, () if stream is None else (stream,)).fetchone()[0])
 
     def duplicates(self, table: str = "datapoints") -> int:
-        """Rows beyond the first of each (device, stream, t): 0 when nothing was stored twice."""
+        """Rows beyond the first of each (device, stream, id): 0 when no datapoint of a cache
+        was stored twice."""
         sql = _psycopg().sql
-        statement = sql.SQL("SELECT count(*) - count(DISTINCT (device, stream, t)) FROM {}").format(
-            sql.Identifier(*table.split("."))
-        )
+        statement = sql.SQL(
+            "SELECT count(*) - count(DISTINCT (device, stream, id)) FROM {}"
+        ).format(sql.Identifier(*table.split(".")))
         with self.admin(database=self.database) as conn:
             return int(conn.execute(statement).fetchone()[0])
 

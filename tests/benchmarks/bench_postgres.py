@@ -5,7 +5,7 @@ and one ``Logger.sync()`` drains it through a :class:`PostgresRemote` into a loc
 (:class:`connectorsync.testing.postgres.PostgresServer`, its own process on 127.0.0.1, fsync
 off). The ceiling: a plain psycopg 3 loop doing the same per batch of the same size, on one
 connection made before the clock starts: ``COPY`` of the same text into a temporary table,
-``INSERT ... SELECT ... ON CONFLICT (device, stream, t) DO NOTHING``, ``COMMIT``; the
+``INSERT ... SELECT ... ON CONFLICT (device, stream, t, id) DO NOTHING``, ``COMMIT``; the
 datapoints in memory, no cache behind it. Each writes a table of its own, created before the
 clock starts; both are counted on the server afterwards.
 
@@ -67,7 +67,8 @@ def plain_run(server: PostgresServer, count: int, batch: int) -> float:
         conn.execute(
             sql.SQL(
                 "CREATE TABLE {} (device text NOT NULL, stream text NOT NULL, "
-                "t timestamptz NOT NULL, value jsonb NOT NULL, UNIQUE (device, stream, t))"
+                "t timestamptz NOT NULL, id bigint NOT NULL, value jsonb NOT NULL, "
+                "UNIQUE (device, stream, t, id))"
             ).format(table)
         )
         conn.execute(
@@ -75,14 +76,18 @@ def plain_run(server: PostgresServer, count: int, batch: int) -> float:
         )
         conn.commit()
         insert = sql.SQL(
-            "INSERT INTO {} (device, stream, t, value) SELECT %s, %s, to_timestamp(t), value "
-            "FROM staging ON CONFLICT (device, stream, t) DO NOTHING"
+            "INSERT INTO {} (device, stream, t, id, value) "
+            "SELECT %s, %s, to_timestamp(t), id, value "
+            "FROM staging ON CONFLICT (device, stream, t, id) DO NOTHING"
         ).format(table)
         start = time.perf_counter()
         for first in range(0, count, batch):
-            text = "".join(f"{p['t']!r}\t{p['d']!r}\n" for p in points[first : first + batch])
+            text = "".join(
+                f"{p['t']!r}\t{first + i + 1}\t{p['d']!r}\n"
+                for i, p in enumerate(points[first : first + batch])
+            )
             with conn.cursor() as cur:
-                with cur.copy("COPY staging (t, value) FROM STDIN") as copy:
+                with cur.copy("COPY staging (t, id, value) FROM STDIN") as copy:
                     copy.write(text.encode())
                 cur.execute(insert, (DEVICE, "temperature"))
             conn.commit()
