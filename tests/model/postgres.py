@@ -56,7 +56,7 @@ class PostgresBackend(Backend):
 
     def stored(self, stream: str) -> list[Any]:
         rows = self.server.query(
-            f"SELECT value FROM {self.table} WHERE stream = %s ORDER BY t",
+            f"SELECT value FROM {self.table} WHERE stream = %s ORDER BY t, id",
             (stream,),
         )
         return [row[0] for row in rows]
