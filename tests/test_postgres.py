@@ -31,7 +31,7 @@ from connectorsync.errors import (
 from connectorsync.remotes import DeliveryKind, remote_from_config
 from connectorsync.testing.postgres import PostgresFaultProxy, PostgresServer
 
-from .conftest import ROOT, wait_for
+from .conftest import ROOT, child_env, wait_for
 
 T0 = 1_700_000_000.0
 SECRET = "Pg-S3cret-Never-Shown"
@@ -537,3 +537,32 @@ def test_two_datapoints_within_one_microsecond_are_both_stored(
     stored = [row[3] for row in postgres.rows(pg_table)]
     assert stored == [0, 1, 2, 3, 99, 5, *range(6, 56)]
     assert postgres.duplicates(pg_table) == 0
+
+
+def test_connectorsync_sync_rebuilds_the_remote_and_binds_the_cache_identity(
+    postgres: PostgresServer, pg_table: str, cache_path: str
+) -> None:
+    """The Logger records the remote's configuration (password included, in the owner-only
+    cache file); ``connectorsync sync CACHE`` in another process builds it again, binds the
+    cache's identity, and delivers; no output shows the password."""
+    with logger(cache_path, remote(postgres, pg_table)) as lg:
+        lg.insert("temperature", 1.5, T0)
+        postgres.stop()
+        try:
+            assert isinstance(lg.sync().exception, TransientRemoteError)  # recorded, kept
+        finally:
+            postgres.start()
+        identity = lg.identity
+    shown = ""
+    for command in ("sync", "status"):
+        done = subprocess.run(
+            [sys.executable, "-m", "connectorsync", command, cache_path],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        shown += done.stdout + done.stderr
+    assert postgres.rows(pg_table) == [(identity, "temperature", T0, 1.5)]
+    assert "PostgresRemote(" in shown and postgres.password not in shown
