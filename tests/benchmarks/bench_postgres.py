@@ -72,7 +72,8 @@ def plain_run(server: PostgresServer, count: int, batch: int) -> float:
             ).format(table)
         )
         conn.execute(
-            "CREATE TEMPORARY TABLE staging (t double precision, value jsonb) ON COMMIT DELETE ROWS"
+            "CREATE TEMPORARY TABLE staging (t double precision, id bigint, value jsonb) "
+            "ON COMMIT DELETE ROWS"
         )
         conn.commit()
         insert = sql.SQL(
