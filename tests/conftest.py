@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from connectorsync.testing.mosquitto import (
     find_mosquitto,
 )
 from connectorsync.testing.nats import NATSServer, NATSStartError, find_nats_server
+from connectorsync.testing.postgres import PostgresServer, PostgresStartError, find_postgres
 from connectorsync.testing.receiver import HTTPReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -368,3 +370,56 @@ def receiver() -> Iterator[HTTPReceiver]:
         yield rcv
     finally:
         rcv.stop()
+
+
+# PostgreSQL: one server for the whole session (initdb takes a second), a table per test.
+REQUIRE_POSTGRES = "CONNECTORSYNC_REQUIRE_POSTGRES"
+
+
+def require_postgres() -> None:
+    """The one place that decides for a test needing PostgreSQL when there is none: skip,
+    saying how to install it, or fail under CONNECTORSYNC_REQUIRE_POSTGRES=1 (which .ci/run
+    sets after installing it) or CI=true, so that CI never skips the PostgreSQL tests."""
+    missing = None
+    if find_postgres() is None:
+        missing = "PostgreSQL is not installed: `apt-get install postgresql` to run its tests"
+    else:
+        try:
+            import psycopg  # noqa: F401 - only whether it imports
+        except ImportError:
+            missing = "psycopg is not installed: pip install 'connectorsync[postgres]'"
+    if missing is None:
+        return
+    if os.environ.get(REQUIRE_POSTGRES) == "1" or os.environ.get("CI") == "true":
+        pytest.fail(f"{missing} ({REQUIRE_POSTGRES}=1 or CI=true requires them)")
+    pytest.skip(missing)
+
+
+def start_postgres(**kwargs: Any) -> PostgresServer:
+    """A started PostgreSQL of its own in a new temporary directory (see
+    :class:`PostgresServer` for ``kwargs``); skipped or failed by :func:`require_postgres`
+    when there is none. The caller calls ``cleanup()``."""
+    require_postgres()
+    server = PostgresServer(**kwargs)
+    try:
+        server.start()
+    except PostgresStartError as exc:
+        server.cleanup()
+        pytest.fail(f"PostgreSQL is installed but did not start: {exc}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL for the session (tests that stop or restart it use their own)."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_table() -> str:
+    """A table name of its own for the test (PostgresRemote creates it)."""
+    return "t_" + uuid.uuid4().hex[:16]

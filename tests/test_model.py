@@ -6,7 +6,8 @@ tests/model/mqtt.py), and after every step checks the invariant (tests/model/che
 The variants: ``ordered`` (ConnectorDB test server), ``idempotent`` (influxd behind a fault
 proxy), ``at_least_once`` (HTTP receiver), ``mqtt`` (mosquitto behind the MQTT fault proxy,
 a real subscriber), ``nats`` (nats-server with JetStream behind the NATS fault proxy,
-idempotent by ``Nats-Msg-Id``: tests/model/nats.py), ``batched``
+idempotent by ``Nats-Msg-Id``: tests/model/nats.py), ``postgres`` (PostgreSQL behind its
+fault proxy, tests/model/postgres.py), ``batched``
 (``durability="batched"`` against ConnectorDB) and ``lanes``
 (``live_first`` with a ``max_rate``, HTTP receiver). The whole process runs on a failing-disk
 VFS shim (tests/helpers/failing_vfs.py) that the ``failing_commits`` rule arms.
@@ -38,6 +39,7 @@ from .model.fanout import GIVE_UP, FanoutModel
 from .model.machine import RUNS, DeliveryModel
 from .model.mqtt import MQTTBackend
 from .model.nats import NATSBackend
+from .model.postgres import PostgresBackend
 from .model.settings import SETTINGS, SOAK, SOAK_MIN_STEPS
 
 
@@ -105,6 +107,15 @@ def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
         backend.close()
 
 
+@pytest.fixture(scope="module")
+def postgres_model() -> Iterator[Backend]:
+    backend = PostgresBackend()
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
 def run_model(
     name: str, backend: Backend, tmp_path: Path, ntp: NTPServer, vfs: FailingVFS, **attrs: object
 ) -> None:
@@ -153,6 +164,13 @@ def test_model_mqtt(mqtt: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_bac
 @pytest.mark.slow
 def test_model_nats(nats: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff) -> None:
     run_model("NATSModel", nats, tmp_path, ntp, vfs)
+
+
+@pytest.mark.slow
+def test_model_postgres(
+    postgres_model: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff
+) -> None:
+    run_model("PostgresModel", postgres_model, tmp_path, ntp, vfs)
 
 
 @pytest.mark.slow

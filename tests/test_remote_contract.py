@@ -14,6 +14,10 @@ NATSRemote publishes to a real nats-server with JetStream (skipped without one, 
 ``conftest.require_nats``), read back from the stream; nats-server is stopped for an outage,
 and a NATS-aware loopback proxy refuses a message (as JetStream refuses one over a stream's
 ``max_msg_size``) or loses an acknowledgement.
+
+PostgresRemote writes a table of its own on a real PostgreSQL (skipped without one, see
+``conftest.require_postgres``): a CHECK constraint refuses a value, the server is stopped for
+an outage, and a proxy lets a batch's COMMIT through and cuts its answer.
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ from connectorsync.remotes.influxdb import InfluxDBRemote
 from connectorsync.remotes.line_protocol import ns_to_seconds
 from connectorsync.remotes.mqtt import THINGSBOARD_TOPIC, MQTTRemote, thingsboard_mqtt
 from connectorsync.remotes.nats import NATSRemote
+from connectorsync.remotes.postgres import PostgresRemote
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.loopback import LoopbackProxy, shut
 from connectorsync.testing.mosquitto import MosquittoBroker, MQTTFaultProxy, MQTTSubscriber
 from connectorsync.testing.nats import NATSFaultProxy, NATSServer
+from connectorsync.testing.postgres import PostgresFaultProxy, PostgresServer
 from connectorsync.testing.receiver import HTTPReceiver
 
 from .conftest import start_mosquitto, start_nats, wait_for
@@ -499,6 +505,54 @@ class _ServerStopper:
         self.server.stop()
 
 
+class PostgresBackend(Backend):
+    """PostgresRemote into a table of its own on the session's PostgreSQL: a CHECK constraint
+    refuses a value (SQLSTATE 23514), the server is stopped for an outage, and a proxy lets a
+    batch's COMMIT through and cuts its answer."""
+
+    name = "postgres"
+    retry_after = None
+    DEVICE = "contract-device"  # remotes are used by hand too, without a Logger's identity
+
+    def __init__(self, server: PostgresServer) -> None:
+        super().__init__()
+        self.server = server
+        self.table = "contract_" + uuid.uuid4().hex[:12]
+        self.proxy: PostgresFaultProxy | None = None
+
+    def _remote(self, password: str | None = None) -> Remote:
+        port = None if self.proxy is None else self.proxy.port
+        dsn = self.server.dsn(port=port, password=password)
+        return self.closing(PostgresRemote(dsn, self.table, device=self.DEVICE, timeout=5))
+
+    def remote(self) -> Remote:
+        return self._remote()
+
+    def bad_remote(self) -> Remote:
+        return self._remote("wrong-password")
+
+    def stored(self) -> list[tuple[float, Any]]:
+        return [(t, value) for _, _, t, value in self.server.rows(self.table)]
+
+    def refuse(self, value: Any) -> None:
+        self.remote().ping()  # makes the table
+        literal = json.dumps(value).replace("'", "''")  # DDL takes no parameters
+        self.server.query(f"ALTER TABLE {self.table} ADD CHECK (value <> '{literal}'::jsonb)")
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        self.server.stop()
+        try:
+            yield
+        finally:
+            self.server.start()
+
+    def lose_next_answer(self) -> None:
+        if self.proxy is None:
+            self.proxy = self.closing(PostgresFaultProxy(self.server.port))
+        self.proxy.lose_next_answers(1)
+
+
 class _BrokerStopper:
     def __init__(self, broker: MosquittoBroker) -> None:
         self.broker = broker
@@ -568,6 +622,7 @@ KINDS = [
     "thingsboard_mqtt",
     "mqtt_qos2",
     "nats",
+    "postgres",
 ]
 
 
@@ -588,6 +643,8 @@ def make_backend(request: pytest.FixtureRequest) -> Backend:
         return MQTTQoS2Backend(request.getfixturevalue("tmp_path") / "mosquitto")
     if request.param == "nats":
         return NATSBackend(request.getfixturevalue("tmp_path") / "nats")
+    if request.param == "postgres":
+        return PostgresBackend(request.getfixturevalue("postgres"))
     return ThingsBoardBackend()
 
 
@@ -779,6 +836,11 @@ EXAMPLES: dict[str, Callable[[], list[Any]]] = {
     "thingsboard_mqtt": lambda: [
         thingsboard_mqtt("127.0.0.1", "TOK"),
         thingsboard_mqtt("mqtts://h.example:8883", "TOK", payload="batch", keepalive=30),
+    ],
+    "postgres": lambda: [
+        PostgresRemote("postgresql://u:p@127.0.0.1:9/db"),
+        PostgresRemote("host=127.0.0.1 dbname=db", "s.t", device="d", password="p", typed=True),
+        PostgresRemote("postgresql://127.0.0.1/db", hypertable=False, timeout=3),
     ],
 }
 

@@ -20,6 +20,7 @@ from .http import HTTPRemote, thingsboard
 from .influxdb import InfluxDBRemote
 from .mqtt import MQTTRemote, thingsboard_mqtt
 from .nats import NATSRemote
+from .postgres import PostgresRemote
 
 __all__ = [
     "ConnectorDBRemote",
@@ -30,6 +31,7 @@ __all__ = [
     "InfluxDBRemote",
     "MQTTRemote",
     "NATSRemote",
+    "PostgresRemote",
     "Remote",
     "register_remote",
     "registered_remotes",
