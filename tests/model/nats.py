@@ -12,8 +12,8 @@ Refusals are always on (``refuses_always``), as influxd's are: JetStream refuses
 for what it is (its size), the same on every send. A refusal switched on between a send
 whose answer was lost and its resend would stand for an operator lowering a limit in
 between: the message stored by the first send, the resend refused and dead-lettered here (a
-dead letter that is also stored; retried, it is dropped as a duplicate within the
-``duplicate_window``). The soak found that case when refusals could be toggled; it is
+dead letter that is also stored; retried, it is stored again, under the dead letter's own
+id). The soak found that case when refusals could be toggled; it is
 documented in docs/remotes.rst, not modelled.
 Each example gets a JetStream stream of its own, the previous one deleted.
 """
