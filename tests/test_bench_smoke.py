@@ -1,6 +1,6 @@
-"""The fleet and fan-out benchmarks run end to end at a tiny size: each completes (which
-includes its own check that the servers hold every datapoint and every cache is empty) and
-prints its tables. The figures themselves are the benchmarks' business, never asserted here."""
+"""The fleet (into ConnectorDB, NATS and PostgreSQL) and fan-out benchmarks run end to end at
+a tiny size: each completes (which includes its own check that the servers hold every
+datapoint and every cache is empty) and prints its tables. The figures themselves are the benchmarks' business, never asserted here."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import require_nats, require_postgres
+
 BENCH = Path(__file__).resolve().parent / "benchmarks" / "bench_fleet.py"
 FANOUT = BENCH.with_name("bench_fanout.py")
+ENGINES = BENCH.with_name("bench_fleet_engines.py")
 
 
 @pytest.mark.slow
@@ -43,3 +46,19 @@ def test_the_fanout_benchmark_completes_and_prints_its_tables() -> None:
     assert any(line.startswith("| remote A | 10 ms | 400 |") for line in lines)
     assert any(line.startswith("| remote B | 10 ms | 100 |") for line in lines)
     assert any(line.startswith("| two remotes | ") for line in lines)
+
+
+@pytest.mark.slow
+def test_the_fleet_into_the_engines_benchmark_completes_and_prints_its_table() -> None:
+    require_nats()
+    require_postgres()
+    tiny = ["--loggers", "8", "--processes", "2", "--outage", "2", "--syncperiod", "1"]
+    tiny += ["--steady", "2", "--after", "3"]
+    done = subprocess.run(
+        [sys.executable, str(ENGINES), *tiny], capture_output=True, text=True, timeout=150
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("| engine | inserted | held on the server |") for line in lines)
+    assert any(line.startswith("| nats | ") and " | 0 | " in line for line in lines)
+    assert any(line.startswith("| postgres | ") and " | 0 | " in line for line in lines)
