@@ -1,6 +1,7 @@
 """The fleet (into ConnectorDB, NATS and PostgreSQL) and fan-out benchmarks run end to end at
 a tiny size: each completes (which includes its own check that the servers hold every
-datapoint and every cache is empty) and prints its tables. The figures themselves are the benchmarks' business, never asserted here."""
+datapoint and every cache is empty) and prints its tables. The figures themselves are the
+benchmarks' business, never asserted here."""
 
 from __future__ import annotations
 
