@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +132,7 @@ def test_refused_creds_pause_syncing_and_are_never_shown(
             lg.start()
             wait_for(lambda: lg.status().paused, what="syncing to pause")
             assert len(lg) == 3 and lg.deadletters() == []
+            assert "syncing paused" in caplog.text  # the log the secrets must stay out of
             shown = str(report.exception) + repr(lg.status()) + repr(remote) + caplog.text
         assert server.count(STREAM) == 0
     finally:
@@ -183,3 +185,12 @@ def test_a_creds_file_that_goes_bad_later_is_an_error_naming_it_not_a_hang(
         assert server.count(STREAM) == 1
     finally:
         remote.close()
+
+
+def test_without_nkeys_a_creds_file_is_a_configuration_error_saying_so(
+    tmp_path: Path, operator: NATSOperator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = operator.user_creds(tmp_path / "device.creds")
+    monkeypatch.setitem(sys.modules, "nkeys", None)  # import nkeys now raises ImportError
+    with pytest.raises(ConfigurationError, match="needs the nkeys package: pip install"):
+        NATSRemote("nats://127.0.0.1:4222", credentials=creds)

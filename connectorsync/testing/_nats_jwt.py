@@ -9,8 +9,9 @@ padding: the header ``{"typ": "JWT", "alg": "ed25519-nkey"}``; the claims name t
 issued (``iat``), optionally when it expires (``exp``), and what it is under ``nats``
 (``type``, ``version`` 2, and the role's own fields); the signature is the issuer's ed25519
 signature of ``header.claims`` (:func:`encode_jwt`). An operator signs itself, an account is
-signed by its operator, a user by its account. ``jti`` is the base32 SHA-512/256 of the
-claims without it, as nats-io's tools write it (the server does not check it).
+signed by its operator, a user by its account. ``jti``, a unique id, is a base32 hash of the
+claims without it (nats-io's tools hash with SHA-512/256; the server does not recompute it,
+so SHA-256, which every Python has, serves).
 
 A ``.creds`` file holds the user's JWT and its seed between the marker lines nats-py and
 the other clients look for (:func:`creds_file`). Test material only: every key here is made
@@ -113,7 +114,7 @@ def encode_jwt(
     }
     if expires is not None:
         claims["exp"] = int(expires)
-    digest = hashlib.new("sha512_256", json.dumps(claims, sort_keys=True).encode()).digest()
+    digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
     claims["jti"] = base64.b32encode(digest).rstrip(b"=").decode()
     header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
     body = _b64(json.dumps(claims).encode())
