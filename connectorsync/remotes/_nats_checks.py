@@ -119,12 +119,51 @@ def _check_file(path: object) -> None:
         raise ConfigurationError(
             f"NATSRemote credentials must be a .creds file's path; got {path!r}"
         )
+    if (problem := creds_problem(path)) is not None:
+        raise ConfigurationError(
+            f"NATSRemote credentials: the file {path!r} {problem}; expected a .creds file "
+            "(a user JWT and its nkey seed, as `nsc generate creds` writes one)"
+        )
     try:
         import nkeys  # noqa: F401 - nats-py signs with it
     except ImportError:
         raise ConfigurationError(
             "NATSRemote credentials= (a .creds file) needs the nkeys package: pip install nkeys"
         ) from None
+
+
+#: The marker lines of a .creds file, each followed by what it marks on the next line.
+_CREDS_SECTIONS = {b"BEGIN NATS USER JWT": "user JWT", b"BEGIN USER NKEY SEED": "nkey seed"}
+
+
+class CredentialsFileError(OSError):
+    """The ``.creds`` file is gone or is not one (said without its contents)."""
+
+
+def recheck_creds(path: str) -> None:
+    """Before each connect: the file still a ``.creds`` file.
+
+    :raises CredentialsFileError: it is not (the message names the path, not the contents)
+    """
+    if (problem := creds_problem(path)) is not None:
+        raise CredentialsFileError(f"the .creds file {path!r} {problem}")
+
+
+def creds_problem(path: str) -> str | None:
+    """What makes ``path`` unusable as a ``.creds`` file, said without its contents, or
+    None. nats-py reads the line after each marker line, and loops for ever on a file
+    without the JWT's marker (nats-py 2.16, ``_read_creds_user_jwt``): the file is checked
+    before nats-py reads it (``tests/test_nats_creds.py``)."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    for marker, what in _CREDS_SECTIONS.items():
+        at = next((i for i, line in enumerate(lines) if marker in line), None)
+        if at is None or at + 1 >= len(lines) or not lines[at + 1].strip():
+            return f"holds no {what} (no line after {marker.decode()!r})"
+    return None
 
 
 def tls_context(ca: str | None, verify: bool) -> ssl.SSLContext:

@@ -27,7 +27,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ._nats_checks import recheck_creds
+
 _T = TypeVar("_T")
+
 
 #: A publish whose answer did not come: the connection ended, or ``timeout`` passed.
 LOST = "lost"
@@ -147,6 +150,10 @@ class JetStreamSession:
         """
         from nats.aio.client import Client
 
+        if login.credentials is not None:
+            # Checked again here: the file may have changed since the remote was built, and
+            # nats-py never returns from a file without a JWT (see creds_problem).
+            recheck_creds(login.credentials)
         errors: list[BaseException] = []
         holder: list[JetStreamSession] = []
 

@@ -2,7 +2,9 @@
 
 :class:`NATSServer` writes a config file of its own under ``tmpdir`` (a listener on
 127.0.0.1 only, JetStream with its store in ``tmpdir``, no monitoring port; optionally users
-with passwords, a token, TLS with a given certificate, a ``max_payload``), starts
+with passwords, a token, TLS with a given certificate, a ``max_payload``, or operator mode:
+JWT-authenticated accounts of a :class:`NATSOperator`, whose users log in with ``.creds``
+files), starts
 ``nats-server -c <file>`` and waits until the port accepts connections.
 :meth:`NATSServer.stop` sends SIGTERM to the pid (SIGKILL after ``timeout``) and reaps it;
 :meth:`~NATSServer.restart` keeps the port and the JetStream store, so streams and their
@@ -33,11 +35,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ._nats_jwt import NATSOperator
 from ._process import ChildProcess, free_port
 from ._proxy import LoopbackProxy, shut
 
 __all__ = [
     "NATSFaultProxy",
+    "NATSOperator",
     "NATSServer",
     "NATSStartError",
     "StoredMessage",
@@ -83,6 +87,10 @@ class NATSServer(ChildProcess):
     :param token: the one token that logs in (not with ``users``)
     :param tls: ``(certfile, keyfile)``: the listener speaks TLS with them (``tls://``)
     :param max_payload: the largest message (headers and payload) the server takes, bytes
+    :param operator: operator mode (not with ``users`` or ``token``): only users of the
+        operator's ``DEVICES`` account log in, each with a ``.creds`` file; JetStream is
+        that account's. The test's own side logs in as a user of it too (the ``nkeys``
+        package is needed)
     """
 
     _noun = "server"
@@ -98,16 +106,18 @@ class NATSServer(ChildProcess):
         token: str | None = None,
         tls: tuple[str, str] | None = None,
         max_payload: int | None = None,
+        operator: NATSOperator | None = None,
         start_timeout: float = 15.0,
     ) -> None:
-        if users and token:
-            raise ValueError("NATSServer: users= or token=, not both")
+        if sum(bool(given) for given in (users, token, operator)) > 1:
+            raise ValueError("NATSServer: one of users=, token=, operator=")
         self.dir = os.fspath(tmpdir)
         self.users = dict(users or {})
         self.permissions = {u: dict(p) for u, p in (permissions or {}).items()}
         self.token = token
         self.tls = tls
         self.max_payload = max_payload
+        self.operator = operator
         self.start_timeout = start_timeout
         self._port = port
         self._proc = None
@@ -179,6 +189,8 @@ class NATSServer(ChildProcess):
             lines.append(f"authorization {{ users: [{users}] }}")
         if self.token is not None:
             lines.append(f"authorization {{ token: {json.dumps(self.token)} }}")
+        if self.operator is not None:
+            lines.extend(self.operator.server_config())
         if self.tls:
             cert, key = (json.dumps(p) for p in self.tls)
             lines.append(f"tls {{ cert_file: {cert}, key_file: {key} }}")
@@ -273,14 +285,19 @@ class NATSServer(ChildProcess):
         return self._run(read)
 
     def client_options(self) -> dict[str, Any]:
-        """What ``nats.connect`` needs to log in here as the test (the first user, or the
-        token; TLS trusting the server's own certificate)."""
+        """What ``nats.connect`` needs to log in here as the test (the first user, the
+        token, or a user of the operator's account; TLS trusting the server's own certificate)."""
         options: dict[str, Any] = {"servers": [self.url], "allow_reconnect": False}
         if self.users:
             user, password = next(iter(self.users.items()))
             options.update(user=user, password=password)
         if self.token is not None:
             options["token"] = self.token
+        if self.operator is not None:
+            creds = os.path.join(self.dir, "test-side.creds")
+            if not os.path.exists(creds):
+                self.operator.user_creds(creds, "test-side")
+            options["user_credentials"] = creds
         if self.tls:
             options["tls"] = ssl.create_default_context(cafile=self.tls[0])
         return options
