@@ -103,7 +103,17 @@ def test_a_good_creds_file_delivers_into_jetstream(
         assert secret not in shown
 
 
-@pytest.mark.parametrize("refused", ["foreign", "expired", "revoked"])
+def bad_seed_creds(operator: NATSOperator, path: Path) -> str:
+    """A good user's .creds file with its seed made invalid (cut short: no nkey seed)."""
+    creds = operator.user_creds(path)
+    lines = Path(creds).read_text().splitlines()
+    at = lines.index("-----BEGIN USER NKEY SEED-----") + 1
+    lines[at] = lines[at][:20]
+    Path(creds).write_text("\n".join(lines) + "\n")
+    return creds
+
+
+@pytest.mark.parametrize("refused", ["foreign", "expired", "revoked", "bad_seed"])
 def test_refused_creds_pause_syncing_and_are_never_shown(
     server: NATSServer,
     operator: NATSOperator,
@@ -119,6 +129,7 @@ def test_refused_creds_pause_syncing_and_are_never_shown(
         "foreign": operator.foreign_creds,
         "expired": operator.expired_creds,
         "revoked": operator.revoked_creds,
+        "bad_seed": lambda path: bad_seed_creds(operator, path),
     }[refused]
     creds = make(tmp_path / f"{refused}.creds")
     remote = NATSRemote(server.url, credentials=creds, timeout=5)
@@ -128,7 +139,8 @@ def test_refused_creds_pause_syncing_and_are_never_shown(
             lg.insert_many("temperature", [{"t": T0 + i, "d": i} for i in range(3)])
             report = lg.sync()
             assert isinstance(report.exception, AuthError), report
-            assert "credentials refused" in str(report.exception)
+            said = "nkey seed is not valid" if refused == "bad_seed" else "credentials refused"
+            assert said in str(report.exception)
             lg.start()
             wait_for(lambda: lg.status().paused, what="syncing to pause")
             assert len(lg) == 3 and lg.deadletters() == []

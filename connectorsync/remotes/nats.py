@@ -113,7 +113,8 @@ class NATSRemote:
     :param password: never shown
     :param token: the server's token; never shown
     :param credentials: the path of a ``.creds`` file (a user JWT and its nkey seed: needs
-        the ``nkeys`` package); its contents are never read but by nats-py
+        the ``nkeys`` package); checked to hold a JWT and a seed (never shown) before each
+        connect, since nats-py loops for ever on a file without a JWT
     :param ca: a CA file to verify the server's certificate with (a private CA, a
         self-signed server); default: the system's CAs
     :param verify: False turns TLS verification off (testing only)
@@ -392,6 +393,10 @@ class NATSRemote:
         refused = {"AuthorizationError", "InvalidUserCredentialsError"}
         if "authorization violation" in texts or refused & {type(e).__name__ for e in seen}:
             return AuthError(f"{where}: credentials refused (authorization violation); check them")
+        if any(type(e).__module__.split(".")[0] == "nkeys" for e in seen):
+            # The .creds file's seed is no nkey seed: a credential that cannot work, as a
+            # refused one cannot (its text is never shown).
+            return AuthError(f"{where}: the credentials file's nkey seed is not valid; check it")
         for each in seen:
             if isinstance(each, ssl.SSLCertVerificationError):
                 return TransientRemoteError(
