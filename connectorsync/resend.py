@@ -26,7 +26,10 @@ Guarantees (each proved by the test named, in ``tests/test_deadletters.py``):
   delivered (``test_a_lost_answer_is_settled_by_connectordb_newest``); a transient,
   ambiguous or credentials failure otherwise stops the retry and is raised, and what was not
   settled stays as it was
-  (``test_an_unreachable_remote_fails_the_retry_and_changes_nothing``).
+  (``test_an_unreachable_remote_fails_the_retry_and_changes_nothing``), but for letters sent
+  without an answer: they stay with the reason :data:`UNANSWERED` (the remote may hold them),
+  until a later retry settles them
+  (``test_postgres.py::test_a_letter_sent_again_without_an_answer_says_it_may_be_stored``).
 - Memory is O(``batch_size``): letters are read by keyset pages.
 """
 
@@ -47,6 +50,12 @@ from .remotes.base import DeliveryKind, Remote, ensure_stream
 from .synclock import PassGate
 
 log = logging.getLogger(__name__)
+
+#: The start of the reason of a letter sent again without an answer: the remote may hold it.
+UNANSWERED = (
+    "sent again, no answer came (the remote may hold it already; retry_deadletters() settles "
+    "it, and a remote that is not at_least_once stores it once): at"
+)
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,10 @@ class _Stream:
             if self.ordered and self.remote.reconcile(self.row.name) == letters[-1].t:
                 pass  # all or nothing, and its last one is the remote's newest: delivered
             else:
+                # Sent, and no answer: the remote may hold them now. They stay dead letters
+                # saying so (the next retry settles them: a letter goes out under the same
+                # id each time, which an idempotent remote stores once).
+                self._keep(letters, f"{UNANSWERED} {time.strftime('%Y-%m-%d %H:%M:%S')}")
                 raise
         self._delivered([d.id for d in letters])
         if self.ordered:

@@ -29,6 +29,7 @@ from connectorsync.errors import (
     TransientRemoteError,
 )
 from connectorsync.remotes import DeliveryKind, remote_from_config
+from connectorsync.resend import UNANSWERED
 from connectorsync.testing.postgres import PostgresFaultProxy, PostgresServer
 
 from .conftest import ROOT, child_env, wait_for
@@ -170,6 +171,34 @@ def test_a_lost_commit_answer_stores_nothing_twice(
             assert lg.sync().sent == {"temperature": 100}  # sent again
             assert len(lg) == 0
         assert postgres.count(pg_table) == 100 and postgres.duplicates(pg_table) == 0
+    finally:
+        proxy.close()
+
+
+def test_a_letter_sent_again_without_an_answer_says_it_may_be_stored(
+    postgres: PostgresServer, pg_table: str, cache_path: str
+) -> None:
+    """A dead letter retried once its refusal was lifted, and the answer to its COMMIT lost:
+    the retry raises, the letter stays saying that the remote may hold it (it does), and the
+    next retry settles it, stored once (counted on the server)."""
+    proxy = PostgresFaultProxy(postgres.port)
+    try:
+        r = remote(postgres, pg_table, port=proxy.port)
+        r.ping()  # makes the table
+        postgres.query(f"ALTER TABLE {pg_table} ADD CONSTRAINT no_negatives CHECK (value >= '0')")
+        with logger(cache_path, r) as lg:
+            lg.insert_many("temperature", [{"t": T0, "d": 1.0}, {"t": T0 + 1, "d": -1.0}])
+            assert lg.sync().deadlettered == {"temperature": 1}
+            postgres.query(f"ALTER TABLE {pg_table} DROP CONSTRAINT no_negatives")
+            proxy.lose_next_answers(1)
+            with pytest.raises(AmbiguousRemoteError):
+                lg.retry_deadletters()
+            (letter,) = lg.deadletters()
+            assert letter.reason.startswith(UNANSWERED), letter.reason
+            assert postgres.count(pg_table) == 2  # it is stored, and still a dead letter
+            assert lg.retry_deadletters() == 1
+            assert lg.deadletters() == []
+        assert postgres.count(pg_table) == 2 and postgres.duplicates(pg_table) == 0
     finally:
         proxy.close()
 

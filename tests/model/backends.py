@@ -50,6 +50,11 @@ class Backend:
     kind = ""
     name = ""
     refuses_always = False  # influxd refuses a string in a float field by itself
+    # Refusals on from the start of each example, and only ever lifted (an operator who drops
+    # a constraint, then retries the dead letters), never switched on mid-example: one
+    # switched on between a send whose answer was lost and its resend would make a datapoint
+    # both stored and a dead letter, which no client can see (docs/remotes.rst).
+    refusal_only_lifts = False
     max_payload: int | None = None  # a datapoint bigger than this is refused (MQTT)
     restarts = False  # "fail" and "drop_before" restart the server (answers may be lost)
 

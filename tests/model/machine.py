@@ -92,7 +92,7 @@ class DeliveryModel(RuleBasedStateMachine):
         self.purged: set[int] = set()  # dead letters purged this step
         self.dropped = 0
         self.expired = 0
-        self.refusing = self.backend.refuses_always
+        self.refusing = self.backend.refuses_always or self.backend.refusal_only_lifts
         # A lost answer whose reconciliation failed was armed: stored-and-cached may last.
         # Sticky, since an armed fault may wait passes for a write to hit.
         self.unresolved = False
@@ -236,6 +236,8 @@ class DeliveryModel(RuleBasedStateMachine):
     @precondition(lambda self: not self.backend.refuses_always)
     @rule(on=st.booleans())
     def refuse_strings(self, on: bool) -> None:
+        if on and self.backend.refusal_only_lifts:
+            return  # lifted only (see Backend.refusal_only_lifts)
         self.backend.refuse(on)
         self.refusing = on
 

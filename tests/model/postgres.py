@@ -29,12 +29,12 @@ class PostgresBackend(Backend):
     kind = "idempotent"
     name = "postgres"
     restarts = True
-    # A CHECK constraint refuses a value for what it is, on every send, as one does in the
-    # field: switched on between a send whose answer was lost and its resend it would stand
-    # for an operator adding a constraint in between (the row stored by the first send, the
-    # resend refused: a dead letter that is also stored, which the soak found; documented in
-    # docs/remotes.rst, not modelled).
-    refuses_always = True
+    # A CHECK constraint refuses a value for what it is, on every send, from the start of an
+    # example; the model may lift it (and then retry the dead letters), never add it back:
+    # added between a send whose answer was lost and its resend, it would make the row
+    # stored by the first send a dead letter too, which the soak found and docs/remotes.rst
+    # says; not modelled.
+    refusal_only_lifts = True
 
     def __init__(self) -> None:
         self.server: PostgresServer = start_postgres()
@@ -92,7 +92,7 @@ class PostgresBackend(Backend):
             )
 
     def clear_faults(self) -> None:
-        self.proxy.clear()  # the refusal stays (refuses_always)
+        self.proxy.clear()  # the refusal is the model's (refusal_only_lifts)
 
     def _close_remotes(self) -> None:
         while self._made:
