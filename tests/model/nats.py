@@ -8,13 +8,14 @@ refusals (the proxy answers every string value as JetStream answers a message ov
 stream's size limit), and datapoints larger than the server's ``max_payload``
 (:data:`MAX_PAYLOAD`).
 
-Refusals are always on (``refuses_always``), as influxd's are: JetStream refuses a message
-for what it is (its size), the same on every send. A refusal switched on between a send
-whose answer was lost and its resend would stand for an operator lowering a limit in
-between: the message stored by the first send, the resend refused and dead-lettered here (a
-dead letter that is also stored; retried, it is stored again, under the dead letter's own
-id). The soak found that case when refusals could be toggled; it is
-documented in docs/remotes.rst, not modelled.
+Refusals are on from the start of each example and may only be lifted
+(``refusal_only_lifts``), as JetStream refuses a message for what it is (its size), the same
+on every send, until an operator raises the limit (and then retries the dead letters). A
+refusal switched on between a send whose answer was lost and its resend would stand for an
+operator lowering a limit in between: the message stored by the first send, the resend
+refused and dead-lettered here (a dead letter that is also stored; retried, it is stored
+again, under the dead letter's own id). The soak found that case when refusals could be
+toggled; it is documented in docs/remotes.rst, not modelled.
 Each example gets a JetStream stream of its own, the previous one deleted.
 """
 
@@ -44,12 +45,16 @@ def _is_string_value(payload: bytes) -> bool:
         return False
 
 
+def _nothing(payload: bytes) -> bool:
+    return False
+
+
 class NATSBackend(Backend):
     kind = "idempotent"
     name = "nats"
     max_payload = MAX_PAYLOAD
     restarts = True
-    refuses_always = True
+    refusal_only_lifts = True
 
     def __init__(self, directory: Path) -> None:
         require_nats()
@@ -109,9 +114,12 @@ class NATSBackend(Backend):
     def delay(self, seconds: float) -> None:
         """The NATS proxy cannot hold a message back: a pass then runs without a delay."""
 
+    def refuse(self, on: bool) -> None:
+        self.proxy.refuse(_is_string_value if on else _nothing)
+
     def clear_faults(self) -> None:
-        """Refusals stay (``refuses_always``); a lost answer armed is the proxy's until the
-        next example."""
+        """The refusal is the model's (``refusal_only_lifts``); a lost answer armed is the
+        proxy's until the next example."""
 
     def close(self) -> None:
         self._close_remotes()
