@@ -403,3 +403,18 @@ class Tally:
             )
         else:
             self.other = self.other or answer
+
+
+def in_a_running_loop() -> bool:
+    """Whether this thread runs an asyncio event loop now (a blocking call would stall it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as ``Type: text`` (or its type alone), for an error message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

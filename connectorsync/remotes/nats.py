@@ -85,7 +85,17 @@ from ._nats_checks import (
     load_nats,
     tls_context,
 )
-from ._nats_loop import LOST, Answer, JetStreamSession, Login, OwnLoop, StreamFacts, Tally
+from ._nats_loop import (
+    LOST,
+    Answer,
+    JetStreamSession,
+    Login,
+    OwnLoop,
+    StreamFacts,
+    Tally,
+    describe,
+    in_a_running_loop,
+)
 from .base import (
     CacheBound,
     Datapoint,
@@ -314,7 +324,7 @@ class NATSRemote:
         except Exception as exc:
             raise TransientRemoteError(
                 f"NATS {self.url}: reading the newest message on {subject!r} failed: "
-                f"{_describe(exc)}"
+                f"{describe(exc)}"
             ) from None
         if body is None:
             return None
@@ -342,7 +352,7 @@ class NATSRemote:
         if self._closed:
             coro.close()
             raise ClosedError(f"NATS {self.url}: this remote was closed; nothing sent")
-        if _in_a_running_loop():
+        if in_a_running_loop():
             coro.close()
             raise ConfigurationError(
                 f"NATS {self.url}: NATSRemote's calls block until done; call them from a "
@@ -404,7 +414,7 @@ class NATSRemote:
                     "give the server's CA file as ca="
                 )
         cause = next((e for e in reversed(seen) if type(e).__name__ != "NoServersError"), exc)
-        return TransientRemoteError(f"{where}: cannot connect: {_describe(cause)}")
+        return TransientRemoteError(f"{where}: cannot connect: {describe(cause)}")
 
     async def _stream_facts(self, subject: str) -> StreamFacts:
         """The stream holding ``subject`` (asked once per subject), created if asked to.
@@ -434,7 +444,7 @@ class NATSRemote:
         except Exception as exc:
             raise TransientRemoteError(
                 f"NATS {self.url}: the JetStream API did not answer about subject "
-                f"{subject!r} ({_describe(exc)}); is JetStream enabled on the server?"
+                f"{subject!r} ({describe(exc)}); is JetStream enabled on the server?"
             ) from None
         if facts is not None:
             self._streams[subject] = facts
@@ -587,16 +597,3 @@ def _close_at_exit(remote: weakref.ref[NATSRemote]) -> Callable[[], None]:
             alive.close()
 
     return close
-
-
-def _in_a_running_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
