@@ -52,7 +52,7 @@ from connectorsync.remotes.nats import NATSRemote
 from connectorsync.remotes.postgres import PostgresRemote
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
-from connectorsync.testing.loopback import LoopbackProxy, shut
+from connectorsync.testing.loopback import AnswerLosingProxy, shut
 from connectorsync.testing.mosquitto import MosquittoBroker, MQTTFaultProxy, MQTTSubscriber
 from connectorsync.testing.nats import NATSFaultProxy, NATSServer
 from connectorsync.testing.postgres import PostgresFaultProxy, PostgresServer
@@ -569,31 +569,14 @@ class _Stopper:
         self.receiver.stop()
 
 
-class AnswerDroppingProxy(LoopbackProxy):
+class AnswerDroppingProxy(AnswerLosingProxy):
     """A loopback TCP proxy to ``127.0.0.1:port``. Armed, it lets the next request that starts
     with ``prefix`` through, waits for the server's answer (the write is stored by then),
     and cuts the client's connection instead of relaying it: a lost acknowledgement."""
 
     def __init__(self, port: int, prefix: bytes = b"POST /write") -> None:
         self._prefix = prefix
-        self._armed = 0
         super().__init__(port)
-
-    def lose_next_answers(self, n: int = 1) -> None:
-        with self._lock:
-            self._armed += n
-
-    def _take(self) -> bool:
-        with self._lock:
-            if self._armed > 0:
-                self._armed -= 1
-                return True
-            return False
-
-    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
-        drop = threading.Event()
-        self._thread(self._pump, client, upstream, drop, True)
-        self._thread(self._pump, upstream, client, drop, False)
 
     def _pump(
         self, src: socket.socket, dst: socket.socket, drop: threading.Event, from_client: bool

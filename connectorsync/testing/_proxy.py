@@ -72,6 +72,43 @@ class LoopbackProxy:
             sock.close()
 
 
+class AnswerLosingProxy(LoopbackProxy):
+    """A proxy that loses the answers to the next requests it recognises: armed by
+    :meth:`lose_next_answers`, a subclass asks :meth:`_take` as such a request passes (True:
+    let it through, and cut the connection when the server's answer comes back, so that what
+    the server stored the client never hears of). By default each connection is relayed by
+    two :meth:`_pump` threads sharing a ``drop`` event (set: cut instead of relaying)."""
+
+    def __init__(self, port: int, scheme: str = "http") -> None:
+        self._armed = 0
+        super().__init__(port, scheme)
+
+    def lose_next_answers(self, n: int = 1) -> None:
+        with self._lock:
+            self._armed += n
+
+    def _disarm(self) -> None:
+        with self._lock:
+            self._armed = 0
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._armed > 0:
+                self._armed -= 1
+                return True
+            return False
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        drop = threading.Event()
+        self._thread(self._pump, client, upstream, drop, True)
+        self._thread(self._pump, upstream, client, drop, False)
+
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, drop: threading.Event, from_client: bool
+    ) -> None:
+        raise NotImplementedError
+
+
 def shut(*sockets: socket.socket) -> None:
     """Shut both directions of each socket (already closed: nothing to do)."""
     for sock in sockets:

@@ -7,14 +7,21 @@
   only, one thread per connection, every connection tracked so that stopping it cuts the
   ones still open.
 - :class:`LoopbackProxy` and :func:`shut`: a TCP proxy on 127.0.0.1 in front of a server,
-  the base of proxies that inject faults a server cannot (an answer lost after the server
-  stored the request).
+  the base of proxies that inject faults a server cannot; :class:`AnswerLosingProxy`, one
+  that loses the answers to the next requests it recognises (the server stored them).
 """
 
 from __future__ import annotations
 
 from ._faults import Faults
 from ._httpd import LoopbackHandler, LoopbackHTTPServer
-from ._proxy import LoopbackProxy, shut
+from ._proxy import AnswerLosingProxy, LoopbackProxy, shut
 
-__all__ = ["Faults", "LoopbackHTTPServer", "LoopbackHandler", "LoopbackProxy", "shut"]
+__all__ = [
+    "AnswerLosingProxy",
+    "Faults",
+    "LoopbackHTTPServer",
+    "LoopbackHandler",
+    "LoopbackProxy",
+    "shut",
+]

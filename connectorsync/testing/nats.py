@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from ._nats_jwt import NATSOperator
 from ._process import ChildProcess, free_port
-from ._proxy import LoopbackProxy, shut
+from ._proxy import AnswerLosingProxy, shut
 
 __all__ = [
     "NATSFaultProxy",
@@ -315,7 +315,7 @@ class NATSServer(ChildProcess):
         return asyncio.run(session())
 
 
-class NATSFaultProxy(LoopbackProxy):
+class NATSFaultProxy(AnswerLosingProxy):
     """A loopback TCP proxy to the NATS server at ``127.0.0.1:port`` that reads the client's
     side of the NATS protocol.
 
@@ -330,14 +330,9 @@ class NATSFaultProxy(LoopbackProxy):
     """
 
     def __init__(self, port: int) -> None:
-        self._armed = 0
         self._refuse: Callable[[bytes], bool] | None = None
         self._published: list[bytes] = []
         super().__init__(port, "nats")
-
-    def lose_next_answers(self, n: int = 1) -> None:
-        with self._lock:
-            self._armed += n
 
     def refuse(self, predicate: Callable[[bytes], bool]) -> None:
         self._refuse = predicate
@@ -345,13 +340,6 @@ class NATSFaultProxy(LoopbackProxy):
     def published(self) -> list[bytes]:
         with self._lock:
             return list(self._published)
-
-    def _take(self) -> bool:
-        with self._lock:
-            if self._armed > 0:
-                self._armed -= 1
-                return True
-            return False
 
     def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
         to_client = threading.Lock()  # both relays may write to the client

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._process import ChildProcess, free_port
-from ._proxy import LoopbackProxy, shut
+from ._proxy import AnswerLosingProxy, shut
 
 __all__ = [
     "PostgresFaultProxy",
@@ -377,7 +377,7 @@ class PostgresServer(ChildProcess):
         return int(rows[0][0])
 
 
-class PostgresFaultProxy(LoopbackProxy):
+class PostgresFaultProxy(AnswerLosingProxy):
     """A loopback TCP proxy to ``127.0.0.1:port``. Armed (:meth:`lose_next_answers`), it lets
     the next ``COMMIT`` of a transaction that ran a ``COPY`` (a batch: not the commit that
     makes a table) through to the server and, when the server answers (committed by then),
@@ -385,7 +385,6 @@ class PostgresFaultProxy(LoopbackProxy):
     connection now (a network failure); :meth:`delay` holds back what clients send."""
 
     def __init__(self, port: int) -> None:
-        self._armed = 0
         self._delay = 0.0
         #: Answers to a COMMIT the proxy cut so far.
         self.commits_cut = 0
@@ -397,32 +396,15 @@ class PostgresFaultProxy(LoopbackProxy):
         """Hold back each message a client sends ``seconds`` (0: relay at once)."""
         self._delay = seconds
 
-    def lose_next_answers(self, n: int = 1) -> None:
-        with self._lock:
-            self._armed += n
-
     def clear(self) -> None:
         """No lost answer armed, no delay."""
-        with self._lock:
-            self._armed = 0
+        self._disarm()
         self._delay = 0.0
 
     def cut_all(self) -> None:
         with self._lock:
             sockets = list(self._sockets)
         shut(*sockets)
-
-    def _take(self) -> bool:
-        with self._lock:
-            if self._armed > 0:
-                self._armed -= 1
-                return True
-            return False
-
-    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
-        drop = threading.Event()
-        self._thread(self._pump, client, upstream, drop, True)
-        self._thread(self._pump, upstream, client, drop, False)
 
     def _pump(
         self, src: socket.socket, dst: socket.socket, drop: threading.Event, from_client: bool
