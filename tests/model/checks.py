@@ -71,9 +71,10 @@ def check(model: DeliveryModel) -> None:
     came_back = sorted(now & model.gone)
     assert not came_back, f"counted dropped/expired/cleared/purged, yet present: {came_back}"
     vanished = (model.present | (inserted - model.present - model.gone)) - now
-    # At least once, a refused resend of a delivered datapoint is a dead letter too:
-    # purging that letter leaves the delivered copy.
-    sunk = model.sunk - (len(model.purged & s) if kind == "at_least_once" else 0)
+    # At least once, a refused resend of a delivered datapoint is a dead letter too, and on
+    # any remote a letter sent again without an answer may be stored (UNANSWERED): purging
+    # that letter leaves the delivered copy.
+    sunk = model.sunk - len(model.purged & s)
     counted = (status.dropped - model.dropped) + (status.expired - model.expired) + sunk
     # Likewise a datapoint delivered and still cached or a dead letter (a lost answer: at
     # least once, or not reconciled): its local copy dropped, expired or cleared is counted,
