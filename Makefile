@@ -55,6 +55,7 @@ bench: $(STAMP)
 # model of sets (tests/test_positions.py).
 soak: $(STAMP)
 	CONNECTORSYNC_SOAK=1 CONNECTORSYNC_REQUIRE_INFLUXDB=1 CONNECTORSYNC_REQUIRE_MOSQUITTO=1 \
+		CONNECTORSYNC_REQUIRE_NATS=1 CONNECTORSYNC_REQUIRE_POSTGRES=1 \
 		$(PY) -m pytest -s --timeout=3600 tests/test_model.py; status=$$?; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest -s --timeout=3600 tests/test_powercut.py || status=1; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=900 tests/test_lanes.py -k influxd || status=1; \
