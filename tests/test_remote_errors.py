@@ -23,7 +23,7 @@ from connectorsync import (
     RemoteError,
     TransientRemoteError,
 )
-from connectorsync.remotes._http import short_reason
+from connectorsync.remotes import short_reason
 from connectorsync.remotes.http import HTTPRemote
 from connectorsync.testing.receiver import HTTPReceiver
 

@@ -17,7 +17,7 @@ from connectorsync import (
     RemoteError,
     TransientRemoteError,
 )
-from connectorsync.remotes._http import Prepared
+from connectorsync.remotes import Prepared
 from connectorsync.remotes.base import Datapoint
 from connectorsync.testing import ConnectorDBServer
 

@@ -3,9 +3,12 @@
 Importing this package imports every remote connectorsync ships, each of which registers
 itself (:func:`~connectorsync.remotes.base.register_remote`); every one is exported here and
 from :mod:`connectorsync` (``tests/test_remote_contract.py::
-test_every_shipped_remote_is_exported``).
+test_every_shipped_remote_is_exported``). For remotes of your own, two helpers the built-in
+ones use: :class:`Prepared` (request bodies made ahead, for ``prepare``) and
+:func:`short_reason` (a remote's answer as a one-line reason for an error).
 """
 
+from ._http import Prepared, short_reason
 from .base import (
     Datapoint,
     DeliveryKind,
@@ -32,10 +35,12 @@ __all__ = [
     "MQTTRemote",
     "NATSRemote",
     "PostgresRemote",
+    "Prepared",
     "Remote",
     "register_remote",
     "registered_remotes",
     "remote_from_config",
+    "short_reason",
     "thingsboard",
     "thingsboard_mqtt",
 ]
