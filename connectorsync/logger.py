@@ -215,7 +215,8 @@ class Logger(Configurable):
         """Register a stream, as connectordb 0.3.5's ``addStream`` (see :ref:`add-stream`):
         with a schema, it is created on the remote now, or at the first sync when offline;
         without one, the remote's is used. ``properties``: ConnectorDB's ``nickname``,
-        ``description``, ``icon``, ``datatype``, ``ephemeral``, ``downlink``.
+        ``description``, ``icon``, ``datatype``, ``ephemeral``, ``downlink``; and the cache's
+        own ``priority`` and ``thin``, never sent (:mod:`connectorsync.streamprops`).
 
         :param out_of_order: an explicit timestamp older than the stream's newest is refused
             (``"reject"``) or stored 1 µs after the newest (``"restamp"``)

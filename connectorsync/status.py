@@ -39,7 +39,7 @@ class Status:
     """A snapshot of the Logger's state (``Logger.status()``).
 
     :ivar streams: per stream: ``cached``, ``oldest`` and ``newest`` cached timestamp,
-        ``deadletters``
+        ``deadletters``, ``priority`` and ``thinned`` (removed by ``on_full="thin"``, ever)
     :ivar last_sync: when the last complete sync finished (``lastsynctime``), or None
     :ivar last_error: the message of the last failed sync, or None after a good one
     :ivar next_attempt: when the background syncer tries next, or None when it is not running

@@ -28,6 +28,7 @@ import referencing.exceptions
 import referencing.jsonschema
 
 from .cache.properties import put_stream
+from .cache.records import Policy
 from .errors import (
     AmbiguousRemoteError,
     AuthError,
@@ -38,6 +39,7 @@ from .errors import (
     ValidationError,
 )
 from .remotes.base import ensure_stream
+from .streamprops import check_properties, take_policy
 
 if TYPE_CHECKING:  # the registry is handed its cache and remote: types only
     from .cache import Cache
@@ -328,27 +330,10 @@ class StreamDef:
 
 OUT_OF_ORDER = ("reject", "restamp")
 
-#: ConnectorDB's stream properties (0.3.5's ``Stream.create(schema, **kwargs)``), their types.
-PROPERTIES: dict[str, type] = {"nickname": str, "description": str, "icon": str}
-PROPERTIES.update({"datatype": str, "ephemeral": bool, "downlink": bool})
 # What leaves the creation of a stream at add_stream to the first sync: the remote is out of
 # reach now, or refuses the credentials (the sync reports that).
 _OFFLINE = (TransientRemoteError, AmbiguousRemoteError, AuthError)
 Schema = dict[str, Any] | str | None  # add_stream's: a dict, JSON text (as in 0.3.5) or none
-
-
-def check_properties(name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
-    """``properties`` as a dict; :raises StreamError: naming the stream, property, type."""
-    for key, value in properties.items():
-        if key not in PROPERTIES:
-            known = ", ".join(PROPERTIES)
-            raise StreamError(f"stream {name!r}: unknown property {key!r}; known: {known}")
-        if not isinstance(value, PROPERTIES[key]):  # isinstance(1, bool) is False, as wanted
-            raise StreamError(
-                f"stream {name!r}: property {key!r} must be a {PROPERTIES[key].__name__}; "
-                f"got {value!r} ({type(value).__name__})"
-            )
-    return dict(properties)
 
 
 class Registered(NamedTuple):
@@ -365,6 +350,7 @@ class _New(NamedTuple):
     definition: StreamDef
     out_of_order: str
     properties: dict[str, Any]
+    policy: Policy
 
 
 class StreamRegistry:
@@ -447,7 +433,9 @@ class StreamRegistry:
                 schema = json.loads(schema)
             except ValueError as exc:
                 raise SchemaError(f"stream {name!r}: the schema is not JSON: {exc}") from None
-        return _New(StreamDef(name, schema), out_of_order, check_properties(name, properties))
+        rest = dict(properties)
+        policy = take_policy(name, rest)
+        return _New(StreamDef(name, schema), out_of_order, check_properties(name, rest), policy)
 
     def _create(self, new: _New, remote: Remote) -> tuple[_New, bool]:
         """Create the stream on ``remote`` now: what to register, and whether it is there."""
@@ -468,7 +456,7 @@ class StreamRegistry:
 
     def _store(self, new: _New, remote_created: bool = False) -> None:
         name, text = new.definition.name, new.definition.schema_text
-        row = put_stream(self._cache, name, text, new.out_of_order, new.properties)
+        row = put_stream(self._cache, name, text, new.out_of_order, new.properties, new.policy)
         if remote_created:
             self._cache.outbox(self._remote_name).set_remote_created(name)
         restamp = new.out_of_order == "restamp"

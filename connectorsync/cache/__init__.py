@@ -49,7 +49,7 @@ import apsw
 
 from ..batch import Batch, Datapoint, as_datapoint
 from ..errors import CacheError, CacheFullError, ConfigurationError
-from . import positions, retime, routing, schema, space
+from . import positions, registration, retime, routing, schema, space
 from .base import (
     AT_REST,
     INSERT,
@@ -68,7 +68,15 @@ from .deadletters import DeadLetters
 from .limits import Limits, drop_expired, drop_one_percent, make_room
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .outbox import Outbox
-from .records import BatchRequest, DeadLetter, StreamRow, StreamStats, Untrusted
+from .records import (
+    DEFAULT_POLICY,
+    BatchRequest,
+    DeadLetter,
+    Policy,
+    StreamRow,
+    StreamStats,
+    Untrusted,
+)
 from .space import SpaceReport
 
 __all__ = [
@@ -223,32 +231,20 @@ class Cache(DeadLetters):
 
     def streams(self) -> dict[str, StreamRow]:
         """Every registered stream by name, with the ``default`` remote's state of it."""
-        rows = self._read(
-            "SELECT s.id, s.name, s.schema, coalesce(p.remote_created, 0), "
-            "coalesce(p.inflight, 0), s.out_of_order, coalesce(p.inflight_lo, 0) "
-            "FROM streams AS s LEFT JOIN positions AS p ON p.stream = s.id AND p.remote = ?",
-            (positions.DEFAULT,),
-        )
-        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows}
+        return registration.stream_rows(self._read(registration.STREAMS, (positions.DEFAULT,)))
 
-    def put_stream(self, name: str, schema_text: str, out_of_order: str = "reject") -> StreamRow:
-        """Register ``name`` with ``schema_text``, or replace its schema. Cached data stays.
-        Every remote whose filter matches it routes it; a changed schema is created on the
-        remotes again."""
+    def put_stream(
+        self,
+        name: str,
+        schema_text: str,
+        out_of_order: str = "reject",
+        policy: Policy = DEFAULT_POLICY,
+    ) -> StreamRow:
+        """Register ``name`` with ``schema_text`` and ``policy``, or replace them. Cached data
+        stays. Every remote whose filter matches it routes it; a changed schema is created on
+        the remotes again."""
         with self.transaction(f"register stream {name!r}") as conn:
-            conn.execute(
-                "UPDATE positions SET remote_created = 0 WHERE stream = "
-                "(SELECT id FROM streams WHERE name = ? AND schema != ?)",
-                (name, schema_text),
-            )
-            conn.execute(
-                "INSERT INTO streams (name, schema, out_of_order) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, "
-                "out_of_order = excluded.out_of_order",
-                (name, schema_text, out_of_order),
-            )
-            sid = next(conn.execute("SELECT id FROM streams WHERE name = ?", (name,)))[0]
-            routing.route_stream(conn, sid, name)
+            registration.store_stream(conn, name, schema_text, out_of_order, policy)
         return self.streams()[name]
 
     # ----------------------------------------------------------------------- remotes
@@ -577,7 +573,8 @@ class Cache(DeadLetters):
             return delete(conn, AT_REST, ()) - letters
 
     def stream_stats(self) -> dict[str, StreamStats]:
-        """Cached count, oldest and newest cached t, and dead letters, per registered stream.
+        """Cached count, oldest and newest cached t, dead letters, priority and thinned count
+        per registered stream.
         While ``batched`` commits fail, the committed ones (:meth:`uncommitted` counts the
         rest)."""
         self._flush_to_look()
@@ -594,7 +591,7 @@ class Cache(DeadLetters):
             )
         )
         stats = {}
-        for name in self.streams():
+        for name, row in self.streams().items():
             count, oldest, newest = cached.get(name, (0, None, None))
-            stats[name] = StreamStats(count, oldest, newest, dead.get(name, 0))
+            stats[name] = StreamStats(count, oldest, newest, dead.get(name, 0), *row.policy_stats)
         return stats

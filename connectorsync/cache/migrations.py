@@ -179,6 +179,21 @@ def _migrate_v6(conn: apsw.Connection) -> None:
     conn.execute(_V6).fetchall()
 
 
+def _migrate_v7(conn: apsw.Connection) -> None:
+    """v7: what the cache does for a stream when it is full, and what it sends first.
+
+    ``streams.priority``: higher is sent first and made room for last (default 0).
+    ``streams.thin``: 1 the stream may be thinned when the cache is full, 0 never, NULL as
+    ``on_full`` decides (``"thin"`` thins number streams). ``streams.thinned``: how many of
+    its datapoints thinning removed, ever.
+    """
+    conn.execute(
+        "ALTER TABLE streams ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE streams ADD COLUMN thin INTEGER;"
+        "ALTER TABLE streams ADD COLUMN thinned INTEGER NOT NULL DEFAULT 0;"
+    ).fetchall()
+
+
 # Named, versioned steps: MIGRATIONS[i] takes a file from user_version i to i + 1.
 MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
     ("v1_initial", _migrate_v1),
@@ -187,6 +202,7 @@ MIGRATIONS: list[tuple[str, Callable[[apsw.Connection], None]]] = [
     ("v4_stream_properties", _migrate_v4),
     ("v5_inflight_range", _migrate_v5),
     ("v6_remotes_and_positions", _migrate_v6),
+    ("v7_priority_and_thinning", _migrate_v7),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -21,6 +21,33 @@ class StreamRow:
     out_of_order: str = "reject"
     #: the first id of the rows in flight, whose last is :attr:`inflight` (0: none)
     inflight_lo: int = 0
+    #: sent first, and made room for last, when higher (``add_stream(priority=)``)
+    priority: int = 0
+    #: whether it may be thinned when the cache is full (None: as ``on_full`` decides)
+    thin: bool | None = None
+    #: its datapoints removed by thinning, ever
+    thinned: int = 0
+
+    @property
+    def policy_stats(self) -> tuple[int, int]:
+        """What :class:`StreamStats` shows of its policy: ``(priority, thinned)``."""
+        return self.priority, self.thinned
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the cache does for a stream: ``add_stream(priority=, thin=)``.
+
+    :ivar priority: higher is sent first, and made room for last, when the cache is full
+    :ivar thin: whether the stream may be thinned when full (None: as ``on_full`` decides)
+    """
+
+    priority: int = 0
+    thin: bool | None = None
+
+
+#: A stream registered without ``priority`` or ``thin``.
+DEFAULT_POLICY = Policy()
 
 
 #: Where a datapoint's time came from when it was not trusted yet: (boots row, boot clock).
@@ -35,6 +62,10 @@ class StreamStats:
     oldest: float | None
     newest: float | None
     deadletters: int
+    #: sent first, and made room for last, when higher (``add_stream(priority=)``)
+    priority: int = 0
+    #: datapoints removed by thinning (``on_full="thin"``), ever
+    thinned: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,3 +111,8 @@ class DeadLetter:
         """From the cache's row ``(id, stream, t, d as JSON text, reason, attempts,
         failed_at)``."""
         return cls(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6])
+
+
+def as_flag(stored: int | None) -> bool | None:
+    """A nullable boolean column as Python: None stays None."""
+    return None if stored is None else bool(stored)
