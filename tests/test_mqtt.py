@@ -67,6 +67,19 @@ def test_every_payload_carries_its_id_value_and_timestamp(
     ]
 
 
+def test_the_window_is_lowered_to_the_brokers_receive_maximum(broker: MosquittoBroker) -> None:
+    """mosquitto's ``max_inflight_messages`` (20 by default) is its MQTT 5 receive maximum; an
+    MQTT 3.1.1 broker cannot say it, so ``max_inflight`` stands."""
+    five = MQTTRemote(broker.url, max_inflight=100)
+    older = MQTTRemote(broker.url, max_inflight=100, protocol="3.1.1")
+    try:
+        assert five.window == older.window == 100  # not connected: nothing known yet
+        five.ping(), older.ping()
+        assert (five.window, older.window) == (20, 100)
+    finally:
+        five.close(), older.close()
+
+
 def test_one_message_per_batch(
     broker: MosquittoBroker, subscriber: MQTTSubscriber, cache_path: str
 ) -> None:

@@ -322,6 +322,13 @@ class MQTTRemote:
         build = thingsboard_mqtt if kind == "thingsboard_mqtt" else cls
         return build_from_config(kind, build, arguments)
 
+    @property
+    def window(self) -> int:
+        """Messages published at once and not yet acknowledged: ``max_inflight``, lowered to
+        the broker's receive maximum once connected (MQTT 5)."""
+        session = self._session
+        return min(self.max_inflight, session.receive_maximum if session else self.max_inflight)
+
     # ----------------------------------------------------------------------- the contract
 
     def ping(self) -> str:

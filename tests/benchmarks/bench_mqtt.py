@@ -52,7 +52,7 @@ def connectorsync_round(
                 on_create=lambda lg: lg.add_stream("temperature", {"type": "number"}))  # fmt: skip
     lg.insert_many("temperature", values(count))
     remote.ping()  # connected before the clock starts, as the plain client is
-    window = min(remote.max_inflight, remote._session.receive_maximum)  # type: ignore[union-attr]
+    window = remote.window
     start = time.perf_counter()
     report = lg.sync()
     elapsed = time.perf_counter() - start
