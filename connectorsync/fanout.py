@@ -73,22 +73,31 @@ def record(cache: Cache, given: Mapping[str, Remote], *, created: bool) -> None:
     ``remotes=`` did not name it, goes from a new cache only: in an existing one it may be
     another program's (a script on the same cache, ``connectorsync sync --remote``), so it
     stays, holding what it holds and what comes, and says so, until
-    ``remove_remote("default")``."""
+    ``remove_remote("default")``. So does any other recorded remote this Logger was not
+    given: leaving a remote out of ``remotes=`` never releases what it holds
+    (``test_reconfigure.py::test_a_named_remote_left_out_keeps_what_it_holds_and_says_so``)."""
     remotes = cache.remotes()
     recorded = remotes.all()
     for name, remote in given.items():
         if name not in recorded:
             remotes.add(RemoteRow(0, name, config=remote_config(remote)), backfill=True)
-    if given and DEFAULT not in given and DEFAULT in recorded:
-        if created:
-            remotes.remove(DEFAULT)
-        else:
+    if given and DEFAULT not in given and DEFAULT in recorded and created:
+        remotes.remove(DEFAULT)
+        return
+    left_out = [name for name in recorded if given and name not in given]
+    if left_out:
+        summary = remotes.summary()
+        for name in left_out:
             log.warning(
-                "cache %s: its remote 'default' holds %d datapoints, and every one inserted "
-                "from now on, but this Logger was not given it: remove_remote('default') "
-                "releases them, if no other program delivers to it",
+                "cache %s: its remote %r holds %d datapoints and %d dead letters, and every "
+                "datapoint inserted from now on, but this Logger was not given it: give it "
+                "again to deliver them, or remove_remote(%r) releases the datapoints (its dead "
+                "letters stay), if no other program delivers to it",
                 cache.path,
-                sum(remotes.held(DEFAULT).values()),
+                name,
+                summary[name].held,
+                summary[name].deadletters,
+                name,
             )
 
 
