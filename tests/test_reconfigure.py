@@ -20,15 +20,12 @@ from typing import Any
 
 import pytest
 
-from connectorsync import (
-    HTTPRemote,
-    Logger,
-)
+from connectorsync import HTTPRemote, Logger, SchemaError
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.probe import CacheProbe
 from connectorsync.testing.receiver import HTTPReceiver
 
-from .conftest import PYTHON, ROOT, child_env, wait_for
+from .conftest import PYTHON, ROOT, child_env, dump, wait_for
 
 N = 20  # datapoints per stream
 STREAMS = {"a": {"type": "number"}, "b": {"type": "string"}, "c": {"type": "integer"}}
@@ -365,3 +362,71 @@ def test_a_named_remote_left_out_keeps_what_it_holds_and_says_so(
         lg.sync()
     assert "1 dead letters of remote 'y' stay at rest: that remote was removed" in caplog.text
     assert [item["d"] for item in receiver.items("/x/s")] == [-1, 0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------- streams
+
+#: What a program registers at its next start, as ``(stream, schema, keywords)``.
+STREAM_CHANGES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("a", {"type": "number"}, {"out_of_order": "restamp"}),
+    ("b", {"type": "string"}, {"nickname": "B", "description": "other properties"}),
+    ("b", {"type": ["string", "number"]}, {}),  # wider: every cached value fits
+    ("c", {}, {}),  # any JSON value
+    ("c", {"type": "integer", "minimum": 0}, {}),
+]
+
+
+@pytest.mark.parametrize(("stream", "schema", "keywords"), STREAM_CHANGES)
+@pytest.mark.parametrize("online", [True, False], ids=["online", "offline"])
+def test_stream_changes_keep_everything_and_deliver_it_once(
+    prepared: str,
+    server: ConnectorDBServer,
+    stream: str,
+    schema: dict[str, Any],
+    keywords: dict[str, Any],
+    online: bool,
+) -> None:
+    """A stream registered again with other properties, ``out_of_order`` or a schema its
+    cached datapoints fit, by a program that registers no other stream (the others stay
+    registered in the cache): everything is kept and delivered once."""
+    if not online:
+        server.fail_next(10**6, 503)
+    with Logger(prepared) as lg:
+        lg.add_stream(stream, schema, **keywords)
+        assert_all_kept(lg)
+        server.clear_faults()
+        server.reject(lambda path, point: point["d"] == DEAD)
+        drain(lg)
+        assert_all_kept_after_delivery(lg)
+    assert_delivered_once(server)
+
+
+@pytest.mark.parametrize("online", [True, False], ids=["online", "offline"])
+@pytest.mark.parametrize("force", [False, True], ids=["add_stream", "addStream_force"])
+def test_a_schema_the_cached_datapoints_do_not_fit_is_refused(
+    prepared: str, server: ConnectorDBServer, online: bool, force: bool
+) -> None:
+    """Stream b holds strings; registered again as numbers, it is refused, saying from what
+    to what, which datapoint does not fit, and what to do; the file is unchanged and the
+    remote was not asked. Once b's datapoints are delivered, the new schema is taken."""
+    if not online:
+        server.fail_next(10**6, 503)
+    with Logger(prepared) as lg:
+        register = lg.addStream_force if force else lg.add_stream
+        before = dump(prepared)
+        asked = len(server.requests)
+        with pytest.raises(SchemaError) as refused:
+            register("b", {"type": "number"})
+        message = str(refused.value)
+        assert "stream 'b' cannot change its schema from" in message
+        assert '{"type":"string"} to {"type":"number"}' in message
+        assert f"its cache holds {N} datapoints not delivered yet" in message
+        assert "got '0' (str)" in message and "Nothing was changed" in message
+        assert "sync() until status().streams['b'].cached is 0" in message
+        assert dump(prepared) == before and len(server.requests) == asked
+        assert lg.status().streams["b"].cached == N
+        server.clear_faults()
+        server.reject(lambda path, point: point["d"] == DEAD)
+        drain(lg)
+        assert_delivered_once(server)
+        register("b", {"type": "number"})  # nothing cached of b now: not refused
