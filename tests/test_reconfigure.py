@@ -15,17 +15,20 @@ import logging
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from connectorsync import HTTPRemote, Logger, SchemaError
+from connectorsync import HTTPRemote, InfluxDBRemote, Logger, SchemaError
 from connectorsync.testing import ConnectorDBServer
+from connectorsync.testing.influx import InfluxDBServer
 from connectorsync.testing.probe import CacheProbe
 from connectorsync.testing.receiver import HTTPReceiver
 
 from .conftest import PYTHON, ROOT, child_env, dump, wait_for
+from .test_migration import make_connectordb_cache
 
 N = 20  # datapoints per stream
 STREAMS = {"a": {"type": "number"}, "b": {"type": "string"}, "c": {"type": "integer"}}
@@ -430,3 +433,48 @@ def test_a_schema_the_cached_datapoints_do_not_fit_is_refused(
         drain(lg)
         assert_delivered_once(server)
         register("b", {"type": "number"})  # nothing cached of b now: not refused
+
+
+def test_another_kind_of_remote_influxdb_takes_everything(
+    prepared: str, influxd: InfluxDBServer
+) -> None:
+    """ConnectorDB (from the settings) -> InfluxDB, named ``default``: every cached
+    datapoint, the batch in flight to ConnectorDB included, is written once."""
+    assert influxd.admin is not None
+    db = "reconf_" + uuid.uuid4().hex[:12]
+    influxd.create_database(db)
+    user, password = influxd.admin
+    remote = InfluxDBRemote(influxd.url, db, username=user, password=password, timeout=5)
+    with Logger(prepared, remote=remote) as lg:
+        assert_all_kept(lg)
+        drain(lg)
+        assert_all_kept_after_delivery(lg)
+    for stream in STREAMS:
+        assert [row["value"] for row in influxd.points(stream, db)] == expected(stream)
+
+
+# --------------------------------------------------------------------------- an older cache
+
+OLDER_OPENS: list[dict[str, Any]] = [
+    {"max_cached": 5, "on_full": "drop_oldest", "durability": "normal"},
+    {"max_cached": 5, "batch_size": 2, "durability": "batched"},
+    {"max_age": 365 * 86400.0, "syncperiod": 5.0},
+]
+
+
+@pytest.mark.parametrize("options", OLDER_OPENS, ids=case_id)
+def test_an_older_cache_opened_with_other_options_keeps_everything(
+    cache_path: str, server: ConnectorDBServer, options: dict[str, Any]
+) -> None:
+    """A cache connectordb 0.3.5 wrote (the oldest schema), opened with options it never
+    had: it migrates, every datapoint stays (none dropped at open, whatever the limit),
+    and each is delivered once."""
+    rows = make_connectordb_cache(cache_path, server.apikey, server.url)  # type: ignore[attr-defined]
+    with Logger(cache_path, **options) as lg:
+        assert len(lg) == len(rows) == 51
+        assert (lg.status().dropped, lg.status().expired) == (0, 0)
+        drain(lg)
+        assert (lg.status().dropped, lg.status().expired) == (0, 0)
+    for stream in ("temperature", "status"):
+        got = [p["d"] for p in server.datapoints(f"alice/sensor/{stream}")]
+        assert got == [v for s, _, v in rows if s == stream]
