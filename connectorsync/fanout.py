@@ -13,7 +13,10 @@ Guarantees (each proved by the test named):
   configuration (``to_config()``) and holds the whole backlog of the streams it routes
   (``backfill``), or only what comes after (``test_fanout.py``).
 - Reopening with the same remotes changes nothing on disk: each keeps its position
-  (``test_fanout.py::test_reopening_with_the_same_remotes_resends_nothing``).
+  (``test_fanout.py::test_reopening_with_the_same_remotes_resends_nothing``); a remote given
+  with another configuration under a recorded name keeps its position too, and its new
+  configuration is recorded at once, for ``connectorsync sync``
+  (``test_reconfigure.py::test_another_url_is_what_another_process_delivers_to``).
 - A remote recorded in the cache that this Logger was not given keeps what it holds: nothing
   is released but by ``remove_remote`` (``test_fanout.py``,
   ``test_cli_fanout.py::test_a_second_logger_without_default_keeps_the_default_another_delivers_to``);
@@ -22,6 +25,7 @@ Guarantees (each proved by the test named):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -79,8 +83,11 @@ def record(cache: Cache, given: Mapping[str, Remote], *, created: bool) -> None:
     remotes = cache.remotes()
     recorded = remotes.all()
     for name, remote in given.items():
+        config = remote_config(remote)
         if name not in recorded:
-            remotes.add(RemoteRow(0, name, config=remote_config(remote)), backfill=True)
+            remotes.add(RemoteRow(0, name, config=config), backfill=True)
+        elif recorded[name].config != config:  # another URL or kind: another process's too
+            remotes.update(dataclasses.replace(recorded[name], config=config))
     if given and DEFAULT not in given and DEFAULT in recorded and created:
         remotes.remove(DEFAULT)
         return

@@ -478,3 +478,32 @@ def test_an_older_cache_opened_with_other_options_keeps_everything(
     for stream in ("temperature", "status"):
         got = [p["d"] for p in server.datapoints(f"alice/sensor/{stream}")]
         assert got == [v for s, _, v in rows if s == stream]
+
+
+def test_another_url_is_what_another_process_delivers_to(
+    cache_path: str, receiver: HTTPReceiver
+) -> None:
+    """A named remote given with another URL, the program stopped before any pass:
+    ``connectorsync sync`` (another process, building the remotes the cache records)
+    delivers its backlog to the new URL, not the old one. (The default remote is the one
+    its last pass used: see ``test_cli_remotes.py``, the remote a pass used last.)"""
+    old, new = (HTTPRemote(receiver.url + f"/{p}/{{stream}}", timeout=5) for p in ("old", "new"))
+    receiver.fail_next(10**6, 503, path="/old/")
+    with Logger(cache_path, remotes={"x": old}) as lg:
+        lg.add_stream("s", {"type": "integer"})
+        lg.insert_many("s", [0, 1])
+        lg.sync()
+    with Logger(cache_path, remotes={"x": new}) as lg:
+        lg.insert_many("s", [2])
+    receiver.clear_faults()
+    sync = subprocess.run(
+        [PYTHON, "-m", "connectorsync", "sync", cache_path],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert sync.returncode == 0, sync.stderr
+    assert [i["d"] for i in receiver.items("/new/s")] == [0, 1, 2]
+    assert receiver.items("/old/s") == []
