@@ -11,6 +11,7 @@ changed, from what to what, and what to do, with the file unchanged (every table
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import threading
@@ -21,9 +22,17 @@ from typing import Any
 
 import pytest
 
-from connectorsync import HTTPRemote, InfluxDBRemote, Logger, SchemaError
+from connectorsync import (
+    ConfigurationError,
+    HTTPRemote,
+    InfluxDBRemote,
+    Logger,
+    MQTTRemote,
+    SchemaError,
+)
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.influx import InfluxDBServer
+from connectorsync.testing.mosquitto import MosquittoBroker, MQTTSubscriber
 from connectorsync.testing.probe import CacheProbe
 from connectorsync.testing.receiver import HTTPReceiver
 
@@ -276,16 +285,19 @@ def http(receiver: HTTPReceiver) -> HTTPRemote:
     return HTTPRemote(receiver.url + "/r/{stream}", timeout=5)
 
 
-@pytest.mark.parametrize("how", ["remote=", "remotes={'default': ...}"])
+@pytest.mark.parametrize("how", ["remote=", "remotes={'default': ...}", "batch_size=3"])
 def test_another_kind_of_remote_under_the_same_name_takes_everything(
     prepared: str, receiver: HTTPReceiver, how: str
 ) -> None:
-    """ConnectorDB (from the settings) -> HTTP, both named ``default``: the backlog, the
-    batch in flight to ConnectorDB included, goes to the HTTP remote, once each."""
+    """ConnectorDB (from the settings) -> HTTP, both named ``default`` (and with batches
+    smaller than the one in flight): the backlog, the batch in flight to ConnectorDB
+    included, goes to the HTTP remote, once each."""
     given = http(receiver)
     kwargs: dict[str, Any] = (
-        {"remote": given} if how == "remote=" else {"remotes": {"default": given}}
+        {"remotes": {"default": given}} if how.startswith("remotes") else {"remote": given}
     )
+    if how == "batch_size=3":
+        kwargs["batch_size"] = 3
     with Logger(prepared, **kwargs) as lg:
         assert_all_kept(lg)
         drain(lg)
@@ -507,3 +519,49 @@ def test_another_url_is_what_another_process_delivers_to(
     assert sync.returncode == 0, sync.stderr
     assert [i["d"] for i in receiver.items("/new/s")] == [0, 1, 2]
     assert receiver.items("/old/s") == []
+
+
+# --------------------------------------------------------------------------- refused opens
+
+REFUSED_OPENS: list[tuple[dict[str, Any], str]] = [
+    ({"max_cached": 0}, "max_cached"),
+    ({"durability": "sometimes"}, "durability"),
+    ({"on_full": "thin_out"}, "on_full"),
+    ({"max_age": -5}, "max_age"),
+    ({"batch_size": 2, "hold_unsynced": True}, "hold_unsynced=True holds datapoints until"),
+    ({"max_cahced": 5}, "unknown option"),
+]
+
+
+@pytest.mark.parametrize(("options", "named"), REFUSED_OPENS, ids=[n for _, n in REFUSED_OPENS])
+def test_a_refused_open_names_the_option_and_changes_nothing(
+    prepared: str, server: ConnectorDBServer, options: dict[str, Any], named: str
+) -> None:
+    """Options refused at open (a bad value, a contradiction, a misspelt name) say which and
+    leave the file as it was, the batch in flight and the dead letter included; the next
+    open delivers everything once."""
+    before = dump(prepared)
+    with pytest.raises(ConfigurationError, match=named):
+        Logger(prepared, **options)
+    assert dump(prepared) == before
+    with Logger(prepared) as lg:
+        assert_all_kept(lg)
+        assert lg.batch_size == 5000 and lg.max_cached is None
+        drain(lg)
+    assert_delivered_once(server)
+
+
+def test_another_kind_of_remote_mqtt_takes_everything(
+    prepared: str, broker: MosquittoBroker, subscriber: MQTTSubscriber
+) -> None:
+    """ConnectorDB (from the settings) -> MQTT (at least once), named ``default``: every
+    cached datapoint, the batch in flight to ConnectorDB included, is published once."""
+    remote = MQTTRemote(broker.url, topic="dev/{stream}", timeout=5)
+    with Logger(prepared, remote=remote) as lg:
+        assert_all_kept(lg)
+        drain(lg)
+        assert_all_kept_after_delivery(lg)
+    subscriber.flush()
+    for stream in STREAMS:
+        got = [json.loads(payload)["d"] for _, payload in subscriber.messages(f"dev/{stream}")]
+        assert got == expected(stream)
