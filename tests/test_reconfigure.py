@@ -1,4 +1,5 @@
-"""Changing the configuration of a cache never touches what it holds (issue 19, point 4).
+"""Changing the configuration of a cache never touches what it holds (issue 19, point 4;
+docs/storage.rst, "Changing the configuration of a cache").
 
 A cache is left as a device leaves it: datapoints cached in three streams, a dead letter,
 and a batch on the wire when its process was killed (SIGKILL, inside the server's handler).
@@ -7,6 +8,10 @@ name), a stream's schema, ``out_of_order`` or properties, a stream no longer reg
 change either keeps every cached datapoint and dead letter, and then delivers every datapoint
 exactly once (a real loopback server counts them), or is refused with an error naming what
 changed, from what to what, and what to do, with the file unchanged (every table compared).
+Decisions: a lower limit or a shorter ``max_age`` drops or expires nothing at open (the next
+insert or pass does, counted); a remote left out of ``remotes=`` keeps what it holds (a
+warning and ``status()`` say so); a removed remote's dead letters stay; a new schema the
+cached datapoints do not fit is refused.
 """
 
 from __future__ import annotations
