@@ -97,9 +97,10 @@ def record(cache: Cache, given: Mapping[str, Remote], *, created: bool) -> None:
         for name in left_out:
             log.warning(
                 "cache %s: its remote %r holds %d datapoints and %d dead letters, and every "
-                "datapoint inserted from now on, but this Logger was not given it: give it "
-                "again to deliver them, or remove_remote(%r) releases the datapoints (its dead "
-                "letters stay), if no other program delivers to it",
+                "datapoint inserted from now on, but this Logger was not given it at open: "
+                "give it (remotes=, add_remote) to deliver them, or remove_remote(%r) "
+                "releases the datapoints (its dead letters stay), if no other program "
+                "delivers to it",
                 cache.path,
                 name,
                 summary[name].held,

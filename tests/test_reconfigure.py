@@ -367,7 +367,7 @@ def test_a_named_remote_left_out_keeps_what_it_holds_and_says_so(
         assert status.remotes["y"].held == 4 and status.remotes["y"].deadletters == 1
         assert len(lg) == 4 and len(lg.deadletters()) == 1
     assert "remote 'y' holds 3 datapoints and 1 dead letters" in caplog.text
-    assert "give it again to deliver them, or remove_remote('y') releases" in caplog.text
+    assert "give it (remotes=, add_remote) to deliver them, or remove_remote('y')" in caplog.text
     receiver.clear_faults()
     with Logger(cache_path, remotes={"x": x, "y": y}) as lg:
         lg.sync()
