@@ -13,7 +13,10 @@ Guarantees (each proved by the test named):
   configuration (``to_config()``) and holds the whole backlog of the streams it routes
   (``backfill``), or only what comes after (``test_fanout.py``).
 - Reopening with the same remotes changes nothing on disk: each keeps its position
-  (``test_fanout.py::test_reopening_with_the_same_remotes_resends_nothing``).
+  (``test_fanout.py::test_reopening_with_the_same_remotes_resends_nothing``); a remote given
+  with another configuration under a recorded name keeps its position too, and its new
+  configuration is recorded at once, for ``connectorsync sync``
+  (``test_reconfigure.py::test_another_url_is_what_another_process_delivers_to``).
 - A remote recorded in the cache that this Logger was not given keeps what it holds: nothing
   is released but by ``remove_remote`` (``test_fanout.py``,
   ``test_cli_fanout.py::test_a_second_logger_without_default_keeps_the_default_another_delivers_to``);
@@ -22,6 +25,7 @@ Guarantees (each proved by the test named):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -73,22 +77,35 @@ def record(cache: Cache, given: Mapping[str, Remote], *, created: bool) -> None:
     ``remotes=`` did not name it, goes from a new cache only: in an existing one it may be
     another program's (a script on the same cache, ``connectorsync sync --remote``), so it
     stays, holding what it holds and what comes, and says so, until
-    ``remove_remote("default")``."""
+    ``remove_remote("default")``. So does any other recorded remote this Logger was not
+    given: leaving a remote out of ``remotes=`` never releases what it holds
+    (``test_reconfigure.py::test_a_named_remote_left_out_keeps_what_it_holds_and_says_so``)."""
     remotes = cache.remotes()
     recorded = remotes.all()
     for name, remote in given.items():
+        config = remote_config(remote)
         if name not in recorded:
-            remotes.add(RemoteRow(0, name, config=remote_config(remote)), backfill=True)
-    if given and DEFAULT not in given and DEFAULT in recorded:
-        if created:
-            remotes.remove(DEFAULT)
-        else:
+            remotes.add(RemoteRow(0, name, config=config), backfill=True)
+        elif recorded[name].config != config:  # another URL or kind: another process's too
+            remotes.update(dataclasses.replace(recorded[name], config=config))
+    if given and DEFAULT not in given and DEFAULT in recorded and created:
+        remotes.remove(DEFAULT)
+        return
+    left_out = [name for name in recorded if given and name not in given]
+    if left_out:
+        summary = remotes.summary()
+        for name in left_out:
             log.warning(
-                "cache %s: its remote 'default' holds %d datapoints, and every one inserted "
-                "from now on, but this Logger was not given it: remove_remote('default') "
-                "releases them, if no other program delivers to it",
+                "cache %s: its remote %r holds %d datapoints and %d dead letters, and every "
+                "datapoint inserted from now on, but this Logger was not given it at open: "
+                "give it (remotes=, add_remote) to deliver them, or remove_remote(%r) "
+                "releases the datapoints (its dead letters stay), if no other program "
+                "delivers to it",
                 cache.path,
-                sum(remotes.held(DEFAULT).values()),
+                name,
+                summary[name].held,
+                summary[name].deadletters,
+                name,
             )
 
 

@@ -39,6 +39,7 @@ from .errors import (
     ValidationError,
 )
 from .remotes.base import ensure_stream
+from .schemafit import refuse_misfits
 from .streamprops import check_properties, take_policy
 
 if TYPE_CHECKING:  # the registry is handed its cache and remote: types only
@@ -254,8 +255,8 @@ class StreamDef:
         self._fast_types: frozenset[type] = frozenset()
         if self.schema == {}:
             self._fast_types = frozenset(_SCALARS)
-        elif list(self.schema) == ["type"] and self.schema["type"] in _FAST_TYPES:
-            self._fast_types = _FAST_TYPES[self.schema["type"]]
+        elif list(self.schema) == ["type"] and str(self.schema["type"]) in _FAST_TYPES:
+            self._fast_types = _FAST_TYPES[self.schema["type"]]  # a list of types: not fast
 
     def encode(self, value: Any) -> str:
         """Return ``value`` as compact JSON text after checking it against the schema.
@@ -435,7 +436,9 @@ class StreamRegistry:
                 raise SchemaError(f"stream {name!r}: the schema is not JSON: {exc}") from None
         rest = dict(properties)
         policy = take_policy(name, rest)
-        return _New(StreamDef(name, schema), out_of_order, check_properties(name, rest), policy)
+        properties = check_properties(name, rest)
+        refuse_misfits(self._cache, definition := StreamDef(name, schema))  # the cache's fit
+        return _New(definition, out_of_order, properties, policy)
 
     def _create(self, new: _New, remote: Remote) -> tuple[_New, bool]:
         """Create the stream on ``remote`` now: what to register, and whether it is there."""

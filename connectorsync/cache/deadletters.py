@@ -120,7 +120,10 @@ def requeue(
 ) -> list[tuple[int, float]]:
     """Queue letters at rest (all, or those of ``ids``) again as datapoints of their streams
     (``streams``: id by name), each after its stream's newest timestamp (a new time).
-    Returns the ``(stream id, t)`` of each datapoint queued, in order."""
+    Returns the ``(stream id, t)`` of each datapoint queued, in order. Of all of them, a
+    letter whose remote is no longer recorded (``remove_remote``) stays: the stream's other
+    remotes may have it already. Named in ``ids``, it goes to every remote the stream has
+    now (``test_reconfigure.py::test_a_named_remote_left_out_keeps_what_it_holds_and_says_so``)."""
     letters = list(
         conn.execute(
             "SELECT id, stream, t, d, remote FROM deadletters WHERE retry_id IS NULL ORDER BY id"
@@ -132,6 +135,8 @@ def requeue(
     for letter_id, name, t, data, refused_by in letters:
         if (wanted is not None and letter_id not in wanted) or name not in streams:
             continue
+        if wanted is None and refused_by not in remotes:
+            continue  # its remote is gone: only the user can tell who lacks it
         stream_id = streams[name]
         newest = next(conn.execute(NEWEST, (stream_id,)))[0]
         t = place(t, newest, restamp=True)
@@ -157,12 +162,14 @@ def count_requeueable(
 ) -> int:
     """How many letters :func:`requeue` would queue (for the storage limits, checked first)."""
     wanted = None if ids is None else set(ids)
+    remotes = {name for (name,) in conn.execute("SELECT name FROM remotes")}
     return sum(
         1
-        for letter_id, name in conn.execute(
-            "SELECT id, stream FROM deadletters WHERE retry_id IS NULL"
+        for letter_id, name, refused_by in conn.execute(
+            "SELECT id, stream, remote FROM deadletters WHERE retry_id IS NULL"
         )
-        if (wanted is None or letter_id in wanted) and name in streams
+        if (letter_id in wanted if wanted is not None else refused_by in remotes)
+        and name in streams
     )
 
 
