@@ -4,9 +4,8 @@ Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inser
 durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
 WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after a sync,
 migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, thinning, dead-letter
-retries, a
-failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py) in a child process
-whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
+retries, a failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py) in a
+child process whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
 (xWrite/xSync/xTruncate/xDelete), N drawn from a seeded RNG over the phase's whole range (a
 run without a cut counts it first). What the child did before is read from its stdout, not
 from the cache. Then the -shm file is removed (shared memory does not survive a reboot), the
