@@ -128,13 +128,17 @@ def _one_step(
             start = k  # a run: gaps start..end-1 of this class, points start..end
             while k < len(classes) and classes[k] == cls:
                 k += 1
-            # Every other point of the run, keeping its first; never the stream's newest.
-            for pos in range(start + 1, k + 1, 2):
-                if len(removed) >= want:
-                    break
+            # Every other point of the run, keeping its first; never the stream's newest nor
+            # one in flight: then the next one goes instead (so a step removes nothing only
+            # when nothing can go: every point but the first ends a gap of some run).
+            pos = start + 1
+            while pos <= k and len(removed) < want:
                 index = alive[pos]
                 if pos < last and not (frozen is not None and frozen[index]):
                     removed.append(index)
+                    pos += 2
+                else:
+                    pos += 1
         if removed:
             return removed
     return []
