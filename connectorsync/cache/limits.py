@@ -1,5 +1,5 @@
-"""Storage limits, enforced inside the caller's write transaction: making room, dropping the
-oldest datapoints, expiry.
+"""Storage limits, enforced inside the caller's write transaction: making room (thinning,
+then dropping the oldest, lowest priority first), expiry.
 
 Each function takes the apsw connection of a write transaction that is already open, so the
 check and the insert it guards are one atomic step whichever process writes.
@@ -20,6 +20,17 @@ Guarantees (each proved by the test named):
   (``test_inflight.py::test_drop_oldest_at_the_cache_level_skips_rows_in_flight``,
   ``test_inflight.py::test_drop_oldest_stores_on_top_when_only_the_batch_on_the_wire_is_left``,
   ``test_inflight.py::test_max_age_leaves_the_batch_on_the_wire_alone``).
+- Room is made lowest priority first: at each priority its thinnable streams are thinned
+  (:mod:`.thinning`), then (``drop_oldest``) its oldest dropped; a higher priority is touched
+  only once nothing of a lower one can go, for ``drop_oldest`` too
+  (``test_thin.py::test_lower_priorities_make_room_first``,
+  ``test_thin.py::test_drop_oldest_takes_the_lowest_priority_first``). Streams that cannot be
+  thinned fall back to dropping (``"thin"``) or a refusal that changes nothing, thinning
+  included (``"thin_or_reject"``:
+  ``test_thin.py::test_streams_that_cannot_be_thinned_fall_back_as_configured``); so do
+  ``max_cache_bytes``, ``min_free_disk`` and a full disk
+  (``test_thin.py::test_max_cache_bytes_thins``, ``test_thin.py::test_min_free_disk_thins``,
+  ``test_thin.py::test_a_full_disk_thins``).
 - Expired datapoints are counted as ``expired``
   (``test_limits.py::test_max_age_expires_and_counts``), a requeued dead letter dropped or
   expired once (``test_inflight.py::test_a_requeued_dead_letter_dropped_is_counted_once``).
@@ -27,6 +38,7 @@ Guarantees (each proved by the test named):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -35,6 +47,7 @@ import apsw
 
 from ..errors import CacheFullError
 from .base import AT_REST, bump, delete
+from .thinning import thin_priority
 
 log = logging.getLogger(__name__)
 
@@ -46,101 +59,175 @@ class Limits:
     :ivar max_cached: most datapoints the cache may hold
     :ivar max_bytes: most bytes the cache's pages may use
     :ivar min_free_disk: bytes that must stay free on the cache's file system
-    :ivar drop_oldest: when full, drop the oldest datapoints (counted) instead of refusing
+    :ivar drop_oldest: when full (and thinning is not enough), drop the oldest datapoints
+        (counted) instead of refusing
+    :ivar thin_numbers: thin the streams whose ``thin`` is left to ``on_full`` (None) and
+        whose schema is a number (``on_full="thin"`` or ``"thin_or_reject"``); streams with
+        ``thin=True`` are thinned whatever this says
     """
 
     max_cached: int | None = None
     max_bytes: int | None = None
     min_free_disk: int | None = None
     drop_oldest: bool = False
+    thin_numbers: bool = False
 
     @property
     def active(self) -> bool:
         return bool(self.max_cached or self.max_bytes or self.min_free_disk)
 
+    @property
+    def engaged(self) -> bool:
+        """Whether a write must go through :func:`make_room` (or free room on a full disk)."""
+        return self.active or self.drop_oldest or self.thin_numbers
+
+    @classmethod
+    def from_on_full(
+        cls,
+        on_full: str,
+        max_cached: int | None = None,
+        max_bytes: int | None = None,
+        min_free_disk: int | None = None,
+    ) -> Limits:
+        """The limits of the option ``on_full`` (see :data:`ON_FULL`) and the three limits."""
+        drop, thin = ON_FULL[on_full]
+        return cls(max_cached, max_bytes, min_free_disk, drop_oldest=drop, thin_numbers=thin)
+
+
+#: ``on_full`` value -> (drop the oldest when thinning is not enough, thin number streams).
+ON_FULL: dict[str, tuple[bool, bool]] = {
+    "reject": (False, False),
+    "drop_oldest": (True, False),
+    "thin": (True, True),
+    "thin_or_reject": (False, True),
+}
+
 
 def make_room(conn: apsw.Connection, path: str, incoming: int, limits: Limits) -> int:
     """Inside a write: make room for ``incoming`` datapoints in the cache file ``path``, or raise
-    CacheFullError. Returns how many datapoints were dropped (counted as ``dropped``)."""
-    dropped = 0
+    CacheFullError. Returns how many datapoints were removed (thinned or dropped)."""
+    freed = 0
     if limits.max_cached:
-        dropped += _room_by_count(conn, incoming, limits.max_cached, drop=limits.drop_oldest)
+        freed += _room_by_count(conn, incoming, limits.max_cached, limits)
     if limits.max_bytes:
-        dropped += _room_by_bytes(conn, limits.max_bytes, drop=limits.drop_oldest)
+        freed += _room_by_bytes(conn, limits.max_bytes, limits)
     if limits.min_free_disk:
-        dropped += _room_on_disk(conn, path, limits.min_free_disk, drop=limits.drop_oldest)
-    return dropped
+        freed += _room_on_disk(conn, path, limits.min_free_disk, limits)
+    return freed
 
 
-def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, *, drop: bool) -> int:
-    """``max_cached``: drop (when ``drop``) or refuse what goes over it. More at once than
-    ``max_cached`` can never fit, whatever is dropped: refused in either mode
+def _refusal(limits: Limits) -> str:
+    """What to do about a refusal, by how ``limits`` make room."""
+    if limits.thin_numbers:
+        return "sync, raise the limit, or use on_full='thin' to drop the oldest once thinned"
+    return "sync, raise the limit, or use on_full='thin' or 'drop_oldest'"
+
+
+def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, limits: Limits) -> int:
+    """``max_cached``: make room (thinning first, then dropping when ``drop_oldest``) or
+    refuse what goes over it. More at once than ``max_cached`` can never fit, whatever is
+    removed: refused in either mode
     (``test_limits.py::test_more_at_once_than_max_cached_is_refused_whole``)."""
     if incoming > max_cached:
         raise CacheFullError(
             f"{incoming} datapoints at once can never fit max_cached={max_cached}: nothing was"
             " stored (store fewer at a time, or raise max_cached)"
         )
-    lowest, highest = next(conn.execute("SELECT min(id), max(id) FROM datapoints"))
-    # Ids are never reused, so the id span bounds the count from above: only when it
-    # reaches the limit is the exact (O(n)) count needed.
-    span = 0 if lowest is None else int(highest) - int(lowest) + 1
-    if span + incoming <= max_cached:
+    # Two subqueries: SQLite reads min() or max() alone from the index's end, but scans
+    # the whole table for both in one SELECT.
+    lowest, highest, counted = next(conn.execute(SPAN))
+    # Ids are never reused, so the count is at most the id span, and at most the last exact
+    # count plus the ids given since (deletions only lower it): only when both reach the
+    # limit is the exact (O(n)) count needed. (The id span alone is no bound after thinning,
+    # which leaves the ids sparse.)
+    bound = 0 if lowest is None else int(highest) - int(lowest) + 1
+    if counted is not None:
+        at, count = json.loads(counted)
+        bound = min(bound, count + int(highest or 0) - at)
+    if bound + incoming <= max_cached:
         return 0
     cached = _count(conn)
     excess = cached + incoming - max_cached
     if excess <= 0:
+        _counted(conn, highest, cached)
         return 0
-    full = f"the cache holds {cached} datapoints and max_cached is {max_cached}: nothing was stored"
-    if not drop:
-        raise CacheFullError(f"{full} (sync, raise max_cached, or use on_full='drop_oldest')")
-    # Some headroom, so that the next inserts need no count.
-    dropped = drop_oldest(conn, max(excess, max_cached // 100))
-    if dropped < excess:
+    # Some headroom, so that the next inserts need no count. Thinning reads every cached
+    # time of a stream: it makes more room at once (5%), so as to run once per 5% of
+    # max_cached inserts, not per insert (tests/benchmarks/_full_thin.py measures it).
+    headroom = max_cached // (20 if limits.thin_numbers else 100)
+    freed = free(conn, max(excess, headroom), limits)
+    if freed < excess and not limits.drop_oldest:
+        # The transaction rolls back whatever was thinned: a refusal changes nothing.
+        raise CacheFullError(
+            f"the cache holds {cached} datapoints and max_cached is {max_cached}"
+            f"{' (thinned as far as it goes)' if limits.thin_numbers else ''}: nothing was"
+            f" stored ({_refusal(limits)})"
+        )
+    _counted(conn, highest, cached - freed)
+    if freed < excess:
         # The rest is batches in flight, immutable until settled (at most batch_size per
         # stream): they come on top of the cap for that long; drop_oldest never refuses.
         log.info("cache over max_cached by datapoints being sent; they stay until settled")
-    return dropped
+    return freed
 
 
-def _room_by_bytes(conn: apsw.Connection, max_bytes: int, *, drop: bool) -> int:
-    """``max_cache_bytes``: drop (when ``drop``) the oldest until the pages in use fit."""
-    dropped = 0
+#: The lowest and highest ids cached, and the last exact count (:data:`COUNTED`).
+SPAN = (
+    "SELECT (SELECT min(id) FROM datapoints), (SELECT max(id) FROM datapoints), "
+    "(SELECT value FROM settings WHERE key = 'limits.counted')"
+)
+#: The setting that keeps ``[highest id, count]`` of the last exact count, written in the
+#: transaction that counted (so a rolled-back write takes it back too).
+COUNTED = "limits.counted"
+
+
+def _counted(conn: apsw.Connection, highest: int | None, count: int) -> None:
+    """Record an exact count of the datapoints with ids up to ``highest``, inside the write."""
+    conn.execute(
+        "INSERT OR REPLACE INTO settings VALUES (?, ?)",
+        (COUNTED, json.dumps([int(highest or 0), count])),
+    )
+
+
+def _room_by_bytes(conn: apsw.Connection, max_bytes: int, limits: Limits) -> int:
+    """``max_cache_bytes``: thin, then drop (when ``drop_oldest``) the oldest until the pages
+    in use fit."""
+    freed = 0
     while (used := used_bytes(conn)) > max_bytes:
-        if not drop:
+        more = free_one_percent(conn, limits)
+        if not more:
+            if limits.drop_oldest:
+                break  # only batches in flight are left: they come on top until settled
             raise CacheFullError(
                 f"the cache uses {used} bytes and max_cache_bytes is {max_bytes}:"
-                " nothing was stored"
+                f" nothing was stored ({_refusal(limits)})"
             )
-        freed = drop_one_percent(conn)
-        if not freed:
-            break  # only batches in flight are left: they come on top until settled
-        dropped += freed
-    return dropped
+        freed += more
+    return freed
 
 
-def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, *, drop: bool) -> int:
+def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, limits: Limits) -> int:
     """``min_free_disk``: when the disk is under it, the write must fit in the file's free
-    pages; drop (when ``drop``) the oldest until there are some."""
+    pages; thin, then drop (when ``drop_oldest``) the oldest until there are some."""
     stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    free = stat.f_bavail * stat.f_frsize
-    if free >= min_free_disk:
+    free_bytes = stat.f_bavail * stat.f_frsize
+    if free_bytes >= min_free_disk:
         return 0
-    # Dropped rows free pages inside the file for reuse: it then need not grow.
-    dropped = 0
+    # Removed rows free pages inside the file for reuse: it then need not grow.
+    freed = 0
     has_room = _free_pages(conn) > 0
-    while not has_room and drop:
-        freed = drop_one_percent(conn)
-        if not freed:
+    while not has_room:
+        more = free_one_percent(conn, limits)
+        if not more:
             break
-        dropped += freed
+        freed += more
         has_room = _free_pages(conn) > 0
-    if not has_room and not (drop and dropped == 0 and _all_in_flight(conn)):
+    if not has_room and not (limits.drop_oldest and freed == 0 and _all_in_flight(conn)):
         raise CacheFullError(
-            f"{free} bytes free on the disk, under min_free_disk ({min_free_disk}): "
-            "nothing was stored"
+            f"{free_bytes} bytes free on the disk, under min_free_disk ({min_free_disk}): "
+            f"nothing was stored ({_refusal(limits)})"
         )
-    return dropped
+    return freed
 
 
 def _all_in_flight(conn: apsw.Connection) -> bool:
@@ -163,27 +250,62 @@ def used_bytes(conn: apsw.Connection) -> int:
     return (pages - _free_pages(conn)) * size
 
 
+def free(conn: apsw.Connection, want: int, limits: Limits) -> int:
+    """Inside a write: remove up to ``want`` datapoints, lowest priority first: at each
+    priority, thin its thinnable streams, then (``drop_oldest``) drop its oldest; a higher
+    priority is touched only once nothing of a lower one can go
+    (``test_thin.py::test_lower_priorities_make_room_first``). Returns how many."""
+    freed = 0
+    levels = [int(r[0]) for r in conn.execute(PRIORITIES)]
+    for priority in levels:
+        if freed >= want:
+            break
+        freed += thin_priority(conn, priority, want - freed, numbers=limits.thin_numbers)
+        if freed < want and limits.drop_oldest:
+            freed += drop_oldest(conn, want - freed, None if len(levels) == 1 else priority)
+    return freed
+
+
+#: The priorities of the streams with cached datapoints, lowest first.
+PRIORITIES = (
+    "SELECT DISTINCT s.priority FROM streams AS s "
+    "WHERE EXISTS (SELECT 1 FROM datapoints AS d WHERE d.stream = s.id) ORDER BY s.priority"
+)
+
+
+def free_one_percent(conn: apsw.Connection, limits: Limits) -> int:
+    """:func:`free` 1% (at least one) of the datapoints: a page is freed only once all its
+    rows are gone, so removing one at a time may free nothing. Returns how many."""
+    return free(conn, max(1, _count(conn) // 100), limits)
+
+
 def drop_one_percent(conn: apsw.Connection) -> int:
-    """Drop the oldest 1% (at least one) of the datapoints: a page is freed only once all its
-    rows are gone, so dropping one at a time may free nothing. Returns how many."""
-    return drop_oldest(conn, max(1, _count(conn) // 100))
+    """Drop the oldest 1% (at least one) of the datapoints, lowest priority first. Returns
+    how many."""
+    return free_one_percent(conn, Limits(drop_oldest=True))
 
 
-def drop_oldest(conn: apsw.Connection, count: int) -> int:
-    """Delete the ``count`` oldest datapoints (all streams) and count them as dropped.
-    Datapoints of a batch in flight are left alone: the oldest of the others go."""
+def drop_oldest(conn: apsw.Connection, count: int, priority: int | None = None) -> int:
+    """Delete the ``count`` oldest datapoints (of the streams of ``priority``; None: all
+    streams) and count them as dropped. Datapoints of a batch in flight are left alone: the
+    oldest of the others go."""
+    where = AT_REST
+    params: tuple[int, ...] = ()
+    if priority is not None:
+        where += " AND stream IN (SELECT id FROM streams WHERE priority = ?)"
+        params = (priority,)
     edge = next(
         conn.execute(
-            f"SELECT id FROM datapoints WHERE {AT_REST} ORDER BY id LIMIT 1 OFFSET ?",
-            (count - 1,),
+            f"SELECT id FROM datapoints WHERE {where} ORDER BY id LIMIT 1 OFFSET ?",
+            (*params, count - 1),
         ),
         None,
     )
     if edge is None:
-        edge = next(conn.execute(f"SELECT max(id) FROM datapoints WHERE {AT_REST}"))
+        edge = next(conn.execute(f"SELECT max(id) FROM datapoints WHERE {where}", params))
         if edge[0] is None:
             return 0
-    dropped = delete(conn, f"id <= ? AND {AT_REST}", (edge[0],))
+    dropped = delete(conn, f"id <= ? AND {where}", (edge[0], *params))
     bump(conn, "stats.dropped", dropped)
     log.warning("cache full: dropped the %d oldest datapoints", dropped)
     return dropped
