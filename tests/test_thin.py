@@ -150,6 +150,43 @@ def test_lower_priorities_make_room_first(cache_path: str, on_full: str) -> None
     assert all(v == reading(t) for t, v in kept(cache_path, "high"))
 
 
+@pytest.mark.parametrize("on_full", list(ON_FULL))
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_lower_priority_never_displaces_a_higher_one(
+    cache_path: str, on_full: str, batched: bool
+) -> None:
+    """A cache full of priority-9 datapoints refuses a priority-0 one in every mode (dropping
+    an alarm for a temperature would be the other way round), changes nothing and says why;
+    a priority-9 datapoint still makes room among its own."""
+    durability = "batched" if batched else "normal"
+    with Logger(cache_path, durability=durability, max_cached=50, on_full=on_full) as lg:
+        lg.addStream("alarm", {"type": "number"}, priority=9, thin=True)
+        lg.addStream("temp", {"type": "number"})
+        lg.insert_many("alarm", points(0, 50))
+        lg.flush()
+        match = (
+            "nothing was stored"
+            if on_full == "reject"
+            else "higher priority than stream 'temp' \\(0\\)"
+        )
+        if batched:  # accepted, then refused at its commit: counted as dropped, never lost
+            lg.insert("temp", 1.5, T0 + 100)
+            lg.flush()
+            assert lg.status().dropped == 1
+        else:
+            with pytest.raises(CacheFullError, match=match):
+                lg.insert("temp", 1.5, T0 + 100)
+        with pytest.raises(CacheFullError, match=match):
+            lg.insert_many("temp", [{"t": T0 + 101, "d": 2.5}])
+        status = lg.status()
+        assert status.streams["alarm"].cached == 50 and status.streams["temp"].cached == 0
+        assert (status.dropped, status.thinned) == (int(batched), 0)
+        # thin=True: thinned whatever on_full says, so its own priority makes room for it.
+        lg.insert("alarm", 3.5, T0 + 100)
+        lg.flush()
+        assert lg.status().streams["alarm"].cached <= 50
+
+
 def test_drop_oldest_takes_the_lowest_priority_first(cache_path: str) -> None:
     """drop_oldest drops the oldest of the lowest priority, not the oldest of all."""
     with Logger(cache_path, durability="normal", max_cached=100, on_full="drop_oldest") as lg:

@@ -65,7 +65,7 @@ from .batched import CommitQueue
 from .commit import AppendRow, GroupCommit, Point
 from .connection import CommitOutcome
 from .deadletters import DeadLetters
-from .limits import Limits, drop_expired, free_one_percent, make_room
+from .limits import Limits, Room, drop_expired, make_room
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .outbox import Outbox
 from .records import (
@@ -370,7 +370,7 @@ class Cache(DeadLetters):
             try:
                 with self.transaction("store the datapoint") as conn:
                     if limits.active:
-                        make_room(conn, self.path, 1, limits)
+                        make_room(conn, self.path, 1, limits, (stream_id,))
                     newest = next(conn.execute(NEWEST, (stream_id,)))[0]
                     stored = place(t, newest, restamp)
                     conn.execute(INSERT, (stream_id, stored, data, boot, mono))
@@ -383,7 +383,7 @@ class Cache(DeadLetters):
                 if not (limits.drop_oldest or limits.thin_numbers):
                     raise
                 with self.transaction("make room in the full cache") as conn:
-                    if not free_one_percent(conn, limits):
+                    if not Room(conn, limits, (stream_id,)).free_one_percent():
                         raise
 
     def give_back_space(self, max_steps: int = space.MAX_STEPS) -> SpaceReport:
@@ -448,7 +448,7 @@ class Cache(DeadLetters):
         rows = []
         with self.transaction("store the datapoints", outcome) as conn:
             if limits is not None and limits.active:
-                make_room(conn, self.path, len(points), limits)
+                make_room(conn, self.path, len(points), limits, {p[0] for p in points})
             newest: dict[int, float] = {}
             for stream_id, t, restamp, data, untrusted in points:
                 boot, mono = untrusted or (None, None)

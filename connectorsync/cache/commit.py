@@ -307,7 +307,7 @@ def _store_in_savepoint(
     conn.execute("SAVEPOINT one")
     try:
         if request.limits is not None and request.limits.active:
-            make_room(conn, path, 1, request.limits)
+            make_room(conn, path, 1, request.limits, (stream_id,))
         newest = group.hints.get(stream_id)
         if newest is None or t <= newest:
             newest = next(conn.execute(NEWEST, (stream_id,)))[0]

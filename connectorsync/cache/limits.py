@@ -16,14 +16,17 @@ Guarantees (each proved by the test named):
   is full (``test_limits.py::test_a_full_disk_with_drop_oldest_makes_room``).
 - A batch in flight is never dropped nor expired: the oldest of the others go, and when only
   batches in flight are left the write is stored all the same, on top of the limit until
-  they are settled (at most ``batch_size`` per stream): ``drop_oldest`` never refuses
+  they are settled (at most ``batch_size`` per stream): ``drop_oldest`` refuses only what
+  would displace a higher priority (below)
   (``test_inflight.py::test_drop_oldest_at_the_cache_level_skips_rows_in_flight``,
   ``test_inflight.py::test_drop_oldest_stores_on_top_when_only_the_batch_on_the_wire_is_left``,
   ``test_inflight.py::test_max_age_leaves_the_batch_on_the_wire_alone``).
 - Room is made lowest priority first: at each priority its thinnable streams are thinned
   (:mod:`.thinning`), then (``drop_oldest``) its oldest dropped; a higher priority is touched
-  only once nothing of a lower one can go, for ``drop_oldest`` too
-  (``test_thin.py::test_lower_priorities_make_room_first``,
+  only once nothing of a lower one can go, for ``drop_oldest`` too, and never for a datapoint
+  of a lower priority: that is refused in every mode
+  (``test_thin.py::test_a_lower_priority_never_displaces_a_higher_one``,
+  ``test_thin.py::test_lower_priorities_make_room_first``,
   ``test_thin.py::test_drop_oldest_takes_the_lowest_priority_first``). Streams that cannot be
   thinned fall back to dropping (``"thin"``) or a refusal that changes nothing, thinning
   included (``"thin_or_reject"``:
@@ -41,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import apsw
@@ -103,27 +107,94 @@ ON_FULL: dict[str, tuple[bool, bool]] = {
 }
 
 
-def make_room(conn: apsw.Connection, path: str, incoming: int, limits: Limits) -> int:
-    """Inside a write: make room for ``incoming`` datapoints in the cache file ``path``, or raise
-    CacheFullError. Returns how many datapoints were removed (thinned or dropped)."""
+def make_room(
+    conn: apsw.Connection,
+    path: str,
+    incoming: int,
+    limits: Limits,
+    streams: Collection[int] | None = None,
+) -> int:
+    """Inside a write: make room for ``incoming`` datapoints of ``streams`` (ids; None: no
+    stream in particular) in the cache file ``path``, or raise CacheFullError. Room is made
+    from the streams of their (highest) priority or lower only: a datapoint never displaces
+    one of a higher priority; when only those are left it is refused, in every mode
+    (``test_thin.py::test_a_lower_priority_never_displaces_a_higher_one``). Returns how many
+    datapoints were removed (thinned or dropped)."""
+    room = Room(conn, limits, streams)
     freed = 0
     if limits.max_cached:
-        freed += _room_by_count(conn, incoming, limits.max_cached, limits)
+        freed += _room_by_count(room, incoming, limits.max_cached)
     if limits.max_bytes:
-        freed += _room_by_bytes(conn, limits.max_bytes, limits)
+        freed += _room_by_bytes(room, limits.max_bytes)
     if limits.min_free_disk:
-        freed += _room_on_disk(conn, path, limits.min_free_disk, limits)
+        freed += _room_on_disk(room, path, limits.min_free_disk)
     return freed
 
 
-def _refusal(limits: Limits) -> str:
-    """What to do about a refusal, by how ``limits`` make room."""
-    if limits.thin_numbers:
-        return "sync, raise the limit, or use on_full='thin' to drop the oldest once thinned"
-    return "sync, raise the limit, or use on_full='thin' or 'drop_oldest'"
+class Room:
+    """Making room inside one write: the connection, the limits, and the priority ceiling of
+    the streams the room is for (looked up only when something must go)."""
+
+    def __init__(
+        self, conn: apsw.Connection, limits: Limits, streams: Collection[int] | None = None
+    ):
+        self.conn, self.limits, self._streams = conn, limits, streams
+        self._ceiling: tuple[str, int] | None = None
+
+    @property
+    def ceiling(self) -> tuple[str, int] | None:
+        """``(stream name, priority)`` of the incoming stream of the highest priority, or None:
+        room may be made from any priority."""
+        if self._streams and self._ceiling is None:
+            marks = ",".join("?" * len(self._streams))
+            self._ceiling = next(
+                self.conn.execute(
+                    f"SELECT name, priority FROM streams WHERE id IN ({marks}) "
+                    "ORDER BY priority DESC LIMIT 1",
+                    tuple(self._streams),
+                ),
+                None,
+            )
+        return self._ceiling
+
+    def free(self, want: int) -> int:
+        """:func:`free` up to ``want`` under this room's ceiling."""
+        ceiling = self.ceiling
+        return free(self.conn, want, self.limits, None if ceiling is None else ceiling[1])
+
+    def free_one_percent(self) -> int:
+        """:func:`free` 1% (at least one) of the datapoints: a page is freed only once all its
+        rows are gone, so removing one at a time may free nothing. Returns how many."""
+        return self.free(max(1, _count(self.conn) // 100))
+
+    def held_above(self) -> bool:
+        """Whether datapoints of a priority above the ceiling could go, were it not for it."""
+        ceiling = self.ceiling
+        if ceiling is None:
+            return False
+        found = self.conn.execute(
+            f"SELECT 1 FROM datapoints WHERE {AT_REST} AND stream IN "
+            "(SELECT id FROM streams WHERE priority > ?) LIMIT 1",
+            (ceiling[1],),
+        )
+        return next(found, None) is not None
+
+    def refusal(self) -> str:
+        """What to do about a refusal, by how the limits make room and the ceiling."""
+        removes = self.limits.drop_oldest or self.limits.thin_numbers
+        if removes and self.held_above():
+            name, priority = self.ceiling or ("", 0)
+            return (
+                f"what could go is of a higher priority than stream {name!r} ({priority}), and"
+                " a datapoint never displaces a higher priority: sync, raise the limit, or"
+                " raise the stream's priority"
+            )
+        if self.limits.thin_numbers:
+            return "sync, raise the limit, or use on_full='thin' to drop the oldest once thinned"
+        return "sync, raise the limit, or use on_full='thin' or 'drop_oldest'"
 
 
-def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, limits: Limits) -> int:
+def _room_by_count(room: Room, incoming: int, max_cached: int) -> int:
     """``max_cached``: make room (thinning first, then dropping when ``drop_oldest``) or
     refuse what goes over it. More at once than ``max_cached`` can never fit, whatever is
     removed: refused in either mode
@@ -133,6 +204,7 @@ def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, limits
             f"{incoming} datapoints at once can never fit max_cached={max_cached}: nothing was"
             " stored (store fewer at a time, or raise max_cached)"
         )
+    conn, limits = room.conn, room.limits
     # Two subqueries: SQLite reads min() or max() alone from the index's end, but scans
     # the whole table for both in one SELECT.
     lowest, highest, counted = next(conn.execute(SPAN))
@@ -155,18 +227,18 @@ def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, limits
     # time of a stream: it makes more room at once (5%), so as to run once per 5% of
     # max_cached inserts, not per insert (tests/benchmarks/_full_thin.py measures it).
     headroom = max_cached // (20 if limits.thin_numbers else 100)
-    freed = free(conn, max(excess, headroom), limits)
-    if freed < excess and not limits.drop_oldest:
+    freed = room.free(max(excess, headroom))
+    if freed < excess and (not limits.drop_oldest or room.held_above()):
         # The transaction rolls back whatever was thinned: a refusal changes nothing.
         raise CacheFullError(
             f"the cache holds {cached} datapoints and max_cached is {max_cached}"
             f"{' (thinned as far as it goes)' if limits.thin_numbers else ''}: nothing was"
-            f" stored ({_refusal(limits)})"
+            f" stored ({room.refusal()})"
         )
     _counted(conn, highest, cached - freed)
     if freed < excess:
         # The rest is batches in flight, immutable until settled (at most batch_size per
-        # stream): they come on top of the cap for that long; drop_oldest never refuses.
+        # stream): they come on top of the cap for that long.
         log.info("cache over max_cached by datapoints being sent; they stay until settled")
     return freed
 
@@ -189,24 +261,24 @@ def _counted(conn: apsw.Connection, highest: int | None, count: int) -> None:
     )
 
 
-def _room_by_bytes(conn: apsw.Connection, max_bytes: int, limits: Limits) -> int:
+def _room_by_bytes(room: Room, max_bytes: int) -> int:
     """``max_cache_bytes``: thin, then drop (when ``drop_oldest``) the oldest until the pages
     in use fit."""
     freed = 0
-    while (used := used_bytes(conn)) > max_bytes:
-        more = free_one_percent(conn, limits)
+    while (used := used_bytes(room.conn)) > max_bytes:
+        more = room.free_one_percent()
         if not more:
-            if limits.drop_oldest:
+            if room.limits.drop_oldest and not room.held_above():
                 break  # only batches in flight are left: they come on top until settled
             raise CacheFullError(
                 f"the cache uses {used} bytes and max_cache_bytes is {max_bytes}:"
-                f" nothing was stored ({_refusal(limits)})"
+                f" nothing was stored ({room.refusal()})"
             )
         freed += more
     return freed
 
 
-def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, limits: Limits) -> int:
+def _room_on_disk(room: Room, path: str, min_free_disk: int) -> int:
     """``min_free_disk``: when the disk is under it, the write must fit in the file's free
     pages; thin, then drop (when ``drop_oldest``) the oldest until there are some."""
     stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
@@ -214,10 +286,11 @@ def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, limits: 
     if free_bytes >= min_free_disk:
         return 0
     # Removed rows free pages inside the file for reuse: it then need not grow.
+    conn, limits = room.conn, room.limits
     freed = 0
     has_room = _free_pages(conn) > 0
     while not has_room:
-        more = free_one_percent(conn, limits)
+        more = room.free_one_percent()
         if not more:
             break
         freed += more
@@ -225,7 +298,7 @@ def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, limits: 
     if not has_room and not (limits.drop_oldest and freed == 0 and _all_in_flight(conn)):
         raise CacheFullError(
             f"{free_bytes} bytes free on the disk, under min_free_disk ({min_free_disk}): "
-            f"nothing was stored ({_refusal(limits)})"
+            f"nothing was stored ({room.refusal()})"
         )
     return freed
 
@@ -250,19 +323,21 @@ def used_bytes(conn: apsw.Connection) -> int:
     return (pages - _free_pages(conn)) * size
 
 
-def free(conn: apsw.Connection, want: int, limits: Limits) -> int:
-    """Inside a write: remove up to ``want`` datapoints, lowest priority first: at each
-    priority, thin its thinnable streams, then (``drop_oldest``) drop its oldest; a higher
-    priority is touched only once nothing of a lower one can go
-    (``test_thin.py::test_lower_priorities_make_room_first``). Returns how many."""
+def free(conn: apsw.Connection, want: int, limits: Limits, ceiling: int | None = None) -> int:
+    """Inside a write: remove up to ``want`` datapoints, lowest priority first, none above
+    ``ceiling`` (None: no limit): at each priority, thin its thinnable streams, then
+    (``drop_oldest``) drop its oldest; a higher priority is touched only once nothing of a
+    lower one can go (``test_thin.py::test_lower_priorities_make_room_first``). Returns how
+    many."""
     freed = 0
     levels = [int(r[0]) for r in conn.execute(PRIORITIES)]
+    alone = len(levels) == 1  # one priority cached: drop by id alone, a cheaper query
     for priority in levels:
-        if freed >= want:
+        if freed >= want or (ceiling is not None and priority > ceiling):
             break
         freed += thin_priority(conn, priority, want - freed, numbers=limits.thin_numbers)
         if freed < want and limits.drop_oldest:
-            freed += drop_oldest(conn, want - freed, None if len(levels) == 1 else priority)
+            freed += drop_oldest(conn, want - freed, None if alone else priority)
     return freed
 
 
@@ -273,16 +348,10 @@ PRIORITIES = (
 )
 
 
-def free_one_percent(conn: apsw.Connection, limits: Limits) -> int:
-    """:func:`free` 1% (at least one) of the datapoints: a page is freed only once all its
-    rows are gone, so removing one at a time may free nothing. Returns how many."""
-    return free(conn, max(1, _count(conn) // 100), limits)
-
-
 def drop_one_percent(conn: apsw.Connection) -> int:
     """Drop the oldest 1% (at least one) of the datapoints, lowest priority first. Returns
     how many."""
-    return free_one_percent(conn, Limits(drop_oldest=True))
+    return Room(conn, Limits(drop_oldest=True)).free_one_percent()
 
 
 def drop_oldest(conn: apsw.Connection, count: int, priority: int | None = None) -> int:
