@@ -15,7 +15,8 @@ Nothing is inserted or deleted: every datapoint and dead letter is there exactly
 every moment (``test_powercut.py::test_power_cut_torture_rekey``).
 
 Old contents do not linger: the connection sets ``secure_delete`` (SQLite overwrites what
-it frees or replaces with zeros) and the WAL is checkpointed and cut to 0 bytes at the end
+it frees with zeros), the file is rebuilt (``VACUUM``: a page can keep a moved cell's old
+bytes in its unused space) and the WAL is checkpointed and cut to 0 bytes at the end
 (``test_rekey.py::test_plain_to_sealed_leaves_no_value_in_the_file``).
 
 Guarantees (each proved by the test named):
@@ -119,9 +120,16 @@ def rekey(
             f"cache file {path!r} is open in another process ({pids}): stop it, then run "
             "rekey again; nothing was changed"
         )
-    schema.open_readonly(path).close()  # a current cache (else: how to migrate it)
     conn = schema.connect(path, "full")
     try:
+        with wrapped(f"rekey cache file {path!r}"):
+            version = next(conn.execute("PRAGMA user_version"))[0]
+        if version != schema.SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"cache file {path!r} has schema version {version}, not this connectorsync's "
+                f"({schema.SCHEMA_VERSION}): migrate it first (connectorsync migrate); "
+                "nothing was changed"
+            )
         with wrapped(f"rekey cache file {path!r}"):
             conn.execute("PRAGMA secure_delete=ON").fetchall()
         sealer, target = _begin(conn, path, old, new)
@@ -129,6 +137,11 @@ def rekey(
         for place in _PLACES:
             _reseal_place(conn, sealer, target, place, step, report, progress)
         _reseal_settings(conn, sealer, target, report)
+        # What a page kept of the old values (a cell moved, unused space) goes: the file is
+        # rebuilt from what it holds now. Before the rekey is called done, so that a cut
+        # here is resumed (and rebuilds again).
+        with wrapped(f"rebuild {path!r} without the old values"):
+            conn.execute("VACUUM").fetchall()
         with wrapped(f"finish the rekey of {path!r}"), _transaction(conn):
             conn.execute(
                 "DELETE FROM settings WHERE substr(key, 1, ?) = ? AND key != ?",
