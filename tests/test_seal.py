@@ -30,6 +30,7 @@ from connectorsync import (
     Logger,
     SealedRowError,
 )
+from connectorsync.cache.backup import make_backup
 from connectorsync.cli import main
 from connectorsync.testing import ConnectorDBServer
 
@@ -138,6 +139,13 @@ def test_file_wal_and_backups_hold_no_value_or_credential(
         apsw.Connection(backup).backup("main", apsw.Connection(path), "main").step(-1)
     assert_nowhere(snapshot(path), secrets)  # checkpointed at close
     assert_nowhere(snapshot(backup), secrets)
+    # The copy a migration makes first (cache/backup.py), as it makes it.
+    conn = apsw.Connection(path)
+    conn.execute("BEGIN IMMEDIATE")
+    made = make_backup(conn, path, "v6")
+    conn.execute("ROLLBACK")
+    conn.close()
+    assert_nowhere(snapshot(made), secrets)
     # The values are all there, with the key.
     with Logger(path, key_file=key) as lg:
         assert lg.data == {"site": "secret-site-name-551"}
