@@ -370,3 +370,25 @@ def test_a_copy_keeps_working_only_with_its_key(
         Logger(copy)
     with Logger(copy, key_file=key) as lg:
         assert len(lg) == 1
+
+
+def test_dead_letters_of_a_sealed_cache_are_retried_and_delivered(
+    sealed_path: tuple[str, str], server: ConnectorDBServer
+) -> None:
+    """A dead letter moves between the tables sealed (never opened in SQL): retried with its
+    own time, or queued again with a new one, it is delivered with its value."""
+    path, key = sealed_path
+    server.reject(lambda stream, point: point["d"] < 0)
+    with Logger(path, key_file=key, durability="batched") as lg:
+        lg.insert_many("temperature", [{"t": T0, "d": 1.0}, {"t": T0 + 1, "d": -1.0}])
+        lg.insert_many("temperature", [{"t": T0 + 2, "d": -2.0}])
+        assert lg.sync().deadlettered == {"temperature": 2}
+        server.reject(None)
+        (first, second) = lg.deadletters()
+        assert (first.d, second.d) == (-1.0, -2.0)
+        lg.retry_deadletters([first.id])  # with its own time (sent at once)
+        lg.retry_deadletters([second.id], restamp=True)  # queued as a new datapoint
+        lg.sync()
+        assert [p["d"] for p in server.datapoints(STREAM)] == [1.0, -1.0, -2.0]
+        assert lg.deadletters() == [] and len(lg) == 0
+        assert lg.latest("temperature")["d"] == -2.0  # type: ignore[index]
