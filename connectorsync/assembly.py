@@ -100,6 +100,7 @@ class Assembly:
             Configurable.key.checked(options.pop("key", None)),
             Configurable.key_file.checked(options.pop("key_file", None)),
         )
+        sealing.refuse_before_migrating(path, key)
         self.cache, self.created = Cache.open(path, durability)
         try:
             sealing.bind(self.cache, key, created=self.created)

@@ -392,3 +392,19 @@ def test_dead_letters_of_a_sealed_cache_are_retried_and_delivered(
         assert [p["d"] for p in server.datapoints(STREAM)] == [1.0, -1.0, -2.0]
         assert lg.deadletters() == [] and len(lg) == 0
         assert lg.latest("temperature")["d"] == -2.0  # type: ignore[index]
+
+
+def test_a_key_for_a_cache_that_needs_migrating_changes_nothing(
+    tmp_path: Path, server: ConnectorDBServer
+) -> None:
+    """A connectordb 0.3.5 cache opened with a key: refused before the migration and its
+    backup (plain caches are sealed by rekey, once migrated); the file stays as it was."""
+    from .test_migration import make_connectordb_cache
+
+    path = str(tmp_path / "old.db")
+    make_connectordb_cache(path, "apikey", server.url)
+    before = snapshot(path)
+    with pytest.raises(ConfigurationError, match=r"needs migrating and is not sealed.*rekey"):
+        Logger(path, key_file=key_file(tmp_path))
+    assert snapshot(path) == before
+    assert sorted(os.listdir(tmp_path)) == ["cache.key", "old.db"]

@@ -10,6 +10,9 @@ Guarantees (each proved by the test named):
 - Opening a sealed cache without a key, a plain cache with a key, or a sealed one with the
   wrong key is refused with a :class:`~connectorsync.ConfigurationError` that names the
   file and says what to do, and changes nothing (``test_seal.py::test_key_source_changes``).
+- A key given for an older or a connectordb 0.3.5 cache (plain: those never were sealed) is
+  refused before it is migrated or backed up: the file is left as it was
+  (``test_seal.py::test_a_key_for_a_cache_that_needs_migrating_changes_nothing``).
 - A cache whose rekey was cut short is refused until the rekey is run again (it resumes)
   (``test_rekey.py::test_a_cut_rekey_refuses_opening_until_resumed``).
 """
@@ -18,9 +21,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import Any, Protocol
 
 from ..errors import ConfigurationError
+from . import schema
+from .base import wrapped
 from .seal import CHECK, CHECK_TEXT, Sealer
 
 #: Settings: the key check of generation N is under ``seal.key.N``; ``seal.rekey`` says a
@@ -130,3 +136,29 @@ def bind(cache: Keyed, key: SecretKey | None, *, created: bool) -> None:
             f"sealed with (after a rekey, the new one)"
         )
     cache.attach_sealer(Sealer({generation: key.raw}, generation))
+
+
+def refuse_before_migrating(path: str, key: SecretKey | None) -> None:
+    """Before a cache is opened (and maybe migrated): with a key, an existing file that
+    needs migrating is refused, as :func:`bind` would refuse it once migrated (plain with a
+    key), so that nothing is changed (no migration, no backup).
+
+    :raises ConfigurationError: a key, and a file of an older schema
+    """
+    if key is None or not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    try:
+        conn = schema.open_readonly(path, refuse_older=False)
+    except ConfigurationError:
+        return  # not a cache, or a newer one: opening says so
+    try:
+        with wrapped(f"read cache file {path!r}"):
+            version = next(conn.execute("PRAGMA user_version"))[0]
+    finally:
+        conn.close()
+    if version < schema.SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"cache file {path!r} needs migrating and is not sealed, but a key was given "
+            f"({key.source}, key id {key.key_id}); nothing was changed. Open it once without "
+            f"a key (it migrates), then seal it: connectorsync rekey {path} --new-key-file FILE"
+        )
