@@ -4,7 +4,9 @@ Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inser
 durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
 WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after a sync,
 migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, dead-letter retries, a
-failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py) in a child process
+failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py, a sealed cache
+(issue 19) inserting, syncing and retrying dead letters; ``connectorsync rekey`` has a torture
+of its own below) in a child process
 whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
 (xWrite/xSync/xTruncate/xDelete), N drawn from a seeded RNG over the phase's whole range (a
 run without a cut counts it first). What the child did before is read from its stdout, not
@@ -72,7 +74,15 @@ from connectorsync.testing.probe import CacheProbe
 from .conftest import PYTHON, ROOT, child_env, wait_for
 from .helpers.powercut import CUT_EXIT
 from .helpers.powercut_fanout import check_positions, groups, sync_remote
-from .helpers.powercut_workload import NEW, OLD_POINTS, PHASES, REFUSE, Phase, build_template
+from .helpers.powercut_workload import (
+    NEW,
+    OLD_POINTS,
+    PHASES,
+    REFUSE,
+    SEALED,
+    Phase,
+    build_template,
+)
 
 SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
 #: ``POWERCUT_PHASES=name,name``: cut only these phases (a fix's own phases, run long).
@@ -225,7 +235,8 @@ class Torture:
                 )
         finally:
             conn.close()
-        with Logger(path, apikey=keys["default"], serverurl=self.server.url) as lg:
+        sealed = {"key_file": phase.options["key_file"]} if "key_file" in phase.options else {}
+        with Logger(path, apikey=keys["default"], serverurl=self.server.url, **sealed) as lg:
             cached = {s: [(p["t"], p["d"]) for p in lg.export(s)] for s in phase.streams}
             dropped = lg.status().dropped
             report = lg.sync()
@@ -292,7 +303,8 @@ class Torture:
             assert {d for _, d in mine} <= present, f"{label}: cached, then not delivered"
             raised, unknown = out.raised.get(stream, set()), out.unknown.get(stream, set())
             assert not raised & present, f"{label}: insert() raised, yet stored: {raised}"
-            start = -OLD_POINTS if stream == "s0" and phase.template != NEW else 0
+            old = phase.template not in (NEW, SEALED)  # a migrated template's points first
+            start = -OLD_POINTS if stream == "s0" and old else 0
             # Each stream's values from the first on, but those whose insert raised (never
             # stored) or was interrupted (either way): only the oldest may be missing, the
             # ones drop_oldest counted.

@@ -24,6 +24,8 @@ import json
 import os
 from typing import Any, Protocol
 
+import apsw
+
 from ..errors import ConfigurationError
 from . import schema
 from .base import wrapped
@@ -140,23 +142,37 @@ def bind(cache: Keyed, key: SecretKey | None, *, created: bool) -> None:
 
 def refuse_before_migrating(path: str, key: SecretKey | None) -> None:
     """Before a cache is opened (and maybe migrated): with a key, an existing file that
-    needs migrating is refused, as :func:`bind` would refuse it once migrated (plain with a
-    key), so that nothing is changed (no migration, no backup).
+    needs migrating and holds no key check (plain: a connectordb 0.3.5 cache, or one of an
+    older connectorsync) is refused, as :func:`bind` would refuse it once migrated, so that
+    nothing is changed (no migration, no backup). A sealed one migrates, then is checked.
 
-    :raises ConfigurationError: a key, and a file of an older schema
+    :raises ConfigurationError: a key, and a plain file of an older schema
     """
-    if key is None or not os.path.exists(path) or os.path.getsize(path) == 0:
+    if key is None or not os.path.exists(path) or os.path.getsize(path) < 100:
         return
-    try:
-        conn = schema.open_readonly(path, refuse_older=False)
-    except ConfigurationError:
-        return  # not a cache, or a newer one: opening says so
-    try:
-        with wrapped(f"read cache file {path!r}"):
-            version = next(conn.execute("PRAGMA user_version"))[0]
-    finally:
-        conn.close()
-    if version < schema.SCHEMA_VERSION:
+    with open(path, "rb") as f:  # the header says the schema version (user_version)
+        header = f.read(100)
+    version = int.from_bytes(header[60:64], "big")
+    if not header.startswith(b"SQLite format 3\0") or version >= schema.SCHEMA_VERSION:
+        return  # not a cache, a newer one, or a current one: opening says what it is
+    # Only looking (no journal mode set, no write): the file stays as it is.
+    with wrapped(f"read cache file {path!r}"):
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+        try:
+            conn.setbusytimeout(schema.BUSY_TIMEOUT_MS)
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            sealed = (
+                "settings" in tables
+                and next(
+                    conn.execute(
+                        "SELECT count(*) FROM settings WHERE substr(key, 1, ?) = ?",
+                        (len(CHECK_PREFIX), CHECK_PREFIX),
+                    )
+                )[0]
+            )
+        finally:
+            conn.close()
+    if not sealed:
         raise ConfigurationError(
             f"cache file {path!r} needs migrating and is not sealed, but a key was given "
             f"({key.source}, key id {key.key_id}); nothing was changed. Open it once without "
