@@ -31,11 +31,12 @@ from typing import Any
 
 from . import fanout
 from .afterpass import AfterPass
-from .cache import Cache
+from .cache import Cache, sealing
 from .cache.identity import cache_identity
 from .delivery import SyncReport
 from .devicetime import DeviceTime
 from .errors import CacheError, ClosedError, ConfigurationError, ConnectorSyncError
+from .keysource import find_key
 from .letters import DeadLetters
 from .metrics import LoggerMetrics
 from .options import Configurable, Settings
@@ -94,8 +95,15 @@ class Assembly:
         self.remote = RemoteHolder(self.given.get(self.primary))
         self.after = AfterPass(step)  # the background passes' listener too
         durability = options.get("durability", Configurable.durability.default)
+        # The key is read once, here (never stored, never an option's value afterwards).
+        key = find_key(
+            Configurable.key.checked(options.pop("key", None)),
+            Configurable.key_file.checked(options.pop("key_file", None)),
+        )
+        sealing.refuse_before_migrating(path, key)
         self.cache, self.created = Cache.open(path, durability)
         try:
+            sealing.bind(self.cache, key, created=self.created)
             self._wire(options)
         except BaseException:
             self.abandon()
@@ -118,7 +126,13 @@ class Assembly:
         extra = {name: r for name, r in self.given.items() if name != self.primary}
         remotes = {self.primary: self.remote.get(self.settings), **extra}
         self.syncer = Syncer(
-            self.path, self.options, remotes, hooks, self.after, cache_identity(cache)
+            self.path,
+            self.options,
+            remotes,
+            hooks,
+            self.after,
+            cache_identity(cache),
+            sealer=cache.sealer,
         )
         parts = (cache, self.writer, self.time, self.syncer, self.metrics, self.remote)
         self.targets = Parts(self.settings, *parts)

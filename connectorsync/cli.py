@@ -37,6 +37,8 @@ from .cli_fanout import (
     refuse_skipped,
     skipped,
 )
+from .cli_keys import keyed_parser, open_sealed, run_with_key
+from .cli_seal import add_rekey
 from .cli_status import (
     connectordb_cache,
     migrate_hint,
@@ -50,6 +52,7 @@ from .cli_status import (
 )
 from .cli_sync import INTERRUPTED, sync_until_interrupted, write_report
 from .errors import ConnectorSyncError
+from .reading import unopened
 from .remotes._http import hide_password
 
 # ----------------------------------------------------------------------------- helpers
@@ -116,13 +119,12 @@ def look_into(path: str) -> Iterator[Any]:
     """A read-only :class:`~connectorsync.cache.Cache` on an existing, current cache file, for
     the commands that only look: they never write to the file nor migrate it (an older or a
     connectordb 0.3.5 cache is refused, with how to migrate it), even while a program uses it.
+    A sealed cache opens with the command's key (``--key-file``).
     """
-    from .cache import Cache
-
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such cache file")
     try:
-        cache = Cache.open_readonly(path)
+        cache = open_sealed(path)
     except ConnectorSyncError as exc:
         raise UsageError(f"{path}: {exc}") from exc
     try:
@@ -203,12 +205,17 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
 def cached_points(cache: Any, streams: list[tuple[str, int]]) -> Iterator[dict[str, Any]]:
     """``Logger.export()`` from a cache opened with :func:`look_into`: stream by stream,
     oldest first, read in pages."""
+    failed: list[str] = []
     for name, stream_id in streams:
         after = 0
         while rows := cache.batch(stream_id, after, 1000):
-            for _, t, data in rows:
+            opened, bad = cache.opened_points(name, rows)
+            failed += bad
+            for _, t, data in opened:
                 yield {"stream": name, "t": t, "d": json.loads(data)}
             after = rows[-1][0]
+    if failed:
+        raise unopened(failed)
 
 
 def write_points(points: Iterator[dict[str, Any]], fmt: str, out: TextIO) -> int:
@@ -388,10 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     verbosity(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    keyed = keyed_parser()  # --key-file: a sealed cache's key
 
     p = sub.add_parser(
         "status",
-        parents=[common],
+        parents=[common, keyed],
         help="what waits in a cache, and how syncing goes",
         description="Per stream: datapoints cached, age of the oldest, dead "
         "letters; then last sync, last error, next attempt.",
@@ -415,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "metrics",
-        parents=[common],
+        parents=[common, keyed],
         help="a cache's metrics for Prometheus (node_exporter's textfile collector)",
         description="What the cache holds (per stream cached, oldest age, dead letters; "
         "dropped, expired, last sync, clock offset, file and WAL size) in the Prometheus "
@@ -431,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sync",
-        parents=[common],
+        parents=[common, keyed],
         help="deliver a cache's backlog now",
         description="One sync pass to each remote the cache's program syncs to (recorded "
         "in the cache, each with its configuration; --remote: to that one only). A remote "
@@ -446,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        parents=[common],
+        parents=[common, keyed],
         help="write the cached datapoints as CSV or JSON lines",
         description="Cached (not yet delivered) datapoints, oldest first.",
     )
@@ -460,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "deadletters",
-        parents=[common],
+        parents=[common, keyed],
         help="list, retry or purge refused datapoints",
         description="Datapoints a remote refused, kept with its reason; each is sent again "
         "to the remote that refused it.",
@@ -495,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("cache", help="the cache file")
     p.set_defaults(run=cmd_migrate)
+    add_rekey(sub, common)
 
     # These two take their own arguments.
     sub.add_parser("serve", help="run a ConnectorDB v0.3 test server on 127.0.0.1", add_help=False)
@@ -551,7 +560,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        code = int(args.run(args, out))
+        code = int(run_with_key(args, args.run, out))
         out.flush()  # here, where a reader gone is caught, not at exit
         return code
     except BrokenPipeError:

@@ -70,12 +70,12 @@ def recorded_remotes(path: str, only: str | None = None) -> Recorded:
 
     :raises UsageError: no such file, or no remote named ``only``
     """
-    from .cache import Cache
+    from .cli_keys import open_sealed
 
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such cache file")
     try:
-        cache = Cache.open_readonly(path)
+        cache = open_sealed(path)
     except ConnectorSyncError:  # an older cache, or none: open_logger says which
         if only not in (None, DEFAULT):
             raise UsageError(f"{path} has no remote named {only!r}; remotes: default") from None
@@ -215,12 +215,13 @@ def _quiet_fanout() -> Iterator[None]:
 def open_logger(path: str, remote: Any, remotes: dict[str, Any] | None = None) -> Any:
     """A Logger on an existing cache file (syncing to ``remote``, or to ``remotes``, if
     given); never creates one. The caller closes it."""
+    from .cli_keys import logger_keys
     from .logger import Logger
 
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such cache file")
     try:
-        return Logger(path, remote=remote, remotes=remotes)
+        return Logger(path, remote=remote, remotes=remotes, **logger_keys())
     except ConnectorSyncError as exc:
         raise UsageError(f"{path}: {exc}") from exc
 
@@ -246,10 +247,10 @@ def letters_of(path: str, remote: str | None) -> dict[int, str]:
 
     :raises UsageError: no remote of that name
     """
-    from .cache import Cache
+    from .cli_keys import open_sealed
 
     try:
-        cache = Cache.open_readonly(path)
+        cache = open_sealed(path)
     except ConnectorSyncError as exc:
         raise UsageError(f"{path}: {exc}") from exc
     try:

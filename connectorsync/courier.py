@@ -61,6 +61,7 @@ import tenacity
 
 from . import schedule
 from .cache import Cache, Outbox, Untrusted
+from .cache.seal import Sealer
 from .delivery import PassPlan, Progress, run_pass
 from .errors import AuthError, ClosedError, ConnectorSyncError, TransientRemoteError
 from .lanes import Pacer, Rotation
@@ -104,6 +105,7 @@ class Shared:
         after the pass, outside every lock; never by :meth:`Courier.sync`
     :ivar on_state: called with the courier's connection when its state (running,
         last_error, next_attempt, paused) may have changed: the lease is written through it
+    :ivar sealer: the cache's sealer (None: a plain cache), for the couriers' connections
     """
 
     path: str
@@ -112,6 +114,7 @@ class Shared:
     lock: SharedSyncLock
     on_pass: Callable[[SyncReport], object]
     on_state: Callable[[Cache], object]
+    sealer: Sealer | None = None
 
 
 class Courier:
@@ -539,6 +542,7 @@ class Courier:
             # (one fsync per batch), so a power cut never brings back delivered datapoints,
             # whatever durability the inserts use.
             self._cache = Cache.connect(self._shared.path, "full")
+            self._cache.attach_sealer(self._shared.sealer)
         return self._cache
 
     def _close_connection(self) -> None:

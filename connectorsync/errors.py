@@ -18,6 +18,7 @@ is still there as ``__cause__`` for debugging.
         TimestampTypeError      not a number or a datetime at all (also a TypeError)
       CacheError                the SQLite cache failed (wraps apsw errors)
         CacheFullError          the disk or the cache is full: nothing was written
+        SealedRowError          a sealed row does not open (changed, or another key)
       RemoteError               the remote failed; .status and .body say how
         TransientRemoteError    network trouble, timeouts, 408/429/5xx: retry later
         AmbiguousRemoteError    the request was sent but no answer came back
@@ -87,6 +88,12 @@ class CacheError(ConnectorSyncError):
 
 class CacheFullError(CacheError):
     """The disk or the cache limit is full. Nothing of the failed call was written."""
+
+
+class SealedRowError(CacheError):
+    """A row of a sealed cache does not open: it was changed in the file, or sealed under
+    another key. The message names the row (table, stream, id or time); the other rows are
+    not affected."""
 
 
 class RemoteError(ConnectorSyncError):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from .errors import ConfigurationError
+from .keysource import key_file_option, key_option
 from .option_checks import (
     anything,
     api_key,
@@ -68,6 +69,7 @@ class Target(enum.Enum):
     ARCHIVE = "the writer archives to the new directory, format and fsync"
     CLOCK = "the clock trusts the system time, or waits for NTP"
     METRICS = "/metrics is served at the new port, or no longer"
+    KEY = "refused once open: a cache's key changes with connectorsync rekey"
 
 
 class Scope(enum.Enum):
@@ -299,6 +301,23 @@ class Configurable:
         "not served)",
         stored=Stored.PROCESS,
         acts=(Target.METRICS,),
+    )
+    # Sealed at rest (issue 19): read once, when the cache opens (connectorsync.keysource);
+    # never stored, never shown. A sealed cache changes its key with `connectorsync rekey`.
+    key = Option[Any](
+        None,
+        key_option,
+        "seal the cache with this key: 32 bytes, or 64 hex digits or base64 (see key_file)",
+        stored=Stored.PROCESS,
+        acts=(Target.KEY,),
+    )
+    key_file = Option[Any](
+        None,
+        key_file_option,
+        "seal the cache with the key in this file (none: $CREDENTIALS_DIRECTORY/"
+        "connectorsync.key if it exists)",
+        stored=Stored.PROCESS,
+        acts=(Target.KEY,),
     )
 
 

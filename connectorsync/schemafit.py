@@ -12,16 +12,19 @@ does not fit and what to do, and the cache is left as it was
 A schema they all fit (a wider one) is taken, and they are delivered as they are
 (``tests/test_reconfigure.py::test_stream_changes_keep_everything_and_deliver_it_once``).
 
-Dead letters are not checked: they were refused already, and stay as they are.
+Dead letters are not checked: they were refused already, and stay as they are. In a sealed
+cache the values are opened to be checked; one that does not open is left to the sync, which
+makes it a dead letter naming the row
+(``tests/test_seal.py::test_a_schema_change_checks_the_sealed_values``).
 Re-registering with the same schema costs nothing: only a changed schema reads the cache.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .cache.properties import cached_values
 from .errors import SchemaError, ValidationError
 
 if TYPE_CHECKING:  # the registry hands it in: a type only
@@ -49,7 +52,7 @@ def refuse_misfits(cache: Cache, new: StreamSchema) -> None:
     if row is None or row.schema == new.schema_text or not new.schema:
         return  # nothing registered, nothing changed, or any JSON value: all fit
     cache.flush()  # durability "batched": what waits in memory is the stream's too
-    for t, text in cached_values(cache, row.id):
+    for t, text in _cached_values(cache, new.name, row.id):
         try:
             new.encode(json.loads(text))
         except ValidationError as exc:
@@ -61,3 +64,17 @@ def refuse_misfits(cache: Cache, new: StreamSchema) -> None:
                 f"deliver them first (sync() until status().streams[{new.name!r}].cached is "
                 "0), or register a schema they fit, or the new one under another stream name"
             ) from None
+
+
+def _cached_values(cache: Cache, name: str, stream_id: int) -> Iterator[tuple[float, str]]:
+    """The stream's cached datapoints, oldest first, as ``(t, value as JSON text)``, opened
+    when sealed (one that does not open is left out); read a page at a time (each page a
+    read of its own), so a large backlog never sits in memory."""
+    after = 0
+    while rows := cache.batch(stream_id, after, _PAGE):
+        opened, _ = cache.opened_points(name, rows)
+        yield from ((float(t), text) for _, t, text in opened)
+        after = int(rows[-1][0])
+
+
+_PAGE = 10_000

@@ -46,6 +46,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from .cache import Cache
+from .cache.seal import Sealer
 from .courier import DEFAULT, Courier, PassHooks, Shared
 from .delivery import Progress
 from .errors import ConfigurationError
@@ -83,6 +84,7 @@ class Syncer:
         hooks: PassHooks,
         on_pass: Callable[[SyncReport], object],
         identity: str,
+        sealer: Sealer | None = None,
     ):
         named = dict(remotes) if isinstance(remotes, Mapping) else {DEFAULT: remotes}
         if not named:
@@ -102,6 +104,7 @@ class Syncer:
             lock=self._lock,
             on_pass=on_pass,
             on_state=self._publish,
+            sealer=sealer,
         )
         self._shared = shared
         self._couriers = {name: Courier(name, remote, shared) for name, remote in named.items()}

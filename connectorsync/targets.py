@@ -19,6 +19,7 @@ from typing import Any
 from .archive import reconfigured
 from .cache import Cache, Limits
 from .devicetime import DeviceTime
+from .errors import ConfigurationError
 from .metrics import LoggerMetrics
 from .options import Option, Options, Settings, Target
 from .remoteholder import RemoteHolder
@@ -101,4 +102,14 @@ ACTIONS: dict[Target, Callable[[Parts], object]] = {
     Target.ARCHIVE: _archive,
     Target.CLOCK: lambda parts: parts.time.options_changed(),
     Target.METRICS: lambda parts: parts.metrics.serve(parts.options.metrics_port),
+    Target.KEY: lambda parts: _key_is_chosen_at_open(),
 }
+
+
+def _key_is_chosen_at_open() -> None:
+    """``key``/``key_file`` act when the cache opens (the constructor takes them out of the
+    options it sets); changed later, they are refused and nothing changes."""
+    raise ConfigurationError(
+        "key and key_file are read when the cache opens; to change the key of a cache, "
+        "close it and run: connectorsync rekey PATH --key-file OLD --new-key-file NEW"
+    )

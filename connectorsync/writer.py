@@ -3,8 +3,9 @@
 :class:`Writer` is what ``Logger.insert`` and ``Logger.insert_many`` delegate to. A value is
 checked by its stream's definition and encoded once; the cache commits it before anything
 else happens (invariant 1); only then is it archived and are subscribers told, outside every
-lock. Bad input raises a ``connectorsync`` error and changes nothing (invariant 9,
-``tests/test_validation.py``).
+lock. In a sealed cache the value is sealed here, before the cache sees it (:mod:`.cache.seal`;
+the archive, which the user chose to keep in plain, gets the text). Bad input raises a
+``connectorsync`` error and changes nothing (invariant 9, ``tests/test_validation.py``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from typing import Any
 
 from .archive import Archive
 from .cache import Cache, Limits, TooOldError, Untrusted
+from .cache.seal import READING
 from .clock import check_timestamp, too_old
 from .devicetime import DeviceTime
 from .errors import StreamError, TimestampError
 from .streams import StreamRegistry, Subscribers, check_values
 
 #: A point as the cache appends it: (stream id, t, restamp, data as JSON text, untrusted).
-Point = tuple[int, float, bool, str, Untrusted | None]
+Point = tuple[int, float, bool, str | bytes, Untrusted | None]
 
 
 class Writer:
@@ -46,9 +48,11 @@ class Writer:
             (t, untrusted), restamp = self._time.stamp(), True
         else:
             t, untrusted, restamp = check_timestamp(stream, timestamp), None, registered.restamp
+        sealer = self._cache.sealer
+        kept = data if sealer is None else sealer.seal(READING, stream, data)
         try:
             stored = self._cache.append(
-                registered.id, t, data, restamp=restamp, untrusted=untrusted, limits=self.limits
+                registered.id, t, kept, restamp=restamp, untrusted=untrusted, limits=self.limits
             )
         except TooOldError as exc:
             raise too_old(stream, t, exc.newest) from None
@@ -72,31 +76,35 @@ class Writer:
             ) from None
         if self.archive is not None:
             self.archive.write(
-                (name, t, point[3])
-                for (name, _), (_, t), point in zip(given, stored, points, strict=True)
+                (name, t, text) for (name, _, text), (_, t) in zip(given, stored, strict=True)
             )
         if self._subscribers:
-            for (name, value), (_, t) in zip(given, stored, strict=True):
+            for (name, value, _), (_, t) in zip(given, stored, strict=True):
                 self._subscribers.notify(name, t, value)
         return len(points)
 
-    def _points(self, by_stream: dict[str, Any]) -> tuple[list[Point], list[tuple[str, Any]]]:
-        """The cache's points for ``insert_many``, and (stream, value) of each, in order."""
+    def _points(self, by_stream: dict[str, Any]) -> tuple[list[Point], list[tuple[str, Any, str]]]:
+        """The cache's points for ``insert_many``, and (stream, value, its JSON text) of
+        each, in order."""
         now, untrusted = self._time.stamp()
+        sealer = self._cache.sealer
         points: list[Point] = []
-        given: list[tuple[str, Any]] = []
+        given: list[tuple[str, Any, str]] = []
         for name, items in by_stream.items():
             check_values(name, items)
             registered = self._streams.get(name)
             encode = registered.definition.encode
             for item in items:
-                if type(item) is dict and item.keys() == {"t", "d"}:
-                    t = check_timestamp(name, item["t"])
-                    points.append((registered.id, t, registered.restamp, encode(item["d"]), None))
-                    given.append((name, item["d"]))
+                timed = type(item) is dict and item.keys() == {"t", "d"}
+                value = item["d"] if timed else item
+                t = check_timestamp(name, item["t"]) if timed else now
+                text = encode(value)
+                kept = text if sealer is None else sealer.seal(READING, name, text)
+                if timed:
+                    points.append((registered.id, t, registered.restamp, kept, None))
                 else:
-                    points.append((registered.id, now, True, encode(item), untrusted))
-                    given.append((name, item))
+                    points.append((registered.id, now, True, kept, untrusted))
+                given.append((name, value, text))
         return points, given
 
 

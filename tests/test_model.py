@@ -7,7 +7,8 @@ The variants: ``ordered`` (ConnectorDB test server), ``idempotent`` (influxd beh
 proxy), ``at_least_once`` (HTTP receiver), ``mqtt`` (mosquitto behind the MQTT fault proxy,
 a real subscriber), ``nats`` (nats-server with JetStream behind the NATS fault proxy,
 idempotent by ``Nats-Msg-Id``: tests/model/nats.py), ``postgres`` (PostgreSQL behind its
-fault proxy, tests/model/postgres.py), ``batched``
+fault proxy, tests/model/postgres.py), ``sealed`` (ConnectorDB, a cache sealed at rest),
+``batched``
 (``durability="batched"`` against ConnectorDB) and ``lanes``
 (``live_first`` with a ``max_rate``, HTTP receiver). The whole process runs on a failing-disk
 VFS shim (tests/helpers/failing_vfs.py) that the ``failing_commits`` rule arms.
@@ -176,6 +177,12 @@ def test_model_postgres(
 @pytest.mark.slow
 def test_model_batched(ordered: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff) -> None:
     run_model("BatchedModel", ordered, tmp_path, ntp, vfs, durability="batched")
+
+
+@pytest.mark.slow
+def test_model_sealed(ordered: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff) -> None:
+    """The ordered variant on a cache sealed at rest (issue 19)."""
+    run_model("SealedModel", ordered, tmp_path, ntp, vfs, sealed=True)
 
 
 @pytest.mark.slow

@@ -4,8 +4,10 @@ Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inser
 durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
 WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after a sync,
 migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, thinning, dead-letter
-retries, a failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py) in a
-child process whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
+retries, a failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py, a sealed
+cache (issue 19) inserting, syncing and retrying dead letters; ``connectorsync rekey`` has a
+torture of its own below) in a child process
+whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
 (xWrite/xSync/xTruncate/xDelete), N drawn from a seeded RNG over the phase's whole range (a
 run without a cut counts it first). What the child did before is read from its stdout, not
 from the cache. Then the -shm file is removed (shared memory does not survive a reboot), the
@@ -47,6 +49,7 @@ and ``POWERCUT_SEED=s POWERCUT_CUTS=n`` replays the whole sequence.
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
 import itertools
 import os
@@ -62,8 +65,10 @@ from typing import Any
 import apsw
 import pytest
 
-from connectorsync import Logger
+from connectorsync import ConfigurationError, Logger
+from connectorsync.cache.rekey import rekey
 from connectorsync.cache.routing import HANDED_OVER
+from connectorsync.keysource import read_key_file
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.groupcommit import GroupCommitProbe
 from connectorsync.testing.probe import CacheProbe
@@ -71,7 +76,15 @@ from connectorsync.testing.probe import CacheProbe
 from .conftest import PYTHON, ROOT, child_env, wait_for
 from .helpers.powercut import CUT_EXIT
 from .helpers.powercut_fanout import check_positions, groups, sync_remote
-from .helpers.powercut_workload import NEW, OLD_POINTS, PHASES, REFUSE, Phase, build_template
+from .helpers.powercut_workload import (
+    NEW,
+    OLD_POINTS,
+    PHASES,
+    REFUSE,
+    SEALED,
+    Phase,
+    build_template,
+)
 
 SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
 #: ``POWERCUT_PHASES=name,name``: cut only these phases (a fix's own phases, run long).
@@ -224,7 +237,8 @@ class Torture:
                 )
         finally:
             conn.close()
-        with Logger(path, apikey=keys["default"], serverurl=self.server.url) as lg:
+        sealed = {"key_file": phase.options["key_file"]} if "key_file" in phase.options else {}
+        with Logger(path, apikey=keys["default"], serverurl=self.server.url, **sealed) as lg:
             cached = {s: [(p["t"], p["d"]) for p in lg.export(s)] for s in phase.streams}
             status = lg.status()
             # Thinning (phase thin) removes from the middle, drop_oldest from the start.
@@ -295,7 +309,8 @@ class Torture:
             assert {d for _, d in mine} <= present, f"{label}: cached, then not delivered"
             raised, unknown = out.raised.get(stream, set()), out.unknown.get(stream, set())
             assert not raised & present, f"{label}: insert() raised, yet stored: {raised}"
-            start = -OLD_POINTS if stream == "s0" and phase.template != NEW else 0
+            old = phase.template not in (NEW, SEALED)  # a migrated template's points first
+            start = -OLD_POINTS if stream == "s0" and old else 0
             # Each stream's values from the first on, but those whose insert raised (never
             # stored) or was interrupted (either way): only the oldest may be missing, the
             # ones drop_oldest counted.
@@ -533,3 +548,90 @@ def test_the_positions_check_finds_what_a_remote_lost(tmp_path: Path) -> None:
             check_positions(conn, promised, everywhere)
     finally:
         conn.close()
+
+
+# ----------------------------------------------------------------------------- rekey phase
+
+#: Cut points of the rekey phase (``make soak``: 200).
+REKEY_CUTS = int(os.environ.get("POWERCUT_REKEY_CUTS", "200" if SOAK else "12"))
+
+
+def run_rekey_child(path: str, old: str, new: str, cut_at: int) -> tuple[bool, int]:
+    """``connectorsync rekey`` (7 rows a step) in a child whose disk keeps only what was
+    fsynced, its power cut at I/O operation ``cut_at`` (0: never). Returns (cut, ops)."""
+    proc = subprocess.run(
+        [PYTHON, "-m", "tests.helpers.powercut_rekey", path, old, new, str(cut_at), "7"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode in (0, CUT_EXIT), proc.stderr.decode()[-3000:]
+    if proc.returncode == CUT_EXIT:
+        return True, cut_at
+    return False, int(proc.stdout.decode().split()[1])
+
+
+def test_power_cut_torture_rekey(tmp_path: Path, server: ConnectorDBServer) -> None:
+    """``connectorsync rekey`` from one key to another, its power cut at random I/O
+    operations, sometimes twice (a cut resume): after each cut the file is sound, opening
+    it says a rekey is under way (or it had not begun, or had ended), and resumed with the
+    same keys it finishes with every datapoint and dead letter there exactly once, the new
+    key opening it and the old one refused."""
+    from .test_seal import key_file
+
+    old, new = key_file(tmp_path, "old.key"), key_file(tmp_path, "new.key")
+    template = str(tmp_path / "template.db")
+
+    def init(lg: Logger) -> None:
+        lg.apikey = server.apikey  # type: ignore[attr-defined]
+        lg.serverurl = server.url
+        lg.addStream("s0", {"type": "number"})
+
+    server.reject(lambda stream, point: point["d"] < 0)
+    with Logger(template, on_create=init, key_file=old) as lg:
+        lg.insert_many("s0", [1.0, -1.0, 2.0, -2.0])
+        lg.sync()
+        lg.insert_many("s0", [float(v) for v in range(40)])
+    server.reject(None)
+
+    def contents(path: str, key: str) -> tuple[list[object], list[object], object]:
+        with Logger(path, key_file=key) as lg:
+            points = [(p["t"], p["d"]) for p in lg.export()]
+            letters = [(d.id, d.t, d.d, d.reason) for d in lg.deadletters()]
+            return points, letters, lg.latest("s0")
+
+    expected = contents(template, old)
+    assert len(expected[0]) == 40 and len(expected[1]) == 2
+    shutil.copy(template, tmp_path / "count.db")
+    cut, ops = run_rekey_child(str(tmp_path / "count.db"), old, new, 0)
+    assert not cut and ops > 20
+    rng = random.Random(SEED)
+    states: collections.Counter[str] = collections.Counter()
+    for n in range(REKEY_CUTS):
+        path = str(tmp_path / f"cut{n}.db")
+        shutil.copy(template, path)
+        for _ in range(rng.choice((1, 1, 2))):  # a cut, or a cut then a cut resume
+            cut_at = rng.randint(1, ops)
+            run_rekey_child(path, old, new, cut_at)
+            for suffix in ("-shm",):  # shared memory does not survive a reboot
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path + suffix)
+        conn = apsw.Connection(path)
+        assert next(conn.execute("PRAGMA integrity_check"))[0] == "ok", (n, cut_at)
+        conn.close()
+        try:
+            now = contents(path, new)
+            states["finished"] += 1
+        except ConfigurationError as exc:
+            if "under way" in str(exc):
+                states["under way"] += 1
+            else:  # not begun: the old key still opens it
+                assert contents(path, old) == expected, (n, cut_at)
+                states["not begun"] += 1
+            rekey(path, read_key_file(old), read_key_file(new))
+            now = contents(path, new)
+        assert now == expected, (n, cut_at)
+        with pytest.raises(ConfigurationError, match="another key"):
+            Logger(path, key_file=old)
+    print(f"rekey power cuts: {REKEY_CUTS} ({dict(states)}), {ops} I/O operations a run")

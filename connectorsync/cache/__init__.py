@@ -49,7 +49,7 @@ import apsw
 
 from ..batch import Batch, Datapoint, as_datapoint
 from ..errors import CacheError, CacheFullError, ConfigurationError
-from . import positions, registration, retime, routing, schema, space
+from . import positions, registration, retime, routing, schema, seal, space
 from .base import (
     AT_REST,
     INSERT,
@@ -215,17 +215,17 @@ class Cache(DeadLetters):
     def get_setting(self, key: str, default: Any = None) -> Any:
         """The JSON value stored under ``key``, or ``default``."""
         rows = self._read("SELECT value FROM settings WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else default
+        return json.loads(seal.setting_out(self._conn, key, rows[0][0])) if rows else default
 
     def set_setting(self, key: str, value: Any) -> None:
         """Store ``value`` (anything JSON) under ``key``; committed on return."""
-        text = json.dumps(value, allow_nan=False)
+        text = seal.setting_in(self._conn, key, json.dumps(value, allow_nan=False))
         with self.transaction(f"save setting {key!r}") as conn:
             conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, text))
 
     def settings(self) -> dict[str, Any]:
         """Every setting, decoded."""
-        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM settings")}
+        return seal.all_settings(self._conn, self._read("SELECT key, value FROM settings"))
 
     # ----------------------------------------------------------------------- streams
 
@@ -273,7 +273,7 @@ class Cache(DeadLetters):
         self,
         stream_id: int,
         t: float,
-        data: str,
+        data: str | bytes,
         *,
         restamp: bool,
         untrusted: Untrusted | None = None,

@@ -130,7 +130,7 @@ class CommitQueue:
         self,
         stream_id: int,
         t: float,
-        data: str,
+        data: str | bytes,
         boot: int | None,
         mono: float | None,
         restamp: bool,

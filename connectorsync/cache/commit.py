@@ -49,9 +49,9 @@ from .records import Untrusted
 log = logging.getLogger(__name__)
 
 #: What :meth:`Cache.append` stores: (stream id, t, data, boot, mono).
-AppendRow = tuple[int, float, str, int | None, float | None]
+AppendRow = tuple[int, float, str | bytes, int | None, float | None]
 #: What :meth:`Cache.append_many` stores: (stream id, t, restamp, data, untrusted).
-Point = tuple[int, float, bool, str, Untrusted | None]
+Point = tuple[int, float, bool, str | bytes, Untrusted | None]
 
 #: The longest a leader waits for the others before it commits (seconds).
 MAX_GATHER = 0.002

@@ -44,6 +44,7 @@ from typing import Any, Protocol, TypeVar
 import apsw
 
 from ..errors import CacheError
+from . import seal
 from .base import wrapped
 
 
@@ -398,6 +399,22 @@ class Connection:
             return list(self._conn.execute(sql, params))
 
     _read = read
+
+    def attach_sealer(self, sealer: seal.Sealer | None) -> None:
+        """Seal and open stored values with ``sealer`` from now on (None: a plain cache)."""
+        seal.attach(self._conn, sealer)
+
+    def opened_points(
+        self, stream: str, rows: list[Any]
+    ) -> tuple[list[tuple[int, float, str]], list[str]]:
+        """``stream``'s datapoint rows ``(id, t, d)`` with their values opened, and what
+        names each row that does not open (left out): see :func:`.seal.open_points`."""
+        return seal.open_points(self._conn, stream, rows)
+
+    @property
+    def sealer(self) -> seal.Sealer | None:
+        """The sealer of this connection (None: a plain cache)."""
+        return seal.of(self._conn)
 
     def forget_newest(self) -> None:
         """Forget each stream's newest timestamp as this connection last saw it: a statement

@@ -26,7 +26,8 @@ from typing import Any
 import apsw
 
 from ..batch import Datapoint
-from . import positions
+from ..errors import SealedRowError
+from . import positions, seal
 from .base import INSERT, NEWEST, place
 from .connection import Connection
 from .limits import Limits, make_room
@@ -39,7 +40,10 @@ def move_in(  # noqa: PLR0913 - the letter's columns, inside the caller's transa
     """Record the cached datapoint ``point`` of stream ``name`` as a dead letter of the remote
     ``remote``, inside the caller's transaction (``Outbox.deadletter`` then has that remote
     stop holding it)."""
-    point_id, t, data = point
+    point_id, t, text = point
+    # The pass had it opened: sealed again, in a sealed cache (a value that did not open
+    # comes as the blob it was, and stays so).
+    data = seal.store(conn, seal.READING, name, text) if type(text) is str else text
     conn.execute(
         "UPDATE deadletters SET attempts = attempts + 1, reason = ?, failed_at = ?, "
         "retry_id = NULL WHERE retry_id = ?",
@@ -54,6 +58,26 @@ def move_in(  # noqa: PLR0913 - the letter's columns, inside the caller's transa
 
 
 LETTER = "SELECT id, stream, t, d, reason, attempts, failed_at FROM deadletters"
+_UNOPENABLE = "its sealed value does not open"
+
+
+def letter(conn: apsw.Connection, row: tuple[Any, ...], *, listed: bool) -> DeadLetter | None:
+    """The letter of ``row`` (as :data:`LETTER` reads it), its value opened in a sealed
+    cache. One whose value does not open (changed in the file, another key) is None, or,
+    when ``listed``, a letter with ``d`` None and a reason that says so: never sent again,
+    never lost (``test_seal.py::test_a_tampered_row_is_named_and_every_other_row_syncs``)."""
+    sealer = seal.of(conn)
+    if sealer is not None or type(row[3]) is bytes:
+        name = f"deadletters row {row[0]} (stream {row[1]!r}, t={row[2]})"
+        try:
+            row = (*row[:3], seal.load(conn, seal.READING, row[1], row[3], name), *row[4:])
+        except SealedRowError:
+            if not listed:
+                return None
+            reason = row[4] if _UNOPENABLE in row[4] else f"{row[4]}; {_UNOPENABLE}"
+            return DeadLetter(row[0], row[1], row[2], None, reason, row[5], row[6])
+    return DeadLetter.from_row(row)
+
 
 # SQLite's default limit of variables in one statement is far above this.
 _CHUNK = 500
@@ -198,7 +222,7 @@ class DeadLetters(Connection):
             rows = self._read(sql + " ORDER BY id")
         else:
             rows = self._read(sql + " AND stream = ? ORDER BY id", (stream,))
-        return [DeadLetter.from_row(row) for row in rows]
+        return [letter(self._conn, row, listed=True) for row in rows]  # type: ignore[misc]
 
     def letter_remotes(self) -> dict[int, str]:
         """The remote that refused each dead letter at rest, by id ({} when none); reads

@@ -21,6 +21,8 @@ Guarantees (each proved by the test named):
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 import apsw
 
 from ..batch import Batch, Datapoint
-from . import deadletters, positions, retime
+from . import deadletters, positions, retime, seal
 from .base import BATCH, BATCH_END, BATCH_SIZE, bump
 from .deadletters import move_in
 from .records import BatchRequest, DeadLetter, StreamRow
@@ -52,6 +54,8 @@ class CacheConnection(Protocol):
 
     def flush(self) -> None: ...
 
+
+log = logging.getLogger(__name__)
 
 #: The counter setting of a stream's bytes sent to the ``default`` remote is this and the
 #: stream's name (another remote's: this, its name, ``@`` and the stream's name).
@@ -157,7 +161,12 @@ class Outbox:
             if last is None:
                 return nothing
             size = None  # cut short: its values' bytes are counted when asked for
-        rows = conn.execute(BATCH, (stream.id, after_id, last))
+        rows: Any = conn.execute(BATCH, (stream.id, after_id, last))
+        sealer = seal.of(conn)
+        if sealer is not None:  # opened here; a row that does not open is set aside
+            rows, size = self._opened(conn, sealer, stream, rows), None
+            if not rows:  # every row of it was set aside: the next rows, if any
+                return self._take(conn, stream, (last, span[1]), request)
         batch = Batch(stream.name, stream.id, rows, nbytes=size)
         conn.execute(
             "UPDATE positions SET inflight_lo = CASE WHEN inflight = 0 THEN ?1 "
@@ -166,6 +175,28 @@ class Outbox:
             (batch.first_id, batch.last_id, self.remote, stream.id),
         )
         return batch
+
+    def _opened(
+        self, conn: apsw.Connection, sealer: seal.Sealer, stream: StreamRow, rows: Any
+    ) -> list[tuple[int, float, str]]:
+        """The rows of a sealed cache, opened. A row that does not open (changed in the
+        file, or sealed under another key) goes to this remote's dead letters with the reason,
+        in the same transaction: counted there and listed, never sent, never lost
+        (``test_seal.py::test_a_tampered_row_is_named_and_every_other_row_syncs``)."""
+        opened = []
+        for point_id, t, data in rows:
+            text = sealer.opens(seal.READING, stream.name, data) if type(data) is bytes else None
+            if text is not None:
+                opened.append((point_id, t, text))
+                continue
+            reason = (
+                f"datapoints row {point_id} (stream {stream.name!r}, t={t}): its sealed value "
+                "does not open: it was changed in the file, or sealed under another key"
+            )
+            log.error("cache %s: %s; moved to the dead letters", self.cache.path, reason)
+            move_in(conn, stream.name, Datapoint(point_id, t, data), reason, time.time(), self.name)
+            positions.take(conn, self.remote, stream.id, point_id, point_id)
+        return opened
 
     # ----------------------------------------------------------------------- settling
 
@@ -287,7 +318,9 @@ class Outbox:
         memory)."""
         with self.cache.transaction("read the dead letters") as conn:
             rows = deadletters.at_rest(conn, stream, ids, after, limit, self.name)
-        return [DeadLetter.from_row(row) for row in rows]
+            letters = [deadletters.letter(conn, row, listed=False) for row in rows]
+        # One that does not open stays at rest, listed with why (never sent as it is).
+        return [one for one in letters if one is not None]
 
     def letters_delivered(self, ids: Sequence[int]) -> int:
         """The remote took these dead letters (sent again): they are done. Returns how many."""

@@ -5,7 +5,7 @@ stream is created on the remote."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .records import Policy, StreamRow
@@ -40,18 +40,3 @@ def stream_properties(cache: _Reads, name: str) -> dict[str, Any]:
     rows = cache.read("SELECT properties FROM streams WHERE name = ?", (name,))
     found: dict[str, Any] = json.loads(rows[0][0]) if rows else {}
     return found
-
-
-def cached_values(cache: _Reads, stream_id: int, page: int = 10_000) -> Iterator[tuple[float, str]]:
-    """The stream's cached datapoints, oldest first, as ``(t, value as JSON text)``; read a
-    page at a time (each page a read of its own), so a large backlog never sits in memory."""
-    after = 0
-    while True:
-        rows = cache.read(
-            "SELECT id, t, d FROM datapoints WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
-            (stream_id, after, page),
-        )
-        yield from ((float(t), str(d)) for _, t, d in rows)
-        if len(rows) < page:
-            return
-        after = int(rows[-1][0])

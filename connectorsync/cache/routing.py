@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import apsw
 
 from ..errors import ConfigurationError
-from . import positions
+from . import positions, seal
 from .base import bump
 
 #: The counter setting of the datapoints a remote released (``give_up_after``, no fallback)
@@ -67,8 +67,10 @@ _ROUTED = "SELECT stream FROM positions WHERE remote = ?"
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 
-def _row(row: tuple[Any, ...]) -> RemoteRow:
+def _row(conn: apsw.Connection, row: tuple[Any, ...]) -> RemoteRow:
     rid, name, config, streams, give_up_after, fallback, failing_since = row
+    if config is not None:  # it holds credentials: sealed in a sealed cache
+        config = seal.load(conn, seal.REMOTE, name, config, f"remotes row {rid} ({name!r})")
     return RemoteRow(
         rid,
         name,
@@ -80,10 +82,21 @@ def _row(row: tuple[Any, ...]) -> RemoteRow:
     )
 
 
+def _stored_config(conn: apsw.Connection, remote: RemoteRow) -> str | bytes | None:
+    """What to store of ``remote.config`` (sealed in a sealed cache), or None."""
+    if remote.config is None:
+        return None
+    return seal.store(conn, seal.REMOTE, remote.name, json.dumps(remote.config))
+
+
 def remotes(conn: apsw.Connection) -> dict[str, RemoteRow]:
     """Every remote of the cache by name, in the order they were added."""
     return {
-        r.name: r for r in map(_row, conn.execute(f"SELECT {_COLUMNS} FROM remotes ORDER BY id"))
+        r.name: r
+        for r in (
+            _row(conn, row)
+            for row in list(conn.execute(f"SELECT {_COLUMNS} FROM remotes ORDER BY id"))
+        )
     }
 
 
@@ -111,7 +124,7 @@ def add(conn: apsw.Connection, remote: RemoteRow, *, backfill: bool) -> RemoteRo
         "VALUES (?, ?, ?, ?, ?)",
         (
             remote.name,
-            None if remote.config is None else json.dumps(remote.config),
+            _stored_config(conn, remote),
             None if remote.streams is None else json.dumps(remote.streams),
             remote.give_up_after,
             remote.fallback,
@@ -148,7 +161,7 @@ def update(conn: apsw.Connection, remote: RemoteRow) -> None:
     conn.execute(
         "UPDATE remotes SET config = ?, give_up_after = ?, fallback = ? WHERE name = ?",
         (
-            None if remote.config is None else json.dumps(remote.config),
+            _stored_config(conn, remote),
             remote.give_up_after,
             remote.fallback,
             remote.name,

@@ -85,9 +85,10 @@ class CacheProbe:
     # ----------------------------------------------------------------------- contents
 
     def settings(self) -> dict[str, Any]:
-        """Every setting, decoded from its JSON."""
+        """Every setting, decoded from its JSON (a sealed one as the blob it is)."""
         return {
-            key: json.loads(value) for key, value in self._all("SELECT key, value FROM settings")
+            key: json.loads(value) if isinstance(value, str) else value
+            for key, value in self._all("SELECT key, value FROM settings")
         }
 
     def stream_id(self, stream: str) -> int:

@@ -58,8 +58,11 @@ from .powercut import PowerCutVFS
 from .powercut_fanout import Passes, add_remotes
 
 # The templates: what the cache file holds before the phase starts (built by the parent).
-NEW, CONNECTORDB, V1 = "new", "connectordb-0.3.5", "v1"
-TEMPLATES = (NEW, CONNECTORDB, V1)
+NEW, CONNECTORDB, V1, SEALED = "new", "connectordb-0.3.5", "v1", "sealed"
+TEMPLATES = (NEW, CONNECTORDB, V1, SEALED)
+#: The key of the sealed phases' caches (a test key, in this directory).
+SEAL_KEY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "powercut_seal.key")
+SEALED_OPTIONS = {"key_file": SEAL_KEY}
 OLD_POINTS = 20  # datapoints -20..-1 of s0 in an old (connectordb, v1) template
 
 
@@ -135,6 +138,26 @@ PHASES: dict[str, Phase] = {
     ),
     # Ctrl-C in the thread leading a group commit (thread 0 runs in the main thread).
     "group_commit_interrupt": Phase("full", "insert*20", threads=3, per_thread=1, interrupt=True),
+    # Sealed at rest (issue 19): inserts, syncs and dead letters of a sealed cache.
+    "sealed_sync": Phase(
+        "full",
+        "insert*12 sync insert*8 sync insert*4 sync",
+        {"batch_size": 5, **SEALED_OPTIONS},
+        template=SEALED,
+    ),
+    "sealed_batched": Phase(
+        "batched",
+        "insert*12 sync insert*8 sync",
+        {**BATCHED, "batch_size": 5, **SEALED_OPTIONS},
+        template=SEALED,
+    ),
+    "sealed_deadletters": Phase(
+        "full",
+        "insert*10 sync retry sync insert*5 retry sync",
+        {"batch_size": 4, **SEALED_OPTIONS},
+        template=SEALED,
+        refuse=True,
+    ),
     # Dead letters, retried (and refused again) while the power may go.
     "deadletter_retry": Phase(
         "full",
@@ -386,13 +409,13 @@ def build_template(
 ) -> None:
     """The cache file a phase starts from, with its streams (integers) registered and the
     ``remotes`` besides ``default`` added (with backfill)."""
-    if template == NEW:
+    if template in (NEW, SEALED):
 
         def init(lg: Logger) -> None:
             for name in streams:
                 lg.addStream(name, {"type": "integer"})
 
-        Logger(path, on_create=init).close()
+        Logger(path, on_create=init, **(SEALED_OPTIONS if template == SEALED else {})).close()
     elif template == CONNECTORDB:
         import connectordb.logger
 

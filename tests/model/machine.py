@@ -49,6 +49,7 @@ FAULTS = st.sampled_from(
     [None, "fail", "drop_before", "lose_answer", "lose_answer_unreconciled", "delay"]
 )  # below HTTP_TIMEOUT: a delayed request still answers in time
 COMMIT_INTERVAL = 0.05  # durability="batched"
+SEAL_KEY = bytes(range(32))  # the sealed variant's key
 #: An insert raises within commit_interval + one failed commit attempt of a failing disk;
 #: generous, for a loaded machine (this is a bound on a hang, not a speed target).
 FAIL_WITHIN = 10.0
@@ -70,6 +71,7 @@ class DeliveryModel(RuleBasedStateMachine):
     vfs: FailingVFS
     durability = "full"
     lanes = False  # live_first with a max_rate: the stored order is by lane, not insertion
+    sealed = False  # a cache sealed at rest (issue 19): every value and credential sealed
 
     def __init__(self) -> None:
         super().__init__()
@@ -153,6 +155,8 @@ class DeliveryModel(RuleBasedStateMachine):
             self.options["live_first"] = False
         if cap is not None:
             self.options["max_cached"] = cap
+        if self.sealed:
+            self.options["key"] = SEAL_KEY
         if ntp:
             # Silent until the ntp rule: datapoints are stamped untrusted, to be re-timed.
             self.ntp.silent = True
