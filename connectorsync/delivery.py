@@ -56,16 +56,16 @@ from .cache import BatchRequest, Outbox, StreamRow, Untrusted
 from .cache.properties import stream_properties
 from .errors import (
     AmbiguousRemoteError,
-    ClosedError,
     ConnectorSyncError,
     RejectedError,
     RemoteError,
 )
 from .inthread import InThread
-from .lanes import Lanes, OutOfTimeError, Pacer, Rotation
+from .lanes import Lanes, Pacer, Rotation
 from .remotes.base import DeliveryKind, Metered, Preparable, Remote, ensure_stream
 from .report import SyncReport as SyncReport  # re-exported: it was defined here
 from .report import add_count, stops_the_remote
+from .rounds import Stops, take_turns
 from .synclock import PassGate
 
 T = TypeVar("T")
@@ -148,98 +148,20 @@ def run_pass(outbox: Outbox, remote: Remote, plan: PassPlan) -> SyncReport:
         pause=plan.pause,
         deadline=plan.deadline,
     )
-    for phase, backlog in lanes.phases(turns):
-        _take_turns(phase, plan, report, lanes, backlog=backlog)
+    for phase in lanes.phases(turns):
+        take_turns(phase, Stops(plan.deadline, plan.gate), report, lanes)
         if stops_the_remote(report.exception):
             assert report.exception is not None
-            # The whole remote waits: the streams a later lane would have sent say so (the
-            # backlog's lane is the last one).
-            for turn in turns if not backlog else ():
-                if not turn.failed:
+            # The whole remote waits: the streams a later lane (or a lower priority) would
+            # have sent say so; those done with the backlog are done.
+            for turn in turns:
+                if not turn.failed and not (phase.backlog and turn.done):
                     turn.fail(report.exception)
             break
     report.more = lanes.more
     for turn in turns:
         turn.report_refusals()
     return report
-
-
-def _take_turns(
-    turns: list[_Turn], plan: PassPlan, report: SyncReport, lanes: Lanes, *, backlog: bool
-) -> None:
-    """One batch per stream in turn until every stream is done, failed, or time is up.
-
-    While one batch is on the wire, the next turn's batch is read (and recorded in flight)
-    and the previous delivered batch is deleted, each in a thread of its own
-    (:class:`InThread`), so the remote is rarely idle; every one of them is finished before
-    the pass returns. ``backlog``: paced by ``max_rate``, ended by the budget. A turn cut
-    off by the budget, the deadline or close() is where the next pass begins (``lanes.rotation``).
-    An error that holds for the whole remote (credentials, ``Retry-After``) ends every turn.
-    """
-    active = [turn for turn in turns if not turn.done]
-    behind: InThread[None] | None = None
-    index = 0
-    try:
-        while active:
-            turn = active[index % len(active)]
-            stop = _stopped(plan.deadline, plan.gate)
-            if stop is not None:  # no new batch starts: the rest waits in the cache
-                lanes.rotation.cut_at(turn.name)
-                for late in active:
-                    late.fail(stop)
-                return
-            batch = (
-                None
-                if backlog and lanes.out_of_budget()
-                else _paced(turn, lanes if backlog else None, turn.guard(turn.next_batch))
-            )
-            if batch is None:  # the backlog's budget is up (max_rate's wait may have reached it)
-                lanes.rotation.cut_at(turn.name)
-                return  # the rest waits for the next pass, which takes the live lane first
-            if batch:
-                following = active[(index + 1) % len(active)]
-                ahead = following.read_ahead()
-                behind = turn.guard(turn.deliver, batch, ahead, behind)
-            if not batch or turn.done:
-                turn.done = True
-                active.remove(turn)  # the next stream moves into this index
-            else:
-                index += 1
-            if stops_the_remote(report.exception):
-                assert report.exception is not None
-                for other in active:
-                    if not other.failed:
-                        # The same credentials, or the remote asked to be left alone a while.
-                        other.fail(report.exception)
-                return
-    finally:
-        if behind is not None:
-            with contextlib.suppress(ConnectorSyncError):
-                behind.result()  # the last delete (it runs here if it never started)
-        for turn in turns:
-            turn.close()
-
-
-def _stopped(deadline: float | None, gate: PassGate | None) -> ConnectorSyncError | None:
-    """Why no new batch may start (close's deadline is past, or the Logger closed), or None."""
-    if gate is not None and gate.closed:
-        return ClosedError("closed while the pass ran; the rest waits in the cache")
-    if deadline is not None and time.monotonic() > deadline:
-        return OutOfTimeError("out of time (close); the rest waits in the cache")
-    return None
-
-
-def _paced(turn: _Turn, lanes: Lanes | None, batch: Batch | None) -> Batch | None:
-    """``batch``, once ``max_rate`` lets it go; an empty batch if there was none or the wait
-    failed the turn (syncing stopped, or out of time: the batch waits in the cache); None if
-    the backlog's budget ended first (the batch waits for the next pass)."""
-    if batch and lanes is not None:
-        go = turn.guard(lanes.pace, batch.first_id, len(batch))
-        if turn.failed:
-            return turn.nothing
-        if not go:
-            return None
-    return batch or turn.nothing
 
 
 @dataclass(frozen=True)
@@ -294,6 +216,10 @@ class _Turn:
     @property
     def name(self) -> str:
         return self.row.name
+
+    @property
+    def priority(self) -> int:
+        return self.row.priority
 
     # -------------------------------------------------------------- opening
 

@@ -14,7 +14,11 @@ dashboard until all of it is through. So, for remotes that do not need order (``
    one at once, which again begins with the live lane.
 
 ``ordered`` remotes (ConnectorDB) refuse an older timestamp after a newer one: they keep
-strict order, with no lane and no budget (a batch without answer is reconciled instead).
+strict order, with no lane (a batch without answer is reconciled instead); their backlog has
+the budget too, so that a stream of higher priority cached meanwhile goes at the next pass.
+
+In each lane, higher priorities go first, and a stream that a pass cut short passed over
+gets a batch first in the next (:mod:`connectorsync.priority`).
 
 Streams take turns across passes (:class:`Rotation`): a pass that its budget (or close's
 deadline) cuts short remembers the stream whose turn was next, and the next pass begins
@@ -46,12 +50,13 @@ Guarantees (``tests/test_lanes.py``):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import replace
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Generic, Protocol, TypeVar
 
 from .cache import BatchRequest
 from .errors import ConnectorSyncError
+from .priority import by_priority, tiers
 
 
 class OutOfTimeError(ConnectorSyncError):
@@ -68,6 +73,9 @@ class LaneTurn(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def priority(self) -> int: ...
+
     def can_go_live(self) -> bool: ...
 
     def begin(self, after: int, request: BatchRequest) -> None: ...
@@ -78,13 +86,31 @@ class LaneTurn(Protocol):
 T = TypeVar("T", bound=LaneTurn)
 
 
+@dataclass(frozen=True)
+class Phase(Generic[T]):
+    """A part of a pass: its streams take turns until each is done (or, ``once``, until
+    each has had one batch).
+
+    :ivar turns: the streams, of one priority (or those passed over, ``once``)
+    :ivar backlog: the backlog's lane: paced by ``max_rate``, ended by the budget
+    :ivar once: one batch each: the streams the previous pass passed over
+    """
+
+    turns: list[T]
+    backlog: bool
+    once: bool = False
+
+
 class Rotation:
     """Where the next pass begins its rounds over the streams: the stream whose turn was
-    next when the last pass was cut short. One per Logger, kept in memory across passes (a
+    next when the last pass was cut short, and the streams it passed over (see
+    :mod:`connectorsync.priority`). One per courier, kept in memory across passes (a
     restart begins at the first stream again: at most one round is repeated)."""
 
     def __init__(self) -> None:
         self.first: str | None = None
+        #: streams passed over by the last passes: how many passes each has waited
+        self.waiting: dict[str, int] = {}
 
     def order(self, turns: list[T]) -> list[T]:
         """``turns`` rotated to begin at :attr:`first` (as they are if it is not there)."""
@@ -97,6 +123,21 @@ class Rotation:
     def cut_at(self, name: str) -> None:
         """The pass ended before ``name``'s turn: the next one begins there."""
         self.first = name
+
+    def overdue(self, turns: list[T]) -> list[T]:
+        """The streams of ``turns`` that the last passes passed over, longest waiting
+        first (then by priority, as ``turns`` are)."""
+        waited = [turn for turn in turns if self.waiting.get(turn.name)]
+        return sorted(waited, key=lambda turn: -self.waiting[turn.name])
+
+    def note_passed_over(self, turns: Sequence[LaneTurn], served: set[str]) -> None:
+        """After a pass's backlog lane: a stream of ``turns`` with a backlog left (not done,
+        not failed) that sent no batch of it was passed over; one that sent one was not."""
+        for turn in turns:
+            if turn.name in served or turn.done:
+                self.waiting.pop(turn.name, None)
+            else:
+                self.waiting[turn.name] = self.waiting.get(turn.name, 0) + 1
 
 
 class Lanes:
@@ -128,7 +169,10 @@ class Lanes:
     ):
         self.live_after = live_after if live_after is not None and live_after < upto else None
         self.two_lanes = self.live_after is not None and not ordered
-        self.budget = None if ordered else budget
+        # Ordered remotes too: without it, a stream of higher priority inserted while a
+        # long backlog drains would wait for all of it (the pass sends what it began with).
+        self.budget = budget
+        self.served: set[str] = set()  # streams that sent a backlog batch in this pass
         self.budget_end: float | None = None  # set when the backlog begins
         self.pacer = pacer
         self.rotation = rotation or Rotation()
@@ -137,16 +181,15 @@ class Lanes:
         #: the pass ended at its budget with a backlog left
         self.more = False
 
-    def phases(self, turns: list[T]) -> Iterator[tuple[list[T], bool]]:
-        """The phases of the pass: ``(turns, is_backlog)``; the caller runs each before
-        asking for the next."""
+    def phases(self, turns: list[T]) -> Iterator[Phase[T]]:
+        """The phases of the pass, each lane highest priority first
+        (:mod:`connectorsync.priority`); the caller runs each before asking for the next."""
         if not turns:
             return
-        turns = self.rotation.order(turns)
+        turns = by_priority(self.rotation.order(turns))
         request = turns[0].request
         resend = [turn for turn in turns if turn.begin_resend()]
-        if resend:
-            yield resend, False
+        yield from (Phase(tier, False) for tier in tiers(resend))
         paced = request
         if self.pacer is not None:
             # A second's worth at most, so that the pace is even rather than in bursts.
@@ -154,18 +197,30 @@ class Lanes:
         if not self.two_lanes or self.live_after is None:
             for turn in turns:
                 turn.begin(0, paced)
-            self._start_budget()
-            yield turns, True
+            yield from self._backlog(turns)
             return
         live = [turn for turn in turns if turn.can_go_live()]
         for turn in live:
             turn.begin(self.live_after, request)
-        yield live, False
+        yield from (Phase(tier, False) for tier in tiers(live))
         backlog = replace(paced, upto_id=self.live_after)
         for turn in turns:
             turn.begin(0, backlog if turn in live else paced)
+        yield from self._backlog([turn for turn in turns if not turn.failed])
+
+    def _backlog(self, turns: list[T]) -> Iterator[Phase[T]]:
+        """The backlog's lane: one batch each for the streams the last passes passed over
+        (longest waiting first), then each priority in turn, until the budget is up; then
+        notes the streams this pass passed over."""
         self._start_budget()
-        yield [turn for turn in turns if not turn.failed], True
+        overdue = self.rotation.overdue(turns)
+        if overdue:
+            yield Phase(overdue, True, once=True)
+        for tier in tiers(turns):
+            if self.more:
+                break  # out of budget: the rest waits for the next pass
+            yield Phase(tier, True)
+        self.rotation.note_passed_over(turns, self.served)
 
     def _start_budget(self) -> None:
         # The backlog's time counts from here, not from the start of the pass: a live lane
