@@ -105,8 +105,9 @@ class PriorityModel(DeliveryModel):
 
     def check_all(self) -> None:
         before = self.last_cached
-        # Nothing was in flight when the step began, nor did it run beside a pass.
-        at_rest = not (self.flight_before or self.concurrent)
+        # Nothing was in flight when the step began, nor after a pass of the step, nor did
+        # the step run beside a pass.
+        at_rest = not (self.flight_before or self.maybe_in_flight or self.concurrent)
         step = check(self)
         self.last_cached = {s: [n for n, _ in points] for s, points in step.cached.items()}
         self.flight_before, self.concurrent = self.maybe_in_flight, False
@@ -146,6 +147,21 @@ class PriorityModel(DeliveryModel):
                 f"{left} of stream {stream!r} (priority {self.priority[stream]}) stayed; "
                 f"dropped +{step.dropped}, thinned +{step.thinned} {step.thinned_per}"
             )
+        # Thinning before dropping, at each priority: a stream lost more than it had thinned
+        # (a drop) only once the thin streams of its priority kept no more than their two
+        # ends (oldest and newest) of what they had.
+        for stream in STREAMS:
+            mine = sum(1 for n in step.vanished if self.stream_of[n] == stream)
+            if mine <= step.thinned_per[stream]:
+                continue
+            for other in STREAMS:
+                if self.thin[other] and self.priority[other] == self.priority[stream]:
+                    kept = [n for n in before[other] if n in cached]
+                    assert len(kept) <= 2, (
+                        f"stream {stream!r} lost {mine - step.thinned_per[stream]} to a drop"
+                        f" while stream {other!r} (thin, same priority) kept {kept} of"
+                        f" {before[other]}"
+                    )
         if step.dropped == 0:
             # Only thinning: a stream's oldest cached datapoint is never thinned, and its
             # newest before the step only once a newer one of it came.
@@ -155,6 +171,8 @@ class PriorityModel(DeliveryModel):
                     continue
                 t = self.t_of
                 now = [n for n, _ in step.cached[stream]]
+                if self.retried & {*before[stream], *now}:
+                    continue  # back in place of its t, yet after the newest in the cache
                 oldest = min([*before[stream], *now], key=t.__getitem__)
                 assert oldest not in step.vanished, (
                     f"stream {stream!r}: its oldest datapoint {oldest} was thinned"
