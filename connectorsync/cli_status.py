@@ -60,6 +60,7 @@ def read_status(cache: Any) -> Status:
         paused=paused,
         dropped=counters["dropped"],
         expired=counters["expired"],
+        thinned=counters["thinned"],
         clock_offset=None if anchor is None else anchor.offset,
         clock_measured=None if anchor is None else anchor.true_time,
         untrusted=untrusted,
@@ -137,6 +138,7 @@ def write_status_json(status: Status, path: str, out: TextIO) -> None:
                 "oldest": s.oldest,
                 "newest": s.newest,
                 "deadletters": s.deadletters,
+                "thinned": s.thinned,
             }
             for name, s in status.streams.items()
         },
@@ -148,6 +150,7 @@ def write_status_json(status: Status, path: str, out: TextIO) -> None:
         "remote": remote,
         "dropped": status.dropped,
         "expired": status.expired,
+        "thinned": status.thinned,
         "clock_offset": status.clock_offset,
         "untrusted": status.untrusted,
         "bytes_sent": status.bytes_sent,
@@ -174,7 +177,10 @@ def write_status_text(status: Status, path: str, out: TextIO) -> None:
     out.write(f"next attempt:  {when(status.next_attempt, now)}\n")
     syncer = status.syncer or "none running"
     out.write(f"syncer:        {syncer}{' (paused)' if status.paused else ''}\n")
-    out.write(f"dropped:       {status.dropped:,}   expired: {status.expired:,}\n")
+    out.write(
+        f"dropped:       {status.dropped:,}   expired: {status.expired:,}"
+        f"   thinned: {status.thinned:,}\n"
+    )
     if status.clock_offset is not None or status.untrusted:
         offset = "-" if status.clock_offset is None else f"{status.clock_offset:+.3f} s"
         out.write(f"clock offset:  {offset}   waiting for NTP: {status.untrusted:,}\n")

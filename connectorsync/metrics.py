@@ -105,6 +105,11 @@ class CacheCollector(Collector):
             value=status.dropped,
         )
         yield CounterMetricFamily(
+            "connectorsync_thinned_datapoints",
+            "Datapoints removed by thinning to make room (on_full='thin'), ever.",
+            value=status.thinned,
+        )
+        yield CounterMetricFamily(
             "connectorsync_expired_datapoints",
             "Datapoints expired by max_age, ever.",
             value=status.expired,

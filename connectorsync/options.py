@@ -263,8 +263,10 @@ class Configurable:
     )
     on_full = Option(
         "reject",
-        one_of("reject", "drop_oldest"),
-        "when a limit is reached: refuse the insert, or drop the oldest datapoints",
+        one_of("reject", "drop_oldest", "thin", "thin_or_reject"),
+        "when a limit is reached: refuse the insert; drop the oldest datapoints (lowest"
+        " priority first); thin the number streams (and thin=True ones), then drop the oldest"
+        " ('thin') or refuse ('thin_or_reject')",
         acts=(Target.LIMITS,),
     )
     max_age = Option(

@@ -47,6 +47,8 @@ class Status:
         it resumes when ``apikey`` changes, or at the next period
     :ivar dropped: datapoints dropped to make room (``on_full="drop_oldest"``), ever
     :ivar expired: datapoints expired by ``max_age``, ever
+    :ivar thinned: datapoints removed by thinning to make room (``on_full="thin"``,
+        ``add_stream(thin=True)``), ever, all streams together
     :ivar clock_offset: what the system clock was off by at the last NTP answer of this boot
         (seconds), or None before one
     :ivar clock_measured: when that answer came (seconds since the epoch), or None
@@ -84,6 +86,7 @@ class Status:
     paused: bool
     dropped: int = 0
     expired: int = 0
+    thinned: int = 0
     clock_offset: float | None = None
     clock_measured: float | None = None
     untrusted: int = 0
@@ -126,6 +129,7 @@ def collect_status(cache: Cache, sync: SyncState, time: DeviceTime) -> Status:
         paused=sync.paused,
         dropped=counters["dropped"],
         expired=counters["expired"],
+        thinned=counters["thinned"],
         clock_offset=None if anchor is None else anchor.offset,
         clock_measured=None if anchor is None else anchor.true_time,
         untrusted=time.untrusted_count(),

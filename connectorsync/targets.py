@@ -72,13 +72,10 @@ def _durability(parts: Parts) -> None:
 
 def _limits(parts: Parts) -> None:
     options = parts.options
-    limits = Limits(
-        options.max_cached,
-        options.max_cache_bytes,
-        options.min_free_disk,
-        drop_oldest=options.on_full == "drop_oldest",
+    limits = Limits.from_on_full(
+        options.on_full, options.max_cached, options.max_cache_bytes, options.min_free_disk
     )
-    parts.writer.limits = limits if limits.active or limits.drop_oldest else None
+    parts.writer.limits = limits if limits.engaged else None
 
 
 def _archive(parts: Parts) -> None:

@@ -3,9 +3,9 @@
 Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inserts with each
 durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
 WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after a sync,
-migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, dead-letter retries, a
-failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py) in a child process
-whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
+migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, thinning, dead-letter
+retries, a failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py) in a
+child process whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
 (xWrite/xSync/xTruncate/xDelete), N drawn from a seeded RNG over the phase's whole range (a
 run without a cut counts it first). What the child did before is read from its stdout, not
 from the cache. Then the -shm file is removed (shared memory does not survive a reboot), the
@@ -17,7 +17,9 @@ cache is reopened by this (normal) process and:
   those returned within the last ``commit_interval`` + the longest commit + 1 s of slack for
   a loaded machine before the cut (``batched``); ``normal`` promises order only;
 - nothing is missing in the middle: what the cache and the server hold together is each
-  stream's values from the first on, but the oldest ones ``drop_oldest`` counted as dropped;
+  stream's values from the first on, but the oldest ones ``drop_oldest`` counted as dropped
+  (phase ``thin``: the missing ones are anywhere but the first, and as many as were counted
+  dropped and thinned);
 - a sync of the reopened cache to the same server leaves it with every datapoint that was
   cached or delivered before, each exactly once (ConnectorDB is "ordered"), and no dead letter.
 
@@ -224,7 +226,9 @@ class Torture:
             conn.close()
         with Logger(path, apikey=keys["default"], serverurl=self.server.url) as lg:
             cached = {s: [(p["t"], p["d"]) for p in lg.export(s)] for s in phase.streams}
-            dropped = lg.status().dropped
+            status = lg.status()
+            # Thinning (phase thin) removes from the middle, drop_oldest from the start.
+            dropped, thinned = status.dropped, status.thinned
             report = lg.sync()
             assert report.ok, f"the sync after the cut failed: {report.errors}"
             for name in phase.remotes:
@@ -249,7 +253,9 @@ class Torture:
                 s: sorted(itertools.chain(*(before[r][s] for r in group))) for s in before[group[0]]
             }
             holes = self.check_remote(phase, out, mine, cached, was, letters, where)
-            assert holes == dropped, f"{where}{holes} missing at the start, {dropped} dropped"
+            assert holes == dropped + thinned, (
+                f"{where}{holes} missing, {dropped} dropped and {thinned} thinned"
+            )
             if len(group) > 1:
                 handed = sum(len(self.remote(mine[1], s)) for s in phase.streams)
                 key = f"{HANDED_OVER}{group[0]}"
@@ -300,10 +306,15 @@ class Torture:
             ]
             holes = [v for v in expected if v not in present]
             returned_values = {v for v, _ in out.returned.get(stream, [])}
-            assert holes == expected[: len(holes)], (
-                f"{label}: missing in the middle: {holes[:10]} (of them, insert() returned "
-                f"for {sorted(returned_values & set(holes))[:10]})"
-            )
+            if phase.options.get("on_full", "").startswith("thin"):
+                # Thinning removes from the middle (each counted: see check), never a
+                # stream's first (nor its newest).
+                assert not holes or holes[0] != expected[0], f"{label}: thinned its first"
+            else:
+                assert holes == expected[: len(holes)], (
+                    f"{label}: missing in the middle: {holes[:10]} (of them, insert() returned "
+                    f"for {sorted(returned_values & set(holes))[:10]})"
+                )
             holes_total += len(holes)
             # Returned, not delivered, and not among the oldest that drop_oldest counted.
             gone = set(holes)

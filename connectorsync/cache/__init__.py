@@ -65,7 +65,7 @@ from .batched import CommitQueue
 from .commit import AppendRow, GroupCommit, Point
 from .connection import CommitOutcome
 from .deadletters import DeadLetters
-from .limits import Limits, drop_expired, drop_one_percent, make_room
+from .limits import Limits, drop_expired, free_one_percent, make_room
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .outbox import Outbox
 from .records import (
@@ -338,7 +338,7 @@ class Cache(DeadLetters):
     def _append_alone(self, row: AppendRow, restamp: bool, limits: Limits | None) -> float:
         """:meth:`append` in a transaction of its own."""
         stream_id, t, data, boot, mono = row
-        if limits is not None and (limits.active or limits.drop_oldest):
+        if limits is not None and limits.engaged:
             # Checked inside a transaction; a full disk makes room and tries again.
             with self._lock:
                 return self._append_limited(row, restamp, limits)
@@ -377,13 +377,13 @@ class Cache(DeadLetters):
                 self._newest[stream_id] = stored
                 return stored
             except CacheFullError:
-                # The disk itself is full (SQLITE_FULL). With drop_oldest, free the oldest
-                # datapoints (1% at a time: a page frees only once all its rows are gone) and
-                # try again; freed pages are reused, so the file does not grow.
-                if not limits.drop_oldest:
+                # The disk itself is full (SQLITE_FULL). With drop_oldest or thinning, free
+                # 1% at a time (a page frees only once its rows are gone), lowest priority
+                # first, and try again; freed pages are reused, so the file does not grow.
+                if not (limits.drop_oldest or limits.thin_numbers):
                     raise
-                with self.transaction("drop the oldest datapoints") as conn:
-                    if not drop_one_percent(conn):
+                with self.transaction("make room in the full cache") as conn:
+                    if not free_one_percent(conn, limits):
                         raise
 
     def give_back_space(self, max_steps: int = space.MAX_STEPS) -> SpaceReport:
@@ -493,9 +493,10 @@ class Cache(DeadLetters):
         return int(self._read("SELECT count(*) FROM datapoints")[0][0])
 
     def statistics(self) -> dict[str, int]:
-        """Counters kept in the cache: ``dropped`` and ``expired`` datapoints."""
+        """Counters kept in the cache: ``dropped``, ``expired`` and ``thinned`` datapoints."""
         return {
-            name: int(self.get_setting("stats." + name, 0) or 0) for name in ("dropped", "expired")
+            name: int(self.get_setting("stats." + name, 0) or 0)
+            for name in ("dropped", "expired", "thinned")
         }
 
     def batch(self, stream_id: int, after_id: int, limit: int) -> list[Datapoint]:

@@ -197,7 +197,7 @@ class GroupCommit:
             request.outcome = _ALONE  # raised again, in its own thread
         else:
             limits = request.limits
-            if limits is None or not (limits.active or limits.drop_oldest):
+            if limits is None or not limits.engaged:
                 # Stored by one statement in an implicit transaction (the plain path of
                 # Cache.append): the statement is the transaction and its commit (and fsync).
                 # Under limits it went through Cache.transaction, which timed it already.

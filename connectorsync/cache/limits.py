@@ -35,6 +35,7 @@ import apsw
 
 from ..errors import CacheFullError
 from .base import AT_REST, bump, delete
+from .thinning import thin_priority
 
 log = logging.getLogger(__name__)
 
@@ -46,35 +47,74 @@ class Limits:
     :ivar max_cached: most datapoints the cache may hold
     :ivar max_bytes: most bytes the cache's pages may use
     :ivar min_free_disk: bytes that must stay free on the cache's file system
-    :ivar drop_oldest: when full, drop the oldest datapoints (counted) instead of refusing
+    :ivar drop_oldest: when full (and thinning is not enough), drop the oldest datapoints
+        (counted) instead of refusing
+    :ivar thin_numbers: thin the streams whose ``thin`` is left to ``on_full`` (None) and
+        whose schema is a number (``on_full="thin"`` or ``"thin_or_reject"``); streams with
+        ``thin=True`` are thinned whatever this says
     """
 
     max_cached: int | None = None
     max_bytes: int | None = None
     min_free_disk: int | None = None
     drop_oldest: bool = False
+    thin_numbers: bool = False
 
     @property
     def active(self) -> bool:
         return bool(self.max_cached or self.max_bytes or self.min_free_disk)
 
+    @property
+    def engaged(self) -> bool:
+        """Whether a write must go through :func:`make_room` (or free room on a full disk)."""
+        return self.active or self.drop_oldest or self.thin_numbers
+
+    @classmethod
+    def from_on_full(
+        cls,
+        on_full: str,
+        max_cached: int | None = None,
+        max_bytes: int | None = None,
+        min_free_disk: int | None = None,
+    ) -> Limits:
+        """The limits of the option ``on_full`` (see :data:`ON_FULL`) and the three limits."""
+        drop, thin = ON_FULL[on_full]
+        return cls(max_cached, max_bytes, min_free_disk, drop_oldest=drop, thin_numbers=thin)
+
+
+#: ``on_full`` value -> (drop the oldest when thinning is not enough, thin number streams).
+ON_FULL: dict[str, tuple[bool, bool]] = {
+    "reject": (False, False),
+    "drop_oldest": (True, False),
+    "thin": (True, True),
+    "thin_or_reject": (False, True),
+}
+
 
 def make_room(conn: apsw.Connection, path: str, incoming: int, limits: Limits) -> int:
     """Inside a write: make room for ``incoming`` datapoints in the cache file ``path``, or raise
-    CacheFullError. Returns how many datapoints were dropped (counted as ``dropped``)."""
-    dropped = 0
+    CacheFullError. Returns how many datapoints were removed (thinned or dropped)."""
+    freed = 0
     if limits.max_cached:
-        dropped += _room_by_count(conn, incoming, limits.max_cached, drop=limits.drop_oldest)
+        freed += _room_by_count(conn, incoming, limits.max_cached, limits)
     if limits.max_bytes:
-        dropped += _room_by_bytes(conn, limits.max_bytes, drop=limits.drop_oldest)
+        freed += _room_by_bytes(conn, limits.max_bytes, limits)
     if limits.min_free_disk:
-        dropped += _room_on_disk(conn, path, limits.min_free_disk, drop=limits.drop_oldest)
-    return dropped
+        freed += _room_on_disk(conn, path, limits.min_free_disk, limits)
+    return freed
 
 
-def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, *, drop: bool) -> int:
-    """``max_cached``: drop (when ``drop``) or refuse what goes over it. More at once than
-    ``max_cached`` can never fit, whatever is dropped: refused in either mode
+def _refusal(limits: Limits) -> str:
+    """What to do about a refusal, by how ``limits`` make room."""
+    if limits.thin_numbers:
+        return "sync, raise the limit, or use on_full='thin' to drop the oldest once thinned"
+    return "sync, raise the limit, or use on_full='thin' or 'drop_oldest'"
+
+
+def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, limits: Limits) -> int:
+    """``max_cached``: make room (thinning first, then dropping when ``drop_oldest``) or
+    refuse what goes over it. More at once than ``max_cached`` can never fit, whatever is
+    removed: refused in either mode
     (``test_limits.py::test_more_at_once_than_max_cached_is_refused_whole``)."""
     if incoming > max_cached:
         raise CacheFullError(
@@ -91,56 +131,62 @@ def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, *, dro
     excess = cached + incoming - max_cached
     if excess <= 0:
         return 0
-    full = f"the cache holds {cached} datapoints and max_cached is {max_cached}: nothing was stored"
-    if not drop:
-        raise CacheFullError(f"{full} (sync, raise max_cached, or use on_full='drop_oldest')")
-    # Some headroom, so that the next inserts need no count.
-    dropped = drop_oldest(conn, max(excess, max_cached // 100))
-    if dropped < excess:
+    # Some headroom, so that the next inserts need no count (and thinning, which reads a
+    # stream's times, runs once per 1% of max_cached, not per insert).
+    freed = free(conn, max(excess, max_cached // 100), limits)
+    if freed < excess and not limits.drop_oldest:
+        # The transaction rolls back whatever was thinned: a refusal changes nothing.
+        raise CacheFullError(
+            f"the cache holds {cached} datapoints and max_cached is {max_cached}"
+            f"{' (thinned as far as it goes)' if limits.thin_numbers else ''}: nothing was"
+            f" stored ({_refusal(limits)})"
+        )
+    if freed < excess:
         # The rest is batches in flight, immutable until settled (at most batch_size per
         # stream): they come on top of the cap for that long; drop_oldest never refuses.
         log.info("cache over max_cached by datapoints being sent; they stay until settled")
-    return dropped
+    return freed
 
 
-def _room_by_bytes(conn: apsw.Connection, max_bytes: int, *, drop: bool) -> int:
-    """``max_cache_bytes``: drop (when ``drop``) the oldest until the pages in use fit."""
-    dropped = 0
+def _room_by_bytes(conn: apsw.Connection, max_bytes: int, limits: Limits) -> int:
+    """``max_cache_bytes``: thin, then drop (when ``drop_oldest``) the oldest until the pages
+    in use fit."""
+    freed = 0
     while (used := used_bytes(conn)) > max_bytes:
-        if not drop:
+        more = free_one_percent(conn, limits)
+        if not more:
+            if limits.drop_oldest:
+                break  # only batches in flight are left: they come on top until settled
             raise CacheFullError(
                 f"the cache uses {used} bytes and max_cache_bytes is {max_bytes}:"
-                " nothing was stored"
+                f" nothing was stored ({_refusal(limits)})"
             )
-        freed = drop_one_percent(conn)
-        if not freed:
-            break  # only batches in flight are left: they come on top until settled
-        dropped += freed
-    return dropped
+        freed += more
+    return freed
 
 
-def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, *, drop: bool) -> int:
+def _room_on_disk(conn: apsw.Connection, path: str, min_free_disk: int, limits: Limits) -> int:
     """``min_free_disk``: when the disk is under it, the write must fit in the file's free
-    pages; drop (when ``drop``) the oldest until there are some."""
+    pages; thin, then drop (when ``drop_oldest``) the oldest until there are some."""
     stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    free = stat.f_bavail * stat.f_frsize
-    if free >= min_free_disk:
+    free_bytes = stat.f_bavail * stat.f_frsize
+    if free_bytes >= min_free_disk:
         return 0
-    # Dropped rows free pages inside the file for reuse: it then need not grow.
-    dropped = 0
+    # Removed rows free pages inside the file for reuse: it then need not grow.
+    freed = 0
     has_room = _free_pages(conn) > 0
-    while not has_room and drop:
-        freed = drop_one_percent(conn)
-        if not freed:
+    while not has_room:
+        more = free_one_percent(conn, limits)
+        if not more:
             break
-        dropped += freed
+        freed += more
         has_room = _free_pages(conn) > 0
-    if not has_room and not (drop and dropped == 0 and _all_in_flight(conn)):
+    if not has_room and not (limits.drop_oldest and freed == 0 and _all_in_flight(conn)):
         raise CacheFullError(
-            f"{free} bytes free on the disk, under min_free_disk ({min_free_disk}): "
-            "nothing was stored"
+            f"{free_bytes} bytes free on the disk, under min_free_disk ({min_free_disk}): "
+            f"nothing was stored ({_refusal(limits)})"
         )
-    return dropped
+    return freed
 
 
 def _all_in_flight(conn: apsw.Connection) -> bool:
@@ -163,27 +209,62 @@ def used_bytes(conn: apsw.Connection) -> int:
     return (pages - _free_pages(conn)) * size
 
 
+def free(conn: apsw.Connection, want: int, limits: Limits) -> int:
+    """Inside a write: remove up to ``want`` datapoints, lowest priority first: at each
+    priority, thin its thinnable streams, then (``drop_oldest``) drop its oldest; a higher
+    priority is touched only once nothing of a lower one can go
+    (``test_thin.py::test_lower_priorities_make_room_first``). Returns how many."""
+    freed = 0
+    levels = [int(r[0]) for r in conn.execute(PRIORITIES)]
+    for priority in levels:
+        if freed >= want:
+            break
+        freed += thin_priority(conn, priority, want - freed, numbers=limits.thin_numbers)
+        if freed < want and limits.drop_oldest:
+            freed += drop_oldest(conn, want - freed, None if len(levels) == 1 else priority)
+    return freed
+
+
+#: The priorities of the streams with cached datapoints, lowest first.
+PRIORITIES = (
+    "SELECT DISTINCT s.priority FROM streams AS s "
+    "WHERE EXISTS (SELECT 1 FROM datapoints AS d WHERE d.stream = s.id) ORDER BY s.priority"
+)
+
+
+def free_one_percent(conn: apsw.Connection, limits: Limits) -> int:
+    """:func:`free` 1% (at least one) of the datapoints: a page is freed only once all its
+    rows are gone, so removing one at a time may free nothing. Returns how many."""
+    return free(conn, max(1, _count(conn) // 100), limits)
+
+
 def drop_one_percent(conn: apsw.Connection) -> int:
-    """Drop the oldest 1% (at least one) of the datapoints: a page is freed only once all its
-    rows are gone, so dropping one at a time may free nothing. Returns how many."""
-    return drop_oldest(conn, max(1, _count(conn) // 100))
+    """Drop the oldest 1% (at least one) of the datapoints, lowest priority first. Returns
+    how many."""
+    return free_one_percent(conn, Limits(drop_oldest=True))
 
 
-def drop_oldest(conn: apsw.Connection, count: int) -> int:
-    """Delete the ``count`` oldest datapoints (all streams) and count them as dropped.
-    Datapoints of a batch in flight are left alone: the oldest of the others go."""
+def drop_oldest(conn: apsw.Connection, count: int, priority: int | None = None) -> int:
+    """Delete the ``count`` oldest datapoints (of the streams of ``priority``; None: all
+    streams) and count them as dropped. Datapoints of a batch in flight are left alone: the
+    oldest of the others go."""
+    where = AT_REST
+    params: tuple[int, ...] = ()
+    if priority is not None:
+        where += " AND stream IN (SELECT id FROM streams WHERE priority = ?)"
+        params = (priority,)
     edge = next(
         conn.execute(
-            f"SELECT id FROM datapoints WHERE {AT_REST} ORDER BY id LIMIT 1 OFFSET ?",
-            (count - 1,),
+            f"SELECT id FROM datapoints WHERE {where} ORDER BY id LIMIT 1 OFFSET ?",
+            (*params, count - 1),
         ),
         None,
     )
     if edge is None:
-        edge = next(conn.execute(f"SELECT max(id) FROM datapoints WHERE {AT_REST}"))
+        edge = next(conn.execute(f"SELECT max(id) FROM datapoints WHERE {where}", params))
         if edge[0] is None:
             return 0
-    dropped = delete(conn, f"id <= ? AND {AT_REST}", (edge[0],))
+    dropped = delete(conn, f"id <= ? AND {where}", (edge[0], *params))
     bump(conn, "stats.dropped", dropped)
     log.warning("cache full: dropped the %d oldest datapoints", dropped)
     return dropped

@@ -79,14 +79,18 @@ class Outbox:
         return self.cache.reanchor_leftovers()
 
     def streams(self) -> dict[str, StreamRow]:
-        """The streams this remote routes by name, each with its state on this remote."""
+        """The streams this remote routes by name, each with its state on this remote and
+        its priority (read at each pass: a new one takes effect at the next)."""
         rows = self.cache.read(
             "SELECT s.id, s.name, s.schema, p.remote_created, p.inflight, s.out_of_order, "
-            "p.inflight_lo FROM streams AS s JOIN positions AS p ON p.stream = s.id "
-            "WHERE p.remote = ?",
+            "p.inflight_lo, s.priority FROM streams AS s JOIN positions AS p "
+            "ON p.stream = s.id WHERE p.remote = ?",
             (self.remote,),
         )
-        return {r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows}
+        return {
+            r[1]: StreamRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], priority=r[7])
+            for r in rows
+        }
 
     def set_remote_created(self, name: str, created: bool = True) -> None:
         """Remember whether the stream ``name`` is known to exist on this remote."""

@@ -114,6 +114,12 @@ PHASES: dict[str, Phase] = {
     "drop_oldest": Phase(
         "full", "insert*45", {"max_cached": 15, "on_full": "drop_oldest"}, per_thread=1
     ),
+    # A full cache that thins (issue 19): removals in the middle, each counted as thinned.
+    "thin": Phase(
+        "full",
+        "insert*30 sync insert*30",
+        {"max_cached": 15, "on_full": "thin", "batch_size": 5},
+    ),
     # A fan of durations: commits rarer than inserts, and commits as often as inserts.
     "batched_slow": Phase("batched", "insert*30", {"commit_interval": 0.3}, pace=0.01),
     "batched_fast": Phase("batched", "insert*60", {"commit_interval": 0.005}),
