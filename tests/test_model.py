@@ -146,6 +146,9 @@ def run_model(
     finally:
         steps = runs["checks"] - runs["examples"]
         print(f"\n{name}: {runs['examples']} examples, {steps} steps", file=sys.stderr)
+        seen = ", ".join(f"{k} {v}" for k, v in sorted(runs.items()) if ":" in k)
+        if seen:
+            print(f"{name}: {seen}", file=sys.stderr)
 
 
 @pytest.mark.slow

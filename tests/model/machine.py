@@ -146,6 +146,7 @@ class DeliveryModel(RuleBasedStateMachine):
         except CacheFullError:
             if not self.refuses_when_full:
                 raise
+            RUNS[type(self).__name__]["seen: inserts refused when full"] += 1
             for value in values:
                 self.failed(value)
 
