@@ -53,7 +53,8 @@ bench: $(STAMP)
 # skipped) and of the kill -9 crash test under several seeds (it has no iteration knob: a seed
 # is a new schedule), 1,000 power cuts (tests/test_powercut.py; POWERCUT_CUTS=n,
 # POWERCUT_SEED=s), and a live stream kept current while a 1,000,000-point backlog drains
-# into influxd (tests/test_lanes.py), and 2,000 examples of the remotes' positions against a
+# into influxd (tests/test_lanes.py), an alarm that overtakes a 1,000,000-point backlog
+# (tests/test_priority.py), and 2,000 examples of the remotes' positions against a
 # model of sets (tests/test_positions.py).
 soak: $(STAMP)
 	CONNECTORSYNC_SOAK=1 CONNECTORSYNC_REQUIRE_INFLUXDB=1 CONNECTORSYNC_REQUIRE_MOSQUITTO=1 \
@@ -61,6 +62,7 @@ soak: $(STAMP)
 		$(PY) -m pytest -s --timeout=3600 tests/test_model.py; status=$$?; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest -s --timeout=3600 tests/test_powercut.py || status=1; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=900 tests/test_lanes.py -k influxd || status=1; \
+	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=900 tests/test_priority.py -k alarm || status=1; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=1800 tests/test_positions.py || status=1; \
 	for seed in 1 2 3 4 5 6; do \
 		CRASH_SEED=$$seed $(PY) -m pytest --timeout=900 tests/test_crash.py || status=1; \

@@ -8,8 +8,9 @@ Guarantees (each proved by the test named, in ``tests/``):
 
 - A datapoint leaves the cache only when the remote acknowledged it, or reconciliation proved
   it delivered; never on a timer or a retry limit (``test_sync.py``, ``test_crash.py``).
-- Bounded: a pass delivers the datapoints cached when it began, one batch per stream in turn,
-  then returns; inserts that outpace the remote wait for the next pass
+- Bounded: a pass delivers the datapoints cached when it began (once the remote answered its
+  ping), one batch per stream in turn, higher priorities first (:mod:`.priority`), then
+  returns; inserts that outpace the remote wait for the next pass
   (``test_delivery.py::test_a_pass_ends_while_inserts_outpace_the_remote``).
 - Memory is bounded by ``batch_size`` and ``max_batch_bytes`` whatever the backlog (keyset
   paging; ``test_sync.py::test_sync_memory_does_not_grow_with_the_backlog``,

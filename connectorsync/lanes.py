@@ -42,7 +42,8 @@ Guarantees (``tests/test_lanes.py``):
 - the backlog gets its share however long the live lane takes
   (``test_the_backlog_gets_its_share_when_the_live_lane_takes_the_whole_period``);
 - a short time box does not starve the last stream
-  (``test_streams_take_turns_across_passes_cut_short``);
+  (``test_streams_take_turns_across_passes_cut_short``), nor does a higher priority
+  (``test_priority.py::test_a_low_priority_moves_while_a_high_one_outpaces_the_remote``);
 - pacing ends at close (``test_close_stops_a_paced_manual_sync``), and at the backlog's
   budget (``test_a_max_rate_wait_longer_than_the_period_does_not_hold_back_the_live_lane``).
 """

@@ -50,8 +50,10 @@ def test_status_text_and_json(cache: str) -> None:
         "oldest": 1.7e9,
         "newest": 1.7e9 + 2,
         "deadletters": 0,
+        "thinned": 0,
     }
     assert data["last_sync"] is None and data["paused"] is False
+    assert data["thinned"] == 0 and "thinned: 0" in run("status", cache)[1]
 
 
 def test_status_names_the_process_that_syncs(cache: str) -> None:

@@ -18,8 +18,9 @@ from connectorsync.testing.receiver import HTTPReceiver
 from .conftest import wait_for
 
 T0 = 1_600_000_000.0  # the outage's first timestamp: long before now
-#: The backlog of the issue's test: 1,000,000 datapoints in ``make soak``; in ``make test``
-#: a tenth (same test), which still takes several passes of 0.25 s to drain.
+#: The backlog of the issue's test: 1,000,000 datapoints in ``make soak`` (about 30 s on two
+#: busy cores, most of it building the backlog); in ``make test`` a tenth (same test), which
+#: still takes several passes of 0.25 s to drain.
 BIG_BACKLOG = 1_000_000 if os.environ.get("CONNECTORSYNC_SOAK") == "1" else 100_000
 PING = ("GET", "/api/v1/?q=this")  # how each pass to ConnectorDB begins
 

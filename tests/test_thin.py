@@ -9,17 +9,24 @@ datapoint counted in exactly one place.
 from __future__ import annotations
 
 import collections
+import io
 import itertools
+import json
 import statistics
 import time
 from typing import Any
 
 import pytest
+import requests
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from connectorsync import CacheFullError, ConfigurationError, Logger
 from connectorsync.cache import BatchRequest, Cache, Limits
 from connectorsync.cache.limits import ON_FULL
 from connectorsync.cache.routing import RemoteRow
+from connectorsync.cache.thinning import choose
+from connectorsync.cli import main
 from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.live import fill_disk_after
 from connectorsync.testing.probe import CacheProbe
@@ -325,3 +332,45 @@ def test_a_full_disk_thins(cache_path: str) -> None:
     assert status.thinned > 0 and status.dropped == 0
     assert rows[0][0] == T0 and rows[-1][0] == T0 + 2999
     assert status.thinned + len(rows) == 3000
+
+
+def test_thinned_is_shown_by_status_metrics_and_the_cli(cache_path: str) -> None:
+    with Logger(
+        cache_path, durability="normal", max_cached=20, on_full="thin", metrics_port=0
+    ) as lg:
+        lg.addStream("temp", {"type": "number"})
+        lg.insert_many("temp", points(0, 20))
+        lg.insert_many("temp", points(20, 30))
+        thinned = lg.status().thinned
+        assert thinned == lg.status().streams["temp"].thinned == 10
+        assert lg.metrics_url is not None
+        scraped = requests.get(lg.metrics_url, timeout=10).text
+        assert "connectorsync_thinned_datapoints_total 10.0" in scraped
+    out = io.StringIO()
+    assert main(["status", cache_path, "--json"], out=out) == 0
+    data = json.loads(out.getvalue())
+    assert data["thinned"] == 10 and data["streams"]["temp"]["thinned"] == 10
+    out = io.StringIO()
+    assert main(["status", cache_path], out=out) == 0
+    assert "thinned: 10" in out.getvalue()
+
+
+@given(
+    gaps=st.lists(st.floats(0.001, 1e5), min_size=0, max_size=200),
+    frozen_at=st.sets(st.integers(0, 200)),
+    want=st.integers(1, 300),
+)
+def test_choose_never_takes_the_ends_or_a_frozen_one(
+    gaps: list[float], frozen_at: set[int], want: int
+) -> None:
+    """Whatever the spacing: at most ``want``, each once, never the first, the last or one in
+    flight; and it stops only when nothing more can go (at most 2 left but the frozen)."""
+    times = list(itertools.accumulate([T0, *gaps]))
+    assume(all(b > a for a, b in itertools.pairwise(times)))
+    frozen = [i in frozen_at for i in range(len(times))]
+    gone = choose(times, frozen, want)
+    assert len(gone) == len(set(gone)) <= want
+    assert not {0, len(times) - 1} & set(gone) and not any(frozen[i] for i in gone)
+    if len(gone) < want:
+        left = [i for i in range(1, len(times) - 1) if i not in set(gone) and not frozen[i]]
+        assert not left, f"stopped with {left} still removable"

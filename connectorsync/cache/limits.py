@@ -1,5 +1,5 @@
-"""Storage limits, enforced inside the caller's write transaction: making room, dropping the
-oldest datapoints, expiry.
+"""Storage limits, enforced inside the caller's write transaction: making room (thinning,
+then dropping the oldest, lowest priority first), expiry.
 
 Each function takes the apsw connection of a write transaction that is already open, so the
 check and the insert it guards are one atomic step whichever process writes.
@@ -20,6 +20,17 @@ Guarantees (each proved by the test named):
   (``test_inflight.py::test_drop_oldest_at_the_cache_level_skips_rows_in_flight``,
   ``test_inflight.py::test_drop_oldest_stores_on_top_when_only_the_batch_on_the_wire_is_left``,
   ``test_inflight.py::test_max_age_leaves_the_batch_on_the_wire_alone``).
+- Room is made lowest priority first: at each priority its thinnable streams are thinned
+  (:mod:`.thinning`), then (``drop_oldest``) its oldest dropped; a higher priority is touched
+  only once nothing of a lower one can go, for ``drop_oldest`` too
+  (``test_thin.py::test_lower_priorities_make_room_first``,
+  ``test_thin.py::test_drop_oldest_takes_the_lowest_priority_first``). Streams that cannot be
+  thinned fall back to dropping (``"thin"``) or a refusal that changes nothing, thinning
+  included (``"thin_or_reject"``:
+  ``test_thin.py::test_streams_that_cannot_be_thinned_fall_back_as_configured``); so do
+  ``max_cache_bytes``, ``min_free_disk`` and a full disk
+  (``test_thin.py::test_max_cache_bytes_thins``, ``test_thin.py::test_min_free_disk_thins``,
+  ``test_thin.py::test_a_full_disk_thins``).
 - Expired datapoints are counted as ``expired``
   (``test_limits.py::test_max_age_expires_and_counts``), a requeued dead letter dropped or
   expired once (``test_inflight.py::test_a_requeued_dead_letter_dropped_is_counted_once``).
@@ -27,6 +38,7 @@ Guarantees (each proved by the test named):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -121,19 +133,29 @@ def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, limits
             f"{incoming} datapoints at once can never fit max_cached={max_cached}: nothing was"
             " stored (store fewer at a time, or raise max_cached)"
         )
-    lowest, highest = next(conn.execute("SELECT min(id), max(id) FROM datapoints"))
-    # Ids are never reused, so the id span bounds the count from above: only when it
-    # reaches the limit is the exact (O(n)) count needed.
-    span = 0 if lowest is None else int(highest) - int(lowest) + 1
-    if span + incoming <= max_cached:
+    # Two subqueries: SQLite reads min() or max() alone from the index's end, but scans
+    # the whole table for both in one SELECT.
+    lowest, highest, counted = next(conn.execute(SPAN))
+    # Ids are never reused, so the count is at most the id span, and at most the last exact
+    # count plus the ids given since (deletions only lower it): only when both reach the
+    # limit is the exact (O(n)) count needed. (The id span alone is no bound after thinning,
+    # which leaves the ids sparse.)
+    bound = 0 if lowest is None else int(highest) - int(lowest) + 1
+    if counted is not None:
+        at, count = json.loads(counted)
+        bound = min(bound, count + int(highest or 0) - at)
+    if bound + incoming <= max_cached:
         return 0
     cached = _count(conn)
     excess = cached + incoming - max_cached
     if excess <= 0:
+        _counted(conn, highest, cached)
         return 0
-    # Some headroom, so that the next inserts need no count (and thinning, which reads a
-    # stream's times, runs once per 1% of max_cached, not per insert).
-    freed = free(conn, max(excess, max_cached // 100), limits)
+    # Some headroom, so that the next inserts need no count. Thinning reads every cached
+    # time of a stream: it makes more room at once (5%), so as to run once per 5% of
+    # max_cached inserts, not per insert (tests/benchmarks/_full_thin.py measures it).
+    headroom = max_cached // (20 if limits.thin_numbers else 100)
+    freed = free(conn, max(excess, headroom), limits)
     if freed < excess and not limits.drop_oldest:
         # The transaction rolls back whatever was thinned: a refusal changes nothing.
         raise CacheFullError(
@@ -141,11 +163,30 @@ def _room_by_count(conn: apsw.Connection, incoming: int, max_cached: int, limits
             f"{' (thinned as far as it goes)' if limits.thin_numbers else ''}: nothing was"
             f" stored ({_refusal(limits)})"
         )
+    _counted(conn, highest, cached - freed)
     if freed < excess:
         # The rest is batches in flight, immutable until settled (at most batch_size per
         # stream): they come on top of the cap for that long; drop_oldest never refuses.
         log.info("cache over max_cached by datapoints being sent; they stay until settled")
     return freed
+
+
+#: The lowest and highest ids cached, and the last exact count (:data:`COUNTED`).
+SPAN = (
+    "SELECT (SELECT min(id) FROM datapoints), (SELECT max(id) FROM datapoints), "
+    "(SELECT value FROM settings WHERE key = 'limits.counted')"
+)
+#: The setting that keeps ``[highest id, count]`` of the last exact count, written in the
+#: transaction that counted (so a rolled-back write takes it back too).
+COUNTED = "limits.counted"
+
+
+def _counted(conn: apsw.Connection, highest: int | None, count: int) -> None:
+    """Record an exact count of the datapoints with ids up to ``highest``, inside the write."""
+    conn.execute(
+        "INSERT OR REPLACE INTO settings VALUES (?, ?)",
+        (COUNTED, json.dumps([int(highest or 0), count])),
+    )
 
 
 def _room_by_bytes(conn: apsw.Connection, max_bytes: int, limits: Limits) -> int:
