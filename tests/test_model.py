@@ -10,7 +10,11 @@ idempotent by ``Nats-Msg-Id``: tests/model/nats.py), ``postgres`` (PostgreSQL be
 fault proxy, tests/model/postgres.py), ``sealed`` (ConnectorDB, a cache sealed at rest),
 ``batched``
 (``durability="batched"`` against ConnectorDB) and ``lanes``
-(``live_first`` with a ``max_rate``, HTTP receiver). The whole process runs on a failing-disk
+(``live_first`` with a ``max_rate``, HTTP receiver). ``priorities`` and
+``priorities_at_least_once`` (tests/model/priorities.py) give the streams priorities and thin
+flags in a capped cache (``on_full="thin"`` or ``"drop_oldest"``): room is made by thinning
+and dropping lower priorities first, every thinned datapoint is counted, and a pass writes
+higher priorities first. The whole process runs on a failing-disk
 VFS shim (tests/helpers/failing_vfs.py) that the ``failing_commits`` rule arms.
 
 ``fanout2`` and ``fanout3`` (tests/model/fanout.py) give one Logger two and three remotes of
@@ -41,6 +45,7 @@ from .model.machine import RUNS, DeliveryModel
 from .model.mqtt import MQTTBackend
 from .model.nats import NATSBackend
 from .model.postgres import PostgresBackend
+from .model.priorities import PriorityModel
 from .model.settings import SETTINGS, SOAK, SOAK_MIN_STEPS
 
 
@@ -118,11 +123,17 @@ def postgres_model() -> Iterator[Backend]:
 
 
 def run_model(
-    name: str, backend: Backend, tmp_path: Path, ntp: NTPServer, vfs: FailingVFS, **attrs: object
+    name: str,
+    backend: Backend,
+    tmp_path: Path,
+    ntp: NTPServer,
+    vfs: FailingVFS,
+    base: type[DeliveryModel] = DeliveryModel,
+    **attrs: object,
 ) -> None:
     machine = type(
         name,
-        (DeliveryModel,),
+        (base,),
         {"backend": backend, "tmpdir": tmp_path, "ntp": ntp, "vfs": vfs, **attrs},
     )
     runs = RUNS[name]
@@ -136,6 +147,9 @@ def run_model(
     finally:
         steps = runs["checks"] - runs["examples"]
         print(f"\n{name}: {runs['examples']} examples, {steps} steps", file=sys.stderr)
+        seen = ", ".join(f"{k} {v}" for k, v in sorted(runs.items()) if ":" in k)
+        if seen:
+            print(f"{name}: {seen}", file=sys.stderr)
 
 
 @pytest.mark.slow
@@ -190,6 +204,20 @@ def test_model_lanes(
     at_least_once: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff
 ) -> None:
     run_model("LanesModel", at_least_once, tmp_path, ntp, vfs, lanes=True)
+
+
+@pytest.mark.slow
+def test_model_priorities(
+    ordered: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff
+) -> None:
+    run_model("PriorityModel", ordered, tmp_path, ntp, vfs, base=PriorityModel)
+
+
+@pytest.mark.slow
+def test_model_priorities_at_least_once(
+    at_least_once: Backend, tmp_path: Path, ntp: NTPServer, vfs, fast_backoff
+) -> None:
+    run_model("PriorityAtLeastOnceModel", at_least_once, tmp_path, ntp, vfs, base=PriorityModel)
 
 
 def test_the_model_sees_a_lost_datapoint(ordered: Backend, tmp_path: Path) -> None:
@@ -323,5 +351,91 @@ def test_the_fanout_model_sees_a_datapoint_lost_for_one_remote(
         other.close()
         with pytest.raises(AssertionError, match="left it uncounted"):
             machine.every_datapoint_is_in_one_place_per_remote()
+    finally:
+        machine.teardown()
+
+
+# ----------------------------------------------------------------------------- priorities
+
+
+def priority_probe(backend: Backend, tmp_path: Path, ntp: NTPServer) -> PriorityModel:
+    """A priority model whose streams are a (priority 0) and b (priority 9), at rest."""
+    attrs = {"backend": backend, "tmpdir": tmp_path, "ntp": ntp}
+    machine = type("PriorityProbe", (PriorityModel,), attrs)()
+    machine.start(priorities=(0, 9), thin=(False, False), on_full="drop_oldest", cap=3)
+    return machine
+
+
+def test_the_priority_model_sees_a_higher_priority_dropped_first(
+    ordered: Backend, tmp_path: Path, ntp: NTPServer
+) -> None:
+    """The room-by-priority check is not vacuous: a model that holds a for the higher
+    priority sees the Logger drop a's datapoint while b's (lower, to the model) stay."""
+    machine = priority_probe(ordered, tmp_path, ntp)
+    try:
+        machine.priority = {"a": 9, "b": 0}  # the Logger has them the other way round
+        machine.insert("a", False)
+        machine.every_datapoint_is_in_exactly_one_place()
+        with pytest.raises(AssertionError, match="made room by removing"):
+            machine.fill("b", 3)
+    finally:
+        machine.teardown()
+
+
+def test_the_priority_model_sees_a_pass_out_of_priority_order(
+    ordered: Backend, tmp_path: Path, ntp: NTPServer
+) -> None:
+    """The pass-order check is not vacuous: whatever order the Logger wrote the streams in,
+    a model that holds the stream written last for the higher priority fails the pass."""
+    machine = priority_probe(ordered, tmp_path, ntp)
+    try:
+        machine.insert("a", False)
+        machine.insert("b", False)
+        written = len(ordered.write_streams())
+        machine.priority = {"a": 0, "b": 0}  # any order: see which the Logger takes
+        machine.pass_()
+        order = ordered.write_streams()[written:]
+        assert sorted(order) == ["a", "b"], order
+        machine.insert("a", False)
+        machine.insert("b", False)
+        machine.priority = {order[0]: 0, order[1]: 9}
+        with pytest.raises(AssertionError, match="a pass without faults wrote stream"):
+            machine.pass_()
+    finally:
+        machine.teardown()
+
+
+def test_the_priority_model_sees_a_thinned_count_without_a_datapoint_gone(
+    ordered: Backend, tmp_path: Path, ntp: NTPServer
+) -> None:
+    """The thinned count is checked: a model that saw one more thinned than went fails."""
+    machine = priority_probe(ordered, tmp_path, ntp)
+    try:
+        machine.insert("a", False)
+        machine.every_datapoint_is_in_exactly_one_place()
+        machine.thinned -= 1  # as if status().thinned had gone up by one
+        machine.thinned_per["a"] = machine.thinned_per.get("a", 0) - 1
+        with pytest.raises(AssertionError, match="were counted"):
+            machine.every_datapoint_is_in_exactly_one_place()
+    finally:
+        machine.teardown()
+
+
+def test_the_priority_model_sees_a_cached_datapoint_altered(
+    ordered: Backend, tmp_path: Path, ntp: NTPServer
+) -> None:
+    """Kept datapoints are checked as inserted: a value or a t that changed fails."""
+    machine = priority_probe(ordered, tmp_path, ntp)
+    try:
+        machine.insert("a", False)
+        machine.every_datapoint_is_in_exactly_one_place()
+        n = machine.counter
+        machine.t_of[n] -= 1.0  # as if the cache had re-timed it
+        with pytest.raises(AssertionError, match="re-timed"):
+            machine.every_datapoint_is_in_exactly_one_place()
+        machine.t_of.pop(n)
+        machine.value_of[n] = n + 0.5  # as if the cache had averaged it
+        with pytest.raises(AssertionError, match="altered"):
+            machine.every_datapoint_is_in_exactly_one_place()
     finally:
         machine.teardown()

@@ -38,9 +38,11 @@ def ident(value: Any) -> int:
 # ----------------------------------------------------------------------------- backends
 
 
-def add_streams(lg: Logger) -> None:
+def add_streams(lg: Logger, props: dict[str, dict[str, Any]] | None = None) -> None:
+    """Register :data:`STREAMS` (any JSON value), each with its ``props`` (``priority``,
+    ``thin``: tests/model/priorities.py)."""
     for stream in STREAMS:
-        lg.add_stream(stream, {})
+        lg.add_stream(stream, {}, **(props or {}).get(stream, {}))
 
 
 class Backend:
@@ -57,6 +59,18 @@ class Backend:
     refusal_only_lifts = False
     max_payload: int | None = None  # a datapoint bigger than this is refused (MQTT)
     restarts = False  # "fail" and "drop_before" restart the server (answers may be lost)
+    #: Per stream, the properties ``add_stream`` gets (``priority``, ``thin``); set by a model
+    #: before it opens a Logger, for the examples of tests/model/priorities.py.
+    props: dict[str, dict[str, Any]] = {}  # noqa: RUF012 (replaced, never changed in place)
+
+    def add_streams(self, lg: Logger) -> None:
+        """``on_create``: register the streams with this example's :attr:`props`."""
+        add_streams(lg, self.props)
+
+    def write_streams(self) -> list[str]:
+        """The stream of each data write that reached the server so far, in arrival order
+        (the backends a priority variant runs on have it)."""
+        raise NotImplementedError
 
     def observe(self) -> None:
         """Wait until what the server stored so far can be read (a subscriber's flush)."""
@@ -128,9 +142,9 @@ class OrderedBackend(Backend):
         def init(lg: Logger) -> None:
             lg.apikey = apikey
             lg.serverurl = url
-            for stream in STREAMS:
-                lg.add_stream(stream, {})
+            add_streams(lg, props)
 
+        props = self.props
         return Logger(path, on_create=init, **options)
 
     def remote(self) -> Remote:
@@ -144,6 +158,12 @@ class OrderedBackend(Backend):
 
     def writes(self) -> int:
         return sum(1 for m, p in self.server.requests if m == "POST" and "/data" in p)
+
+    def write_streams(self) -> list[str]:
+        # POST .../u/<device>/<stream>/data: the stream is the part before "data".
+        prefix = f"/u/{self.device}/"
+        paths = [p.partition("?")[0] for m, p in self.server.requests if m == "POST"]
+        return [p.split("/")[-2] for p in paths if p.endswith("/data") and prefix in p]
 
     def fail(self, n: int, status: int, retry_after: str | None) -> None:
         self.server.fail_next(n, status=status, retry_after=retry_after)
@@ -184,7 +204,7 @@ class AtLeastOnceBackend(Backend):
         self.prefix = f"/ex{self.examples}"
 
     def logger(self, path: str, **options: Any) -> Logger:
-        return Logger(path, remote=self.remote(), on_create=add_streams, **options)
+        return Logger(path, remote=self.remote(), on_create=self.add_streams, **options)
 
     def remote(self) -> Remote:
         url = self.receiver.url
@@ -201,6 +221,10 @@ class AtLeastOnceBackend(Backend):
             for r in self.receiver.requests
             if r.method == "POST" and r.path.startswith(self.prefix)
         )
+
+    def write_streams(self) -> list[str]:
+        paths = [r.path.partition("?")[0] for r in self.receiver.requests if r.method == "POST"]
+        return [p.rsplit("/", 1)[-1] for p in paths if p.startswith(self.prefix + "/")]
 
     def fail(self, n: int, status: int, retry_after: str | None) -> None:
         self.receiver.fail_next(n, status=status, retry_after=retry_after)

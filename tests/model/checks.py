@@ -2,15 +2,19 @@
 
 After every step the observations (``export()``, ``deadletters()``, ``status()`` counters and
 what the server stored) must show each inserted datapoint in exactly one place: cached,
-delivered, dead-lettered, or counted once as dropped, expired, cleared or purged; stored once
-on ``ordered`` and ``idempotent`` remotes, none missing on ``at_least_once`` ones, and in
-insertion order per stream. A datapoint whose ``insert()`` raised is nowhere, ever.
+delivered, dead-lettered, or counted once as dropped, expired, cleared, purged or thinned
+(``status().thinned``, and per stream ``status().streams[s].thinned``); stored once on
+``ordered`` and ``idempotent`` remotes, none missing on ``at_least_once`` ones, and in
+insertion order per stream. A datapoint whose ``insert()`` raised is nowhere, ever. A cached
+datapoint is the one inserted: the same value, and the same ``t`` unless NTP re-timed it or
+it was retried from the dead letters.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from connectorsync.resend import UNANSWERED
 
@@ -20,7 +24,35 @@ if TYPE_CHECKING:
     from .machine import DeliveryModel
 
 
-def check(model: DeliveryModel) -> None:
+@dataclass(frozen=True)
+class Step:
+    """What one step did, as the invariant saw it (for the checks of a variant on top).
+
+    :ivar cached: per stream, the cached ``(n, t)`` after the step, oldest first
+    :ivar vanished: the datapoints that left every place in the step
+    :ivar dropped, expired, thinned, sunk: what the counters took in the step (``sunk``:
+        cleared or purged)
+    :ivar thinned_per: per stream, what ``status().streams[s].thinned`` took in the step
+    """
+
+    cached: dict[str, list[tuple[int, float]]]
+    vanished: frozenset[int]
+    dropped: int
+    expired: int
+    thinned: int
+    sunk: int
+    thinned_per: dict[str, int]
+
+
+def thinned_counts(status: Any) -> tuple[int, dict[str, int]]:
+    """``status().thinned`` and each stream's, 0 where this build has no thinning."""
+    per = {
+        s: getattr(status.streams[s], "thinned", 0) if s in status.streams else 0 for s in STREAMS
+    }
+    return getattr(status, "thinned", sum(per.values())), per
+
+
+def check(model: DeliveryModel) -> Step:
     lg, kind = model.logger, model.backend.kind
     model.backend.observe()
     # Batched: commit the queue first, so that status() and export() see the same cache
@@ -29,7 +61,18 @@ def check(model: DeliveryModel) -> None:
     status = lg.status()
     cached: dict[str, list[tuple[int, float]]] = {s: [] for s in STREAMS}
     for point in lg.export():
-        cached[point["stream"]].append((ident(point["d"]), point["t"]))
+        n = ident(point["d"])
+        cached[point["stream"]].append((n, point["t"]))
+        # Kept as inserted: thinning keeps original readings, never averages or re-times.
+        if n in model.value_of:
+            assert point["d"] == model.value_of[n], (
+                f"cached datapoint {n} altered: {point['d']!r}, inserted {model.value_of[n]!r}"
+            )
+        was = model.t_of.setdefault(n, point["t"])
+        if model.ntp_mode or n in model.retried:
+            model.t_of[n] = point["t"]  # re-timed by NTP, or retried: from now on
+        else:
+            assert point["t"] == was, f"cached datapoint {n} re-timed: t {point['t']}, was {was}"
     dead = lg.deadletters()
     letters = [ident(d.d) for d in dead]
     # Sent again by retry_deadletters() without an answer: the remote may hold them too.
@@ -75,7 +118,11 @@ def check(model: DeliveryModel) -> None:
     # any remote a letter sent again without an answer may be stored (UNANSWERED): purging
     # that letter leaves the delivered copy.
     sunk = model.sunk - len(model.purged & s)
+    thinned, thinned_per = thinned_counts(status)
+    step_thinned = thinned - model.thinned
+    step_per = {st: thinned_per[st] - model.thinned_per.get(st, 0) for st in STREAMS}
     counted = (status.dropped - model.dropped) + (status.expired - model.expired) + sunk
+    counted += step_thinned
     # Likewise a datapoint delivered and still cached or a dead letter (a lost answer: at
     # least once, or not reconciled): its local copy dropped, expired or cleared is counted,
     # and the delivered copy stays. Which ones the counters took is not observable: at
@@ -84,13 +131,37 @@ def check(model: DeliveryModel) -> None:
     assert len(vanished) <= counted <= len(vanished) + copies, (
         f"{len(vanished)} datapoints left every place ({sorted(vanished)}) but "
         f"{counted} were counted (dropped +{status.dropped - model.dropped}, "
-        f"expired +{status.expired - model.expired}, cleared or purged {sunk}; "
+        f"expired +{status.expired - model.expired}, thinned +{step_thinned}, "
+        f"cleared or purged {sunk}; "
         f"{copies} delivered left the cache or the dead letters)"
+    )
+    # Thinned per stream: the streams' counts add up to the total, and each counts no more
+    # than its own datapoints that left (or local copies of delivered ones: see above).
+    assert sum(step_per.values()) == step_thinned, (
+        f"thinned +{step_thinned} in all, but per stream {step_per}"
+    )
+    assert all(k >= 0 for k in step_per.values()), f"a thinned count went down: {step_per}"
+    local_copies = ((model.local - c - d) & s) - model.purged
+    for stream in STREAMS:
+        mine = sum(1 for n in vanished | local_copies if model.stream_of.get(n) == stream)
+        assert step_per[stream] <= mine, (
+            f"stream {stream!r}: thinned +{step_per[stream]}, yet only {mine} of its "
+            f"datapoints left ({sorted(n for n in vanished if model.stream_of.get(n) == stream)})"
+        )
+    step = Step(
+        cached=cached,
+        vanished=frozenset(vanished),
+        dropped=status.dropped - model.dropped,
+        expired=status.expired - model.expired,
+        thinned=step_thinned,
+        sunk=sunk,
+        thinned_per=step_per,
     )
     model.gone |= vanished
     model.present = now
     model.local = c | d
     model.dropped, model.expired, model.sunk = status.dropped, status.expired, 0
+    model.thinned, model.thinned_per = thinned, thinned_per
     model.purged = set()
 
     # Order: per stream, cached timestamps strictly increase, and what was not requeued
@@ -109,3 +180,4 @@ def check(model: DeliveryModel) -> None:
     if model.clean_pass:
         assert not c, f"a clean pass left datapoints cached: {sorted(c)}"
     model.clean_pass = None
+    return step

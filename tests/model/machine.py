@@ -70,6 +70,9 @@ class DeliveryModel(RuleBasedStateMachine):
     ntp: NTPServer
     vfs: FailingVFS
     durability = "full"
+    #: on_full refuses an insert when the cache is full (tests/model/priorities.py's
+    #: "thin_or_reject"): a refused insert is recorded as raised (never stored).
+    refuses_when_full = False
     lanes = False  # live_first with a max_rate: the stored order is by lane, not insertion
     sealed = False  # a cache sealed at rest (issue 19): every value and credential sealed
 
@@ -77,12 +80,15 @@ class DeliveryModel(RuleBasedStateMachine):
         super().__init__()
         self.backend.clear_faults()
         self.backend.new_example()
+        self.backend.props = {}  # plain streams; tests/model/priorities.py gives its own
         self.path = str(self.tmpdir / f"cache-{uuid.uuid4().hex[:8]}.db")
         self.options: dict[str, Any] = {}
         self.lg: Logger | None = None
         self.abandoned: list[Logger] = []
         self.counter = 0
         self.stream_of: dict[int, str] = {}
+        self.value_of: dict[int, Any] = {}  # as inserted: a cached one must stay the same
+        self.t_of: dict[int, float] = {}  # as first seen cached (NTP and retries re-time)
         self.poison: set[int] = set()
         self.retried: set[int] = set()  # requeued out of order: left out of order checks
         self.kept_t: set[int] = set()  # retried with their own timestamps
@@ -94,6 +100,12 @@ class DeliveryModel(RuleBasedStateMachine):
         self.purged: set[int] = set()  # dead letters purged this step
         self.dropped = 0
         self.expired = 0
+        self.thinned = 0  # status().thinned at the last check
+        self.thinned_per: dict[str, int] = {}  # status().streams[s].thinned at the last check
+        # A pass reported an error since the last clean one: a batch may be in flight
+        # (never dropped nor thinned until it is settled).
+        self.maybe_in_flight = False
+        self.concurrent = False  # a step ran something while a pass had a batch on the wire
         self.refusing = self.backend.refuses_always or self.backend.refusal_only_lifts
         # A lost answer whose reconciliation failed was armed: stored-and-cached may last.
         # Sticky, since an armed fault may wait passes for a write to hit.
@@ -117,10 +129,28 @@ class DeliveryModel(RuleBasedStateMachine):
         self.counter += 1
         n = self.counter
         self.stream_of[n] = stream
+        value: Any = n
         if poison:
             self.poison.add(n)
-            return f"s{n}:" + "x" * pad if pad else f"s{n}"
-        return n
+            value = f"s{n}:" + "x" * pad if pad else f"s{n}"
+        self.value_of[n] = value
+        return value
+
+    def put(self, stream: str, values: list[Any], *, many: bool = False) -> None:
+        """``insert`` (or ``insert_many``) ``values``; refused when full (when the variant's
+        ``on_full`` may refuse): recorded as raised."""
+        try:
+            if many:
+                self.logger.insert_many(stream, values)
+            else:
+                (value,) = values
+                self.logger.insert(stream, value)
+        except CacheFullError:
+            if not self.refuses_when_full:
+                raise
+            RUNS[type(self).__name__]["seen: inserts refused when full"] += 1
+            for value in values:
+                self.failed(value)
 
     def failed(self, value: Any) -> None:
         """``insert()`` of ``value`` raised: it must never be stored."""
@@ -166,7 +196,7 @@ class DeliveryModel(RuleBasedStateMachine):
 
     @rule(stream=st.sampled_from(STREAMS), poison=st.booleans())
     def insert(self, stream: str, poison: bool) -> None:
-        self.logger.insert(stream, self.value(stream, poison))
+        self.put(stream, [self.value(stream, poison)])
 
     @rule(stream=st.sampled_from(STREAMS), poisons=st.lists(st.booleans(), min_size=1, max_size=4))
     def insert_many(self, stream: str, poisons: list[bool]) -> None:
@@ -181,7 +211,7 @@ class DeliveryModel(RuleBasedStateMachine):
                     self.failed(value)
                 return
             raise AssertionError(f"{len(values)} datapoints at once stored into max_cached={cap}")
-        self.logger.insert_many(stream, values)
+        self.put(stream, values, many=True)
 
     def pass_(self) -> None:
         self.clean_pass = self.seen(self.logger.sync()).ok
@@ -191,6 +221,7 @@ class DeliveryModel(RuleBasedStateMachine):
         may then store a datapoint twice."""
         if not report.ok:
             self.may_duplicate = True
+        self.maybe_in_flight = not report.ok
         return report
 
     def arm_fault(self, fault: str, n: int, status: int, retry_after: str | None) -> None:
@@ -295,8 +326,10 @@ class DeliveryModel(RuleBasedStateMachine):
         try:
             lg.retry_deadletters(ids, restamp=not keep_t)
         except CacheFullError:
-            # More letters at once than max_cached can never fit: refused whole.
-            assert not keep_t and cap is not None and len(chosen) > cap, (len(chosen), cap)
+            # More letters at once than max_cached can never fit: refused whole (or a full
+            # cache, when on_full may refuse).
+            never_fits = not keep_t and cap is not None and len(chosen) > cap
+            assert never_fits or self.refuses_when_full, (len(chosen), cap)
             assert {d.id for d in chosen} <= {d.id for d in lg.deadletters()}, "changed"
             return
         except RemoteError:
@@ -304,6 +337,7 @@ class DeliveryModel(RuleBasedStateMachine):
             # with its own time, out of order (the places are checked by the invariant), the
             # rest stays.
             assert keep_t, "retry_deadletters(restamp=True) asked the remote"
+            self.maybe_in_flight = True
             self.kept_t |= {ident(d.d) for d in chosen}
             self.retried |= {ident(d.d) for d in chosen}
             return
@@ -356,7 +390,9 @@ class DeliveryModel(RuleBasedStateMachine):
         good = self.logger.apikey
         self.logger.apikey = "wrong-" + uuid.uuid4().hex[:8]
         try:
-            self.logger.sync()
+            # Through seen(): a remote that ignores the apikey (HTTP) makes a real pass,
+            # whose lost answer may leave a batch in flight.
+            self.seen(self.logger.sync())
         finally:
             self.logger.apikey = good
 
@@ -367,6 +403,7 @@ class DeliveryModel(RuleBasedStateMachine):
     def during_a_pass(self, op: str, stream: str) -> None:
         """Run ``op`` while a pass has a batch on the wire (held back by a delay)."""
         lg = self.logger
+        self.concurrent = True
         before = self.backend.writes()
         self.backend.delay(DELAY)
         result: list[Any] = []
@@ -382,11 +419,11 @@ class DeliveryModel(RuleBasedStateMachine):
             if op == "cleardata":
                 self.sunk += lg.cleardata()
             elif op == "insert":
-                lg.insert(stream, self.value(stream, False))
+                self.put(stream, [self.value(stream, False)])
             elif op == "expire":
                 lg.max_age = 0.001
                 try:
-                    lg.insert(stream, self.value(stream, False))
+                    self.put(stream, [self.value(stream, False)])
                 finally:
                     lg.max_age = None
             elif op == "ntp" and self.ntp_mode:
@@ -402,7 +439,7 @@ class DeliveryModel(RuleBasedStateMachine):
                 try:
                     lg.retry_deadletters()
                 except RemoteError:
-                    pass
+                    self.maybe_in_flight = True
             elif op == "purge":
                 self.purge(None)
         finally:
@@ -506,7 +543,7 @@ class DeliveryModel(RuleBasedStateMachine):
         lg = self.logger
         if not self.refusing:
             self.refuse_strings(on=True)
-        lg.insert(stream, self.value(stream, True))
+        self.put(stream, [self.value(stream, True)])
         self.pass_()
         self.clean_pass = None  # inserted after it
         cap = self.options["max_cached"]
