@@ -145,12 +145,17 @@ class DeliveryModel(RuleBasedStateMachine):
             else:
                 (value,) = values
                 self.logger.insert(stream, value)
-        except CacheFullError:
-            if not self.refuses_when_full:
+        except CacheFullError as exc:
+            if not (self.refuses_when_full or self.spares_a_higher_priority(stream, exc)):
                 raise
             RUNS[type(self).__name__]["seen: inserts refused when full"] += 1
             for value in values:
                 self.failed(value)
+
+    def spares_a_higher_priority(self, stream: str, refusal: CacheFullError) -> bool:
+        """Whether ``refusal`` is the cache sparing datapoints of a priority higher than
+        ``stream``'s, which a datapoint never displaces (every stream is priority 0 here)."""
+        return False
 
     def failed(self, value: Any) -> None:
         """``insert()`` of ``value`` raised: it must never be stored."""

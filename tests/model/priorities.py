@@ -25,6 +25,8 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, rule
 
+from connectorsync.errors import CacheFullError
+
 from .backends import HTTP_TIMEOUT, STREAMS
 from .checks import Step, check
 from .machine import RUNS, DeliveryModel
@@ -76,6 +78,18 @@ class PriorityModel(DeliveryModel):
             "max_cached": cap,
         }
         self.open()
+
+    def spares_a_higher_priority(self, stream: str, refusal: CacheFullError) -> bool:
+        """A datapoint never displaces a higher priority: refused in every mode when only
+        those could go. Checked: the cache holds some of a priority above ``stream``'s."""
+        if "higher priority than stream" not in str(refusal):
+            return False
+        mine = self.backend.props[stream]["priority"]
+        above = {s for s in STREAMS if self.backend.props[s]["priority"] > mine}
+        held = {point["stream"] for point in self.logger.export()}
+        assert held & above, f"{stream!r} refused for a higher priority, yet none is cached"
+        RUNS[type(self).__name__]["seen: inserts refused to spare a higher priority"] += 1
+        return True
 
     @rule(stream=st.sampled_from(STREAMS), k=st.integers(2, 8))
     def fill(self, stream: str, k: int) -> None:
