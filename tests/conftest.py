@@ -41,9 +41,10 @@ def cache_path(tmp_path: Path) -> str:
     return str(tmp_path / "cache.db")
 
 
-@pytest.fixture
-def server() -> Iterator[ConnectorDBServer]:
-    """A ConnectorDB-compatible server on 127.0.0.1 with device ``alice/sensor``."""
+@contextlib.contextmanager
+def alice_server() -> Iterator[ConnectorDBServer]:
+    """A ConnectorDB-compatible server on 127.0.0.1 with device ``alice/sensor``, its apikey
+    in ``apikey``; stopped on leaving."""
     srv = ConnectorDBServer()
     srv.start()
     srv.apikey = srv.add_device("alice", "sensor")  # type: ignore[attr-defined]
@@ -51,6 +52,13 @@ def server() -> Iterator[ConnectorDBServer]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[ConnectorDBServer]:
+    """A ConnectorDB-compatible server on 127.0.0.1 with device ``alice/sensor``."""
+    with alice_server() as srv:
+        yield srv
 
 
 @pytest.fixture

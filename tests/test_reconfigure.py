@@ -41,7 +41,7 @@ from connectorsync.testing.mosquitto import MosquittoBroker, MQTTSubscriber
 from connectorsync.testing.probe import CacheProbe
 from connectorsync.testing.receiver import HTTPReceiver
 
-from .conftest import PYTHON, ROOT, child_env, dump, wait_for
+from .conftest import PYTHON, ROOT, alice_server, child_env, dump, wait_for
 from .test_migration import make_connectordb_cache
 
 N = 20  # datapoints per stream
@@ -259,13 +259,8 @@ def in_flight(path: str) -> dict[str, int]:
 
 @pytest.fixture
 def other_server() -> Iterator[ConnectorDBServer]:
-    srv = ConnectorDBServer()
-    srv.start()
-    srv.apikey = srv.add_device("alice", "sensor")  # type: ignore[attr-defined]
-    try:
+    with alice_server() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_another_url_for_the_same_remote_takes_everything(

@@ -19,49 +19,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_sync import Server  # noqa: E402  (the test server in its own process)
 
 from connectorsync import Logger  # noqa: E402
 
 KEY = bytes(range(32))
-
-
-class _Server:
-    """``python -m connectorsync serve`` on 127.0.0.1, in its own process."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "connectorsync", "serve", "--port", "0", "--device", "u/d"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        lines: list[str] = []
-        out = self.proc.stdout
-        assert out is not None
-        reader = threading.Thread(
-            target=lambda: lines.extend(out.readline().strip() for _ in range(2)), daemon=True
-        )
-        reader.start()
-        reader.join(30)
-        if len(lines) != 2:
-            self.stop()
-            raise SystemExit(f"FAILED: the test server did not start (it said {lines!r})")
-        self.url, self.apikey = lines
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def _options(sealed: bool) -> dict[str, object]:
@@ -84,7 +54,7 @@ def _insert_rate(workdir: str, sealed: bool, seconds: float) -> float:
                 return count / (now - start)
 
 
-def _drain_rate(workdir: str, server: _Server, sealed: bool, count: int, stream: str) -> float:
+def _drain_rate(workdir: str, server: Server, sealed: bool, count: int, stream: str) -> float:
     path = os.path.join(workdir, f"drain-{sealed}-{time.time_ns()}.db")
 
     def init(lg: Logger) -> None:
@@ -112,7 +82,7 @@ def measure(quick: bool) -> list[tuple[str, float, float]]:
     backlog = 10_000 if quick else 100_000
     inserts: dict[bool, list[float]] = {True: [], False: []}
     drains: dict[bool, list[float]] = {True: [], False: []}
-    server = _Server()
+    server = Server()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-seal-") as workdir:
             for n in range(rounds):
