@@ -46,11 +46,12 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_fanout.py
 
 # Long runs of the delivery model (tests/test_model.py: at least 5,000 steps per variant:
-# ordered, idempotent, at_least_once, MQTT, batched, lanes, fanout2, fanout3, and priorities
-# and priorities_at_least_once (streams with priorities and thin flags in a capped cache:
-# on_full thin, thin_or_reject and drop_oldest; thinned counted); shrunk to a minimal example on
-# failure; tests/model/settings.py has the knobs; influxd and mosquitto are required, not
-# skipped) and of the kill -9 crash test under several seeds (it has no iteration knob: a seed
+# ordered, idempotent, at_least_once, MQTT, NATS, PostgreSQL, batched, sealed (a cache sealed
+# with a key), lanes, fanout2, fanout3, and priorities and priorities_at_least_once (streams
+# with priorities and thin flags in a capped cache: on_full thin, thin_or_reject and
+# drop_oldest; thinned counted); shrunk to a minimal example on failure;
+# tests/model/settings.py has the knobs; influxd, mosquitto, nats-server and PostgreSQL are
+# required, not skipped) and of the kill -9 crash test under several seeds (it has no iteration knob: a seed
 # is a new schedule), 1,000 power cuts (tests/test_powercut.py; POWERCUT_CUTS=n,
 # POWERCUT_SEED=s), and a live stream kept current while a 1,000,000-point backlog drains
 # into influxd (tests/test_lanes.py), an alarm that overtakes a 1,000,000-point backlog

@@ -184,8 +184,9 @@ class Outbox:
         in the same transaction: counted there and listed, never sent, never lost
         (``test_seal.py::test_a_tampered_row_is_named_and_every_other_row_syncs``)."""
         opened = []
+        open_one = sealer.opener(seal.READING, stream.name)
         for point_id, t, data in rows:
-            text = sealer.opens(seal.READING, stream.name, data) if type(data) is bytes else None
+            text = open_one(data) if type(data) is bytes else None
             if text is not None:
                 opened.append((point_id, t, text))
                 continue
