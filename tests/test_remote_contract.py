@@ -583,7 +583,7 @@ class AnswerDroppingProxy(AnswerLosingProxy):
     ) -> None:
         try:
             while data := src.recv(1 << 16):
-                if from_client and data.startswith(self._prefix) and self._take():
+                if from_client and data.startswith(self._prefix) and self.take_armed():
                     drop.set()
                 elif not from_client and drop.is_set():
                     break  # the server answered: stored. The client never hears of it.

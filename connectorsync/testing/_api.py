@@ -61,7 +61,7 @@ class _App(Protocol):
     _faults: Faults
     _stopping: threading.Event
 
-    def _record(self, method: str, path: str) -> None: ...
+    def _record(self, method: str, path: str, size: int) -> None: ...
 
 
 class _HTTPServer(LoopbackHTTPServer):
@@ -89,11 +89,11 @@ class _Handler(LoopbackHandler):
         self._send(_error_reply(code, message or self.responses.get(code, ("Error",))[0]))
 
     def _send(self, reply: Reply, headers: dict[str, str] | None = None) -> None:
-        self._respond(*reply, headers)
+        self.respond(*reply, headers)
 
     def _dispatch(self) -> None:
         app = self.server.app
-        app._record(self.command, self.path)
+        app._record(self.command, self.path, int(self.headers.get("Content-Length") or 0))
         faults = app._faults
         path = urlsplit(self.path).path
         is_insert = (
@@ -130,7 +130,7 @@ class _Handler(LoopbackHandler):
                 raise _Drop
             self._send(reply, headers)
         except _Drop:
-            self._abort()
+            self.abort()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
 

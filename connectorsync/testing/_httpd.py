@@ -108,7 +108,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _respond(
+    def respond(
         self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
     ) -> None:
         """Answer ``status`` with ``body`` (and ``content_type``, unless empty)."""
@@ -161,7 +161,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
                 raise Drop
             length -= len(chunk)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """Close the connection without answering (the client sees it drop)."""
         self.close_connection = True
         try:

@@ -91,7 +91,9 @@ class AnswerLosingProxy(LoopbackProxy):
         with self._lock:
             self._armed = 0
 
-    def _take(self) -> bool:
+    def take_armed(self) -> bool:
+        """Whether to lose this answer: takes one of the answers armed to be lost. For the
+        proxies of other protocols built on this one (public, so subclasses in tests too)."""
         with self._lock:
             if self._armed > 0:
                 self._armed -= 1

@@ -351,7 +351,7 @@ class NATSFaultProxy(AnswerLosingProxy):
     ) -> None:
         try:
             while data := server.recv(1 << 16):
-                if b'"seq":' in data and self._take():
+                if b'"seq":' in data and self.take_armed():
                     break  # stored on the server; the client never hears of it
                 with to_client:
                     client.sendall(data)

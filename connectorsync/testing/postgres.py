@@ -420,7 +420,7 @@ class PostgresFaultProxy(AnswerLosingProxy):
                         with self._lock:
                             self.copies += 1
                     if b"COMMIT" in data:
-                        if copied and self._take():
+                        if copied and self.take_armed():
                             drop.set()
                         copied = False
                 elif drop.is_set():

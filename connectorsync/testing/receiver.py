@@ -85,10 +85,10 @@ class _Handler(LoopbackHandler):
     ) -> None:
         if isinstance(payload, _Raw):
             content_type = payload.content_type if payload.body else ""
-            self._respond(status, content_type, payload.body, headers)
+            self.respond(status, content_type, payload.body, headers)
         else:
             body = b"" if payload is None else json.dumps(payload).encode()
-            self._respond(status, "application/json" if body else "", body, headers)
+            self.respond(status, "application/json" if body else "", body, headers)
 
     def _dispatch(self) -> None:
         app = self.server.app
@@ -105,7 +105,7 @@ class _Handler(LoopbackHandler):
             status, payload, extra = app._handle(request, content)
             self._send(status, payload, extra)
         except _Drop:
-            self._abort()
+            self.abort()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _dispatch
 

@@ -92,6 +92,7 @@ class ConnectorDBServer(LoopbackService):
         self._faults = _Faults()
         self._log: list[tuple[str, str]] = []
         self._times: list[float] = []  # time.monotonic() of each request in _log
+        self._sizes: list[int] = []  # the body bytes of each request in _log
         self._log_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------
@@ -165,10 +166,17 @@ class ConnectorDBServer(LoopbackService):
         with self._log_lock:
             return list(self._times)
 
-    def _record(self, method: str, path: str) -> None:
+    def request_sizes(self) -> list[int]:
+        """The bytes of each request's body as sent (its Content-Length, 0 when none), in the
+        order of :attr:`requests`."""
+        with self._log_lock:
+            return list(self._sizes)
+
+    def _record(self, method: str, path: str, size: int) -> None:
         with self._log_lock:
             self._log.append((method, path))
             self._times.append(time.monotonic())
+            self._sizes.append(size)
 
     # -- fault injection ----------------------------------------------------------
 

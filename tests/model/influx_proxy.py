@@ -35,10 +35,10 @@ class _ProxyHandler(LoopbackHandler):
         if failure is not None:
             status, retry_after = failure
             headers = None if retry_after is None else {"Retry-After": str(retry_after)}
-            self._respond(status, "application/json", b'{"error":"injected"}', headers)
+            self.respond(status, "application/json", b'{"error":"injected"}', headers)
             return
         if is_write and proxy.faults.take_drop(after=False):
-            self._abort()
+            self.abort()
             return
         conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream, timeout=10)
         try:
@@ -50,10 +50,10 @@ class _ProxyHandler(LoopbackHandler):
         finally:
             conn.close()
         if is_write and proxy.faults.take_drop(after=True):
-            self._abort()  # influxd has answered: whatever it stored stays stored
+            self.abort()  # influxd has answered: whatever it stored stays stored
             return
         content_type = kept.pop("Content-Type", "")
-        self._respond(response.status, content_type, answer, kept)
+        self.respond(response.status, content_type, answer, kept)
 
     do_GET = do_POST = do_HEAD = _dispatch
 
