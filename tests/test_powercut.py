@@ -21,7 +21,9 @@ cache is reopened by this (normal) process and:
 - nothing is missing in the middle: what the cache and the server hold together is each
   stream's values from the first on, but the oldest ones ``drop_oldest`` counted as dropped
   (phase ``thin``: the missing ones are anywhere but the first, and as many as were counted
-  dropped and thinned);
+  dropped and thinned; phase ``priority``, two streams of priorities 0 and 5 in a full
+  thinning cache: the first too, once something was dropped; an insert refused to spare the
+  higher priority is never stored);
 - a sync of the reopened cache to the same server leaves it with every datapoint that was
   cached or delivered before, each exactly once (ConnectorDB is "ordered"), and no dead letter.
 
@@ -165,7 +167,8 @@ class Torture:
     def __init__(self, tmp: Path, server: ConnectorDBServer) -> None:
         self.tmp = tmp
         self.server = server
-        self.templates: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
+        # (template, streams, remotes, priorities) -> the template's cache file
+        self.templates: dict[tuple[object, ...], str] = {}
         self.ranges: dict[str, int] = {}
         self.devices = itertools.count()
         self.by_phase: collections.Counter[str] = collections.Counter()
@@ -173,12 +176,14 @@ class Torture:
         self.checked = 0  # datapoints found on the server where they belong, over all cuts
 
     def fresh_cache(self, phase: Phase, name: str) -> str:
-        key = (phase.template, tuple(phase.streams), phase.remotes)
+        key = (phase.template, tuple(phase.streams), phase.remotes, phase.priorities)
         if key not in self.templates:
             folder = self.tmp / f"template-{len(self.templates)}"
             folder.mkdir()
             self.templates[key] = str(folder / "cache.db")
-            build_template(self.templates[key], phase.template, phase.streams, phase.remotes)
+            build_template(
+                self.templates[key], phase.template, phase.streams, phase.remotes, phase.priorities
+            )
         path = str(self.tmp / f"{name}.db")
         for suffix in ("", "-wal", "-journal"):
             if os.path.exists(self.templates[key] + suffix):
@@ -266,7 +271,9 @@ class Torture:
             was = {
                 s: sorted(itertools.chain(*(before[r][s] for r in group))) for s in before[group[0]]
             }
-            holes = self.check_remote(phase, out, mine, cached, was, letters, where)
+            holes = self.check_remote(
+                phase, out, mine, cached, was, letters, where, first_may_go=dropped > 0
+            )
             assert holes == dropped + thinned, (
                 f"{where}{holes} missing, {dropped} dropped and {thinned} thinned"
             )
@@ -286,10 +293,14 @@ class Torture:
         before: dict[str, list[tuple[float, int]]],
         dead: list[tuple[str, int, str]],
         where: str,
+        *,
+        first_may_go: bool = False,
     ) -> int:
         """Each stream of one remote's ``devices`` (its own, and its fallback's) after the sync,
         against what was cached and on them ``before``; returns how many are missing at the
-        start (``drop_oldest``). What reached two of them is a duplicate."""
+        start (``drop_oldest``), or anywhere (thinning; a stream's first only when
+        ``first_may_go``: something was dropped after thinning went as far as it goes). What
+        reached two of them is a duplicate."""
         holes_total = 0
         for stream in phase.streams:
             label = f"{where}{stream}"
@@ -314,17 +325,20 @@ class Torture:
             # Each stream's values from the first on, but those whose insert raised (never
             # stored) or was interrupted (either way): only the oldest may be missing, the
             # ones drop_oldest counted.
-            expected = [
-                v
-                for v in range(start, max(present, default=start - 1) + 1)
-                if v not in raised and v not in unknown
-            ]
-            holes = [v for v in expected if v not in present]
             returned_values = {v for v, _ in out.returned.get(stream, [])}
+            # With priorities, making room for a higher one may take a lower one's newest
+            # too (counted dropped): its values go up to the last one returned.
+            top = max(present | (returned_values if phase.priorities else set()), default=start - 1)
+            expected = [v for v in range(start, top + 1) if v not in raised and v not in unknown]
+            holes = [v for v in expected if v not in present]
             if phase.options.get("on_full", "").startswith("thin"):
                 # Thinning removes from the middle (each counted: see check), never a
                 # stream's first (nor its newest).
-                assert not holes or holes[0] != expected[0], f"{label}: thinned its first"
+                # Once thinning went as far as it goes, the oldest is dropped (phase
+                # priority: the lower priority's first of all).
+                assert first_may_go or not holes or holes[0] != expected[0], (
+                    f"{label}: thinned its first"
+                )
             else:
                 assert holes == expected[: len(holes)], (
                     f"{label}: missing in the middle: {holes[:10]} (of them, insert() returned "

@@ -311,6 +311,41 @@ def test_a_tampered_row_is_named_and_every_other_row_syncs(
     server.reject(None)
 
 
+CHANGES = {
+    "magic byte": lambda blob: bytes([blob[0] ^ 1]) + blob[1:],
+    "generation": lambda blob: blob[:4] + bytes([blob[4] ^ 1]) + blob[5:],
+    "nonce": lambda blob: blob[:9] + bytes([blob[9] ^ 1]) + blob[10:],
+    "tag": lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]),
+    "cut short": lambda blob: blob[:20],
+    "a text instead": lambda blob: "21.5",
+}
+
+
+@pytest.mark.parametrize("row_id", [1, 3, 5])
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_any_changed_part_of_a_sealed_value_is_set_aside_at_sync(
+    sealed_path: tuple[str, str], server: ConnectorDBServer, change: str, row_id: int
+) -> None:
+    """A pass opens a batch in one go and, when any value of it does not open, value by
+    value (``Sealer.open_rows``, then ``Sealer.opener``): whichever part of the value is
+    changed, in the first, a middle or the last row of the batch, that row goes to the dead
+    letters named and every other row is delivered once."""
+    path, key = sealed_path
+    with Logger(path, key_file=key) as lg:
+        lg.insert_many("temperature", [{"t": T0 + i, "d": float(i)} for i in range(5)])
+    conn = apsw.Connection(path)
+    (blob,) = next(conn.execute("SELECT d FROM datapoints WHERE id = ?", (row_id,)))
+    conn.execute("UPDATE datapoints SET d = ? WHERE id = ?", (CHANGES[change](blob), row_id))
+    conn.close()
+    with Logger(path, key_file=key) as lg:
+        assert lg.sync().errors == {}
+        kept = [float(i) for i in range(5) if i != row_id - 1]
+        assert [p["d"] for p in server.datapoints(STREAM)] == kept
+        (letter,) = lg.deadletters()
+        assert letter.t == T0 + row_id - 1 and f"datapoints row {row_id}" in letter.reason
+        assert len(lg) == 0
+
+
 def test_a_row_sealed_under_another_key_is_named(tmp_path: Path) -> None:
     one, two = str(tmp_path / "one.db"), str(tmp_path / "two.db")
     for path, name in ((one, "k1"), (two, "k2")):

@@ -35,6 +35,29 @@ from .base import BATCH, BATCH_END, BATCH_SIZE, bump
 from .deadletters import move_in
 from .records import BatchRequest, DeadLetter, StreamRow
 
+#: Values opened between two chances for another thread to take the GIL (:func:`_open_all`).
+_OPEN_CHUNK = 256
+
+
+def _open_all(
+    sealer: seal.Sealer, stream: str, rows: list[tuple[int, float, Any]]
+) -> list[tuple[int, float, str]] | None:
+    """Every row of a batch with its value opened, or None when one does not open.
+
+    A pass reads its next batch in a thread of its own while a batch is on the wire
+    (``delivery.py``), and opening holds the GIL throughout (``cryptography`` does not
+    release it). Every :data:`_OPEN_CHUNK` values it lets another thread take the GIL: the
+    pass's thread, back from its socket, would otherwise wait out the interpreter's switch
+    interval (5 ms) at each of a push's socket calls (``tests/benchmarks/_full_seal.py``)."""
+    opened: list[tuple[int, float, str]] = []
+    for start in range(0, len(rows), _OPEN_CHUNK):
+        part = sealer.open_rows(seal.READING, stream, rows[start : start + _OPEN_CHUNK])
+        if part is None:
+            return None
+        opened += part
+        time.sleep(0)  # releases the GIL: a thread waiting for it takes it now
+    return opened
+
 
 class CacheConnection(Protocol):
     """What an outbox uses of the cache connection it belongs to (``Cache``, which builds
@@ -164,7 +187,12 @@ class Outbox:
         rows: Any = conn.execute(BATCH, (stream.id, after_id, last))
         sealer = seal.of(conn)
         if sealer is not None:  # opened here; a row that does not open is set aside
-            rows, size = self._opened(conn, sealer, stream, rows), None
+            rows = list(rows)
+            opened = _open_all(sealer, stream.name, rows)
+            if opened is not None:  # all of them: their texts' bytes are known
+                rows, size = opened, None if size is None else size - seal.OVERHEAD * len(rows)
+            else:
+                rows, size = self._opened(conn, sealer, stream, rows), None
             if not rows:  # every row of it was set aside: the next rows, if any
                 return self._take(conn, stream, (last, span[1]), request)
         batch = Batch(stream.name, stream.id, rows, nbytes=size)

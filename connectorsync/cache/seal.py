@@ -45,6 +45,8 @@ SEALED_SETTINGS = frozenset({"apikey", "serverurl", "data", "remote", "remote.co
 
 _MAGIC = b"S"
 _HEADER = 1 + 4 + 12
+#: How many bytes a sealed value has more than its text: the header and the 16-byte tag.
+OVERHEAD = _HEADER + 16
 _DOMAIN = b"connectorsync seal 1\0"
 #: The known text the key check seals (settings ``seal.key.<generation>``).
 CHECK_TEXT = "connectorsync key check"
@@ -117,6 +119,32 @@ class Sealer:
             return plain.decode()
 
         return open_one
+
+    def open_rows(
+        self, kind: bytes, name: str, rows: list[tuple[int, float, Any]]
+    ) -> list[tuple[int, float, str]] | None:
+        """Rows ``(id, t, blob)`` of one ``kind`` and ``name`` with every blob opened, or
+        None when any of them does not open as :meth:`opener` would open it (then the caller
+        opens them one by one, to set aside and name the ones that do not).
+
+        The drain's way: one expression for a whole batch, about a third cheaper per value
+        than :meth:`opener` (``tests/benchmarks/_full_seal.py``). It accepts exactly what
+        :meth:`opener` accepts: the associated data is taken from each blob's own header, so
+        a changed magic byte or generation fails as it does there, and a blob of another
+        generation, a short blob or a text fails the whole call."""
+        if not rows or type(rows[0][2]) is not bytes:
+            return None if rows else []
+        cipher = self._ciphers.get(generation_of(rows[0][2]))
+        if cipher is None:
+            return None
+        decrypt, prefix = cipher.decrypt, _associated(kind, name, b"")
+        try:
+            return [
+                (point_id, t, decrypt(blob[5:_HEADER], blob[_HEADER:], prefix + blob[:5]).decode())
+                for point_id, t, blob in rows
+            ]
+        except Exception:  # InvalidTag, or a value that is not a sealed blob at all
+            return None
 
 
 def _associated(kind: bytes, name: str, header: bytes) -> bytes:
@@ -196,8 +224,13 @@ def open_points(
 ) -> tuple[list[tuple[int, float, str]], list[str]]:
     """The datapoint rows ``(id, t, d)`` of ``stream`` with their values opened, and a
     message naming each row that does not open (left out of the first list)."""
-    if _SEALERS.get(conn) is None and not any(type(row[2]) is bytes for row in rows):
+    sealer = _SEALERS.get(conn)
+    if sealer is None and not any(type(row[2]) is bytes for row in rows):
         return rows, []
+    if sealer is not None:  # every row opens, as a rule: in one go
+        every = sealer.open_rows(READING, stream, rows)
+        if every is not None:
+            return every, []
     opened, failed = [], []
     for point_id, t, data in rows:
         name = f"datapoints row {point_id} (stream {stream!r}, t={t})"

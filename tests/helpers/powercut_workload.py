@@ -39,6 +39,7 @@ NAME=APIKEY: the device of each remote besides ``default``, in a fan-out phase).
 from __future__ import annotations
 
 import _thread
+import itertools
 import os
 import sys
 import threading
@@ -51,7 +52,7 @@ import apsw
 
 from connectorsync import Logger
 from connectorsync.cache import MIGRATIONS
-from connectorsync.errors import ConnectorSyncError
+from connectorsync.errors import CacheFullError, ConnectorSyncError
 from connectorsync.testing.live import commit_latency
 
 from .powercut import PowerCutVFS
@@ -84,6 +85,8 @@ class Phase:
     #: remotes besides ``default``, added to the template with backfill; the steps
     #: ``pass_NAME`` run a pass to one of them (tests/helpers/powercut_fanout.py)
     remotes: tuple[str, ...] = ()
+    #: ``add_stream(priority=)`` of each stream, in order (empty: all 0)
+    priorities: tuple[int, ...] = ()
 
     @property
     def streams(self) -> list[str]:
@@ -122,6 +125,15 @@ PHASES: dict[str, Phase] = {
         "full",
         "insert*30 sync insert*30",
         {"max_cached": 15, "on_full": "thin", "batch_size": 5},
+    ),
+    # A full cache that thins, its streams of two priorities (issue 19): room is made from the
+    # lower one first, and a low-priority insert that would displace the higher one is
+    # refused (``offer``: reported raised, never stored).
+    "priority": Phase(
+        "full",
+        "offer*30 sync offer*30",
+        {"max_cached": 12, "on_full": "thin", "batch_size": 5},
+        priorities=(0, 5),
     ),
     # A fan of durations: commits rarer than inserts, and commits as often as inserts.
     "batched_slow": Phase("batched", "insert*30", {"commit_interval": 0.3}, pace=0.01),
@@ -227,6 +239,22 @@ def insert(child: Child, streams: list[str], count: int) -> None:
             child.report("i", stream, value, time.monotonic())
             if child.phase.pace:
                 time.sleep(child.phase.pace)
+
+
+def offer(child: Child, streams: list[str], count: int) -> None:
+    """Like ``insert``, in a full cache whose streams have priorities: an insert refused
+    with ``CacheFullError`` (only higher priorities are left to make room from) is reported
+    as raised: it must never be stored."""
+    for _ in range(count):
+        for stream in streams:
+            value = child.next_value[stream]
+            child.next_value[stream] = value + 1
+            try:
+                child.lg.insert(stream, value)
+            except CacheFullError:
+                child.report("x", stream, value)
+                continue
+            child.report("i", stream, value, time.monotonic())
 
 
 def insert_interrupted(child: Child, stream: str, value: int) -> None:
@@ -380,6 +408,7 @@ def pass_all(child: Child, streams: list[str], count: int) -> None:
 
 STEPS: dict[str, Callable[[Child, list[str], int], None]] = {
     "insert": insert,
+    "offer": offer,
     "fill": fill,
     "sync": sync,
     "checkpoint": checkpoint,
@@ -405,15 +434,20 @@ def run_script(child: Child, streams: list[str]) -> None:
 
 
 def build_template(
-    path: str, template: str, streams: list[str], remotes: tuple[str, ...] = ()
+    path: str,
+    template: str,
+    streams: list[str],
+    remotes: tuple[str, ...] = (),
+    priorities: tuple[int, ...] = (),
 ) -> None:
-    """The cache file a phase starts from, with its streams (integers) registered and the
-    ``remotes`` besides ``default`` added (with backfill)."""
+    """The cache file a phase starts from, with its streams (integers) registered, at
+    ``priorities`` (a new template only), and the ``remotes`` besides ``default`` added
+    (with backfill)."""
     if template in (NEW, SEALED):
 
         def init(lg: Logger) -> None:
-            for name in streams:
-                lg.addStream(name, {"type": "integer"})
+            for name, priority in itertools.zip_longest(streams, priorities, fillvalue=0):
+                lg.add_stream(name, {"type": "integer"}, priority=priority)
 
         Logger(path, on_create=init, **(SEALED_OPTIONS if template == SEALED else {})).close()
     elif template == CONNECTORDB:
