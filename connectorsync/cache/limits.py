@@ -81,6 +81,12 @@ class Limits:
         return bool(self.max_cached or self.max_bytes or self.min_free_disk)
 
     @property
+    def by_count_only(self) -> bool:
+        """Whether ``max_cached`` is the only limit: then an insert that fits it needs one
+        statement (:data:`INSERT_IF_ROOM`)."""
+        return bool(self.max_cached) and not (self.max_bytes or self.min_free_disk)
+
+    @property
     def engaged(self) -> bool:
         """Whether a write must go through :func:`make_room` (or free room on a full disk)."""
         return self.active or self.drop_oldest or self.thin_numbers
@@ -251,6 +257,22 @@ SPAN = (
 #: The setting that keeps ``[highest id, count]`` of the last exact count, written in the
 #: transaction that counted (so a rolled-back write takes it back too).
 COUNTED = "limits.counted"
+#: One datapoint in (``INSERT``'s five values), only when :data:`SPAN`'s bound (see
+#: :func:`_room_by_count`) says it fits ``max_cached`` (``?6``) without making room. One
+#: statement: the check and the write are one atomic step, under the write lock, whichever
+#: process writes, and cost about what an insert without limits costs. Nothing inserted
+#: (``changes() == 0``): it may not fit, or the order trigger refused it; the caller then
+#: takes the path that makes room.
+INSERT_IF_ROOM = """
+INSERT INTO datapoints (stream, t, d, boot, mono)
+SELECT ?1, ?2, ?3, ?4, ?5 FROM (
+    SELECT (SELECT min(id) FROM datapoints) AS lo, (SELECT max(id) FROM datapoints) AS hi,
+        (SELECT value FROM settings WHERE key = 'limits.counted') AS counted)
+WHERE lo IS NULL OR min(
+    hi - lo + 1,
+    coalesce(json_extract(counted, '$[1]') + hi - json_extract(counted, '$[0]'), hi - lo + 1)
+) + 1 <= ?6
+"""
 
 
 def _counted(conn: apsw.Connection, highest: int | None, count: int) -> None:

@@ -247,14 +247,21 @@ def offer(child: Child, streams: list[str], count: int) -> None:
     as raised: it must never be stored."""
     for _ in range(count):
         for stream in streams:
-            value = child.next_value[stream]
-            child.next_value[stream] = value + 1
-            try:
-                child.lg.insert(stream, value)
-            except CacheFullError:
-                child.report("x", stream, value)
-                continue
-            child.report("i", stream, value, time.monotonic())
+            insert_or_raised(child, stream, CacheFullError)
+
+
+def insert_or_raised(child: Child, stream: str, raises: type[Exception]) -> bool:
+    """Insert ``stream``'s next value and report it returned, or, when it raised ``raises``,
+    report it raised (never to be stored); False then."""
+    value = child.next_value[stream]
+    child.next_value[stream] = value + 1
+    try:
+        child.lg.insert(stream, value)
+    except raises:
+        child.report("x", stream, value)
+        return False
+    child.report("i", stream, value, time.monotonic())
+    return True
 
 
 def insert_interrupted(child: Child, stream: str, value: int) -> None:
@@ -285,15 +292,9 @@ def failing(mode: str) -> Callable[[Child, list[str], int], None]:
         raised, deadline = 0, time.monotonic() + FAIL_WITHIN
         while raised < FAIL_RAISES:
             for stream in streams:
-                value = child.next_value[stream]
-                child.next_value[stream] = value + 1
-                try:
-                    child.lg.insert(stream, value)
-                except ConnectorSyncError:
-                    child.report("x", stream, value)
+                if not insert_or_raised(child, stream, ConnectorSyncError):
                     raised += 1
                     continue
-                child.report("i", stream, value, time.monotonic())
                 if time.monotonic() > deadline:
                     raise AssertionError(
                         f"inserts kept returning for {FAIL_WITHIN} s while the disk failed "
