@@ -28,13 +28,14 @@ Guarantees (each proved by the test named, in ``tests/``):
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from typing import TypeAlias
 
 import tenacity
 
 from .errors import ConnectorSyncError
-from .report import SyncReport, retry_after
+from .report import SyncReport, retry_after, worth_retrying
 
 #: First backoff ceiling in seconds; it doubles per failed attempt up to ``syncperiod``.
 BACKOFF_BASE = 1.0
@@ -102,6 +103,28 @@ def backoff(state: tenacity.RetryCallState, syncperiod: float) -> float:
     if asked is not None:  # for the whole remote: every stream of the pass stopped
         return quiet_for(asked)
     return BACKOFF(state.attempt_number, syncperiod)
+
+
+def retries(
+    stop: threading.Event,
+    syncperiod: Callable[[], float],
+    before_sleep: Callable[[tenacity.RetryCallState], None],
+) -> tenacity.Retrying:
+    """A courier's retries of a failed background pass: again while its report is worth it
+    (:func:`~connectorsync.report.worth_retrying`), after :func:`backoff` (``syncperiod()``
+    read at each retry: it may change meanwhile), every wait ending at once when ``stop`` is
+    set; stopped while retrying, the last report stands and the data waits in the cache.
+
+    :param before_sleep: called with the state before each wait (to say when the next is)
+    """
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_result(worth_retrying),
+        wait=lambda state: backoff(state, syncperiod()),
+        sleep=tenacity.sleep_using_event(stop),
+        stop=tenacity.stop_when_event_set(stop),
+        before_sleep=before_sleep,
+        retry_error_callback=last_report,
+    )
 
 
 def last_report(state: tenacity.RetryCallState) -> SyncReport:
