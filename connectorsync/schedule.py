@@ -21,8 +21,10 @@ Guarantees (each proved by the test named, in ``tests/``):
   ``test_jitter.py::test_full_jitter_draws_as_tenacity_did``).
 - The backoff policy is chosen in one place, :data:`BACKOFF`, read by every courier at each
   retry; a benchmark comparing policies (``tests/benchmarks/bench_fleet.py``) sets it to
-  :func:`backoff_ceiling`, the same ceilings without the jitter, and ``Retry-After`` still
-  wins over it (``test_jitter.py::test_couriers_retry_with_the_backoff_chosen_in_schedule``).
+  :func:`backoff_ceiling`, the same ceilings without the jitter
+  (``test_jitter.py::test_couriers_retry_with_the_backoff_chosen_in_schedule``); a
+  ``Retry-After`` still wins over either
+  (``test_jitter.py::test_retry_after_wins_over_the_backoff_policy``).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def backoff_ceiling(attempt: int, syncperiod: float) -> float:
     jitter, so a fleet that failed together retries in step (to compare with, never the
     default)."""
     cap = max(BACKOFF_BASE, syncperiod)
-    exponent = min(max(attempt - 1, 0), 1023)  # past 2**1023 a float overflows; cap long before
+    exponent = min(max(attempt - 1, 0), 1023)  # 2.0**1024 overflows; the cap comes far sooner
     return min(BACKOFF_BASE * 2.0**exponent, cap)
 
 
