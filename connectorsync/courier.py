@@ -7,8 +7,8 @@ its own, woken every ``syncperiod`` (plus up to ``sync_jitter``), at ``sync_thre
 Backoff, ``Retry-After`` quiet, the pause on refused credentials, ``max_rate``, the stream
 rotation and the live lane are the courier's own. What a Logger's couriers share (the file's
 sync lock, the lease, device time's hooks) is handed down by the
-:class:`~connectorsync.syncer.Syncer` (:class:`Shared`); a courier never calls up into the
-Logger. What a pass delivers through comes from one seam, :meth:`Courier._outbox`.
+:class:`~connectorsync.syncer.Syncer` (:class:`~connectorsync.shared.Shared`); a courier never
+calls up into the Logger. What a pass delivers through comes from one seam, :meth:`Courier._outbox`.
 
 Guarantees (each proved by the test named, in ``tests/``):
 
@@ -54,21 +54,19 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import tenacity
 
-from . import schedule
-from .cache import Cache, Outbox, Untrusted
-from .cache.seal import Sealer
+from . import inthread, schedule
+from .cache import Cache, Outbox
 from .delivery import PassPlan, Progress, run_pass
 from .errors import AuthError, ClosedError, ConnectorSyncError, TransientRemoteError
 from .lanes import Pacer, Rotation
-from .options import Options
 from .remotes.base import Remote
-from .report import SyncReport, retry_after, worth_retrying
-from .synclock import PassGate, SharedSyncLock, read_lease
+from .report import SyncReport, retry_after
+from .shared import Shared
+from .synclock import PassGate, read_lease
 
 log = logging.getLogger(__name__)
 
@@ -77,44 +75,6 @@ T = TypeVar("T")
 #: The name of the one remote a Logger has today (``remote=``).
 DEFAULT = "default"
 _QUIET = "the remote asked to be left alone (Retry-After); the background syncer waits"
-
-
-@dataclass(frozen=True)
-class PassHooks:
-    """What device time adds to a pass, handed down by the Logger.
-
-    :ivar before: run with the courier's cache connection before each pass (expiry, an NTP
-        refresh when due); an error is logged, the pass goes on
-    :ivar hold: what to hold back until the clock is trusted, asked once per pass
-    """
-
-    before: Callable[[Cache], object] = lambda cache: None
-    hold: Callable[[], Untrusted | None] = lambda: None
-
-
-@dataclass(frozen=True)
-class Shared:
-    """What a Logger's couriers share, handed to each by the Syncer.
-
-    :ivar path: the cache file
-    :ivar options: the Logger's options (read when needed)
-    :ivar hooks: device time's part in each pass (its ``before`` run by one courier at a
-        time)
-    :ivar lock: the file's sync lock, held by every courier that runs
-    :ivar on_pass: called with the report of each background pass (and of close's drain),
-        after the pass, outside every lock; never by :meth:`Courier.sync`
-    :ivar on_state: called with the courier's connection when its state (running,
-        last_error, next_attempt, paused) may have changed: the lease is written through it
-    :ivar sealer: the cache's sealer (None: a plain cache), for the couriers' connections
-    """
-
-    path: str
-    options: Options
-    hooks: PassHooks
-    lock: SharedSyncLock
-    on_pass: Callable[[SyncReport], object]
-    on_state: Callable[[Cache], object]
-    sealer: Sealer | None = None
 
 
 class Courier:
@@ -437,14 +397,8 @@ class Courier:
                     self._close_connection()
 
     def _sync_with_retries(self) -> None:
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_result(worth_retrying),
-            wait=self._backoff,
-            sleep=tenacity.sleep_using_event(self._stop),
-            stop=tenacity.stop_when_event_set(self._stop),
-            before_sleep=self._note_next_attempt,
-            # Stopped while retrying: the last report stands, and the data waits in the cache.
-            retry_error_callback=schedule.last_report,
+        retrying = schedule.retries(
+            self._stop, lambda: self._options.syncperiod, self._note_next_attempt
         )
         while True:
             credentials = self._credentials
@@ -502,9 +456,6 @@ class Courier:
         """Wait ``seconds`` (``max_rate``); False at once when the courier stops."""
         return not self._stop.wait(seconds)
 
-    def _backoff(self, state: tenacity.RetryCallState) -> float:
-        return schedule.backoff(state, self._options.syncperiod)
-
     def _note_next_attempt(self, state: tenacity.RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action else 0.0
         self.next_attempt = time.time() + wait
@@ -550,29 +501,22 @@ class Courier:
             self._cache.close()
             self._cache = None
 
-    def drain(self, deadline: float) -> Callable[[], SyncReport | None]:
+    def drain(self, deadline: float) -> Callable[[float], SyncReport | None]:
         """Begin one last pass for close, in a thread of its own, starting no batch after
-        ``deadline`` (a ``time.monotonic()``); returns the wait for it, which waits until
-        ``deadline`` at most and returns its report (None: not ended in time, or not
-        started). A request that hangs longer is left to end by itself (within
-        ``http_timeout``); what it carried is resolved by the next pass."""
-        result: list[SyncReport] = []
+        ``deadline`` (a ``time.monotonic()``); returns the wait for it, ``wait(deadline)``,
+        which returns its report (None: not ended in time, or failed). A request that hangs
+        longer is left to end by itself (within ``http_timeout``); what it carried is
+        resolved by the next pass."""
 
-        def drain() -> None:
-            try:
-                result.append(self.sync(deadline=deadline))
-                self._tell(result[0])
-            except Exception as exc:  # closing goes on: a callback's error is only logged
-                self._log.warning("last sync before closing failed (nothing lost): %s", exc)
+        def last_pass() -> SyncReport:
+            report = self.sync(deadline=deadline)
+            self._tell(report)
+            return report
 
-        thread = threading.Thread(target=drain, name="connectorsync-drain", daemon=True)
-        thread.start()
+        def failed(exc: Exception) -> None:  # closing goes on: a callback's error is logged
+            self._log.warning("last sync before closing failed (nothing lost): %s", exc)
 
-        def wait() -> SyncReport | None:
-            thread.join(max(0.0, deadline - time.monotonic()) + 0.05)
-            return result[0] if result else None
-
-        return wait
+        return inthread.begin(last_pass, "connectorsync-drain", failed)
 
     def close(self) -> None:
         """Stop the thread and close the courier's connection: now if no pass runs, else as

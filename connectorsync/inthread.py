@@ -1,9 +1,11 @@
 """A function run once, in a thread of its own or in the caller's (the sync pass's
-read-ahead and delete-behind, :mod:`connectorsync.delivery`)."""
+read-ahead and delete-behind, :mod:`connectorsync.delivery`); or begun in a thread of its own
+and waited for until a deadline at most (close's last pass, :func:`begin`)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -48,3 +50,28 @@ class InThread(Generic[T]):
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
+
+
+def begin(
+    job: Callable[[], T], name: str, on_error: Callable[[Exception], object]
+) -> Callable[[float], T | None]:
+    """``job()`` begun at once in a daemon thread named ``name``; returns the wait for it:
+    ``wait(deadline)`` waits until ``deadline`` (a ``time.monotonic()``) at most, and returns
+    what ``job`` returned (None: not ended by then, or it raised). An exception of ``job``
+    goes to ``on_error``, in its thread; a job that outlasts the wait ends by itself."""
+    result: list[T] = []
+
+    def run() -> None:
+        try:
+            result.append(job())
+        except Exception as exc:  # the caller goes on: it only hears of it
+            on_error(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+
+    def wait(deadline: float) -> T | None:
+        thread.join(max(0.0, deadline - time.monotonic()) + 0.05)
+        return result[0] if result else None
+
+    return wait

@@ -47,12 +47,13 @@ from typing import Any, TypeVar
 
 from .cache import Cache
 from .cache.seal import Sealer
-from .courier import DEFAULT, Courier, PassHooks, Shared
+from .courier import DEFAULT, Courier
 from .delivery import Progress
 from .errors import ConfigurationError
 from .options import Options
 from .remotes.base import Remote, bind_cache
 from .report import SyncReport, gather
+from .shared import PassHooks, Shared
 from .synclock import LEASE_KEY, PassGate, SharedSyncLock, SyncState, read_lease
 
 __all__ = ["DEFAULT", "PassHooks", "Syncer"]
@@ -236,10 +237,10 @@ class Syncer:
         """One last pass of every courier, together, starting no batch after ``timeout``
         seconds and waited for until then at most, for close (see :meth:`Courier.drain
         <connectorsync.courier.Courier.drain>`). Returns the default one's report, or None
-        when its pass did not end in time (or could not start)."""
+        when its pass did not end in time (or could not start, or failed)."""
         deadline = time.monotonic() + timeout
         waits = {name: courier.drain(deadline) for name, courier in self._couriers.items()}
-        reports = {name: wait() for name, wait in waits.items()}
+        reports = {name: wait(deadline) for name, wait in waits.items()}
         return reports[self._default.name]
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
 """Jittered periodic syncs (``sync_jitter``): a fleet started together does not sync in step,
-and passes that were asked for are never delayed by it."""
+and passes that were asked for are never delayed by it; the backoff policy of retries
+(``schedule.BACKOFF``): full jitter by default, chosen in one place."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import tenacity
 
-from connectorsync import ConfigurationError, Logger
+from connectorsync import ConfigurationError, Logger, SyncReport, TransientRemoteError, schedule
 from connectorsync.options import Options
 from connectorsync.schedule import jittered
 from connectorsync.testing import ConnectorDBServer
@@ -251,5 +253,80 @@ def test_after_an_outage_the_next_pass_is_a_period_after_the_one_that_got_throug
         assert len(passes) == 1, passes
         wait_for(lambda: len(passes) == 2, what="the next periodic pass")
         assert passes[1] - passes[0] > 1.0
+    finally:
+        lg.close()
+
+
+# ----------------------------------------------------------------------------- the backoff
+
+
+def attempt_state(attempt: int, report: SyncReport | None = None) -> tenacity.RetryCallState:
+    """tenacity's state of retry ``attempt``, with the pass's ``report`` as its outcome."""
+    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+    state.attempt_number = attempt
+    state.set_result(report or SyncReport())
+    return state
+
+
+def test_full_jitter_is_uniform_up_to_the_doubling_ceiling() -> None:
+    ceilings = [schedule.backoff_ceiling(n, 5.0) for n in (1, 2, 3, 4, 5, 2000)]
+    assert ceilings == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]  # doubling, capped at syncperiod
+    assert schedule.backoff_ceiling(3, 0.5) == 1.0  # a syncperiod under the base caps at it
+
+    asked: list[tuple[float, float]] = []
+
+    def highest(a: float, b: float) -> float:
+        asked.append((a, b))
+        return b
+
+    assert [schedule.full_jitter(n, 5.0, highest) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
+    assert asked == [(0.0, 1.0), (0.0, 2.0), (0.0, 4.0), (0.0, 5.0)]  # from 0: full jitter
+    assert schedule.BACKOFF is schedule.full_jitter  # the default policy
+
+
+def test_full_jitter_draws_as_tenacity_did() -> None:
+    """The policy moved out of tenacity keeps its waits: the same draw from the same random
+    state as ``wait_random_exponential`` (what couriers used before), at every attempt."""
+    for syncperiod in (0.5, 5.0, 600.0):
+        before = tenacity.wait_random_exponential(
+            multiplier=schedule.BACKOFF_BASE, max=max(schedule.BACKOFF_BASE, syncperiod)
+        )
+        for attempt in (1, 2, 3, 8, 11, 40, 1100):
+            random.seed(attempt)
+            expected = before(attempt_state(attempt))
+            random.seed(attempt)
+            assert schedule.full_jitter(attempt, syncperiod) == expected
+            random.seed(attempt)
+            assert schedule.backoff(attempt_state(attempt), syncperiod) == expected
+
+
+def test_retry_after_wins_over_the_backoff_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schedule, "BACKOFF", schedule.backoff_ceiling)
+    asked = SyncReport()
+    asked.fail("*", TransientRemoteError("busy", retry_after=42.0))
+    assert schedule.backoff(attempt_state(1, asked), 5.0) == 42.0
+    assert schedule.backoff(attempt_state(3, SyncReport()), 5.0) == 4.0  # the ceiling itself
+
+
+def test_couriers_retry_with_the_backoff_chosen_in_schedule(
+    tmp_path: Path, server: ConnectorDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``schedule.BACKOFF`` is the one place the policy is chosen: a courier asks it for
+    every retry, with the attempt and the Logger's syncperiod (how bench_fleet.py compares
+    backoff without jitter)."""
+    asked: list[tuple[int, float]] = []
+
+    def record(attempt: int, syncperiod: float) -> float:
+        asked.append((attempt, syncperiod))
+        return 0.0  # at once: the test needs no wait
+
+    monkeypatch.setattr(schedule, "BACKOFF", record)
+    lg = connected(tmp_path / "policy.db", server, syncperiod=30, sync_jitter=0)
+    try:
+        server.fail_next(3, status=503)
+        lg.insert("temperature", 1.0)
+        lg.start()
+        wait_for(lambda: values(server) == [1.0], what="delivery after three failures")
+        assert asked == [(1, 30.0), (2, 30.0), (3, 30.0)]
     finally:
         lg.close()

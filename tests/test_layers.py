@@ -41,6 +41,7 @@ BELOW_THE_FACADE = (
     "connectorsync.resend",
     "connectorsync.syncer",
     "connectorsync.courier",
+    "connectorsync.shared",
     "connectorsync.schedule",
     "connectorsync.synclock",
     "connectorsync.devicetime",

@@ -5,6 +5,8 @@ delivery (batches in flight, acks, reconciliation) and dead letters; it holds th
 transaction, and hands the SQL of each specialised job to its module:
 
 - :mod:`.connection`: the connection, its lock and transactions (the base of :class:`Cache`);
+- :mod:`.appending`: the insert path (:meth:`Cache.append`, :meth:`Cache.append_many`): in
+  time order, within the limits, committed as the durability asks;
 - :mod:`.outbox`: one remote's side (:meth:`Cache.outbox`): batches in flight, acknowledgements,
   reconciliation, dead-lettering;
 - :mod:`.positions`: what each remote holds of each stream; :mod:`.routing`: the remotes;
@@ -42,30 +44,19 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import apsw
 
 from ..batch import Batch, Datapoint, as_datapoint
-from ..errors import CacheError, CacheFullError, ConfigurationError
+from ..errors import CacheError, ConfigurationError
 from . import positions, registration, retime, routing, schema, seal, space
-from .base import (
-    AT_REST,
-    INSERT,
-    NEWEST,
-    NO_TIME,
-    TooOldError,
-    delete,
-    place,
-    translate,
-    wrapped,
-)
+from .appending import Appending
+from .base import AT_REST, NEWEST, NO_TIME, TooOldError, delete, wrapped
 from .batched import CommitQueue
-from .commit import AppendRow, GroupCommit, Point
-from .connection import CommitOutcome
+from .commit import GroupCommit
 from .deadletters import DeadLetters
-from .limits import Limits, Room, drop_expired, make_room
+from .limits import Limits, drop_expired
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .outbox import Outbox
 from .records import (
@@ -99,18 +90,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Cache(DeadLetters):
+class Cache(Appending, DeadLetters):
     """One connection to a cache file.
 
     Use :meth:`open` to open (creating or migrating) a cache, and :meth:`connect` for a
     further connection to a cache that exists (the syncer thread's, say).
     """
-
-    # Declared here, not in Connection: commit.py and batched.py build on connection.py.
-    # With durability "full", inserts of several threads share commits (fsyncs).
-    _group: GroupCommit | None = None
-    # With durability "batched", inserts are queued and committed every commit_interval.
-    _batched: CommitQueue | None = None
 
     # ----------------------------------------------------------------------- opening
 
@@ -269,43 +254,6 @@ class Cache(DeadLetters):
 
     # ----------------------------------------------------------------------- datapoints
 
-    def append(  # noqa: PLR0913 - the insert hot path: no argument object built per call
-        self,
-        stream_id: int,
-        t: float,
-        data: str | bytes,
-        *,
-        restamp: bool,
-        untrusted: Untrusted | None = None,
-        limits: Limits | None = None,
-    ) -> float:
-        """Append one datapoint and commit. Returns the ``t`` stored.
-
-        ``t`` must be finite. If it is not after the stream's newest timestamp it becomes
-        newest + 1 µs when equal, or when older and ``restamp``; an older ``t`` without
-        ``restamp`` raises :class:`TooOldError` and stores nothing. ``untrusted`` marks a
-        time to fix once the clock is trusted (:meth:`reanchor`).
-
-        :raises CacheFullError: a limit is reached (and ``limits.drop_oldest`` is off), or
-            the disk is full; nothing was stored
-        """
-        self.check_process()  # first: a lock held at a fork stays held in the child
-        row = (stream_id, t, data, *(untrusted or (None, None)))
-        if self._group is not None:
-            return self._group.append(row, restamp, limits)
-        if self._batched is not None:
-            return self._batched.append(row, restamp, limits, self._append_alone)
-        return self._append_alone(row, restamp, limits)
-
-    def flush(self) -> None:
-        """Commit the datapoints queued by ``durability="batched"`` now (else nothing to do).
-
-        :raises CacheError: the commit failed; they stay queued
-        """
-        self.check_process()
-        if self._batched is not None:
-            self._batched.flush()
-
     def _flush_to_look(self) -> None:
         """:meth:`flush` for what must work while commits fail (``status()``): then what
         is committed is shown, and :meth:`commit_error` and :meth:`uncommitted` say the rest."""
@@ -334,57 +282,6 @@ class Cache(DeadLetters):
         """The longest of the recent batched commits, in seconds (None: none yet)."""
         queue = self._batched
         return max(queue.latencies) if queue is not None and queue.latencies else None
-
-    def _append_alone(self, row: AppendRow, restamp: bool, limits: Limits | None) -> float:
-        """:meth:`append` in a transaction of its own."""
-        stream_id, t, data, boot, mono = row
-        if limits is not None and limits.engaged:
-            # Checked inside a transaction; a full disk makes room and tries again.
-            with self._lock:
-                return self._append_limited(row, restamp, limits)
-        # The hot path: a plain try (no context manager) is measurably cheaper here.
-        with self._lock:
-            try:
-                conn = self._conn
-                newest = self._newest.get(stream_id)
-                while True:
-                    if newest is None or t <= newest:
-                        # Ties and clock steps are rare: read the real newest before nudging.
-                        newest = next(conn.execute(NEWEST, (stream_id,)))[0]
-                    stored = place(t, newest, restamp)
-                    # One statement, one implicit write transaction, committed on return. The
-                    # trigger re-checks the order under the write lock: if another connection
-                    # stored a newer point since we looked, nothing is inserted: look again.
-                    conn.execute(INSERT, (stream_id, stored, data, boot, mono))
-                    if conn.changes():
-                        self._newest[stream_id] = stored
-                        return stored
-                    newest = None
-            except apsw.Error as exc:
-                raise translate(exc, "store the datapoint") from exc
-
-    def _append_limited(self, row: AppendRow, restamp: bool, limits: Limits) -> float:
-        """:meth:`append` under storage limits: ``row`` is (stream, t, data, boot, mono)."""
-        stream_id, t, data, boot, mono = row
-        while True:
-            try:
-                with self.transaction("store the datapoint") as conn:
-                    if limits.active:
-                        make_room(conn, self.path, 1, limits, (stream_id,))
-                    newest = next(conn.execute(NEWEST, (stream_id,)))[0]
-                    stored = place(t, newest, restamp)
-                    conn.execute(INSERT, (stream_id, stored, data, boot, mono))
-                self._newest[stream_id] = stored
-                return stored
-            except CacheFullError:
-                # The disk itself is full (SQLITE_FULL). With drop_oldest or thinning, free
-                # 1% at a time (a page frees only once its rows are gone), lowest priority
-                # first, and try again; freed pages are reused, so the file does not grow.
-                if not (limits.drop_oldest or limits.thin_numbers):
-                    raise
-                with self.transaction("make room in the full cache") as conn:
-                    if not Room(conn, limits, (stream_id,)).free_one_percent():
-                        raise
 
     def give_back_space(self, max_steps: int = space.MAX_STEPS) -> SpaceReport:
         """Return free pages to the file system in at most ``max_steps`` steps of
@@ -418,57 +315,6 @@ class Cache(DeadLetters):
         if expired:
             log.warning("expired %d datapoints older than max_age", expired)
         return expired
-
-    def append_many(
-        self,
-        points: Sequence[Point],
-        *,
-        limits: Limits | None = None,
-    ) -> list[tuple[int, float]]:
-        """Append ``(stream_id, t, restamp, data, untrusted)`` points in one transaction: all
-        or none.
-
-        Timestamps are resolved as in :meth:`append`, each point against the one before it in
-        its stream. Returns ``(id, t)`` per point, in order.
-
-        :raises TooOldError: a point's explicit ``t`` is older than its stream's newest
-        :raises CacheFullError: as :meth:`append`
-        """
-        self.flush()
-        stored = self._append_many(points, limits)
-        if self._batched is not None:
-            self._batched.forget_newest()
-        return stored
-
-    def _append_many(
-        self, points: Sequence[Point], limits: Limits | None, outcome: CommitOutcome | None = None
-    ) -> list[tuple[int, float]]:
-        """:meth:`append_many` without committing the queue first (the queue's own commit);
-        ``outcome`` as :meth:`transaction`'s."""
-        rows = []
-        with self.transaction("store the datapoints", outcome) as conn:
-            if limits is not None and limits.active:
-                make_room(conn, self.path, len(points), limits, {p[0] for p in points})
-            newest: dict[int, float] = {}
-            for stream_id, t, restamp, data, untrusted in points:
-                boot, mono = untrusted or (None, None)
-                prev = newest.get(stream_id)
-                if prev is None:
-                    prev = next(conn.execute(NEWEST, (stream_id,)))[0]
-                t = place(t, prev, restamp)
-                rows.append((stream_id, t, data, boot, mono))
-                newest[stream_id] = t
-            before = conn.total_changes()
-            conn.executemany(INSERT, rows)
-            if conn.total_changes() - before != len(rows):
-                raise CacheError("insert_many: the cache refused out-of-order rows; none stored")
-            last_id = conn.last_insert_rowid()
-            if outcome is not None and rows:
-                outcome.witness = (last_id, rows[-1][0], rows[-1][1])
-        self._newest.update(newest)
-        # One statement, one writer: the ids are consecutive, ending at the last one.
-        first_id = last_id - len(rows) + 1
-        return [(first_id + i, row[1]) for i, row in enumerate(rows)]
 
     def newest(self, stream_id: int) -> float | None:
         """The newest timestamp the stream ever cached, or None."""

@@ -19,14 +19,16 @@ seconds (5). Per configuration:
    datapoint inserted so far with every cache empty; otherwise the script fails.
 
 The configurations: ``sync_jitter`` at its default (10% of syncperiod) or 0, and the syncer's
-backoff with its full jitter (``Courier._backoff``: uniform in [0, 1 s x 2^n], capped at
-syncperiod) or, monkeypatched in the children (bench only), the same exponential ceiling
-without the jitter. The server counts every request it reads
-(:meth:`ConnectorDBServer.request_times`); a request refused during the outage never reaches
-it. A pass makes two requests (``GET ?q=this``, then one ``POST .../data``: a pass's backlog
-here is one batch). After an outage a Logger makes three or four: the retry that succeeds,
-then at once the next periodic pass, whose time went by while it retried (a ``GET`` to
-reconcile comes first if a batch was on the wire when the server stopped).
+backoff with its full jitter (:func:`connectorsync.schedule.full_jitter`: uniform in
+[0, 1 s x 2^n], capped at syncperiod) or the same exponential ceiling without the jitter
+(:func:`~connectorsync.schedule.backoff_ceiling`), chosen in each child through
+:data:`connectorsync.schedule.BACKOFF`, the one place the policy is chosen. The server
+counts every request it reads (:meth:`ConnectorDBServer.request_times`); a request refused
+during the outage never reaches it. A pass makes two requests (``GET ?q=this``, then one
+``POST .../data``: a pass's backlog here is one batch). After an outage a Logger makes three
+or four: the retry that succeeds, then at once the next periodic pass, whose time went by
+while it retried (a ``GET`` to reconcile comes first if a batch was on the wire when the
+server stopped).
 
 Reading the figures: a busiest second is bounded by what this machine serves (the server and
 the children share its cores), so a burst that asks for more (every Logger at once) shows as
@@ -83,27 +85,10 @@ CONFIGS = {
 # --------------------------------------------------------------------------- children
 
 
-def plain_backoff(self: Any, state: Any) -> float:
-    """``Courier._backoff`` without the jitter: the exponential ceiling itself (1, 2, 4 s...
-    capped at syncperiod), ``Retry-After`` still honoured."""
-    import tenacity
-
-    from connectorsync import schedule
-
-    report = state.outcome.result() if state.outcome else None  # a pass's outcome is its report
-    retry_after = getattr(report and report.exception, "retry_after", None)
-    if retry_after is not None:
-        return min(float(retry_after), schedule.MAX_RETRY_AFTER)
-    cap = max(schedule.BACKOFF_BASE, self._options.syncperiod)
-    return float(tenacity.wait_exponential(multiplier=schedule.BACKOFF_BASE, max=cap)(state))
-
-
 class Fleet:
     """One child's Loggers, driven by JSON commands on stdin, one JSON reply per line."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from connectorsync import courier
-
         self.args = args
         self.paths = [
             os.path.join(args.workdir, f"cache-{i:03d}.db")
@@ -114,7 +99,6 @@ class Fleet:
         self.halt = threading.Event()
         self.inserter: threading.Thread | None = None
         self.out_lock = threading.Lock()
-        self.jittered_backoff = courier.Courier._backoff
 
     def reply(self, **message: Any) -> None:
         with self.out_lock:
@@ -125,10 +109,12 @@ class Fleet:
         stream on the server, so that every configuration's first passes are alike. A key is
         an apikey for the test server, or a remote's configuration (a ``to_config()`` dict,
         ``bench_fleet_engines.py``): each Logger then delivers to that remote, its own."""
-        from connectorsync import Logger, courier
+        from connectorsync import Logger, schedule
         from connectorsync.remotes import remote_from_config
 
-        courier.Courier._backoff = self.jittered_backoff if backoff_jitter else plain_backoff  # type: ignore[method-assign]
+        # For every Logger of this child (a process of the benchmark's own): Retry-After
+        # still wins over either policy.
+        schedule.BACKOFF = schedule.full_jitter if backoff_jitter else schedule.backoff_ceiling
         created = not os.path.exists(self.paths[0])
         options = {
             "serverurl": self.args.url,
