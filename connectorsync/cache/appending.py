@@ -34,7 +34,7 @@ from .base import INSERT, NEWEST, place, translate
 from .batched import CommitQueue
 from .commit import AppendRow, GroupCommit, Point
 from .connection import CommitOutcome, Connection
-from .limits import Limits, Room, make_room
+from .limits import INSERT_IF_ROOM, Limits, Room, make_room
 from .records import Untrusted
 
 
@@ -88,31 +88,59 @@ class Appending(Connection):
 
     def _append_alone(self, row: AppendRow, restamp: bool, limits: Limits | None) -> float:
         """:meth:`append` in a transaction of its own."""
-        stream_id, t, data, boot, mono = row
         if limits is not None and limits.engaged:
             # Checked inside a transaction; a full disk makes room and tries again.
             with self._lock:
+                if limits.by_count_only:
+                    stored = self._append_if_room(row, restamp, limits)
+                    if stored is not None:
+                        return stored
                 return self._append_limited(row, restamp, limits)
         # The hot path: a plain try (no context manager) is measurably cheaper here.
         with self._lock:
             try:
-                conn = self._conn
-                newest = self._newest.get(stream_id)
                 while True:
-                    if newest is None or t <= newest:
-                        # Ties and clock steps are rare: read the real newest before nudging.
-                        newest = next(conn.execute(NEWEST, (stream_id,)))[0]
-                    stored = place(t, newest, restamp)
-                    # One statement, one implicit write transaction, committed on return. The
-                    # trigger re-checks the order under the write lock: if another connection
-                    # stored a newer point since we looked, nothing is inserted: look again.
-                    conn.execute(INSERT, (stream_id, stored, data, boot, mono))
-                    if conn.changes():
-                        self._newest[stream_id] = stored
+                    stored = self._insert_one(INSERT, row, restamp, ())
+                    if stored is not None:
                         return stored
-                    newest = None
             except apsw.Error as exc:
                 raise translate(exc, "store the datapoint") from exc
+
+    def _append_if_room(self, row: AppendRow, restamp: bool, limits: Limits) -> float | None:
+        """:meth:`append` under ``max_cached`` alone, when it fits without making room: one
+        statement (:data:`.limits.INSERT_IF_ROOM`) that checks and inserts, atomic as the
+        transaction of :meth:`_append_limited` is, and nearly as cheap as an insert without
+        limits (``tests/benchmarks/_full_thin.py``). None when nothing went in: it may not fit,
+        the disk is full, or another connection stored a newer datapoint first; the caller
+        then takes :meth:`_append_limited`, which sorts out each."""
+        try:
+            return self._insert_one(INSERT_IF_ROOM, row, restamp, (limits.max_cached,))
+        except apsw.FullError:
+            return None
+        except apsw.Error as exc:
+            raise translate(exc, "store the datapoint") from exc
+
+    def _insert_one(
+        self, sql: str, row: AppendRow, restamp: bool, extra: tuple[object, ...]
+    ) -> float | None:
+        """One try of ``sql`` (``INSERT``'s five values, then ``extra``) at the time the
+        stream's newest allows; the time stored, or None when nothing was inserted."""
+        stream_id, t, data, boot, mono = row
+        conn = self._conn
+        newest = self._newest.get(stream_id)
+        if newest is None or t <= newest:
+            # Ties and clock steps are rare: read the real newest before nudging.
+            newest = next(conn.execute(NEWEST, (stream_id,)))[0]
+        stored = place(t, newest, restamp)
+        # One statement, one implicit write transaction, committed on return. The trigger
+        # re-checks the order under the write lock: if another connection stored a newer
+        # point since we looked, nothing is inserted (then the newest is read again).
+        conn.execute(sql, (stream_id, stored, data, boot, mono, *extra))
+        if conn.changes():
+            self._newest[stream_id] = stored
+            return stored
+        self._newest.pop(stream_id, None)
+        return None
 
     def _append_limited(self, row: AppendRow, restamp: bool, limits: Limits) -> float:
         """:meth:`append` under storage limits: ``row`` is (stream, t, data, boot, mono)."""
