@@ -1,5 +1,5 @@
-"""The fleet (into ConnectorDB, NATS and PostgreSQL) and fan-out benchmarks run end to end at
-a tiny size: each completes (which includes its own check that the servers hold every
+"""The fleet (into ConnectorDB, NATS and PostgreSQL), fan-out and full-card benchmarks run end
+to end at a tiny size: each completes (which includes its own check that the servers hold every
 datapoint and every cache is empty) and prints its tables. The figures themselves are the
 benchmarks' business, never asserted here."""
 
@@ -63,3 +63,20 @@ def test_the_fleet_into_the_engines_benchmark_completes_and_prints_its_table() -
     assert any(line.startswith("| engine | inserted | held on the server |") for line in lines)
     assert any(line.startswith("| nats | ") and " | 0 | " in line for line in lines)
     assert any(line.startswith("| postgres | ") and " | 0 | " in line for line in lines)
+
+
+@pytest.mark.slow
+def test_the_full_card_benchmark_completes_and_prints_every_row() -> None:
+    """bench_full.py --quick: thinning, priorities and the seal, each row with its ratio
+    (each part checks itself that nothing was lost on the way)."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH.with_name("bench_full.py")), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")]
+    parts = [row[0].strip("| ") for row in rows[1:]]  # after the header
+    assert parts == ["thin"] * 4 + ["priority"] * 2 + ["seal"] * 4, done.stdout
+    assert all(row[-1].endswith("x |") for row in rows[1:]), done.stdout
