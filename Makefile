@@ -57,7 +57,8 @@ bench: $(STAMP)
 # into influxd (tests/test_lanes.py), an alarm that overtakes a 1,000,000-point backlog
 # (tests/test_priority.py), and 2,000 examples of the remotes' positions against a
 # model of sets (tests/test_positions.py), and a week of a 1 Hz stream thinned into
-# max_cached=10000 (tests/test_thin.py; `make test` runs it scaled down fivefold).
+# max_cached=10000 and 60,000 readings into max_cache_bytes=400000 (tests/test_thin.py;
+# `make test` runs them scaled down).
 soak: $(STAMP)
 	CONNECTORSYNC_SOAK=1 CONNECTORSYNC_REQUIRE_INFLUXDB=1 CONNECTORSYNC_REQUIRE_MOSQUITTO=1 \
 		CONNECTORSYNC_REQUIRE_NATS=1 CONNECTORSYNC_REQUIRE_POSTGRES=1 \
@@ -66,7 +67,8 @@ soak: $(STAMP)
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=900 tests/test_lanes.py -k influxd || status=1; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=900 tests/test_priority.py -k alarm || status=1; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=1800 tests/test_positions.py || status=1; \
-	CONNECTORSYNC_SOAK=1 $(PY) -m pytest -s --timeout=900 tests/test_thin.py -k week || status=1; \
+	CONNECTORSYNC_SOAK=1 $(PY) -m pytest -s --timeout=900 tests/test_thin.py -k "week or max_cache_bytes" \
+		|| status=1; \
 	for seed in 1 2 3 4 5 6; do \
 		CONNECTORSYNC_SOAK=1 CRASH_SEED=$$seed $(PY) -m pytest --timeout=900 tests/test_crash.py \
 			|| status=1; \

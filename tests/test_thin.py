@@ -64,7 +64,8 @@ def kept(path: str, stream: str) -> list[tuple[float, Any]]:
 #: writes of 200 (~4 s; the same 60x thinning, the same share of the cap per write, so the
 #: first and last hour, every hour and every day are tested alike). Tenfold is too coarse for
 #: the day-0 bound below: at 1,000 kept, day 0 is one halving behind by a handful too many.
-WEEK_STEP, WEEK_CAP = (1, 10_000) if os.environ.get("CONNECTORSYNC_SOAK") == "1" else (5, 2000)
+SOAK = os.environ.get("CONNECTORSYNC_SOAK") == "1"
+WEEK_STEP, WEEK_CAP = (1, 10_000) if SOAK else (5, 2000)
 
 
 def test_a_week_at_1hz_thins_evenly(cache_path: str) -> None:
@@ -337,19 +338,24 @@ def test_every_datapoint_is_counted_in_one_place(
 # ------------------------------------------------------------------- the other limits
 
 
+#: Readings and max_cache_bytes of :func:`test_max_cache_bytes_thins`: ``make test`` half the
+#: size of ``make soak`` (2.5 s instead of 5 s; thinned alike, ~10x).
+BYTES_COUNT, BYTES_CAP = (60_000, 400_000) if SOAK else (30_000, 200_000)
+
+
 def test_max_cache_bytes_thins(cache_path: str) -> None:
-    with Logger(cache_path, durability="normal", max_cache_bytes=400_000, on_full="thin") as lg:
+    with Logger(cache_path, durability="normal", max_cache_bytes=BYTES_CAP, on_full="thin") as lg:
         lg.addStream("temp", {"type": "number"})
-        for lo in range(0, 60_000, 500):
+        for lo in range(0, BYTES_COUNT, 500):
             lg.insert_many("temp", points(lo, lo + 500))
         status = lg.status()
     with CacheProbe(cache_path) as probe:
         page = probe.pragma("page_size")
         # Room is made before a write: the write (500 datapoints, a few pages) comes on top.
-        assert probe.used_bytes() <= 400_000 + 8 * page
+        assert probe.used_bytes() <= BYTES_CAP + 8 * page
     assert status.thinned > 0 and status.dropped == 0
     rows = kept(cache_path, "temp")
-    assert rows[0][0] == T0 and rows[-1][0] == T0 + 59_999
+    assert rows[0][0] == T0 and rows[-1][0] == T0 + BYTES_COUNT - 1
     assert all(v == reading(t) for t, v in rows)
 
 
