@@ -51,12 +51,14 @@ bench: $(STAMP)
 # with priorities and thin flags in a capped cache: on_full thin, thin_or_reject and
 # drop_oldest; thinned counted); shrunk to a minimal example on failure;
 # tests/model/settings.py has the knobs; influxd, mosquitto, nats-server and PostgreSQL are
-# required, not skipped) and of the kill -9 crash test under several seeds (it has no iteration knob: a seed
-# is a new schedule), 1,000 power cuts (tests/test_powercut.py; POWERCUT_CUTS=n,
+# required, not skipped) and of the kill -9 crash test under several seeds (36 kills each;
+# `make test` runs 18 under one seed), 1,000 power cuts (tests/test_powercut.py; POWERCUT_CUTS=n,
 # POWERCUT_SEED=s), and a live stream kept current while a 1,000,000-point backlog drains
 # into influxd (tests/test_lanes.py), an alarm that overtakes a 1,000,000-point backlog
 # (tests/test_priority.py), and 2,000 examples of the remotes' positions against a
-# model of sets (tests/test_positions.py).
+# model of sets (tests/test_positions.py), and a week of a 1 Hz stream thinned into
+# max_cached=10000 and 60,000 readings into max_cache_bytes=400000 (tests/test_thin.py;
+# `make test` runs them scaled down).
 soak: $(STAMP)
 	CONNECTORSYNC_SOAK=1 CONNECTORSYNC_REQUIRE_INFLUXDB=1 CONNECTORSYNC_REQUIRE_MOSQUITTO=1 \
 		CONNECTORSYNC_REQUIRE_NATS=1 CONNECTORSYNC_REQUIRE_POSTGRES=1 \
@@ -65,8 +67,11 @@ soak: $(STAMP)
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=900 tests/test_lanes.py -k influxd || status=1; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=900 tests/test_priority.py -k alarm || status=1; \
 	CONNECTORSYNC_SOAK=1 $(PY) -m pytest --timeout=1800 tests/test_positions.py || status=1; \
+	CONNECTORSYNC_SOAK=1 $(PY) -m pytest -s --timeout=900 tests/test_thin.py -k "week or max_cache_bytes" \
+		|| status=1; \
 	for seed in 1 2 3 4 5 6; do \
-		CRASH_SEED=$$seed $(PY) -m pytest --timeout=900 tests/test_crash.py || status=1; \
+		CONNECTORSYNC_SOAK=1 CRASH_SEED=$$seed $(PY) -m pytest --timeout=900 tests/test_crash.py \
+			|| status=1; \
 	done; \
 	exit $$status
 
