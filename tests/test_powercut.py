@@ -4,7 +4,7 @@ Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inser
 durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
 WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after a sync,
 migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, thinning, dead-letter
-retries, a failing disk, two remotes on one cache: tests/helpers/powercut_fanout.py, a sealed
+retries, a failing disk (also in a capped cache that drops its oldest), two remotes on one cache: tests/helpers/powercut_fanout.py, a sealed
 cache (issue 19) inserting, syncing and retrying dead letters; ``connectorsync rekey`` has a
 torture of its own below) in a child process
 whose disk keeps only what was fsynced; the power goes at its N-th I/O operation

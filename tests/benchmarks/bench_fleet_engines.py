@@ -297,6 +297,11 @@ def parse() -> argparse.Namespace:
         parser.error(f"--engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
     if not 1 <= args.processes <= args.loggers:
         parser.error("need 1 <= --processes <= --loggers")
+    # The rates are per second between samples taken each second: a window needs two.
+    if args.steady * args.syncperiod < 2 or args.after < 2:
+        parser.error(
+            "need --steady x --syncperiod >= 2 s and --after >= 2 s (rates need two samples)"
+        )
     return args
 
 
@@ -324,13 +329,13 @@ def main() -> None:
     for r in results:
         requests = "one publish per datapoint"
         if "tx_steady" in r:
-            ratio = r["tx_peak"] / r["tx_steady"]
-            requests = f"{r['tx_steady']:.1f} / {r['tx_peak']:.0f} transactions ({ratio:.1f}x)"
+            times = f"{r['tx_peak'] / r['tx_steady']:.1f}x" if r["tx_steady"] else "n/a"
+            requests = f"{r['tx_steady']:.1f} / {r['tx_peak']:.0f} transactions ({times})"
         drain = f"{r['drain']:.1f} s" if r["drain"] is not None else f"> {DRAIN_LIMIT:.0f} s"
-        ratio = r["peak"] / r["steady"]
+        ratio = f"{r['peak'] / r['steady']:.1f}x" if r["steady"] else "n/a (nothing stored)"
         print(
             f"| {r['name']} | {r['inserted']:,} | {r['held']:,} | {r['duplicates']} | "
-            f"{r['steady']:.1f} | {r['peak']:.0f} | {ratio:.1f}x | {requests} | {drain} |"
+            f"{r['steady']:.1f} | {r['peak']:.0f} | {ratio} | {requests} | {drain} |"
         )
 
 

@@ -148,6 +148,18 @@ PHASES: dict[str, Phase] = {
     "readonly_batched": Phase(
         "batched", "insert*10 fail_readonly recover insert*10 flush insert*5", BATCHED
     ),
+    # The same in a capped cache that drops its oldest: the one-statement insert that fits,
+    # and the transaction that makes room, each meet the failing disk.
+    "eio_limited": Phase(
+        "full",
+        "insert*10 fail_eio recover insert*10 sync insert*6",
+        {"max_cached": 12, "on_full": "drop_oldest"},
+    ),
+    "readonly_limited": Phase(
+        "full",
+        "insert*10 fail_readonly recover insert*10",
+        {"max_cached": 12, "on_full": "drop_oldest"},
+    ),
     # Ctrl-C in the thread leading a group commit (thread 0 runs in the main thread).
     "group_commit_interrupt": Phase("full", "insert*20", threads=3, per_thread=1, interrupt=True),
     # Sealed at rest (issue 19): inserts, syncs and dead letters of a sealed cache.
