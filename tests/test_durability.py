@@ -13,11 +13,13 @@ import os
 import random
 import signal
 import subprocess
+import time
 
 import pytest
 
 from connectorsync import Logger
 from connectorsync.cache import Cache
+from connectorsync.testing import ConnectorDBServer
 from connectorsync.testing.live import connection_pragma
 from connectorsync.testing.probe import CacheProbe
 
@@ -37,6 +39,14 @@ def start_inserter(path: str, durability: str, stream: str, start: int = 0) -> s
     line = proc.stdout.readline()
     assert line == "ready\n", line + proc.stderr.read() if proc.stderr else ""
     return proc
+
+
+def delivered(server: ConnectorDBServer, stream_path: str) -> int:
+    """How many datapoints the server holds in the stream (0 before it exists)."""
+    try:
+        return len(server.datapoints(stream_path))
+    except KeyError:
+        return 0
 
 
 def cached_values(path: str, stream: str) -> list[int]:
@@ -162,10 +172,17 @@ def test_inserting_while_another_process_syncs(cache_path: str, server) -> None:
     procs = [start_inserter(cache_path, "normal", "counter", start=n * 10**6) for n in range(2)]
     printed: list[int] = []
     try:
-        for _ in range(400):
-            for proc in procs:
-                assert proc.stdout is not None
-                printed.append(int(proc.stdout.readline()))
+        # At least 400 inserts each, and on until the syncer has delivered some (a loaded
+        # machine may run it late): the inserts then overlap a pass.
+        deadline = time.monotonic() + 120
+        rounds = 0
+        while rounds < 400 or not delivered(server, "alice/sensor/counter"):
+            assert time.monotonic() < deadline, "the syncer delivered nothing in 120 s"
+            for _ in range(50):
+                for proc in procs:
+                    assert proc.stdout is not None
+                    printed.append(int(proc.stdout.readline()))
+            rounds += 50
     finally:
         for proc in procs:
             proc.kill()
@@ -196,6 +213,7 @@ import os, sys
 import apsw
 from tests.helpers.powercut import PowerCutVFS
 from connectorsync import Logger
+from connectorsync.testing import ConnectorDBServer
 from connectorsync.cache import Cache
 from connectorsync.testing.live import connection_pragma
 from connectorsync.testing.probe import CacheProbe
