@@ -1,17 +1,18 @@
 """Power-cut torture: the power goes at a random I/O operation; what was promised is kept.
 
 Each cut point runs one phase of work (tests/helpers/powercut_workload.py: inserts with each
-durability, group commits from several threads, sync passes to a loopback ConnectorDB server,
-WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after a sync,
-migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, thinning, dead-letter
-retries, a failing disk (also in a capped cache that drops its oldest), two remotes on one cache: tests/helpers/powercut_fanout.py, a sealed
-cache (issue 19) inserting, syncing and retrying dead letters; ``connectorsync rekey`` has a
-torture of its own below) in a child process
-whose disk keeps only what was fsynced; the power goes at its N-th I/O operation
-(xWrite/xSync/xTruncate/xDelete), N drawn from a seeded RNG over the phase's whole range (a
-run without a cut counts it first). What the child did before is read from its stdout, not
-from the cache. Then the -shm file is removed (shared memory does not survive a reboot), the
-cache is reopened by this (normal) process and:
+durability, group commits from several threads, sync passes to a loopback ConnectorDB
+server, WAL checkpoints, the vacuum steps and TRUNCATE checkpoint that give space back after
+a sync, migrations of a connectordb 0.3.5 and of a v1 cache, ``drop_oldest``, thinning, two
+priorities in a full thinning cache, dead-letter retries, a failing disk (also in a capped
+cache that drops its oldest), two remotes on one cache: tests/helpers/powercut_fanout.py, a
+sealed cache (issue 19) inserting, syncing and retrying dead letters; ``connectorsync
+rekey`` has a torture of its own below) in a child process whose disk keeps only what was
+fsynced; the power goes at its N-th I/O operation (xWrite/xSync/xTruncate/xDelete), N drawn
+from a seeded RNG over the phase's whole range (a run without a cut counts it first). What
+the child did before is read from its stdout, not from the cache. Then the -shm file is
+removed (shared memory does not survive a reboot), the cache is reopened by this (normal)
+process and:
 
 - ``PRAGMA integrity_check`` is ok;
 - per stream, cached datapoints keep insertion order with strictly increasing timestamps;
