@@ -113,8 +113,7 @@ from ..errors import (
 )
 from ._http import timeout_setting
 from ._mqtt_connect import Connector
-from ._mqtt_publish import InFlight, Publisher
-from ._mqtt_publish import plain_item as _plain_item  # noqa: F401 - the benchmark's payloads
+from ._mqtt_publish import InFlight, Publisher, plain_item
 from ._mqtt_session import Outcome, Refusals, Session, check_topic, load_paho
 from ._mqtt_settings import (
     CAVEAT_311,
@@ -134,7 +133,14 @@ from .base import Datapoint, DeliveryKind, build_from_config, config_arguments, 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client
 
-__all__ = ["CAVEAT_311", "CAVEAT_QOS0", "THINGSBOARD_TOPIC", "MQTTRemote", "thingsboard_mqtt"]
+__all__ = [
+    "CAVEAT_311",
+    "CAVEAT_QOS0",
+    "THINGSBOARD_TOPIC",
+    "MQTTRemote",
+    "plain_item",  # one datapoint's payload in the plain layout (bench_mqtt.py sends the same)
+    "thingsboard_mqtt",
+]
 
 log = logging.getLogger(__name__)
 

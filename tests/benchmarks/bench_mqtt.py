@@ -32,7 +32,7 @@ from paho.mqtt.client import Client  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
 from connectorsync import Logger, MQTTRemote  # noqa: E402
-from connectorsync.remotes.mqtt import _plain_item  # noqa: E402  # the very same payloads
+from connectorsync.remotes.mqtt import plain_item  # noqa: E402  # the very same payloads
 from connectorsync.testing.mosquitto import MosquittoBroker, find_mosquitto  # noqa: E402
 
 T0 = 1_700_000_000.0
@@ -65,7 +65,7 @@ def connectorsync_round(
 def plain_round(broker: MosquittoBroker, count: int, window: int) -> float:
     name = '"temperature"'
     payloads = [
-        _plain_item(name, (i + 1, p["t"], repr(p["d"]))).encode()
+        plain_item(name, (i + 1, p["t"], repr(p["d"]))).encode()
         for i, p in enumerate(values(count))
     ]
     done = threading.Event()
