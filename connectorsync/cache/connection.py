@@ -273,6 +273,9 @@ class Connection:
         # Each stream's newest timestamp as this connection last saw it: a hint that saves a
         # query per insert. The trigger catches it when another connection wrote since.
         self._newest: dict[int, float] = {}
+        # The sealer attached (also kept by the apsw connection, for the modules that hold
+        # only that): read on every insert, so held here too, without a weak-key lookup.
+        self._sealer: seal.Sealer | None = None
         # With durability "batched", inserts are queued and committed every commit_interval
         # (the option, declared in connectorsync.options: given by set_commit_interval; Cache
         # makes the queue, the statements here only flush it or make it look again).
@@ -403,6 +406,7 @@ class Connection:
     def attach_sealer(self, sealer: seal.Sealer | None) -> None:
         """Seal and open stored values with ``sealer`` from now on (None: a plain cache)."""
         seal.attach(self._conn, sealer)
+        self._sealer = sealer
 
     def opened_points(
         self, stream: str, rows: list[Any]
@@ -414,7 +418,7 @@ class Connection:
     @property
     def sealer(self) -> seal.Sealer | None:
         """The sealer of this connection (None: a plain cache)."""
-        return seal.of(self._conn)
+        return self._sealer
 
     def forget_newest(self) -> None:
         """Forget each stream's newest timestamp as this connection last saw it: a statement
